@@ -1,0 +1,111 @@
+//! C declarations generated from the same macro that declares each Rust layout, so the
+//! checked-in `include/blobring.h` can never drift from the Rust types without a test failing.
+
+use std::fmt::Write as _;
+
+/// A Rust field type with a C spelling.
+pub trait CType {
+    /// The C declaration of a field of this type named `field`, e.g. `uint32_t len` or
+    /// `uint8_t message[224]`.
+    fn c_decl(field: &str) -> String;
+}
+
+macro_rules! prim {
+    ($($t:ty => $c:literal),* $(,)?) => {
+        $(impl CType for $t {
+            fn c_decl(field: &str) -> String {
+                format!("{} {}", $c, field)
+            }
+        })*
+    };
+}
+prim!(u8 => "uint8_t", u16 => "uint16_t", u32 => "uint32_t", u64 => "uint64_t", i32 => "int32_t");
+
+impl<T: CType, const N: usize> CType for [T; N] {
+    fn c_decl(field: &str) -> String {
+        T::c_decl(&format!("{field}[{N}]"))
+    }
+}
+
+/// A `#[repr(C)]` struct of this crate, described for the C header.
+pub trait CStruct {
+    /// The C struct name (without `struct`).
+    const C_NAME: &'static str;
+    /// The doc comment's first paragraph.
+    const C_DOC: &'static str;
+    /// `size_of::<Self>()`.
+    const SIZE: usize;
+    /// `(declaration, offset)` of every field, in order.
+    fn c_fields() -> Vec<(String, usize)>;
+}
+
+/// Declares an ABI struct: the Rust type with zerocopy derives, and its [`CStruct`] description.
+macro_rules! abi_struct {
+    (
+        $(#[doc = $doc:literal])*
+        c $cname:literal,
+        pub struct $name:ident {
+            $( $(#[doc = $fdoc:literal])* pub $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[repr(C)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq,
+            zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable,
+        )]
+        pub struct $name {
+            $( $(#[doc = $fdoc])* pub $field: $ty ),*
+        }
+
+        impl $crate::cdecl::CStruct for $name {
+            const C_NAME: &'static str = $cname;
+            const C_DOC: &'static str = concat!($($doc, "\n"),*);
+            const SIZE: usize = core::mem::size_of::<$name>();
+            fn c_fields() -> Vec<(String, usize)> {
+                vec![$((
+                    <$ty as $crate::cdecl::CType>::c_decl(stringify!($field)),
+                    core::mem::offset_of!($name, $field),
+                )),*]
+            }
+        }
+    };
+}
+pub(crate) use abi_struct;
+
+/// Emits one struct with its size and offset assertions.
+pub(crate) fn emit_struct<S: CStruct>(out: &mut String) {
+    let doc = S::C_DOC.split("\n\n").next().unwrap_or("").trim();
+    if !doc.is_empty() {
+        out.push_str("/*");
+        for line in doc.lines() {
+            let _ = write!(out, "\n *{}", line.trim_end());
+        }
+        out.push_str("\n */\n");
+    }
+    let _ = writeln!(out, "struct {} {{", S::C_NAME);
+    for (decl, _) in S::c_fields() {
+        let _ = writeln!(out, "    {decl};");
+    }
+    out.push_str("};\n");
+    let _ = writeln!(
+        out,
+        "BLOBRING_STATIC_ASSERT(sizeof(struct {n}) == {s}, \"struct {n} size\");",
+        n = S::C_NAME,
+        s = S::SIZE
+    );
+    for (decl, off) in S::c_fields() {
+        let field = decl
+            .rsplit(' ')
+            .next()
+            .and_then(|f| f.split('[').next())
+            .unwrap_or_default()
+            .to_owned();
+        let _ = writeln!(
+            out,
+            "BLOBRING_STATIC_ASSERT(offsetof(struct {n}, {field}) == {off}, \"{n}.{field}\");",
+            n = S::C_NAME
+        );
+    }
+    out.push('\n');
+}

@@ -1,0 +1,371 @@
+#![forbid(unsafe_code)]
+//! Every byte layout blobring shares with a peer.
+//!
+//! **Owns:** the client region (header page, queue-pair control block, SQE, CQE), the
+//! client↔daemon handshake messages, the Hyper-V VMBus ring control page and packet headers, and
+//! the Azure Blob VSP request/response (`reference/vmbus.md` §1–2, §6). Each type is `#[repr(C)]`
+//! with [`zerocopy`] derives, so it is read from and written to peer memory by copying bytes —
+//! never by forming a reference into memory a peer can write. Sizes and offsets are asserted at
+//! compile time, and `include/blobring.h` is generated from the same declarations (see
+//! [`c_header`]; a test fails when the checked-in header is stale).
+//!
+//! **Trusts:** nothing. A layout is only a shape: every value read from a peer must be validated
+//! by the crate that reads it (`ring`, `vmbus`, the daemon).
+//!
+//! **Invariants:** little-endian, naturally aligned fields, no implicit padding (zerocopy's
+//! `IntoBytes` derive refuses padding), fields written by different parties on separate 128-byte
+//! lines. Changing any layout means bumping [`ABI_VERSION`].
+//!
+//! `zerocopy` was chosen because its derives prove at compile time that a type has no padding
+//! and that any byte pattern is a valid value, which is exactly what peer-written bytes need.
+
+mod cdecl;
+mod geometry;
+pub mod vmbus;
+
+pub use cdecl::{CStruct, CType};
+pub use geometry::{GeometryError, RegionGeometry};
+pub use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use cdecl::abi_struct;
+
+/// `"BLOBRNG1"` little-endian: first 8 bytes of every client region.
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"BLOBRNG1");
+/// Version of every layout in this crate; both peers must agree exactly.
+pub const ABI_VERSION: u32 = 1;
+/// Size of the region header page. Queue pairs start right after it.
+pub const HEADER_LEN: u64 = 4096;
+/// Size of the queue-pair control block ([`QueueControl`]); the SQE array follows it.
+pub const QUEUE_CONTROL_LEN: u64 = 256;
+/// Largest SQ size a daemon accepts (entries; a power of two).
+pub const MAX_SQ_ENTRIES: u32 = 32768;
+
+// ---------------------------------------------------------------------------------------------
+// Client region
+// ---------------------------------------------------------------------------------------------
+
+abi_struct! {
+    /// Region header, daemon-written line (offset 0 of the region, 128 bytes).
+    ///
+    /// Written once by the daemon before the memfd is sealed and handed over; the daemon never
+    /// reads it back (its own copy of the geometry is authoritative).
+    c "blobring_region_header",
+    pub struct RegionHeader {
+        /// [`REGION_MAGIC`].
+        pub magic: u64,
+        /// [`ABI_VERSION`].
+        pub abi_version: u32,
+        /// [`HEADER_LEN`].
+        pub header_len: u32,
+        /// Total bytes of the region (the memfd's size).
+        pub region_len: u64,
+        /// Backing page size the daemon obtained: 4096, or 2 MiB for hugepages.
+        pub page_size: u32,
+        /// Number of queue pairs (one per daemon worker).
+        pub n_queues: u32,
+        /// Entries per submission queue (power of two).
+        pub sq_entries: u32,
+        /// Entries per completion queue (power of two, ≥ `sq_entries`).
+        pub cq_entries: u32,
+        /// Region offset of queue pair 0.
+        pub queue_offset: u64,
+        /// Bytes from one queue pair to the next (a multiple of 4096).
+        pub queue_stride: u64,
+        /// Region offset of the data arena (aligned to `page_size`).
+        pub arena_offset: u64,
+        /// Bytes of the data arena.
+        pub arena_len: u64,
+        /// Daemon-assigned id of this client (diagnostics, `blobring clients`).
+        pub client_id: u64,
+        /// Reserved, zero.
+        pub reserved: [u8; 48],
+    }
+}
+
+abi_struct! {
+    /// Queue-pair control block: two 128-byte lines, one per writer.
+    ///
+    /// Client-written: `sq_tail`, `cq_head`, `cq_waiting`. Daemon-written: `sq_head`, `cq_tail`,
+    /// `sq_need_wakeup`, `sq_rejected`. Indices are free-running u32s (slot = index & mask), each
+    /// stored with release and loaded with acquire by the peer. The futex word on which a
+    /// sleeping client waits is `cq_tail` itself (shared futex, no PRIVATE flag).
+    c "blobring_queue_control",
+    pub struct QueueControl {
+        /// Client: next SQ index the client will fill.
+        pub sq_tail: u32,
+        /// Client: next CQ index the client will read.
+        pub cq_head: u32,
+        /// Client: non-zero while the client sleeps (or is about to) on the `cq_tail` futex.
+        pub cq_waiting: u32,
+        /// Reserved (client line padding).
+        pub client_reserved: [u8; 116],
+        /// Daemon: next SQ index the daemon will take.
+        pub sq_head: u32,
+        /// Daemon: next CQ index the daemon will fill; also the client's futex word.
+        pub cq_tail: u32,
+        /// Daemon: non-zero while the daemon worker sleeps; the client must then signal the
+        /// queue's eventfd after publishing `sq_tail`.
+        pub sq_need_wakeup: u32,
+        /// Daemon: SQEs refused as invalid since the queue was created (diagnostics).
+        pub sq_rejected: u32,
+        /// Reserved (daemon line padding).
+        pub daemon_reserved: [u8; 112],
+    }
+}
+
+/// SQE opcode: an HTTP-modelled Azure Blob request executed by the host (the seed's
+/// `USER_REQUEST`).
+pub const OP_BLOB: u8 = 1;
+/// SQE opcode: complete at once without involving the host (ring and wakeup measurements).
+pub const OP_NOP: u8 = 2;
+
+abi_struct! {
+    /// Submission queue entry (64 bytes, one cache line).
+    ///
+    /// The three buffers are (region offset, length) pairs that must lie inside the client's data
+    /// arena: the HTTP/1.1 request head, the buffer receiving the response head, and the data
+    /// buffer (the body to write, or the buffer receiving the body read).
+    c "blobring_sqe",
+    pub struct Sqe {
+        /// [`OP_BLOB`] or [`OP_NOP`].
+        pub opcode: u8,
+        /// Reserved flags, zero.
+        pub flags: u8,
+        /// Reserved, zero.
+        pub reserved0: u16,
+        /// Per-request deadline in milliseconds; 0 = the daemon's default.
+        pub timeout_ms: u32,
+        /// Opaque, echoed in the CQE.
+        pub user_data: u64,
+        /// Region offset of the request head.
+        pub request_offset: u64,
+        /// Region offset of the response-head buffer.
+        pub response_offset: u64,
+        /// Region offset of the data buffer (ignored when `data_len` is 0).
+        pub data_offset: u64,
+        /// Bytes of request head.
+        pub request_len: u32,
+        /// Bytes available for the response head.
+        pub response_len: u32,
+        /// Bytes of the data buffer.
+        pub data_len: u32,
+        /// Bytes of body present in the data buffer (writes); ≤ `data_len`.
+        pub data_valid: u32,
+        /// Reserved, zero.
+        pub reserved1: u64,
+    }
+}
+
+/// CQE flag: the request failed (e.g. `-ETIMEDOUT`) but the host may still write into its
+/// buffers; a second CQE with [`CQE_F_BUFFERS_RELEASED`] follows.
+pub const CQE_F_BUFFERS_LENT: u32 = 1;
+/// CQE flag: the buffers of an earlier [`CQE_F_BUFFERS_LENT`] completion are free again.
+pub const CQE_F_BUFFERS_RELEASED: u32 = 2;
+
+abi_struct! {
+    /// Completion queue entry (32 bytes).
+    c "blobring_cqe",
+    pub struct Cqe {
+        /// The SQE's `user_data`.
+        pub user_data: u64,
+        /// 0, or a negative errno for a daemon-level failure (`ETIMEDOUT`, `ECONNRESET`,
+        /// `EINVAL`, `ENODEV`, …).
+        pub res: i32,
+        /// `CQE_F_*`.
+        pub flags: u32,
+        /// The VSP status (`az_blob_vsp_response.error`; 0 = the host executed the request).
+        pub vsp_status: u32,
+        /// Bytes of response head the host wrote.
+        pub response_len: u32,
+        /// Bytes of body the host wrote into the data buffer (reads).
+        pub data_len: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake (unix stream socket)
+// ---------------------------------------------------------------------------------------------
+
+/// Magic of [`HelloRequest`] (`"BRHQ"`).
+pub const HELLO_REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"BRHQ");
+/// Magic of [`HelloReply`] (`"BRHR"`).
+pub const HELLO_REPLY_MAGIC: u32 = u32::from_le_bytes(*b"BRHR");
+
+abi_struct! {
+    /// First message of a client on the daemon socket (64 bytes).
+    c "blobring_hello_request",
+    pub struct HelloRequest {
+        /// [`HELLO_REQUEST_MAGIC`].
+        pub magic: u32,
+        /// [`ABI_VERSION`] the client was built against.
+        pub abi_version: u32,
+        /// Wanted SQ entries per queue (power of two); 0 = the daemon's default.
+        pub sq_entries: u32,
+        /// Reserved flags, zero.
+        pub flags: u32,
+        /// Wanted data arena bytes; 0 = the daemon's default.
+        pub arena_len: u64,
+        /// Reserved, zero.
+        pub reserved: [u8; 40],
+    }
+}
+
+/// Handshake status: accepted; the memfd and eventfds travel with the reply.
+pub const HELLO_OK: u32 = 0;
+/// Handshake status: the daemon speaks another ABI version.
+pub const HELLO_VERSION_MISMATCH: u32 = 1;
+/// Handshake status: the peer's uid/gid is not allowed by the daemon's policy.
+pub const HELLO_NOT_PERMITTED: u32 = 2;
+/// Handshake status: a per-client or per-uid limit would be exceeded.
+pub const HELLO_LIMIT_EXCEEDED: u32 = 3;
+/// Handshake status: the request was malformed.
+pub const HELLO_BAD_REQUEST: u32 = 4;
+/// Handshake status: the daemon cannot serve now (e.g. no host channel).
+pub const HELLO_UNAVAILABLE: u32 = 5;
+
+abi_struct! {
+    /// The daemon's answer (256 bytes). With [`HELLO_OK`] it carries, as `SCM_RIGHTS`, the
+    /// region memfd followed by one eventfd per queue pair; otherwise `message` says why.
+    c "blobring_hello_reply",
+    pub struct HelloReply {
+        /// [`HELLO_REPLY_MAGIC`].
+        pub magic: u32,
+        /// The daemon's [`ABI_VERSION`].
+        pub abi_version: u32,
+        /// `HELLO_*`.
+        pub status: u32,
+        /// Queue pairs (eventfds attached).
+        pub n_queues: u32,
+        /// Bytes of the region memfd.
+        pub region_len: u64,
+        /// Daemon-assigned client id.
+        pub client_id: u64,
+        /// NUL-padded UTF-8 explanation of a refusal (what went wrong and what to do).
+        pub message: [u8; 224],
+    }
+}
+
+impl HelloReply {
+    /// The refusal message as text (up to the first NUL; invalid UTF-8 replaced).
+    pub fn message_text(&self) -> String {
+        let end = self.message.iter().position(|&b| b == 0).unwrap_or(self.message.len());
+        String::from_utf8_lossy(&self.message[..end]).into_owned()
+    }
+
+    /// Sets `message`, truncated at a character boundary to fit.
+    pub fn set_message(&mut self, text: &str) {
+        let mut end = text.len().min(self.message.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.message = [0; 224];
+        self.message[..end].copy_from_slice(&text.as_bytes()[..end]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compile-time layout checks
+// ---------------------------------------------------------------------------------------------
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<RegionHeader>() == 128);
+    assert!(size_of::<QueueControl>() == QUEUE_CONTROL_LEN as usize);
+    assert!(offset_of!(QueueControl, sq_tail) == 0);
+    assert!(offset_of!(QueueControl, sq_head) == 128);
+    assert!(size_of::<Sqe>() == 64);
+    assert!(offset_of!(Sqe, user_data) == 8);
+    assert!(offset_of!(Sqe, request_offset) == 16);
+    assert!(offset_of!(Sqe, request_len) == 40);
+    assert!(size_of::<Cqe>() == 32);
+    assert!(offset_of!(Cqe, res) == 8);
+    assert!(offset_of!(Cqe, vsp_status) == 16);
+    assert!(size_of::<HelloRequest>() == 64);
+    assert!(size_of::<HelloReply>() == 256);
+};
+
+/// Byte offsets of the [`QueueControl`] fields, for atomic access through a mapping.
+pub mod qc {
+    use super::QueueControl;
+    use core::mem::offset_of;
+    /// `sq_tail` (client).
+    pub const SQ_TAIL: u64 = offset_of!(QueueControl, sq_tail) as u64;
+    /// `cq_head` (client).
+    pub const CQ_HEAD: u64 = offset_of!(QueueControl, cq_head) as u64;
+    /// `cq_waiting` (client).
+    pub const CQ_WAITING: u64 = offset_of!(QueueControl, cq_waiting) as u64;
+    /// `sq_head` (daemon).
+    pub const SQ_HEAD: u64 = offset_of!(QueueControl, sq_head) as u64;
+    /// `cq_tail` (daemon; the client's futex word).
+    pub const CQ_TAIL: u64 = offset_of!(QueueControl, cq_tail) as u64;
+    /// `sq_need_wakeup` (daemon).
+    pub const SQ_NEED_WAKEUP: u64 = offset_of!(QueueControl, sq_need_wakeup) as u64;
+    /// `sq_rejected` (daemon).
+    pub const SQ_REJECTED: u64 = offset_of!(QueueControl, sq_rejected) as u64;
+}
+
+// ---------------------------------------------------------------------------------------------
+// C header
+// ---------------------------------------------------------------------------------------------
+
+/// The C header for non-Rust clients, as checked in at `abi/include/blobring.h`.
+///
+/// Regenerate with `cargo run -p blobring-abi --example gen-header`.
+pub fn c_header() -> String {
+    use cdecl::emit_struct;
+    let mut out = String::from(
+        "/* blobring.h — generated from the blobring-abi crate; do not edit.\n \
+         * Regenerate: cargo run -p blobring-abi --example gen-header\n \
+         * All fields little-endian. Never read peer-written memory twice: copy, then validate. */\n\
+         #ifndef BLOBRING_H\n#define BLOBRING_H\n\n#include <stddef.h>\n#include <stdint.h>\n\n\
+         #if defined(__cplusplus)\n#define BLOBRING_STATIC_ASSERT static_assert\n#else\n\
+         #define BLOBRING_STATIC_ASSERT _Static_assert\n#endif\n\n",
+    );
+    let consts: &[(&str, String)] = &[
+        ("BLOBRING_REGION_MAGIC", format!("0x{REGION_MAGIC:016x}ULL")),
+        ("BLOBRING_ABI_VERSION", ABI_VERSION.to_string()),
+        ("BLOBRING_HEADER_LEN", HEADER_LEN.to_string()),
+        ("BLOBRING_QUEUE_CONTROL_LEN", QUEUE_CONTROL_LEN.to_string()),
+        ("BLOBRING_MAX_SQ_ENTRIES", MAX_SQ_ENTRIES.to_string()),
+        ("BLOBRING_OP_BLOB", OP_BLOB.to_string()),
+        ("BLOBRING_OP_NOP", OP_NOP.to_string()),
+        ("BLOBRING_CQE_F_BUFFERS_LENT", CQE_F_BUFFERS_LENT.to_string()),
+        ("BLOBRING_CQE_F_BUFFERS_RELEASED", CQE_F_BUFFERS_RELEASED.to_string()),
+        ("BLOBRING_HELLO_REQUEST_MAGIC", format!("0x{HELLO_REQUEST_MAGIC:08x}u")),
+        ("BLOBRING_HELLO_REPLY_MAGIC", format!("0x{HELLO_REPLY_MAGIC:08x}u")),
+        ("BLOBRING_HELLO_OK", HELLO_OK.to_string()),
+        ("BLOBRING_HELLO_VERSION_MISMATCH", HELLO_VERSION_MISMATCH.to_string()),
+        ("BLOBRING_HELLO_NOT_PERMITTED", HELLO_NOT_PERMITTED.to_string()),
+        ("BLOBRING_HELLO_LIMIT_EXCEEDED", HELLO_LIMIT_EXCEEDED.to_string()),
+        ("BLOBRING_HELLO_BAD_REQUEST", HELLO_BAD_REQUEST.to_string()),
+        ("BLOBRING_HELLO_UNAVAILABLE", HELLO_UNAVAILABLE.to_string()),
+        ("HV_PKT_DATA_INBAND", vmbus::PKT_DATA_INBAND.to_string()),
+        ("HV_PKT_DATA_USING_GPA_DIRECT", vmbus::PKT_DATA_USING_GPA_DIRECT.to_string()),
+        ("HV_PKT_COMP", vmbus::PKT_COMP.to_string()),
+        ("HV_PKT_FLAG_COMPLETION_REQUESTED", vmbus::PKT_FLAG_COMPLETION_REQUESTED.to_string()),
+        ("HV_RING_CONTROL_LEN", vmbus::RING_CONTROL_LEN.to_string()),
+        ("AZ_BLOB_OP_USER_REQUEST", format!("0x{:x}", vmbus::AZ_BLOB_OP_USER_REQUEST)),
+        ("AZ_BLOB_VSP_PROTOCOL_VERSION", vmbus::AZ_BLOB_VSP_PROTOCOL_VERSION.to_string()),
+        ("AZ_BLOB_MAX_PAGES", vmbus::AZ_BLOB_MAX_PAGES.to_string()),
+    ];
+    for (name, value) in consts {
+        out.push_str(&format!("#define {name} {value}\n"));
+    }
+    out.push('\n');
+    emit_struct::<RegionHeader>(&mut out);
+    emit_struct::<QueueControl>(&mut out);
+    emit_struct::<Sqe>(&mut out);
+    emit_struct::<Cqe>(&mut out);
+    emit_struct::<HelloRequest>(&mut out);
+    emit_struct::<HelloReply>(&mut out);
+    emit_struct::<vmbus::RingControl>(&mut out);
+    emit_struct::<vmbus::PacketDescriptor>(&mut out);
+    emit_struct::<vmbus::GpaDirectHeader>(&mut out);
+    emit_struct::<vmbus::GpaRange>(&mut out);
+    emit_struct::<vmbus::AzBlobVspRequest>(&mut out);
+    emit_struct::<vmbus::AzBlobVspResponse>(&mut out);
+    out.push_str("#endif /* BLOBRING_H */\n");
+    out
+}

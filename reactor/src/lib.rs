@@ -1,0 +1,1 @@
+//! blobring-reactor (being built).

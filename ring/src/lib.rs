@@ -1,0 +1,1 @@
+//! blobring-ring (being built).

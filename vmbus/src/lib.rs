@@ -1,0 +1,1 @@
+//! blobring-vmbus (being built).
