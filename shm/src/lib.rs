@@ -2,7 +2,7 @@
 //!
 //! **Owns:** memfd regions (create, size, pre-fault, seal), mapping of memfds received from a
 //! peer (with seal and size checks), bounds-checked atomic and copying access to mapped memory
-//! ([`SharedMemory`]), and the arena allocator the SDK uses for data buffers.
+//! ([`SharedMemory`]), and the arena allocator the SDK uses for data buffers ([`arena`]).
 //!
 //! **Trusts:** nothing in the mapped bytes — a peer may write any byte at any time, and may
 //! punch holes in a memfd it can write. Sealing (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`)
@@ -15,8 +15,11 @@
 //! `unsafe` here is limited to `mmap`/`munmap` and the raw-pointer accessors in `access.rs`;
 //! each block names its invariant.
 
+pub mod arena;
+
 mod access;
 mod region;
 
 pub use access::{AccessError, HeapMemory, SharedMemory, Window};
+pub use arena::{Allocation, Arena, ArenaError};
 pub use region::{Mapping, PageKind, Region, RegionError};
