@@ -220,7 +220,10 @@ impl HeapMemory {
         // mutable (atomics), kept alive by `_storage` for as long as `raw` exists (fields drop
         // in declaration order, so `raw` goes first).
         let raw = unsafe { RawMemory::new(base, len) };
-        Self { raw, _storage: storage }
+        Self {
+            raw,
+            _storage: storage,
+        }
     }
 }
 
@@ -283,6 +286,41 @@ macro_rules! delegate_shared_memory {
 pub(crate) use delegate_shared_memory;
 
 delegate_shared_memory!(HeapMemory, raw);
+
+/// Shared ownership of a shared memory (e.g. `Arc<Mapping>` held by a ring and by a guest
+/// memory table at once).
+impl<T: SharedMemory + ?Sized> SharedMemory for std::sync::Arc<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn load_u32(&self, offset: u64, order: Ordering) -> Result<u32, AccessError> {
+        (**self).load_u32(offset, order)
+    }
+    fn store_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<(), AccessError> {
+        (**self).store_u32(offset, value, order)
+    }
+    fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<u32, AccessError> {
+        (**self).fetch_or_u32(offset, value, order)
+    }
+    fn load_u64(&self, offset: u64, order: Ordering) -> Result<u64, AccessError> {
+        (**self).load_u64(offset, order)
+    }
+    fn store_u64(&self, offset: u64, value: u64, order: Ordering) -> Result<(), AccessError> {
+        (**self).store_u64(offset, value, order)
+    }
+    fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), AccessError> {
+        (**self).read(offset, dst)
+    }
+    fn write(&self, offset: u64, src: &[u8]) -> Result<(), AccessError> {
+        (**self).write(offset, src)
+    }
+    fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), AccessError> {
+        (**self).fill(offset, len, byte)
+    }
+    fn fence(&self, order: Ordering) {
+        (**self).fence(order)
+    }
+}
 
 /// A shared memory viewed through a window `[offset, offset + len)` of another; offsets are
 /// relative to the window. Used to give a ring or a queue pair only its own part of a region.
@@ -351,8 +389,14 @@ mod tests {
         let m = HeapMemory::new(64);
         m.store_u32(4, 7, Ordering::Release).unwrap();
         assert_eq!(m.load_u32(4, Ordering::Acquire).unwrap(), 7);
-        assert!(matches!(m.load_u32(2, Ordering::Relaxed), Err(AccessError::Misaligned { .. })));
-        assert!(matches!(m.load_u64(64, Ordering::Relaxed), Err(AccessError::OutOfBounds { .. })));
+        assert!(matches!(
+            m.load_u32(2, Ordering::Relaxed),
+            Err(AccessError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            m.load_u64(64, Ordering::Relaxed),
+            Err(AccessError::OutOfBounds { .. })
+        ));
         assert!(m.read(60, &mut [0u8; 5]).is_err());
         assert!(m.write(u64::MAX, &[1]).is_err());
         m.write(10, b"hello").unwrap();
