@@ -284,10 +284,6 @@ impl Mapping {
         if !seals.contains(SealFlags::SHRINK) {
             return Err(RegionError::NotSealed);
         }
-        if !seals.contains(SealFlags::SEAL) {
-            rustix::fs::fcntl_add_seals(fd, SealFlags::GROW | SealFlags::SEAL)
-                .map_err(sys("F_ADD_SEALS"))?;
-        }
         let stat = rustix::fs::fstat(fd).map_err(sys("fstat"))?;
         let actual = u64::try_from(stat.st_size).unwrap_or(0);
         if actual < expected_len {
@@ -295,6 +291,12 @@ impl Mapping {
                 expected: expected_len,
                 actual,
             });
+        }
+        // Only now, so that a refused fd is left as it came. The size can no longer shrink
+        // (SHRINK is set); this stops the peer from changing the seals from here on.
+        if !seals.contains(SealFlags::SEAL) {
+            rustix::fs::fcntl_add_seals(fd, SealFlags::GROW | SealFlags::SEAL)
+                .map_err(sys("F_ADD_SEALS"))?;
         }
         // hugetlb files report their huge page size here and must be mapped in whole pages;
         // their size is a multiple of it, so the rounded length stays inside the file.
@@ -922,6 +924,12 @@ mod tests {
             Mapping::map_peer(fd.as_fd(), 0),
             Err(RegionError::BadLength(0))
         ));
+        // A refused fd is left as it came.
+        let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
+        assert!(
+            !seals.intersects(SealFlags::GROW | SealFlags::SEAL),
+            "{seals:?}"
+        );
     }
 
     #[test]
