@@ -16,8 +16,9 @@
 //! up, never used as addresses.
 //!
 //! **Invariants:**
-//! - no Rust reference into peer-writable memory ever leaves this crate (raw base pointers are
-//!   available via [`Mapping::as_raw_parts`], only for registering with the kernel);
+//! - no Rust reference into peer-writable memory ever leaves this crate (raw addresses are
+//!   available via [`Mapping::as_raw_parts`] and [`Mapping::raw_addr`], only for handing to
+//!   the kernel: io_uring buffer registration, futexes, pagemap look-ups);
 //! - every access is bounds-checked against the mapping's length;
 //! - a mapping is never larger than its memfd's size at the time it was checked, and that
 //!   size cannot shrink afterwards (sealed);

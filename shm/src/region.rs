@@ -32,7 +32,7 @@ use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
-use crate::access::{RawMemory, delegate_shared_memory};
+use crate::access::{AccessError, RawMemory, delegate_shared_memory};
 
 /// 2 MiB, the huge page size we use for hugetlb and THP.
 pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
@@ -324,6 +324,14 @@ impl Mapping {
     /// whoever registers it must unregister it before dropping the mapping.
     pub fn as_raw_parts(&self) -> (*mut u8, usize) {
         (self.ptr.as_ptr(), self.len)
+    }
+
+    /// The address of `[offset, offset + len)` inside the mapping, bounds-checked, for handing
+    /// to the kernel only (a futex word for `futex_wait`/io_uring `FutexWake`, a buffer for
+    /// `ReadFixed`). The same rules as [`Mapping::as_raw_parts`] apply.
+    pub fn raw_addr(&self, offset: u64, len: u64) -> Result<*mut u8, AccessError> {
+        let off = crate::access::check(offset, len, self.len as u64)?;
+        Ok(self.ptr.as_ptr().wrapping_add(off))
     }
 }
 
@@ -866,6 +874,12 @@ mod tests {
         r.read(4096 + 6, &mut b).unwrap();
         assert_eq!(&b, b"hi");
         assert!(peer.write(4096 + 9, b"xy").is_err());
+        assert_eq!(
+            peer.raw_addr(4096, 10).unwrap(),
+            peer.as_raw_parts().0.wrapping_add(4096)
+        );
+        assert!(peer.raw_addr(4096, 11).is_err());
+        assert!(peer.raw_addr(u64::MAX, 2).is_err());
         let (ptr, len) = peer.as_raw_parts();
         assert_eq!((ptr as usize % 4096, len), (0, 4096 + 10));
     }
