@@ -178,3 +178,208 @@ pub mod rc {
     /// `feature_bits`.
     pub const FEATURE_BITS: u64 = offset_of!(RingControl, feature_bits) as u64;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Simulated VMBus bus protocol (blobring-vmbus `sim` transport)
+// ---------------------------------------------------------------------------------------------
+//
+// Messages on the unix `SOCK_SEQPACKET` socket between the daemon (guest) and the emulated host.
+// Each message is one datagram: a [`BusHeader`] followed by exactly one body struct. The
+// protocol is documented message by message in the `blobring-vmbus` crate (`sim` module).
+
+/// `"BRVB"` little-endian: first 4 bytes of every bus message.
+pub const BUS_MAGIC: u32 = u32::from_le_bytes(*b"BRVB");
+/// Version of the bus protocol carried in [`BusHello`] and [`BusOffer`].
+pub const BUS_VERSION: u32 = 1;
+/// Largest bus message (header + body) either side sends or accepts.
+pub const BUS_MAX_MESSAGE: usize = 256;
+
+/// Guest → host: [`BusHello`]. Answered with [`BUS_MSG_OFFER`].
+pub const BUS_MSG_HELLO: u32 = 1;
+/// Host → guest: [`BusOffer`].
+pub const BUS_MSG_OFFER: u32 = 2;
+/// Guest → host: [`BusChannelIndex`], open a channel. Answered with [`BUS_MSG_CHANNEL_OPENED`].
+pub const BUS_MSG_OPEN_CHANNEL: u32 = 3;
+/// Host → guest: [`BusChannelOpened`] + 3 fds (ring memfd, guest→host eventfd, host→guest
+/// eventfd).
+pub const BUS_MSG_CHANNEL_OPENED: u32 = 4;
+/// Guest → host: [`BusSubchannelCount`], ask for subchannels. Answered with
+/// [`BUS_MSG_SUBCHANNELS_OFFERED`].
+pub const BUS_MSG_REQUEST_SUBCHANNELS: u32 = 5;
+/// Host → guest: [`BusSubchannelCount`], how many subchannels (indices `1..=count`) now exist.
+pub const BUS_MSG_SUBCHANNELS_OFFERED: u32 = 6;
+/// Guest → host: [`BusRegisterMemory`] + 1 fd (a sealed memfd).
+pub const BUS_MSG_REGISTER_MEMORY: u32 = 7;
+/// Host → guest: [`BusRegionId`], the region is registered.
+pub const BUS_MSG_MEMORY_REGISTERED: u32 = 8;
+/// Guest → host: [`BusRegionId`], forget a region.
+pub const BUS_MSG_UNREGISTER_MEMORY: u32 = 9;
+/// Host → guest: [`BusRegionId`], the region is unregistered.
+pub const BUS_MSG_MEMORY_UNREGISTERED: u32 = 10;
+/// Guest → host: [`BusChannelIndex`], close a channel.
+pub const BUS_MSG_CLOSE_CHANNEL: u32 = 11;
+/// Host → guest: [`BusChannelIndex`], the channel is closed.
+pub const BUS_MSG_CHANNEL_CLOSED: u32 = 12;
+/// Host → guest, unsolicited: [`BusRescind`], the device is gone.
+pub const BUS_MSG_RESCIND: u32 = 13;
+/// Host → guest: [`BusError`], the request with the header's `seq` failed.
+pub const BUS_MSG_ERROR: u32 = 14;
+
+/// [`BusError::code`]: malformed message (bad magic, length, type or fds).
+pub const BUS_ERR_MALFORMED: u32 = 1;
+/// [`BusError::code`]: protocol version not supported.
+pub const BUS_ERR_VERSION: u32 = 2;
+/// [`BusError::code`]: no such channel, or not offered.
+pub const BUS_ERR_NO_CHANNEL: u32 = 3;
+/// [`BusError::code`]: the channel is already open.
+pub const BUS_ERR_BUSY: u32 = 4;
+/// [`BusError::code`]: a memory region is invalid (alignment, overlap, unknown id, bad memfd).
+pub const BUS_ERR_BAD_REGION: u32 = 5;
+/// [`BusError::code`]: the device has been rescinded.
+pub const BUS_ERR_RESCINDED: u32 = 6;
+/// [`BusError::code`]: the host failed locally (out of memory, fd limit...).
+pub const BUS_ERR_INTERNAL: u32 = 7;
+/// [`BusError::code`]: the message was valid but not expected now (e.g. before hello).
+pub const BUS_ERR_UNEXPECTED: u32 = 8;
+
+abi_struct! {
+    /// Header of every bus message (16 bytes).
+    c "blobring_bus_header",
+    pub struct BusHeader {
+        /// [`BUS_MAGIC`].
+        pub magic: u32,
+        /// `BUS_MSG_*`.
+        pub msg_type: u32,
+        /// Bytes of the whole message, header included; must equal the datagram size.
+        pub length: u32,
+        /// Request sequence number chosen by the guest (non-zero), echoed in the reply; 0 on
+        /// unsolicited host messages.
+        pub seq: u32,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_HELLO`].
+    c "blobring_bus_hello",
+    pub struct BusHello {
+        /// [`BUS_VERSION`].
+        pub version: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_OFFER`]: the device the host offers.
+    c "blobring_bus_offer",
+    pub struct BusOffer {
+        /// Device class, little-endian GUID bytes ([`AZ_BLOB_CLASS_GUID`]).
+        pub class_guid: [u8; 16],
+        /// Device instance, little-endian GUID bytes.
+        pub instance_guid: [u8; 16],
+        /// Channels the host offers: the primary plus at most `max_channels - 1` subchannels.
+        pub max_channels: u32,
+        /// Bytes of one ring (4096-byte control page + data); a channel's memfd holds two.
+        pub ring_size: u32,
+        /// [`BUS_VERSION`].
+        pub version: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_OPEN_CHANNEL`], [`BUS_MSG_CLOSE_CHANNEL`] and [`BUS_MSG_CHANNEL_CLOSED`].
+    c "blobring_bus_channel_index",
+    pub struct BusChannelIndex {
+        /// 0 = primary, `1..max_channels` = subchannels.
+        pub index: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_CHANNEL_OPENED`]; the datagram carries three fds.
+    c "blobring_bus_channel_opened",
+    pub struct BusChannelOpened {
+        /// The channel opened.
+        pub index: u32,
+        /// Bytes of one ring; the memfd holds `2 * ring_size`: `[0, S)` guest → host,
+        /// `[S, 2S)` host → guest.
+        pub ring_size: u32,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_REQUEST_SUBCHANNELS`] and [`BUS_MSG_SUBCHANNELS_OFFERED`].
+    c "blobring_bus_subchannel_count",
+    pub struct BusSubchannelCount {
+        /// Subchannels asked for / now offered (indices `1..=count`).
+        pub count: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_REGISTER_MEMORY`]; the datagram carries one sealed memfd.
+    c "blobring_bus_register_memory",
+    pub struct BusRegisterMemory {
+        /// Guest-chosen id, unique among registered regions.
+        pub region_id: u64,
+        /// Guest-physical address of byte 0 of the memfd (multiple of 4096).
+        pub gpa_base: u64,
+        /// Bytes to register (multiple of 4096, ≤ the memfd's size).
+        pub len: u64,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_UNREGISTER_MEMORY`], [`BUS_MSG_MEMORY_REGISTERED`] and
+    /// [`BUS_MSG_MEMORY_UNREGISTERED`].
+    c "blobring_bus_region_id",
+    pub struct BusRegionId {
+        /// The region.
+        pub region_id: u64,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_RESCIND`].
+    c "blobring_bus_rescind",
+    pub struct BusRescind {
+        /// Free-form reason code (0 = the host is going away).
+        pub reason: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// Body of [`BUS_MSG_ERROR`].
+    c "blobring_bus_error",
+    pub struct BusError {
+        /// `msg_type` of the request that failed (0 if it could not be parsed).
+        pub request_type: u32,
+        /// `BUS_ERR_*`.
+        pub code: u32,
+        /// UTF-8 message, NUL-padded.
+        pub message: [u8; 120],
+    }
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<BusHeader>() == 16);
+    assert!(size_of::<BusHello>() == 8);
+    assert!(size_of::<BusOffer>() == 48);
+    assert!(size_of::<BusChannelIndex>() == 8);
+    assert!(size_of::<BusChannelOpened>() == 8);
+    assert!(size_of::<BusSubchannelCount>() == 8);
+    assert!(size_of::<BusRegisterMemory>() == 24);
+    assert!(size_of::<BusRegionId>() == 8);
+    assert!(size_of::<BusRescind>() == 8);
+    assert!(size_of::<BusError>() == 128);
+    assert!(size_of::<BusHeader>() + size_of::<BusError>() <= BUS_MAX_MESSAGE);
+};

@@ -1,1 +1,51 @@
-//! blobring-vmbus (being built).
+//! Hyper-V VMBus for blobring: rings, packets, the Azure Blob VSP messages, channels and the
+//! simulated transport.
+//!
+//! **Owns** (spec: `reference/vmbus.md`, which this crate follows byte for byte in §1–3, §6):
+//! - [`ring`]: the ring buffer, both halves ([`ring::OutgoingRing`], [`ring::IncomingRing`]),
+//!   usable by the guest and by the emulated host: 8-byte aligned packets with the 8-byte
+//!   trailer, the never-full rule, copies split at the wrap, full barriers, `interrupt_mask`
+//!   and `pending_send_sz`, and "signal the peer?" answers only on the transitions of §1.6 and
+//!   §1.7.
+//! - [`packet`]: in-band, GPA-direct (multi-range) and completion packets; [`packet::decode`]
+//!   validates everything §2.4 lists.
+//! - [`blob`]: the Azure Blob request packet (§6.2–6.3) and its completion (§6.4).
+//! - [`channel`]: the [`channel::Channel`] trait shared by transports.
+//! - [`sim`]: the unix-socket bus between the daemon and `blobring-host` (protocol documented
+//!   message by message in the [`sim`] module), with [`sim::guest`] and [`sim::host`] helpers.
+//! - [`guest_memory`]: the emulated host's table of registered guest memory, translating page
+//!   lists into spans and rejecting pages outside it.
+//!
+//! **Trusts:** as the guest, the host for liveness only — every ring index, descriptor and bus
+//! message it writes is still validated, and a broken one is an error
+//! ([`ring::Corruption`], [`sim::BusError::Malformed`]) rather than a panic. As the host, the
+//! guest **not at all**: bus messages are checked for magic, type, exact size and fd count;
+//! memfds must be sealed and large enough before they are mapped; every PFN must fall inside
+//! registered memory; requests with transaction id 0 are refused.
+//!
+//! **Invariants:**
+//! - Peer-writable memory is only touched through [`blobring_shm::SharedMemory`]: atomics for
+//!   control fields, copies for packets. A descriptor is copied once and the copy validated;
+//!   nothing is re-read after validation.
+//! - Every index the peer writes is validated (in range, multiple of 8) on every load; the
+//!   index each half owns is kept privately and only stored.
+//! - Signal only when told to by [`ring::OutgoingRing::commit_write`] /
+//!   [`ring::IncomingRing::commit_read`] (Hyper-V throttles spurious interrupts).
+//! - Transaction ids of requests are never 0.
+//!
+//! The crate contains a single `unsafe` block (taking ownership of fds received with
+//! `SCM_RIGHTS`); everything else goes through safe APIs. `nix` is used for
+//! `sendmsg`/`recvmsg` with `SCM_RIGHTS` (typed control messages), `rustix` for the other
+//! system calls, `zerocopy` for every wire layout (defined in `blobring_abi::vmbus`), `uuid`
+//! for the GUIDs of the offer.
+
+pub mod blob;
+pub mod channel;
+pub mod guest_memory;
+pub mod packet;
+pub mod ring;
+pub mod sim;
+
+pub use channel::{Channel, ChannelError};
+pub use packet::{Packet, PacketKind, decode};
+pub use ring::{Corruption, IncomingRing, OutgoingRing, ReadError, RingError, WriteError};
