@@ -1,0 +1,1783 @@
+//! The Blob executor: one HTTP-modelled Blob request in, one response out.
+//!
+//! Two entry points share all the semantics:
+//! - [`Executor::execute`] for the VMBus path: the request head is the raw HTTP/1.1 head a Blob
+//!   REST client would send (parsed with `httparse`), the body is the data buffer's valid bytes,
+//!   and a GET's body is written straight from the store into the caller's data buffer (one
+//!   copy). A body larger than that buffer is [`ExecuteError::BodyTooLarge`] carrying the size
+//!   needed, never a truncated success. The response head is then rendered into the response
+//!   buffer by [`Executed::write_head`], which likewise reports the size needed if it does not fit.
+//! - [`Executor::execute_request`] for the REST front end (`http::Request` in, `Response` out).
+//!
+//! **Trust:** the request bytes come from an untrusted client: every header, query parameter,
+//! range and XML body is validated and turned into an Azure error (`x-ms-error-code` + XML body)
+//! rather than a panic. Nothing here logs above `debug`.
+//!
+//! Semantics follow `reference/blob-api-and-peers.md` §1 and what object_store 0.14 expects:
+//! create-only writes (`If-None-Match: *`) on an existing blob answer 409 `BlobAlreadyExists`
+//! (as Azurite does), a range on an empty blob answers 416 with `Content-Range: bytes */0` (as
+//! Azure does), and List Blobs honours `startFrom`.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use md5::{Digest, Md5};
+use percent_encoding::percent_decode_str;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::auth::SharedKeyAuth;
+use crate::store::{
+    BlobProps, BlobReader, BlockRef, Conditions, ContentHeaders, NewBlob, ReadConditionFailure,
+    Store, StoreError,
+};
+use crate::xml::{esc, leaves};
+
+/// The service version we answer with when a request names none.
+pub const DEFAULT_VERSION: &str = "2025-11-05";
+/// Most headers accepted in one request head.
+const MAX_HEADERS: usize = 100;
+/// Most sub-requests in one Blob Batch.
+const MAX_BATCH: usize = 256;
+/// Largest block (Put Block), 4,000 MiB.
+const MAX_BLOCK: u64 = 4000 * 1024 * 1024;
+/// Largest single Put Blob, 5,000 MiB.
+const MAX_PUT_BLOB: u64 = 5000 * 1024 * 1024;
+/// Largest range for which a transactional MD5/CRC64 may be requested.
+const MAX_HASHED_RANGE: u64 = 4 * 1024 * 1024;
+
+/// Fault injection applied to every request, whatever the transport.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    /// Extra latency added before executing each request.
+    pub latency: Duration,
+    /// Probability (0..=1) of answering 503 `ServerBusy` instead of executing.
+    pub error_rate: f64,
+    /// Probability (0..=1) that a request hangs for `hang_for` before answering 503.
+    pub hang_rate: f64,
+    /// How long a hung request blocks.
+    pub hang_for: Duration,
+    /// Seed of the fault RNG, so failures are reproducible.
+    pub seed: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            hang_rate: 0.0,
+            hang_for: Duration::from_secs(3600),
+            seed: 0,
+        }
+    }
+}
+
+impl Faults {
+    fn active(&self) -> bool {
+        !self.latency.is_zero() || self.error_rate > 0.0 || self.hang_rate > 0.0
+    }
+}
+
+/// Executor configuration.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Account name served (path-style URLs start with it).
+    pub account: String,
+    /// Verify SharedKey / SAS with this key; `None` accepts unauthenticated requests.
+    pub auth: Option<SharedKeyAuth>,
+    /// Fault injection.
+    pub faults: Faults,
+}
+
+/// Errors of the VMBus entry point that cannot be expressed as an HTTP response.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExecuteError {
+    /// The response body does not fit the caller's data buffer.
+    #[error(
+        "Response body needs {needed} bytes but the data buffer holds {capacity}; retry with a larger buffer or a smaller range"
+    )]
+    BodyTooLarge {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        capacity: usize,
+    },
+    /// The response head does not fit the caller's response buffer.
+    #[error(
+        "Response head needs {needed} bytes but the response buffer holds {capacity}; give the response buffer at least {needed} bytes"
+    )]
+    HeadTooLarge {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        capacity: usize,
+    },
+}
+
+/// Result of [`Executor::execute`]: the status and headers to render, and how many body bytes
+/// were written into the caller's data buffer.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers (including `Content-Length`).
+    pub headers: HeaderMap,
+    /// Body bytes written at the start of the data buffer.
+    pub body_len: usize,
+}
+
+impl Executed {
+    /// Size of the rendered head (`HTTP/1.1 <status>\r\n` + headers + blank line).
+    pub fn head_len(&self) -> usize {
+        let mut n =
+            "HTTP/1.1 000 \r\n".len() + self.status.canonical_reason().unwrap_or("").len() + 2;
+        for (k, v) in &self.headers {
+            n += k.as_str().len() + 2 + v.len() + 2;
+        }
+        n
+    }
+
+    /// Render the response head into `dst`; returns the bytes written.
+    pub fn write_head(&self, dst: &mut [u8]) -> Result<usize, ExecuteError> {
+        let needed = self.head_len();
+        if needed > dst.len() {
+            return Err(ExecuteError::HeadTooLarge {
+                needed,
+                capacity: dst.len(),
+            });
+        }
+        let mut w = 0;
+        let mut put = |b: &[u8]| {
+            dst[w..w + b.len()].copy_from_slice(b);
+            w += b.len();
+        };
+        put(b"HTTP/1.1 ");
+        put(self.status.as_str().as_bytes());
+        put(b" ");
+        put(self.status.canonical_reason().unwrap_or("").as_bytes());
+        put(b"\r\n");
+        for (k, v) in &self.headers {
+            put(k.as_str().as_bytes());
+            put(b": ");
+            put(v.as_bytes());
+            put(b"\r\n");
+        }
+        put(b"\r\n");
+        Ok(w)
+    }
+
+    /// The rendered head as a vector.
+    pub fn head_bytes(&self) -> Vec<u8> {
+        let mut v = vec![0; self.head_len()];
+        let n = self.write_head(&mut v).expect("sized by head_len");
+        v.truncate(n);
+        v
+    }
+}
+
+/// An Azure error: status, error code and message.
+#[derive(Debug, Clone)]
+pub(crate) struct AzError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl AzError {
+    pub(crate) fn new(status: u16, code: &'static str, message: &str) -> Self {
+        AzError {
+            status,
+            code,
+            message: message.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        AzError {
+            status: 400,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl From<StoreError> for AzError {
+    fn from(e: StoreError) -> Self {
+        let msg = e.to_string();
+        let (status, code) = match &e {
+            StoreError::ContainerNotFound(_) => (404, "ContainerNotFound"),
+            StoreError::ContainerAlreadyExists(_) => (409, "ContainerAlreadyExists"),
+            StoreError::BlobNotFound(_) => (404, "BlobNotFound"),
+            StoreError::BlobAlreadyExists(_) => (409, "BlobAlreadyExists"),
+            StoreError::ConditionNotMet => (412, "ConditionNotMet"),
+            StoreError::InvalidBlockList(_) => (400, "InvalidBlockList"),
+            StoreError::OutOfRange { .. } => (416, "InvalidRange"),
+            StoreError::Io { .. } | StoreError::Corrupt { .. } | StoreError::BadSpec(_) => {
+                tracing::debug!(error = %e, "store failure");
+                (500, "InternalError")
+            }
+        };
+        AzError {
+            status,
+            code,
+            message: msg,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A parsed request, borrowed from the transport's buffers.
+pub(crate) struct Req<'a> {
+    pub method: Method,
+    /// Path as on the wire, without the query.
+    pub raw_path: &'a str,
+    /// Whether the first path segment is the account (path-style URL).
+    pub path_has_account: bool,
+    /// Decoded query pairs in order.
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl Req<'_> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub(crate) fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn decode_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                let s = s.replace('+', " ");
+                percent_decode_str(&s).decode_utf8_lossy().into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+/// Body of an internal response.
+enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    Blob {
+        reader: Box<dyn BlobReader>,
+        offset: u64,
+        len: u64,
+        md5: bool,
+        crc64: bool,
+    },
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Body,
+    /// HEAD: headers describe a body that is not sent.
+    head_only: bool,
+}
+
+impl Resp {
+    fn new(status: u16) -> Self {
+        Resp {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            headers: HeaderMap::new(),
+            body: Body::Empty,
+            head_only: false,
+        }
+    }
+    fn h(mut self, name: &'static str, value: impl AsRef<str>) -> Self {
+        set(&mut self.headers, name, value.as_ref());
+        self
+    }
+    fn xml(mut self, doc: String) -> Self {
+        set(&mut self.headers, "content-type", "application/xml");
+        self.body = Body::Bytes(doc.into_bytes());
+        self
+    }
+}
+
+fn set(h: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        h.insert(n, v);
+    }
+}
+
+fn http_date(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t)
+}
+
+fn iso_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let dd = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:07}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos() / 100
+    )
+}
+
+/// What the path addresses.
+enum Target {
+    Service,
+    Container(String),
+    Blob(String, String),
+}
+
+/// Executes Blob requests against a [`Store`].
+pub struct Executor {
+    store: Arc<dyn Store>,
+    account: String,
+    auth: Option<SharedKeyAuth>,
+    faults: Faults,
+    rng: Mutex<StdRng>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("store", &self.store.describe())
+            .field("account", &self.account)
+            .field("auth", &self.auth.is_some())
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl Executor {
+    /// An executor over `store`.
+    pub fn new(store: Arc<dyn Store>, config: ExecutorConfig) -> Self {
+        Executor {
+            store,
+            account: config.account,
+            auth: config.auth,
+            rng: Mutex::new(StdRng::seed_from_u64(config.faults.seed)),
+            faults: config.faults,
+        }
+    }
+
+    /// The store behind this executor.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Execute one request for the VMBus path.
+    ///
+    /// `head` holds the HTTP/1.1 request head (request line and headers, optionally followed by
+    /// the blank line); `body` the request body (`data_valid` bytes of the data buffer). A
+    /// response body is written into `out`; its length is `Executed::body_len`.
+    pub fn execute(
+        &self,
+        head: &[u8],
+        body: &[u8],
+        out: &mut [u8],
+    ) -> Result<Executed, ExecuteError> {
+        let resp = match parse_head(head) {
+            Ok((method, target, headers)) => {
+                let req = self.make_req(method, target, headers, body);
+                self.run(&req)
+            }
+            Err(e) => self.error_resp(e, false, &HeaderMap::new()),
+        };
+        let head_only = resp.head_only;
+        let Resp {
+            status,
+            mut headers,
+            body,
+            ..
+        } = resp;
+        let body_len = match body {
+            Body::Empty => 0,
+            Body::Bytes(v) => {
+                if v.len() > out.len() {
+                    return Err(ExecuteError::BodyTooLarge {
+                        needed: v.len() as u64,
+                        capacity: out.len(),
+                    });
+                }
+                out[..v.len()].copy_from_slice(&v);
+                v.len()
+            }
+            Body::Blob {
+                reader,
+                offset,
+                len,
+                md5,
+                crc64,
+            } => {
+                if len > out.len() as u64 {
+                    return Err(ExecuteError::BodyTooLarge {
+                        needed: len,
+                        capacity: out.len(),
+                    });
+                }
+                let dst = &mut out[..len as usize];
+                if let Err(e) = reader.read_at(offset, dst) {
+                    let r = self.error_resp(e.into(), false, &headers);
+                    return self.finish_small(r, out);
+                }
+                add_range_hashes(&mut headers, dst, md5, crc64);
+                len as usize
+            }
+        };
+        if !head_only {
+            set(&mut headers, "content-length", &body_len.to_string());
+        }
+        Ok(Executed {
+            status,
+            headers,
+            body_len,
+        })
+    }
+
+    fn finish_small(&self, r: Resp, out: &mut [u8]) -> Result<Executed, ExecuteError> {
+        let mut headers = r.headers;
+        let body_len = match r.body {
+            Body::Bytes(v) if v.len() <= out.len() => {
+                out[..v.len()].copy_from_slice(&v);
+                v.len()
+            }
+            Body::Bytes(v) => {
+                return Err(ExecuteError::BodyTooLarge {
+                    needed: v.len() as u64,
+                    capacity: out.len(),
+                });
+            }
+            _ => 0,
+        };
+        set(&mut headers, "content-length", &body_len.to_string());
+        Ok(Executed {
+            status: r.status,
+            headers,
+            body_len,
+        })
+    }
+
+    /// Execute one request for the REST front end. Blocking: call from a blocking thread.
+    pub fn execute_request(&self, req: http::Request<Bytes>) -> http::Response<Bytes> {
+        let (parts, body) = req.into_parts();
+        let raw_path = parts.uri.path().to_owned();
+        let query = parts.uri.query().unwrap_or("").to_owned();
+        let target = if query.is_empty() {
+            raw_path.clone()
+        } else {
+            format!("{raw_path}?{query}")
+        };
+        let req = self.make_req(parts.method, &target, parts.headers, &body);
+        let resp = self.run(&req);
+        let mut headers = resp.headers;
+        let body = match resp.body {
+            Body::Empty => Bytes::new(),
+            Body::Bytes(v) => Bytes::from(v),
+            Body::Blob {
+                reader,
+                offset,
+                len,
+                md5,
+                crc64,
+            } => {
+                let mut v = vec![0u8; len as usize];
+                match reader.read_at(offset, &mut v) {
+                    Ok(()) => {
+                        add_range_hashes(&mut headers, &v, md5, crc64);
+                        Bytes::from(v)
+                    }
+                    Err(e) => {
+                        let r = self.error_resp(e.into(), false, &req.headers);
+                        let mut out = http::Response::new(match r.body {
+                            Body::Bytes(v) => Bytes::from(v),
+                            _ => Bytes::new(),
+                        });
+                        *out.status_mut() = r.status;
+                        *out.headers_mut() = r.headers;
+                        return out;
+                    }
+                }
+            }
+        };
+        if !resp.head_only {
+            set(&mut headers, "content-length", &body.len().to_string());
+        }
+        let mut out = http::Response::new(body);
+        *out.status_mut() = resp.status;
+        *out.headers_mut() = headers;
+        out
+    }
+
+    fn make_req<'a>(
+        &self,
+        method: Method,
+        target: &'a str,
+        headers: HeaderMap,
+        body: &'a [u8],
+    ) -> Req<'a> {
+        let (raw_path, q) = target.split_once('?').unwrap_or((target, ""));
+        let first = raw_path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        Req {
+            method,
+            raw_path,
+            path_has_account: first == self.account,
+            query: decode_query(q),
+            headers,
+            body,
+        }
+    }
+
+    /// Faults, auth, dispatch and the common response headers.
+    fn run(&self, req: &Req<'_>) -> Resp {
+        if self.faults.active() {
+            if let Some(r) = self.inject_faults(req) {
+                return r;
+            }
+        }
+        let head = req.method == Method::HEAD;
+        let result = match &self.auth {
+            Some(a) => a.verify(req),
+            None => Ok(()),
+        }
+        .and_then(|()| self.dispatch(req));
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => self.error_resp(e, head, &req.headers),
+        };
+        if head {
+            resp.head_only = true;
+            resp.body = Body::Empty;
+        }
+        self.common_headers(&mut resp.headers, &req.headers);
+        resp
+    }
+
+    fn inject_faults(&self, req: &Req<'_>) -> Option<Resp> {
+        if !self.faults.latency.is_zero() {
+            std::thread::sleep(self.faults.latency);
+        }
+        let (err, hang) = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                self.faults.error_rate > 0.0 && rng.random_bool(self.faults.error_rate.min(1.0)),
+                self.faults.hang_rate > 0.0 && rng.random_bool(self.faults.hang_rate.min(1.0)),
+            )
+        };
+        if hang {
+            std::thread::sleep(self.faults.hang_for);
+        }
+        if err || hang {
+            let mut r = self.error_resp(
+                AzError::new(
+                    503,
+                    "ServerBusy",
+                    "The server is busy (injected fault). Retry with exponential backoff.",
+                ),
+                req.method == Method::HEAD,
+                &req.headers,
+            );
+            self.common_headers(&mut r.headers, &req.headers);
+            return Some(r);
+        }
+        None
+    }
+
+    fn common_headers(&self, h: &mut HeaderMap, req: &HeaderMap) {
+        if !h.contains_key("x-ms-request-id") {
+            set(h, "x-ms-request-id", &uuid::Uuid::new_v4().to_string());
+        }
+        let version = req
+            .get("x-ms-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(DEFAULT_VERSION);
+        set(h, "x-ms-version", version);
+        if let Some(id) = req.get("x-ms-client-request-id") {
+            h.insert("x-ms-client-request-id", id.clone());
+        }
+        set(h, "date", &http_date(SystemTime::now()));
+        set(h, "server", "blobring-host");
+    }
+
+    fn error_resp(&self, e: AzError, head: bool, _req: &HeaderMap) -> Resp {
+        let rid = uuid::Uuid::new_v4().to_string();
+        let mut r = Resp::new(e.status)
+            .h("x-ms-error-code", e.code)
+            .h("x-ms-request-id", &rid);
+        for (k, v) in e.headers {
+            r.headers.insert(k, v);
+        }
+        if !head && e.status != 304 {
+            let doc = format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{}</Code><Message>{}\nRequestId:{}\nTime:{}</Message></Error>",
+                e.code,
+                esc(&e.message),
+                rid,
+                iso_now()
+            );
+            r = r.xml(doc);
+        } else {
+            r.head_only = head;
+        }
+        r
+    }
+
+    fn target(&self, req: &Req<'_>) -> Result<Target, AzError> {
+        let mut p = req.raw_path.trim_start_matches('/');
+        if req.path_has_account {
+            p = p.split_once('/').map(|(_, rest)| rest).unwrap_or("");
+        }
+        if p.is_empty() {
+            return Ok(Target::Service);
+        }
+        let (c, b) = p.split_once('/').unwrap_or((p, ""));
+        let c = percent_decode_str(c)
+            .decode_utf8()
+            .map_err(|_| AzError::bad("InvalidUri", "container name is not UTF-8"))?
+            .into_owned();
+        if b.is_empty() {
+            return Ok(Target::Container(c));
+        }
+        let b = percent_decode_str(b)
+            .decode_utf8()
+            .map_err(|_| AzError::bad("InvalidUri", "blob name is not UTF-8"))?
+            .into_owned();
+        if b.len() > 1024 {
+            return Err(AzError::bad(
+                "InvalidResourceName",
+                "The blob name is longer than 1,024 characters.",
+            ));
+        }
+        Ok(Target::Blob(c, b))
+    }
+
+    fn dispatch(&self, req: &Req<'_>) -> Result<Resp, AzError> {
+        let comp = req.query("comp").unwrap_or("");
+        let restype = req.query("restype").unwrap_or("");
+        let m = &req.method;
+        match self.target(req)? {
+            Target::Service => match (m.as_str(), comp) {
+                ("GET", "list") => self.list_containers(req),
+                ("GET", "properties") if restype == "service" => Ok(Resp::new(200).xml(
+                    "<?xml version=\"1.0\" encoding=\"utf-8\"?><StorageServiceProperties><DefaultServiceVersion>2025-11-05</DefaultServiceVersion></StorageServiceProperties>".into(),
+                )),
+                _ => Err(unsupported(req)),
+            },
+            Target::Container(c) => {
+                check_container_name(&c)?;
+                match (m.as_str(), restype, comp) {
+                    ("PUT", "container", "") => self.create_container(req, &c),
+                    ("DELETE", "container", "") => {
+                        self.store.delete_container(&c)?;
+                        Ok(Resp::new(202))
+                    }
+                    ("GET" | "HEAD", "container", "") => {
+                        let p = self.store.container(&c)?;
+                        let mut r = Resp::new(200)
+                            .h("etag", &p.etag)
+                            .h("last-modified", http_date(p.last_modified))
+                            .h("x-ms-lease-state", "available")
+                            .h("x-ms-lease-status", "unlocked")
+                            .h("x-ms-has-immutability-policy", "false")
+                            .h("x-ms-has-legal-hold", "false");
+                        for (k, v) in &p.metadata {
+                            set(&mut r.headers, &format!("x-ms-meta-{k}"), v);
+                        }
+                        Ok(r)
+                    }
+                    ("GET", "container", "list") => self.list_blobs(req, &c),
+                    ("POST", "container", "batch") => self.batch(req, &c),
+                    _ => Err(unsupported(req)),
+                }
+            }
+            Target::Blob(c, b) => {
+                check_container_name(&c)?;
+                match (m.as_str(), comp) {
+                    ("GET" | "HEAD", "") => self.get_blob(req, &c, &b),
+                    ("PUT", "") if req.header("x-ms-copy-source").is_some() => {
+                        self.copy_blob(req, &c, &b)
+                    }
+                    ("PUT", "") => self.put_blob(req, &c, &b),
+                    ("DELETE", "") => {
+                        self.store.delete_blob(&c, &b, &conditions(req)?)?;
+                        Ok(Resp::new(202).h("x-ms-delete-type-permanent", "true"))
+                    }
+                    ("PUT", "block") => self.put_block(req, &c, &b),
+                    ("PUT", "blocklist") => self.put_block_list(req, &c, &b),
+                    ("GET", "blocklist") => self.get_block_list(req, &c, &b),
+                    ("GET", "tags") => self.get_tags(&c, &b),
+                    ("PUT", "tags") => self.set_tags(req, &c, &b),
+                    ("PUT", "metadata") => {
+                        let p = self.store.set_metadata(
+                            &c,
+                            &b,
+                            metadata(req),
+                            &conditions(req)?,
+                        )?;
+                        Ok(Resp::new(200)
+                            .h("etag", &p.etag)
+                            .h("last-modified", http_date(p.last_modified))
+                            .h("x-ms-request-server-encrypted", "true"))
+                    }
+                    _ => Err(unsupported(req)),
+                }
+            }
+        }
+    }
+
+    fn create_container(&self, req: &Req<'_>, c: &str) -> Result<Resp, AzError> {
+        let p = self.store.create_container(c, metadata(req))?;
+        Ok(Resp::new(201)
+            .h("etag", &p.etag)
+            .h("last-modified", http_date(p.last_modified)))
+    }
+
+    fn list_containers(&self, req: &Req<'_>) -> Result<Resp, AzError> {
+        let prefix = req.query("prefix").unwrap_or("");
+        let marker = req.query("marker").unwrap_or("");
+        let max = max_results(req)?;
+        let all = self.store.list_containers(prefix)?;
+        let mut items: Vec<_> = all
+            .into_iter()
+            .filter(|c| marker.is_empty() || c.name.as_str() > marker)
+            .collect();
+        let next = if items.len() > max {
+            items.truncate(max);
+            items.last().map(|c| c.name.clone())
+        } else {
+            None
+        };
+        let mut x = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults ServiceEndpoint=\"{}\"><Prefix>{}</Prefix><Marker>{}</Marker><MaxResults>{max}</MaxResults><Containers>",
+            esc(&self.endpoint(req)),
+            esc(prefix),
+            esc(marker)
+        );
+        for c in items {
+            let _ = write!(
+                x,
+                "<Container><Name>{}</Name><Properties><Last-Modified>{}</Last-Modified><Etag>{}</Etag><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><HasImmutabilityPolicy>false</HasImmutabilityPolicy><HasLegalHold>false</HasLegalHold></Properties></Container>",
+                esc(&c.name),
+                http_date(c.last_modified),
+                esc(&c.etag)
+            );
+        }
+        let _ = write!(
+            x,
+            "</Containers><NextMarker>{}</NextMarker></EnumerationResults>",
+            esc(next.as_deref().unwrap_or(""))
+        );
+        Ok(Resp::new(200).xml(x))
+    }
+
+    fn endpoint(&self, req: &Req<'_>) -> String {
+        let host = req.header("host").unwrap_or("127.0.0.1");
+        if req.path_has_account {
+            format!("http://{host}/{}/", self.account)
+        } else {
+            format!("http://{host}/")
+        }
+    }
+
+    fn list_blobs(&self, req: &Req<'_>, c: &str) -> Result<Resp, AzError> {
+        let prefix = req.query("prefix").unwrap_or("");
+        let delimiter = req.query("delimiter").unwrap_or("");
+        let marker = req.query("marker").unwrap_or("");
+        let start_from = req.query("startfrom").unwrap_or("");
+        let max = max_results(req)?;
+        let include = req.query("include").unwrap_or("");
+        let with_meta = include.split(',').any(|i| i.trim() == "metadata");
+        let with_tags = include.split(',').any(|i| i.trim() == "tags");
+        let marker_is_prefix = !delimiter.is_empty() && marker.ends_with(delimiter);
+        let from = if !marker.is_empty() {
+            marker
+        } else {
+            start_from
+        };
+
+        enum Item {
+            Blob(Box<BlobProps>),
+            Prefix(String),
+        }
+        let mut items: Vec<Item> = Vec::new();
+        let mut last_prefix: Option<String> = None;
+        let mut more = false;
+        self.store
+            .list_blobs(c, prefix, from, &mut |p: &BlobProps| {
+                let name = p.name.as_str();
+                if !marker.is_empty() {
+                    if name <= marker || (marker_is_prefix && name.starts_with(marker)) {
+                        return true;
+                    }
+                }
+                let item = if delimiter.is_empty() {
+                    None
+                } else {
+                    name[prefix.len()..]
+                        .find(delimiter)
+                        .map(|i| name[..prefix.len() + i + delimiter.len()].to_owned())
+                };
+                match item {
+                    Some(pre) => {
+                        if last_prefix.as_deref() == Some(pre.as_str()) {
+                            return true;
+                        }
+                        if items.len() == max {
+                            more = true;
+                            return false;
+                        }
+                        last_prefix = Some(pre.clone());
+                        items.push(Item::Prefix(pre));
+                    }
+                    None => {
+                        if items.len() == max {
+                            more = true;
+                            return false;
+                        }
+                        items.push(Item::Blob(Box::new(p.clone())));
+                    }
+                }
+                true
+            })?;
+        let next = if more {
+            items.last().map(|i| match i {
+                Item::Blob(p) => p.name.clone(),
+                Item::Prefix(p) => p.clone(),
+            })
+        } else {
+            None
+        };
+        let mut x = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults ServiceEndpoint=\"{}\" ContainerName=\"{}\">",
+            esc(&self.endpoint(req)),
+            esc(c)
+        );
+        if !prefix.is_empty() {
+            let _ = write!(x, "<Prefix>{}</Prefix>", esc(prefix));
+        }
+        if !marker.is_empty() {
+            let _ = write!(x, "<Marker>{}</Marker>", esc(marker));
+        }
+        if req.query("maxresults").is_some() {
+            let _ = write!(x, "<MaxResults>{max}</MaxResults>");
+        }
+        if !delimiter.is_empty() {
+            let _ = write!(x, "<Delimiter>{}</Delimiter>", esc(delimiter));
+        }
+        x.push_str("<Blobs>");
+        for i in &items {
+            match i {
+                Item::Prefix(p) => {
+                    let _ = write!(x, "<BlobPrefix><Name>{}</Name></BlobPrefix>", esc(p));
+                }
+                Item::Blob(p) => {
+                    let ct = &p.content;
+                    let opt = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
+                    let _ = write!(
+                        x,
+                        "<Blob><Name>{}</Name><Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-CRC64 /><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted>",
+                        esc(&p.name),
+                        http_date(p.created),
+                        http_date(p.last_modified),
+                        esc(p.etag.trim_matches('"')),
+                        p.size,
+                        esc(ct
+                            .content_type
+                            .as_deref()
+                            .unwrap_or("application/octet-stream")),
+                        opt(&ct.content_encoding),
+                        opt(&ct.content_language),
+                        opt(&ct.content_md5),
+                        opt(&ct.cache_control),
+                        opt(&ct.content_disposition),
+                    );
+                    if !p.tags.is_empty() {
+                        let _ = write!(x, "<TagCount>{}</TagCount>", p.tags.len());
+                    }
+                    x.push_str("</Properties>");
+                    if with_meta {
+                        x.push_str("<Metadata>");
+                        for (k, v) in &p.metadata {
+                            let _ = write!(x, "<{k}>{}</{k}>", esc(v));
+                        }
+                        x.push_str("</Metadata>");
+                    }
+                    if with_tags && !p.tags.is_empty() {
+                        x.push_str("<Tags><TagSet>");
+                        for (k, v) in &p.tags {
+                            let _ = write!(
+                                x,
+                                "<Tag><Key>{}</Key><Value>{}</Value></Tag>",
+                                esc(k),
+                                esc(v)
+                            );
+                        }
+                        x.push_str("</TagSet></Tags>");
+                    }
+                    x.push_str("</Blob>");
+                }
+            }
+        }
+        let _ = write!(
+            x,
+            "</Blobs><NextMarker>{}</NextMarker></EnumerationResults>",
+            esc(next.as_deref().unwrap_or(""))
+        );
+        Ok(Resp::new(200).xml(x))
+    }
+
+    fn get_blob(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        let cond = conditions(req)?;
+        let reader = self.store.open(c, b)?;
+        let p = reader.props().clone();
+        if let Err(f) = cond.check_read(&p) {
+            return Err(match f {
+                ReadConditionFailure::NotModified => {
+                    let mut e = AzError::new(
+                        304,
+                        "ConditionNotMet",
+                        "The condition specified using HTTP conditional header(s) is not met.",
+                    );
+                    e.headers
+                        .push((HeaderName::from_static("etag"), hv(&p.etag)));
+                    e.headers.push((
+                        HeaderName::from_static("last-modified"),
+                        hv(&http_date(p.last_modified)),
+                    ));
+                    e
+                }
+                ReadConditionFailure::Failed => AzError::new(
+                    412,
+                    "ConditionNotMet",
+                    "The condition specified using HTTP conditional header(s) is not met.",
+                ),
+            });
+        }
+        let range_hdr = req.header("x-ms-range").or_else(|| req.header("range"));
+        let range = match range_hdr {
+            Some(r) => parse_range(r),
+            None => None,
+        };
+        let mut r;
+        let (offset, len) = match range {
+            Some((start, end)) => {
+                if start >= p.size {
+                    let mut e = AzError::new(
+                        416,
+                        "InvalidRange",
+                        "The range specified is invalid for the current size of the resource.",
+                    );
+                    e.headers.push((
+                        HeaderName::from_static("content-range"),
+                        hv(&format!("bytes */{}", p.size)),
+                    ));
+                    return Err(e);
+                }
+                let end = end.map_or(p.size - 1, |e| e.min(p.size - 1));
+                r = Resp::new(206).h("content-range", format!("bytes {start}-{end}/{}", p.size));
+                (start, end - start + 1)
+            }
+            None => {
+                r = Resp::new(200);
+                (0, p.size)
+            }
+        };
+        let want_md5 = req.header("x-ms-range-get-content-md5") == Some("true");
+        let want_crc = req.header("x-ms-range-get-content-crc64") == Some("true");
+        if (want_md5 || want_crc) && (range.is_none() || len > MAX_HASHED_RANGE) {
+            if len > MAX_HASHED_RANGE {
+                return Err(AzError::bad(
+                    "OutOfRangeInput",
+                    "x-ms-range-get-content-md5/crc64 needs a range of at most 4 MiB.",
+                ));
+            }
+        }
+        blob_headers(&mut r.headers, &p);
+        if range.is_none() {
+            if let Some(md5) = &p.content.content_md5 {
+                set(&mut r.headers, "content-md5", md5);
+            }
+        } else if let Some(md5) = &p.content.content_md5 {
+            set(&mut r.headers, "x-ms-blob-content-md5", md5);
+        }
+        if req.method == Method::HEAD {
+            set(&mut r.headers, "content-length", &p.size.to_string());
+            r.head_only = true;
+            return Ok(r);
+        }
+        r.body = Body::Blob {
+            reader,
+            offset,
+            len,
+            md5: want_md5,
+            crc64: want_crc,
+        };
+        Ok(r)
+    }
+
+    fn put_blob(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        match req.header("x-ms-blob-type") {
+            Some("BlockBlob") => {}
+            Some(other) => {
+                return Err(AzError::bad(
+                    "InvalidHeaderValue",
+                    format!(
+                        "x-ms-blob-type {other:?} is not supported by this host; only BlockBlob is."
+                    ),
+                ));
+            }
+            None => {
+                return Err(AzError::bad(
+                    "MissingRequiredHeader",
+                    "An HTTP header that's mandatory for this request is not specified: x-ms-blob-type.",
+                ));
+            }
+        }
+        check_length(req, MAX_PUT_BLOB)?;
+        let md5 = check_integrity(req)?;
+        let cond = conditions(req)?;
+        let mut attrs = new_blob(req, true)?;
+        let md5 = md5.unwrap_or_else(|| BASE64_STANDARD.encode(Md5::digest(req.body)));
+        if attrs.content.content_md5.is_none() {
+            attrs.content.content_md5 = Some(md5.clone());
+        }
+        let p = self.store.put_blob(c, b, req.body, attrs, &cond)?;
+        let mut r = Resp::new(201)
+            .h("etag", &p.etag)
+            .h("last-modified", http_date(p.last_modified))
+            .h("content-md5", md5)
+            .h("x-ms-request-server-encrypted", "true");
+        echo_crc(req, &mut r);
+        Ok(r)
+    }
+
+    fn put_block(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        let id = block_id(req.query("blockid").unwrap_or(""))?;
+        check_length(req, MAX_BLOCK)?;
+        let md5 = check_integrity(req)?;
+        self.store.put_block(c, b, &id, req.body)?;
+        let mut r = Resp::new(201).h("x-ms-request-server-encrypted", "true");
+        if let Some(m) = md5 {
+            r = r.h("content-md5", m);
+        }
+        echo_crc(req, &mut r);
+        Ok(r)
+    }
+
+    fn put_block_list(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        check_integrity(req)?;
+        let (root, leaves) = leaves(req.body).map_err(|e| {
+            AzError::bad(
+                "InvalidXmlDocument",
+                format!("XML specified is not syntactically valid: {e}"),
+            )
+        })?;
+        if root != "BlockList" {
+            return Err(AzError::bad(
+                "InvalidXmlDocument",
+                "The root element must be BlockList.",
+            ));
+        }
+        let mut refs = Vec::with_capacity(leaves.len());
+        for (path, text) in leaves {
+            if path.len() != 2 {
+                continue;
+            }
+            let id = block_id(text.trim())?;
+            refs.push(match path[1].as_str() {
+                "Latest" => BlockRef::Latest(id),
+                "Committed" => BlockRef::Committed(id),
+                "Uncommitted" => BlockRef::Uncommitted(id),
+                other => {
+                    return Err(AzError::bad(
+                        "InvalidXmlNodeValue",
+                        format!("Unexpected element {other:?} in BlockList."),
+                    ));
+                }
+            });
+        }
+        if refs.len() > 50_000 {
+            return Err(AzError::bad(
+                "BlockListTooLong",
+                "The block list may not contain more than 50,000 blocks.",
+            ));
+        }
+        let cond = conditions(req)?;
+        let attrs = new_blob(req, false)?;
+        let p = self.store.put_block_list(c, b, &refs, attrs, &cond)?;
+        Ok(Resp::new(201)
+            .h("etag", &p.etag)
+            .h("last-modified", http_date(p.last_modified))
+            .h("x-ms-request-server-encrypted", "true"))
+    }
+
+    fn get_block_list(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        let kind = req
+            .query("blocklisttype")
+            .unwrap_or("committed")
+            .to_ascii_lowercase();
+        let (with_c, with_u) = match kind.as_str() {
+            "committed" => (true, false),
+            "uncommitted" => (false, true),
+            "all" => (true, true),
+            _ => {
+                return Err(AzError::bad(
+                    "InvalidQueryParameterValue",
+                    "blocklisttype must be committed, uncommitted or all.",
+                ));
+            }
+        };
+        let l = self.store.block_list(c, b)?;
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        let mut list = |tag: &str, blocks: &[crate::store::BlockInfo]| {
+            let _ = write!(x, "<{tag}>");
+            for bl in blocks {
+                let _ = write!(
+                    x,
+                    "<Block><Name>{}</Name><Size>{}</Size></Block>",
+                    BASE64_STANDARD.encode(&bl.id),
+                    bl.size
+                );
+            }
+            let _ = write!(x, "</{tag}>");
+        };
+        if with_c {
+            list("CommittedBlocks", &l.committed);
+        }
+        if with_u {
+            list("UncommittedBlocks", &l.uncommitted);
+        }
+        x.push_str("</BlockList>");
+        let mut r = Resp::new(200).xml(x);
+        if let Some(p) = &l.props {
+            r = r
+                .h("etag", &p.etag)
+                .h("last-modified", http_date(p.last_modified))
+                .h("x-ms-blob-content-length", p.size.to_string());
+        }
+        Ok(r)
+    }
+
+    fn get_tags(&self, c: &str, b: &str) -> Result<Resp, AzError> {
+        let reader = self.store.open(c, b)?;
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><Tags><TagSet>");
+        for (k, v) in &reader.props().tags {
+            let _ = write!(
+                x,
+                "<Tag><Key>{}</Key><Value>{}</Value></Tag>",
+                esc(k),
+                esc(v)
+            );
+        }
+        x.push_str("</TagSet></Tags>");
+        Ok(Resp::new(200).xml(x))
+    }
+
+    fn set_tags(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        let (root, leaves) = leaves(req.body).map_err(|e| {
+            AzError::bad(
+                "InvalidXmlDocument",
+                format!("XML specified is not syntactically valid: {e}"),
+            )
+        })?;
+        if root != "Tags" {
+            return Err(AzError::bad(
+                "InvalidXmlDocument",
+                "The root element must be Tags.",
+            ));
+        }
+        let mut tags: Vec<(String, String)> = Vec::new();
+        let mut key: Option<String> = None;
+        for (path, text) in leaves {
+            match path.last().map(String::as_str) {
+                Some("Key") => key = Some(text),
+                Some("Value") => {
+                    let k = key.take().ok_or_else(|| {
+                        AzError::bad("InvalidXmlDocument", "Tag Value without a Key.")
+                    })?;
+                    tags.push((k, text));
+                }
+                _ => {}
+            }
+        }
+        validate_tags(&tags)?;
+        self.store.set_tags(c, b, tags, &conditions(req)?)?;
+        Ok(Resp::new(204))
+    }
+
+    fn copy_blob(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        let src = req.header("x-ms-copy-source").unwrap_or("");
+        let (sc, sb) = self.copy_source(src)?;
+        let meta = metadata(req);
+        let meta = if meta.is_empty() { None } else { Some(meta) };
+        let cond = conditions(req)?;
+        let p = match self.store.copy_blob(&sc, &sb, c, b, meta, &cond) {
+            Err(StoreError::BlobNotFound(_)) | Err(StoreError::ContainerNotFound(_))
+                if self.store.container(c).is_ok() =>
+            {
+                return Err(AzError::new(
+                    404,
+                    "CannotVerifyCopySource",
+                    "The specified blob does not exist.",
+                ));
+            }
+            r => r?,
+        };
+        Ok(Resp::new(202)
+            .h("etag", &p.etag)
+            .h("last-modified", http_date(p.last_modified))
+            .h("x-ms-copy-id", uuid::Uuid::new_v4().to_string())
+            .h("x-ms-copy-status", "success"))
+    }
+
+    /// Resolve an `x-ms-copy-source` URL to (container, blob) in this account.
+    fn copy_source(&self, src: &str) -> Result<(String, String), AzError> {
+        let bad = || {
+            AzError::bad(
+                "CannotVerifyCopySource",
+                "x-ms-copy-source must be a URL of a blob in this account.",
+            )
+        };
+        let rest = src.split_once("://").map(|(_, r)| r).ok_or_else(bad)?;
+        let (host, path) = rest.split_once('/').ok_or_else(bad)?;
+        let path = path.split('?').next().unwrap_or("");
+        let path = if let Some(p) = path.strip_prefix(&format!("{}/", self.account)) {
+            p
+        } else if host.starts_with(&format!("{}.", self.account)) {
+            path
+        } else {
+            return Err(bad());
+        };
+        let (c, b) = path.split_once('/').ok_or_else(bad)?;
+        let dec = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| bad())
+        };
+        Ok((dec(c)?, dec(b)?))
+    }
+
+    fn batch(&self, req: &Req<'_>, c: &str) -> Result<Resp, AzError> {
+        self.store.container(c)?;
+        let ct = req.header("content-type").unwrap_or("");
+        let boundary = ct
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("boundary="))
+            .next()
+            .map(|b| b.trim_matches('"').to_owned())
+            .ok_or_else(|| {
+                AzError::bad(
+                    "InvalidHeaderValue",
+                    "Content-Type must be multipart/mixed with a boundary.",
+                )
+            })?;
+        let parts = split_multipart(req.body, &boundary)?;
+        if parts.len() > MAX_BATCH {
+            return Err(AzError::bad(
+                "ExceedsMaxBatchRequestCount",
+                "The batch operation exceeds the maximum number of sub-requests (256).",
+            ));
+        }
+        let out_boundary = format!("batchresponse_{}", uuid::Uuid::new_v4());
+        let mut out = Vec::with_capacity(parts.len() * 300);
+        for part in parts {
+            let mut hdrs = [httparse::EMPTY_HEADER; 16];
+            let (pos, part_headers) = match httparse::parse_headers(part, &mut hdrs) {
+                Ok(httparse::Status::Complete(x)) => x,
+                _ => {
+                    return Err(AzError::bad(
+                        "InvalidInput",
+                        "A batch part's headers could not be parsed.",
+                    ));
+                }
+            };
+            let content_id = part_headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-id"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned());
+            let sub = &part[pos..];
+            let resp = match parse_head(sub) {
+                Ok((method, target, headers)) => {
+                    let sreq = self.make_req(method, target, headers, &[]);
+                    if sreq.method != Method::DELETE {
+                        self.error_resp(
+                            AzError::bad(
+                                "InvalidInput",
+                                "Only Delete Blob sub-requests are supported in a batch.",
+                            ),
+                            false,
+                            &sreq.headers,
+                        )
+                    } else {
+                        let mut r = self.run(&sreq);
+                        // Date/server headers are not repeated per part.
+                        r.headers.remove("date");
+                        r.headers.remove("server");
+                        r
+                    }
+                }
+                Err(e) => self.error_resp(e, false, &HeaderMap::new()),
+            };
+            let _ = write!(
+                Wr(&mut out),
+                "--{out_boundary}\r\nContent-Type: application/http\r\n"
+            );
+            if let Some(id) = content_id {
+                let _ = write!(Wr(&mut out), "Content-ID: {id}\r\n");
+            }
+            let _ = write!(
+                Wr(&mut out),
+                "\r\nHTTP/1.1 {} {}\r\n",
+                resp.status.as_str(),
+                resp.status.canonical_reason().unwrap_or("")
+            );
+            let body: &[u8] = match &resp.body {
+                Body::Bytes(v) => v,
+                _ => &[],
+            };
+            for (k, v) in &resp.headers {
+                out.extend_from_slice(k.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            let _ = write!(Wr(&mut out), "Content-Length: {}\r\n\r\n", body.len());
+            out.extend_from_slice(body);
+            if !body.is_empty() {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        let _ = write!(Wr(&mut out), "--{out_boundary}--\r\n");
+        let mut r = Resp::new(202).h(
+            "content-type",
+            format!("multipart/mixed; boundary={out_boundary}"),
+        );
+        r.body = Body::Bytes(out);
+        Ok(r)
+    }
+}
+
+/// `fmt::Write` over a byte vector.
+struct Wr<'a>(&'a mut Vec<u8>);
+impl std::fmt::Write for Wr<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn unsupported(req: &Req<'_>) -> AzError {
+    AzError::bad(
+        "UnsupportedHttpVerb",
+        format!(
+            "The operation {} {}?{} is not supported by this host.",
+            req.method,
+            req.raw_path,
+            req.query
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        ),
+    )
+}
+
+/// Split a multipart body into parts (the bytes between boundary lines).
+fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8]>, AzError> {
+    let delim = format!("--{boundary}");
+    let d = delim.as_bytes();
+    let find = |hay: &[u8], from: usize| {
+        hay.get(from..)
+            .and_then(|h| h.windows(d.len()).position(|w| w == d))
+            .map(|p| p + from)
+    };
+    let bad = || {
+        AzError::bad(
+            "InvalidInput",
+            "The batch body is not valid multipart/mixed.",
+        )
+    };
+    let mut parts = Vec::new();
+    let mut pos = find(body, 0).ok_or_else(bad)?;
+    loop {
+        let after = pos + d.len();
+        if body.get(after..after + 2) == Some(b"--") {
+            break;
+        }
+        let start = after
+            + if body.get(after..after + 2) == Some(b"\r\n") {
+                2
+            } else {
+                0
+            };
+        let next = find(body, start).ok_or_else(bad)?;
+        let mut part = &body[start..next];
+        if part.ends_with(b"\r\n") {
+            part = &part[..part.len() - 2];
+        }
+        parts.push(part);
+        if parts.len() > MAX_BATCH {
+            break;
+        }
+        pos = next;
+    }
+    Ok(parts)
+}
+
+/// Parse a request head into method, request target and headers.
+fn parse_head(head: &[u8]) -> Result<(Method, &str, HeaderMap), AzError> {
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut hdrs);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(AzError::bad(
+                "InvalidInput",
+                "The request head is incomplete: it must end with an empty line (CRLF CRLF).",
+            ));
+        }
+        Err(e) => {
+            return Err(AzError::bad(
+                "InvalidInput",
+                format!("The request head is not valid HTTP/1.1: {e}."),
+            ));
+        }
+    }
+    let method = Method::from_bytes(r.method.unwrap_or("").as_bytes())
+        .map_err(|_| AzError::bad("UnsupportedHttpVerb", "The HTTP method is not valid."))?;
+    let path = r.path.unwrap_or("/");
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| AzError::bad("InvalidHeaderValue", "A header name is not valid."))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| AzError::bad("InvalidHeaderValue", "A header value is not valid."))?;
+        headers.append(name, value);
+    }
+    Ok((method, path, headers))
+}
+
+fn check_container_name(c: &str) -> Result<(), AzError> {
+    let ok = (3..=63).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !c.starts_with('-')
+        && !c.ends_with('-')
+        && !c.contains("--");
+    if ok || c == "$root" {
+        Ok(())
+    } else {
+        Err(AzError::bad(
+            "OutOfRangeInput",
+            format!(
+                "The container name {c:?} is invalid: use 3-63 lower-case letters, digits and single hyphens."
+            ),
+        ))
+    }
+}
+
+fn max_results(req: &Req<'_>) -> Result<usize, AzError> {
+    match req.query("maxresults") {
+        None => Ok(5000),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n > 0 => Ok((n as usize).min(5000)),
+            _ => Err(AzError::bad(
+                "OutOfRangeQueryParameterValue",
+                "maxresults must be a positive integer.",
+            )),
+        },
+    }
+}
+
+/// Parse `bytes=a-b` / `bytes=a-`; anything else (suffix ranges, lists) means "no range".
+fn parse_range(s: &str) -> Option<(u64, Option<u64>)> {
+    let r = s.trim().strip_prefix("bytes=")?;
+    if r.contains(',') {
+        return None;
+    }
+    let (a, b) = r.split_once('-')?;
+    let start = a.trim().parse::<u64>().ok()?;
+    let end = if b.trim().is_empty() {
+        None
+    } else {
+        let e = b.trim().parse::<u64>().ok()?;
+        if e < start {
+            return None;
+        }
+        Some(e)
+    };
+    Some((start, end))
+}
+
+fn parse_date(req: &Req<'_>, name: &str) -> Result<Option<SystemTime>, AzError> {
+    match req.header(name) {
+        None => Ok(None),
+        Some(v) => httpdate::parse_http_date(v).map(Some).map_err(|_| {
+            AzError::bad(
+                "InvalidHeaderValue",
+                format!("The value for header {name} is not an HTTP date."),
+            )
+        }),
+    }
+}
+
+fn conditions(req: &Req<'_>) -> Result<Conditions, AzError> {
+    Ok(Conditions {
+        if_match: req.header("if-match").map(str::to_owned),
+        if_none_match: req.header("if-none-match").map(str::to_owned),
+        if_modified_since: parse_date(req, "if-modified-since")?,
+        if_unmodified_since: parse_date(req, "if-unmodified-since")?,
+    })
+}
+
+fn metadata(req: &Req<'_>) -> Vec<(String, String)> {
+    let mut m: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-ms-meta-")?;
+            Some((name.to_owned(), v.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    m.sort();
+    m
+}
+
+fn validate_tags(tags: &[(String, String)]) -> Result<(), AzError> {
+    if tags.len() > 10 {
+        return Err(AzError::bad(
+            "InvalidTag",
+            "A blob may have at most 10 tags.",
+        ));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            return Err(AzError::bad(
+                "InvalidTag",
+                "Tag keys must be 1-128 characters and values at most 256.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn new_blob(req: &Req<'_>, put_blob: bool) -> Result<NewBlob, AzError> {
+    let h = |ms: &str, plain: &str| {
+        req.header(ms)
+            .or_else(|| if put_blob { req.header(plain) } else { None })
+            .map(str::to_owned)
+    };
+    let tags = match req.header("x-ms-tags") {
+        None => Vec::new(),
+        Some(t) => {
+            let tags = decode_query(t);
+            validate_tags(&tags)?;
+            tags
+        }
+    };
+    Ok(NewBlob {
+        content: ContentHeaders {
+            content_type: h("x-ms-blob-content-type", "content-type"),
+            content_encoding: h("x-ms-blob-content-encoding", "content-encoding"),
+            content_language: h("x-ms-blob-content-language", "content-language"),
+            content_disposition: req
+                .header("x-ms-blob-content-disposition")
+                .map(str::to_owned),
+            cache_control: h("x-ms-blob-cache-control", "cache-control"),
+            content_md5: req.header("x-ms-blob-content-md5").map(str::to_owned),
+        },
+        metadata: metadata(req),
+        tags,
+    })
+}
+
+fn block_id(s: &str) -> Result<Vec<u8>, AzError> {
+    let id = BASE64_STANDARD.decode(s).map_err(|_| {
+        AzError::bad(
+            "InvalidQueryParameterValue",
+            "The block id is not valid Base64.",
+        )
+    })?;
+    if id.is_empty() || id.len() > 64 {
+        return Err(AzError::bad(
+            "InvalidBlockId",
+            "The specified block id is invalid: it must be 1-64 bytes before Base64 encoding.",
+        ));
+    }
+    Ok(id)
+}
+
+fn check_length(req: &Req<'_>, max: u64) -> Result<(), AzError> {
+    if let Some(cl) = req.header("content-length") {
+        match cl.trim().parse::<u64>() {
+            Ok(n) if n == req.body.len() as u64 => {}
+            _ => {
+                return Err(AzError::bad(
+                    "InvalidHeaderValue",
+                    format!(
+                        "Content-Length {cl} does not match the {} body bytes received.",
+                        req.body.len()
+                    ),
+                ));
+            }
+        }
+    }
+    if req.body.len() as u64 > max {
+        return Err(AzError::new(
+            413,
+            "RequestBodyTooLarge",
+            "The request body is too large and exceeds the maximum permissible limit.",
+        ));
+    }
+    Ok(())
+}
+
+/// Verify `Content-MD5` and `x-ms-content-crc64` against the body; returns the MD5 given.
+fn check_integrity(req: &Req<'_>) -> Result<Option<String>, AzError> {
+    let mut md5_out = None;
+    if let Some(m) = req.header("content-md5") {
+        let want = BASE64_STANDARD.decode(m.trim()).map_err(|_| {
+            AzError::bad(
+                "InvalidMd5",
+                "The MD5 value specified in the request is invalid: it must be Base64.",
+            )
+        })?;
+        let got = Md5::digest(req.body);
+        if want.as_slice() != got.as_slice() {
+            return Err(AzError::bad(
+                "Md5Mismatch",
+                "The MD5 value specified in the request did not match with the MD5 value calculated by the server.",
+            ));
+        }
+        md5_out = Some(m.trim().to_owned());
+    }
+    if let Some(c) = req.header("x-ms-content-crc64") {
+        let want = BASE64_STANDARD.decode(c.trim()).map_err(|_| {
+            AzError::bad(
+                "InvalidHeaderValue",
+                "x-ms-content-crc64 must be Base64 of 8 bytes.",
+            )
+        })?;
+        if want.as_slice() != crc64(req.body).as_slice() {
+            return Err(AzError::bad(
+                "Crc64Mismatch",
+                "The CRC64 value specified in the request did not match with the CRC64 value calculated by the server.",
+            ));
+        }
+    }
+    Ok(md5_out)
+}
+
+/// Azure's CRC64 (the NVMe polynomial), as the 8 little-endian bytes Azure Base64-encodes.
+pub fn crc64(data: &[u8]) -> [u8; 8] {
+    let mut d = crc64fast_nvme::Digest::new();
+    d.write(data);
+    d.sum64().to_le_bytes()
+}
+
+fn echo_crc(req: &Req<'_>, r: &mut Resp) {
+    if let Some(c) = req.header("x-ms-content-crc64") {
+        set(&mut r.headers, "x-ms-content-crc64", c);
+    }
+}
+
+fn add_range_hashes(h: &mut HeaderMap, data: &[u8], md5: bool, crc: bool) {
+    if md5 {
+        set(h, "content-md5", &BASE64_STANDARD.encode(Md5::digest(data)));
+    }
+    if crc {
+        set(
+            h,
+            "x-ms-content-crc64",
+            &BASE64_STANDARD.encode(crc64(data)),
+        );
+    }
+}
+
+fn blob_headers(h: &mut HeaderMap, p: &BlobProps) {
+    set(h, "etag", &p.etag);
+    set(h, "last-modified", &http_date(p.last_modified));
+    set(h, "x-ms-creation-time", &http_date(p.created));
+    set(h, "x-ms-blob-type", "BlockBlob");
+    set(h, "accept-ranges", "bytes");
+    set(h, "x-ms-lease-state", "available");
+    set(h, "x-ms-lease-status", "unlocked");
+    set(h, "x-ms-server-encrypted", "true");
+    set(h, "x-ms-access-tier", "Hot");
+    set(h, "x-ms-access-tier-inferred", "true");
+    set(
+        h,
+        "content-type",
+        p.content
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream"),
+    );
+    let c = &p.content;
+    for (name, v) in [
+        ("content-encoding", &c.content_encoding),
+        ("content-language", &c.content_language),
+        ("content-disposition", &c.content_disposition),
+        ("cache-control", &c.cache_control),
+    ] {
+        if let Some(v) = v {
+            set(h, name, v);
+        }
+    }
+    if !p.blocks.is_empty() {
+        set(
+            h,
+            "x-ms-blob-committed-block-count",
+            &p.blocks.len().to_string(),
+        );
+    }
+    for (k, v) in &p.metadata {
+        set(h, &format!("x-ms-meta-{k}"), v);
+    }
+    if !p.tags.is_empty() {
+        set(h, "x-ms-tag-count", &p.tags.len().to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,773 @@
+//! The store engine shared by `mem` and `fs`: an in-memory index of containers, committed
+//! blobs and staged blocks, over a [`Backend`] that holds the bytes (and, for `fs`, makes every
+//! index change durable before it becomes visible).
+//!
+//! Locking: one `RwLock` over the index. Bulk data is written *before* the write lock is taken
+//! (into a not-yet-visible data object) and old data is released *after* it is dropped, so the
+//! lock is only held for the condition check and the publish step. Block-list commits are
+//! additionally serialised by `commit_lock` so the staged blocks they consume cannot vanish
+//! between resolving the list and publishing the result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use super::{
+    BlobProps, BlobReader, BlockInfo, BlockListing, BlockRef, Conditions, ContainerProps,
+    ListVisitor, NewBlob, StoreError, new_etag,
+};
+
+/// A piece of new blob content.
+pub(crate) enum Part<'a, D> {
+    /// Bytes supplied by the request.
+    Bytes(&'a [u8]),
+    /// `len` bytes at `offset` of existing data (a staged block or the committed blob).
+    Range(&'a D, u64, u64),
+}
+
+/// Random-access reads of a data object.
+pub(crate) trait ReadAt: Send {
+    fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError>;
+}
+
+/// Where the bytes live. Every method may block.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Handle of one data object (a blob version or a staged block).
+    type Data: Clone + Send + Sync + 'static;
+
+    fn describe(&self) -> String;
+    /// Assemble a new, invisible data object for `container` from `parts`.
+    fn write_data(
+        &self,
+        container: &str,
+        parts: &[Part<'_, Self::Data>],
+    ) -> Result<Self::Data, StoreError>;
+    /// A new data object with the same bytes as `src` (Copy Blob), cheap where possible.
+    fn clone_data(&self, container: &str, src: &Self::Data) -> Result<Self::Data, StoreError>;
+    /// Open `data` for reading (called under the index read lock, so `data` is alive).
+    fn reader(&self, data: &Self::Data) -> Result<Box<dyn ReadAt>, StoreError>;
+    /// Release a data object that is no longer referenced (best effort).
+    fn drop_data(&self, data: &Self::Data);
+    /// Durably record that `props.name` now points at `data` (called under the write lock).
+    fn publish_blob(
+        &self,
+        container: &str,
+        props: &BlobProps,
+        data: &Self::Data,
+    ) -> Result<(), StoreError>;
+    /// Durably forget blob `name` (called under the write lock).
+    fn unpublish_blob(&self, container: &str, name: &str) -> Result<(), StoreError>;
+    /// Durably stage a block.
+    fn stage_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &[u8],
+        bytes: &[u8],
+    ) -> Result<Self::Data, StoreError>;
+    /// Release a staged block and its record (best effort).
+    fn drop_block(&self, data: &Self::Data);
+    /// Durably create a container.
+    fn create_container(&self, props: &ContainerProps) -> Result<(), StoreError>;
+    /// Durably delete a container and all its data.
+    fn delete_container(&self, name: &str) -> Result<(), StoreError>;
+}
+
+#[derive(Clone)]
+pub(crate) struct Entry<D> {
+    pub props: Arc<BlobProps>,
+    pub data: D,
+}
+
+#[derive(Clone)]
+pub(crate) struct Staged<D> {
+    pub id: Vec<u8>,
+    pub size: u64,
+    pub data: D,
+}
+
+pub(crate) struct Container<D> {
+    pub props: ContainerProps,
+    pub blobs: BTreeMap<String, Entry<D>>,
+    pub staged: HashMap<String, Vec<Staged<D>>>,
+}
+
+impl<D> Container<D> {
+    pub(crate) fn new(props: ContainerProps) -> Self {
+        Container {
+            props,
+            blobs: BTreeMap::new(),
+            staged: HashMap::new(),
+        }
+    }
+}
+
+pub(crate) struct State<D> {
+    pub containers: BTreeMap<String, Container<D>>,
+}
+
+impl<D> Default for State<D> {
+    fn default() -> Self {
+        State {
+            containers: BTreeMap::new(),
+        }
+    }
+}
+
+pub(crate) struct Engine<B: Backend> {
+    backend: B,
+    state: RwLock<State<B::Data>>,
+    commit_lock: Mutex<()>,
+}
+
+struct Reader {
+    props: Arc<BlobProps>,
+    inner: Box<dyn ReadAt>,
+}
+
+impl BlobReader for Reader {
+    fn props(&self) -> &BlobProps {
+        &self.props
+    }
+    fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError> {
+        let len = dst.len() as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= self.props.size => self.inner.read_at(offset, dst),
+            _ => Err(StoreError::OutOfRange {
+                offset,
+                len,
+                size: self.props.size,
+            }),
+        }
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    pub(crate) fn new(backend: B, state: State<B::Data>) -> Self {
+        Engine {
+            backend,
+            state: RwLock::new(state),
+            commit_lock: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    // A panic while holding the lock leaves the index consistent (every mutation is a single
+    // map operation after the fallible steps), so poisoning is ignored.
+    fn read(&self) -> RwLockReadGuard<'_, State<B::Data>> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, State<B::Data>> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn require_container(&self, name: &str) -> Result<(), StoreError> {
+        if self.read().containers.contains_key(name) {
+            Ok(())
+        } else {
+            Err(StoreError::ContainerNotFound(name.to_owned()))
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub(crate) fn create_container(
+        &self,
+        name: &str,
+        metadata: Vec<(String, String)>,
+    ) -> Result<ContainerProps, StoreError> {
+        let mut st = self.write();
+        if st.containers.contains_key(name) {
+            return Err(StoreError::ContainerAlreadyExists(name.to_owned()));
+        }
+        let props = ContainerProps {
+            name: name.to_owned(),
+            etag: new_etag(),
+            last_modified: SystemTime::now(),
+            metadata,
+        };
+        self.backend.create_container(&props)?;
+        st.containers
+            .insert(name.to_owned(), Container::new(props.clone()));
+        Ok(props)
+    }
+
+    pub(crate) fn delete_container(&self, name: &str) -> Result<(), StoreError> {
+        let removed = {
+            let mut st = self.write();
+            if !st.containers.contains_key(name) {
+                return Err(StoreError::ContainerNotFound(name.to_owned()));
+            }
+            self.backend.delete_container(name)?;
+            st.containers.remove(name)
+        };
+        drop(removed);
+        Ok(())
+    }
+
+    pub(crate) fn container(&self, name: &str) -> Result<ContainerProps, StoreError> {
+        self.read()
+            .containers
+            .get(name)
+            .map(|c| c.props.clone())
+            .ok_or_else(|| StoreError::ContainerNotFound(name.to_owned()))
+    }
+
+    pub(crate) fn list_containers(&self, prefix: &str) -> Vec<ContainerProps> {
+        self.read()
+            .containers
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, c)| c.props.clone())
+            .collect()
+    }
+
+    pub(crate) fn open(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> Result<Box<dyn BlobReader>, StoreError> {
+        let st = self.read();
+        let c = st
+            .containers
+            .get(container)
+            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+        let e = c
+            .blobs
+            .get(blob)
+            .ok_or_else(|| StoreError::BlobNotFound(blob.to_owned()))?;
+        let inner = self.backend.reader(&e.data)?;
+        Ok(Box::new(Reader {
+            props: Arc::clone(&e.props),
+            inner,
+        }))
+    }
+
+    pub(crate) fn list_blobs(
+        &self,
+        container: &str,
+        prefix: &str,
+        from: &str,
+        visit: ListVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        let st = self.read();
+        let c = st
+            .containers
+            .get(container)
+            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+        let start = if from > prefix { from } else { prefix };
+        for (name, e) in c.blobs.range(start.to_owned()..) {
+            if !name.starts_with(prefix) {
+                break;
+            }
+            if !visit(&e.props) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish `data` as the new version of `blob` if `cond` holds. On failure `data` is
+    /// released. `make` builds the props from the previous version.
+    fn publish(
+        &self,
+        container: &str,
+        blob: &str,
+        data: B::Data,
+        cond: &Conditions,
+        clear_staged: bool,
+        make: impl FnOnce(Option<&BlobProps>) -> BlobProps,
+    ) -> Result<Arc<BlobProps>, StoreError> {
+        let mut st = self.write();
+        let res = (|| {
+            let c = st
+                .containers
+                .get_mut(container)
+                .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+            let existing = c.blobs.get(blob).map(|e| Arc::clone(&e.props));
+            cond.check_write(blob, existing.as_deref())?;
+            let props = Arc::new(make(existing.as_deref()));
+            self.backend.publish_blob(container, &props, &data)?;
+            let old = c.blobs.insert(
+                blob.to_owned(),
+                Entry {
+                    props: Arc::clone(&props),
+                    data: data.clone(),
+                },
+            );
+            let staged = if clear_staged {
+                c.staged.remove(blob)
+            } else {
+                None
+            };
+            Ok((props, old, staged))
+        })();
+        drop(st);
+        match res {
+            Ok((props, old, staged)) => {
+                if let Some(old) = old {
+                    self.backend.drop_data(&old.data);
+                }
+                for s in staged.into_iter().flatten() {
+                    self.backend.drop_block(&s.data);
+                }
+                Ok(props)
+            }
+            Err(e) => {
+                self.backend.drop_data(&data);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn put_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        bytes: &[u8],
+        attrs: NewBlob,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError> {
+        self.require_container(container)?;
+        let data = self.backend.write_data(container, &[Part::Bytes(bytes)])?;
+        let size = bytes.len() as u64;
+        self.publish(container, blob, data, cond, true, |old| {
+            new_props(blob, size, attrs, old, Vec::new())
+        })
+    }
+
+    pub(crate) fn put_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &[u8],
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.require_container(container)?;
+        let data = self.backend.stage_block(container, blob, id, bytes)?;
+        let replaced = {
+            let mut st = self.write();
+            let Some(c) = st.containers.get_mut(container) else {
+                drop(st);
+                self.backend.drop_block(&data);
+                return Err(StoreError::ContainerNotFound(container.to_owned()));
+            };
+            let list = c.staged.entry(blob.to_owned()).or_default();
+            let staged = Staged {
+                id: id.to_vec(),
+                size: bytes.len() as u64,
+                data,
+            };
+            match list.iter_mut().find(|s| s.id == id) {
+                Some(slot) => Some(std::mem::replace(slot, staged)),
+                None => {
+                    list.push(staged);
+                    None
+                }
+            }
+        };
+        if let Some(r) = replaced {
+            self.backend.drop_block(&r.data);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+        refs: &[BlockRef],
+        attrs: NewBlob,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError> {
+        let _commit = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Snapshot what the list may refer to.
+        let (committed, staged) = {
+            let st = self.read();
+            let c = st
+                .containers
+                .get(container)
+                .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+            (
+                c.blobs.get(blob).cloned(),
+                c.staged.get(blob).cloned().unwrap_or_default(),
+            )
+        };
+        // Committed block id -> (offset, size) in the committed data.
+        let mut committed_at: HashMap<&[u8], (u64, u64)> = HashMap::new();
+        if let Some(e) = &committed {
+            let mut off = 0u64;
+            for b in &e.props.blocks {
+                committed_at.entry(&b.id).or_insert((off, b.size));
+                off += b.size;
+            }
+        }
+        let find_staged = |id: &[u8]| staged.iter().rev().find(|s| s.id == id);
+        let mut parts = Vec::with_capacity(refs.len());
+        let mut blocks = Vec::with_capacity(refs.len());
+        for r in refs {
+            let (id, part) = match r {
+                BlockRef::Uncommitted(id) => (
+                    id,
+                    find_staged(id).map(|s| (Part::Range(&s.data, 0, s.size), s.size)),
+                ),
+                BlockRef::Committed(id) => (id, committed_part(&committed, &committed_at, id)),
+                BlockRef::Latest(id) => (
+                    id,
+                    find_staged(id)
+                        .map(|s| (Part::Range(&s.data, 0, s.size), s.size))
+                        .or_else(|| committed_part(&committed, &committed_at, id)),
+                ),
+            };
+            let Some((part, size)) = part else {
+                return Err(StoreError::InvalidBlockList(format!(
+                    "block {} of {:?} is not in the {} list",
+                    hex(id),
+                    blob,
+                    match r {
+                        BlockRef::Uncommitted(_) => "uncommitted",
+                        BlockRef::Committed(_) => "committed",
+                        BlockRef::Latest(_) => "uncommitted or committed",
+                    }
+                )));
+            };
+            parts.push(part);
+            blocks.push(BlockInfo {
+                id: id.clone(),
+                size,
+            });
+        }
+        let size = blocks.iter().map(|b| b.size).sum();
+        let data = self.backend.write_data(container, &parts)?;
+        drop(parts);
+        self.publish(container, blob, data, cond, true, |old| {
+            new_props(blob, size, attrs, old, blocks)
+        })
+    }
+
+    pub(crate) fn block_list(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> Result<BlockListing, StoreError> {
+        let st = self.read();
+        let c = st
+            .containers
+            .get(container)
+            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+        let entry = c.blobs.get(blob);
+        let staged = c.staged.get(blob);
+        if entry.is_none() && staged.is_none_or(|s| s.is_empty()) {
+            return Err(StoreError::BlobNotFound(blob.to_owned()));
+        }
+        Ok(BlockListing {
+            committed: entry.map(|e| e.props.blocks.clone()).unwrap_or_default(),
+            uncommitted: staged
+                .map(|s| {
+                    s.iter()
+                        .map(|s| BlockInfo {
+                            id: s.id.clone(),
+                            size: s.size,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            props: entry.map(|e| Arc::clone(&e.props)),
+        })
+    }
+
+    pub(crate) fn delete_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        cond: &Conditions,
+    ) -> Result<(), StoreError> {
+        let (old, staged) = {
+            let mut st = self.write();
+            let c = st
+                .containers
+                .get_mut(container)
+                .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+            let Some(e) = c.blobs.get(blob) else {
+                return Err(StoreError::BlobNotFound(blob.to_owned()));
+            };
+            cond.check_write(blob, Some(&e.props))?;
+            self.backend.unpublish_blob(container, blob)?;
+            (c.blobs.remove(blob), c.staged.remove(blob))
+        };
+        if let Some(old) = old {
+            self.backend.drop_data(&old.data);
+        }
+        for s in staged.into_iter().flatten() {
+            self.backend.drop_block(&s.data);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn copy_blob(
+        &self,
+        src_container: &str,
+        src_blob: &str,
+        dst_container: &str,
+        dst_blob: &str,
+        metadata: Option<Vec<(String, String)>>,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError> {
+        self.require_container(dst_container)?;
+        let (src_props, data) = {
+            let st = self.read();
+            let c = st
+                .containers
+                .get(src_container)
+                .ok_or_else(|| StoreError::ContainerNotFound(src_container.to_owned()))?;
+            let e = c
+                .blobs
+                .get(src_blob)
+                .ok_or_else(|| StoreError::BlobNotFound(src_blob.to_owned()))?;
+            // Cloned under the read lock so the source data cannot be released meanwhile.
+            (
+                Arc::clone(&e.props),
+                self.backend.clone_data(dst_container, &e.data)?,
+            )
+        };
+        self.publish(dst_container, dst_blob, data, cond, false, |old| {
+            let now = SystemTime::now();
+            BlobProps {
+                name: dst_blob.to_owned(),
+                size: src_props.size,
+                etag: new_etag(),
+                last_modified: now,
+                created: old.map(|o| o.created).unwrap_or(now),
+                content: src_props.content.clone(),
+                metadata: metadata.unwrap_or_else(|| src_props.metadata.clone()),
+                tags: Vec::new(),
+                blocks: src_props.blocks.clone(),
+            }
+        })
+    }
+
+    fn update_props(
+        &self,
+        container: &str,
+        blob: &str,
+        cond: &Conditions,
+        f: impl FnOnce(&mut BlobProps),
+    ) -> Result<Arc<BlobProps>, StoreError> {
+        let mut st = self.write();
+        let c = st
+            .containers
+            .get_mut(container)
+            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+        let e = c
+            .blobs
+            .get_mut(blob)
+            .ok_or_else(|| StoreError::BlobNotFound(blob.to_owned()))?;
+        cond.check_write(blob, Some(&e.props))?;
+        let mut p = (*e.props).clone();
+        f(&mut p);
+        self.backend.publish_blob(container, &p, &e.data)?;
+        e.props = Arc::new(p);
+        Ok(Arc::clone(&e.props))
+    }
+
+    pub(crate) fn set_tags(
+        &self,
+        container: &str,
+        blob: &str,
+        tags: Vec<(String, String)>,
+        cond: &Conditions,
+    ) -> Result<(), StoreError> {
+        self.update_props(container, blob, cond, |p| p.tags = tags)
+            .map(|_| ())
+    }
+
+    pub(crate) fn set_metadata(
+        &self,
+        container: &str,
+        blob: &str,
+        metadata: Vec<(String, String)>,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError> {
+        self.update_props(container, blob, cond, |p| {
+            p.metadata = metadata;
+            p.etag = new_etag();
+            p.last_modified = SystemTime::now();
+        })
+    }
+}
+
+fn committed_part<'a, D>(
+    committed: &'a Option<Entry<D>>,
+    at: &HashMap<&[u8], (u64, u64)>,
+    id: &[u8],
+) -> Option<(Part<'a, D>, u64)> {
+    let e = committed.as_ref()?;
+    let &(off, size) = at.get(id)?;
+    Some((Part::Range(&e.data, off, size), size))
+}
+
+fn new_props(
+    blob: &str,
+    size: u64,
+    attrs: NewBlob,
+    old: Option<&BlobProps>,
+    blocks: Vec<BlockInfo>,
+) -> BlobProps {
+    let now = SystemTime::now();
+    BlobProps {
+        name: blob.to_owned(),
+        size,
+        etag: new_etag(),
+        last_modified: now,
+        created: old.map(|o| o.created).unwrap_or(now),
+        content: attrs.content,
+        metadata: attrs.metadata,
+        tags: attrs.tags,
+        blocks,
+    }
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+/// Implement [`super::Store`] for a wrapper type that derefs to an `Engine`.
+macro_rules! impl_store_via_engine {
+    ($ty:ty) => {
+        impl $crate::store::Store for $ty {
+            fn describe(&self) -> String {
+                self.engine.describe()
+            }
+            fn create_container(
+                &self,
+                name: &str,
+                metadata: Vec<(String, String)>,
+            ) -> Result<$crate::store::ContainerProps, $crate::store::StoreError> {
+                self.engine.create_container(name, metadata)
+            }
+            fn delete_container(&self, name: &str) -> Result<(), $crate::store::StoreError> {
+                self.engine.delete_container(name)
+            }
+            fn container(
+                &self,
+                name: &str,
+            ) -> Result<$crate::store::ContainerProps, $crate::store::StoreError> {
+                self.engine.container(name)
+            }
+            fn list_containers(
+                &self,
+                prefix: &str,
+            ) -> Result<Vec<$crate::store::ContainerProps>, $crate::store::StoreError> {
+                Ok(self.engine.list_containers(prefix))
+            }
+            fn open(
+                &self,
+                container: &str,
+                blob: &str,
+            ) -> Result<Box<dyn $crate::store::BlobReader>, $crate::store::StoreError> {
+                self.engine.open(container, blob)
+            }
+            fn list_blobs(
+                &self,
+                container: &str,
+                prefix: &str,
+                from: &str,
+                visit: $crate::store::ListVisitor<'_>,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.engine.list_blobs(container, prefix, from, visit)
+            }
+            fn put_blob(
+                &self,
+                container: &str,
+                blob: &str,
+                data: &[u8],
+                attrs: $crate::store::NewBlob,
+                cond: &$crate::store::Conditions,
+            ) -> Result<std::sync::Arc<$crate::store::BlobProps>, $crate::store::StoreError> {
+                self.engine.put_blob(container, blob, data, attrs, cond)
+            }
+            fn put_block(
+                &self,
+                container: &str,
+                blob: &str,
+                id: &[u8],
+                data: &[u8],
+            ) -> Result<(), $crate::store::StoreError> {
+                self.engine.put_block(container, blob, id, data)
+            }
+            fn put_block_list(
+                &self,
+                container: &str,
+                blob: &str,
+                blocks: &[$crate::store::BlockRef],
+                attrs: $crate::store::NewBlob,
+                cond: &$crate::store::Conditions,
+            ) -> Result<std::sync::Arc<$crate::store::BlobProps>, $crate::store::StoreError> {
+                self.engine
+                    .put_block_list(container, blob, blocks, attrs, cond)
+            }
+            fn block_list(
+                &self,
+                container: &str,
+                blob: &str,
+            ) -> Result<$crate::store::BlockListing, $crate::store::StoreError> {
+                self.engine.block_list(container, blob)
+            }
+            fn delete_blob(
+                &self,
+                container: &str,
+                blob: &str,
+                cond: &$crate::store::Conditions,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.engine.delete_blob(container, blob, cond)
+            }
+            fn copy_blob(
+                &self,
+                src_container: &str,
+                src_blob: &str,
+                dst_container: &str,
+                dst_blob: &str,
+                metadata: Option<Vec<(String, String)>>,
+                cond: &$crate::store::Conditions,
+            ) -> Result<std::sync::Arc<$crate::store::BlobProps>, $crate::store::StoreError> {
+                self.engine.copy_blob(
+                    src_container,
+                    src_blob,
+                    dst_container,
+                    dst_blob,
+                    metadata,
+                    cond,
+                )
+            }
+            fn set_tags(
+                &self,
+                container: &str,
+                blob: &str,
+                tags: Vec<(String, String)>,
+                cond: &$crate::store::Conditions,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.engine.set_tags(container, blob, tags, cond)
+            }
+            fn set_metadata(
+                &self,
+                container: &str,
+                blob: &str,
+                metadata: Vec<(String, String)>,
+                cond: &$crate::store::Conditions,
+            ) -> Result<std::sync::Arc<$crate::store::BlobProps>, $crate::store::StoreError> {
+                self.engine.set_metadata(container, blob, metadata, cond)
+            }
+        }
+    };
+}
+pub(crate) use impl_store_via_engine;

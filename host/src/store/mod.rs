@@ -1,0 +1,457 @@
+//! Blob stores: where the executor keeps containers, blobs and staged blocks.
+//!
+//! The [`Store`] trait is synchronous and object-safe so that a thread-per-channel VSP worker
+//! can call it directly; the async REST front end calls it through `spawn_blocking`.
+//!
+//! **Invariants every store keeps:**
+//! - a blob is never visible partially written: new content becomes visible in one step (an
+//!   index swap, and for `fs` a rename) after all of its bytes are stored;
+//! - write conditions ([`Conditions::check_write`]) are evaluated under the same lock that
+//!   publishes the new version, so conditional writes are linearisable (no lost updates);
+//! - a [`BlobReader`] is a snapshot: it keeps reading the version it opened even if the blob is
+//!   replaced or deleted meanwhile;
+//! - committing a block list discards every other staged block of that blob (as Azure does),
+//!   so a second, racing commit that names discarded blocks fails with `InvalidBlockList`.
+//!
+//! Two stores live here: [`MemStore`] (`mem`) and [`FsStore`] (`fs:<dir>`), both built on one
+//! generic engine over a small data backend.
+
+mod engine;
+mod fs;
+mod mem;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use fs::FsStore;
+pub use mem::MemStore;
+
+/// Errors a store reports. Each maps to one Azure error code in the executor.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The container does not exist.
+    #[error("Container {0:?} does not exist; create it first (PUT ?restype=container)")]
+    ContainerNotFound(String),
+    /// The container already exists.
+    #[error("Container {0:?} already exists")]
+    ContainerAlreadyExists(String),
+    /// The blob does not exist (or has only uncommitted blocks).
+    #[error("Blob {0:?} does not exist")]
+    BlobNotFound(String),
+    /// A create-only write (`If-None-Match: *`) found an existing blob.
+    #[error("Blob {0:?} already exists and the request asked for create-only")]
+    BlobAlreadyExists(String),
+    /// An `If-*` condition did not hold.
+    #[error("A condition specified with a conditional header was not met")]
+    ConditionNotMet,
+    /// A block list names a block that is not staged or committed.
+    #[error("The block list is invalid: {0}")]
+    InvalidBlockList(String),
+    /// An I/O operation of the `fs` store failed.
+    #[error(
+        "Store I/O on {path}: {source}; check the store directory's permissions and free space"
+    )]
+    Io {
+        /// File or directory being accessed.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Persisted store state could not be decoded.
+    #[error(
+        "Store file {path} is corrupt: {reason}; remove it or restore the directory from a backup"
+    )]
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A read asked for bytes outside the blob (an executor bug, ranges are checked first).
+    #[error("Read of {len} bytes at {offset} is outside the blob ({size} bytes)")]
+    OutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// Blob size.
+        size: u64,
+    },
+    /// The store spec given on the command line is not understood.
+    #[error("Unknown store {0:?}; use `mem` or `fs:<dir>`")]
+    BadSpec(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Standard content headers stored with a blob and returned on GET/HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentHeaders {
+    /// `Content-Type` (from `x-ms-blob-content-type`, or the Put Blob `Content-Type`).
+    pub content_type: Option<String>,
+    /// `Content-Encoding`.
+    pub content_encoding: Option<String>,
+    /// `Content-Language`.
+    pub content_language: Option<String>,
+    /// `Content-Disposition`.
+    pub content_disposition: Option<String>,
+    /// `Cache-Control`.
+    pub cache_control: Option<String>,
+    /// Base64 MD5 of the whole blob, when known.
+    pub content_md5: Option<String>,
+}
+
+/// A committed block of a block blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    /// Raw block id (the Base64-decoded form).
+    pub id: Vec<u8>,
+    /// Block size in bytes.
+    pub size: u64,
+}
+
+/// Everything known about one committed blob version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobProps {
+    /// Blob name (decoded, `/`-separated).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Quoted strong ETag, e.g. `"0x8DD0C3A1B2C3D4E"`.
+    pub etag: String,
+    /// Last modification (content or properties).
+    pub last_modified: SystemTime,
+    /// Creation time of the blob (kept across overwrites).
+    pub created: SystemTime,
+    /// Content headers.
+    pub content: ContentHeaders,
+    /// User metadata (`x-ms-meta-*`), names lower-cased.
+    pub metadata: Vec<(String, String)>,
+    /// Blob index tags.
+    pub tags: Vec<(String, String)>,
+    /// Committed block list (empty for a blob written by Put Blob with no blocks... Azure
+    /// reports such a blob as having no committed blocks).
+    pub blocks: Vec<BlockInfo>,
+}
+
+/// Properties of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerProps {
+    /// Container name.
+    pub name: String,
+    /// Quoted ETag.
+    pub etag: String,
+    /// Last modification.
+    pub last_modified: SystemTime,
+    /// User metadata.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Attributes of a blob being written (Put Blob, Put Block List, Copy Blob).
+#[derive(Debug, Clone, Default)]
+pub struct NewBlob {
+    /// Content headers to store.
+    pub content: ContentHeaders,
+    /// User metadata.
+    pub metadata: Vec<(String, String)>,
+    /// Tags; `None` keeps none (Azure replaces tags on overwrite).
+    pub tags: Vec<(String, String)>,
+}
+
+/// One entry of a Put Block List body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockRef {
+    /// Search the staged blocks, then the committed ones.
+    Latest(Vec<u8>),
+    /// A block of the current committed list.
+    Committed(Vec<u8>),
+    /// A staged (uncommitted) block.
+    Uncommitted(Vec<u8>),
+}
+
+/// Result of Get Block List.
+#[derive(Debug, Clone, Default)]
+pub struct BlockListing {
+    /// Committed blocks in blob order, with the committed blob's props when it exists.
+    pub committed: Vec<BlockInfo>,
+    /// Staged blocks in staging order.
+    pub uncommitted: Vec<BlockInfo>,
+    /// Props of the committed blob, if any.
+    pub props: Option<Arc<BlobProps>>,
+}
+
+/// `If-*` request conditions, already parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conditions {
+    /// `If-Match`: an ETag or `*`.
+    pub if_match: Option<String>,
+    /// `If-None-Match`: an ETag or `*`.
+    pub if_none_match: Option<String>,
+    /// `If-Modified-Since`.
+    pub if_modified_since: Option<SystemTime>,
+    /// `If-Unmodified-Since`.
+    pub if_unmodified_since: Option<SystemTime>,
+}
+
+/// Outcome of a failed read condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadConditionFailure {
+    /// 304: If-None-Match matched or the blob was not modified since.
+    NotModified,
+    /// 412: If-Match / If-Unmodified-Since failed.
+    Failed,
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.trim_matches('"') == etag.trim_matches('"'))
+}
+
+impl Conditions {
+    /// True when no condition is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Conditions::default()
+    }
+
+    /// Check conditions for a write against the current version (`None` = no blob).
+    ///
+    /// `If-None-Match: *` on an existing blob is `BlobAlreadyExists` (409, as Azurite and
+    /// object_store's create-only copy expect); every other failure is `ConditionNotMet` (412).
+    pub fn check_write(&self, name: &str, existing: Option<&BlobProps>) -> Result<(), StoreError> {
+        match existing {
+            None => {
+                if self.if_match.is_some() {
+                    return Err(StoreError::ConditionNotMet);
+                }
+                Ok(())
+            }
+            Some(p) => {
+                if let Some(m) = &self.if_match
+                    && !etag_matches(m, &p.etag)
+                {
+                    return Err(StoreError::ConditionNotMet);
+                }
+                if let Some(m) = &self.if_none_match {
+                    if m.trim() == "*" {
+                        return Err(StoreError::BlobAlreadyExists(name.to_owned()));
+                    }
+                    if etag_matches(m, &p.etag) {
+                        return Err(StoreError::ConditionNotMet);
+                    }
+                }
+                if let Some(t) = self.if_modified_since
+                    && secs(p.last_modified) <= secs(t)
+                {
+                    return Err(StoreError::ConditionNotMet);
+                }
+                if let Some(t) = self.if_unmodified_since
+                    && secs(p.last_modified) > secs(t)
+                {
+                    return Err(StoreError::ConditionNotMet);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Check conditions for a read (GET/HEAD) of an existing blob.
+    pub fn check_read(&self, p: &BlobProps) -> Result<(), ReadConditionFailure> {
+        if let Some(m) = &self.if_match
+            && !etag_matches(m, &p.etag)
+        {
+            return Err(ReadConditionFailure::Failed);
+        }
+        if let Some(t) = self.if_unmodified_since
+            && secs(p.last_modified) > secs(t)
+        {
+            return Err(ReadConditionFailure::Failed);
+        }
+        if let Some(m) = &self.if_none_match
+            && etag_matches(m, &p.etag)
+        {
+            return Err(ReadConditionFailure::NotModified);
+        }
+        if let Some(t) = self.if_modified_since
+            && secs(p.last_modified) <= secs(t)
+        {
+            return Err(ReadConditionFailure::NotModified);
+        }
+        Ok(())
+    }
+}
+
+/// A consistent snapshot of one blob version, opened for reading.
+pub trait BlobReader: Send {
+    /// Properties of the version being read.
+    fn props(&self) -> &BlobProps;
+    /// Fill `dst` with the bytes at `offset..offset + dst.len()`; the range must be inside the
+    /// blob. This is the one copy of a GET: the destination is the caller's buffer.
+    fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError>;
+}
+
+/// Visitor result for [`Store::list_blobs`].
+pub type ListVisitor<'a> = &'a mut dyn FnMut(&BlobProps) -> bool;
+
+/// A blob store. Synchronous and object-safe; every method may block on I/O.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Short description for logs, e.g. `fs:/var/lib/blobring`.
+    fn describe(&self) -> String;
+
+    /// Create a container.
+    fn create_container(
+        &self,
+        name: &str,
+        metadata: Vec<(String, String)>,
+    ) -> Result<ContainerProps, StoreError>;
+    /// Delete a container and everything in it.
+    fn delete_container(&self, name: &str) -> Result<(), StoreError>;
+    /// Properties of a container.
+    fn container(&self, name: &str) -> Result<ContainerProps, StoreError>;
+    /// All containers whose name starts with `prefix`, in name order.
+    fn list_containers(&self, prefix: &str) -> Result<Vec<ContainerProps>, StoreError>;
+
+    /// Open a committed blob for reading.
+    fn open(&self, container: &str, blob: &str) -> Result<Box<dyn BlobReader>, StoreError>;
+    /// Visit committed blobs whose name starts with `prefix` and is `>= from`, in name order,
+    /// until the visitor returns false. Runs under the store's read lock: keep the visitor cheap.
+    fn list_blobs(
+        &self,
+        container: &str,
+        prefix: &str,
+        from: &str,
+        visit: ListVisitor<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// Put Blob: replace the blob with `data` if `cond` holds.
+    fn put_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        data: &[u8],
+        attrs: NewBlob,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError>;
+    /// Put Block: stage a block (replacing a staged block with the same id).
+    fn put_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &[u8],
+        data: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Put Block List: commit `blocks` in order if `cond` holds; discards the other staged
+    /// blocks of the blob.
+    fn put_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+        blocks: &[BlockRef],
+        attrs: NewBlob,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError>;
+    /// Get Block List.
+    fn block_list(&self, container: &str, blob: &str) -> Result<BlockListing, StoreError>;
+    /// Delete a blob (and its staged blocks) if `cond` holds.
+    fn delete_blob(&self, container: &str, blob: &str, cond: &Conditions)
+    -> Result<(), StoreError>;
+    /// Copy a committed blob inside the store. `attrs.metadata` replaces the source metadata
+    /// when `replace_metadata` is true.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_blob(
+        &self,
+        src_container: &str,
+        src_blob: &str,
+        dst_container: &str,
+        dst_blob: &str,
+        metadata: Option<Vec<(String, String)>>,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError>;
+    /// Replace the tags of a blob (does not change its ETag).
+    fn set_tags(
+        &self,
+        container: &str,
+        blob: &str,
+        tags: Vec<(String, String)>,
+        cond: &Conditions,
+    ) -> Result<(), StoreError>;
+    /// Replace user metadata (Set Blob Metadata; changes the ETag).
+    fn set_metadata(
+        &self,
+        container: &str,
+        blob: &str,
+        metadata: Vec<(String, String)>,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError>;
+
+    /// Convenience: read `dst.len()` bytes at `offset` of the current version into `dst`.
+    fn read_into(
+        &self,
+        container: &str,
+        blob: &str,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<BlobProps, StoreError> {
+        let r = self.open(container, blob)?;
+        r.read_at(offset, dst)?;
+        Ok(r.props().clone())
+    }
+}
+
+/// Open a store from its command-line spec: `mem` or `fs:<dir>`.
+pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if spec == "mem" {
+        return Ok(Arc::new(MemStore::new()));
+    }
+    if let Some(dir) = spec.strip_prefix("fs:") {
+        if dir.is_empty() {
+            return Err(StoreError::BadSpec(spec.to_owned()));
+        }
+        return Ok(Arc::new(FsStore::open(dir)?));
+    }
+    Err(StoreError::BadSpec(spec.to_owned()))
+}
+
+/// A fresh, strictly increasing ETag in Azure's `"0x…"` form.
+pub(crate) fn new_etag() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64 / 100)
+        .unwrap_or(0);
+    // Relaxed is enough: only uniqueness and monotonicity of this one counter matter.
+    let mut prev = LAST.load(Ordering::Relaxed);
+    let v = loop {
+        let next = now.max(prev.wrapping_add(1));
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(p) => prev = p,
+        }
+    };
+    format!(
+        "\"0x{:X}\"",
+        0x8D0_0000_0000_0000u64 | (v & 0x000F_FFFF_FFFF_FFFF)
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Small XML helpers: escaping for the documents we write, and readers for the two request
+//! bodies we accept (Put Block List and Set Blob Tags), built on quick-xml's pull parser.
+
+use quick_xml::Reader;
+use quick_xml::events::Event;
+
+/// Escape text for element content and attribute values.
+pub(crate) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Bounds for request documents (a Put Block List may name 50,000 committed + 100,000
+/// uncommitted blocks; anything deeper or longer is rejected).
+const MAX_ELEMENTS: usize = 200_000;
+
+/// Parse a document into (path-of-element-names, text) pairs for every leaf text node.
+/// Returns the root element name too. Errors are human-readable reasons.
+pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<(Vec<String>, String)>), String> {
+    let mut r = Reader::from_reader(body);
+    r.config_mut().trim_text(true);
+    let mut stack: Vec<String> = Vec::new();
+    let mut root = String::new();
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut count = 0usize;
+    loop {
+        match r.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => {
+                count += 1;
+                if count > MAX_ELEMENTS || stack.len() > 16 {
+                    return Err("document too large or too deep".into());
+                }
+                let name = e.name().as_ref().to_owned();
+                if stack.is_empty() {
+                    if !root.is_empty() {
+                        return Err("more than one root element".into());
+                    }
+                    root = name.clone();
+                }
+                stack.push(name);
+            }
+            Ok(Event::Empty(e)) => {
+                count += 1;
+                let name = e.name().as_ref().to_owned();
+                if stack.is_empty() {
+                    root = name.clone();
+                }
+                let mut path = stack.clone();
+                path.push(name);
+                out.push((path, String::new()));
+            }
+            Ok(Event::End(_)) => {
+                stack.pop();
+            }
+            Ok(Event::Text(t)) => {
+                let text = t.xml10_content().into_owned();
+                if let Some(last) = out.last_mut().filter(|(p, _)| *p == stack) {
+                    last.1.push_str(&text);
+                } else {
+                    out.push((stack.clone(), text));
+                }
+            }
+            Ok(Event::GeneralRef(e)) => {
+                let name: &str = &e;
+                let text = match name {
+                    "amp" => "&".to_owned(),
+                    "lt" => "<".to_owned(),
+                    "gt" => ">".to_owned(),
+                    "quot" => "\"".to_owned(),
+                    "apos" => "'".to_owned(),
+                    other => {
+                        let ch = other
+                            .strip_prefix("#x")
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
+                            .or_else(|| other.strip_prefix('#').and_then(|d| d.parse().ok()))
+                            .and_then(char::from_u32)
+                            .ok_or_else(|| format!("unknown entity &{other};"))?;
+                        ch.to_string()
+                    }
+                };
+                if let Some(last) = out.last_mut().filter(|(p, _)| *p == stack) {
+                    last.1.push_str(&text);
+                } else {
+                    out.push((stack.clone(), text));
+                }
+            }
+            Ok(Event::CData(t)) => {
+                let text: &str = &t;
+                let text = text.to_owned();
+                out.push((stack.clone(), text));
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        buf.clear();
+    }
+    if !stack.is_empty() {
+        return Err("unclosed element".into());
+    }
+    if root.is_empty() {
+        return Err("empty document".into());
+    }
+    Ok((root, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(esc("I'm a < & weird"), "I&apos;m a &lt; &amp; weird");
+    }
+
+    #[test]
+    fn leaves_of_block_list() {
+        let (root, l) = leaves(
+            b"<?xml version=\"1.0\"?>\n<BlockList>\n\t<Uncommitted>QQ==</Uncommitted><Latest>a&amp;b</Latest></BlockList>",
+        )
+        .unwrap();
+        assert_eq!(root, "BlockList");
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].0, vec!["BlockList", "Uncommitted"]);
+        assert_eq!(l[0].1, "QQ==");
+        assert_eq!(l[1].1, "a&b");
+    }
+}
