@@ -17,6 +17,8 @@ pub struct SetupFlags {
     pub coop_taskrun: bool,
     /// `IORING_SETUP_NO_SQARRAY` (6.6): SQEs are used in ring order, no index array.
     pub no_sqarray: bool,
+    /// `IORING_SETUP_SUBMIT_ALL` (5.18): one bad SQE does not hold back the rest of a batch.
+    pub submit_all: bool,
 }
 
 impl SetupFlags {
@@ -26,6 +28,7 @@ impl SetupFlags {
         defer_taskrun: true,
         coop_taskrun: true,
         no_sqarray: true,
+        submit_all: true,
     };
 
     /// No flag: a plain ring.
@@ -34,6 +37,7 @@ impl SetupFlags {
         defer_taskrun: false,
         coop_taskrun: false,
         no_sqarray: false,
+        submit_all: false,
     };
 
     /// Drops flags whose prerequisites are missing (DEFER_TASKRUN needs SINGLE_ISSUER).
@@ -52,12 +56,12 @@ impl Default for SetupFlags {
 }
 
 /// The order in which setup attempts are made: the wished set first, then dropping the newest
-/// flag at each step (NO_SQARRAY 6.6, DEFER_TASKRUN 6.1, SINGLE_ISSUER 6.0, COOP_TASKRUN 5.19),
-/// ending with a plain ring. Consecutive duplicates are removed.
+/// flag at each step (NO_SQARRAY 6.6, DEFER_TASKRUN 6.1, SINGLE_ISSUER 6.0, COOP_TASKRUN 5.19,
+/// SUBMIT_ALL 5.18), ending with a plain ring. Consecutive duplicates are removed.
 pub fn setup_ladder(wish: SetupFlags) -> Vec<SetupFlags> {
     let mut step = wish.normalized();
     let mut ladder = vec![step];
-    let drops: [fn(&mut SetupFlags); 4] = [
+    let drops: [fn(&mut SetupFlags); 5] = [
         |f| f.no_sqarray = false,
         |f| f.defer_taskrun = false,
         |f| {
@@ -65,6 +69,7 @@ pub fn setup_ladder(wish: SetupFlags) -> Vec<SetupFlags> {
             f.defer_taskrun = false;
         },
         |f| f.coop_taskrun = false,
+        |f| f.submit_all = false,
     ];
     for drop_flag in drops {
         drop_flag(&mut step);
@@ -129,12 +134,13 @@ impl fmt::Display for Features {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "single_issuer={} defer_taskrun={} coop_taskrun={} no_sqarray={} multishot_poll={} \
-             futex_ops={} fixed_buffers={} nodrop={}",
+            "single_issuer={} defer_taskrun={} coop_taskrun={} no_sqarray={} submit_all={} \
+             multishot_poll={} futex_ops={} fixed_buffers={} nodrop={}",
             on(self.setup.single_issuer),
             on(self.setup.defer_taskrun),
             on(self.setup.coop_taskrun),
             on(self.setup.no_sqarray),
+            on(self.setup.submit_all),
             on(self.multishot_poll),
             on(self.futex_ops),
             on(self.fixed_buffers),
@@ -154,6 +160,8 @@ pub enum Degradation {
     SingleIssuer,
     /// No `IORING_SETUP_COOP_TASKRUN`.
     CoopTaskrun,
+    /// No `IORING_SETUP_SUBMIT_ALL`.
+    SubmitAll,
     /// No multishot poll.
     MultishotPoll,
     /// No io_uring futex ops.
@@ -180,6 +188,10 @@ impl Degradation {
             Degradation::CoopTaskrun => {
                 "io_uring COOP_TASKRUN unavailable (needs Linux 5.19); completions are \
                  delivered with IPIs"
+            }
+            Degradation::SubmitAll => {
+                "io_uring SUBMIT_ALL unavailable (needs Linux 5.18); a refused SQE delays the \
+                 rest of its batch to the next enter"
             }
             Degradation::MultishotPoll => {
                 "io_uring multishot poll unavailable (needs Linux 5.13); re-arming a one-shot \
@@ -229,6 +241,11 @@ pub fn plan(
             Degradation::CoopTaskrun,
         ),
         (
+            wish_setup.submit_all,
+            got_setup.submit_all,
+            Degradation::SubmitAll,
+        ),
+        (
             wants.multishot_poll,
             caps.multishot_poll,
             Degradation::MultishotPoll,
@@ -264,10 +281,11 @@ mod tests {
         let ladder = setup_ladder(SetupFlags::ALL);
         assert_eq!(ladder.first(), Some(&SetupFlags::ALL));
         assert_eq!(ladder.last(), Some(&SetupFlags::NONE));
-        assert_eq!(ladder.len(), 5);
+        assert_eq!(ladder.len(), 6);
         assert!(!ladder[1].no_sqarray && ladder[1].defer_taskrun);
         assert!(!ladder[2].defer_taskrun && ladder[2].single_issuer && ladder[2].coop_taskrun);
         assert!(!ladder[3].single_issuer && ladder[3].coop_taskrun);
+        assert!(!ladder[4].coop_taskrun && ladder[4].submit_all);
         // Every step is a subset of the one before it.
         for pair in ladder.windows(2) {
             let (a, b) = (pair[0], pair[1]);
@@ -275,6 +293,7 @@ mod tests {
             assert!(a.defer_taskrun || !b.defer_taskrun);
             assert!(a.coop_taskrun || !b.coop_taskrun);
             assert!(a.no_sqarray || !b.no_sqarray);
+            assert!(a.submit_all || !b.submit_all);
         }
     }
 
@@ -326,6 +345,7 @@ mod tests {
                 Degradation::DeferTaskrun,
                 Degradation::SingleIssuer,
                 Degradation::CoopTaskrun,
+                Degradation::SubmitAll,
                 Degradation::FutexOps,
             ]
         );

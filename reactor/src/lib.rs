@@ -15,6 +15,26 @@
 //! It is not a futures executor or a general runtime: one [`Reactor`] per thread, driven by a
 //! loop that queues operations and calls [`Reactor::wait`].
 //!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use blobring_reactor::{Event, Reactor, TimerOutcome};
+//! use rustix::event::{EventfdFlags, eventfd};
+//!
+//! let mut reactor = Reactor::new()?;
+//! let doorbell = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
+//! reactor.poll_multishot(Arc::clone(&doorbell), 1)?;
+//! reactor.timeout(Duration::from_millis(20), 2)?;
+//! rustix::io::write(&*doorbell, &1u64.to_ne_bytes())?;
+//! let mut seen = Vec::new();
+//! while seen.len() < 2 {
+//!     reactor.wait(1, Some(Duration::from_secs(5)), |c| seen.push((c.token, c.event)))?;
+//! }
+//! assert!(matches!(seen[0], (1, Event::Readable { .. })));
+//! assert_eq!(seen[1], (2, Event::Timer(TimerOutcome::Fired)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Why io_uring (and the `io-uring` crate)
 //! One `io_uring_enter` both submits a batch (e.g. every futex wake owed to sleeping clients)
 //! and sleeps on every source at once, with no per-event syscall; multishot poll avoids

@@ -195,6 +195,11 @@ struct DeadlineTimer {
 ///
 /// Not `Send`: with `SINGLE_ISSUER`/`DEFER_TASKRUN` only the creating thread may submit and
 /// wait, so create the reactor on the thread that drives it.
+///
+/// ```compile_fail
+/// fn needs_send<T: Send>() {}
+/// needs_send::<blobring_reactor::Reactor>();
+/// ```
 pub struct Reactor {
     ring: IoUring,
     features: Features,
@@ -834,47 +839,49 @@ impl Reactor {
             OpKind::Poll { fd } => Some(fd.raw()),
             _ => None,
         };
-        // rustix only represents real errnos (1..=4095); 0 stands for "no error".
-        let errno = if res < 0 {
-            Errno::from_raw_os_error(res.saturating_neg().min(4095))
+        let result = if res >= 0 {
+            Ok(res as u32)
         } else {
-            Errno::from_raw_os_error(4095)
+            Err(Errno::from_raw_os_error(res.saturating_neg()))
         };
         let event = if let Some(raw_fd) = poll_fd {
-            if res < 0 {
-                self.remove(op);
-                let ended = if cancel_requested && errno == Errno::CANCELED {
-                    Ok(())
-                } else {
-                    Err(errno)
-                };
-                Event::PollEnded(ended)
-            } else {
-                self.ready.push_back(Completion {
-                    token,
-                    op,
-                    event: Event::Readable { events: res as u32 },
-                });
-                if more {
-                    return;
-                }
-                if cancel_requested {
+            match result {
+                Err(errno) => {
                     self.remove(op);
-                    Event::PollEnded(Ok(()))
-                } else {
-                    let entry = opcode::PollAdd::new(types::Fd(raw_fd), libc::POLLIN as u32)
-                        .multi(self.features.multishot_poll)
-                        .build()
-                        .user_data(user_data);
-                    self.stats.poll_rearms += 1;
-                    // SAFETY: the entry names the fd by number only; the fd clone stays in
-                    // this op until its final CQE, so the number cannot be reused meanwhile.
-                    match unsafe { self.push(&entry) } {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not re-arm a poll; ending it");
-                            self.remove(op);
-                            Event::PollEnded(Err(Errno::BUSY))
+                    let ended = if cancel_requested && errno == Errno::CANCELED {
+                        Ok(())
+                    } else {
+                        Err(errno)
+                    };
+                    Event::PollEnded(ended)
+                }
+                Ok(events) => {
+                    self.ready.push_back(Completion {
+                        token,
+                        op,
+                        event: Event::Readable { events },
+                    });
+                    if more {
+                        return;
+                    }
+                    if cancel_requested {
+                        self.remove(op);
+                        Event::PollEnded(Ok(()))
+                    } else {
+                        let entry = opcode::PollAdd::new(types::Fd(raw_fd), libc::POLLIN as u32)
+                            .multi(self.features.multishot_poll)
+                            .build()
+                            .user_data(user_data);
+                        self.stats.poll_rearms += 1;
+                        // SAFETY: the entry names the fd by number only; the fd clone stays in
+                        // this op until its final CQE, so the number cannot be reused meanwhile.
+                        match unsafe { self.push(&entry) } {
+                            Ok(()) => return,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not re-arm a poll; ending it");
+                                self.remove(op);
+                                Event::PollEnded(Err(Errno::BUSY))
+                            }
                         }
                     }
                 }
@@ -888,11 +895,12 @@ impl Reactor {
             let Some(kind) = self.remove(op) else {
                 return;
             };
-            let count = if res >= 0 { Ok(res as u32) } else { Err(errno) };
-            let timer = match res {
-                _ if errno == Errno::TIME || res >= 0 => TimerOutcome::Fired,
-                _ if errno == Errno::CANCELED => TimerOutcome::Cancelled,
-                _ => TimerOutcome::Failed(errno),
+            let count = result;
+            let timer = match result {
+                Ok(_) => TimerOutcome::Fired,
+                Err(e) if e == Errno::TIME => TimerOutcome::Fired,
+                Err(e) if e == Errno::CANCELED => TimerOutcome::Cancelled,
+                Err(e) => TimerOutcome::Failed(e),
             };
             match kind {
                 OpKind::Poll { .. } => return,
@@ -1022,6 +1030,9 @@ fn build_ring(config: &ReactorConfig) -> Result<(IoUring, SetupFlags)> {
         }
         if step.no_sqarray {
             builder.setup_no_sqarray();
+        }
+        if step.submit_all {
+            builder.setup_submit_all();
         }
         match builder.build(config.sq_entries) {
             Ok(ring) => return Ok((ring, step)),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use blobring_reactor::{
     Completion, Error, Event, FixedRange, FutexWord, MemoryRegion, Reactor, ReactorConfig,
-    RegionWord, TimerOutcome, Wants,
+    RegionWord, SetupFlags, TimerOutcome, Wants,
 };
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::thread::futex;
@@ -118,7 +118,7 @@ fn this_kernel_gets_every_feature() {
     let f = reactor.features();
     eprintln!("features: {f}");
     assert!(f.setup.single_issuer && f.setup.defer_taskrun && f.setup.coop_taskrun);
-    assert!(f.setup.no_sqarray);
+    assert!(f.setup.no_sqarray && f.setup.submit_all);
     assert!(f.multishot_poll && f.futex_ops && f.fixed_buffers && f.nodrop);
 }
 
@@ -665,4 +665,25 @@ fn drop_with_operations_in_flight_returns_promptly() {
     // Everything the operations held was released, not leaked.
     assert_eq!(Arc::strong_count(&efd), 1);
     assert_eq!(Arc::strong_count(&word), 1);
+}
+
+#[test]
+fn plain_ring_without_setup_flags_still_works() {
+    let config = ReactorConfig {
+        setup: SetupFlags::NONE,
+        ..ReactorConfig::default()
+    };
+    let mut reactor = Reactor::with_config(config).unwrap();
+    assert_eq!(reactor.features().setup, SetupFlags::NONE);
+    let efd = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap());
+    reactor.poll_multishot(Arc::clone(&efd), 1).unwrap();
+    reactor.timeout(Duration::from_millis(10), 2).unwrap();
+    let word: Arc<dyn FutexWord> = Arc::new(AtomicU32::new(0));
+    reactor.futex_wake(word, 3).unwrap();
+    ring_eventfd(&efd);
+    let mut got = collect(&mut reactor, 3, LONG);
+    got.sort_by_key(|c| c.token);
+    assert!(matches!(got[0].event, Event::Readable { .. }), "{got:?}");
+    assert_eq!(got[1].event, Event::Timer(TimerOutcome::Fired));
+    assert_eq!(got[2].event, Event::FutexWake(Ok(0)));
 }
