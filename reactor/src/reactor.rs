@@ -630,7 +630,8 @@ impl Reactor {
 
     /// Submits queued operations, waits until at least `min_complete` completions have been
     /// delivered or `timeout` has passed (`None`: no limit), and calls `f` for every completion
-    /// available. Returns the number delivered (may be fewer than `min_complete` on timeout or
+    /// available. `wait(0, ..)` never blocks and makes no syscall when there is nothing to
+    /// submit and no completion work pending (a busy-polling worker's fast path). Returns the number delivered (may be fewer than `min_complete` on timeout or
     /// a signal; 0 at once if nothing is in flight). `f` cannot call back into the reactor:
     /// collect what to do and do it after `wait` returns.
     pub fn wait(
@@ -650,12 +651,25 @@ impl Reactor {
             } else {
                 need
             };
+            if want == 0 && !self.needs_enter() {
+                // Nothing to submit and no deferred completion work: no syscall.
+                return Ok(delivered);
+            }
             let stopped = self.enter(want, if want == 0 { None } else { remaining })?;
             delivered += self.reap(&mut f)?;
             if want == 0 || stopped || delivered >= min_complete {
                 return Ok(delivered);
             }
         }
+    }
+
+    /// Whether a non-waiting `io_uring_enter` would do anything: SQEs to submit, completion
+    /// work the kernel deferred to us (`IORING_SQ_TASKRUN`, set because we always ask for
+    /// `TASKRUN_FLAG` with COOP/DEFER_TASKRUN; plain rings post CQEs without our help), or
+    /// overflowed CQEs to flush.
+    fn needs_enter(&mut self) -> bool {
+        let sq = self.ring.submission();
+        !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
     }
 
     fn poll_entry(&self, fd: &SharedFd) -> squeue::Entry {
