@@ -85,6 +85,34 @@ impl SharedKeyAuth {
         BASE64_STANDARD.encode(mac.finalize().into_bytes())
     }
 
+    /// The `Authorization` header value (`SharedKey <account>:<sig>`) for a request with
+    /// this method, path-and-query (as sent on the wire) and headers. For clients and tests.
+    pub fn authorization(
+        &self,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+    ) -> String {
+        let (raw_path, q) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let first = raw_path.trim_start_matches('/').split('/').next();
+        let req = Req {
+            method: method.clone(),
+            raw_path,
+            path_has_account: first == Some(self.account.as_str()),
+            query: crate::executor::decode_query(q),
+            headers: headers.clone(),
+            body: &[],
+        };
+        let date = req.header("date").unwrap_or("");
+        format!(
+            "SharedKey {}:{}",
+            self.account,
+            self.sign(&self.string_to_sign(&req, date))
+        )
+    }
+
     fn verify_sig(&self, string_to_sign: &str, sig: &[u8]) -> bool {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts any key length");
         mac.update(string_to_sign.as_bytes());

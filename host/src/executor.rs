@@ -259,7 +259,7 @@ impl Req<'_> {
     }
 }
 
-fn decode_query(q: &str) -> Vec<(String, String)> {
+pub(crate) fn decode_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {

@@ -34,6 +34,8 @@ pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<(Vec<String>, String)>)
     let mut out = Vec::new();
     let mut buf = Vec::new();
     let mut count = 0usize;
+    // Index of the leaf collecting text for the innermost open element, if any.
+    let mut cur: Option<usize> = None;
     loop {
         match r.read_event_into(&mut buf) {
             Ok(Event::Start(e)) => {
@@ -49,6 +51,7 @@ pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<(Vec<String>, String)>)
                     root = name.clone();
                 }
                 stack.push(name);
+                cur = None;
             }
             Ok(Event::Empty(e)) => {
                 count += 1;
@@ -59,16 +62,20 @@ pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<(Vec<String>, String)>)
                 let mut path = stack.clone();
                 path.push(name);
                 out.push((path, String::new()));
+                cur = None;
             }
             Ok(Event::End(_)) => {
                 stack.pop();
+                cur = None;
             }
             Ok(Event::Text(t)) => {
                 let text = t.xml10_content().into_owned();
-                if let Some(last) = out.last_mut().filter(|(p, _)| *p == stack) {
-                    last.1.push_str(&text);
-                } else {
-                    out.push((stack.clone(), text));
+                match cur {
+                    Some(i) => out[i].1.push_str(&text),
+                    None => {
+                        cur = Some(out.len());
+                        out.push((stack.clone(), text));
+                    }
                 }
             }
             Ok(Event::GeneralRef(e)) => {
@@ -89,16 +96,24 @@ pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<(Vec<String>, String)>)
                         ch.to_string()
                     }
                 };
-                if let Some(last) = out.last_mut().filter(|(p, _)| *p == stack) {
-                    last.1.push_str(&text);
-                } else {
-                    out.push((stack.clone(), text));
+                match cur {
+                    Some(i) => out[i].1.push_str(&text),
+                    None => {
+                        cur = Some(out.len());
+                        out.push((stack.clone(), text));
+                    }
                 }
             }
             Ok(Event::CData(t)) => {
                 let text: &str = &t;
                 let text = text.to_owned();
-                out.push((stack.clone(), text));
+                match cur {
+                    Some(i) => out[i].1.push_str(&text),
+                    None => {
+                        cur = Some(out.len());
+                        out.push((stack.clone(), text));
+                    }
+                }
             }
             Ok(Event::Eof) => break,
             Ok(_) => {}
@@ -135,5 +150,12 @@ mod tests {
         assert_eq!(l[0].0, vec!["BlockList", "Uncommitted"]);
         assert_eq!(l[0].1, "QQ==");
         assert_eq!(l[1].1, "a&b");
+        let (_, l) = leaves(b"<BlockList><Uncommitted>QQ==</Uncommitted>\n\t<Uncommitted>Qg==</Uncommitted></BlockList>").unwrap();
+        let ids: Vec<_> = l
+            .iter()
+            .filter(|(p, _)| p.len() == 2)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert_eq!(ids, ["QQ==", "Qg=="]);
     }
 }

@@ -1,0 +1,151 @@
+//! Shared helpers for host integration tests: start the real `blobring-host` binary on a free
+//! loopback port and kill it on drop (also when a test panics).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
+
+/// A running host process.
+pub struct Host {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl Host {
+    /// Start `blobring-host --store <store> --http 127.0.0.1:0 --container test <extra>`.
+    pub fn start(store: &str, extra: &[&str]) -> Host {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
+            .args([
+                "--store",
+                store,
+                "--http",
+                "127.0.0.1:0",
+                "--container",
+                "test",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn blobring-host");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        // Guard first, so the child is killed if we panic below.
+        let mut host = Host {
+            child,
+            url: String::new(),
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("blobring-host did not report its address within 30 s");
+        host.url = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        host
+    }
+
+    /// Kill the host and wait for it.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Account base URL, `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub fn account_url(&self) -> String {
+        format!("{}/{}", self.url, EMULATOR_ACCOUNT)
+    }
+
+    /// Send one raw request signed with the emulator key; returns (status, headers, body).
+    pub fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let addr = self.url.strip_prefix("http://").expect("http url");
+        let mut hm = http::HeaderMap::new();
+        for (k, v) in headers {
+            hm.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
+        hm.insert(
+            "x-ms-date",
+            http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+                .unwrap(),
+        );
+        if !body.is_empty() {
+            hm.insert("content-length", body.len().into());
+        }
+        let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+        let sig = auth.authorization(&method.parse().unwrap(), path_and_query, &hm);
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = format!(
+            "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {sig}\r\n"
+        );
+        if body.is_empty() {
+            head.push_str("Content-Length: 0\r\n");
+        }
+        for (k, v) in &hm {
+            head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap()));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).expect("read response");
+        let mut hdrs = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut hdrs);
+        let n = match r.parse(&buf).expect("parse response") {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial response"),
+        };
+        let headers = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        (r.code.unwrap(), headers, buf[n..].to_vec())
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Header lookup in a raw response.
+pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
