@@ -43,43 +43,13 @@ async fn signing(store: &MicrosoftAzure, host: &Host) {
         .unwrap();
     let pq = &url.as_str()[host.url.len()..];
     // Send without SharedKey: strip our signer by using a plain request.
-    let (status, _, body) = unsigned_get(host, pq);
+    let (status, _, body) = common::unsigned_get(&host.url, pq);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"hello world");
     // A tampered signature is rejected.
     let bad = pq.replace("sp=r", "sp=rw");
-    let (status, _, _) = unsigned_get(host, &bad);
+    let (status, _, _) = common::unsigned_get(&host.url, &bad);
     assert_eq!(status, 403);
-}
-
-fn unsigned_get(host: &Host, pq: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    use std::io::{Read, Write};
-    let addr = host.url.strip_prefix("http://").unwrap();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {pq} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut hdrs);
-    let httparse::Status::Complete(n) = r.parse(&buf).unwrap() else {
-        panic!("partial response")
-    };
-    let h = r
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    (r.code.unwrap(), h, buf[n..].to_vec())
 }
 
 /// object_store's private `tagging` check, reading tags back with Get Blob Tags.
@@ -173,4 +143,93 @@ async fn object_store_suite_fs() {
     tokio::time::timeout(SUITE_TIMEOUT, run_suite(&host))
         .await
         .expect("suite timed out");
+}
+
+/// Set in the child process of [`object_store_suite_emulator_mode`].
+const CHILD_ENV: &str = "BLOBRING_SUITE_EMULATOR_CHILD";
+
+/// The same suite with `with_use_emulator(true)`, exactly as object_store runs it against
+/// Azurite. The emulator endpoint can only come from `AZURITE_BLOB_STORAGE_URL`, and setting
+/// the environment of a running multi-threaded test process is unsound, so the test re-runs
+/// itself in a child process with the variable set.
+#[test]
+fn object_store_suite_emulator_mode() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let url = std::env::var("BLOBRING_SUITE_HOST_URL").unwrap();
+            let host = common::HostRef::new(url);
+            let integration = MicrosoftAzureBuilder::new()
+                .with_use_emulator(true)
+                .with_container_name("test")
+                .with_http_connector(MarkerHttpConnector::default())
+                .build()
+                .unwrap();
+            tokio::time::timeout(SUITE_TIMEOUT, async {
+                put_get_delete_list(&integration).await;
+                list_with_offset_exclusivity(&integration).await;
+                get_opts(&integration).await;
+                list_uses_directories_correctly(&integration).await;
+                list_with_delimiter(&integration).await;
+                rename_and_copy(&integration).await;
+                copy_if_not_exists(&integration).await;
+                stream_get(&integration).await;
+                put_opts(&integration, true).await;
+                multipart(&integration, &integration).await;
+                multipart_put_part_out_of_order(&integration, &integration).await;
+                multipart_race_condition(&integration, false).await;
+                multipart_out_of_order(&integration).await;
+                signing_url_works(&integration, &host).await;
+                list_paginated(&integration, &integration).await;
+                response_extensions(&integration, true).await;
+            })
+            .await
+            .expect("suite timed out");
+        });
+        return;
+    }
+    let host = Host::start("mem", &[]);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "object_store_suite_emulator_mode",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .env("AZURITE_BLOB_STORAGE_URL", &host.url)
+        .env("BLOBRING_SUITE_HOST_URL", &host.url)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + SUITE_TIMEOUT + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status = status.expect("emulator-mode suite child timed out");
+    assert!(status.success(), "emulator-mode suite failed: {status}");
+}
+
+async fn signing_url_works(store: &MicrosoftAzure, host: &common::HostRef) {
+    let path = Path::from("file.txt");
+    store.put(&path, "hello world".into()).await.unwrap();
+    let url = store
+        .signed_url(http::Method::GET, &path, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let pq = &url.as_str()[host.url.len()..];
+    let (status, _, body) = common::unsigned_get(&host.url, pq);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"hello world");
 }

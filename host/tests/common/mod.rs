@@ -149,3 +149,46 @@ impl Drop for Host {
 pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
+
+/// Just the URL of a host started by another process.
+pub struct HostRef {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl HostRef {
+    /// Wrap a URL.
+    pub fn new(url: String) -> Self {
+        HostRef { url }
+    }
+}
+
+/// GET `pq` without any Authorization header; returns (status, headers, body).
+pub fn unsigned_get(url: &str, pq: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {pq} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hdrs);
+    let httparse::Status::Complete(n) = r.parse(&buf).unwrap() else {
+        panic!("partial response")
+    };
+    let h = r
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    (r.code.unwrap(), h, buf[n..].to_vec())
+}
