@@ -41,6 +41,8 @@
 //! re-arming; `SINGLE_ISSUER` + `DEFER_TASKRUN` keep completion work on the worker's own core
 //! without IPIs or locks; registered buffers pin client regions once. The `io-uring` crate is a
 //! thin, exact wrapper of the kernel ABI (tokio-rs), so this crate only adds the ownership rules.
+//! `slab` holds the in-flight operations (O(1) insert/remove, dense keys for `user_data`);
+//! `rustix` gives the `futex(2)` fallback and eventfds.
 //!
 //! # What it owns
 //! The ring, a slab of in-flight operations and, per operation, everything the kernel may
@@ -52,8 +54,11 @@
 //!
 //! # Whom it trusts
 //! The kernel, and implementors of the two `unsafe` traits [`MemoryRegion`] and
-//! [`FutexWord`] (the shm crate), which promise that the memory they name stays mapped while
-//! they live and is never accessed through Rust references. It does not trust the *contents*
+//! [`FutexWord`], which promise that the memory they name stays mapped while they live and is
+//! never accessed through Rust references. This crate implements them for the shm crate's
+//! `Mapping` and `Region` (so callers under `forbid(unsafe_code)` pass an `Arc` of either, and
+//! a [`RegionWord`] for a futex word inside one), for `AtomicU32`, and tests use their own
+//! memfd mappings. It does not trust the *contents*
 //! of that memory (clients may write anything there at any time): it never reads region bytes
 //! itself, and futex words are only handed to the kernel.
 //!

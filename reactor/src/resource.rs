@@ -104,6 +104,30 @@ unsafe impl FutexWord for AtomicU32 {
     }
 }
 
+// SAFETY: a shm `Mapping` stays mapped read-write and shared until it is dropped, at a fixed
+// address; its file is sealed against shrinking (`Region::create` seals it, `Mapping::map_peer`
+// refuses an fd without F_SEAL_SHRINK), so the range cannot turn into a SIGBUS hole by
+// truncation; and the crate only accesses it through atomic/copying accessors, never through
+// references (its own documented rule for `as_raw_parts`).
+unsafe impl MemoryRegion for blobring_shm::Mapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.as_raw_parts().0
+    }
+    fn len(&self) -> usize {
+        self.as_raw_parts().1
+    }
+}
+
+// SAFETY: a `Region` owns its `Mapping` (see the impl above) for its whole life.
+unsafe impl MemoryRegion for blobring_shm::Region {
+    fn as_ptr(&self) -> *mut u8 {
+        self.mapping().as_raw_parts().0
+    }
+    fn len(&self) -> usize {
+        self.mapping().as_raw_parts().1
+    }
+}
+
 /// A futex word at a checked offset inside a [`MemoryRegion`] (e.g. a client's CQ epoch word).
 #[derive(Clone)]
 pub struct RegionWord {

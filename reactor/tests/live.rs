@@ -710,3 +710,47 @@ fn nonblocking_wait_makes_no_syscall_when_idle_but_still_sees_completions() {
     let entered = reactor.stats().enters - enters;
     assert!(entered < spins / 2, "{entered} enters for {spins} spins");
 }
+
+/// The daemon's path, with no `unsafe`: a shm region registered as a fixed buffer and a futex
+/// word inside it.
+#[test]
+fn shm_region_serves_as_fixed_buffer_and_futex_word() {
+    use blobring_shm::SharedMemory as _;
+    let region = Arc::new(blobring_shm::Region::create("reactor-shm-test", 64 * 1024).unwrap());
+    let mut reactor = Reactor::new().unwrap();
+    let index = reactor.register_region(region.clone()).unwrap();
+    region.mapping().write(8192, b"from shared memory").unwrap();
+    let file = Arc::new(tempfile::tempfile().unwrap());
+    let range = FixedRange {
+        index,
+        offset: 8192,
+        len: 18,
+    };
+    reactor.write_fixed(Arc::clone(&file), range, 0, 1).unwrap();
+    let got = collect(&mut reactor, 1, LONG);
+    assert_eq!(got[0].event, Event::Fixed(Ok(18)));
+    let back = FixedRange {
+        index,
+        offset: 100,
+        len: 18,
+    };
+    reactor.read_fixed(Arc::clone(&file), back, 0, 2).unwrap();
+    let got = collect(&mut reactor, 1, LONG);
+    assert_eq!(got[0].event, Event::Fixed(Ok(18)));
+    let mut bytes = [0u8; 18];
+    region.mapping().read(100, &mut bytes).unwrap();
+    assert_eq!(&bytes, b"from shared memory");
+
+    let word: Arc<dyn FutexWord> = Arc::new(RegionWord::new(region.clone(), 4096).unwrap());
+    region
+        .mapping()
+        .store_u32(4096, 7, Ordering::SeqCst)
+        .unwrap();
+    assert_eq!(atomic(&word).load(Ordering::SeqCst), 7);
+    reactor.futex_wait(Arc::clone(&word), 6, 3).unwrap();
+    let got = collect(&mut reactor, 1, LONG);
+    assert_eq!(
+        got[0].event,
+        Event::FutexWait(Err(rustix::io::Errno::AGAIN))
+    );
+}
