@@ -122,6 +122,18 @@ pub enum Error {
         region_len: usize,
     },
 
+    /// A region still has fixed-buffer operations queued or in flight.
+    #[error(
+        "fixed buffer {index} still has {in_flight} operation(s) queued or in flight; wait for \
+         their completions before unregistering it"
+    )]
+    RegionBusy {
+        /// The buffer index.
+        index: u16,
+        /// Operations queued or in flight on it.
+        in_flight: u32,
+    },
+
     /// A fixed-buffer index that names no registered region.
     #[error("fixed buffer {0} is not registered; register the region first")]
     UnknownBuffer(u16),

@@ -167,6 +167,7 @@ enum OpKind {
     Fixed {
         _fd: SharedFd,
         _region: Arc<dyn MemoryRegion>,
+        slot: u16,
     },
     Read {
         _fd: SharedFd,
@@ -207,6 +208,8 @@ pub struct Reactor {
     generation: u32,
     /// Registered regions by buffer index; an in-flight op holds its own clone too.
     regions: Vec<Option<Arc<dyn MemoryRegion>>>,
+    /// Fixed-buffer operations queued or in flight per slot; a busy slot cannot be unregistered.
+    region_ops: Vec<u32>,
     /// Timespecs of queued `Timeout` / `TimeoutUpdate` SQEs. The kernel copies a timespec when
     /// it consumes the SQE, so these live until the submission queue has been drained.
     #[expect(
@@ -298,6 +301,7 @@ impl Reactor {
             ops: Slab::new(),
             generation: 0,
             regions: (0..slots).map(|_| None).collect(),
+            region_ops: vec![0; slots as usize],
             timespecs: Vec::new(),
             ready: VecDeque::new(),
             cqes: Vec::new(),
@@ -500,12 +504,19 @@ impl Reactor {
         Ok(BufIndex(slot as u16))
     }
 
-    /// Removes a region from the fixed-buffer table. Operations already queued on it keep
-    /// their own reference and finish normally.
+    /// Removes a region from the fixed-buffer table. Refused ([`Error::RegionBusy`]) while a
+    /// `read_fixed`/`write_fixed` on it is queued or in flight: the kernel resolves the buffer
+    /// index when it issues the operation, so the slot must stay until then.
     pub fn unregister_region(&mut self, index: BufIndex) -> Result<()> {
         let slot = usize::from(index.0);
         if self.regions.get(slot).is_none_or(Option::is_none) {
             return Err(Error::UnknownBuffer(index.0));
+        }
+        if self.region_ops[slot] > 0 {
+            return Err(Error::RegionBusy {
+                index: index.0,
+                in_flight: self.region_ops[slot],
+            });
         }
         if self.features.fixed_buffers {
             let empty = libc::iovec {
@@ -533,26 +544,7 @@ impl Reactor {
         file_offset: u64,
         token: u64,
     ) -> Result<OpId> {
-        let fd = fd.into();
-        let (region, ptr) = self.resolve(range)?;
-        let target = types::Fd(fd.raw());
-        let entry = if self.features.fixed_buffers {
-            opcode::ReadFixed::new(target, ptr, range.len, range.index.0)
-                .offset(file_offset)
-                .build()
-        } else {
-            opcode::Read::new(target, ptr, range.len)
-                .offset(file_offset)
-                .build()
-        };
-        self.queue(
-            token,
-            OpKind::Fixed {
-                _fd: fd,
-                _region: region,
-            },
-            entry,
-        )
+        self.fixed_io(false, fd.into(), range, file_offset, token)
     }
 
     /// Writes `range` of a registered region to `fd` at `file_offset`
@@ -564,26 +556,42 @@ impl Reactor {
         file_offset: u64,
         token: u64,
     ) -> Result<OpId> {
-        let fd = fd.into();
+        self.fixed_io(true, fd.into(), range, file_offset, token)
+    }
+
+    fn fixed_io(
+        &mut self,
+        write: bool,
+        fd: SharedFd,
+        range: FixedRange,
+        file_offset: u64,
+        token: u64,
+    ) -> Result<OpId> {
         let (region, ptr) = self.resolve(range)?;
         let target = types::Fd(fd.raw());
-        let entry = if self.features.fixed_buffers {
-            opcode::WriteFixed::new(target, ptr, range.len, range.index.0)
+        let slot = range.index.0;
+        let entry = match (write, self.features.fixed_buffers) {
+            (false, true) => opcode::ReadFixed::new(target, ptr, range.len, slot)
                 .offset(file_offset)
-                .build()
-        } else {
-            opcode::Write::new(target, ptr, range.len)
+                .build(),
+            (true, true) => opcode::WriteFixed::new(target, ptr, range.len, slot)
                 .offset(file_offset)
-                .build()
+                .build(),
+            (false, false) => opcode::Read::new(target, ptr, range.len)
+                .offset(file_offset)
+                .build(),
+            (true, false) => opcode::Write::new(target, ptr, range.len)
+                .offset(file_offset)
+                .build(),
         };
-        self.queue(
-            token,
-            OpKind::Fixed {
-                _fd: fd,
-                _region: region,
-            },
-            entry,
-        )
+        let kind = OpKind::Fixed {
+            _fd: fd,
+            _region: region,
+            slot,
+        };
+        let op = self.queue(token, kind, entry)?;
+        self.region_ops[usize::from(slot)] += 1;
+        Ok(op)
     }
 
     /// Reads from `fd` into the spare capacity of `buf` (at most `u32::MAX` bytes); the buffer
@@ -930,7 +938,10 @@ impl Reactor {
                 }
                 OpKind::FutexWake { .. } => Event::FutexWake(count),
                 OpKind::FutexWait { .. } => Event::FutexWait(count.map(drop)),
-                OpKind::Fixed { .. } => Event::Fixed(count),
+                OpKind::Fixed { slot, .. } => {
+                    self.region_ops[usize::from(slot)] -= 1;
+                    Event::Fixed(count)
+                }
                 OpKind::Read { mut buf, .. } => {
                     if let Ok(n) = count {
                         let new_len = buf.len() + n as usize;
@@ -1063,9 +1074,17 @@ fn build_ring(config: &ReactorConfig) -> Result<(IoUring, SetupFlags)> {
 }
 
 fn setup_error(e: io::Error) -> Error {
+    classify_setup_error(e, || {
+        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok()
+    })
+}
+
+/// Maps an `io_uring_setup` failure to an actionable error; `disabled_sysctl` reads
+/// `kernel.io_uring_disabled` (only consulted for EPERM).
+fn classify_setup_error(e: io::Error, disabled_sysctl: impl FnOnce() -> Option<String>) -> Error {
     match e.raw_os_error() {
-        Some(libc::EPERM) => match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-            Ok(value) if value.trim() != "0" => Error::Disabled {
+        Some(libc::EPERM) => match disabled_sysctl() {
+            Some(value) if value.trim() != "0" => Error::Disabled {
                 value: value.trim().to_owned(),
             },
             _ => Error::Setup { source: e },
@@ -1139,6 +1158,27 @@ mod tests {
             assert_eq!(split_user_data(ud), Some((key, generation)));
         }
         assert_eq!(split_user_data(UD_CANCEL), None);
+    }
+
+    #[test]
+    fn setup_errors_say_what_to_do() {
+        let eperm = || io::Error::from_raw_os_error(libc::EPERM);
+        let err = classify_setup_error(eperm(), || Some("2\n".into()));
+        assert!(matches!(&err, Error::Disabled { value } if value == "2"));
+        assert!(err.to_string().contains("set it to 0"), "{err}");
+        assert!(matches!(
+            classify_setup_error(eperm(), || Some("0\n".into())),
+            Error::Setup { .. }
+        ));
+        assert!(matches!(
+            classify_setup_error(io::Error::from_raw_os_error(libc::ENOSYS), || None),
+            Error::Unsupported {
+                what: "io_uring",
+                ..
+            }
+        ));
+        let err = classify_setup_error(io::Error::from_raw_os_error(libc::ENOMEM), || None);
+        assert!(err.to_string().contains("RLIMIT_MEMLOCK"), "{err}");
     }
 
     /// A CQ of 2 entries overflows on the third poll event; the kernel then ends the multishot

@@ -525,6 +525,11 @@ fn fixed_buffer_round_trip(config: ReactorConfig) {
     reactor
         .write_fixed(Arc::clone(&fd), range, 512, 21)
         .unwrap();
+    // Queued, not yet issued: the slot must stay registered.
+    assert!(matches!(
+        reactor.unregister_region(index),
+        Err(Error::RegionBusy { in_flight: 1, .. })
+    ));
     let got = collect(&mut reactor, 1, LONG);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].token, 21);
@@ -753,4 +758,14 @@ fn shm_region_serves_as_fixed_buffer_and_futex_word() {
         got[0].event,
         Event::FutexWait(Err(rustix::io::Errno::AGAIN))
     );
+}
+
+#[test]
+fn regions_over_one_gib_are_refused_with_a_clear_error() {
+    // A sparse 1 GiB + 4 KiB memfd: nothing is faulted in.
+    let region = MemfdRegion::new((1 << 30) + 4096);
+    let mut reactor = Reactor::new().unwrap();
+    let err = reactor.register_region(region).unwrap_err();
+    assert!(matches!(err, Error::RegionTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("1 GiB"));
 }
