@@ -87,7 +87,8 @@ pub enum Error {
 
     /// A region is empty or has a null base.
     #[error(
-        "a region with base {base:#x} and length {len} cannot be registered; it must be non-empty and mapped"
+        "a region with base {base:#x} and length {len} cannot be registered; it must be \
+         non-empty and mapped"
     )]
     BadRegion {
         /// Base address reported by the region.

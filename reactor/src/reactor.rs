@@ -245,7 +245,10 @@ impl Reactor {
         let probed = match ring.submitter().register_probe(&mut probe) {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "io_uring opcode probe failed; assuming only base opcodes");
+                tracing::warn!(
+                    error = %e,
+                    "io_uring opcode probe failed; assuming only base opcodes"
+                );
                 false
             }
         };
@@ -293,7 +296,8 @@ impl Reactor {
         for degradation in missing {
             tracing::warn!("{}", degradation.message());
         }
-        tracing::info!(%features, sq = ring.params().sq_entries(), cq = ring.params().cq_entries(), "io_uring reactor ready");
+        let (sq, cq) = (ring.params().sq_entries(), ring.params().cq_entries());
+        tracing::info!(%features, sq, cq, "io_uring reactor ready");
 
         Ok(Reactor {
             ring,
@@ -638,10 +642,14 @@ impl Reactor {
 
     /// Submits queued operations, waits until at least `min_complete` completions have been
     /// delivered or `timeout` has passed (`None`: no limit), and calls `f` for every completion
-    /// available. `wait(0, ..)` never blocks and makes no syscall when there is nothing to
-    /// submit and no completion work pending (a busy-polling worker's fast path). Returns the number delivered (may be fewer than `min_complete` on timeout or
-    /// a signal; 0 at once if nothing is in flight). `f` cannot call back into the reactor:
-    /// collect what to do and do it after `wait` returns.
+    /// available. Returns the number delivered: fewer than `min_complete` on timeout or a
+    /// signal, and 0 at once if nothing is in flight.
+    ///
+    /// `wait(0, ..)` never blocks, and makes no syscall when there is nothing to submit and no
+    /// completion work pending (a busy-polling worker's fast path).
+    ///
+    /// `f` cannot call back into the reactor: collect what to do and do it after `wait`
+    /// returns.
     pub fn wait(
         &mut self,
         min_complete: usize,
