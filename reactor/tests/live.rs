@@ -769,3 +769,42 @@ fn regions_over_one_gib_are_refused_with_a_clear_error() {
     assert!(matches!(err, Error::RegionTooLarge { .. }), "{err}");
     assert!(err.to_string().contains("1 GiB"));
 }
+
+#[test]
+fn many_doorbells_each_report_under_their_own_token() {
+    let mut reactor = Reactor::new().unwrap();
+    let bells: Vec<Arc<OwnedFd>> = (0..32)
+        .map(|_| Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap()))
+        .collect();
+    for (i, bell) in bells.iter().enumerate() {
+        reactor
+            .poll_multishot(Arc::clone(bell), 1000 + i as u64)
+            .unwrap();
+    }
+    reactor.submit().unwrap();
+    for round in 0..5u64 {
+        // Ring a different subset each round, in a scrambled order.
+        let rung: Vec<usize> = (0..32)
+            .filter(|i| !(i * 7 + round as usize).is_multiple_of(3))
+            .collect();
+        for &i in rung.iter().rev() {
+            ring_eventfd(&bells[i]);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let until = Instant::now() + LONG;
+        while seen.len() < rung.len() && Instant::now() < until {
+            reactor
+                .wait(1, Some(Duration::from_millis(200)), |c| {
+                    assert!(matches!(c.event, Event::Readable { .. }), "{c:?}");
+                    seen.insert((c.token - 1000) as usize);
+                })
+                .unwrap();
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), rung, "round {round}");
+        for &i in &rung {
+            drain_eventfd(&bells[i]);
+        }
+    }
+    assert_eq!(reactor.in_flight(), 32);
+    assert_eq!(reactor.stats().poll_rearms, 0);
+}
