@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every blobring test: formatting, lints, unit and integration tests (real processes),
+# loom models, and bounded fuzzing. Installs what it needs (cargo-fuzz) itself.
+#
+#   ./scripts/test.sh            everything (what CI runs)
+#   FUZZ_SECONDS=5 ./scripts/test.sh   shorter fuzzing
+#   SKIP_FUZZ=1 ./scripts/test.sh      skip the fuzz stage (local iteration only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+fuzz_seconds=${FUZZ_SECONDS:-30}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+stage() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+stage "toolchain"
+rustup show active-toolchain
+cargo --version
+
+stage "format"
+cargo fmt --all -- --check
+
+stage "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+stage "tests (unit, property, cross-process)"
+# Release: the cross-process ring test moves 10 million entries, and benchmarks-in-miniature
+# are only meaningful optimised. Debug assertions stay on via the test profile override below.
+cargo test --workspace --release --locked
+
+stage "loom models (ring publish/consume, sleep/wake)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" \
+    cargo test -p blobring-ring --release --locked --test loom
+
+if [ "${SKIP_FUZZ:-0}" != 1 ] && [ -f fuzz/Cargo.toml ]; then
+    stage "fuzzing (${fuzz_seconds}s per target)"
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        cargo +nightly install --locked cargo-fuzz
+    fi
+    for target in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
+        echo "--- fuzz target $target"
+        mkdir -p "fuzz/corpus/$target"
+        if [ -d "fuzz/seeds/$target" ]; then
+            cp -n "fuzz/seeds/$target"/* "fuzz/corpus/$target/" 2>/dev/null || true
+        fi
+        cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
+            -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 |
+            tail -n 12
+    done
+fi
+
+stage "all tests passed"
