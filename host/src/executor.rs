@@ -565,10 +565,10 @@ impl Executor {
 
     /// Faults, auth, dispatch and the common response headers.
     fn run(&self, req: &Req<'_>) -> Resp {
-        if self.faults.active() {
-            if let Some(r) = self.inject_faults(req) {
-                return r;
-            }
+        if self.faults.active()
+            && let Some(r) = self.inject_faults(req)
+        {
+            return r;
         }
         let head = req.method == Method::HEAD;
         let result = match &self.auth {
@@ -840,10 +840,10 @@ impl Executor {
         self.store
             .list_blobs(c, prefix, from, &mut |p: &BlobProps| {
                 let name = p.name.as_str();
-                if !marker.is_empty() {
-                    if name <= marker || (marker_is_prefix && name.starts_with(marker)) {
-                        return true;
-                    }
+                if !marker.is_empty()
+                    && (name <= marker || (marker_is_prefix && name.starts_with(marker)))
+                {
+                    return true;
                 }
                 let item = if delimiter.is_empty() {
                     None
@@ -1020,12 +1020,10 @@ impl Executor {
         let want_md5 = req.header("x-ms-range-get-content-md5") == Some("true");
         let want_crc = req.header("x-ms-range-get-content-crc64") == Some("true");
         if (want_md5 || want_crc) && (range.is_none() || len > MAX_HASHED_RANGE) {
-            if len > MAX_HASHED_RANGE {
-                return Err(AzError::bad(
-                    "OutOfRangeInput",
-                    "x-ms-range-get-content-md5/crc64 needs a range of at most 4 MiB.",
-                ));
-            }
+            return Err(AzError::bad(
+                "InvalidHeaderValue",
+                "x-ms-range-get-content-md5/crc64 needs a range of at most 4 MiB.",
+            ));
         }
         blob_headers(&mut r.headers, &p);
         if range.is_none() {

@@ -24,9 +24,12 @@ pub(crate) fn esc(s: &str) -> String {
 /// uncommitted blocks; anything deeper or longer is rejected).
 const MAX_ELEMENTS: usize = 200_000;
 
+/// A text node: the names of its enclosing elements from the root, and its text.
+pub(crate) type Leaf = (Vec<String>, String);
+
 /// Parse a document into (path-of-element-names, text) pairs for every leaf text node.
 /// Returns the root element name too. Errors are human-readable reasons.
-pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<(Vec<String>, String)>), String> {
+pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<Leaf>), String> {
     let mut r = Reader::from_reader(body);
     r.config_mut().trim_text(true);
     let mut stack: Vec<String> = Vec::new();
