@@ -136,7 +136,9 @@ pub fn encode_blob_request(
         return Err(EncodeError::ZeroTransId.into());
     }
     if desc.request.len == 0 || desc.response.len == 0 {
-        return Err(BlobError::BadLengths("request and response buffers must not be empty"));
+        return Err(BlobError::BadLengths(
+            "request and response buffers must not be empty",
+        ));
     }
     if let Some(d) = &desc.data {
         d.check("data")?;
@@ -214,7 +216,7 @@ pub fn parse_blob_request(p: &Packet<'_>) -> Result<BlobRequest, BlobError> {
     let Some(range) = ranges.iter().next() else {
         return Err(BlobError::NotARequest("not exactly one GPA range"));
     };
-    if range.byte_offset != 0 || u64::from(range.byte_count) % HV_PAGE_SIZE != 0 {
+    if range.byte_offset != 0 || !u64::from(range.byte_count).is_multiple_of(HV_PAGE_SIZE) {
         return Err(BlobError::NotARequest("the GPA range is not whole pages"));
     }
     let n = range.pfn_count() as u64;
@@ -222,7 +224,9 @@ pub fn parse_blob_request(p: &Packet<'_>) -> Result<BlobRequest, BlobError> {
         return Err(BlobError::TooManyPages(n));
     }
     let Ok((vsp, _)) = AzBlobVspRequest::read_from_prefix(p.payload) else {
-        return Err(BlobError::NotARequest("payload shorter than az_blob_vsp_request"));
+        return Err(BlobError::NotARequest(
+            "payload shorter than az_blob_vsp_request",
+        ));
     };
     if vsp.version != AZ_BLOB_VSP_PROTOCOL_VERSION || vsp.operation_type != AZ_BLOB_OP_USER_REQUEST
     {
@@ -238,11 +242,32 @@ pub fn parse_blob_request(p: &Packet<'_>) -> Result<BlobRequest, BlobError> {
         return Err(BlobError::BadBuffer("data_valid exceeds the data buffer"));
     }
     let total = n * HV_PAGE_SIZE;
-    let data = buffer(vsp.data_buffer_offset, vsp.data_buffer_length, total, "data")?;
-    let request = buffer(vsp.request_buffer_offset, vsp.request_buffer_length, total, "request")?;
-    let response =
-        buffer(vsp.response_buffer_offset, vsp.response_buffer_length, total, "response")?;
-    Ok(BlobRequest { trans_id: p.trans_id(), vsp, pfns: range.pfns().collect(), data, request, response })
+    let data = buffer(
+        vsp.data_buffer_offset,
+        vsp.data_buffer_length,
+        total,
+        "data",
+    )?;
+    let request = buffer(
+        vsp.request_buffer_offset,
+        vsp.request_buffer_length,
+        total,
+        "request",
+    )?;
+    let response = buffer(
+        vsp.response_buffer_offset,
+        vsp.response_buffer_length,
+        total,
+        "response",
+    )?;
+    Ok(BlobRequest {
+        trans_id: p.trans_id(),
+        vsp,
+        pfns: range.pfns().collect(),
+        data,
+        request,
+        response,
+    })
 }
 
 /// Encodes the completion of blob request `trans_id` (type 0xb, flags 0, §6.4).
@@ -262,7 +287,9 @@ pub fn parse_blob_completion(p: &Packet<'_>) -> Result<(u64, AzBlobVspResponse),
         return Err(BlobError::NotACompletion("not a completion packet"));
     }
     let Ok((resp, _)) = AzBlobVspResponse::read_from_prefix(p.payload) else {
-        return Err(BlobError::NotACompletion("payload shorter than az_blob_vsp_response"));
+        return Err(BlobError::NotACompletion(
+            "payload shorter than az_blob_vsp_response",
+        ));
     };
     Ok((p.trans_id(), resp))
 }
@@ -292,10 +319,22 @@ mod tests {
         let desc = BlobRequestDesc {
             timeout_ms: 30_000,
             transaction_guid: *b"0123456789abcdef",
-            data: Some(BufferPages { offset: 0x10, len: 5000, pfns: &data }),
+            data: Some(BufferPages {
+                offset: 0x10,
+                len: 5000,
+                pfns: &data,
+            }),
             data_valid: 4000,
-            request: BufferPages { offset: 0x20, len: 300, pfns: &req },
-            response: BufferPages { offset: 0x30, len: 1000, pfns: &resp },
+            request: BufferPages {
+                offset: 0x20,
+                len: 300,
+                pfns: &req,
+            },
+            response: BufferPages {
+                offset: 0x30,
+                len: 1000,
+                pfns: &resp,
+            },
         };
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         encode_blob_request(&mut out, &mut scratch, 0x1122_3344_5566_7788, &desc).unwrap();
@@ -311,7 +350,11 @@ mod tests {
         assert_eq!(u32_at(&out, 24), (n * 4096) as u32, "byte_count");
         assert_eq!(u32_at(&out, 28), 0, "byte_offset");
         let pfns: Vec<u64> = (0..n).map(|i| u64_at(&out, 32 + 8 * i)).collect();
-        assert_eq!(pfns, vec![100, 101, 200, 300], "data, then request, then response pages");
+        assert_eq!(
+            pfns,
+            vec![100, 101, 200, 300],
+            "data, then request, then response pages"
+        );
         let r = 32 + 8 * n;
         assert_eq!(u32_at(&out, r), 0, "version");
         assert_eq!(u32_at(&out, r + 4), 30_000, "timeout");
@@ -341,8 +384,16 @@ mod tests {
             transaction_guid: [0; 16],
             data: None,
             data_valid: 0,
-            request: BufferPages { offset: 0, len: 4096, pfns: &[1] },
-            response: BufferPages { offset: 0, len: 10, pfns: &[2] },
+            request: BufferPages {
+                offset: 0,
+                len: 4096,
+                pfns: &[1],
+            },
+            response: BufferPages {
+                offset: 0,
+                len: 10,
+                pfns: &[2],
+            },
         };
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         encode_blob_request(&mut out, &mut scratch, 9, &desc).unwrap();
@@ -356,8 +407,18 @@ mod tests {
             encode_blob_request(&mut out, &mut scratch, 0, &desc),
             Err(BlobError::Encode(EncodeError::ZeroTransId))
         );
-        let bad = BlobRequestDesc { request: BufferPages { offset: 0, len: 4097, pfns: &[1] }, ..desc };
-        assert_eq!(encode_blob_request(&mut out, &mut scratch, 1, &bad), Err(BlobError::BadPages("request")));
+        let bad = BlobRequestDesc {
+            request: BufferPages {
+                offset: 0,
+                len: 4097,
+                pfns: &[1],
+            },
+            ..desc
+        };
+        assert_eq!(
+            encode_blob_request(&mut out, &mut scratch, 1, &bad),
+            Err(BlobError::BadPages("request"))
+        );
     }
 
     #[test]
@@ -367,8 +428,16 @@ mod tests {
             transaction_guid: [0; 16],
             data: None,
             data_valid: 0,
-            request: BufferPages { offset: 0, len: 100, pfns: &[1] },
-            response: BufferPages { offset: 0, len: 10, pfns: &[2] },
+            request: BufferPages {
+                offset: 0,
+                len: 100,
+                pfns: &[1],
+            },
+            response: BufferPages {
+                offset: 0,
+                len: 10,
+                pfns: &[2],
+            },
         };
         let (mut good, mut scratch) = (Vec::new(), Vec::new());
         encode_blob_request(&mut good, &mut scratch, 9, &desc).unwrap();
@@ -380,21 +449,40 @@ mod tests {
         };
         assert_eq!(check(&|b| b[8..16].fill(0)), BlobError::ZeroTransId);
         assert!(matches!(check(&|b| b[6] = 0), BlobError::NotARequest(_)));
-        assert!(matches!(check(&|b| b[r] = 1), BlobError::Unsupported { version: 1, .. }));
-        assert!(matches!(check(&|b| b[r + 21] = 2), BlobError::Unsupported { .. }));
+        assert!(matches!(
+            check(&|b| b[r] = 1),
+            BlobError::Unsupported { version: 1, .. }
+        ));
+        assert!(matches!(
+            check(&|b| b[r + 21] = 2),
+            BlobError::Unsupported { .. }
+        ));
         // response offset beyond the two pages
-        assert_eq!(check(&|b| b[r + 34] = 0x20), BlobError::BadBuffer("response"));
-        assert!(matches!(check(&|b| b[r + 28..r + 32].fill(0)), BlobError::BadBuffer(_)));
+        assert_eq!(
+            check(&|b| b[r + 34] = 0x20),
+            BlobError::BadBuffer("response")
+        );
+        assert!(matches!(
+            check(&|b| b[r + 28..r + 32].fill(0)),
+            BlobError::BadBuffer(_)
+        ));
         assert!(matches!(check(&|b| b[r + 16] = 1), BlobError::BadBuffer(_)));
         let mut out = Vec::new();
         crate::packet::encode_inband(&mut out, 1, true, &good[r..]).unwrap();
-        assert!(matches!(parse_blob_request(&decode(&out).unwrap()), Err(BlobError::NotARequest(_))));
+        assert!(matches!(
+            parse_blob_request(&decode(&out).unwrap()),
+            Err(BlobError::NotARequest(_))
+        ));
     }
 
     #[test]
     fn completion_round_trip() {
         let mut out = Vec::new();
-        let resp = AzBlobVspResponse { length: 1, error: 2, response_len: 3 };
+        let resp = AzBlobVspResponse {
+            length: 1,
+            error: 2,
+            response_len: 3,
+        };
         encode_blob_completion(&mut out, 42, &resp).unwrap();
         assert_eq!(u16_at(&out, 0), 0xb);
         assert_eq!(u16_at(&out, 6), 0);
@@ -407,7 +495,10 @@ mod tests {
 
     #[test]
     fn contiguous_pfns_cover_the_buffer() {
-        assert_eq!(contiguous_pfns(0x1_0ff0, 0x20).collect::<Vec<_>>(), vec![0x10, 0x11]);
+        assert_eq!(
+            contiguous_pfns(0x1_0ff0, 0x20).collect::<Vec<_>>(),
+            vec![0x10, 0x11]
+        );
         assert_eq!(contiguous_pfns(0x2000, 4096).collect::<Vec<_>>(), vec![2]);
     }
 }

@@ -24,7 +24,9 @@ pub const MAX_REGIONS: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestMemoryError {
     /// Base or length not a multiple of 4096, zero length, overflow, or longer than the memory.
-    #[error("region {id}: base {gpa:#x} and length {len:#x} must be non-zero multiples of 4096 inside the memfd")]
+    #[error(
+        "region {id}: base {gpa:#x} and length {len:#x} must be non-zero multiples of 4096 inside the memfd"
+    )]
     BadRegion {
         /// Region id.
         id: u64,
@@ -101,7 +103,9 @@ pub struct GuestMemory<M = Mapping> {
 
 impl<M> Default for GuestMemory<M> {
     fn default() -> Self {
-        Self { by_base: BTreeMap::new() }
+        Self {
+            by_base: BTreeMap::new(),
+        }
     }
 }
 
@@ -118,7 +122,11 @@ pub struct Span<M = Mapping> {
 
 impl<M> Clone for Span<M> {
     fn clone(&self) -> Self {
-        Self { mem: self.mem.clone(), offset: self.offset, len: self.len }
+        Self {
+            mem: self.mem.clone(),
+            offset: self.offset,
+            len: self.len,
+        }
     }
 }
 
@@ -139,11 +147,17 @@ impl<M: SharedMemory> GuestMemory<M> {
     }
 
     /// Registers `len` bytes of `mem` at guest-physical `gpa` under `id`.
-    pub fn register(&mut self, id: u64, gpa: u64, len: u64, mem: Arc<M>) -> Result<(), GuestMemoryError> {
+    pub fn register(
+        &mut self,
+        id: u64,
+        gpa: u64,
+        len: u64,
+        mem: Arc<M>,
+    ) -> Result<(), GuestMemoryError> {
         let bad = GuestMemoryError::BadRegion { id, gpa, len };
         if len == 0
-            || gpa % HV_PAGE_SIZE != 0
-            || len % HV_PAGE_SIZE != 0
+            || !gpa.is_multiple_of(HV_PAGE_SIZE)
+            || !len.is_multiple_of(HV_PAGE_SIZE)
             || len > mem.size()
             || gpa.checked_add(len).is_none()
         {
@@ -177,14 +191,21 @@ impl<M: SharedMemory> GuestMemory<M> {
             .find(|(_, e)| e.id == id)
             .map(|(b, _)| *b)
             .ok_or(GuestMemoryError::UnknownId(id))?;
-        Ok(self.by_base.remove(&base).map(|e| e.mem).ok_or(GuestMemoryError::UnknownId(id))?)
+        self.by_base
+            .remove(&base)
+            .map(|e| e.mem)
+            .ok_or(GuestMemoryError::UnknownId(id))
     }
 
     /// The region holding the whole page `pfn`: (base, entry).
     fn page(&self, pfn: u64) -> Result<(u64, &Entry<M>), GuestMemoryError> {
         let missing = GuestMemoryError::NotRegistered { pfn };
         let gpa = pfn.checked_mul(HV_PAGE_SIZE).ok_or(missing.clone())?;
-        let (&base, e) = self.by_base.range(..=gpa).next_back().ok_or(missing.clone())?;
+        let (&base, e) = self
+            .by_base
+            .range(..=gpa)
+            .next_back()
+            .ok_or(missing.clone())?;
         // Regions are page multiples, so a page starting inside one ends inside it too.
         if gpa - base >= e.len {
             return Err(missing);
@@ -194,8 +215,17 @@ impl<M: SharedMemory> GuestMemory<M> {
 
     /// Translates bytes `[offset, offset + len)` of the virtually contiguous buffer described
     /// by `pfns` into spans of registered memory. Every page touched must be registered.
-    pub fn translate(&self, pfns: &[u64], offset: u64, len: u64) -> Result<GuestBuffer<M>, GuestMemoryError> {
-        let out_of_range = GuestMemoryError::OutOfRange { offset, len, pages: pfns.len() };
+    pub fn translate(
+        &self,
+        pfns: &[u64],
+        offset: u64,
+        len: u64,
+    ) -> Result<GuestBuffer<M>, GuestMemoryError> {
+        let out_of_range = GuestMemoryError::OutOfRange {
+            offset,
+            len,
+            pages: pfns.len(),
+        };
         let end = offset.checked_add(len).ok_or(out_of_range.clone())?;
         if end > pfns.len() as u64 * HV_PAGE_SIZE {
             return Err(out_of_range);
@@ -209,10 +239,16 @@ impl<M: SharedMemory> GuestMemory<M> {
             let (base, e) = self.page(pfns[page])?;
             let region_off = pfns[page] * HV_PAGE_SIZE - base + in_page;
             match spans.last_mut() {
-                Some(last) if Arc::ptr_eq(&last.mem, &e.mem) && last.offset + last.len == region_off => {
+                Some(last)
+                    if Arc::ptr_eq(&last.mem, &e.mem) && last.offset + last.len == region_off =>
+                {
                     last.len += chunk;
                 }
-                _ => spans.push(Span { mem: e.mem.clone(), offset: region_off, len: chunk }),
+                _ => spans.push(Span {
+                    mem: e.mem.clone(),
+                    offset: region_off,
+                    len: chunk,
+                }),
             }
             pos += chunk;
         }
@@ -229,7 +265,10 @@ pub struct GuestBuffer<M = Mapping> {
 
 impl<M> Clone for GuestBuffer<M> {
     fn clone(&self) -> Self {
-        Self { spans: self.spans.clone(), len: self.len }
+        Self {
+            spans: self.spans.clone(),
+            len: self.len,
+        }
     }
 }
 
@@ -255,7 +294,11 @@ impl<M: SharedMemory> GuestBuffer<M> {
         len: u64,
         mut f: impl FnMut(&Span<M>, u64, usize, usize) -> Result<(), AccessError>,
     ) -> Result<(), GuestAccessError> {
-        let oob = GuestAccessError::OutOfBounds { offset, len, size: self.len };
+        let oob = GuestAccessError::OutOfBounds {
+            offset,
+            len,
+            size: self.len,
+        };
         if offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(oob);
         }
@@ -278,12 +321,16 @@ impl<M: SharedMemory> GuestBuffer<M> {
 
     /// Copies `dst.len()` bytes at `offset` out of guest memory.
     pub fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), GuestAccessError> {
-        self.walk(offset, dst.len() as u64, |s, at, from, n| s.mem.read(at, &mut dst[from..from + n]))
+        self.walk(offset, dst.len() as u64, |s, at, from, n| {
+            s.mem.read(at, &mut dst[from..from + n])
+        })
     }
 
     /// Copies `src` into guest memory at `offset`.
     pub fn write_at(&self, offset: u64, src: &[u8]) -> Result<(), GuestAccessError> {
-        self.walk(offset, src.len() as u64, |s, at, from, n| s.mem.write(at, &src[from..from + n]))
+        self.walk(offset, src.len() as u64, |s, at, from, n| {
+            s.mem.write(at, &src[from..from + n])
+        })
     }
 }
 
@@ -304,12 +351,30 @@ mod tests {
     #[test]
     fn register_rules() {
         let (mut g, a, _) = table();
-        assert!(matches!(g.register(3, 0x10_1000, 4096, a.clone()), Err(GuestMemoryError::Overlap { other: 1, .. })));
-        assert!(matches!(g.register(3, 0xf_f000, 8192, a.clone()), Err(GuestMemoryError::Overlap { other: 1, .. })));
-        assert_eq!(g.register(1, 0, 4096, a.clone()), Err(GuestMemoryError::DuplicateId(1)));
-        assert!(matches!(g.register(3, 0x800, 4096, a.clone()), Err(GuestMemoryError::BadRegion { .. })));
-        assert!(matches!(g.register(3, 0, 8 * 4096, a.clone()), Err(GuestMemoryError::BadRegion { .. })));
-        assert!(matches!(g.register(3, u64::MAX & !0xfff, 4096, a.clone()), Err(GuestMemoryError::BadRegion { .. })));
+        assert!(matches!(
+            g.register(3, 0x10_1000, 4096, a.clone()),
+            Err(GuestMemoryError::Overlap { other: 1, .. })
+        ));
+        assert!(matches!(
+            g.register(3, 0xf_f000, 8192, a.clone()),
+            Err(GuestMemoryError::Overlap { other: 1, .. })
+        ));
+        assert_eq!(
+            g.register(1, 0, 4096, a.clone()),
+            Err(GuestMemoryError::DuplicateId(1))
+        );
+        assert!(matches!(
+            g.register(3, 0x800, 4096, a.clone()),
+            Err(GuestMemoryError::BadRegion { .. })
+        ));
+        assert!(matches!(
+            g.register(3, 0, 8 * 4096, a.clone()),
+            Err(GuestMemoryError::BadRegion { .. })
+        ));
+        assert!(matches!(
+            g.register(3, !0xfffu64, 4096, a.clone()),
+            Err(GuestMemoryError::BadRegion { .. })
+        ));
         g.register(3, 0, 4096, a).unwrap();
         assert_eq!(g.len(), 3);
         g.unregister(3).unwrap();
@@ -323,7 +388,10 @@ mod tests {
         let pfns = [0x101, 0x102, 0x104];
         let buf = g.translate(&pfns, 100, 3 * 4096 - 200).unwrap();
         assert_eq!(buf.spans().len(), 2);
-        assert_eq!((buf.spans()[0].offset, buf.spans()[0].len), (4096 + 100, 2 * 4096 - 100));
+        assert_eq!(
+            (buf.spans()[0].offset, buf.spans()[0].len),
+            (4096 + 100, 2 * 4096 - 100)
+        );
         assert_eq!((buf.spans()[1].offset, buf.spans()[1].len), (0, 4096 - 100));
         let data: Vec<u8> = (0..buf.len()).map(|i| i as u8).collect();
         buf.write_at(0, &data).unwrap();
@@ -343,7 +411,10 @@ mod tests {
                 GuestMemoryError::NotRegistered { pfn }
             );
         }
-        assert!(matches!(g.translate(&[0x101], 4000, 200), Err(GuestMemoryError::OutOfRange { .. })));
+        assert!(matches!(
+            g.translate(&[0x101], 4000, 200),
+            Err(GuestMemoryError::OutOfRange { .. })
+        ));
         assert_eq!(g.translate(&[0x101], 0, 0).unwrap().len(), 0);
     }
 }

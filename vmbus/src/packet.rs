@@ -34,7 +34,9 @@ pub enum EncodeError {
     NoRanges,
     /// A range with `byte_count == 0`, `byte_offset > 0xfff`, or a PFN count other than
     /// `ceil((byte_offset + byte_count) / 4096)`.
-    #[error("GPA range {0} is invalid (zero length, offset beyond the first page, or wrong PFN count)")]
+    #[error(
+        "GPA range {0} is invalid (zero length, offset beyond the first page, or wrong PFN count)"
+    )]
     BadRange(usize),
 }
 
@@ -96,15 +98,30 @@ pub fn encode_inband(
     if completion_requested && trans_id == 0 {
         return Err(EncodeError::ZeroTransId);
     }
-    let flags = if completion_requested { PKT_FLAG_COMPLETION_REQUESTED } else { 0 };
-    push_descriptor(out, PKT_DATA_INBAND, 16, payload.len() as u64, flags, trans_id)?;
+    let flags = if completion_requested {
+        PKT_FLAG_COMPLETION_REQUESTED
+    } else {
+        0
+    };
+    push_descriptor(
+        out,
+        PKT_DATA_INBAND,
+        16,
+        payload.len() as u64,
+        flags,
+        trans_id,
+    )?;
     out.extend_from_slice(payload);
     pad8(out);
     Ok(())
 }
 
 /// Encodes a completion packet (type 0xb, flags = 0) for the request `trans_id`.
-pub fn encode_completion(out: &mut Vec<u8>, trans_id: u64, payload: &[u8]) -> Result<(), EncodeError> {
+pub fn encode_completion(
+    out: &mut Vec<u8>,
+    trans_id: u64,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
     push_descriptor(out, PKT_COMP, 16, payload.len() as u64, 0, trans_id)?;
     out.extend_from_slice(payload);
     pad8(out);
@@ -146,10 +163,16 @@ pub fn encode_gpa_direct(
         PKT_FLAG_COMPLETION_REQUESTED,
         trans_id,
     )?;
-    let gpa = GpaDirectHeader { reserved: 0, range_count: ranges.len() as u32 };
+    let gpa = GpaDirectHeader {
+        reserved: 0,
+        range_count: ranges.len() as u32,
+    };
     out.extend_from_slice(gpa.as_bytes());
     for r in ranges {
-        let hdr = GpaRange { byte_count: r.byte_count, byte_offset: r.byte_offset };
+        let hdr = GpaRange {
+            byte_count: r.byte_count,
+            byte_offset: r.byte_offset,
+        };
         out.extend_from_slice(hdr.as_bytes());
         for pfn in r.pfns {
             out.extend_from_slice(&pfn.to_le_bytes());
@@ -248,7 +271,9 @@ impl GpaRangeView<'_> {
 
     /// The PFNs in order.
     pub fn pfns(&self) -> impl Iterator<Item = u64> + '_ {
-        self.pfns.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        self.pfns
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
     }
 }
 
@@ -266,7 +291,14 @@ fn split_range(bytes: &[u8]) -> Result<(GpaRangeView<'_>, &[u8]), RangeFault> {
         return Err(RangeFault::Truncated);
     }
     let (pfns, tail) = rest.split_at(n * 8);
-    Ok((GpaRangeView { byte_count: hdr.byte_count, byte_offset: hdr.byte_offset, pfns }, tail))
+    Ok((
+        GpaRangeView {
+            byte_count: hdr.byte_count,
+            byte_offset: hdr.byte_offset,
+            pfns,
+        },
+        tail,
+    ))
 }
 
 enum RangeFault {
@@ -284,11 +316,17 @@ pub fn decode(buf: &[u8]) -> Result<Packet<'_>, Corruption> {
         return Err(Corruption::OffsetTooSmall(desc.offset8));
     }
     if desc.len8 < desc.offset8 {
-        return Err(Corruption::LenBelowOffset { len8: desc.len8, offset8: desc.offset8 });
+        return Err(Corruption::LenBelowOffset {
+            len8: desc.len8,
+            offset8: desc.offset8,
+        });
     }
     let len = u32::from(desc.len8) * 8;
     if buf.len() != len as usize {
-        return Err(Corruption::LengthMismatch { expected: len, actual: buf.len() as u32 });
+        return Err(Corruption::LengthMismatch {
+            expected: len,
+            actual: buf.len() as u32,
+        });
     }
     if desc.flags & !PKT_FLAG_COMPLETION_REQUESTED != 0 {
         return Err(Corruption::UnknownFlags(desc.flags));
@@ -318,7 +356,10 @@ pub fn decode(buf: &[u8]) -> Result<Packet<'_>, Corruption> {
                     Err(RangeFault::Truncated) => return Err(Corruption::RangeTruncated(i)),
                     Err(RangeFault::ZeroCount) => return Err(Corruption::ZeroByteCount(i)),
                     Err(RangeFault::Offset(byte_offset)) => {
-                        return Err(Corruption::ByteOffsetTooLarge { range: i, byte_offset });
+                        return Err(Corruption::ByteOffsetTooLarge {
+                            range: i,
+                            byte_offset,
+                        });
                     }
                 }
             }
@@ -328,11 +369,18 @@ pub fn decode(buf: &[u8]) -> Result<Packet<'_>, Corruption> {
                     used: header - rest.len() as u32,
                 });
             }
-            PacketKind::GpaDirect(GpaRanges { count: gpa.range_count, bytes })
+            PacketKind::GpaDirect(GpaRanges {
+                count: gpa.range_count,
+                bytes,
+            })
         }
         other => return Err(Corruption::UnknownType(other)),
     };
-    Ok(Packet { desc, kind, payload })
+    Ok(Packet {
+        desc,
+        kind,
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -344,8 +392,16 @@ mod tests {
         let pfns_a = [10u64, 11, 12];
         let pfns_b = [99u64];
         let ranges = [
-            GpaRangeRef { byte_offset: 100, byte_count: 8192, pfns: &pfns_a },
-            GpaRangeRef { byte_offset: 0, byte_count: 4096, pfns: &pfns_b },
+            GpaRangeRef {
+                byte_offset: 100,
+                byte_count: 8192,
+                pfns: &pfns_a,
+            },
+            GpaRangeRef {
+                byte_offset: 0,
+                byte_count: 4096,
+                pfns: &pfns_b,
+            },
         ];
         encode_gpa_direct(&mut out, 7, &ranges, b"hello").unwrap();
         out
@@ -360,7 +416,9 @@ mod tests {
         assert_eq!(p.trans_id(), 7);
         assert!(p.completion_requested());
         assert_eq!(&p.payload[..5], b"hello");
-        let PacketKind::GpaDirect(ranges) = p.kind else { panic!("not gpa") };
+        let PacketKind::GpaDirect(ranges) = p.kind else {
+            panic!("not gpa")
+        };
         let v: Vec<_> = ranges.iter().collect();
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].byte_offset, 100);
@@ -387,13 +445,32 @@ mod tests {
     #[test]
     fn encode_rejects_bad_input() {
         let mut out = Vec::new();
-        assert_eq!(encode_inband(&mut out, 0, true, b""), Err(EncodeError::ZeroTransId));
-        assert_eq!(encode_gpa_direct(&mut out, 0, &[], b""), Err(EncodeError::ZeroTransId));
-        assert_eq!(encode_gpa_direct(&mut out, 1, &[], b""), Err(EncodeError::NoRanges));
-        let r = GpaRangeRef { byte_offset: 4000, byte_count: 200, pfns: &[1] };
-        assert_eq!(encode_gpa_direct(&mut out, 1, &[r], b""), Err(EncodeError::BadRange(0)));
+        assert_eq!(
+            encode_inband(&mut out, 0, true, b""),
+            Err(EncodeError::ZeroTransId)
+        );
+        assert_eq!(
+            encode_gpa_direct(&mut out, 0, &[], b""),
+            Err(EncodeError::ZeroTransId)
+        );
+        assert_eq!(
+            encode_gpa_direct(&mut out, 1, &[], b""),
+            Err(EncodeError::NoRanges)
+        );
+        let r = GpaRangeRef {
+            byte_offset: 4000,
+            byte_count: 200,
+            pfns: &[1],
+        };
+        assert_eq!(
+            encode_gpa_direct(&mut out, 1, &[r], b""),
+            Err(EncodeError::BadRange(0))
+        );
         let big = vec![0u8; MAX_PACKET_LEN as usize];
-        assert!(matches!(encode_inband(&mut out, 1, false, &big), Err(EncodeError::TooLarge(_))));
+        assert!(matches!(
+            encode_inband(&mut out, 1, false, &big),
+            Err(EncodeError::TooLarge(_))
+        ));
     }
 
     fn set_u16(b: &mut [u8], off: usize, v: u16) {
@@ -413,28 +490,55 @@ mod tests {
             decode(&b).unwrap_err()
         };
         assert_eq!(case(&|b| set_u16(b, 2, 1)), Corruption::OffsetTooSmall(1));
-        assert_eq!(case(&|b| set_u16(b, 4, 8)), Corruption::LenBelowOffset { len8: 8, offset8: 9 });
-        assert!(matches!(case(&|b| set_u16(b, 4, 11)), Corruption::LengthMismatch { .. }));
+        assert_eq!(
+            case(&|b| set_u16(b, 4, 8)),
+            Corruption::LenBelowOffset {
+                len8: 8,
+                offset8: 9
+            }
+        );
+        assert!(matches!(
+            case(&|b| set_u16(b, 4, 11)),
+            Corruption::LengthMismatch { .. }
+        ));
         assert_eq!(case(&|b| set_u16(b, 6, 3)), Corruption::UnknownFlags(3));
         assert_eq!(case(&|b| set_u16(b, 0, 0x7)), Corruption::UnknownType(7));
         assert_eq!(case(&|b| set_u16(b, 0, 0x1)), Corruption::UnknownType(1));
         assert_eq!(case(&|b| set_u32(b, 20, 0)), Corruption::NoRanges);
         assert_eq!(case(&|b| set_u32(b, 20, 3)), Corruption::RangeTruncated(2));
-        assert_eq!(case(&|b| set_u32(b, 20, u32::MAX)), Corruption::RangeTruncated(2));
+        assert_eq!(
+            case(&|b| set_u32(b, 20, u32::MAX)),
+            Corruption::RangeTruncated(2)
+        );
         assert_eq!(case(&|b| set_u32(b, 24, 0)), Corruption::ZeroByteCount(0));
         assert_eq!(
             case(&|b| set_u32(b, 28, 0x1000)),
-            Corruption::ByteOffsetTooLarge { range: 0, byte_offset: 0x1000 }
+            Corruption::ByteOffsetTooLarge {
+                range: 0,
+                byte_offset: 0x1000
+            }
         );
         // First range now needs 2 PFNs instead of 3: the second range header is misparsed.
-        assert!(matches!(case(&|b| set_u32(b, 24, 100)), Corruption::RangeTruncated(_) | Corruption::GpaLengthMismatch { .. }));
+        assert!(matches!(
+            case(&|b| set_u32(b, 24, 100)),
+            Corruption::RangeTruncated(_) | Corruption::GpaLengthMismatch { .. }
+        ));
         // Only one range: 8 spare header bytes remain.
-        assert_eq!(case(&|b| set_u32(b, 20, 1)), Corruption::GpaLengthMismatch { header: 72, used: 56 });
+        assert_eq!(
+            case(&|b| set_u32(b, 20, 1)),
+            Corruption::GpaLengthMismatch {
+                header: 72,
+                used: 56
+            }
+        );
         // A GPA header shorter than its fixed part.
         let mut short = Vec::new();
         encode_inband(&mut short, 1, true, &[0; 16]).unwrap();
         set_u16(&mut short, 0, PKT_DATA_USING_GPA_DIRECT);
-        assert_eq!(decode(&short).unwrap_err(), Corruption::GpaHeaderTooShort(16));
+        assert_eq!(
+            decode(&short).unwrap_err(),
+            Corruption::GpaHeaderTooShort(16)
+        );
         assert!(matches!(decode(&good[..8]), Err(Corruption::Truncated(8))));
         // Reserved garbage is tolerated.
         let mut b = good.clone();

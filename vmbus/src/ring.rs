@@ -194,7 +194,10 @@ impl From<AccessError> for ReadError {
 fn data_size<M: SharedMemory>(mem: &M) -> Result<u32, RingError> {
     let size = mem.size();
     let dsize = size.checked_sub(DATA).ok_or(RingError::BadSize(size))?;
-    if dsize < u64::from(MIN_DATA_SIZE) || dsize % 8 != 0 || dsize > u64::from(u32::MAX - 7) {
+    if dsize < u64::from(MIN_DATA_SIZE)
+        || !dsize.is_multiple_of(8)
+        || dsize > u64::from(u32::MAX - 7)
+    {
         return Err(RingError::BadSize(size));
     }
     Ok(dsize as u32)
@@ -206,7 +209,11 @@ fn data_size<M: SharedMemory>(mem: &M) -> Result<u32, RingError> {
 pub fn init_ring<M: SharedMemory>(mem: &M) -> Result<(), RingError> {
     data_size(mem)?;
     mem.fill(0, RING_CONTROL_LEN, 0)?;
-    mem.store_u32(rc::FEATURE_BITS, RING_FEAT_PENDING_SEND_SZ, Ordering::Relaxed)?;
+    mem.store_u32(
+        rc::FEATURE_BITS,
+        RING_FEAT_PENDING_SEND_SZ,
+        Ordering::Relaxed,
+    )?;
     mem.fence(Ordering::SeqCst);
     Ok(())
 }
@@ -220,8 +227,12 @@ fn load_index<M: SharedMemory>(
     order: Ordering,
 ) -> Result<u32, Corruption> {
     let value = mem.load_u32(offset, order)?;
-    if value >= dsize || value % 8 != 0 {
-        return Err(Corruption::BadIndex { field, value, dsize });
+    if value >= dsize || !value.is_multiple_of(8) {
+        return Err(Corruption::BadIndex {
+            field,
+            value,
+            dsize,
+        });
     }
     Ok(value)
 }
@@ -229,7 +240,11 @@ fn load_index<M: SharedMemory>(
 /// `idx + n` modulo the data size (`n <= dsize`).
 fn advance(idx: u32, n: u32, dsize: u32) -> u32 {
     let next = u64::from(idx) + u64::from(n);
-    if next >= u64::from(dsize) { (next - u64::from(dsize)) as u32 } else { next as u32 }
+    if next >= u64::from(dsize) {
+        (next - u64::from(dsize)) as u32
+    } else {
+        next as u32
+    }
 }
 
 /// Bytes free for the producer at write index `w` with read index `r` (§1.3 `avail_w`).
@@ -291,8 +306,20 @@ impl<M: SharedMemory> OutgoingRing<M> {
     /// `write_index` as its own (zero on a fresh ring; see [`init_ring`]).
     pub fn new(mem: M) -> Result<Self, RingError> {
         let dsize = data_size(&mem)?;
-        let w = load_index(&mem, rc::WRITE_INDEX, dsize, "write_index", Ordering::Acquire)?;
-        Ok(Self { mem, dsize, committed: w, next: w, pending_armed: false })
+        let w = load_index(
+            &mem,
+            rc::WRITE_INDEX,
+            dsize,
+            "write_index",
+            Ordering::Acquire,
+        )?;
+        Ok(Self {
+            mem,
+            dsize,
+            committed: w,
+            next: w,
+            pending_armed: false,
+        })
     }
 
     /// Bytes of the data area.
@@ -317,7 +344,11 @@ impl<M: SharedMemory> OutgoingRing<M> {
 
     /// Bytes free now, counting packets written but not committed as used (§1.3 `avail_w`).
     pub fn available(&self) -> Result<u32, Corruption> {
-        Ok(avail_write(self.next, self.read_index(Ordering::Acquire)?, self.dsize))
+        Ok(avail_write(
+            self.next,
+            self.read_index(Ordering::Acquire)?,
+            self.dsize,
+        ))
     }
 
     /// Copies one packet made of `parts` (concatenated, zero-padded to 8, then the trailer)
@@ -335,11 +366,15 @@ impl<M: SharedMemory> OutgoingRing<M> {
         let available = self.available()?;
         // Never-full rule (§1.3): at least 8 bytes stay free so full never looks like empty.
         if available <= total {
-            return Err(WriteError::Full { needed: total, available });
+            return Err(WriteError::Full {
+                needed: total,
+                available,
+            });
         }
         if self.pending_armed {
             // §1.6 step 1: clear our pending_send_sz once we can write again.
-            self.mem.store_u32(rc::PENDING_SEND_SZ, 0, Ordering::Relaxed)?;
+            self.mem
+                .store_u32(rc::PENDING_SEND_SZ, 0, Ordering::Relaxed)?;
             self.pending_armed = false;
         }
         let start = self.next;
@@ -365,7 +400,8 @@ impl<M: SharedMemory> OutgoingRing<M> {
         // Step 3: full barrier so the packet bytes are visible before the new index; the
         // release store pairs with the consumer's acquire load of write_index.
         self.mem.fence(Ordering::SeqCst);
-        self.mem.store_u32(rc::WRITE_INDEX, self.next, Ordering::Release)?;
+        self.mem
+            .store_u32(rc::WRITE_INDEX, self.next, Ordering::Release)?;
         self.committed = self.next;
         // Step 4: store → load. Without this SeqCst fence our index store could be ordered
         // after the loads below, and a consumer that just emptied the ring and unmasked would
@@ -391,7 +427,8 @@ impl<M: SharedMemory> OutgoingRing<M> {
     /// successful write.
     pub fn set_pending_send_size(&mut self, needed: u32) -> Result<bool, Corruption> {
         let needed = align8(needed);
-        self.mem.store_u32(rc::PENDING_SEND_SZ, needed, Ordering::Relaxed)?;
+        self.mem
+            .store_u32(rc::PENDING_SEND_SZ, needed, Ordering::Relaxed)?;
         self.pending_armed = needed != 0;
         // Store → load again: the consumer reads pending_send_sz after publishing read_index.
         self.mem.fence(Ordering::SeqCst);
@@ -400,7 +437,8 @@ impl<M: SharedMemory> OutgoingRing<M> {
 
     /// Clears `pending_send_sz` (e.g. when giving up on a blocked write).
     pub fn clear_pending_send_size(&mut self) -> Result<(), Corruption> {
-        self.mem.store_u32(rc::PENDING_SEND_SZ, 0, Ordering::Relaxed)?;
+        self.mem
+            .store_u32(rc::PENDING_SEND_SZ, 0, Ordering::Relaxed)?;
         self.pending_armed = false;
         Ok(())
     }
@@ -437,7 +475,12 @@ impl<M: SharedMemory> IncomingRing<M> {
     pub fn new(mem: M) -> Result<Self, RingError> {
         let dsize = data_size(&mem)?;
         let r = load_index(&mem, rc::READ_INDEX, dsize, "read_index", Ordering::Acquire)?;
-        Ok(Self { mem, dsize, committed: r, next: r })
+        Ok(Self {
+            mem,
+            dsize,
+            committed: r,
+            next: r,
+        })
     }
 
     /// Bytes of the data area.
@@ -453,7 +496,13 @@ impl<M: SharedMemory> IncomingRing<M> {
     fn write_index(&self) -> Result<u32, Corruption> {
         // Acquire: pairs with the producer's release store, so the packet bytes we copy next
         // are the ones written before the index was published.
-        load_index(&self.mem, rc::WRITE_INDEX, self.dsize, "write_index", Ordering::Acquire)
+        load_index(
+            &self.mem,
+            rc::WRITE_INDEX,
+            self.dsize,
+            "write_index",
+            Ordering::Acquire,
+        )
     }
 
     /// Bytes readable from the private read index (§1.3 `avail_r`).
@@ -509,7 +558,8 @@ impl<M: SharedMemory> IncomingRing<M> {
         };
         // Step 3: the release store orders our copies out of the data area before the index
         // that lets the producer overwrite them.
-        self.mem.store_u32(rc::READ_INDEX, self.next, Ordering::Release)?;
+        self.mem
+            .store_u32(rc::READ_INDEX, self.next, Ordering::Release)?;
         self.committed = self.next;
         // Step 4.
         let features = self.mem.load_u32(rc::FEATURE_BITS, Ordering::Relaxed)?;
@@ -532,7 +582,8 @@ impl<M: SharedMemory> IncomingRing<M> {
     /// Sets or clears this ring's `interrupt_mask` (consumer-owned, §3.1). After clearing it,
     /// call [`has_data`](Self::has_data) again: a packet may have arrived while masked.
     pub fn set_interrupt_mask(&self, masked: bool) -> Result<(), Corruption> {
-        self.mem.store_u32(rc::INTERRUPT_MASK, u32::from(masked), Ordering::Relaxed)?;
+        self.mem
+            .store_u32(rc::INTERRUPT_MASK, u32::from(masked), Ordering::Relaxed)?;
         // Store → load: our unmask must be visible before we re-check write_index, pairing
         // with the producer's fence between its index store and its mask load.
         self.mem.fence(Ordering::SeqCst);
@@ -559,7 +610,10 @@ fn check_lengths(desc: &PacketDescriptor, avail: u32) -> Result<u32, Corruption>
         return Err(Corruption::OffsetTooSmall(desc.offset8));
     }
     if desc.len8 < desc.offset8 {
-        return Err(Corruption::LenBelowOffset { len8: desc.len8, offset8: desc.offset8 });
+        return Err(Corruption::LenBelowOffset {
+            len8: desc.len8,
+            offset8: desc.offset8,
+        });
     }
     let len = u32::from(desc.len8) * 8;
     if len + TRAILER > avail {

@@ -20,8 +20,10 @@ fn ring(dsize: u32, start: u32) -> (Arc<HeapMemory>, OutgoingRing<Mem>, Incoming
     let heap = Arc::new(HeapMemory::new(size));
     let w = || Window::new(heap.clone(), 0, size).unwrap();
     init_ring(&w()).unwrap();
-    heap.store_u32(rc::WRITE_INDEX, start, Ordering::Relaxed).unwrap();
-    heap.store_u32(rc::READ_INDEX, start, Ordering::Relaxed).unwrap();
+    heap.store_u32(rc::WRITE_INDEX, start, Ordering::Relaxed)
+        .unwrap();
+    heap.store_u32(rc::READ_INDEX, start, Ordering::Relaxed)
+        .unwrap();
     let out = OutgoingRing::new(w()).unwrap();
     let inc = IncomingRing::new(w()).unwrap();
     (heap, out, inc)
@@ -151,7 +153,11 @@ fn run(dsize: u32, start: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let r = heap.load_u32(rc::READ_INDEX, Ordering::Relaxed).unwrap();
         prop_assert_eq!(w, (start + m.bytes(0, m.committed)) % dsize);
         prop_assert_eq!(r, (start + m.bytes(0, m.released)) % dsize);
-        prop_assert_eq!(heap.load_u32(rc::PENDING_SEND_SZ, Ordering::Relaxed).unwrap(), m.pending);
+        prop_assert_eq!(
+            heap.load_u32(rc::PENDING_SEND_SZ, Ordering::Relaxed)
+                .unwrap(),
+            m.pending
+        );
     }
     Ok(())
 }
@@ -186,12 +192,16 @@ fn wrap_at_every_offset_is_byte_exact() {
         let mut pkt = Vec::new();
         encode_inband(&mut pkt, 0xabcd, true, &payload).unwrap();
         assert_eq!(pkt.len(), 64);
-        assert!(out.write(&[&pkt]).unwrap(), "first packet into an empty ring signals");
+        assert!(
+            out.write(&[&pkt]).unwrap(),
+            "first packet into an empty ring signals"
+        );
         // Raw ring bytes, unwrapped.
-        let mut raw = vec![0u8; 72];
+        let mut raw = [0u8; 72];
         for (i, b) in raw.iter_mut().enumerate() {
             let mut x = [0u8];
-            heap.read(4096 + u64::from((start + i as u32) % dsize), &mut x).unwrap();
+            heap.read(4096 + u64::from((start + i as u32) % dsize), &mut x)
+                .unwrap();
             *b = x[0];
         }
         assert_eq!(&raw[..64], &pkt[..]);
@@ -210,10 +220,22 @@ fn never_full_leaves_eight_bytes() {
     let (_, mut out, mut inc) = ring(64, 0);
     // 40-byte packet + 8 trailer = 48 < 64: fits; a second one does not.
     assert!(out.write(&[&pkt(40)]).unwrap());
-    assert!(matches!(out.write(&[&[0u8; 8]]), Err(WriteError::Full { needed: 16, available: 16 })));
-    assert!(matches!(out.write(&[&[0u8; 1]]), Err(WriteError::Full { .. })));
+    assert!(matches!(
+        out.write(&[&[0u8; 8]]),
+        Err(WriteError::Full {
+            needed: 16,
+            available: 16
+        })
+    ));
+    assert!(matches!(
+        out.write(&[&[0u8; 1]]),
+        Err(WriteError::Full { .. })
+    ));
     assert_eq!(out.max_packet_len(), 48);
-    assert!(matches!(out.write(&[&[0u8; 49]]), Err(WriteError::TooLarge { .. })));
+    assert!(matches!(
+        out.write(&[&[0u8; 49]]),
+        Err(WriteError::TooLarge { .. })
+    ));
     let _ = inc.read_packet(&mut Vec::new()).unwrap();
 }
 
@@ -222,11 +244,28 @@ fn peer_indices_are_validated_on_every_load() {
     let (heap, mut out, mut inc) = ring(128, 0);
     let mut buf = Vec::new();
     for bad in [4u32, 128, 1000, u32::MAX] {
-        heap.store_u32(rc::READ_INDEX, bad, Ordering::Relaxed).unwrap();
-        assert!(matches!(out.available(), Err(Corruption::BadIndex { field: "read_index", .. })));
-        assert!(matches!(out.write(&[&[0u8; 8]]), Err(WriteError::Corrupt(Corruption::BadIndex { .. }))));
-        heap.store_u32(rc::WRITE_INDEX, bad, Ordering::Relaxed).unwrap();
-        assert!(matches!(inc.read_packet(&mut buf), Err(ReadError::Corrupt(Corruption::BadIndex { field: "write_index", .. }))));
+        heap.store_u32(rc::READ_INDEX, bad, Ordering::Relaxed)
+            .unwrap();
+        assert!(matches!(
+            out.available(),
+            Err(Corruption::BadIndex {
+                field: "read_index",
+                ..
+            })
+        ));
+        assert!(matches!(
+            out.write(&[&[0u8; 8]]),
+            Err(WriteError::Corrupt(Corruption::BadIndex { .. }))
+        ));
+        heap.store_u32(rc::WRITE_INDEX, bad, Ordering::Relaxed)
+            .unwrap();
+        assert!(matches!(
+            inc.read_packet(&mut buf),
+            Err(ReadError::Corrupt(Corruption::BadIndex {
+                field: "write_index",
+                ..
+            }))
+        ));
     }
     // A fresh half refuses an invalid own index at construction.
     let size = 4096 + 128;
@@ -238,7 +277,8 @@ fn peer_indices_are_validated_on_every_load() {
 fn malformed_descriptors_in_the_ring_are_corruption() {
     let put = |heap: &HeapMemory, bytes: &[u8], w: u32| {
         heap.write(4096, bytes).unwrap();
-        heap.store_u32(rc::WRITE_INDEX, w, Ordering::Release).unwrap();
+        heap.store_u32(rc::WRITE_INDEX, w, Ordering::Release)
+            .unwrap();
     };
     let desc = |off8: u16, len8: u16| {
         let mut d = vec![6, 0];
@@ -250,8 +290,19 @@ fn malformed_descriptors_in_the_ring_are_corruption() {
     let mut buf = Vec::new();
     let cases: Vec<(Vec<u8>, u32, Corruption)> = vec![
         (desc(1, 2), 24, Corruption::OffsetTooSmall(1)),
-        (desc(3, 2), 24, Corruption::LenBelowOffset { len8: 2, offset8: 3 }),
-        (desc(2, 3), 24, Corruption::PacketTooLong { len: 24, avail: 24 }),
+        (
+            desc(3, 2),
+            24,
+            Corruption::LenBelowOffset {
+                len8: 2,
+                offset8: 3,
+            },
+        ),
+        (
+            desc(2, 3),
+            24,
+            Corruption::PacketTooLong { len: 24, avail: 24 },
+        ),
         (desc(2, 2), 16, Corruption::Truncated(16)),
         (desc(2, 2), 8, Corruption::Truncated(8)),
     ];
@@ -271,7 +322,9 @@ fn pending_send_size_transition() {
     for _ in 0..4 {
         out.write(&[&pkt(40)]).unwrap(); // 48 bytes each: 192 used, 64 free
     }
-    let Err(WriteError::Full { needed, .. }) = out.write(&[&pkt(96)]) else { panic!() };
+    let Err(WriteError::Full { needed, .. }) = out.write(&[&pkt(96)]) else {
+        panic!()
+    };
     assert_eq!(needed, 104);
     assert!(!out.set_pending_send_size(needed).unwrap());
     inc.read_packet(&mut buf).unwrap();
@@ -282,10 +335,16 @@ fn pending_send_size_transition() {
     assert!(!inc.commit_read().unwrap());
     // The blocked write now succeeds and clears pending_send_sz.
     out.write(&[&pkt(96)]).unwrap();
-    assert_eq!(heap.load_u32(rc::PENDING_SEND_SZ, Ordering::Relaxed).unwrap(), 0);
+    assert_eq!(
+        heap.load_u32(rc::PENDING_SEND_SZ, Ordering::Relaxed)
+            .unwrap(),
+        0
+    );
     // Without the feature bit the consumer never signals.
-    heap.store_u32(rc::FEATURE_BITS, 0, Ordering::Relaxed).unwrap();
-    heap.store_u32(rc::PENDING_SEND_SZ, 200, Ordering::Relaxed).unwrap();
+    heap.store_u32(rc::FEATURE_BITS, 0, Ordering::Relaxed)
+        .unwrap();
+    heap.store_u32(rc::PENDING_SEND_SZ, 200, Ordering::Relaxed)
+        .unwrap();
     inc.read_packet(&mut buf).unwrap();
     assert!(!inc.commit_read().unwrap());
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use zerocopy::IntoBytes;
 
 use super::proto::{self, Message, Received};
-use super::{BusError, SimChannel, Side, check_ring_size, io_err, wait_readable};
+use super::{BusError, Side, SimChannel, check_ring_size, io_err, wait_readable};
 
 /// Default time to wait for a host reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,7 +93,10 @@ impl BusClient {
             subchannels: 0,
             timeout: DEFAULT_TIMEOUT,
         };
-        let hello = BusHello { version: BUS_VERSION, reserved: 0 };
+        let hello = BusHello {
+            version: BUS_VERSION,
+            reserved: 0,
+        };
         let Message::Offer(o) = c.request(BUS_MSG_HELLO, hello.as_bytes(), &[])? else {
             return Err(BusError::Unexpected(BUS_MSG_HELLO));
         };
@@ -152,7 +155,12 @@ impl BusClient {
 
     /// Sends a request and waits for the reply with the same `seq`, handling unsolicited
     /// messages on the way. An `ERROR` reply becomes [`BusError::Refused`].
-    fn request(&mut self, msg_type: u32, body: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Message, BusError> {
+    fn request(
+        &mut self,
+        msg_type: u32,
+        body: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Message, BusError> {
         if self.closed {
             return Err(BusError::Closed);
         }
@@ -162,7 +170,10 @@ impl BusClient {
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !wait_readable(self.sock.as_fd(), left).map_err(|e| BusError::Io { op: "poll", source: e })? {
+            if !wait_readable(self.sock.as_fd(), left).map_err(|e| BusError::Io {
+                op: "poll",
+                source: e,
+            })? {
                 return Err(BusError::Timeout(self.timeout));
             }
             let Received { seq: got, msg } = match proto::recv(self.sock.as_fd(), true) {
@@ -186,7 +197,10 @@ impl BusClient {
                     if e.code == BUS_ERR_RESCINDED {
                         self.rescinded.get_or_insert(0);
                     }
-                    Err(BusError::Refused { code: e.code, message: proto::error_text(&e) })
+                    Err(BusError::Refused {
+                        code: e.code,
+                        message: proto::error_text(&e),
+                    })
                 }
                 m => Ok(m),
             };
@@ -243,7 +257,11 @@ impl BusClient {
         memfd: BorrowedFd<'_>,
         len: u64,
     ) -> Result<(), BusError> {
-        let body = BusRegisterMemory { region_id, gpa_base, len };
+        let body = BusRegisterMemory {
+            region_id,
+            gpa_base,
+            len,
+        };
         match self.request(BUS_MSG_REGISTER_MEMORY, body.as_bytes(), &[memfd])? {
             Message::MemoryRegistered(r) if r.region_id == region_id => Ok(()),
             m => Err(BusError::Unexpected(m.msg_type())),

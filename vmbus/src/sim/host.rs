@@ -19,7 +19,7 @@ use uuid::Uuid;
 use zerocopy::IntoBytes;
 
 use super::proto::{self, Message, Received};
-use super::{BusError, SimChannel, Side, check_ring_size, io_err, new_eventfd};
+use super::{BusError, Side, SimChannel, check_ring_size, io_err, new_eventfd};
 use crate::guest_memory::GuestMemory;
 use crate::ring::init_ring;
 
@@ -42,7 +42,11 @@ pub struct HostConfig {
 
 impl Default for HostConfig {
     fn default() -> Self {
-        Self { instance_guid: Uuid::new_v4(), max_channels: 8, ring_size: super::DEFAULT_RING_SIZE }
+        Self {
+            instance_guid: Uuid::new_v4(),
+            max_channels: 8,
+            ring_size: super::DEFAULT_RING_SIZE,
+        }
     }
 }
 
@@ -75,7 +79,10 @@ impl BusListener {
         let addr = SocketAddrUnix::new(path).map_err(io_err("socket path"))?;
         rustix::net::bind(&sock, &addr).map_err(io_err("bind"))?;
         rustix::net::listen(&sock, 16).map_err(io_err("listen"))?;
-        Ok(Self { sock, path: path.to_owned() })
+        Ok(Self {
+            sock,
+            path: path.to_owned(),
+        })
     }
 
     /// Waits for a guest and returns its connection.
@@ -201,14 +208,18 @@ impl HostSession {
     pub fn rescind(&mut self, reason: u32) -> Result<(), BusError> {
         self.rescinded = true;
         self.open.iter_mut().for_each(|o| *o = false);
-        let body = BusRescind { reason, reserved: 0 };
+        let body = BusRescind {
+            reason,
+            reserved: 0,
+        };
         proto::send(self.sock.as_fd(), 0, BUS_MSG_RESCIND, body.as_bytes(), &[])
     }
 
     /// Waits for the next guest message, handles and answers it. Errors are local I/O
     /// failures only; guest mistakes come back as [`HostEvent::Rejected`].
     pub fn next_event(&mut self) -> Result<HostEvent, BusError> {
-        self.step(false).map(|e| e.unwrap_or(HostEvent::Disconnected))
+        self.step(false)
+            .map(|e| e.unwrap_or(HostEvent::Disconnected))
     }
 
     /// As [`next_event`](Self::next_event) but returns `Ok(None)` at once if no message is
@@ -235,28 +246,49 @@ impl HostSession {
             Err(BusError::Refused { code, message }) => {
                 tracing::debug!(code, %message, "refused bus request");
                 self.send_error(seq, request_type, code, &message)?;
-                Ok(Some(HostEvent::Rejected(BusError::Refused { code, message })))
+                Ok(Some(HostEvent::Rejected(BusError::Refused {
+                    code,
+                    message,
+                })))
             }
             Err(e) => Err(e),
         }
     }
 
-    fn send_error(&self, seq: u32, request_type: u32, code: u32, message: &str) -> Result<(), BusError> {
+    fn send_error(
+        &self,
+        seq: u32,
+        request_type: u32,
+        code: u32,
+        message: &str,
+    ) -> Result<(), BusError> {
         let body = proto::error_body(request_type, code, message);
         proto::send(self.sock.as_fd(), seq, BUS_MSG_ERROR, body.as_bytes(), &[])
     }
 
-    fn reply(&self, seq: u32, msg_type: u32, body: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), BusError> {
+    fn reply(
+        &self,
+        seq: u32,
+        msg_type: u32,
+        body: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), BusError> {
         proto::send(self.sock.as_fd(), seq, msg_type, body, fds)
     }
 
     fn handle(&mut self, seq: u32, msg: Message) -> Result<HostEvent, BusError> {
         if seq == 0 {
-            return Err(refuse(BUS_ERR_MALFORMED, "requests need a non-zero seq".into()));
+            return Err(refuse(
+                BUS_ERR_MALFORMED,
+                "requests need a non-zero seq".into(),
+            ));
         }
         if let Message::Hello(h) = &msg {
             if h.version != BUS_VERSION {
-                return Err(refuse(BUS_ERR_VERSION, format!("bus version {} not supported", h.version)));
+                return Err(refuse(
+                    BUS_ERR_VERSION,
+                    format!("bus version {} not supported", h.version),
+                ));
             }
             if self.rescinded {
                 return Err(refuse(BUS_ERR_RESCINDED, "the device was rescinded".into()));
@@ -283,23 +315,38 @@ impl HostSession {
             Message::OpenChannel(c) => self.open_channel(seq, c.index),
             Message::CloseChannel(c) => {
                 let Some(open) = self.open.get_mut(c.index as usize).filter(|o| **o) else {
-                    return Err(refuse(BUS_ERR_NO_CHANNEL, format!("channel {} is not open", c.index)));
+                    return Err(refuse(
+                        BUS_ERR_NO_CHANNEL,
+                        format!("channel {} is not open", c.index),
+                    ));
                 };
                 *open = false;
-                let body = BusChannelIndex { index: c.index, reserved: 0 };
+                let body = BusChannelIndex {
+                    index: c.index,
+                    reserved: 0,
+                };
                 self.reply(seq, BUS_MSG_CHANNEL_CLOSED, body.as_bytes(), &[])?;
                 Ok(HostEvent::ChannelClosed(c.index))
             }
             Message::RequestSubchannels(r) => {
-                let granted = r.count.min(self.config.max_channels - 1).max(self.subchannels);
+                let granted = r
+                    .count
+                    .min(self.config.max_channels - 1)
+                    .max(self.subchannels);
                 self.subchannels = granted;
-                let body = BusSubchannelCount { count: granted, reserved: 0 };
+                let body = BusSubchannelCount {
+                    count: granted,
+                    reserved: 0,
+                };
                 self.reply(seq, BUS_MSG_SUBCHANNELS_OFFERED, body.as_bytes(), &[])?;
                 Ok(HostEvent::SubchannelsOffered(granted))
             }
             Message::RegisterMemory(r, fd) => {
                 let bad = |e: String| refuse(BUS_ERR_BAD_REGION, e);
-                if r.len == 0 || r.len % HV_PAGE_SIZE != 0 || r.gpa_base % HV_PAGE_SIZE != 0 {
+                if r.len == 0
+                    || !r.len.is_multiple_of(HV_PAGE_SIZE)
+                    || !r.gpa_base.is_multiple_of(HV_PAGE_SIZE)
+                {
                     return Err(bad(format!(
                         "region {}: base {:#x} and length {:#x} must be non-zero multiples of 4096",
                         r.region_id, r.gpa_base, r.len
@@ -312,7 +359,9 @@ impl HostSession {
                     .unwrap_or_else(|p| p.into_inner())
                     .register(r.region_id, r.gpa_base, r.len, Arc::new(map))
                     .map_err(|e| bad(e.to_string()))?;
-                let body = BusRegionId { region_id: r.region_id };
+                let body = BusRegionId {
+                    region_id: r.region_id,
+                };
                 self.reply(seq, BUS_MSG_MEMORY_REGISTERED, body.as_bytes(), &[])?;
                 Ok(HostEvent::MemoryRegistered {
                     region_id: r.region_id,
@@ -327,7 +376,9 @@ impl HostSession {
                     .unregister(r.region_id)
                     .map_err(|e| refuse(BUS_ERR_BAD_REGION, e.to_string()))?;
                 self.reply(seq, BUS_MSG_MEMORY_UNREGISTERED, r.as_bytes(), &[])?;
-                Ok(HostEvent::MemoryUnregistered { region_id: r.region_id })
+                Ok(HostEvent::MemoryUnregistered {
+                    region_id: r.region_id,
+                })
             }
             other => Err(refuse(
                 BUS_ERR_UNEXPECTED,
@@ -338,15 +389,24 @@ impl HostSession {
 
     fn open_channel(&mut self, seq: u32, index: u32) -> Result<HostEvent, BusError> {
         if index > self.subchannels {
-            return Err(refuse(BUS_ERR_NO_CHANNEL, format!("channel {index} is not offered")));
+            return Err(refuse(
+                BUS_ERR_NO_CHANNEL,
+                format!("channel {index} is not offered"),
+            ));
         }
         if self.open[index as usize] {
-            return Err(refuse(BUS_ERR_BUSY, format!("channel {index} is already open")));
+            return Err(refuse(
+                BUS_ERR_BUSY,
+                format!("channel {index} is already open"),
+            ));
         }
         let internal = |e: String| refuse(BUS_ERR_INTERNAL, e);
         let (channel, memfd, g2h, h2g) =
             create_channel(index, self.config.ring_size).map_err(|e| internal(e.to_string()))?;
-        let body = BusChannelOpened { index, ring_size: self.config.ring_size };
+        let body = BusChannelOpened {
+            index,
+            ring_size: self.config.ring_size,
+        };
         self.reply(
             seq,
             BUS_MSG_CHANNEL_OPENED,
@@ -367,14 +427,22 @@ pub fn create_channel(
     check_ring_size(ring_size)?;
     let s = u64::from(ring_size);
     let region = Arc::new(Region::create(&format!("blobring-vmbus-ch{index}"), 2 * s)?);
-    let memfd = region.fd().try_clone_to_owned().map_err(|e| BusError::Io { op: "dup", source: e })?;
+    let memfd = region.fd().try_clone_to_owned().map_err(|e| BusError::Io {
+        op: "dup",
+        source: e,
+    })?;
     let mem: Arc<dyn SharedMemory> = region;
     for off in [0, s] {
         init_ring(&Window::new(mem.clone(), off, s).map_err(crate::ring::RingError::from)?)?;
     }
     let g2h = new_eventfd()?;
     let h2g = new_eventfd()?;
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| BusError::Io { op: "dup", source: e });
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone().map_err(|e| BusError::Io {
+            op: "dup",
+            source: e,
+        })
+    };
     let channel = SimChannel::new(index, Side::Host, mem, ring_size, dup(&g2h)?, dup(&h2g)?)?;
     Ok((channel, memfd, g2h, h2g))
 }

@@ -123,12 +123,18 @@ pub enum BusError {
 impl BusError {
     /// True if the peer is at fault (malformed or unexpected message).
     pub fn is_peer_fault(&self) -> bool {
-        matches!(self, Self::Malformed(_) | Self::Unexpected(_) | Self::Incompatible(_))
+        matches!(
+            self,
+            Self::Malformed(_) | Self::Unexpected(_) | Self::Incompatible(_)
+        )
     }
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> BusError {
-    move |e| BusError::Io { op, source: e.into() }
+    move |e| BusError::Io {
+        op,
+        source: e.into(),
+    }
 }
 
 /// A new non-blocking, close-on-exec eventfd.
@@ -270,8 +276,10 @@ impl Channel for SimChannel {
 
 /// Validates a ring size from a peer or a configuration.
 pub(crate) fn check_ring_size(s: u32) -> Result<(), BusError> {
-    if !(MIN_RING_SIZE..=MAX_RING_SIZE).contains(&s) || s % 4096 != 0 {
-        return Err(BusError::Malformed("ring size must be a multiple of 4096 in [8 KiB, 64 MiB]"));
+    if !(MIN_RING_SIZE..=MAX_RING_SIZE).contains(&s) || !s.is_multiple_of(4096) {
+        return Err(BusError::Malformed(
+            "ring size must be a multiple of 4096 in [8 KiB, 64 MiB]",
+        ));
     }
     Ok(())
 }

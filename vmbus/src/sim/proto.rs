@@ -110,8 +110,12 @@ pub(crate) fn send(
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .map_err(|e| BusError::Io { op: "sendmsg", source: e.into() })?;
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(
+        |e| BusError::Io {
+            op: "sendmsg",
+            source: e.into(),
+        },
+    )?;
     if sent != header.length as usize {
         return Err(BusError::Malformed("short send"));
     }
@@ -122,7 +126,10 @@ pub(crate) fn send(
 /// `nonblocking` uses `MSG_DONTWAIT` (then `WouldBlock` is returned as [`BusError::WouldBlock`]).
 /// A malformed message is consumed and reported as [`BusError::Malformed`] with its sequence
 /// number (0 if unknown) so that the receiver can answer it.
-pub(crate) fn recv(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<Received>, (u32, BusError)> {
+pub(crate) fn recv(
+    sock: BorrowedFd<'_>,
+    nonblocking: bool,
+) -> Result<Option<Received>, (u32, BusError)> {
     let mut buf = [0u8; BUS_MAX_MESSAGE];
     let mut cmsg_buf = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
@@ -134,7 +141,15 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<Rec
         let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), flags) {
             Ok(m) => m,
             Err(nix::errno::Errno::EAGAIN) => return Err((0, BusError::WouldBlock)),
-            Err(e) => return Err((0, BusError::Io { op: "recvmsg", source: e.into() })),
+            Err(e) => {
+                return Err((
+                    0,
+                    BusError::Io {
+                        op: "recvmsg",
+                        source: e.into(),
+                    },
+                ));
+            }
         };
         let mut fds: Vec<OwnedFd> = Vec::new();
         // With room for SCM_MAX_FD fds MSG_CTRUNC cannot come from SCM_RIGHTS; if it happens
@@ -157,7 +172,9 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<Rec
         return Ok(None);
     }
     // From here on any early return drops (closes) the received fds.
-    let header = BusHeader::read_from_prefix(&buf[..bytes]).ok().map(|(h, _)| h);
+    let header = BusHeader::read_from_prefix(&buf[..bytes])
+        .ok()
+        .map(|(h, _)| h);
     let seq = header.map_or(0, |h| h.seq);
     let fail = |why| Err((seq, BusError::Malformed(why)));
     if msg_flags.contains(MsgFlags::MSG_TRUNC) {
@@ -209,7 +226,11 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<Rec
 
 /// Builds a [`BusError_`] body with `message` truncated to fit.
 pub(crate) fn error_body(request_type: u32, code: u32, message: &str) -> BusError_ {
-    let mut e = BusError_ { request_type, code, message: [0; 120] };
+    let mut e = BusError_ {
+        request_type,
+        code,
+        message: [0; 120],
+    };
     let mut n = message.len().min(e.message.len());
     while !message.is_char_boundary(n) {
         n -= 1;
@@ -220,6 +241,10 @@ pub(crate) fn error_body(request_type: u32, code: u32, message: &str) -> BusErro
 
 /// The text of a [`BusError_`] body (lossy, up to the first NUL).
 pub(crate) fn error_text(e: &BusError_) -> String {
-    let end = e.message.iter().position(|&b| b == 0).unwrap_or(e.message.len());
+    let end = e
+        .message
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(e.message.len());
     String::from_utf8_lossy(&e.message[..end]).into_owned()
 }
