@@ -33,8 +33,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::auth::SharedKeyAuth;
 use crate::store::{
-    BlobProps, BlobReader, BlockRef, Conditions, ContentHeaders, NewBlob, ReadConditionFailure,
-    Store, StoreError,
+    BlobProps, BlobReader, BlockRef, BodySink, Conditions, ContentHeaders, NewBlob,
+    ReadConditionFailure, SliceSink, Store, StoreError,
 };
 use crate::xml::{esc, leaves};
 
@@ -106,8 +106,11 @@ pub enum ExecuteError {
         /// Bytes needed.
         needed: u64,
         /// Bytes available.
-        capacity: usize,
+        capacity: u64,
     },
+    /// Writing the body into the caller's data buffer failed.
+    #[error("Writing the response body into the data buffer failed: {0}")]
+    Destination(String),
     /// The response head does not fit the caller's response buffer.
     #[error(
         "Response head needs {needed} bytes but the response buffer holds {capacity}; give the response buffer at least {needed} bytes"
@@ -220,7 +223,10 @@ impl From<StoreError> for AzError {
             StoreError::ConditionNotMet => (412, "ConditionNotMet"),
             StoreError::InvalidBlockList(_) => (400, "InvalidBlockList"),
             StoreError::OutOfRange { .. } => (416, "InvalidRange"),
-            StoreError::Io { .. } | StoreError::Corrupt { .. } | StoreError::BadSpec(_) => {
+            StoreError::Io { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::BadSpec(_)
+            | StoreError::Destination(_) => {
                 tracing::debug!(error = %e, "store failure");
                 (500, "InternalError")
             }
@@ -399,21 +405,33 @@ impl Executor {
 
     /// Execute one request for the VMBus path.
     ///
-    /// `head` holds the HTTP/1.1 request head (request line and headers, optionally followed by
-    /// the blank line); `body` the request body (`data_valid` bytes of the data buffer). A
-    /// response body is written into `out`; its length is `Executed::body_len`.
+    /// `head` holds the HTTP/1.1 request head (request line, headers and the empty line; bytes
+    /// after it are ignored); `body` the request body (`data_valid` bytes of the data buffer,
+    /// copied once out of guest memory by the caller, so integrity checks and the store see the
+    /// same bytes). A response body is written into `out` from offset 0; its length is
+    /// [`Executed::body_len`].
+    ///
+    /// A success body larger than `out.capacity()` is [`ExecuteError::BodyTooLarge`] with the
+    /// size needed. An *error* body (Azure error XML) that does not fit is dropped: the status
+    /// and `x-ms-error-code` still say what went wrong.
     pub fn execute(
         &self,
         head: &[u8],
         body: &[u8],
-        out: &mut [u8],
+        out: &mut dyn BodySink,
     ) -> Result<Executed, ExecuteError> {
         let resp = match parse_head(head) {
             Ok((method, target, headers)) => {
                 let req = self.make_req(method, target, headers, body);
-                self.run(&req)
+                let r = self.run(&req);
+                tracing::debug!(method = %req.method, path = req.raw_path, status = r.status.as_u16(), "executed");
+                r
             }
-            Err(e) => self.error_resp(e, false, &HeaderMap::new()),
+            Err(e) => {
+                let mut r = self.error_resp(e, false, &HeaderMap::new());
+                self.common_headers(&mut r.headers, &HeaderMap::new());
+                r
+            }
         };
         let head_only = resp.head_only;
         let Resp {
@@ -422,17 +440,20 @@ impl Executor {
             body,
             ..
         } = resp;
+        let cap = out.capacity();
         let body_len = match body {
             Body::Empty => 0,
+            Body::Bytes(v) if v.len() as u64 > cap && status.as_u16() >= 300 => 0,
             Body::Bytes(v) => {
-                if v.len() > out.len() {
+                if v.len() as u64 > cap {
                     return Err(ExecuteError::BodyTooLarge {
                         needed: v.len() as u64,
-                        capacity: out.len(),
+                        capacity: cap,
                     });
                 }
-                out[..v.len()].copy_from_slice(&v);
-                v.len()
+                out.write_at(0, &v)
+                    .map_err(|e| ExecuteError::Destination(e.to_string()))?;
+                v.len() as u64
             }
             Body::Blob {
                 reader,
@@ -441,19 +462,32 @@ impl Executor {
                 md5,
                 crc64,
             } => {
-                if len > out.len() as u64 {
+                if len > cap {
                     return Err(ExecuteError::BodyTooLarge {
                         needed: len,
-                        capacity: out.len(),
+                        capacity: cap,
                     });
                 }
-                let dst = &mut out[..len as usize];
-                if let Err(e) = reader.read_at(offset, dst) {
-                    let r = self.error_resp(e.into(), false, &headers);
-                    return self.finish_small(r, out);
+                match reader.read_to(offset, len, out, 0) {
+                    Ok(()) => {}
+                    Err(StoreError::Destination(e)) => {
+                        return Err(ExecuteError::Destination(e.to_string()));
+                    }
+                    Err(e) => {
+                        let mut r = self.error_resp(e.into(), false, &headers);
+                        self.common_headers(&mut r.headers, &HeaderMap::new());
+                        return self.finish_small(r, out);
+                    }
                 }
-                add_range_hashes(&mut headers, dst, md5, crc64);
-                len as usize
+                if md5 || crc64 {
+                    // Transactional hashes cover at most 4 MiB; re-read the local snapshot
+                    // rather than the destination, which the peer may have changed.
+                    let mut v = vec![0u8; len as usize];
+                    if reader.read_at(offset, &mut v).is_ok() {
+                        add_range_hashes(&mut headers, &v, md5, crc64);
+                    }
+                }
+                len
             }
         };
         if !head_only {
@@ -462,22 +496,27 @@ impl Executor {
         Ok(Executed {
             status,
             headers,
-            body_len,
+            body_len: body_len as usize,
         })
     }
 
-    fn finish_small(&self, r: Resp, out: &mut [u8]) -> Result<Executed, ExecuteError> {
+    /// [`Executor::execute`] into a host byte buffer.
+    pub fn execute_into(
+        &self,
+        head: &[u8],
+        body: &[u8],
+        out: &mut [u8],
+    ) -> Result<Executed, ExecuteError> {
+        self.execute(head, body, &mut SliceSink(out))
+    }
+
+    fn finish_small(&self, r: Resp, out: &mut dyn BodySink) -> Result<Executed, ExecuteError> {
         let mut headers = r.headers;
         let body_len = match r.body {
-            Body::Bytes(v) if v.len() <= out.len() => {
-                out[..v.len()].copy_from_slice(&v);
+            Body::Bytes(v) if (v.len() as u64) <= out.capacity() => {
+                out.write_at(0, &v)
+                    .map_err(|e| ExecuteError::Destination(e.to_string()))?;
                 v.len()
-            }
-            Body::Bytes(v) => {
-                return Err(ExecuteError::BodyTooLarge {
-                    needed: v.len() as u64,
-                    capacity: out.len(),
-                });
             }
             _ => 0,
         };

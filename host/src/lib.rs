@@ -29,4 +29,4 @@ mod xml;
 
 pub use auth::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 pub use executor::{ExecuteError, Executed, Executor, ExecutorConfig, Faults};
-pub use store::{BlobReader, Store, StoreError, open_store};
+pub use store::{BlobReader, BodySink, SliceSink, Store, StoreError, open_store};

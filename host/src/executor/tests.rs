@@ -63,7 +63,7 @@ fn head(method: &str, path: &str, headers: &[&str], body_len: usize) -> String {
 fn run(e: &Executor, method: &str, path: &str, headers: &[&str], body: &[u8]) -> R {
     let h = head(method, path, headers, body.len());
     let mut out = vec![0u8; 1 << 20];
-    let ex = e.execute(h.as_bytes(), body, &mut out).expect("fits");
+    let ex = e.execute_into(h.as_bytes(), body, &mut out).expect("fits");
     out.truncate(ex.body_len);
     // The rendered head must parse as an HTTP response with the same status.
     let bytes = ex.head_bytes();
@@ -139,7 +139,7 @@ fn missing_container() {
     let e = exec();
     let h = "GET /devstoreaccount1/nope/x HTTP/1.1\r\nHost: h\r\n\r\n";
     let mut out = vec![0; 4096];
-    let ex = e.execute(h.as_bytes(), b"", &mut out).unwrap();
+    let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
     assert_eq!(ex.status, 404);
     assert_eq!(ex.headers["x-ms-error-code"], "ContainerNotFound");
     assert!(
@@ -156,7 +156,7 @@ fn containers() {
         let h =
             format!("{m} /devstoreaccount1/{name}?restype=container HTTP/1.1\r\nHost: h\r\n\r\n");
         let mut out = vec![0; 4096];
-        let ex = e.execute(h.as_bytes(), b"", &mut out).unwrap();
+        let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
         (
             ex.status.as_u16(),
             ex.headers
@@ -179,7 +179,7 @@ fn containers() {
     );
     let h = "GET /devstoreaccount1?comp=list HTTP/1.1\r\nHost: h\r\n\r\n";
     let mut out = vec![0; 4096];
-    let ex = e.execute(h.as_bytes(), b"", &mut out).unwrap();
+    let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
     assert_eq!(ex.status, 200);
     let x = std::str::from_utf8(&out[..ex.body_len]).unwrap();
     assert!(x.contains("<Container><Name>test</Name>"), "{x}");
@@ -242,7 +242,7 @@ fn body_larger_than_buffer_is_a_transport_error() {
     let h = head("GET", "/big", &[], 0);
     let mut out = vec![0u8; 4096];
     assert_eq!(
-        e.execute(h.as_bytes(), b"", &mut out).unwrap_err(),
+        e.execute_into(h.as_bytes(), b"", &mut out).unwrap_err(),
         ExecuteError::BodyTooLarge {
             needed: 5000,
             capacity: 4096
@@ -250,7 +250,7 @@ fn body_larger_than_buffer_is_a_transport_error() {
     );
     // The same request with a range that fits succeeds.
     let h = head("GET", "/big", &["x-ms-range: bytes=0-4095"], 0);
-    let ex = e.execute(h.as_bytes(), b"", &mut out).unwrap();
+    let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
     assert_eq!((ex.status.as_u16(), ex.body_len), (206, 4096));
     // A head that does not fit the response buffer reports the size needed.
     let mut small = [0u8; 16];
@@ -366,7 +366,7 @@ fn integrity_checks() {
     // Content-Length must match the data buffer.
     let h = "PUT /devstoreaccount1/test/m HTTP/1.1\r\nx-ms-blob-type: BlockBlob\r\nContent-Length: 9\r\n\r\n";
     let mut out = vec![0; 4096];
-    let ex = e.execute(h.as_bytes(), b"abc", &mut out).unwrap();
+    let ex = e.execute_into(h.as_bytes(), b"abc", &mut out).unwrap();
     assert_eq!(ex.status, 400);
 }
 
@@ -723,7 +723,7 @@ fn malformed_requests() {
         b"GET /x HTTP/1.1\r\nHost: x\r\n",
         b"\xff\xfe",
     ] {
-        let ex = e.execute(h, b"", &mut out).unwrap();
+        let ex = e.execute_into(h, b"", &mut out).unwrap();
         assert_eq!(ex.status, 400, "{:?}", String::from_utf8_lossy(h));
     }
     let r = run(&e, "PUT", "/x", &[], b"no blob type");
@@ -767,7 +767,7 @@ fn shared_key_auth() {
         "/devstoreaccount1/test/a%20b?timeout=30",
         &[("x-ms-blob-type", "BlockBlob"), ("content-length", "2")],
     );
-    let ex = e.execute(h.as_bytes(), b"hi", &mut out).unwrap();
+    let ex = e.execute_into(h.as_bytes(), b"hi", &mut out).unwrap();
     assert_eq!(
         ex.status,
         201,
@@ -780,20 +780,26 @@ fn shared_key_auth() {
         "/devstoreaccount1/test?restype=container&comp=list&prefix=a",
         &[],
     );
-    assert_eq!(e.execute(h.as_bytes(), b"", &mut out).unwrap().status, 200);
+    assert_eq!(
+        e.execute_into(h.as_bytes(), b"", &mut out).unwrap().status,
+        200
+    );
     // Tampered: signed for a different blob.
     let h =
         signed_head(&auth, "GET", "/devstoreaccount1/test/a%20b", &[]).replace("a%20b", "other");
-    let ex = e.execute(h.as_bytes(), b"", &mut out).unwrap();
+    let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
     assert_eq!(ex.status, 403);
     assert_eq!(ex.headers["x-ms-error-code"], "AuthenticationFailed");
     // Wrong key.
     let other = SharedKeyAuth::new(EMULATOR_ACCOUNT, &BASE64_STANDARD.encode([1u8; 64])).unwrap();
     let h = signed_head(&other, "GET", "/devstoreaccount1/test/a%20b", &[]);
-    assert_eq!(e.execute(h.as_bytes(), b"", &mut out).unwrap().status, 403);
+    assert_eq!(
+        e.execute_into(h.as_bytes(), b"", &mut out).unwrap().status,
+        403
+    );
     // No auth at all.
     let h = "GET /devstoreaccount1/test/a%20b HTTP/1.1\r\nHost: h\r\n\r\n";
-    let ex = e.execute(h.as_bytes(), b"", &mut out).unwrap();
+    let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
     assert_eq!(ex.status, 401);
     assert_eq!(ex.headers["x-ms-error-code"], "NoAuthenticationInformation");
 }
@@ -877,4 +883,56 @@ fn rest_entry_point_matches() {
     let resp = e.execute_request(req);
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.body().as_ref(), b"bc");
+}
+
+/// A sink like guest memory: no `fill_from_file`, so file-backed reads use the bounce path.
+struct GuestLike {
+    mem: Vec<u8>,
+    writes: usize,
+}
+
+impl BodySink for GuestLike {
+    fn capacity(&self) -> u64 {
+        self.mem.len() as u64
+    }
+    fn write_at(&mut self, offset: u64, src: &[u8]) -> std::io::Result<()> {
+        self.writes += 1;
+        self.mem[offset as usize..offset as usize + src.len()].copy_from_slice(src);
+        Ok(())
+    }
+}
+
+#[test]
+fn sinks_and_fs_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Executor::new(
+        Arc::new(crate::store::FsStore::open(dir.path()).unwrap()),
+        ExecutorConfig {
+            account: EMULATOR_ACCOUNT.into(),
+            auth: None,
+            faults: Faults::default(),
+        },
+    );
+    e.store().create_container("test", Vec::new()).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(put(&e, "/big", &data, &[]).status, 201);
+    let h = head("GET", "/big", &["x-ms-range: bytes=5-2999999"], 0);
+    let mut sink = GuestLike {
+        mem: vec![0; 4 << 20],
+        writes: 0,
+    };
+    let ex = e.execute(h.as_bytes(), b"", &mut sink).unwrap();
+    assert_eq!((ex.status.as_u16(), ex.body_len), (206, 2_999_995));
+    assert_eq!(&sink.mem[..ex.body_len], &data[5..]);
+    assert!(sink.writes >= 3, "bounced in 1 MiB chunks");
+    // Host buffers take the pread fast path.
+    let mut out = vec![0u8; 4 << 20];
+    let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
+    assert_eq!(&out[..ex.body_len], &data[5..]);
+    // An error body that does not fit is dropped; status and code remain.
+    let h = head("GET", "/missing", &[], 0);
+    let ex = e.execute_into(h.as_bytes(), b"", &mut []).unwrap();
+    assert_eq!((ex.status.as_u16(), ex.body_len), (404, 0));
+    assert_eq!(ex.headers["x-ms-error-code"], "BlobNotFound");
+    assert_eq!(ex.headers["content-length"], "0");
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use super::{
-    BlobProps, BlobReader, BlockInfo, BlockListing, BlockRef, Conditions, ContainerProps,
+    BlobProps, BlobReader, BlockInfo, BlockListing, BlockRef, BodySink, Conditions, ContainerProps,
     ListVisitor, NewBlob, StoreError, new_etag,
 };
 
@@ -28,6 +28,26 @@ pub(crate) enum Part<'a, D> {
 /// Random-access reads of a data object.
 pub(crate) trait ReadAt: Send {
     fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError>;
+    /// Copy `len` bytes at `offset` into `sink` at `at`. Default: through a bounce buffer.
+    fn read_to(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn BodySink,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        const CHUNK: u64 = 1 << 20;
+        let mut buf = vec![0u8; len.min(CHUNK) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK) as usize;
+            self.read_at(offset + done, &mut buf[..n])?;
+            sink.write_at(at + done, &buf[..n])
+                .map_err(StoreError::Destination)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Where the bytes live. Every method may block.
@@ -139,6 +159,33 @@ impl BlobReader for Reader {
                 size: self.props.size,
             }),
         }
+    }
+    fn read_to(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn BodySink,
+        sink_offset: u64,
+    ) -> Result<(), StoreError> {
+        let out_of_range = || StoreError::OutOfRange {
+            offset,
+            len,
+            size: self.props.size,
+        };
+        match offset.checked_add(len) {
+            Some(end) if end <= self.props.size => {}
+            _ => return Err(out_of_range()),
+        }
+        match sink_offset.checked_add(len) {
+            Some(end) if end <= sink.capacity() => {}
+            _ => {
+                return Err(StoreError::Destination(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "destination too small",
+                )));
+            }
+        }
+        self.inner.read_to(offset, len, sink, sink_offset)
     }
 }
 

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::engine::impl_store_via_engine;
 use super::engine::{Backend, Container, Engine, Entry, Part, ReadAt, Staged, State, hex};
-use super::{BlobProps, ContainerProps, StoreError};
+use super::{BlobProps, BodySink, ContainerProps, StoreError};
 
 /// Durable filesystem store (`--store fs:<dir>`).
 pub struct FsStore {
@@ -269,6 +269,37 @@ struct FileReader(File, PathBuf);
 impl ReadAt for FileReader {
     fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError> {
         self.0.read_exact_at(dst, offset).map_err(io_at(&self.1))
+    }
+    fn read_to(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn BodySink,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        // One copy when the destination can pread; otherwise through a bounce buffer.
+        match sink.fill_from_file(at, &self.0, offset, len) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                const CHUNK: u64 = 1 << 20;
+                let mut buf = vec![0u8; len.min(CHUNK) as usize];
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(CHUNK) as usize;
+                    self.read_at(offset + done, &mut buf[..n])?;
+                    sink.write_at(at + done, &buf[..n])
+                        .map_err(StoreError::Destination)?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupt {
+                path: self.1.clone(),
+                reason: format!("data file shorter than {} bytes", offset + len),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(StoreError::Destination(e)),
+            Err(e) => Err(StoreError::io(&self.1, e)),
+        }
     }
 }
 

@@ -82,6 +82,9 @@ pub enum StoreError {
         /// Blob size.
         size: u64,
     },
+    /// Writing the body into the destination buffer failed (e.g. guest memory went away).
+    #[error("Writing the response body into the destination buffer failed: {0}")]
+    Destination(#[source] std::io::Error),
     /// The store spec given on the command line is not understood.
     #[error("Unknown store {0:?}; use `mem` or `fs:<dir>`")]
     BadSpec(String),
@@ -299,13 +302,89 @@ impl Conditions {
     }
 }
 
+/// Destination of a response body: the data buffer of a VMBus request (guest memory, reached
+/// through the transport's bounds-checked accessor) or a plain host buffer.
+///
+/// Peer memory is never handed out as a Rust reference; the store writes into it through these
+/// calls only.
+pub trait BodySink {
+    /// Bytes the destination can hold.
+    fn capacity(&self) -> u64;
+    /// Copy `src` to `offset..offset + src.len()` of the destination.
+    fn write_at(&mut self, offset: u64, src: &[u8]) -> std::io::Result<()>;
+    /// Fast path for file-backed stores: fill `len` bytes at `offset` straight from `file` at
+    /// `file_offset` (e.g. `pread` into the destination), so the body is copied once. Return
+    /// `Ok(false)` when not supported; the caller then copies through a bounce buffer.
+    fn fill_from_file(
+        &mut self,
+        offset: u64,
+        file: &std::fs::File,
+        file_offset: u64,
+        len: u64,
+    ) -> std::io::Result<bool> {
+        let _ = (offset, file, file_offset, len);
+        Ok(false)
+    }
+}
+
+/// A [`BodySink`] over a host byte slice.
+#[derive(Debug)]
+pub struct SliceSink<'a>(pub &'a mut [u8]);
+
+impl SliceSink<'_> {
+    fn range(&mut self, offset: u64, len: u64) -> std::io::Result<&mut [u8]> {
+        let start = usize::try_from(offset).ok();
+        let end = start.and_then(|s| s.checked_add(usize::try_from(len).ok()?));
+        match (start, end) {
+            (Some(s), Some(e)) if e <= self.0.len() => Ok(&mut self.0[s..e]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at {offset} exceed the {}-byte buffer",
+                    self.0.len()
+                ),
+            )),
+        }
+    }
+}
+
+impl BodySink for SliceSink<'_> {
+    fn capacity(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn write_at(&mut self, offset: u64, src: &[u8]) -> std::io::Result<()> {
+        self.range(offset, src.len() as u64)?.copy_from_slice(src);
+        Ok(())
+    }
+    fn fill_from_file(
+        &mut self,
+        offset: u64,
+        file: &std::fs::File,
+        file_offset: u64,
+        len: u64,
+    ) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(self.range(offset, len)?, file_offset)?;
+        Ok(true)
+    }
+}
+
 /// A consistent snapshot of one blob version, opened for reading.
 pub trait BlobReader: Send {
     /// Properties of the version being read.
     fn props(&self) -> &BlobProps;
     /// Fill `dst` with the bytes at `offset..offset + dst.len()`; the range must be inside the
-    /// blob. This is the one copy of a GET: the destination is the caller's buffer.
+    /// blob.
     fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError>;
+    /// Write `len` bytes at `offset` of the blob into `sink` at `sink_offset`. This is the one
+    /// copy of a GET: straight from the store into the destination.
+    fn read_to(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn BodySink,
+        sink_offset: u64,
+    ) -> Result<(), StoreError>;
 }
 
 /// Visitor result for [`Store::list_blobs`].
