@@ -222,6 +222,7 @@ impl From<StoreError> for AzError {
             StoreError::BlobAlreadyExists(_) => (409, "BlobAlreadyExists"),
             StoreError::ConditionNotMet => (412, "ConditionNotMet"),
             StoreError::InvalidBlockList(_) => (400, "InvalidBlockList"),
+            StoreError::BlockCountExceedsLimit(_) => (409, "BlockCountExceedsLimit"),
             StoreError::OutOfRange { .. } => (416, "InvalidRange"),
             StoreError::Io { .. }
             | StoreError::Corrupt { .. }
@@ -781,6 +782,17 @@ impl Executor {
                     ("GET", "blocklist") => self.get_block_list(req, &c, &b),
                     ("GET", "tags") => self.get_tags(&c, &b),
                     ("PUT", "tags") => self.set_tags(req, &c, &b),
+                    ("PUT", "properties") => {
+                        // Set Blob Properties: the x-ms-blob-content-* headers replace the set.
+                        let mut content = new_blob(req, false)?.content;
+                        if content.content_md5.is_none() {
+                            content.content_md5 = self.store.open(&c, &b)?.props().content.content_md5.clone();
+                        }
+                        let p = self.store.set_content_headers(&c, &b, content, &conditions(req)?)?;
+                        Ok(Resp::new(200)
+                            .h("etag", &p.etag)
+                            .h("last-modified", http_date(p.last_modified)))
+                    }
                     ("PUT", "metadata") => {
                         let p = self.store.set_metadata(
                             &c,

@@ -712,6 +712,25 @@ fn tags_and_metadata() {
     let h = run(&e, "HEAD", "/t", &[], b"");
     assert_ne!(h.h("etag"), Some(etag.as_str()));
     assert_eq!(h.h("x-ms-meta-new"), Some("yes"));
+    // Set Blob Properties replaces the content headers.
+    let r = run(
+        &e,
+        "PUT",
+        "/t?comp=properties",
+        &[
+            "x-ms-blob-content-type: image/png",
+            "x-ms-blob-cache-control: no-cache",
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let h = run(&e, "GET", "/t", &[], b"");
+    assert_eq!(h.h("content-type"), Some("image/png"));
+    assert_eq!(h.h("cache-control"), Some("no-cache"));
+    assert_eq!(
+        run(&e, "PUT", "/nope?comp=properties", &[], b"").status,
+        404
+    );
 }
 
 #[test]

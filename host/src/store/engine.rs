@@ -134,6 +134,9 @@ impl<D> Default for State<D> {
     }
 }
 
+/// Most uncommitted blocks per blob (Azure's limit).
+const MAX_STAGED: usize = 100_000;
+
 pub(crate) struct Engine<B: Backend> {
     backend: B,
     state: RwLock<State<B::Data>>,
@@ -405,6 +408,11 @@ impl<B: Backend> Engine<B> {
                 return Err(StoreError::ContainerNotFound(container.to_owned()));
             };
             let list = c.staged.entry(blob.to_owned()).or_default();
+            if list.len() >= MAX_STAGED && !list.iter().any(|s| s.id == id) {
+                drop(st);
+                self.backend.drop_block(&data);
+                return Err(StoreError::BlockCountExceedsLimit(blob.to_owned()));
+            }
             let staged = Staged {
                 id: id.to_vec(),
                 size: bytes.len() as u64,
@@ -633,6 +641,20 @@ impl<B: Backend> Engine<B> {
             .map(|_| ())
     }
 
+    pub(crate) fn set_content_headers(
+        &self,
+        container: &str,
+        blob: &str,
+        content: super::ContentHeaders,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError> {
+        self.update_props(container, blob, cond, |p| {
+            p.content = content;
+            p.etag = new_etag();
+            p.last_modified = SystemTime::now();
+        })
+    }
+
     pub(crate) fn set_metadata(
         &self,
         container: &str,
@@ -804,6 +826,16 @@ macro_rules! impl_store_via_engine {
                 cond: &$crate::store::Conditions,
             ) -> Result<(), $crate::store::StoreError> {
                 self.engine.set_tags(container, blob, tags, cond)
+            }
+            fn set_content_headers(
+                &self,
+                container: &str,
+                blob: &str,
+                content: $crate::store::ContentHeaders,
+                cond: &$crate::store::Conditions,
+            ) -> Result<std::sync::Arc<$crate::store::BlobProps>, $crate::store::StoreError> {
+                self.engine
+                    .set_content_headers(container, blob, content, cond)
             }
             fn set_metadata(
                 &self,

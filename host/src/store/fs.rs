@@ -333,7 +333,9 @@ impl Backend for FsBackend {
                     }
                 }
             }
-            out.sync_all().map_err(io_at(&path))
+            out.sync_all().map_err(io_at(&path))?;
+            // The directory entry must be durable before a record can point at it.
+            sync_dir(&self.cdir(container).join("data"))
         })();
         match res {
             Ok(()) => Ok(FsData {
@@ -355,6 +357,7 @@ impl Backend for FsBackend {
                 .and_then(|f| f.sync_all())
                 .map_err(io_at(&path))?;
         }
+        sync_dir(&self.cdir(container).join("data"))?;
         Ok(FsData {
             path: path.into(),
             seq: self.next_seq(),

@@ -51,6 +51,9 @@ pub enum StoreError {
     /// A block list names a block that is not staged or committed.
     #[error("The block list is invalid: {0}")]
     InvalidBlockList(String),
+    /// Too many uncommitted blocks for one blob.
+    #[error("Blob {0:?} already has 100,000 uncommitted blocks; commit or delete some first")]
+    BlockCountExceedsLimit(String),
     /// An I/O operation of the `fs` store failed.
     #[error(
         "Store I/O on {path}: {source}; check the store directory's permissions and free space"
@@ -472,6 +475,14 @@ pub trait Store: Send + Sync + fmt::Debug {
         tags: Vec<(String, String)>,
         cond: &Conditions,
     ) -> Result<(), StoreError>;
+    /// Replace the content headers (Set Blob Properties; changes the ETag).
+    fn set_content_headers(
+        &self,
+        container: &str,
+        blob: &str,
+        content: ContentHeaders,
+        cond: &Conditions,
+    ) -> Result<Arc<BlobProps>, StoreError>;
     /// Replace user metadata (Set Blob Metadata; changes the ETag).
     fn set_metadata(
         &self,
