@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use blobring_abi::{Cqe, FromZeros, IntoBytes, qc};
+use blobring_abi::{Cqe, IntoBytes, qc};
 use blobring_shm::SharedMemory;
 
 use crate::sq::peer_flag;
@@ -75,11 +75,12 @@ impl<M: Deref<Target: SharedMemory>> CqProducer<M> {
         if n == 0 {
             return Ok(Published::NOTHING);
         }
-        for (i, cqe) in (0..n).zip(cqes) {
-            self.mem.write(
-                self.layout.cqe_at(self.tail.wrapping_add(i)),
-                cqe.as_bytes(),
-            )?;
+        // At most two copies: up to the end of the array, then from its start.
+        let (a, b) = cqes[..n as usize].split_at(self.layout.until_wrap_cq(self.tail, n));
+        self.mem
+            .write(self.layout.cqe_at(self.tail), a.as_bytes())?;
+        if !b.is_empty() {
+            self.mem.write(self.layout.cqes, b.as_bytes())?;
         }
         self.tail = self.tail.wrapping_add(n);
         // Release: the CQE bytes written above become visible to a client that loads this tail
@@ -167,13 +168,11 @@ impl<M: Deref<Target: SharedMemory>> CqConsumer<M> {
         if n == 0 {
             return Ok(Published::NOTHING);
         }
-        for (i, slot) in (0..n).zip(out.iter_mut()) {
-            let mut cqe = Cqe::new_zeroed();
-            self.mem.read(
-                self.layout.cqe_at(self.head.wrapping_add(i)),
-                cqe.as_mut_bytes(),
-            )?;
-            *slot = cqe;
+        let (a, b) = out[..n as usize].split_at_mut(self.layout.until_wrap_cq(self.head, n));
+        self.mem
+            .read(self.layout.cqe_at(self.head), a.as_mut_bytes())?;
+        if !b.is_empty() {
+            self.mem.read(self.layout.cqes, b.as_mut_bytes())?;
         }
         self.head = self.head.wrapping_add(n);
         // Release: our copies happen before the daemon reuses the slots (it loads `cq_head`

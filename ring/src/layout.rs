@@ -155,6 +155,18 @@ impl QueueLayout {
         self.cqes + u64::from(i & (self.cq_entries - 1)) * CQE
     }
 
+    /// Of `n` SQEs starting at index `i`, how many fit before the array wraps.
+    #[inline]
+    pub(crate) fn until_wrap_sq(&self, i: u32, n: u32) -> usize {
+        n.min(self.sq_entries - (i & (self.sq_entries - 1))) as usize
+    }
+
+    /// Of `n` CQEs starting at index `i`, how many fit before the array wraps.
+    #[inline]
+    pub(crate) fn until_wrap_cq(&self, i: u32, n: u32) -> usize {
+        n.min(self.cq_entries - (i & (self.cq_entries - 1))) as usize
+    }
+
     /// Offset of a `QueueControl` field (`blobring_abi::qc::*`).
     #[inline]
     pub(crate) fn field(&self, off: u64) -> u64 {

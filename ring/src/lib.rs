@@ -43,7 +43,7 @@
 //!   `cq_waiting` + a shared futex on `cq_tail` itself, whose compare-and-sleep closes the gap
 //!   between the re-check and the sleep.
 //! - Every fence goes through [`blobring_shm::SharedMemory::fence`] and every atomic through
-//!   its accessors, so the loom model (`cfg(loom)`, [`loom_support`]) checks this exact code.
+//!   its accessors, so the loom model (`cfg(loom)`, module `loom_support`) checks this exact code.
 //!
 //! Deciding whether to wake ([`Published::wake_peer`], [`SleepCheck`]) is kept apart from how
 //! ([`Notifier`], [`Sleeper`]), because the daemon will act through io_uring (`PollAdd` on the

@@ -3,7 +3,7 @@
 use std::ops::Deref;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use blobring_abi::{FromZeros, IntoBytes, Sqe, qc};
+use blobring_abi::{IntoBytes, Sqe, qc};
 use blobring_shm::SharedMemory;
 
 use crate::{Published, QueueLayout, RingError, check_advance};
@@ -77,11 +77,12 @@ impl<M: Deref<Target: SharedMemory>> SqProducer<M> {
         if n == 0 {
             return Ok(Published::NOTHING);
         }
-        for (i, sqe) in (0..n).zip(sqes) {
-            self.mem.write(
-                self.layout.sqe_at(self.tail.wrapping_add(i)),
-                sqe.as_bytes(),
-            )?;
+        // At most two copies: up to the end of the array, then from its start.
+        let (a, b) = sqes[..n as usize].split_at(self.layout.until_wrap_sq(self.tail, n));
+        self.mem
+            .write(self.layout.sqe_at(self.tail), a.as_bytes())?;
+        if !b.is_empty() {
+            self.mem.write(self.layout.sqes, b.as_bytes())?;
         }
         self.tail = self.tail.wrapping_add(n);
         // Release: the SQE bytes written above become visible to a daemon that loads this tail
@@ -184,13 +185,13 @@ impl<M: Deref<Target: SharedMemory>> SqConsumer<M> {
         if n == 0 {
             return Ok(0);
         }
-        for (i, slot) in (0..n).zip(out.iter_mut()) {
-            let mut sqe = Sqe::new_zeroed();
-            self.mem.read(
-                self.layout.sqe_at(self.head.wrapping_add(i)),
-                sqe.as_mut_bytes(),
-            )?;
-            *slot = sqe;
+        // One copy out of shared memory per slot range (at most two, split at the wrap),
+        // straight into the caller's private array; never a reference into shared memory.
+        let (a, b) = out[..n as usize].split_at_mut(self.layout.until_wrap_sq(self.head, n));
+        self.mem
+            .read(self.layout.sqe_at(self.head), a.as_mut_bytes())?;
+        if !b.is_empty() {
+            self.mem.read(self.layout.sqes, b.as_mut_bytes())?;
         }
         self.head = self.head.wrapping_add(n);
         // Release: our copies above happen before the client sees the slots as free and
