@@ -40,6 +40,7 @@ fn main() {
 
 /// The spawned echo daemon.
 fn peer(path: &str) -> Result<(), String> {
+    common::die_with_parent()?;
     let idle = if std::env::var(MODE_ENV).as_deref() == Ok("spin") {
         Idle::Spin
     } else {

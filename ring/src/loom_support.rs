@@ -104,11 +104,23 @@ impl SharedMemory for LoomMemory {
     fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<u32, AccessError> {
         Ok(self.word(offset)?.fetch_or(value, order))
     }
-    fn load_u64(&self, _offset: u64, _order: Ordering) -> Result<u64, AccessError> {
-        unimplemented!("the ring uses no 64-bit atomics")
+    /// Two 32-bit loads (low word first): not single-copy atomic, which the ring never needs.
+    fn load_u64(&self, offset: u64, order: Ordering) -> Result<u64, AccessError> {
+        if !offset.is_multiple_of(8) {
+            return Err(AccessError::Misaligned { offset, len: 8 });
+        }
+        let lo = self.word(offset)?.load(order);
+        let hi = self.word(offset + 4)?.load(order);
+        Ok(u64::from(lo) | (u64::from(hi) << 32))
     }
-    fn store_u64(&self, _offset: u64, _value: u64, _order: Ordering) -> Result<(), AccessError> {
-        unimplemented!("the ring uses no 64-bit atomics")
+    /// Two 32-bit stores (low word first); see `load_u64`.
+    fn store_u64(&self, offset: u64, value: u64, order: Ordering) -> Result<(), AccessError> {
+        if !offset.is_multiple_of(8) {
+            return Err(AccessError::Misaligned { offset, len: 8 });
+        }
+        self.word(offset)?.store(value as u32, order);
+        self.word(offset + 4)?.store((value >> 32) as u32, order);
+        Ok(())
     }
     fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), AccessError> {
         let range = self.chunks_for(offset, dst.len())?;

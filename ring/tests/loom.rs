@@ -216,11 +216,10 @@ fn credit_stall_wake() {
             }
             if p.count == 1 {
                 got.push(buf[0].user_data);
-            } else if next > 2 || got.len() + 1 == next as usize - 1 {
-                // Nothing to submit (done, or the SQ is full behind an unreaped CQE): sleep.
-                client.wait(&*futex, None).unwrap();
             } else {
-                thread::yield_now();
+                // Nothing reaped and nothing submitted (all sent, or the SQ is full): a
+                // completion is owed, so sleep on the CQ futex.
+                client.wait(&*futex, None).unwrap();
             }
         }
         t.join().unwrap();

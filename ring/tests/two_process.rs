@@ -21,6 +21,7 @@ fn entries() -> u64 {
 }
 
 fn child(path: &str) -> Result<(), String> {
+    common::die_with_parent()?;
     let sock = std::os::unix::net::UnixStream::connect(path).map_err(|e| e.to_string())?;
     let end = ClientEnd::receive(&sock)?;
     let deadline = Instant::now() + Duration::from_secs(240);

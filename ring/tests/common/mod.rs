@@ -20,6 +20,13 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 /// How long a sleeper waits before counting a timeout (a lost wakeup shows up as one).
 pub const SLEEP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// In a child: have the kernel SIGKILL us if the parent dies, so no stray process survives a
+/// crashed test run.
+pub fn die_with_parent() -> Result<(), String> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))
+}
+
 /// Kills and reaps the child when dropped (test failure, panic, early return).
 pub struct ChildGuard(pub Option<Child>);
 
