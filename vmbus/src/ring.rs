@@ -37,9 +37,9 @@ pub const MIN_DATA_SIZE: u32 = 64;
 /// Largest packet (descriptor to padding, trailer excluded) the `len8: u16` field can describe.
 pub const MAX_PACKET_LEN: u32 = u16::MAX as u32 * 8;
 
-/// Rounds `n` up to a multiple of 8.
+/// Rounds `n` up to a multiple of 8 (saturating at `u32::MAX & !7` for absurd inputs).
 pub const fn align8(n: u32) -> u32 {
-    (n + 7) & !7
+    n.saturating_add(7) & !7
 }
 
 /// Why a ring cannot be set up.

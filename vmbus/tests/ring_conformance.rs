@@ -356,3 +356,11 @@ fn pkt(n: usize) -> Vec<u8> {
     assert_eq!(v.len(), n);
     v
 }
+
+/// Found by `fuzz/vmbus_packet`: an absurd pending size must not overflow the rounding.
+#[test]
+fn regress_pending_size_align_overflow() {
+    let (_, mut out, _) = ring(64, 0);
+    assert!(!out.set_pending_send_size(u32::MAX).unwrap());
+    out.clear_pending_send_size().unwrap();
+}
