@@ -1546,14 +1546,20 @@ fn parse_head(head: &[u8]) -> Result<(Method, &str, HeaderMap), AzError> {
     Ok((method, path, headers))
 }
 
-fn check_container_name(c: &str) -> Result<(), AzError> {
+/// Whether `c` is a valid container name (3-63 lower-case letters, digits and single hyphens,
+/// starting and ending with a letter or digit), or `$root`.
+pub fn valid_container_name(c: &str) -> bool {
     let ok = (3..=63).contains(&c.len())
         && c.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !c.starts_with('-')
         && !c.ends_with('-')
         && !c.contains("--");
-    if ok || c == "$root" {
+    ok || c == "$root"
+}
+
+fn check_container_name(c: &str) -> Result<(), AzError> {
+    if valid_container_name(c) {
         Ok(())
     } else {
         Err(AzError::bad(

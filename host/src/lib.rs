@@ -16,6 +16,37 @@
 //! point reports the size it needs instead); the REST front end binds loopback only; nothing on
 //! the per-request path logs above `debug`.
 //!
+//! # Calling the executor (the VSP worker's view)
+//!
+//! ```
+//! use std::sync::Arc;
+//! use blobring_host::{Executor, ExecutorConfig, Faults, store::MemStore, Store};
+//!
+//! let store = Arc::new(MemStore::new());
+//! store.create_container("data", Vec::new()).unwrap();
+//! let exec = Executor::new(store, ExecutorConfig {
+//!     account: "devstoreaccount1".into(),
+//!     auth: None, // or Some(SharedKeyAuth::new(account, key)?)
+//!     faults: Faults::default(),
+//! });
+//! let put = b"PUT /devstoreaccount1/data/hello.txt HTTP/1.1\r\n\
+//!             x-ms-blob-type: BlockBlob\r\nContent-Length: 5\r\n\r\n";
+//! let mut data = vec![0u8; 4096]; // the request's data buffer
+//! let done = exec.execute_into(put, b"hello", &mut data).unwrap();
+//! assert_eq!(done.status, 201);
+//!
+//! let get = b"GET /devstoreaccount1/data/hello.txt HTTP/1.1\r\nx-ms-range: bytes=1-3\r\n\r\n";
+//! let done = exec.execute_into(get, &[], &mut data).unwrap();
+//! assert_eq!((done.status.as_u16(), &data[..done.body_len]), (206, &b"ell"[..]));
+//! let mut response = [0u8; 2048]; // the request's response buffer
+//! let head_len = done.write_head(&mut response).unwrap();
+//! assert!(response[..head_len].starts_with(b"HTTP/1.1 206 Partial Content\r\n"));
+//! ```
+//!
+//! A transport whose data buffer is guest memory implements [`BodySink`] over its accessor and
+//! calls [`Executor::execute`] instead; bodies larger than the buffer come back as
+//! [`ExecuteError::BodyTooLarge`] with the size needed.
+//!
 //! Dependencies: `httparse` (request heads, the same parser object_store uses for batch
 //! responses), `hyper` + `tokio` (REST front end only), `quick-xml` (request XML), `hmac` +
 //! `sha2` + `base64` (SharedKey), `md-5` and `crc64fast-nvme` (Azure's transactional hashes;

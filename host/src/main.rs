@@ -87,6 +87,11 @@ fn main() -> anyhow::Result<()> {
     }
     let store = open_store(&args.store).with_context(|| format!("opening store {}", args.store))?;
     for c in &args.containers {
+        if !blobring_host::executor::valid_container_name(c) {
+            bail!(
+                "--container {c:?} is not a valid container name: use 3-63 lower-case letters, digits and single hyphens"
+            );
+        }
         match store.create_container(c, Vec::new()) {
             Ok(_) | Err(blobring_host::StoreError::ContainerAlreadyExists(_)) => {}
             Err(e) => return Err(e).with_context(|| format!("creating container {c}")),

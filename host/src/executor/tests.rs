@@ -955,3 +955,10 @@ fn sinks_and_fs_store() {
     assert_eq!(ex.headers["x-ms-error-code"], "BlobNotFound");
     assert_eq!(ex.headers["content-length"], "0");
 }
+
+#[test]
+fn executor_is_shareable_across_worker_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Executor>();
+    assert_send_sync::<Arc<dyn Store>>();
+}
