@@ -125,10 +125,10 @@ impl<M: Deref<Target: SharedMemory> + Clone> DaemonQueue<M> {
         // Credits guarantee `free >= in_flight >= cqes.len()`, and the validated `cq_head`
         // only moves forward, so the whole batch fits.
         let p = self.cq.push_batch(cqes)?;
+        self.in_flight -= p.count as u32;
         if p.count < cqes.len() {
             return Err(RingError::CqFull);
         }
-        self.in_flight -= p.count as u32;
         Ok(p)
     }
 
