@@ -287,26 +287,33 @@ impl SharedKeyAuth {
         } else {
             format!("/blob/{}{}", self.account, req.raw_path)
         };
-        let sts = [
-            q("sp"),
-            q("st"),
-            q("se"),
-            &resource,
-            q("si"),
-            q("sip"),
-            q("spr"),
-            q("sv"),
-            q("sr"),
-            q("sst"),
-            q("ses"),
-            q("rscc"),
-            q("rscd"),
-            q("rsce"),
-            q("rscl"),
-            q("rsct"),
-        ]
-        .join("\n");
-        if self.verify_sig(&sts, &sig) {
+        // object_store signs the path as sent (percent-encoded); Microsoft's SDKs sign the
+        // decoded name. Accept either.
+        let decoded = percent_encoding::percent_decode_str(&resource)
+            .decode_utf8_lossy()
+            .into_owned();
+        let sts = |resource: &str| {
+            [
+                q("sp"),
+                q("st"),
+                q("se"),
+                resource,
+                q("si"),
+                q("sip"),
+                q("spr"),
+                q("sv"),
+                q("sr"),
+                q("sst"),
+                q("ses"),
+                q("rscc"),
+                q("rscd"),
+                q("rsce"),
+                q("rscl"),
+                q("rsct"),
+            ]
+            .join("\n")
+        };
+        if self.verify_sig(&sts(&resource), &sig) || self.verify_sig(&sts(&decoded), &sig) {
             Ok(())
         } else {
             Err(fail("the signature does not match"))

@@ -223,6 +223,7 @@ impl From<StoreError> for AzError {
             StoreError::ConditionNotMet => (412, "ConditionNotMet"),
             StoreError::InvalidBlockList(_) => (400, "InvalidBlockList"),
             StoreError::BlockCountExceedsLimit(_) => (409, "BlockCountExceedsLimit"),
+            StoreError::InvalidContainerName(_) => (400, "OutOfRangeInput"),
             StoreError::OutOfRange { .. } => (416, "InvalidRange"),
             StoreError::Io { .. }
             | StoreError::Corrupt { .. }
@@ -541,6 +542,7 @@ impl Executor {
         };
         let req = self.make_req(parts.method, &target, parts.headers, &body);
         let resp = self.run(&req);
+        tracing::debug!(method = %req.method, path = req.raw_path, status = resp.status.as_u16(), "executed");
         let mut headers = resp.headers;
         let body = match resp.body {
             Body::Empty => Bytes::new(),
@@ -1546,17 +1548,7 @@ fn parse_head(head: &[u8]) -> Result<(Method, &str, HeaderMap), AzError> {
     Ok((method, path, headers))
 }
 
-/// Whether `c` is a valid container name (3-63 lower-case letters, digits and single hyphens,
-/// starting and ending with a letter or digit), or `$root`.
-pub fn valid_container_name(c: &str) -> bool {
-    let ok = (3..=63).contains(&c.len())
-        && c.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !c.starts_with('-')
-        && !c.ends_with('-')
-        && !c.contains("--");
-    ok || c == "$root"
-}
+pub use crate::store::valid_container_name;
 
 fn check_container_name(c: &str) -> Result<(), AzError> {
     if valid_container_name(c) {

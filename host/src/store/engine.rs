@@ -231,6 +231,9 @@ impl<B: Backend> Engine<B> {
         name: &str,
         metadata: Vec<(String, String)>,
     ) -> Result<ContainerProps, StoreError> {
+        if !super::valid_container_name(name) {
+            return Err(StoreError::InvalidContainerName(name.to_owned()));
+        }
         let mut st = self.write();
         if st.containers.contains_key(name) {
             return Err(StoreError::ContainerAlreadyExists(name.to_owned()));

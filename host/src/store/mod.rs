@@ -88,6 +88,11 @@ pub enum StoreError {
     /// Writing the body into the destination buffer failed (e.g. guest memory went away).
     #[error("Writing the response body into the destination buffer failed: {0}")]
     Destination(#[source] std::io::Error),
+    /// A container name that Azure would reject (and that could escape the store directory).
+    #[error(
+        "Container name {0:?} is invalid: use 3-63 lower-case letters, digits and single hyphens"
+    )]
+    InvalidContainerName(String),
     /// The store spec given on the command line is not understood.
     #[error("Unknown store {0:?}; use `mem` or `fs:<dir>`")]
     BadSpec(String),
@@ -504,6 +509,18 @@ pub trait Store: Send + Sync + fmt::Debug {
         r.read_at(offset, dst)?;
         Ok(r.props().clone())
     }
+}
+
+/// Whether `c` is a valid container name (3-63 lower-case letters, digits and single hyphens,
+/// starting and ending with a letter or digit), or `$root`.
+pub fn valid_container_name(c: &str) -> bool {
+    let ok = (3..=63).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !c.starts_with('-')
+        && !c.ends_with('-')
+        && !c.contains("--");
+    ok || c == "$root"
 }
 
 /// Open a store from its command-line spec: `mem` or `fs:<dir>`.

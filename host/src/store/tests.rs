@@ -23,21 +23,25 @@ fn conformance() {
         let s = &*s;
         let none = Conditions::default();
         assert!(matches!(
-            s.put_blob("c1", "b", b"x", NewBlob::default(), &none),
+            s.put_blob("con1", "b", b"x", NewBlob::default(), &none),
             Err(StoreError::ContainerNotFound(_))
         ));
-        s.create_container("c1", vec![]).unwrap();
         assert!(matches!(
-            s.create_container("c1", vec![]),
+            s.create_container("../escape", vec![]),
+            Err(StoreError::InvalidContainerName(_))
+        ));
+        s.create_container("con1", vec![]).unwrap();
+        assert!(matches!(
+            s.create_container("con1", vec![]),
             Err(StoreError::ContainerAlreadyExists(_))
         ));
         let p1 = s
-            .put_blob("c1", "b", b"one", NewBlob::default(), &none)
+            .put_blob("con1", "b", b"one", NewBlob::default(), &none)
             .unwrap();
         // A reader is a snapshot: it keeps the version it opened.
-        let r = s.open("c1", "b").unwrap();
+        let r = s.open("con1", "b").unwrap();
         let p2 = s
-            .put_blob("c1", "b", b"two!", NewBlob::default(), &none)
+            .put_blob("con1", "b", b"two!", NewBlob::default(), &none)
             .unwrap();
         assert_ne!(p1.etag, p2.etag);
         assert_eq!(p2.created, p1.created);
@@ -48,9 +52,9 @@ fn conformance() {
             r.read_at(1, &mut v),
             Err(StoreError::OutOfRange { .. })
         ));
-        assert_eq!(read_all(s, "c1", "b"), b"two!");
+        assert_eq!(read_all(s, "con1", "b"), b"two!");
         let mut dst = [0u8; 2];
-        assert_eq!(s.read_into("c1", "b", 2, &mut dst).unwrap().size, 4);
+        assert_eq!(s.read_into("con1", "b", 2, &mut dst).unwrap().size, 4);
         assert_eq!(&dst, b"o!");
 
         // Conditions are checked atomically with the write.
@@ -59,7 +63,7 @@ fn conformance() {
             ..Default::default()
         };
         assert!(matches!(
-            s.put_blob("c1", "b", b"x", NewBlob::default(), &stale),
+            s.put_blob("con1", "b", b"x", NewBlob::default(), &stale),
             Err(StoreError::ConditionNotMet)
         ));
         let create = Conditions {
@@ -67,22 +71,22 @@ fn conformance() {
             ..Default::default()
         };
         assert!(matches!(
-            s.put_blob("c1", "b", b"x", NewBlob::default(), &create),
+            s.put_blob("con1", "b", b"x", NewBlob::default(), &create),
             Err(StoreError::BlobAlreadyExists(_))
         ));
 
         // Blocks: staged, committed in list order, the rest discarded.
-        s.put_block("c1", "m", b"1", b"aa").unwrap();
-        s.put_block("c1", "m", b"2", b"bb").unwrap();
-        s.put_block("c1", "m", b"1", b"AA").unwrap(); // replaces staged "1"
+        s.put_block("con1", "m", b"1", b"aa").unwrap();
+        s.put_block("con1", "m", b"2", b"bb").unwrap();
+        s.put_block("con1", "m", b"1", b"AA").unwrap(); // replaces staged "1"
         assert!(matches!(
-            s.open("c1", "m"),
+            s.open("con1", "m"),
             Err(StoreError::BlobNotFound(_))
         ));
-        let l = s.block_list("c1", "m").unwrap();
+        let l = s.block_list("con1", "m").unwrap();
         assert_eq!(l.uncommitted.len(), 2);
         s.put_block_list(
-            "c1",
+            "con1",
             "m",
             &[
                 BlockRef::Uncommitted(b"2".to_vec()),
@@ -92,13 +96,13 @@ fn conformance() {
             &none,
         )
         .unwrap();
-        assert_eq!(read_all(s, "c1", "m"), b"bbAA");
-        let l = s.block_list("c1", "m").unwrap();
+        assert_eq!(read_all(s, "con1", "m"), b"bbAA");
+        let l = s.block_list("con1", "m").unwrap();
         assert_eq!(l.committed.len(), 2);
         assert!(l.uncommitted.is_empty());
         assert!(matches!(
             s.put_block_list(
-                "c1",
+                "con1",
                 "m",
                 &[BlockRef::Uncommitted(b"2".to_vec())],
                 NewBlob::default(),
@@ -107,47 +111,48 @@ fn conformance() {
             Err(StoreError::InvalidBlockList(_))
         ));
         s.put_block_list(
-            "c1",
+            "con1",
             "m",
             &[BlockRef::Committed(b"1".to_vec())],
             NewBlob::default(),
             &none,
         )
         .unwrap();
-        assert_eq!(read_all(s, "c1", "m"), b"AA");
+        assert_eq!(read_all(s, "con1", "m"), b"AA");
 
         // Copy, list, tags, delete.
-        s.copy_blob("c1", "m", "c1", "z/copy", None, &none).unwrap();
-        assert_eq!(read_all(s, "c1", "z/copy"), b"AA");
+        s.copy_blob("con1", "m", "con1", "z/copy", None, &none)
+            .unwrap();
+        assert_eq!(read_all(s, "con1", "z/copy"), b"AA");
         let mut names = Vec::new();
-        s.list_blobs("c1", "", "", &mut |p| {
+        s.list_blobs("con1", "", "", &mut |p| {
             names.push(p.name.clone());
             true
         })
         .unwrap();
         assert_eq!(names, ["b", "m", "z/copy"]);
         let mut names = Vec::new();
-        s.list_blobs("c1", "", "m", &mut |p| {
+        s.list_blobs("con1", "", "m", &mut |p| {
             names.push(p.name.clone());
             true
         })
         .unwrap();
         assert_eq!(names, ["m", "z/copy"]);
-        let before = s.open("c1", "m").unwrap().props().etag.clone();
-        s.set_tags("c1", "m", vec![("k".into(), "v".into())], &none)
+        let before = s.open("con1", "m").unwrap().props().etag.clone();
+        s.set_tags("con1", "m", vec![("k".into(), "v".into())], &none)
             .unwrap();
-        let after = s.open("c1", "m").unwrap().props().clone();
+        let after = s.open("con1", "m").unwrap().props().clone();
         assert_eq!(after.etag, before);
         assert_eq!(after.tags, [("k".to_owned(), "v".to_owned())]);
-        s.delete_blob("c1", "m", &none).unwrap();
+        s.delete_blob("con1", "m", &none).unwrap();
         assert!(matches!(
-            s.delete_blob("c1", "m", &none),
+            s.delete_blob("con1", "m", &none),
             Err(StoreError::BlobNotFound(_))
         ));
-        assert_eq!(read_all(s, "c1", "z/copy"), b"AA");
-        s.delete_container("c1").unwrap();
+        assert_eq!(read_all(s, "con1", "z/copy"), b"AA");
+        s.delete_container("con1").unwrap();
         assert!(matches!(
-            s.open("c1", "b"),
+            s.open("con1", "b"),
             Err(StoreError::ContainerNotFound(_))
         ));
     }
@@ -157,8 +162,8 @@ fn conformance() {
 #[test]
 fn conditional_writes_are_linearisable() {
     for (s, _dir) in stores() {
-        s.create_container("c", vec![]).unwrap();
-        s.put_blob("c", "n", b"0", NewBlob::default(), &Conditions::default())
+        s.create_container("con", vec![]).unwrap();
+        s.put_blob("con", "n", b"0", NewBlob::default(), &Conditions::default())
             .unwrap();
         std::thread::scope(|scope| {
             for _ in 0..4 {
@@ -166,7 +171,7 @@ fn conditional_writes_are_linearisable() {
                 scope.spawn(move || {
                     for _ in 0..10 {
                         loop {
-                            let r = s.open("c", "n").unwrap();
+                            let r = s.open("con", "n").unwrap();
                             let mut v = vec![0; r.props().size as usize];
                             r.read_at(0, &mut v).unwrap();
                             let n: u32 = std::str::from_utf8(&v).unwrap().parse().unwrap();
@@ -175,7 +180,8 @@ fn conditional_writes_are_linearisable() {
                                 ..Default::default()
                             };
                             let next = (n + 1).to_string();
-                            match s.put_blob("c", "n", next.as_bytes(), NewBlob::default(), &cond) {
+                            match s.put_blob("con", "n", next.as_bytes(), NewBlob::default(), &cond)
+                            {
                                 Ok(_) => break,
                                 Err(StoreError::ConditionNotMet) => continue,
                                 Err(e) => panic!("{e}"),
@@ -185,7 +191,7 @@ fn conditional_writes_are_linearisable() {
                 });
             }
         });
-        assert_eq!(read_all(&*s, "c", "n"), b"40");
+        assert_eq!(read_all(&*s, "con", "n"), b"40");
     }
 }
 
@@ -194,45 +200,46 @@ fn fs_reopen_and_cleanup() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = FsStore::open(dir.path()).unwrap();
-        s.create_container("c", vec![("m".into(), "1".into())])
+        s.create_container("con", vec![("m".into(), "1".into())])
             .unwrap();
         s.put_blob(
-            "c",
+            "con",
             "a/b",
             b"durable",
             NewBlob::default(),
             &Conditions::default(),
         )
         .unwrap();
-        s.put_block("c", "staged", b"id", b"blk").unwrap();
+        s.put_block("con", "staged", b"id", b"blk").unwrap();
         s.put_blob(
-            "c",
+            "con",
             "gone",
             b"x",
             NewBlob::default(),
             &Conditions::default(),
         )
         .unwrap();
-        s.delete_blob("c", "gone", &Conditions::default()).unwrap();
+        s.delete_blob("con", "gone", &Conditions::default())
+            .unwrap();
     }
     // Leftovers of an interrupted write: an unreferenced data file and a tmp file.
-    std::fs::write(dir.path().join("containers/c/data/orphan"), b"junk").unwrap();
+    std::fs::write(dir.path().join("containers/con/data/orphan"), b"junk").unwrap();
     std::fs::write(dir.path().join("tmp/partial"), b"junk").unwrap();
     let s = FsStore::open(dir.path()).unwrap();
-    assert_eq!(read_all(&s, "c", "a/b"), b"durable");
+    assert_eq!(read_all(&s, "con", "a/b"), b"durable");
     assert_eq!(
-        s.container("c").unwrap().metadata,
+        s.container("con").unwrap().metadata,
         [("m".to_owned(), "1".to_owned())]
     );
     assert!(matches!(
-        s.open("c", "gone"),
+        s.open("con", "gone"),
         Err(StoreError::BlobNotFound(_))
     ));
-    assert_eq!(s.block_list("c", "staged").unwrap().uncommitted.len(), 1);
-    assert!(!dir.path().join("containers/c/data/orphan").exists());
+    assert_eq!(s.block_list("con", "staged").unwrap().uncommitted.len(), 1);
+    assert!(!dir.path().join("containers/con/data/orphan").exists());
     assert!(!dir.path().join("tmp/partial").exists());
     // A corrupt record is reported with its path, not skipped.
-    let meta = std::fs::read_dir(dir.path().join("containers/c/meta"))
+    let meta = std::fs::read_dir(dir.path().join("containers/con/meta"))
         .unwrap()
         .next()
         .unwrap()
