@@ -212,6 +212,12 @@ impl FutexWord {
         Self::map(fd, region_len, layout.field(blobring_abi::qc::CQ_TAIL))
     }
 
+    /// The word's address in this process, for kernel interfaces that take one (io_uring
+    /// `FutexWake`/`FutexWait`). Valid while `self` lives; only pass it to the kernel.
+    pub fn as_ptr(&self) -> *const u32 {
+        self.word.as_ptr().cast_const().cast()
+    }
+
     fn atomic(&self) -> &AtomicU32 {
         // SAFETY: `word` points into our live mapping (unmapped only in Drop, after every
         // borrow of self ended), aligned; AtomicU32 tolerates concurrent writes by the peer.
