@@ -303,7 +303,9 @@ pub struct OutgoingRing<M> {
 
 impl<M: SharedMemory> OutgoingRing<M> {
     /// The producer half over `mem` (control page + data area). Takes the current
-    /// `write_index` as its own (zero on a fresh ring; see [`init_ring`]).
+    /// `write_index` as its own (zero on a fresh ring; see [`init_ring`]) and sets
+    /// `feat_pending_send_sz` in `feature_bits`: we promise to fill `pending_send_sz` when
+    /// blocked (§1.2, as OV's outgoing ring does).
     pub fn new(mem: M) -> Result<Self, RingError> {
         let dsize = data_size(&mem)?;
         let w = load_index(
@@ -312,6 +314,11 @@ impl<M: SharedMemory> OutgoingRing<M> {
             dsize,
             "write_index",
             Ordering::Acquire,
+        )?;
+        mem.fetch_or_u32(
+            rc::FEATURE_BITS,
+            RING_FEAT_PENDING_SEND_SZ,
+            Ordering::Relaxed,
         )?;
         Ok(Self {
             mem,

@@ -190,7 +190,9 @@ impl BusClient {
                 continue;
             }
             if got != seq {
-                return Err(BusError::Malformed("reply to a request we did not send"));
+                // A late reply to an earlier request that timed out: drop it.
+                tracing::debug!(got, seq, "ignoring a stale bus reply");
+                continue;
             }
             return match msg {
                 Message::Error(e) => {

@@ -9,7 +9,7 @@
 //! (§1.2). Signalling uses **one eventfd per direction**: the guest writes the guest → host
 //! eventfd (after a TX write that made its ring non-empty, or after freeing RX space the host
 //! waits for), the host writes the host → guest eventfd likewise. Each side polls the eventfd
-//! the other writes. [`SimChannel`] implements [`Channel`](crate::channel::Channel) for both
+//! the other writes. [`SimChannel`] implements [`crate::channel::Channel`] for both
 //! sides.
 //!
 //! # Bus protocol
