@@ -17,6 +17,9 @@ use blobring_abi::vmbus::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
+use blobring_shm::SharedMemory;
+
+use crate::guest_memory::{GuestBuffer, GuestMemory, GuestMemoryError};
 use crate::packet::{EncodeError, GpaRangeRef, Packet, PacketKind, encode_completion, page_count};
 
 /// Why a blob message could not be built or was refused.
@@ -268,6 +271,33 @@ pub fn parse_blob_request(p: &Packet<'_>) -> Result<BlobRequest, BlobError> {
         request,
         response,
     })
+}
+
+/// The three buffers of a [`BlobRequest`] in registered guest memory.
+#[derive(Debug)]
+pub struct BlobBuffers<M = blobring_shm::Mapping> {
+    /// The data buffer (empty if the request has none).
+    pub data: GuestBuffer<M>,
+    /// The request head.
+    pub request: GuestBuffer<M>,
+    /// The response-head buffer.
+    pub response: GuestBuffer<M>,
+}
+
+impl BlobRequest {
+    /// Translates the data, request and response buffers through the host's table of
+    /// registered guest memory; fails if any page is outside it.
+    pub fn buffers<M: SharedMemory>(
+        &self,
+        mem: &GuestMemory<M>,
+    ) -> Result<BlobBuffers<M>, GuestMemoryError> {
+        let t = |r: &Range<u64>| mem.translate(&self.pfns, r.start, r.end - r.start);
+        Ok(BlobBuffers {
+            data: t(&self.data)?,
+            request: t(&self.request)?,
+            response: t(&self.response)?,
+        })
+    }
 }
 
 /// Encodes the completion of blob request `trans_id` (type 0xb, flags 0, §6.4).

@@ -50,18 +50,10 @@ fn worker(
                 PacketKind::GpaDirect(_) => {
                     let req = parse_blob_request(&p).map_err(|e| e.to_string())?;
                     let mem = memory.read().unwrap();
-                    let bufs = mem
-                        .translate(
-                            &req.pfns,
-                            req.request.start,
-                            req.request.end - req.request.start,
-                        )
-                        .and_then(|r| {
-                            let len = req.response.end - req.response.start;
-                            Ok((r, mem.translate(&req.pfns, req.response.start, len)?))
-                        });
-                    let resp = match bufs {
-                        Ok((rq, rs)) => {
+                    let resp = match req.buffers(&mem) {
+                        Ok(b) => {
+                            let (rq, rs) = (&b.request, &b.response);
+                            assert!(b.data.is_empty());
                             let mut head = vec![0u8; rq.len() as usize];
                             rq.read_at(0, &mut head).map_err(|e| e.to_string())?;
                             let mut answer = b"OK:".to_vec();
