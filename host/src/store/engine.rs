@@ -2,14 +2,18 @@
 //! blobs and staged blocks, over a [`Backend`] that holds the bytes (and, for `fs`, makes every
 //! index change durable before it becomes visible).
 //!
-//! Locking: one `RwLock` over the index. Bulk data is written *before* the write lock is taken
-//! (into a not-yet-visible data object) and old data is released *after* it is dropped, so the
-//! lock is only held for the condition check and the publish step. Block-list commits are
-//! additionally serialised by `commit_lock` so the staged blocks they consume cannot vanish
-//! between resolving the list and publishing the result.
+//! Locking: one `RwLock` over the index, held only for lookups and single map updates, never
+//! across I/O. Writers to the same blob are serialised by a striped per-blob mutex (`stripe`):
+//! under it, a write checks its conditions against the current version (read lock), makes the
+//! new version durable (data, then record: `fs` fsyncs here), and only then swaps it into the
+//! index (write lock). So readers never wait for a writer's fsync, conditional writes stay
+//! linearisable, and a version is visible only once durable. A block-list commit holds its
+//! blob's stripe from resolving the list to the swap, so the staged blocks it copies cannot be
+//! replaced or discarded meanwhile (only writers of that blob touch them).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use super::{
@@ -140,8 +144,11 @@ const MAX_STAGED: usize = 100_000;
 pub(crate) struct Engine<B: Backend> {
     backend: B,
     state: RwLock<State<B::Data>>,
-    commit_lock: Mutex<()>,
+    stripes: Vec<Mutex<()>>,
 }
+
+/// Number of per-blob writer stripes.
+const STRIPES: usize = 64;
 
 struct Reader {
     props: Arc<BlobProps>,
@@ -197,7 +204,7 @@ impl<B: Backend> Engine<B> {
         Engine {
             backend,
             state: RwLock::new(state),
-            commit_lock: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 
@@ -212,6 +219,15 @@ impl<B: Backend> Engine<B> {
     }
     fn write(&self) -> RwLockWriteGuard<'_, State<B::Data>> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serialise writers of one blob.
+    fn stripe(&self, container: &str, blob: &str) -> MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (container, blob).hash(&mut h);
+        self.stripes[(h.finish() as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn require_container(&self, name: &str) -> Result<(), StoreError> {
@@ -325,8 +341,9 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Publish `data` as the new version of `blob` if `cond` holds. On failure `data` is
-    /// released. `make` builds the props from the previous version.
+    /// Publish `data` as the new version of `blob` if `cond` holds. The caller holds the
+    /// blob's stripe. On failure `data` is released. `make` builds the props from the previous
+    /// version.
     fn publish(
         &self,
         container: &str,
@@ -336,16 +353,24 @@ impl<B: Backend> Engine<B> {
         clear_staged: bool,
         make: impl FnOnce(Option<&BlobProps>) -> BlobProps,
     ) -> Result<Arc<BlobProps>, StoreError> {
-        let mut st = self.write();
         let res = (|| {
+            let props = {
+                let st = self.read();
+                let c = st
+                    .containers
+                    .get(container)
+                    .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+                let existing = c.blobs.get(blob).map(|e| &*e.props);
+                cond.check_write(blob, existing)?;
+                Arc::new(make(existing))
+            };
+            // Durable before visible; no index lock held during the fsyncs.
+            self.backend.publish_blob(container, &props, &data)?;
+            let mut st = self.write();
             let c = st
                 .containers
                 .get_mut(container)
                 .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
-            let existing = c.blobs.get(blob).map(|e| Arc::clone(&e.props));
-            cond.check_write(blob, existing.as_deref())?;
-            let props = Arc::new(make(existing.as_deref()));
-            self.backend.publish_blob(container, &props, &data)?;
             let old = c.blobs.insert(
                 blob.to_owned(),
                 Entry {
@@ -360,7 +385,6 @@ impl<B: Backend> Engine<B> {
             };
             Ok((props, old, staged))
         })();
-        drop(st);
         match res {
             Ok((props, old, staged)) => {
                 if let Some(old) = old {
@@ -389,6 +413,7 @@ impl<B: Backend> Engine<B> {
         self.require_container(container)?;
         let data = self.backend.write_data(container, &[Part::Bytes(bytes)])?;
         let size = bytes.len() as u64;
+        let _stripe = self.stripe(container, blob);
         self.publish(container, blob, data, cond, true, |old| {
             new_props(blob, size, attrs, old, Vec::new())
         })
@@ -403,6 +428,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<(), StoreError> {
         self.require_container(container)?;
         let data = self.backend.stage_block(container, blob, id, bytes)?;
+        let _stripe = self.stripe(container, blob);
         let replaced = {
             let mut st = self.write();
             let Some(c) = st.containers.get_mut(container) else {
@@ -443,7 +469,7 @@ impl<B: Backend> Engine<B> {
         attrs: NewBlob,
         cond: &Conditions,
     ) -> Result<Arc<BlobProps>, StoreError> {
-        let _commit = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _stripe = self.stripe(container, blob);
         // Snapshot what the list may refer to.
         let (committed, staged) = {
             let st = self.read();
@@ -545,18 +571,25 @@ impl<B: Backend> Engine<B> {
         blob: &str,
         cond: &Conditions,
     ) -> Result<(), StoreError> {
-        let (old, staged) = {
-            let mut st = self.write();
+        let _stripe = self.stripe(container, blob);
+        {
+            let st = self.read();
             let c = st
                 .containers
-                .get_mut(container)
+                .get(container)
                 .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
             let Some(e) = c.blobs.get(blob) else {
                 return Err(StoreError::BlobNotFound(blob.to_owned()));
             };
             cond.check_write(blob, Some(&e.props))?;
-            self.backend.unpublish_blob(container, blob)?;
-            (c.blobs.remove(blob), c.staged.remove(blob))
+        }
+        self.backend.unpublish_blob(container, blob)?;
+        let (old, staged) = {
+            let mut st = self.write();
+            match st.containers.get_mut(container) {
+                Some(c) => (c.blobs.remove(blob), c.staged.remove(blob)),
+                None => (None, None),
+            }
         };
         if let Some(old) = old {
             self.backend.drop_data(&old.data);
@@ -593,6 +626,7 @@ impl<B: Backend> Engine<B> {
                 self.backend.clone_data(dst_container, &e.data)?,
             )
         };
+        let _stripe = self.stripe(dst_container, dst_blob);
         self.publish(dst_container, dst_blob, data, cond, false, |old| {
             let now = SystemTime::now();
             BlobProps {
@@ -616,21 +650,32 @@ impl<B: Backend> Engine<B> {
         cond: &Conditions,
         f: impl FnOnce(&mut BlobProps),
     ) -> Result<Arc<BlobProps>, StoreError> {
+        let _stripe = self.stripe(container, blob);
+        let (props, data) = {
+            let st = self.read();
+            let c = st
+                .containers
+                .get(container)
+                .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+            let e = c
+                .blobs
+                .get(blob)
+                .ok_or_else(|| StoreError::BlobNotFound(blob.to_owned()))?;
+            cond.check_write(blob, Some(&e.props))?;
+            let mut p = (*e.props).clone();
+            f(&mut p);
+            (Arc::new(p), e.data.clone())
+        };
+        self.backend.publish_blob(container, &props, &data)?;
         let mut st = self.write();
-        let c = st
+        if let Some(e) = st
             .containers
             .get_mut(container)
-            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
-        let e = c
-            .blobs
-            .get_mut(blob)
-            .ok_or_else(|| StoreError::BlobNotFound(blob.to_owned()))?;
-        cond.check_write(blob, Some(&e.props))?;
-        let mut p = (*e.props).clone();
-        f(&mut p);
-        self.backend.publish_blob(container, &p, &e.data)?;
-        e.props = Arc::new(p);
-        Ok(Arc::clone(&e.props))
+            .and_then(|c| c.blobs.get_mut(blob))
+        {
+            e.props = Arc::clone(&props);
+        }
+        Ok(props)
     }
 
     pub(crate) fn set_tags(
