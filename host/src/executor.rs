@@ -430,7 +430,7 @@ impl Executor {
                 r
             }
             Err(e) => {
-                let mut r = self.error_resp(e, false, &HeaderMap::new());
+                let mut r = self.error_resp(e, false);
                 self.common_headers(&mut r.headers, &HeaderMap::new());
                 r
             }
@@ -476,7 +476,7 @@ impl Executor {
                         return Err(ExecuteError::Destination(e.to_string()));
                     }
                     Err(e) => {
-                        let mut r = self.error_resp(e.into(), false, &headers);
+                        let mut r = self.error_resp(e.into(), false);
                         self.common_headers(&mut r.headers, &HeaderMap::new());
                         return self.finish_small(r, out);
                     }
@@ -561,7 +561,8 @@ impl Executor {
                         Bytes::from(v)
                     }
                     Err(e) => {
-                        let r = self.error_resp(e.into(), false, &req.headers);
+                        let mut r = self.error_resp(e.into(), false);
+                        self.common_headers(&mut r.headers, &req.headers);
                         let mut out = http::Response::new(match r.body {
                             Body::Bytes(v) => Bytes::from(v),
                             _ => Bytes::new(),
@@ -620,7 +621,7 @@ impl Executor {
         .and_then(|()| self.dispatch(req));
         let mut resp = match result {
             Ok(r) => r,
-            Err(e) => self.error_resp(e, head, &req.headers),
+            Err(e) => self.error_resp(e, head),
         };
         if head {
             resp.head_only = true;
@@ -652,7 +653,6 @@ impl Executor {
                     "The server is busy (injected fault). Retry with exponential backoff.",
                 ),
                 req.method == Method::HEAD,
-                &req.headers,
             );
             self.common_headers(&mut r.headers, &req.headers);
             return Some(r);
@@ -676,7 +676,7 @@ impl Executor {
         set(h, "server", "blobring-host");
     }
 
-    fn error_resp(&self, e: AzError, head: bool, _req: &HeaderMap) -> Resp {
+    fn error_resp(&self, e: AzError, head: bool) -> Resp {
         let rid = uuid::Uuid::new_v4().to_string();
         let mut r = Resp::new(e.status)
             .h("x-ms-error-code", e.code)
@@ -1393,7 +1393,6 @@ impl Executor {
                                 "Only Delete Blob sub-requests are supported in a batch.",
                             ),
                             false,
-                            &sreq.headers,
                         )
                     } else {
                         let mut r = self.run(&sreq);
@@ -1403,7 +1402,7 @@ impl Executor {
                         r
                     }
                 }
-                Err(e) => self.error_resp(e, false, &HeaderMap::new()),
+                Err(e) => self.error_resp(e, false),
             };
             let _ = write!(
                 Wr(&mut out),
