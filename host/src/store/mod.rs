@@ -152,8 +152,8 @@ pub struct BlobProps {
     pub metadata: Vec<(String, String)>,
     /// Blob index tags.
     pub tags: Vec<(String, String)>,
-    /// Committed block list (empty for a blob written by Put Blob with no blocks... Azure
-    /// reports such a blob as having no committed blocks).
+    /// Committed block list, in blob order (empty for a blob written by Put Blob, which Azure
+    /// also reports as having no committed blocks).
     pub blocks: Vec<BlockInfo>,
 }
 
@@ -177,7 +177,7 @@ pub struct NewBlob {
     pub content: ContentHeaders,
     /// User metadata.
     pub metadata: Vec<(String, String)>,
-    /// Tags; `None` keeps none (Azure replaces tags on overwrite).
+    /// Tags (an overwrite replaces the tags, as in Azure).
     pub tags: Vec<(String, String)>,
 }
 
@@ -460,8 +460,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Delete a blob (and its staged blocks) if `cond` holds.
     fn delete_blob(&self, container: &str, blob: &str, cond: &Conditions)
     -> Result<(), StoreError>;
-    /// Copy a committed blob inside the store. `attrs.metadata` replaces the source metadata
-    /// when `replace_metadata` is true.
+    /// Copy a committed blob inside the store. `metadata`, when given, replaces the source's;
+    /// tags are not copied.
     #[allow(clippy::too_many_arguments)]
     fn copy_blob(
         &self,
