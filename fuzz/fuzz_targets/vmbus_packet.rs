@@ -18,7 +18,8 @@ use blobring_vmbus::ring::{IncomingRing, OutgoingRing, init_ring};
 use libfuzzer_sys::fuzz_target;
 
 fn u32_at(b: &[u8], i: usize) -> u32 {
-    b.get(i * 4..i * 4 + 4).map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])))
+    b.get(i * 4..i * 4 + 4)
+        .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -28,22 +29,31 @@ fuzz_target!(|data: &[u8]| {
     let heap = Arc::new(HeapMemory::new(size));
     let mem = || Window::new(heap.clone(), 0, size).unwrap();
     init_ring(&mem()).unwrap();
-    heap.write(4096, &body[..body.len().min(dsize as usize)]).unwrap();
-    heap.store_u32(rc::WRITE_INDEX, u32_at(data, 0), Ordering::Relaxed).unwrap();
-    heap.store_u32(rc::READ_INDEX, u32_at(data, 1), Ordering::Relaxed).unwrap();
-    heap.store_u32(rc::PENDING_SEND_SZ, u32_at(data, 2), Ordering::Relaxed).unwrap();
-    heap.store_u32(rc::INTERRUPT_MASK, u32_at(data, 3), Ordering::Relaxed).unwrap();
+    heap.write(4096, &body[..body.len().min(dsize as usize)])
+        .unwrap();
+    heap.store_u32(rc::WRITE_INDEX, u32_at(data, 0), Ordering::Relaxed)
+        .unwrap();
+    heap.store_u32(rc::READ_INDEX, u32_at(data, 1), Ordering::Relaxed)
+        .unwrap();
+    heap.store_u32(rc::PENDING_SEND_SZ, u32_at(data, 2), Ordering::Relaxed)
+        .unwrap();
+    heap.store_u32(rc::INTERRUPT_MASK, u32_at(data, 3), Ordering::Relaxed)
+        .unwrap();
 
     // Guest memory for translation: 4 pages at PFN 0x100.
     let guest = Arc::new(HeapMemory::new(4 * 4096));
     let mut table = GuestMemory::new();
     table.register(1, 0x100 * 4096, 4 * 4096, guest).unwrap();
 
-    let Ok(mut inc) = IncomingRing::new(mem()) else { return };
+    let Ok(mut inc) = IncomingRing::new(mem()) else {
+        return;
+    };
     let mut buf = Vec::new();
     // Bounded: each packet consumes at least 24 bytes of a ≤ 1 MiB ring.
     for _ in 0..64 {
-        let Ok(raw) = inc.read_packet(&mut buf) else { break };
+        let Ok(raw) = inc.read_packet(&mut buf) else {
+            break;
+        };
         assert_eq!(buf.len(), raw.len as usize);
         let Ok(p) = decode(&buf) else { break };
         if let PacketKind::GpaDirect(ranges) = p.kind {

@@ -229,6 +229,21 @@ impl HostSession {
     }
 
     fn step(&mut self, nonblocking: bool) -> Result<Option<HostEvent>, BusError> {
+        match self.step_inner(nonblocking) {
+            // The guest hung up while we answered it: that is a disconnect, not a host fault.
+            Err(BusError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(Some(HostEvent::Disconnected))
+            }
+            other => other,
+        }
+    }
+
+    fn step_inner(&mut self, nonblocking: bool) -> Result<Option<HostEvent>, BusError> {
         let (seq, msg) = match proto::recv(self.sock.as_fd(), nonblocking) {
             Ok(Some(Received { seq, msg })) => (seq, msg),
             Ok(None) => return Ok(Some(HostEvent::Disconnected)),
