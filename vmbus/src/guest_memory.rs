@@ -146,6 +146,11 @@ impl<M: SharedMemory> GuestMemory<M> {
         self.by_base.is_empty()
     }
 
+    /// Bytes registered in all regions.
+    pub fn bytes(&self) -> u64 {
+        self.by_base.values().map(|e| e.len).sum()
+    }
+
     /// Registers `len` bytes of `mem` at guest-physical `gpa` under `id`.
     pub fn register(
         &mut self,

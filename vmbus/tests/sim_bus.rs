@@ -111,6 +111,7 @@ fn host(listener: BusListener, cmds: mpsc::Receiver<Cmd>) -> Result<Vec<String>,
     let config = HostConfig {
         max_channels: 4,
         ring_size: 16384,
+        max_guest_memory: 16 * 4096,
         ..HostConfig::default()
     };
     let mut session = HostSession::new(sock, config).map_err(|e| e.to_string())?;
@@ -221,6 +222,17 @@ fn offer_open_register_exchange_rescind() {
             ..
         })
     ));
+    // The host's limit on registered guest memory (16 pages here) is enforced.
+    let extra = Region::create("extra", 4096).unwrap();
+    match bus.register_memory(3, 2 * GPA, extra.fd(), 4096) {
+        Err(BusError::Refused {
+            code: BUS_ERR_BAD_REGION,
+            message,
+        }) => {
+            assert!(message.contains("limit"), "{message}")
+        }
+        other => panic!("limit not enforced: {other:?}"),
+    }
 
     let (mut pkt, mut scratch, mut buf) = (Vec::new(), Vec::new(), Vec::new());
     for (i, ch) in chans.iter_mut().enumerate() {

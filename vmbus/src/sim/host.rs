@@ -38,7 +38,13 @@ pub struct HostConfig {
     pub max_channels: u32,
     /// Bytes of each ring (`S`): a multiple of 4096 in [8 KiB, 64 MiB].
     pub ring_size: u32,
+    /// Most bytes of guest memory registered at once. The host maps (and pre-faults) every
+    /// registered region, so a guest must not be able to make it map unbounded memory.
+    pub max_guest_memory: u64,
 }
+
+/// Default [`HostConfig::max_guest_memory`]: 64 GiB.
+pub const DEFAULT_MAX_GUEST_MEMORY: u64 = 64 << 30;
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Default for HostConfig {
             instance_guid: Uuid::new_v4(),
             max_channels: 8,
             ring_size: super::DEFAULT_RING_SIZE,
+            max_guest_memory: DEFAULT_MAX_GUEST_MEMORY,
         }
     }
 }
@@ -365,6 +372,18 @@ impl HostSession {
                     return Err(bad(format!(
                         "region {}: base {:#x} and length {:#x} must be non-zero multiples of 4096",
                         r.region_id, r.gpa_base, r.len
+                    )));
+                }
+                let registered = self
+                    .memory
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .bytes();
+                if r.len > self.config.max_guest_memory.saturating_sub(registered) {
+                    return Err(bad(format!(
+                        "region {}: {} more bytes would exceed the host's limit of {} bytes of \
+                         registered guest memory",
+                        r.region_id, r.len, self.config.max_guest_memory
                     )));
                 }
                 let map = Mapping::map_peer(fd.as_fd(), r.len).map_err(|e| bad(e.to_string()))?;
