@@ -1,9 +1,36 @@
 #![forbid(unsafe_code)]
 //! The blobring client SDK (ARCHITECTURE.md §3–4).
 //!
-//! **Owns:** the connection to `blobringd`, queue pairs, arena leases, the Blob API, striped
-//! transfers and the object_store connector. **Trusts:** the daemon (it may crash; every
-//! in-flight request then fails with an error). **Invariants:** a buffer lent to the host is never
-//! reused until its release completion arrives.
+//! **Owns:** the connection to `blobringd` ([`Connection`]: handshake, the client's mapped
+//! region, one queue pair per daemon worker, the data arena), and later the Blob API, striped
+//! transfers and the object_store connector.
 //!
-//! Status: not built yet (issues "blobringd" and "Client SDK").
+//! **Trusts:** the daemon — it may crash, and then every in-flight request completes with
+//! `-ECONNRESET` (synthesised here from the connection's own bookkeeping when the daemon's socket
+//! hangs up). The daemon's indices are still validated by the ring crate, and the region header
+//! is checked against [`RegionGeometry::from_header`] before anything is attached.
+//!
+//! **Invariants:**
+//! - the handshake socket stays open for the life of the [`Connection`]: its hang-up is how
+//!   each side learns of the other's death;
+//! - the eventfd of a queue is written only when the daemon said it sleeps (`sq_need_wakeup`);
+//! - a blocking [`Connection::wait`] never sleeps longer than [`LIVENESS_SLICE`] without
+//!   checking that the daemon is alive, so a dead daemon is noticed promptly;
+//! - a buffer named by a completion with [`CQE_F_BUFFERS_LENT`] may still be written by the
+//!   host: the caller must not free or reuse it until the matching
+//!   [`CQE_F_BUFFERS_RELEASED`] completion (the low-level layer reports both).
+//!
+//! The low-level layer in this crate is deliberately small: it moves SQEs and CQEs and copies
+//! bytes in and out of arena buffers; building HTTP request heads is the Blob layer's job.
+
+mod conn;
+mod error;
+
+pub use blobring_abi::{
+    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
+    Sqe,
+};
+pub use blobring_ring::WaitOutcome;
+pub use blobring_shm::Allocation;
+pub use conn::{ConnectOptions, Connection, LIVENESS_SLICE, default_socket_path, errno};
+pub use error::{ConnectError, Error};

@@ -2,9 +2,195 @@
 //! `blobringd`: the thread-per-core daemon that owns the VMBus channels and serves client
 //! processes through shared-memory queues (ARCHITECTURE.md §5).
 //!
-//! **Owns:** the control socket, client sessions, per-core workers, channel fan-out, deadlines,
-//! cleanup and statistics. **Trusts:** nothing a client writes; the host mostly (completions are
-//! still validated). **Invariants:** no client can reach another client's memory; a misbehaving
-//! client only stalls itself.
+//! **Owns:** the client socket and handshake ([`control`]), every client's sealed region and
+//! doorbells, the per-core workers ([`worker`]) with their io_uring reactors, in-flight slabs,
+//! channel fan-out and deadlines, the host bus connection (reconnected with backoff), cleanup
+//! of dead clients, and statistics ([`stats`]: JSON on the ctl socket, Prometheus on loopback).
 //!
-//! Status: not built yet (issue "blobringd: the thread-per-core proxy").
+//! **Trusts:** nothing a client writes: every SQE is copied once and the copy validated
+//! (opcode, reserved fields, buffers inside the client's arena, lengths), every index is
+//! validated by the ring crate, and a client that corrupts its indices is disconnected without
+//! affecting others. The host mostly: its completions are matched against our own bookkeeping
+//! (transaction id = slab key + 1 with a generation in the high half, lengths within the
+//! request's buffers) and bad ones are counted and dropped; a silent host is handled by
+//! deadlines.
+//!
+//! **Invariants:**
+//! - a client's region is used only by its own queues and is unregistered from the host and
+//!   dropped only after every worker has drained that client's requests;
+//! - a worker takes an SQE only with a CQ credit (ring crate), so a client that never drains
+//!   its CQ stalls only itself; at most `--batch` SQEs per client per turn;
+//! - nothing on the request path logs or takes a lock; statistics are published by copying;
+//! - `unsafe` lives only in shm, ring, vmbus and reactor.
+//!
+//! Threads: a control thread (this crate's [`run`]), one worker per core (pinned, named
+//! `blobring-wN`), and an optional metrics thread. `crossbeam-channel` carries control messages
+//! to workers (each paired with an eventfd the worker's io_uring polls); `slab` holds in-flight
+//! requests, clients and channels; `hdrhistogram` the latency distributions; `nix` gives
+//! `signalfd` and `sched_setaffinity` without unsafe code; `rustix` the `SCM_RIGHTS` messages
+//! (fds become `OwnedFd` at once).
+
+pub mod config;
+pub mod control;
+pub mod stats;
+pub mod worker;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blobring_ring::{EventFd, Notifier};
+
+pub use config::{Config, LogFormat};
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Setting something up failed; the message says what and what to do.
+    #[error("{0}")]
+    Setup(String),
+    /// A worker failed.
+    #[error("worker {index} failed: {message}")]
+    Worker {
+        /// Worker index.
+        index: usize,
+        /// Why.
+        message: String,
+    },
+}
+
+fn cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .collect(),
+        Err(_) => vec![0],
+    }
+}
+
+fn pin(cpu: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    if set.set(cpu).is_ok()
+        && let Err(e) = sched_setaffinity(Pid::from_raw(0), &set)
+    {
+        tracing::warn!(cpu, error = %e, "could not pin worker");
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns after draining.
+pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    // Before any thread exists, so every thread inherits the blocked mask.
+    let signals = control::block_signals()?;
+    let cpus = cpus();
+    let n = cfg.workers.unwrap_or(cpus.len()).max(1);
+    if let Some(addr) = cfg.metrics
+        && !addr.ip().is_loopback()
+    {
+        return Err(DaemonError::Setup(format!(
+            "--metrics {addr} is not a loopback address; use 127.0.0.1:PORT"
+        )));
+    }
+    let (to_control, from_workers) = crossbeam_channel::unbounded();
+    let wake = Arc::new(EventFd::new().map_err(|e| DaemonError::Setup(format!("eventfd: {e}")))?);
+    let exited = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    for index in 0..n {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let doorbell =
+            Arc::new(EventFd::new().map_err(|e| DaemonError::Setup(format!("eventfd: {e}")))?);
+        let cpu = (!cfg.no_pin).then(|| cpus[index % cpus.len()]);
+        let cell = Arc::new(Mutex::new(stats::WorkerStats::new(index, cpu)));
+        let settings = worker::WorkerSettings {
+            index,
+            cpu,
+            spin: Duration::from_micros(cfg.spin_us),
+            batch: cfg.batch.max(1),
+            default_timeout: cfg.default_timeout(),
+        };
+        let (tc, db, wk, cl, ex) = (
+            to_control.clone(),
+            doorbell.clone(),
+            wake.clone(),
+            cell.clone(),
+            exited.clone(),
+        );
+        let t = std::thread::Builder::new()
+            .name(format!("blobring-w{index}"))
+            .spawn(move || {
+                if let Some(cpu) = settings.cpu {
+                    pin(cpu);
+                }
+                let r = worker::run(settings, rx, tc, db, wk.clone(), cl);
+                if let Err(e) = &r {
+                    tracing::error!(worker = index, error = %e, "worker failed");
+                }
+                ex.fetch_add(1, Ordering::Release);
+                let _ = wk.notify();
+                r
+            })
+            .map_err(|e| DaemonError::Setup(format!("spawning worker {index}: {e}")))?;
+        threads.push(t);
+        handles.push(control::WorkerHandle {
+            tx,
+            doorbell,
+            stats: cell,
+        });
+    }
+    let metrics_doc = Arc::new(Mutex::new(String::new()));
+    if let Some(addr) = cfg.metrics {
+        let l = TcpListener::bind(addr)
+            .map_err(|e| DaemonError::Setup(format!("--metrics {addr}: {e}")))?;
+        let doc = metrics_doc.clone();
+        std::thread::Builder::new()
+            .name("blobring-metrics".into())
+            .spawn(move || serve_metrics(l, doc))
+            .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
+    }
+    let ctl = control::Control::new(
+        cfg,
+        signals,
+        wake,
+        from_workers,
+        handles,
+        metrics_doc,
+        exited,
+    )?;
+    let r = ctl.run();
+    for (index, t) in threads.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(DaemonError::Worker { index, message }),
+            Err(_) => {
+                return Err(DaemonError::Worker {
+                    index,
+                    message: "panicked".into(),
+                });
+            }
+        }
+    }
+    tracing::info!("stopped");
+    r
+}
+
+fn serve_metrics(l: TcpListener, doc: Arc<Mutex<String>>) {
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 1024];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+        let body = doc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}

@@ -1,3 +1,380 @@
 #![forbid(unsafe_code)]
 //! Cross-process integration tests for blobring: real daemon, real host, real clients.
-//! The tests live in `tests/tests/`; this library holds shared fixtures.
+//! The tests live in `tests/tests/`; this library holds shared fixtures:
+//! - [`Daemon`]: a `blobringd` process (the tests crate's copy of the binary), killed on drop;
+//! - [`TestHost`]: an emulated host running in the test process on the vmbus `sim` host
+//!   helpers (until `blobring-host --socket` exists), answering blob requests:
+//!   response head = `"OK:"` + request head; data buffers of reads filled with `0xab`;
+//!   requests whose head starts with `HANG` are held until [`TestHost::release_held`];
+//! - SQE helpers.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use blobring::{Connection, OP_BLOB, OP_NOP, Sqe};
+use blobring_abi::FromZeros;
+use blobring_abi::vmbus::AzBlobVspResponse;
+use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
+use blobring_vmbus::channel::Channel;
+use blobring_vmbus::packet::PacketKind;
+use blobring_vmbus::sim::host::{
+    BusListener, HostConfig, HostEvent, HostSession, SharedGuestMemory,
+};
+use blobring_vmbus::sim::{SimChannel, wait_readable};
+
+/// A scratch directory with short paths for sockets.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("br")
+        .tempdir_in("/tmp")
+        .expect("tempdir")
+}
+
+/// A running daemon process; SIGKILLed and reaped on drop.
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    /// Client socket.
+    pub socket: PathBuf,
+    /// Ctl socket.
+    pub ctl: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `--socket DIR/d.sock --ctl-socket DIR/d.ctl --host-socket
+    /// DIR/host.sock --workers 2 --no-pin` plus `extra`, and waits (≤ 10 s) until it accepts.
+    /// `bin` is `env!("CARGO_BIN_EXE_blobring-test-daemon")` (only tests can name it).
+    pub fn start(bin: &str, dir: &Path, extra: &[&str]) -> Daemon {
+        let socket = dir.join("d.sock");
+        let ctl = dir.join("d.ctl");
+        let host = dir.join("host.sock");
+        let child = Command::new(bin)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--ctl-socket")
+            .arg(&ctl)
+            .arg("--host-socket")
+            .arg(&host)
+            .args(["--workers", "2", "--no-pin"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn blobringd");
+        let d = Daemon { child, socket, ctl };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&d.ctl).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    /// The ctl socket's JSON document.
+    pub fn stats(&self) -> serde_json::Value {
+        use std::io::Read;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.ctl).expect("ctl connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("ctl read");
+        serde_json::from_str(&text).expect("ctl json")
+    }
+
+    /// Waits (≤ `limit`) until `f(stats)` holds.
+    pub fn wait_stats(
+        &self,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.stats();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stats: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A NOP SQE.
+pub fn nop(user_data: u64) -> Sqe {
+    Sqe {
+        opcode: OP_NOP,
+        user_data,
+        ..Sqe::new_zeroed()
+    }
+}
+
+/// A blob SQE with a fresh request buffer holding `head`, a 256-byte response buffer and (if
+/// `data_len > 0`) a data buffer, all allocated from `conn`'s arena (never freed: tests only).
+pub fn blob_sqe(conn: &mut Connection, user_data: u64, head: &[u8], data_len: u32) -> Sqe {
+    let rq = conn.alloc(head.len() as u64, 64).expect("alloc request");
+    conn.write_buf(rq.offset, head).expect("write head");
+    let rs = conn.alloc(256, 64).expect("alloc response");
+    let data = if data_len > 0 {
+        conn.alloc(data_len.into(), 4096)
+            .expect("alloc data")
+            .offset
+    } else {
+        0
+    };
+    Sqe {
+        opcode: OP_BLOB,
+        user_data,
+        request_offset: rq.offset,
+        request_len: head.len() as u32,
+        response_offset: rs.offset,
+        response_len: 256,
+        data_offset: data,
+        data_len,
+        ..Sqe::new_zeroed()
+    }
+}
+
+/// Control of a [`TestHost`].
+#[derive(Default)]
+struct HostShared {
+    stop: AtomicBool,
+    release: AtomicBool,
+    rescind: AtomicBool,
+    answered: AtomicU64,
+    held: AtomicU64,
+}
+
+/// The emulated host of the tests (one bus session at a time; accepts a new session after the
+/// previous one ends, so daemon reconnection can be tested).
+pub struct TestHost {
+    shared: Arc<HostShared>,
+    thread: Option<JoinHandle<()>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestHost {
+    /// Listens at `path`, offering `max_channels` channels.
+    pub fn start(path: &Path, max_channels: u32) -> TestHost {
+        let listener = BusListener::bind(path).expect("bind host socket");
+        let shared = Arc::new(HostShared::default());
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (s, e) = (shared.clone(), errors.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                if !wait_readable(listener.as_fd(), Duration::from_millis(20)).unwrap_or(false) {
+                    continue;
+                }
+                let Ok(sock) = listener.accept() else {
+                    continue;
+                };
+                let cfg = HostConfig {
+                    max_channels,
+                    ring_size: 64 * 1024,
+                    ..HostConfig::default()
+                };
+                if let Err(err) = session(sock, cfg, &s) {
+                    e.lock().unwrap().push(err);
+                }
+            }
+        });
+        TestHost {
+            shared,
+            thread: Some(thread),
+            errors,
+        }
+    }
+
+    /// Answers every held request from now on.
+    pub fn release_held(&self) {
+        self.shared.release.store(true, Ordering::Relaxed);
+    }
+
+    /// Rescinds the device on the current session (which then ends; the next connection gets
+    /// a fresh offer).
+    pub fn rescind(&self) {
+        self.shared.rescind.store(true, Ordering::Relaxed);
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.shared.answered.load(Ordering::Relaxed)
+    }
+
+    /// Requests currently held.
+    pub fn held(&self) -> u64 {
+        self.shared.held.load(Ordering::Relaxed)
+    }
+
+    /// Errors the host saw (protocol violations by the daemon).
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn session(sock: std::os::fd::OwnedFd, cfg: HostConfig, s: &Arc<HostShared>) -> Result<(), String> {
+    let mut session = HostSession::new(sock, cfg).map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    let result = loop {
+        if s.stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        if s.rescind.swap(false, Ordering::Relaxed) {
+            let _ = session.rescind(1);
+            break Ok(());
+        }
+        let ev = match session.try_next_event() {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                let _ = wait_readable(session.as_fd(), Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => break Err(e.to_string()),
+        };
+        match ev {
+            HostEvent::ChannelOpened(ch) => {
+                let (mem, stop, s) = (session.memory(), stop.clone(), s.clone());
+                workers.push(std::thread::spawn(move || vsp(ch, mem, stop, s)));
+            }
+            HostEvent::Disconnected => break Ok(()),
+            _ => {}
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    result
+}
+
+fn vsp(mut ch: SimChannel, memory: SharedGuestMemory, stop: Arc<AtomicBool>, s: Arc<HostShared>) {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut held: Vec<(u64, AzBlobVspResponse)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut replies = Vec::new();
+        loop {
+            let p = match ch.recv(&mut buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            if !matches!(p.kind, PacketKind::GpaDirect(_)) {
+                continue;
+            }
+            let Ok(req) = parse_blob_request(&p) else {
+                continue;
+            };
+            let mem = memory.read().unwrap();
+            let answer = (|| {
+                let rq = mem
+                    .translate(
+                        &req.pfns,
+                        req.request.start,
+                        req.request.end - req.request.start,
+                    )
+                    .ok()?;
+                let rs = mem
+                    .translate(
+                        &req.pfns,
+                        req.response.start,
+                        req.response.end - req.response.start,
+                    )
+                    .ok()?;
+                let mut head = vec![0u8; rq.len() as usize];
+                rq.read_at(0, &mut head).ok()?;
+                let mut a = b"OK:".to_vec();
+                a.extend_from_slice(&head);
+                a.truncate(rs.len() as usize);
+                rs.write_at(0, &a).ok()?;
+                let mut length = 0;
+                if req.vsp.data_buffer_valid == 0 && req.data.end > req.data.start {
+                    let d = mem
+                        .translate(&req.pfns, req.data.start, req.data.end - req.data.start)
+                        .ok()?;
+                    d.write_at(0, &vec![0xab; d.len() as usize]).ok()?;
+                    length = d.len() as u32;
+                }
+                Some((
+                    head.starts_with(b"HANG"),
+                    AzBlobVspResponse {
+                        length,
+                        error: 0,
+                        response_len: a.len() as u32,
+                    },
+                ))
+            })();
+            let (hang, resp) = answer.unwrap_or((
+                false,
+                AzBlobVspResponse {
+                    length: 0,
+                    error: 0xbad,
+                    response_len: 0,
+                },
+            ));
+            if hang && !s.release.load(Ordering::Relaxed) {
+                s.held.fetch_add(1, Ordering::Relaxed);
+                held.push((req.trans_id, resp));
+            } else {
+                replies.push((req.trans_id, resp));
+            }
+        }
+        if s.release.load(Ordering::Relaxed) && !held.is_empty() {
+            s.held.fetch_sub(held.len() as u64, Ordering::Relaxed);
+            replies.append(&mut held);
+        }
+        if ch.release().is_err() {
+            return;
+        }
+        for (tid, resp) in &replies {
+            if encode_blob_completion(&mut out, *tid, resp).is_err() || ch.send(&out).is_err() {
+                return;
+            }
+            s.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        if replies.is_empty() && !ch.arm().unwrap_or(true) {
+            let _ = wait_readable(ch.as_fd(), Duration::from_millis(5));
+            let _ = ch.clear_wakeups();
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The low-level connection: handshake, region, queues, arena.
+
+use std::collections::HashMap;
+use std::io::{IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blobring_abi::{
+    ABI_VERSION, CQE_F_BUFFERS_LENT, Cqe, FromBytes, FromZeros, HELLO_BAD_REQUEST,
+    HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC,
+    HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, HelloRequest, IntoBytes, RegionGeometry,
+    RegionHeader, Sqe,
+};
+use blobring_ring::{ClientQueue, EventFd, FutexWord, Notifier, QueueLayout, WaitOutcome};
+use blobring_shm::{Allocation, Arena, Mapping, SharedMemory};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+
+use crate::{ConnectError, Error};
+
+/// Longest single futex sleep in [`Connection::wait`] before the daemon's liveness is checked
+/// again (a dead daemon never wakes us, so this bounds how late its death is noticed).
+pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
+
+/// Most queue pairs a reply may announce (one eventfd each, plus the memfd).
+const MAX_QUEUES: u32 = 1024;
+
+/// Errno values used in completions (Linux numbering).
+pub mod errno {
+    /// The request's deadline passed.
+    pub const ETIMEDOUT: i32 = 110;
+    /// The daemon died or dropped the connection.
+    pub const ECONNRESET: i32 = 104;
+    /// The SQE was invalid.
+    pub const EINVAL: i32 = 22;
+    /// No host device (rescinded or not connected).
+    pub const ENODEV: i32 = 19;
+}
+
+/// The daemon socket path: `$BLOBRING_SOCKET`, else `$XDG_RUNTIME_DIR/blobring/blobringd.sock`,
+/// else `/run/blobring/blobringd.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("BLOBRING_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return Path::new(&d).join("blobring/blobringd.sock");
+    }
+    PathBuf::from("/run/blobring/blobringd.sock")
+}
+
+/// What to ask the daemon for (0 = its default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// SQ entries per queue (a power of two).
+    pub sq_entries: u32,
+    /// Data arena bytes.
+    pub arena_len: u64,
+    /// ABI version to announce (tests only: anything but [`ABI_VERSION`] is refused).
+    pub abi_version: Option<u32>,
+}
+
+struct Queue {
+    ring: ClientQueue<Arc<Mapping>>,
+    doorbell: EventFd,
+    futex: FutexWord,
+    /// Final completions still owed, by user_data (a multiset), so a dead daemon's requests
+    /// can be failed with `-ECONNRESET`.
+    outstanding: HashMap<u64, u32>,
+}
+
+/// A connection to `blobringd`: the client's region, its queue pairs and its arena.
+///
+/// Not `Sync`: use it from one thread (or wrap it). Each queue pair is single-producer /
+/// single-consumer.
+pub struct Connection {
+    sock: UnixStream,
+    map: Arc<Mapping>,
+    _memfd: OwnedFd,
+    geometry: RegionGeometry,
+    client_id: u64,
+    queues: Vec<Queue>,
+    arena: Arena,
+    dead: bool,
+    last_check: Instant,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("client_id", &self.client_id)
+            .field("geometry", &self.geometry)
+            .field("dead", &self.dead)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> ConnectError {
+    move |source| ConnectError::Io { op, source }
+}
+
+fn status_name(status: u32) -> &'static str {
+    match status {
+        HELLO_VERSION_MISMATCH => "version mismatch",
+        HELLO_NOT_PERMITTED => "not permitted",
+        HELLO_LIMIT_EXCEEDED => "limit exceeded",
+        HELLO_BAD_REQUEST => "bad request",
+        HELLO_UNAVAILABLE => "unavailable",
+        _ => "unknown status",
+    }
+}
+
+impl Connection {
+    /// Connects to the daemon at [`default_socket_path`].
+    pub fn connect_default() -> Result<Self, ConnectError> {
+        Self::connect(default_socket_path())
+    }
+
+    /// Connects to the daemon socket at `path` with the daemon's default sizes.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self, ConnectError> {
+        Self::connect_with(path, ConnectOptions::default())
+    }
+
+    /// Connects to the daemon socket at `path`.
+    pub fn connect_with(
+        path: impl AsRef<Path>,
+        opts: ConnectOptions,
+    ) -> Result<Self, ConnectError> {
+        let path = path.as_ref();
+        let mut sock = UnixStream::connect(path).map_err(|source| ConnectError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io("set timeout"))?;
+        let hello = HelloRequest {
+            magic: HELLO_REQUEST_MAGIC,
+            abi_version: opts.abi_version.unwrap_or(ABI_VERSION),
+            sq_entries: opts.sq_entries,
+            flags: 0,
+            arena_len: opts.arena_len,
+            reserved: [0; 40],
+        };
+        sock.write_all(hello.as_bytes()).map_err(io("send hello"))?;
+        let (reply, fds) = recv_reply(&sock)?;
+        if reply.magic != HELLO_REPLY_MAGIC {
+            return Err(ConnectError::Protocol("bad reply magic".into()));
+        }
+        if reply.status != HELLO_OK {
+            return Err(ConnectError::Refused {
+                status: reply.status,
+                kind: status_name(reply.status),
+                message: reply.message_text(),
+            });
+        }
+        if reply.n_queues == 0 || reply.n_queues > MAX_QUEUES {
+            return Err(ConnectError::Protocol(format!("{} queues", reply.n_queues)));
+        }
+        if fds.len() != 1 + reply.n_queues as usize {
+            return Err(ConnectError::Protocol(format!(
+                "{} file descriptors for {} queues",
+                fds.len(),
+                reply.n_queues
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let memfd = fds
+            .next()
+            .ok_or_else(|| ConnectError::Protocol("no memfd".into()))?;
+        let map = Arc::new(Mapping::map_peer(memfd.as_fd(), reply.region_len)?);
+        // One copy of the header, validated as a whole.
+        let header: RegionHeader = map
+            .read_obj(0)
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+        let geometry = RegionGeometry::from_header(&header, reply.region_len)?;
+        if geometry.n_queues != reply.n_queues || header.client_id != reply.client_id {
+            return Err(ConnectError::Protocol(
+                "region header disagrees with the reply".into(),
+            ));
+        }
+        let mut queues = Vec::with_capacity(geometry.n_queues as usize);
+        for (q, efd) in (0..geometry.n_queues).zip(fds) {
+            let layout = QueueLayout::from_geometry(&geometry, q)?;
+            queues.push(Queue {
+                ring: ClientQueue::attach(map.clone(), &layout)?,
+                doorbell: EventFd::from_fd(efd),
+                futex: FutexWord::cq_tail(memfd.as_fd(), geometry.region_len, &layout)?,
+                outstanding: HashMap::new(),
+            });
+        }
+        let arena = Arena::new(geometry.arena_offset, geometry.arena_len)
+            .map_err(|e| ConnectError::Protocol(format!("arena: {e}")))?;
+        sock.set_read_timeout(None).map_err(io("set timeout"))?;
+        Ok(Self {
+            sock,
+            map,
+            _memfd: memfd,
+            geometry,
+            client_id: reply.client_id,
+            queues,
+            arena,
+            dead: false,
+            last_check: Instant::now(),
+        })
+    }
+
+    /// The daemon-assigned client id.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The region layout.
+    pub fn geometry(&self) -> &RegionGeometry {
+        &self.geometry
+    }
+
+    /// Queue pairs (one per daemon worker).
+    pub fn n_queues(&self) -> u32 {
+        self.geometry.n_queues
+    }
+
+    /// Completions still owed on queue `q` (requests submitted and not finally completed).
+    pub fn in_flight(&self, q: u32) -> usize {
+        self.queues
+            .get(q as usize)
+            .map_or(0, |q| q.outstanding.values().map(|&n| n as usize).sum())
+    }
+
+    fn queue(&mut self, q: u32) -> Result<&mut Queue, Error> {
+        let n_queues = self.geometry.n_queues;
+        self.queues
+            .get_mut(q as usize)
+            .ok_or(Error::NoSuchQueue { queue: q, n_queues })
+    }
+
+    /// Publishes as many of `sqes` as fit on queue `q` (one release store) and rings the
+    /// daemon's eventfd only if the worker sleeps. Returns how many were submitted.
+    pub fn submit(&mut self, q: u32, sqes: &[Sqe]) -> Result<usize, Error> {
+        if self.dead {
+            return Err(Error::DaemonGone);
+        }
+        let queue = self.queue(q)?;
+        let p = queue.ring.submit(sqes)?;
+        for s in &sqes[..p.count] {
+            *queue.outstanding.entry(s.user_data).or_insert(0) += 1;
+        }
+        if p.wake_peer {
+            queue.doorbell.notify()?;
+        }
+        Ok(p.count)
+    }
+
+    /// Copies up to `out.len()` completions of queue `q` into `out`; returns how many. When the
+    /// daemon has died, returns a `-ECONNRESET` completion for every request still owed (and
+    /// [`Error::DaemonGone`] once none are left).
+    pub fn reap(&mut self, q: u32, out: &mut [Cqe]) -> Result<usize, Error> {
+        if self.dead {
+            return self.fail_outstanding(q, out);
+        }
+        let queue = self.queue(q)?;
+        let p = queue.ring.reap(out)?;
+        for c in &out[..p.count] {
+            if c.flags & CQE_F_BUFFERS_LENT == 0
+                && let Some(n) = queue.outstanding.get_mut(&c.user_data)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    queue.outstanding.remove(&c.user_data);
+                }
+            }
+        }
+        if p.wake_peer {
+            // The worker waits for CQ space (it ran out of credits).
+            queue.doorbell.notify()?;
+        }
+        if p.count == 0 && self.last_check.elapsed() >= LIVENESS_SLICE {
+            self.last_check = Instant::now();
+            if !self.daemon_alive() {
+                return self.fail_outstanding(q, out);
+            }
+        }
+        Ok(p.count)
+    }
+
+    fn fail_outstanding(&mut self, q: u32, out: &mut [Cqe]) -> Result<usize, Error> {
+        let queue = self.queue(q)?;
+        let mut n = 0;
+        while n < out.len() {
+            let Some((&ud, count)) = queue.outstanding.iter_mut().next() else {
+                break;
+            };
+            out[n] = Cqe {
+                user_data: ud,
+                res: -errno::ECONNRESET,
+                ..Cqe::new_zeroed()
+            };
+            n += 1;
+            *count -= 1;
+            if *count == 0 {
+                queue.outstanding.remove(&ud);
+            }
+        }
+        if n == 0 {
+            return Err(Error::DaemonGone);
+        }
+        Ok(n)
+    }
+
+    /// Blocks until queue `q` has a completion, the daemon dies, or `timeout` passes (`None`:
+    /// no limit). Sleeps on the `cq_tail` futex in slices of [`LIVENESS_SLICE`], checking the
+    /// daemon's socket in between. After `Ok(_)`, call [`Connection::reap`].
+    pub fn wait(&mut self, q: u32, timeout: Option<Duration>) -> Result<WaitOutcome, Error> {
+        if self.dead {
+            return Ok(WaitOutcome::Ready);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let slice = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(LIVENESS_SLICE),
+                None => LIVENESS_SLICE,
+            };
+            let queue = self.queue(q)?;
+            let outcome = queue.ring.wait(&queue.futex, Some(slice))?;
+            if outcome != WaitOutcome::TimedOut {
+                return Ok(outcome);
+            }
+            self.last_check = Instant::now();
+            if !self.daemon_alive() {
+                // Completions (-ECONNRESET) are ready to reap.
+                return Ok(WaitOutcome::Ready);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(WaitOutcome::TimedOut);
+            }
+        }
+    }
+
+    /// Checks (without blocking) whether the daemon still holds the connection open.
+    pub fn daemon_alive(&mut self) -> bool {
+        if self.dead {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        let r = rustix::net::recv(
+            &self.sock,
+            &mut b[..],
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        );
+        // The daemon never sends after the handshake: EOF, an error or data all mean the
+        // connection is over.
+        self.dead = !matches!(r, Err(rustix::io::Errno::AGAIN));
+        !self.dead
+    }
+
+    /// Allocates `len` bytes of the data arena (64-byte granules; `align` a power of two).
+    pub fn alloc(&mut self, len: u64, align: u64) -> Result<Allocation, Error> {
+        Ok(self.arena.try_alloc(len, align)?)
+    }
+
+    /// Frees an allocation made by [`Connection::alloc`]. Never free a buffer whose request is
+    /// in flight or whose buffers are still lent.
+    pub fn free(&mut self, offset: u64) -> Result<(), Error> {
+        self.arena.free(offset)?;
+        Ok(())
+    }
+
+    /// Bytes of the arena still free.
+    pub fn arena_free(&self) -> u64 {
+        self.arena.free_bytes()
+    }
+
+    fn check_arena(&self, offset: u64, len: u64) -> Result<(), Error> {
+        if !self.geometry.in_arena(offset, len) {
+            return Err(Error::NotInArena { offset, len });
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into the arena at region offset `offset`.
+    pub fn write_buf(&self, offset: u64, src: &[u8]) -> Result<(), Error> {
+        self.check_arena(offset, src.len() as u64)?;
+        Ok(self.map.write(offset, src)?)
+    }
+
+    /// Copies `dst.len()` bytes out of the arena at region offset `offset`.
+    pub fn read_buf(&self, offset: u64, dst: &mut [u8]) -> Result<(), Error> {
+        self.check_arena(offset, dst.len() as u64)?;
+        Ok(self.map.read(offset, dst)?)
+    }
+
+    /// The mapped region (tests and tools: e.g. to inspect or, in hostile tests, corrupt it).
+    pub fn region(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+
+    /// Rings queue `q`'s eventfd unconditionally (tests: eventfd floods).
+    pub fn ring_doorbell(&mut self, q: u32) -> Result<(), Error> {
+        Ok(self.queue(q)?.doorbell.notify()?)
+    }
+}
+
+fn recv_reply(sock: &UnixStream) -> Result<(HelloReply, Vec<OwnedFd>), ConnectError> {
+    let mut buf = [0u8; size_of::<HelloReply>()];
+    let mut got = 0;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut space =
+        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_QUEUES as usize + 1))];
+    while got < buf.len() {
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let r = rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf[got..])],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .map_err(|e| io("receive reply")(e.into()))?;
+        // Take ownership of every fd at once, before any check can return early.
+        for msg in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                fds.extend(rights);
+            }
+        }
+        if r.flags.contains(ReturnFlags::CTRUNC) {
+            return Err(ConnectError::Protocol(
+                "control message truncated (too many file descriptors)".into(),
+            ));
+        }
+        if r.bytes == 0 {
+            return Err(ConnectError::Protocol(
+                "the daemon closed the connection during the handshake".into(),
+            ));
+        }
+        got += r.bytes;
+    }
+    let reply = HelloReply::read_from_bytes(&buf)
+        .map_err(|_| ConnectError::Protocol("short reply".into()))?;
+    Ok((reply, fds))
+}

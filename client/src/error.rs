@@ -1,0 +1,90 @@
+//! Error types of the client connection layer.
+
+use std::path::PathBuf;
+
+use blobring_abi::GeometryError;
+use blobring_ring::RingError;
+use blobring_shm::{AccessError, ArenaError, RegionError};
+
+/// Why [`crate::Connection::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be reached.
+    #[error(
+        "cannot connect to blobringd at {path}: {source}; is the daemon running? (set \
+         BLOBRING_SOCKET to its socket path)"
+    )]
+    Connect {
+        /// The socket path tried.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon refused the handshake; `message` is its explanation.
+    #[error("blobringd refused the connection ({kind}): {message}")]
+    Refused {
+        /// `HELLO_*` status.
+        status: u32,
+        /// A short name of the status.
+        kind: &'static str,
+        /// The daemon's message (what went wrong and what to do).
+        message: String,
+    },
+    /// The daemon's reply broke the handshake protocol.
+    #[error(
+        "blobringd sent a malformed handshake reply: {0}; client and daemon versions may differ"
+    )]
+    Protocol(String),
+    /// A system call failed during the handshake.
+    #[error("handshake with blobringd failed during {op}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The region memfd could not be mapped.
+    #[error("cannot map the region blobringd sent: {0}")]
+    Map(#[from] RegionError),
+    /// The region header does not describe a valid layout.
+    #[error("the region header blobringd wrote is invalid: {0}")]
+    Header(#[from] GeometryError),
+    /// A queue pair could not be attached.
+    #[error("cannot attach a queue pair: {0}")]
+    Ring(#[from] RingError),
+}
+
+/// Why an operation on a [`crate::Connection`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The daemon hung up (crashed or was stopped); reconnect.
+    #[error("blobringd closed the connection (daemon stopped or crashed); reconnect")]
+    DaemonGone,
+    /// A queue index out of range.
+    #[error("queue {queue} does not exist (the connection has {n_queues} queues)")]
+    NoSuchQueue {
+        /// Asked for.
+        queue: u32,
+        /// Queues available.
+        n_queues: u32,
+    },
+    /// The ring refused an operation (a daemon bug or a corrupted region).
+    #[error("queue error: {0}")]
+    Ring(#[from] RingError),
+    /// The arena could not satisfy an allocation or a free.
+    #[error("arena: {0}")]
+    Arena(#[from] ArenaError),
+    /// A copy into or out of the region was outside it.
+    #[error("region access: {0}")]
+    Access(#[from] AccessError),
+    /// The buffer does not lie inside the arena.
+    #[error("buffer [{offset}, +{len}) is not inside the data arena")]
+    NotInArena {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+}

@@ -1,0 +1,138 @@
+//! Command-line configuration of `blobringd`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `blobringd` options.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "blobringd",
+    version,
+    about = "blobring daemon: thread-per-core proxy between client processes and the Azure Blob VMBus device"
+)]
+pub struct Config {
+    /// Client socket (default: $BLOBRING_SOCKET, $XDG_RUNTIME_DIR/blobring/blobringd.sock or
+    /// /run/blobring/blobringd.sock). Its parent directory is created.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Mode of the client socket (octal).
+    #[arg(long, default_value = "660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Admin socket serving statistics as JSON (default: blobringd.ctl next to --socket).
+    #[arg(long)]
+    pub ctl_socket: Option<PathBuf>,
+    /// The emulated host's bus socket (sim transport).
+    #[arg(long)]
+    pub host_socket: Option<PathBuf>,
+    /// Worker threads, one per core (default: every CPU this process may run on).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// VMBus channels to open (primary + subchannels; default and minimum: one per worker).
+    #[arg(long)]
+    pub channels: Option<u32>,
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Busy-poll budget before a worker sleeps, in microseconds.
+    #[arg(long, default_value_t = 30)]
+    pub spin_us: u64,
+    /// Most SQEs taken from one client queue per worker turn (fairness).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Largest SQ size a client may ask for (and the default), a power of two.
+    #[arg(long, default_value_t = 256)]
+    pub queue_depth: u32,
+    /// Largest data arena a client may ask for (and the default), in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub arena_size: u64,
+    /// Most concurrent clients.
+    #[arg(long, default_value_t = 256)]
+    pub max_clients: usize,
+    /// Most concurrent clients per uid.
+    #[arg(long, default_value_t = 64)]
+    pub max_clients_per_uid: usize,
+    /// Uids allowed to connect (repeatable; default: the daemon's own uid and root).
+    #[arg(long)]
+    pub allow_uid: Vec<u32>,
+    /// Gids whose members may connect (repeatable).
+    #[arg(long)]
+    pub allow_gid: Vec<u32>,
+    /// Deadline of requests whose SQE sets none, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub default_timeout: u64,
+    /// Back client regions with hugetlb pages (caveat: a client that punches holes in a hugetlb
+    /// region can make the next toucher SIGBUS when the pool is empty; keep spare pool pages).
+    #[arg(long)]
+    pub hugetlb: bool,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// How long a SIGTERM drain may take before exiting anyway, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub drain_timeout: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s} is not an octal file mode"))
+}
+
+impl Config {
+    /// The client socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(default_dir_path("blobringd.sock"))
+    }
+
+    /// The ctl socket path.
+    pub fn ctl_path(&self) -> PathBuf {
+        self.ctl_socket.clone().unwrap_or_else(|| {
+            let s = self.socket_path();
+            s.with_file_name("blobringd.ctl")
+        })
+    }
+
+    /// The host bus socket path.
+    pub fn host_path(&self) -> PathBuf {
+        self.host_socket
+            .clone()
+            .unwrap_or_else(default_dir_path("host.sock"))
+    }
+
+    /// The default request deadline.
+    pub fn default_timeout(&self) -> Duration {
+        Duration::from_millis(self.default_timeout.max(1))
+    }
+}
+
+fn default_dir_path(name: &'static str) -> impl FnOnce() -> PathBuf {
+    move || {
+        if name == "blobringd.sock"
+            && let Some(p) = std::env::var_os("BLOBRING_SOCKET").filter(|p| !p.is_empty())
+        {
+            return PathBuf::from(p);
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+            Some(d) => PathBuf::from(d).join("blobring").join(name),
+            None => PathBuf::from("/run/blobring").join(name),
+        }
+    }
+}

@@ -1,0 +1,769 @@
+//! The control thread: client handshakes, policy and limits, regions, the host bus, the ctl
+//! socket, signals and shutdown. Nothing here is on the request path.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blobring_abi::{
+    ABI_VERSION, FromBytes, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED, HELLO_OK,
+    HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply,
+    HelloRequest, IntoBytes, MAX_SQ_ENTRIES, RegionGeometry,
+};
+use blobring_ring::{EventFd, Notifier, QueueLayout};
+use blobring_shm::{PagePolicy, Region, RegionOptions, SharedMemory};
+use blobring_vmbus::sim::guest::{BusClient, BusEvent};
+use crossbeam_channel::{Receiver, Sender};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+use crate::DaemonError;
+use crate::config::Config;
+use crate::stats::{DaemonInfo, StatsCell};
+use crate::worker::{ClientShared, ToControl, ToWorker};
+
+/// Spacing of guest-physical bases: every region starts on a 1 GiB boundary, so a region
+/// never touches its neighbour (a hole of at least one page between regions).
+const GPA_ALIGN: u64 = 1 << 30;
+/// First guest-physical base handed out.
+const GPA_START: u64 = 1 << 32;
+
+/// A worker as the control thread sees it.
+pub struct WorkerHandle {
+    /// Message channel.
+    pub tx: Sender<ToWorker>,
+    /// Its control eventfd.
+    pub doorbell: Arc<EventFd>,
+    /// Its statistics.
+    pub stats: StatsCell,
+}
+
+impl WorkerHandle {
+    fn send(&self, msg: ToWorker) {
+        let _ = self.tx.send(msg);
+        let _ = self.doorbell.notify();
+    }
+}
+
+struct ClientEntry {
+    sock: UnixStream,
+    shared: Arc<ClientShared>,
+    removing: bool,
+    drained: usize,
+    registered: bool,
+}
+
+struct Host {
+    bus: BusClient,
+}
+
+/// The control thread's state.
+pub struct Control {
+    cfg: Config,
+    listener: UnixListener,
+    ctl: UnixListener,
+    socket_path: PathBuf,
+    ctl_path: PathBuf,
+    signals: SignalFd,
+    wake: Arc<EventFd>,
+    from_workers: Receiver<ToControl>,
+    workers: Vec<WorkerHandle>,
+    clients: HashMap<u64, ClientEntry>,
+    next_id: u64,
+    next_gpa: u64,
+    host: Option<Host>,
+    next_attempt: Instant,
+    backoff: Duration,
+    info: DaemonInfo,
+    allow_uid: Vec<u32>,
+    shutting_down: Option<Instant>,
+    metrics_doc: Arc<std::sync::Mutex<String>>,
+    exited: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+    let setup = |what: &'static str| {
+        move |e: std::io::Error| DaemonError::Setup(format!("{what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(setup("cannot create the directory of"))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::Setup(format!(
+                    "another daemon is listening on {}; stop it or choose another --socket",
+                    path.display()
+                )));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let l = UnixListener::bind(path).map_err(setup("cannot bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(setup("cannot chmod"))?;
+    l.set_nonblocking(true).map_err(setup("cannot configure"))?;
+    Ok(l)
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (call before spawning any thread, so every
+/// thread inherits the mask) and returns a signalfd for them.
+pub fn block_signals() -> Result<SignalFd, DaemonError> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block()
+        .map_err(|e| DaemonError::Setup(format!("sigprocmask: {e}")))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| DaemonError::Setup(format!("signalfd: {e}")))
+}
+
+impl Control {
+    /// Binds the sockets. Workers must already run.
+    pub fn new(
+        cfg: Config,
+        signals: SignalFd,
+        wake: Arc<EventFd>,
+        from_workers: Receiver<ToControl>,
+        workers: Vec<WorkerHandle>,
+        metrics_doc: Arc<std::sync::Mutex<String>>,
+        exited: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Result<Self, DaemonError> {
+        let socket_path = cfg.socket_path();
+        let ctl_path = cfg.ctl_path();
+        let listener = bind_socket(&socket_path, cfg.socket_mode)?;
+        let ctl = bind_socket(&ctl_path, 0o600)?;
+        let mut allow_uid = cfg.allow_uid.clone();
+        if allow_uid.is_empty() {
+            allow_uid = vec![rustix::process::getuid().as_raw(), 0];
+        }
+        tracing::info!(socket = %socket_path.display(), ctl = %ctl_path.display(), workers = workers.len(), "listening");
+        Ok(Self {
+            cfg,
+            listener,
+            ctl,
+            socket_path,
+            ctl_path,
+            signals,
+            wake,
+            from_workers,
+            workers,
+            clients: HashMap::new(),
+            next_id: 1,
+            next_gpa: GPA_START,
+            host: None,
+            next_attempt: Instant::now(),
+            backoff: Duration::from_millis(100),
+            info: DaemonInfo::default(),
+            allow_uid,
+            shutting_down: None,
+            metrics_doc,
+            exited,
+        })
+    }
+
+    /// Runs until a signal asks to stop and every worker drained.
+    pub fn run(mut self) -> Result<(), DaemonError> {
+        loop {
+            if self.shutting_down.is_none()
+                && self.host.is_none()
+                && Instant::now() >= self.next_attempt
+            {
+                self.connect_host();
+            }
+            let client_ids: Vec<u64> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| !c.removing)
+                .map(|(id, _)| *id)
+                .collect();
+            let (accept_ready, ctl_ready, sig_ready, bus_ready, dead) = {
+                let mut fds = vec![
+                    PollFd::new(&self.listener, PollFlags::IN),
+                    PollFd::new(&self.ctl, PollFlags::IN),
+                    PollFd::new(&self.signals, PollFlags::IN),
+                    PollFd::new(&*self.wake, PollFlags::IN),
+                ];
+                let bus_fd: Option<BorrowedFd<'_>> = self.host.as_ref().map(|h| h.bus.as_fd());
+                if let Some(b) = &bus_fd {
+                    fds.push(PollFd::from_borrowed_fd(*b, PollFlags::IN));
+                }
+                let base = fds.len();
+                for id in &client_ids {
+                    fds.push(PollFd::new(
+                        &self.clients[id].sock,
+                        PollFlags::IN | PollFlags::RDHUP,
+                    ));
+                }
+                let timeout = rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 100_000_000,
+                };
+                match rustix::event::poll(&mut fds, Some(&timeout)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(DaemonError::Setup(format!("poll: {e}"))),
+                }
+                let ready = |i: usize| !fds[i].revents().is_empty();
+                let dead: Vec<u64> = client_ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| ready(base + i))
+                    .map(|(_, id)| *id)
+                    .collect();
+                (
+                    ready(0),
+                    ready(1),
+                    ready(2),
+                    bus_fd.is_some() && ready(4),
+                    dead,
+                )
+            };
+            if sig_ready {
+                while let Ok(Some(sig)) = self.signals.read_signal() {
+                    tracing::info!(signal = sig.ssi_signo, "stopping: draining requests");
+                    self.begin_shutdown();
+                }
+            }
+            let _ = self.wake.drain();
+            self.worker_messages();
+            for id in dead {
+                // The client never sends after the handshake: readable means hang-up (or a
+                // protocol violation, handled the same way).
+                let mut b = [0u8; 64];
+                let gone = match (&self.clients[&id].sock).read(&mut b) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                if gone {
+                    self.remove_client(id, "disconnected");
+                }
+            }
+            if bus_ready {
+                self.bus_event();
+            }
+            if ctl_ready {
+                self.serve_ctl();
+            }
+            if accept_ready && self.shutting_down.is_none() {
+                self.accept();
+            }
+            self.publish_metrics();
+            if let Some(deadline) = self.shutting_down
+                && (self.workers_exited() || Instant::now() >= deadline)
+            {
+                let _ = std::fs::remove_file(&self.ctl_path);
+                return Ok(());
+            }
+        }
+    }
+
+    fn workers_exited(&self) -> bool {
+        self.exited.load(std::sync::atomic::Ordering::Acquire) == self.workers.len()
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_timeout);
+        self.shutting_down = Some(deadline + Duration::from_millis(500));
+        let _ = std::fs::remove_file(&self.socket_path);
+        for w in &self.workers {
+            w.send(ToWorker::Shutdown { deadline });
+        }
+    }
+
+    fn worker_messages(&mut self) {
+        while let Ok(msg) = self.from_workers.try_recv() {
+            match msg {
+                ToControl::Drained { id, worker } => {
+                    let Some(c) = self.clients.get_mut(&id) else {
+                        continue;
+                    };
+                    c.drained += 1;
+                    tracing::debug!(client = id, worker, "client drained on worker");
+                    if c.drained == self.workers.len() {
+                        let c = self.clients.remove(&id).expect("present");
+                        if c.registered
+                            && let Some(h) = &mut self.host
+                            && let Err(e) = h.bus.unregister_memory(id)
+                        {
+                            tracing::warn!(client = id, error = %e, "could not unregister the client's memory from the host");
+                        }
+                        tracing::info!(client = id, "client region released");
+                        self.info.clients = self.clients.len();
+                    }
+                }
+                ToControl::Misbehaved { id, reason } => {
+                    tracing::warn!(client = id, %reason, "disconnecting client: it corrupted its queue");
+                    self.remove_client(id, "corrupted its queue");
+                }
+                ToControl::ChannelBroken { worker, reason } => {
+                    tracing::warn!(worker, %reason, "host channel broken; reconnecting to the host");
+                    self.lose_host();
+                }
+            }
+        }
+    }
+
+    fn remove_client(&mut self, id: u64, why: &str) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if c.removing {
+            return;
+        }
+        c.removing = true;
+        let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        tracing::info!(client = id, why, "client leaving; draining its requests");
+        for w in &self.workers {
+            w.send(ToWorker::RemoveClient(id));
+        }
+    }
+
+    fn lose_host(&mut self) {
+        if self.host.take().is_some() {
+            for w in &self.workers {
+                w.send(ToWorker::ChannelsLost);
+            }
+            for c in self.clients.values_mut() {
+                c.registered = false;
+            }
+            self.info.host_connected = false;
+            self.info.channels_open = 0;
+            self.next_attempt = Instant::now() + self.backoff;
+        }
+    }
+
+    fn bus_event(&mut self) {
+        let Some(h) = &mut self.host else { return };
+        match h.bus.poll_event() {
+            Ok(None) => {}
+            Ok(Some(BusEvent::Rescinded { reason })) => {
+                tracing::warn!(
+                    reason,
+                    "host rescinded the device; failing in-flight requests with ENODEV"
+                );
+                self.lose_host();
+            }
+            Ok(Some(BusEvent::Closed)) => {
+                tracing::warn!("host bus hung up; failing in-flight requests with ENODEV");
+                self.lose_host();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "host bus error");
+                self.lose_host();
+            }
+        }
+    }
+
+    fn connect_host(&mut self) {
+        let path = self.cfg.host_path();
+        let result = (|| -> Result<(Host, Vec<blobring_vmbus::sim::SimChannel>), String> {
+            let mut bus = BusClient::connect(&path).map_err(|e| e.to_string())?;
+            bus.set_timeout(Duration::from_secs(5));
+            let n_workers = self.workers.len() as u32;
+            let want = self
+                .cfg
+                .channels
+                .unwrap_or(n_workers)
+                .max(n_workers)
+                .min(bus.offer().max_channels);
+            let subs = if want > 1 {
+                bus.request_subchannels(want - 1)
+                    .map_err(|e| e.to_string())?
+            } else {
+                0
+            };
+            let mut chans = Vec::new();
+            for i in 0..=subs {
+                chans.push(bus.open_channel(i).map_err(|e| e.to_string())?);
+            }
+            Ok((Host { bus }, chans))
+        })();
+        match result {
+            Ok((mut host, chans)) => {
+                self.backoff = Duration::from_millis(100);
+                let n = chans.len();
+                if n < self.workers.len() {
+                    tracing::warn!(
+                        channels = n,
+                        workers = self.workers.len(),
+                        "the host offers fewer channels than workers; workers without a channel fail blob requests with ENODEV"
+                    );
+                }
+                for c in self.clients.values_mut() {
+                    if c.removing {
+                        continue;
+                    }
+                    let s = &c.shared;
+                    match host.bus.register_memory(
+                        s.id,
+                        s.gpa_base,
+                        s.region.fd(),
+                        s.geometry.region_len,
+                    ) {
+                        Ok(()) => c.registered = true,
+                        Err(e) => {
+                            tracing::warn!(client = s.id, error = %e, "could not register client memory with the host")
+                        }
+                    }
+                }
+                let mut per_worker: Vec<Vec<_>> =
+                    (0..self.workers.len()).map(|_| Vec::new()).collect();
+                for (i, ch) in chans.into_iter().enumerate() {
+                    per_worker[i % self.workers.len()].push(ch);
+                }
+                for (w, chs) in self.workers.iter().zip(per_worker) {
+                    w.send(ToWorker::Channels(chs));
+                }
+                self.info.host_connected = true;
+                self.info.channels_open = n as u32;
+                self.info.host_connects += 1;
+                tracing::info!(channels = n, "connected to the host");
+                self.host = Some(host);
+            }
+            Err(e) => {
+                if self.info.host_connects == 0 && self.backoff <= Duration::from_millis(100) {
+                    tracing::warn!(host = %path.display(), error = %e, "host not reachable; retrying with backoff (blob requests fail with ENODEV meanwhile)");
+                } else {
+                    tracing::debug!(error = %e, "host reconnect failed");
+                }
+                self.next_attempt = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    fn serve_ctl(&mut self) {
+        let Ok((mut s, _)) = self.ctl.accept() else {
+            return;
+        };
+        let doc = self.stats_json();
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = s.write_all(doc.to_string().as_bytes());
+        let _ = s.write_all(b"\n");
+    }
+
+    fn stats_json(&mut self) -> serde_json::Value {
+        self.info.clients = self.clients.len();
+        let cells: Vec<StatsCell> = self.workers.iter().map(|w| w.stats.clone()).collect();
+        crate::stats::to_json(&cells, &self.info)
+    }
+
+    fn publish_metrics(&mut self) {
+        if self.cfg.metrics.is_some() {
+            let text = crate::stats::to_prometheus(&self.stats_json());
+            *self.metrics_doc.lock().unwrap_or_else(|e| e.into_inner()) = text;
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let sock = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            if let Err(msg) = self.handshake(sock) {
+                self.info.refused += 1;
+                tracing::info!(reason = %msg, "handshake refused");
+            }
+        }
+    }
+
+    /// Runs one handshake. On refusal the reply has been sent and the socket is dropped.
+    fn handshake(&mut self, sock: UnixStream) -> Result<(), String> {
+        let _ = sock.set_nonblocking(false);
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = sock.set_write_timeout(Some(Duration::from_secs(1)));
+        let cred = rustix::net::sockopt::socket_peercred(&sock)
+            .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+        let (uid, gid, pid) = (
+            cred.uid.as_raw(),
+            cred.gid.as_raw(),
+            cred.pid.as_raw_nonzero().get(),
+        );
+        let mut buf = [0u8; size_of::<HelloRequest>()];
+        (&sock)
+            .read_exact(&mut buf)
+            .map_err(|e| format!("reading hello from pid {pid}: {e}"))?;
+        let req = HelloRequest::read_from_bytes(&buf).map_err(|_| "short hello".to_string())?;
+        let refuse = |status: u32, text: String| -> Result<(), String> {
+            let mut reply = HelloReply::new_zeroed_reply();
+            reply.status = status;
+            reply.set_message(&text);
+            let _ = (&sock).write_all(reply.as_bytes());
+            Err(text)
+        };
+        if req.magic != HELLO_REQUEST_MAGIC
+            || req.flags != 0
+            || req.reserved.iter().any(|&b| b != 0)
+        {
+            return refuse(HELLO_BAD_REQUEST, "malformed hello (bad magic or non-zero reserved fields); use a matching blobring client".into());
+        }
+        if req.abi_version != ABI_VERSION {
+            return refuse(
+                HELLO_VERSION_MISMATCH,
+                format!(
+                    "client speaks ABI version {}, daemon speaks {ABI_VERSION}; upgrade the client library or the daemon so they match",
+                    req.abi_version
+                ),
+            );
+        }
+        let gid_ok = !self.cfg.allow_gid.is_empty()
+            && (self.cfg.allow_gid.contains(&gid)
+                || member_of_allowed_gid(pid, &self.cfg.allow_gid));
+        if !self.allow_uid.contains(&uid) && !gid_ok {
+            return refuse(
+                HELLO_NOT_PERMITTED,
+                format!(
+                    "uid {uid} (gid {gid}) is not allowed to use this daemon; ask the administrator to add --allow-uid {uid} or --allow-gid"
+                ),
+            );
+        }
+        if self.shutting_down.is_some() {
+            return refuse(
+                HELLO_UNAVAILABLE,
+                "the daemon is shutting down; retry when it is back".into(),
+            );
+        }
+        let live = self.clients.values().filter(|c| !c.removing).count();
+        if live >= self.cfg.max_clients {
+            return refuse(
+                HELLO_LIMIT_EXCEEDED,
+                format!(
+                    "the daemon already serves {live} clients (--max-clients {}); retry later or raise the limit",
+                    self.cfg.max_clients
+                ),
+            );
+        }
+        let per_uid = self
+            .clients
+            .values()
+            .filter(|c| !c.removing && c.shared.uid == uid)
+            .count();
+        if per_uid >= self.cfg.max_clients_per_uid {
+            return refuse(
+                HELLO_LIMIT_EXCEEDED,
+                format!(
+                    "uid {uid} already has {per_uid} connections (--max-clients-per-uid {}); close some or raise the limit",
+                    self.cfg.max_clients_per_uid
+                ),
+            );
+        }
+        let sq = if req.sq_entries == 0 {
+            self.cfg.queue_depth
+        } else {
+            req.sq_entries
+        };
+        if !sq.is_power_of_two() || sq > self.cfg.queue_depth || sq > MAX_SQ_ENTRIES {
+            return refuse(
+                HELLO_LIMIT_EXCEEDED,
+                format!(
+                    "sq_entries {sq} must be a power of two no larger than {} (--queue-depth)",
+                    self.cfg.queue_depth
+                ),
+            );
+        }
+        let arena = if req.arena_len == 0 {
+            self.cfg.arena_size
+        } else {
+            req.arena_len
+        };
+        if arena > self.cfg.arena_size {
+            return refuse(
+                HELLO_LIMIT_EXCEEDED,
+                format!(
+                    "arena of {arena} bytes exceeds the limit of {} (--arena-size); ask for less",
+                    self.cfg.arena_size
+                ),
+            );
+        }
+        let id = self.next_id;
+        let n_queues = self.workers.len() as u32;
+        let (region, geometry) = match create_region(id, n_queues, sq, arena, self.cfg.hugetlb) {
+            Ok(r) => r,
+            Err(e) => {
+                return refuse(
+                    HELLO_UNAVAILABLE,
+                    format!("cannot create the shared region: {e}"),
+                );
+            }
+        };
+        let mut doorbells = Vec::new();
+        for _ in 0..n_queues {
+            match EventFd::new() {
+                Ok(e) => doorbells.push(Arc::new(e)),
+                Err(e) => {
+                    return refuse(HELLO_UNAVAILABLE, format!("cannot create an eventfd: {e}"));
+                }
+            }
+        }
+        let gpa_base = self.next_gpa;
+        let region = Arc::new(region);
+        let mut registered = false;
+        if let Some(h) = &mut self.host {
+            match h
+                .bus
+                .register_memory(id, gpa_base, region.fd(), geometry.region_len)
+            {
+                Ok(()) => registered = true,
+                Err(e) => {
+                    tracing::warn!(client = id, error = %e, "could not register client memory with the host")
+                }
+            }
+        }
+        let mut reply = HelloReply::new_zeroed_reply();
+        reply.status = HELLO_OK;
+        reply.n_queues = n_queues;
+        reply.region_len = geometry.region_len;
+        reply.client_id = id;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![region.fd()];
+        fds.extend(doorbells.iter().map(|d| d.as_fd()));
+        if let Err(e) = send_with_fds(&sock, reply.as_bytes(), &fds) {
+            if registered && let Some(h) = &mut self.host {
+                let _ = h.bus.unregister_memory(id);
+            }
+            return Err(format!("sending the reply to pid {pid}: {e}"));
+        }
+        drop(fds);
+        self.next_id += 1;
+        self.next_gpa = self
+            .next_gpa
+            .saturating_add(geometry.region_len.div_ceil(GPA_ALIGN) * GPA_ALIGN + GPA_ALIGN);
+        let _ = sock.set_nonblocking(true);
+        let shared = Arc::new(ClientShared {
+            id,
+            uid,
+            pid,
+            region,
+            geometry,
+            gpa_base,
+            doorbells,
+        });
+        for w in &self.workers {
+            w.send(ToWorker::AddClient(shared.clone()));
+        }
+        tracing::info!(
+            client = id,
+            uid,
+            pid,
+            sq,
+            arena = geometry.arena_len,
+            "client connected"
+        );
+        self.clients.insert(
+            id,
+            ClientEntry {
+                sock,
+                shared,
+                removing: false,
+                drained: 0,
+                registered,
+            },
+        );
+        self.info.clients = self.clients.len();
+        Ok(())
+    }
+}
+
+trait ZeroedReply {
+    fn new_zeroed_reply() -> Self;
+}
+
+impl ZeroedReply for HelloReply {
+    fn new_zeroed_reply() -> Self {
+        use blobring_abi::FromZeros;
+        let mut r = HelloReply::new_zeroed();
+        r.magic = HELLO_REPLY_MAGIC;
+        r.abi_version = ABI_VERSION;
+        r
+    }
+}
+
+/// Whether process `pid` has one of `gids` among its supplementary groups (`/proc/<pid>/status`).
+fn member_of_allowed_gid(pid: i32, gids: &[u32]) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse::<u32>().ok())
+                .any(|x| gids.contains(&x))
+        })
+}
+
+/// Creates, initialises and returns a client region: THP (falling back to 4 KiB pages) by
+/// default, hugetlb first when `hugetlb`.
+fn create_region(
+    id: u64,
+    n_queues: u32,
+    sq: u32,
+    arena: u64,
+    hugetlb: bool,
+) -> Result<(Region, RegionGeometry), String> {
+    let name = format!("blobring-client-{id}");
+    let attempts: &[(PagePolicy, u32)] = if hugetlb {
+        &[(PagePolicy::Auto, 2 << 20), (PagePolicy::Small, 4096)]
+    } else {
+        &[(PagePolicy::Thp, 2 << 20), (PagePolicy::Small, 4096)]
+    };
+    let mut last = String::new();
+    for &(pages, page_size) in attempts {
+        let g = RegionGeometry::new(n_queues, sq, sq * 2, arena, page_size)
+            .map_err(|e| e.to_string())?;
+        match Region::create_with(
+            &name,
+            g.region_len,
+            RegionOptions {
+                pages,
+                prefault: true,
+            },
+        ) {
+            Ok(region) => {
+                region
+                    .write_obj(0, &g.header(id))
+                    .map_err(|e| e.to_string())?;
+                for q in 0..n_queues {
+                    QueueLayout::from_geometry(&g, q)
+                        .and_then(|l| l.initialize(&region, 0))
+                        .map_err(|e| e.to_string())?;
+                }
+                tracing::debug!(client = id, kind = ?region.page_kind(), len = region.len(), "client region created");
+                return Ok((region, g));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("too many fds for the control buffer"));
+    }
+    let n = rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut cmsg, SendFlags::NOSIGNAL)?;
+    if n < bytes.len() {
+        (&*sock).write_all(&bytes[n..])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! Statistics: per-worker counters and HDR histograms, per-client and per-channel figures.
+//!
+//! Each worker updates its own [`WorkerStats`] with plain integer adds (no atomics, no locks on
+//! the request path) and publishes a copy into its [`StatsCell`] every
+//! [`PUBLISH_EVERY`] and before it sleeps. The control thread (ctl socket) and the metrics thread
+//! read and merge those copies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// How often a busy worker publishes its statistics.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Errors by kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Errors {
+    /// SQEs refused as invalid (`-EINVAL`).
+    pub invalid: u64,
+    /// Requests that passed their deadline (`-ETIMEDOUT`).
+    pub timed_out: u64,
+    /// Requests failed because no host channel was available (`-ENODEV`).
+    pub no_device: u64,
+    /// Host completions for unknown or stale transaction ids, or with bad lengths (dropped).
+    pub bad_completions: u64,
+    /// Clients disconnected for corrupting their queue indices.
+    pub corrupt_clients: u64,
+}
+
+impl Errors {
+    fn json(&self) -> Value {
+        json!({
+            "invalid": self.invalid,
+            "timed_out": self.timed_out,
+            "no_device": self.no_device,
+            "bad_completions": self.bad_completions,
+            "corrupt_clients": self.corrupt_clients,
+        })
+    }
+}
+
+/// Counters of one client on one worker (or merged).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCounters {
+    /// uid of the client process.
+    pub uid: u32,
+    /// pid of the client process.
+    pub pid: i32,
+    /// Requests completed.
+    pub requests: u64,
+    /// Bytes sent to the host (request heads + bodies).
+    pub bytes_out: u64,
+    /// Bytes the host wrote back (response heads + bodies).
+    pub bytes_in: u64,
+    /// Errors.
+    pub errors: Errors,
+    /// Requests taken and not yet completed.
+    pub in_flight: u64,
+    /// SQ entries waiting in the client's ring at the last look.
+    pub sq_pending: u64,
+    /// Times intake stopped for lack of CQ credits.
+    pub credit_stalls: u64,
+}
+
+/// Counters of one channel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChannelCounters {
+    /// Channel index (0 = primary).
+    pub index: u32,
+    /// Owning worker.
+    pub worker: usize,
+    /// Requests sent.
+    pub requests: u64,
+    /// Bytes described by the packets sent (request + data_valid).
+    pub bytes_out: u64,
+    /// Bytes the host reported writing.
+    pub bytes_in: u64,
+    /// Requests outstanding on the channel.
+    pub in_flight: u64,
+    /// Bytes outstanding on the channel.
+    pub outstanding_bytes: u64,
+    /// Times the outgoing ring was full.
+    pub ring_full: u64,
+}
+
+/// Everything one worker counts.
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    /// Worker index.
+    pub index: usize,
+    /// CPU it is pinned to, if any.
+    pub cpu: Option<usize>,
+    /// Requests completed (final CQEs posted).
+    pub requests: u64,
+    /// NOPs completed.
+    pub nops: u64,
+    /// Bytes to the host.
+    pub bytes_out: u64,
+    /// Bytes from the host.
+    pub bytes_in: u64,
+    /// Errors.
+    pub errors: Errors,
+    /// Requests in the worker's slab.
+    pub in_flight: u64,
+    /// Requests waiting for ring space or a channel.
+    pub waiting: u64,
+    /// Times the worker went to sleep in io_uring.
+    pub sleeps: u64,
+    /// Futex wakes issued to sleeping clients.
+    pub client_wakes: u64,
+    /// Doorbell (eventfd) wakeups received.
+    pub doorbells: u64,
+    /// Queue wait: SQE taken → packet on a channel (ns).
+    pub queue_wait: Histogram<u64>,
+    /// Host service time: packet sent → host completion (ns).
+    pub host_service: Histogram<u64>,
+    /// End to end inside the daemon: SQE taken → CQE posted (ns).
+    pub end_to_end: Histogram<u64>,
+    /// Per client.
+    pub clients: BTreeMap<u64, ClientCounters>,
+    /// Per owned channel.
+    pub channels: Vec<ChannelCounters>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 ns .. 1 hour, 2 significant digits: ~20 KiB per histogram.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("static histogram bounds")
+}
+
+impl WorkerStats {
+    /// Empty statistics for worker `index`.
+    pub fn new(index: usize, cpu: Option<usize>) -> Self {
+        Self {
+            index,
+            cpu,
+            requests: 0,
+            nops: 0,
+            bytes_out: 0,
+            bytes_in: 0,
+            errors: Errors::default(),
+            in_flight: 0,
+            waiting: 0,
+            sleeps: 0,
+            client_wakes: 0,
+            doorbells: 0,
+            queue_wait: histogram(),
+            host_service: histogram(),
+            end_to_end: histogram(),
+            clients: BTreeMap::new(),
+            channels: Vec::new(),
+        }
+    }
+}
+
+/// Where a worker publishes its statistics.
+pub type StatsCell = Arc<Mutex<WorkerStats>>;
+
+fn hist_json(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "p50_ns": h.value_at_quantile(0.5),
+        "p99_ns": h.value_at_quantile(0.99),
+        "p999_ns": h.value_at_quantile(0.999),
+        "max_ns": h.max(),
+        "mean_ns": h.mean() as u64,
+    })
+}
+
+fn add_errors(a: &mut Errors, b: &Errors) {
+    a.invalid += b.invalid;
+    a.timed_out += b.timed_out;
+    a.no_device += b.no_device;
+    a.bad_completions += b.bad_completions;
+    a.corrupt_clients += b.corrupt_clients;
+}
+
+/// Daemon-wide facts the control thread adds to the worker figures.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonInfo {
+    /// Whether the host bus is connected.
+    pub host_connected: bool,
+    /// Channels open.
+    pub channels_open: u32,
+    /// Host (re)connections so far.
+    pub host_connects: u64,
+    /// Clients connected now.
+    pub clients: usize,
+    /// Handshakes refused so far.
+    pub refused: u64,
+}
+
+/// Merges worker copies into the JSON document served on the ctl socket: top-level keys
+/// `daemon`, `workers`, `channels`, `clients`, `totals`.
+pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
+    let snaps: Vec<WorkerStats> = cells.iter().map(|c| lock(c).clone()).collect();
+    let mut workers = Vec::new();
+    let mut channels = Vec::new();
+    let mut clients: BTreeMap<u64, ClientCounters> = BTreeMap::new();
+    let (mut qw, mut hs, mut e2e) = (histogram(), histogram(), histogram());
+    let mut totals = (0u64, 0u64, 0u64, Errors::default());
+    for w in &snaps {
+        let _ = qw.add(&w.queue_wait);
+        let _ = hs.add(&w.host_service);
+        let _ = e2e.add(&w.end_to_end);
+        totals.0 += w.requests;
+        totals.1 += w.bytes_out;
+        totals.2 += w.bytes_in;
+        add_errors(&mut totals.3, &w.errors);
+        workers.push(json!({
+            "index": w.index,
+            "cpu": w.cpu,
+            "requests": w.requests,
+            "nops": w.nops,
+            "bytes_out": w.bytes_out,
+            "bytes_in": w.bytes_in,
+            "errors": w.errors.json(),
+            "in_flight": w.in_flight,
+            "waiting": w.waiting,
+            "sleeps": w.sleeps,
+            "client_wakes": w.client_wakes,
+            "doorbells": w.doorbells,
+            "clients": w.clients.len(),
+            "channels": w.channels.iter().map(|c| c.index).collect::<Vec<_>>(),
+            "queue_wait": hist_json(&w.queue_wait),
+            "host_service": hist_json(&w.host_service),
+            "end_to_end": hist_json(&w.end_to_end),
+        }));
+        for c in &w.channels {
+            channels.push(json!({
+                "index": c.index,
+                "worker": c.worker,
+                "requests": c.requests,
+                "bytes_out": c.bytes_out,
+                "bytes_in": c.bytes_in,
+                "in_flight": c.in_flight,
+                "outstanding_bytes": c.outstanding_bytes,
+                "ring_full": c.ring_full,
+            }));
+        }
+        for (id, c) in &w.clients {
+            let m = clients.entry(*id).or_default();
+            m.uid = c.uid;
+            m.pid = c.pid;
+            m.requests += c.requests;
+            m.bytes_out += c.bytes_out;
+            m.bytes_in += c.bytes_in;
+            m.in_flight += c.in_flight;
+            m.sq_pending += c.sq_pending;
+            m.credit_stalls += c.credit_stalls;
+            add_errors(&mut m.errors, &c.errors);
+        }
+    }
+    let clients: Vec<Value> = clients
+        .iter()
+        .map(|(id, c)| {
+            json!({
+                "id": id,
+                "uid": c.uid,
+                "pid": c.pid,
+                "requests": c.requests,
+                "bytes_out": c.bytes_out,
+                "bytes_in": c.bytes_in,
+                "in_flight": c.in_flight,
+                "sq_pending": c.sq_pending,
+                "credit_stalls": c.credit_stalls,
+                "errors": c.errors.json(),
+            })
+        })
+        .collect();
+    json!({
+        "daemon": {
+            "host_connected": info.host_connected,
+            "channels_open": info.channels_open,
+            "host_connects": info.host_connects,
+            "clients": info.clients,
+            "refused": info.refused,
+        },
+        "totals": {
+            "requests": totals.0,
+            "bytes_out": totals.1,
+            "bytes_in": totals.2,
+            "errors": totals.3.json(),
+            "queue_wait": hist_json(&qw),
+            "host_service": hist_json(&hs),
+            "end_to_end": hist_json(&e2e),
+        },
+        "workers": workers,
+        "channels": channels,
+        "clients": clients,
+    })
+}
+
+/// Renders the JSON document as Prometheus text (counters and gauges; quantiles as summaries).
+pub fn to_prometheus(doc: &Value) -> String {
+    let mut out = String::new();
+    let num = |v: &Value| v.as_u64().unwrap_or(0);
+    let d = &doc["daemon"];
+    let _ = writeln!(out, "# TYPE blobring_host_connected gauge");
+    let _ = writeln!(
+        out,
+        "blobring_host_connected {}",
+        u8::from(d["host_connected"].as_bool().unwrap_or(false))
+    );
+    let _ = writeln!(out, "# TYPE blobring_clients gauge");
+    let _ = writeln!(out, "blobring_clients {}", num(&d["clients"]));
+    let _ = writeln!(out, "# TYPE blobring_handshakes_refused_total counter");
+    let _ = writeln!(
+        out,
+        "blobring_handshakes_refused_total {}",
+        num(&d["refused"])
+    );
+    for (name, key, kind) in [
+        ("blobring_worker_requests_total", "requests", "counter"),
+        ("blobring_worker_bytes_out_total", "bytes_out", "counter"),
+        ("blobring_worker_bytes_in_total", "bytes_in", "counter"),
+        ("blobring_worker_in_flight", "in_flight", "gauge"),
+        ("blobring_worker_sleeps_total", "sleeps", "counter"),
+        (
+            "blobring_worker_client_wakes_total",
+            "client_wakes",
+            "counter",
+        ),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for w in doc["workers"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{name}{{worker=\"{}\"}} {}",
+                num(&w["index"]),
+                num(&w[key])
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE blobring_worker_errors_total counter");
+    for w in doc["workers"].as_array().into_iter().flatten() {
+        for (kind, v) in w["errors"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "blobring_worker_errors_total{{worker=\"{}\",kind=\"{kind}\"}} {}",
+                num(&w["index"]),
+                num(v)
+            );
+        }
+    }
+    for (name, key) in [
+        ("blobring_queue_wait_seconds", "queue_wait"),
+        ("blobring_host_service_seconds", "host_service"),
+        ("blobring_end_to_end_seconds", "end_to_end"),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} summary");
+        for w in doc["workers"].as_array().into_iter().flatten() {
+            let h = &w[key];
+            for (q, k) in [("0.5", "p50_ns"), ("0.99", "p99_ns"), ("0.999", "p999_ns")] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{worker=\"{}\",quantile=\"{q}\"}} {:.9}",
+                    num(&w["index"]),
+                    num(&h[k]) as f64 / 1e9
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_count{{worker=\"{}\"}} {}",
+                num(&w["index"]),
+                num(&h["count"])
+            );
+        }
+    }
+    for (name, key, kind) in [
+        ("blobring_channel_requests_total", "requests", "counter"),
+        ("blobring_channel_in_flight", "in_flight", "gauge"),
+        ("blobring_channel_ring_full_total", "ring_full", "counter"),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for c in doc["channels"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{name}{{channel=\"{}\"}} {}",
+                num(&c["index"]),
+                num(&c[key])
+            );
+        }
+    }
+    for (name, key, kind) in [
+        ("blobring_client_requests_total", "requests", "counter"),
+        ("blobring_client_in_flight", "in_flight", "gauge"),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for c in doc["clients"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{name}{{client=\"{}\",uid=\"{}\"}} {}",
+                num(&c["id"]),
+                num(&c["uid"]),
+                num(&c[key])
+            );
+        }
+    }
+    out
+}
+
+/// Locks a stats cell, tolerating a worker that panicked while holding it.
+pub fn lock(c: &StatsCell) -> std::sync::MutexGuard<'_, WorkerStats> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,1084 @@
+//! One worker: pinned to a core, owns one io_uring [`Reactor`], queue pair `index` of every
+//! client, some VMBus channels, and the slab of its in-flight requests.
+//!
+//! A turn: control messages → host completions → SQ intake (≤ `batch` per client, credits
+//! permitting) → requests waiting for ring space → channel flushes → deadlines → CQ posts
+//! (one release store per client per turn) and futex wakes (batched into the next
+//! `io_uring_enter`). With nothing to do for `spin` the worker publishes `sq_need_wakeup` on
+//! every client queue, arms its channels and sleeps in `io_uring_enter` on: client doorbells,
+//! channel interrupt eventfds, its control eventfd and the nearest deadline.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blobring_abi::vmbus::{AZ_BLOB_MAX_PAGES, HV_PAGE_SIZE};
+use blobring_abi::{
+    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
+    Sqe, qc,
+};
+use blobring_reactor::{Event, FutexWord, MemoryRegion, OpId, Reactor, RegionWord};
+use blobring_ring::{DaemonQueue, EventFd, QueueLayout, SleepCheck};
+use blobring_shm::Region;
+use blobring_vmbus::blob::{
+    BlobRequestDesc, BufferPages, contiguous_pfns, encode_blob_request, parse_blob_completion,
+};
+use blobring_vmbus::channel::{Channel, ChannelError};
+use blobring_vmbus::sim::SimChannel;
+use crossbeam_channel::{Receiver, Sender};
+use slab::Slab;
+
+use crate::stats::{ChannelCounters, ClientCounters, PUBLISH_EVERY, StatsCell, lock};
+
+/// Linux errno values posted in CQEs.
+pub mod errno {
+    /// Invalid SQE.
+    pub const EINVAL: i32 = 22;
+    /// Deadline passed.
+    pub const ETIMEDOUT: i32 = 110;
+    /// No host device.
+    pub const ENODEV: i32 = 19;
+    /// Daemon shutting down.
+    pub const ECONNRESET: i32 = 104;
+}
+
+/// What the control thread shares with the workers about one client.
+#[derive(Debug)]
+pub struct ClientShared {
+    /// Daemon-assigned id.
+    pub id: u64,
+    /// Peer uid.
+    pub uid: u32,
+    /// Peer pid.
+    pub pid: i32,
+    /// The sealed region.
+    pub region: Arc<Region>,
+    /// Its layout.
+    pub geometry: RegionGeometry,
+    /// Guest-physical address of region offset 0.
+    pub gpa_base: u64,
+    /// One doorbell per queue pair (index = worker).
+    pub doorbells: Vec<Arc<EventFd>>,
+}
+
+/// Control thread → worker.
+#[derive(Debug)]
+pub enum ToWorker {
+    /// Serve this client's queue pair `worker index`.
+    AddClient(Arc<ClientShared>),
+    /// The client is gone or misbehaved: stop intake, drain, then report
+    /// [`ToControl::Drained`].
+    RemoveClient(u64),
+    /// Channels to use from now on (after a host (re)connection).
+    Channels(Vec<SimChannel>),
+    /// The host is gone: fail every in-flight request with `-ENODEV`, drop the channels.
+    ChannelsLost,
+    /// Stop intake, drain (bounded by `deadline`), exit.
+    Shutdown {
+        /// Give up waiting for the host at this time.
+        deadline: Instant,
+    },
+}
+
+/// Worker → control thread.
+#[derive(Debug)]
+pub enum ToControl {
+    /// Worker `worker` no longer references client `id`.
+    Drained {
+        /// Client id.
+        id: u64,
+        /// Worker index.
+        worker: usize,
+    },
+    /// The client broke its queue protocol; disconnect it.
+    Misbehaved {
+        /// Client id.
+        id: u64,
+        /// What it did.
+        reason: String,
+    },
+    /// A channel broke (corrupted by the host); the host should be reconnected.
+    ChannelBroken {
+        /// Worker index.
+        worker: usize,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Static settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Worker index (= queue pair index in every region).
+    pub index: usize,
+    /// CPU to pin to.
+    pub cpu: Option<usize>,
+    /// Busy-poll budget before sleeping.
+    pub spin: Duration,
+    /// Most SQEs per client per turn.
+    pub batch: usize,
+    /// Deadline of SQEs with `timeout_ms == 0`.
+    pub default_timeout: Duration,
+}
+
+const TAG_SHIFT: u32 = 56;
+const TAG_CONTROL: u64 = 1;
+const TAG_CLIENT: u64 = 2;
+const TAG_CHANNEL: u64 = 3;
+const TAG_DEADLINE: u64 = 4;
+const TAG_WAKE: u64 = 5;
+
+fn token(tag: u64, key: usize) -> u64 {
+    (tag << TAG_SHIFT) | key as u64
+}
+
+struct ClientQ {
+    shared: Arc<ClientShared>,
+    queue: DaemonQueue<Arc<Region>>,
+    futex: Arc<dyn FutexWord>,
+    poll: Option<OpId>,
+    dead: bool,
+    /// Requests of this client in the slab (waiting, sent, or timed out and still lent).
+    in_slab: u32,
+    /// Final completions to post this turn.
+    cqes: Vec<Cqe>,
+    /// "Buffers still lent" notices waiting for an unreserved CQ slot.
+    notices: VecDeque<(usize, u32, Cqe)>,
+    rejected: u32,
+    counters: ClientCounters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqState {
+    Waiting,
+    Sent { chan: usize },
+    TimedOut { chan: usize },
+}
+
+struct Req {
+    client: usize,
+    generation: u32,
+    sqe: Sqe,
+    state: ReqState,
+    taken: Instant,
+    sent: Instant,
+    bytes: u64,
+    notice_posted: bool,
+}
+
+struct Chan {
+    ch: SimChannel,
+    poll: Option<OpId>,
+    outstanding: u32,
+    outstanding_bytes: u64,
+    dirty: bool,
+    full: bool,
+    counters: ChannelCounters,
+}
+
+/// A worker's state. Built and run on its own thread ([`run`]).
+struct Worker {
+    s: WorkerSettings,
+    reactor: Reactor,
+    rx: Receiver<ToWorker>,
+    tx: Sender<ToControl>,
+    control_wake: Arc<EventFd>,
+    control_fd: Arc<EventFd>,
+    clients: Slab<ClientQ>,
+    by_id: HashMap<u64, usize>,
+    reqs: Slab<Req>,
+    generation: u32,
+    waiting: VecDeque<(usize, u32)>,
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    chans: Slab<Chan>,
+    stats: crate::stats::WorkerStats,
+    cell: StatsCell,
+    last_publish: Instant,
+    dirty_clients: Vec<usize>,
+    sqe_buf: Vec<Sqe>,
+    pkt: Vec<u8>,
+    pfns: [Vec<u64>; 4],
+    rx_buf: Vec<u8>,
+    shutdown: Option<Instant>,
+}
+
+/// The worker thread body: builds the reactor (on this thread: it is `!Send`) and loops until
+/// shutdown. `control_fd` is the eventfd the control thread writes after sending a message.
+pub fn run(
+    s: WorkerSettings,
+    rx: Receiver<ToWorker>,
+    tx: Sender<ToControl>,
+    control_fd: Arc<EventFd>,
+    control_wake: Arc<EventFd>,
+    cell: StatsCell,
+) -> Result<(), String> {
+    let mut reactor =
+        Reactor::new().map_err(|e| format!("worker {}: io_uring setup: {e}", s.index))?;
+    tracing::info!(worker = s.index, cpu = ?s.cpu, features = %reactor.features(), "worker started");
+    reactor
+        .poll_multishot(control_fd.clone(), token(TAG_CONTROL, 0))
+        .map_err(|e| e.to_string())?;
+    let stats = crate::stats::WorkerStats::new(s.index, s.cpu);
+    let mut w = Worker {
+        reactor,
+        rx,
+        tx,
+        control_wake,
+        control_fd,
+        clients: Slab::new(),
+        by_id: HashMap::new(),
+        reqs: Slab::new(),
+        generation: 0,
+        waiting: VecDeque::new(),
+        deadlines: BinaryHeap::new(),
+        chans: Slab::new(),
+        stats,
+        cell,
+        last_publish: Instant::now(),
+        dirty_clients: Vec::new(),
+        sqe_buf: vec![Sqe::new_zeroed(); s.batch.max(1)],
+        pkt: Vec::new(),
+        pfns: Default::default(),
+        rx_buf: Vec::new(),
+        shutdown: None,
+        s,
+    };
+    w.main_loop()
+}
+
+impl Worker {
+    fn main_loop(&mut self) -> Result<(), String> {
+        let mut idle_since: Option<Instant> = None;
+        let mut events = Vec::new();
+        loop {
+            let mut work = self.handle_control()?;
+            work |= self.poll_channels();
+            work |= self.intake();
+            work |= self.send_waiting();
+            self.flush_channels();
+            self.expire(Instant::now());
+            self.post_completions();
+            self.reap_removed();
+            self.reactor
+                .wait(0, None, |c| events.push((c.token, c.event)))
+                .map_err(|e| e.to_string())?;
+            work |= self.handle_events(&mut events);
+            if self.last_publish.elapsed() >= PUBLISH_EVERY {
+                self.publish();
+            }
+            if let Some(deadline) = self.shutdown
+                && (self.reqs.is_empty() || Instant::now() >= deadline)
+            {
+                self.fail_all(errno::ECONNRESET);
+                self.post_completions();
+                self.publish();
+                return Ok(());
+            }
+            if work {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.s.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            if self.sleep(&mut events)? {
+                idle_since = None;
+            }
+        }
+    }
+
+    /// Goes idle: need-wakeup on every queue, arm channels, sleep in io_uring. Returns true if
+    /// work was found while preparing.
+    fn sleep(&mut self, events: &mut Vec<(u64, Event)>) -> Result<bool, String> {
+        let mut armed = Vec::new();
+        let mut found = false;
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let c = &mut self.clients[k];
+            if c.dead || self.shutdown.is_some() {
+                continue;
+            }
+            match c.queue.prepare_sleep() {
+                Ok(SleepCheck::Sleep) => armed.push(k),
+                Ok(SleepCheck::Work) => found = true,
+                Err(e) => self.misbehaved(k, e.to_string()),
+            }
+        }
+        for (_, ch) in self.chans.iter_mut() {
+            match ch.ch.arm() {
+                Ok(true) => found = true,
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = self.tx.send(ToControl::ChannelBroken {
+                        worker: self.s.index,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        if !found {
+            if let Some(Reverse((at, _, _))) = self.deadlines.peek() {
+                let at = *at;
+                self.reactor
+                    .set_deadline(at, token(TAG_DEADLINE, 0))
+                    .map_err(|e| e.to_string())?;
+            }
+            self.stats.sleeps += 1;
+            self.publish();
+            let cap = if self.shutdown.is_some() {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_secs(1)
+            };
+            self.reactor
+                .wait(1, Some(cap), |c| events.push((c.token, c.event)))
+                .map_err(|e| e.to_string())?;
+            self.handle_events(events);
+        }
+        for k in armed {
+            if let Some(c) = self.clients.get_mut(k) {
+                let _ = c.queue.finish_sleep();
+            }
+        }
+        Ok(found)
+    }
+
+    fn handle_events(&mut self, events: &mut Vec<(u64, Event)>) -> bool {
+        let mut any = false;
+        for (tok, ev) in events.drain(..) {
+            let tag = tok >> TAG_SHIFT;
+            let key = (tok & ((1 << TAG_SHIFT) - 1)) as usize;
+            match (tag, ev) {
+                (TAG_CONTROL, Event::Readable { .. }) => {
+                    let _ = self.control_fd.drain();
+                    any = true;
+                }
+                (TAG_CLIENT, Event::Readable { .. }) => {
+                    if let Some(c) = self.clients.get(key) {
+                        let _ = c.shared.doorbells[self.s.index].drain();
+                        self.stats.doorbells += 1;
+                        any = true;
+                    }
+                }
+                (TAG_CHANNEL, Event::Readable { .. }) => {
+                    if let Some(c) = self.chans.get(key) {
+                        let _ = c.ch.clear_wakeups();
+                        any = true;
+                    }
+                }
+                (TAG_WAKE, _) => {}
+                (TAG_DEADLINE, _) => any = true,
+                _ => {}
+            }
+        }
+        any
+    }
+
+    fn handle_control(&mut self) -> Result<bool, String> {
+        let mut any = false;
+        while let Ok(msg) = self.rx.try_recv() {
+            any = true;
+            match msg {
+                ToWorker::AddClient(shared) => self.add_client(shared)?,
+                ToWorker::RemoveClient(id) => {
+                    if let Some(&k) = self.by_id.get(&id) {
+                        self.kill_client(k);
+                    } else {
+                        let _ = self.tx.send(ToControl::Drained {
+                            id,
+                            worker: self.s.index,
+                        });
+                        self.control_wake_up();
+                    }
+                }
+                ToWorker::Channels(chs) => {
+                    self.drop_channels(errno::ENODEV);
+                    for ch in chs {
+                        self.add_channel(ch)?;
+                    }
+                }
+                ToWorker::ChannelsLost => self.drop_channels(errno::ENODEV),
+                ToWorker::Shutdown { deadline } => {
+                    self.shutdown = Some(deadline);
+                    let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        self.stop_intake(k);
+                    }
+                }
+            }
+        }
+        Ok(any)
+    }
+
+    fn control_wake_up(&self) {
+        use blobring_ring::Notifier;
+        let _ = self.control_wake.notify();
+    }
+
+    fn add_client(&mut self, shared: Arc<ClientShared>) -> Result<(), String> {
+        let q = self.s.index as u32;
+        let layout = QueueLayout::from_geometry(&shared.geometry, q).map_err(|e| e.to_string())?;
+        let queue =
+            DaemonQueue::new(shared.region.clone(), &layout, 0).map_err(|e| e.to_string())?;
+        let region: Arc<dyn MemoryRegion> = shared.region.clone();
+        let word = RegionWord::new(region, layout.control as usize + qc::CQ_TAIL as usize)
+            .map_err(|e| e.to_string())?;
+        let futex: Arc<dyn FutexWord> = Arc::new(word);
+        let key = self.clients.vacant_key();
+        let poll = self
+            .reactor
+            .poll_multishot(
+                shared.doorbells[self.s.index].clone(),
+                token(TAG_CLIENT, key),
+            )
+            .map_err(|e| e.to_string())?;
+        let counters = ClientCounters {
+            uid: shared.uid,
+            pid: shared.pid,
+            ..Default::default()
+        };
+        self.by_id.insert(shared.id, key);
+        self.clients.insert(ClientQ {
+            shared,
+            queue,
+            futex,
+            poll: Some(poll),
+            dead: false,
+            in_slab: 0,
+            cqes: Vec::new(),
+            notices: VecDeque::new(),
+            rejected: 0,
+            counters,
+        });
+        Ok(())
+    }
+
+    fn stop_intake(&mut self, k: usize) {
+        let c = &mut self.clients[k];
+        if let Some(op) = c.poll.take() {
+            let _ = self.reactor.cancel(op);
+        }
+    }
+
+    fn kill_client(&mut self, k: usize) {
+        self.stop_intake(k);
+        self.clients[k].dead = true;
+    }
+
+    fn misbehaved(&mut self, k: usize, reason: String) {
+        let c = &mut self.clients[k];
+        if c.dead {
+            return;
+        }
+        c.counters.errors.corrupt_clients += 1;
+        self.stats.errors.corrupt_clients += 1;
+        let id = c.shared.id;
+        self.kill_client(k);
+        let _ = self.tx.send(ToControl::Misbehaved { id, reason });
+        self.control_wake_up();
+    }
+
+    /// Removes dead clients with nothing left in the slab and reports them drained.
+    fn reap_removed(&mut self) {
+        let done: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.dead && c.in_slab == 0)
+            .map(|(k, _)| k)
+            .collect();
+        for k in done {
+            let c = self.clients.remove(k);
+            self.by_id.remove(&c.shared.id);
+            self.stats.clients.remove(&c.shared.id);
+            let _ = self.tx.send(ToControl::Drained {
+                id: c.shared.id,
+                worker: self.s.index,
+            });
+            self.control_wake_up();
+        }
+    }
+
+    fn add_channel(&mut self, ch: SimChannel) -> Result<(), String> {
+        let fd = ch.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+        let key = self.chans.vacant_key();
+        let poll = self
+            .reactor
+            .poll_multishot(fd, token(TAG_CHANNEL, key))
+            .map_err(|e| e.to_string())?;
+        let counters = ChannelCounters {
+            index: ch.index(),
+            worker: self.s.index,
+            ..Default::default()
+        };
+        self.chans.insert(Chan {
+            ch,
+            poll: Some(poll),
+            outstanding: 0,
+            outstanding_bytes: 0,
+            dirty: false,
+            full: false,
+            counters,
+        });
+        Ok(())
+    }
+
+    /// Drops every channel and fails every request sent or waiting for one with `-res`.
+    fn drop_channels(&mut self, res: i32) {
+        let keys: Vec<usize> = self.chans.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let c = self.chans.remove(k);
+            if let Some(op) = c.poll {
+                let _ = self.reactor.cancel(op);
+            }
+        }
+        self.fail_all(res);
+    }
+
+    fn fail_all(&mut self, res: i32) {
+        let keys: Vec<usize> = self.reqs.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let r = &self.reqs[k];
+            let cqe = Cqe {
+                user_data: r.sqe.user_data,
+                res: -res,
+                flags: if matches!(r.state, ReqState::TimedOut { .. }) {
+                    CQE_F_BUFFERS_RELEASED
+                } else {
+                    0
+                },
+                ..Cqe::new_zeroed()
+            };
+            if res == errno::ENODEV {
+                self.stats.errors.no_device += 1;
+            }
+            self.finish(k, cqe);
+        }
+        self.waiting.clear();
+    }
+
+    fn poll_channels(&mut self) -> bool {
+        let mut any = false;
+        let keys: Vec<usize> = self.chans.iter().map(|(k, _)| k).collect();
+        let mut done = Vec::new();
+        for ck in keys {
+            let mut broken = None;
+            {
+                let chan = &mut self.chans[ck];
+                for _ in 0..1024 {
+                    match chan.ch.recv(&mut self.rx_buf) {
+                        Ok(Some(p)) => match parse_blob_completion(&p) {
+                            Ok((tid, resp)) => done.push((ck, tid, resp)),
+                            Err(_) => self.stats.errors.bad_completions += 1,
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            broken = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if !done.is_empty()
+                    && let Err(e) = chan.ch.release()
+                {
+                    broken = Some(e.to_string());
+                }
+            }
+            if let Some(reason) = broken {
+                let _ = self.tx.send(ToControl::ChannelBroken {
+                    worker: self.s.index,
+                    reason,
+                });
+                self.control_wake_up();
+            }
+        }
+        let now = Instant::now();
+        for (ck, tid, resp) in done {
+            any = true;
+            let key = (tid & 0xffff_ffff) as usize;
+            let generation = (tid >> 32) as u32;
+            let Some(key) = key.checked_sub(1) else {
+                self.stats.errors.bad_completions += 1;
+                continue;
+            };
+            let valid = self.reqs.get(key).is_some_and(|r| {
+                r.generation == generation
+                    && matches!(r.state, ReqState::Sent { chan } | ReqState::TimedOut { chan } if chan == ck)
+                    && resp.response_len <= r.sqe.response_len
+                    && resp.length <= r.sqe.data_len
+            });
+            if !valid {
+                self.stats.errors.bad_completions += 1;
+                continue;
+            }
+            let r = &self.reqs[key];
+            let timed_out = matches!(r.state, ReqState::TimedOut { .. });
+            let _ = self
+                .stats
+                .host_service
+                .record(now.duration_since(r.sent).as_nanos() as u64);
+            let bytes_in = u64::from(resp.response_len) + u64::from(resp.length);
+            self.stats.bytes_in += bytes_in;
+            if let Some(c) = self.clients.get_mut(r.client) {
+                c.counters.bytes_in += bytes_in;
+            }
+            if let Some(ch) = self.chans.get_mut(ck) {
+                ch.counters.bytes_in += bytes_in;
+            }
+            let cqe = Cqe {
+                user_data: r.sqe.user_data,
+                res: if timed_out { -errno::ETIMEDOUT } else { 0 },
+                flags: if timed_out { CQE_F_BUFFERS_RELEASED } else { 0 },
+                vsp_status: resp.error,
+                response_len: resp.response_len,
+                data_len: resp.length,
+                reserved: 0,
+            };
+            self.finish(key, cqe);
+        }
+        any
+    }
+
+    /// Retires request `k`: channel bookkeeping, final CQE queued for its client.
+    fn finish(&mut self, k: usize, cqe: Cqe) {
+        let r = self.reqs.remove(k);
+        if let ReqState::Sent { chan } | ReqState::TimedOut { chan } = r.state
+            && let Some(ch) = self.chans.get_mut(chan)
+        {
+            ch.outstanding -= 1;
+            ch.outstanding_bytes -= r.bytes;
+        }
+        let _ = self
+            .stats
+            .end_to_end
+            .record(r.taken.elapsed().as_nanos() as u64);
+        let Some(c) = self.clients.get_mut(r.client) else {
+            return;
+        };
+        c.in_slab -= 1;
+        // A notice never posted is superseded by this final completion.
+        c.notices
+            .retain(|(key, generation, _)| !(*key == k && *generation == r.generation));
+        c.counters.requests += 1;
+        self.stats.requests += 1;
+        if !c.dead {
+            if c.cqes.is_empty() {
+                self.dirty_clients.push(r.client);
+            }
+            c.cqes.push(cqe);
+        } else {
+            // The queue still holds the request's credit; retire it without a CQE reaching
+            // anyone who cares (the region is about to be dropped).
+            let _ = c.queue.complete(std::slice::from_ref(&cqe));
+        }
+    }
+
+    fn intake(&mut self) -> bool {
+        if self.shutdown.is_some() {
+            return false;
+        }
+        let mut any = false;
+        let keys: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.dead)
+            .map(|(k, _)| k)
+            .collect();
+        let now = Instant::now();
+        for k in keys {
+            let mut buf = std::mem::take(&mut self.sqe_buf);
+            let n = match self.clients[k].queue.take(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.sqe_buf = buf;
+                    self.misbehaved(k, e.to_string());
+                    continue;
+                }
+            };
+            if n == 0 {
+                let c = &mut self.clients[k];
+                if c.queue.sq().cached_tail() != c.queue.sq().head() {
+                    c.counters.credit_stalls += 1;
+                }
+            }
+            for sqe in &buf[..n] {
+                any = true;
+                self.accept(k, *sqe, now);
+            }
+            self.sqe_buf = buf;
+        }
+        any
+    }
+
+    /// Validates one copied SQE and starts it.
+    fn accept(&mut self, k: usize, sqe: Sqe, now: Instant) {
+        let c = &mut self.clients[k];
+        let g = &c.shared.geometry;
+        let reserved_ok = sqe.flags == 0 && sqe.reserved0 == 0 && sqe.reserved1 == 0;
+        let valid = reserved_ok
+            && match sqe.opcode {
+                OP_NOP => true,
+                OP_BLOB => {
+                    sqe.request_len > 0
+                        && sqe.response_len > 0
+                        && sqe.data_valid <= sqe.data_len
+                        && g.in_arena(sqe.request_offset, sqe.request_len.into())
+                        && g.in_arena(sqe.response_offset, sqe.response_len.into())
+                        && (sqe.data_len == 0 || g.in_arena(sqe.data_offset, sqe.data_len.into()))
+                        && pages(c.shared.gpa_base, &sqe) <= u64::from(AZ_BLOB_MAX_PAGES)
+                }
+                _ => false,
+            };
+        let immediate = if !valid {
+            c.rejected += 1;
+            c.counters.errors.invalid += 1;
+            self.stats.errors.invalid += 1;
+            let _ = c.queue.sq().publish_rejected(c.rejected);
+            Some(-errno::EINVAL)
+        } else if sqe.opcode == OP_NOP {
+            self.stats.nops += 1;
+            Some(0)
+        } else if self.chans.is_empty() {
+            c.counters.errors.no_device += 1;
+            self.stats.errors.no_device += 1;
+            Some(-errno::ENODEV)
+        } else {
+            None
+        };
+        if let Some(res) = immediate {
+            c.counters.requests += 1;
+            self.stats.requests += 1;
+            let _ = self
+                .stats
+                .end_to_end
+                .record(now.elapsed().as_nanos() as u64);
+            if c.cqes.is_empty() {
+                self.dirty_clients.push(k);
+            }
+            c.cqes.push(Cqe {
+                user_data: sqe.user_data,
+                res,
+                ..Cqe::new_zeroed()
+            });
+            return;
+        }
+        let timeout = if sqe.timeout_ms == 0 {
+            self.s.default_timeout
+        } else {
+            Duration::from_millis(sqe.timeout_ms.into())
+        };
+        let bytes = u64::from(sqe.request_len) + u64::from(sqe.data_valid);
+        c.in_slab += 1;
+        c.counters.bytes_out += bytes;
+        self.stats.bytes_out += bytes;
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let deadline = now + timeout;
+        let key = self.reqs.insert(Req {
+            client: k,
+            generation,
+            sqe,
+            state: ReqState::Waiting,
+            taken: now,
+            sent: now,
+            bytes,
+            notice_posted: false,
+        });
+        self.deadlines.push(Reverse((deadline, key, generation)));
+        if !self.try_send(key) {
+            self.waiting.push_back((key, generation));
+        }
+    }
+
+    /// Puts request `key` on the least-loaded channel with room. False if none had room.
+    fn try_send(&mut self, key: usize) -> bool {
+        let Some(ck) = self
+            .chans
+            .iter()
+            .filter(|(_, c)| !c.full)
+            .min_by_key(|(_, c)| c.outstanding_bytes)
+            .map(|(k, _)| k)
+        else {
+            return false;
+        };
+        let r = &self.reqs[key];
+        let Some(c) = self.clients.get(r.client) else {
+            return false;
+        };
+        let tid = (u64::from(r.generation) << 32) | (key as u64 + 1);
+        let base = c.shared.gpa_base;
+        let sqe = r.sqe;
+        let [pd, pq, pr, scratch] = &mut self.pfns;
+        let desc = {
+            let mk = |v: &mut Vec<u64>, off: u64, len: u32| {
+                let gpa = base + off;
+                v.clear();
+                v.extend(contiguous_pfns(gpa, len));
+                ((gpa % HV_PAGE_SIZE) as u32, len)
+            };
+            let d = (sqe.data_len > 0).then(|| mk(pd, sqe.data_offset, sqe.data_len));
+            let q = mk(pq, sqe.request_offset, sqe.request_len);
+            let s = mk(pr, sqe.response_offset, sqe.response_len);
+            BlobRequestDesc {
+                timeout_ms: sqe.timeout_ms,
+                transaction_guid: [0; 16],
+                data: d.map(|(offset, len)| BufferPages {
+                    offset,
+                    len,
+                    pfns: pd,
+                }),
+                data_valid: sqe.data_valid,
+                request: BufferPages {
+                    offset: q.0,
+                    len: q.1,
+                    pfns: pq,
+                },
+                response: BufferPages {
+                    offset: s.0,
+                    len: s.1,
+                    pfns: pr,
+                },
+            }
+        };
+        if encode_blob_request(&mut self.pkt, scratch, tid, &desc).is_err() {
+            // Validated before; cannot happen. Fail the request rather than the worker.
+            let cqe = Cqe {
+                user_data: sqe.user_data,
+                res: -errno::EINVAL,
+                ..Cqe::new_zeroed()
+            };
+            self.finish(key, cqe);
+            return true;
+        }
+        let chan = &mut self.chans[ck];
+        match chan.ch.send_uncommitted(&self.pkt) {
+            Ok(()) => {
+                chan.dirty = true;
+                chan.outstanding += 1;
+                chan.outstanding_bytes += self.reqs[key].bytes;
+                chan.counters.requests += 1;
+                chan.counters.bytes_out += self.reqs[key].bytes;
+                let now = Instant::now();
+                let r = &mut self.reqs[key];
+                r.state = ReqState::Sent { chan: ck };
+                r.sent = now;
+                let _ = self
+                    .stats
+                    .queue_wait
+                    .record(now.duration_since(r.taken).as_nanos() as u64);
+                true
+            }
+            Err(ChannelError::Full { needed }) => {
+                chan.full = true;
+                chan.counters.ring_full += 1;
+                let _ = chan.ch.wait_for_space(needed);
+                // Another channel may have room.
+                self.try_send(key)
+            }
+            Err(e) => {
+                chan.full = true;
+                let _ = self.tx.send(ToControl::ChannelBroken {
+                    worker: self.s.index,
+                    reason: e.to_string(),
+                });
+                self.control_wake_up();
+                false
+            }
+        }
+    }
+
+    fn send_waiting(&mut self) -> bool {
+        // Channels marked full get another chance each turn (the host signals when space frees).
+        for (_, c) in self.chans.iter_mut() {
+            c.full = false;
+        }
+        let mut any = false;
+        while let Some(&(key, generation)) = self.waiting.front() {
+            if self
+                .reqs
+                .get(key)
+                .is_none_or(|r| r.generation != generation || r.state != ReqState::Waiting)
+            {
+                self.waiting.pop_front();
+                continue;
+            }
+            if self.chans.is_empty() {
+                break;
+            }
+            if !self.try_send(key) {
+                break;
+            }
+            self.waiting.pop_front();
+            any = true;
+        }
+        any
+    }
+
+    fn flush_channels(&mut self) {
+        let mut broken = None;
+        for (_, c) in self.chans.iter_mut() {
+            if c.dirty {
+                c.dirty = false;
+                if let Err(e) = c.ch.flush() {
+                    broken = Some(e.to_string());
+                }
+            }
+        }
+        if let Some(reason) = broken {
+            let _ = self.tx.send(ToControl::ChannelBroken {
+                worker: self.s.index,
+                reason,
+            });
+            self.control_wake_up();
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, key, generation))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(r) = self.reqs.get_mut(key) else {
+                continue;
+            };
+            if r.generation != generation {
+                continue;
+            }
+            self.stats.errors.timed_out += 1;
+            let client = r.client;
+            match r.state {
+                ReqState::Waiting => {
+                    let cqe = Cqe {
+                        user_data: r.sqe.user_data,
+                        res: -errno::ETIMEDOUT,
+                        ..Cqe::new_zeroed()
+                    };
+                    if let Some(c) = self.clients.get_mut(client) {
+                        c.counters.errors.timed_out += 1;
+                    }
+                    self.finish(key, cqe);
+                }
+                ReqState::Sent { chan } => {
+                    r.state = ReqState::TimedOut { chan };
+                    let notice = Cqe {
+                        user_data: r.sqe.user_data,
+                        res: -errno::ETIMEDOUT,
+                        flags: CQE_F_BUFFERS_LENT,
+                        ..Cqe::new_zeroed()
+                    };
+                    let c = &mut self.clients[client];
+                    c.counters.errors.timed_out += 1;
+                    if c.dead {
+                        // Nobody will read the notice; the host's late answer finds no
+                        // request and is counted as stale. Releasing the request here lets
+                        // the dead client's region be unregistered (the host then refuses
+                        // its pages).
+                        let cqe = Cqe { flags: 0, ..notice };
+                        self.finish(key, cqe);
+                    } else {
+                        c.notices.push_back((key, generation, notice));
+                    }
+                }
+                ReqState::TimedOut { .. } => {}
+            }
+        }
+    }
+
+    fn post_completions(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty_clients);
+        for k in dirty {
+            let Some(c) = self.clients.get_mut(k) else {
+                continue;
+            };
+            if c.cqes.is_empty() {
+                continue;
+            }
+            match c.queue.complete(&c.cqes) {
+                Ok(p) => {
+                    c.cqes.clear();
+                    if p.wake_peer {
+                        self.stats.client_wakes += 1;
+                        let _ = self.reactor.futex_wake(c.futex.clone(), token(TAG_WAKE, k));
+                    }
+                }
+                Err(e) => {
+                    c.cqes.clear();
+                    let reason = e.to_string();
+                    self.misbehaved(k, reason);
+                }
+            }
+        }
+        // Lent notices take unreserved slots; retry those that did not fit.
+        let keys: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.notices.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            let c = &mut self.clients[k];
+            let mut wake = false;
+            while let Some(&(key, generation, cqe)) = c.notices.front() {
+                match c.queue.post_unreserved(&cqe) {
+                    Ok(p) => {
+                        wake |= p.wake_peer;
+                        c.notices.pop_front();
+                        if let Some(r) = self
+                            .reqs
+                            .get_mut(key)
+                            .filter(|r| r.generation == generation)
+                        {
+                            r.notice_posted = true;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if wake {
+                self.stats.client_wakes += 1;
+                let _ = self.reactor.futex_wake(c.futex.clone(), token(TAG_WAKE, k));
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        self.stats.in_flight = self.reqs.len() as u64;
+        self.stats.waiting = self.waiting.len() as u64;
+        for (_, c) in &self.clients {
+            let mut cc = c.counters;
+            cc.in_flight = u64::from(c.in_slab);
+            cc.sq_pending = u64::from(c.queue.sq().cached_tail().wrapping_sub(c.queue.sq().head()));
+            self.stats.clients.insert(c.shared.id, cc);
+        }
+        self.stats.channels = self
+            .chans
+            .iter()
+            .map(|(_, c)| ChannelCounters {
+                in_flight: u64::from(c.outstanding),
+                outstanding_bytes: c.outstanding_bytes,
+                ..c.counters
+            })
+            .collect();
+        let mut cell = lock(&self.cell);
+        cell.clone_from(&self.stats);
+    }
+}
+
+/// Pages the packet of `sqe` would carry.
+fn pages(base: u64, sqe: &Sqe) -> u64 {
+    let n = |off: u64, len: u32| -> u64 {
+        if len == 0 {
+            return 0;
+        }
+        let gpa = base + off;
+        (gpa % HV_PAGE_SIZE + u64::from(len)).div_ceil(HV_PAGE_SIZE)
+    };
+    n(sqe.data_offset, sqe.data_len)
+        + n(sqe.request_offset, sqe.request_len)
+        + n(sqe.response_offset, sqe.response_len)
+}
