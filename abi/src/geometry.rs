@@ -38,7 +38,10 @@ impl core::fmt::Display for GeometryError {
             Self::BadPageSize(p) => write!(f, "page size {p} is neither 4096 nor 2097152"),
             Self::TooLarge => write!(f, "region sizes overflow"),
             Self::HeaderMismatch(field) => {
-                write!(f, "region header field `{field}` does not match its geometry")
+                write!(
+                    f,
+                    "region header field `{field}` does not match its geometry"
+                )
             }
         }
     }
@@ -103,11 +106,17 @@ impl RegionGeometry {
         }
         check_entries("sq_entries", sq_entries)?;
         if sq_entries > MAX_SQ_ENTRIES {
-            return Err(GeometryError::BadEntries { what: "sq_entries", value: sq_entries });
+            return Err(GeometryError::BadEntries {
+                what: "sq_entries",
+                value: sq_entries,
+            });
         }
         check_entries("cq_entries", cq_entries)?;
         if cq_entries < sq_entries {
-            return Err(GeometryError::BadEntries { what: "cq_entries", value: cq_entries });
+            return Err(GeometryError::BadEntries {
+                what: "cq_entries",
+                value: cq_entries,
+            });
         }
         if page_size != 4096 && page_size != 2 << 20 {
             return Err(GeometryError::BadPageSize(page_size));
@@ -125,7 +134,9 @@ impl RegionGeometry {
             .ok_or(GeometryError::TooLarge)?;
         let arena_offset = round_up(queues_end, page).ok_or(GeometryError::TooLarge)?;
         let arena_len = round_up(arena_len, page).ok_or(GeometryError::TooLarge)?;
-        let region_len = arena_offset.checked_add(arena_len).ok_or(GeometryError::TooLarge)?;
+        let region_len = arena_offset
+            .checked_add(arena_len)
+            .ok_or(GeometryError::TooLarge)?;
         Ok(Self {
             n_queues,
             sq_entries,
@@ -158,8 +169,7 @@ impl RegionGeometry {
     /// True when `[offset, offset + len)` lies inside the data arena (no overflow).
     pub fn in_arena(&self, offset: u64, len: u64) -> bool {
         let arena_end = self.arena_offset + self.arena_len;
-        offset >= self.arena_offset
-            && offset.checked_add(len).is_some_and(|end| end <= arena_end)
+        offset >= self.arena_offset && offset.checked_add(len).is_some_and(|end| end <= arena_end)
     }
 
     /// The header the daemon writes at offset 0.
@@ -195,9 +205,18 @@ impl RegionGeometry {
         if u64::from(h.header_len) != HEADER_LEN {
             return Err(GeometryError::HeaderMismatch("header_len"));
         }
-        let g = Self::new(h.n_queues, h.sq_entries, h.cq_entries, h.arena_len, h.page_size)?;
+        let g = Self::new(
+            h.n_queues,
+            h.sq_entries,
+            h.cq_entries,
+            h.arena_len,
+            h.page_size,
+        )?;
         let checks = [
-            ("region_len", h.region_len == g.region_len && g.region_len <= region_len),
+            (
+                "region_len",
+                h.region_len == g.region_len && g.region_len <= region_len,
+            ),
             ("queue_offset", h.queue_offset == g.queue_offset),
             ("queue_stride", h.queue_stride == g.queue_stride),
             ("arena_offset", h.arena_offset == g.arena_offset),
@@ -223,7 +242,10 @@ mod tests {
         assert_eq!(g.queue_stride % 4096, 0);
         assert_eq!(g.arena_offset % 4096, 0);
         assert!(g.cqes(1) + 512 * 32 <= g.arena_offset);
-        assert_eq!(RegionGeometry::from_header(&g.header(7), g.region_len), Ok(g));
+        assert_eq!(
+            RegionGeometry::from_header(&g.header(7), g.region_len),
+            Ok(g)
+        );
         let huge = RegionGeometry::new(2, 256, 512, 1, 2 << 20).unwrap();
         assert_eq!(huge.arena_offset % (2 << 20), 0);
         assert_eq!(huge.region_len % (2 << 20), 0);

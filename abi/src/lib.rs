@@ -250,7 +250,11 @@ abi_struct! {
 impl HelloReply {
     /// The refusal message as text (up to the first NUL; invalid UTF-8 replaced).
     pub fn message_text(&self) -> String {
-        let end = self.message.iter().position(|&b| b == 0).unwrap_or(self.message.len());
+        let end = self
+            .message
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.message.len());
         String::from_utf8_lossy(&self.message[..end]).into_owned()
     }
 
@@ -331,23 +335,56 @@ pub fn c_header() -> String {
         ("BLOBRING_MAX_SQ_ENTRIES", MAX_SQ_ENTRIES.to_string()),
         ("BLOBRING_OP_BLOB", OP_BLOB.to_string()),
         ("BLOBRING_OP_NOP", OP_NOP.to_string()),
-        ("BLOBRING_CQE_F_BUFFERS_LENT", CQE_F_BUFFERS_LENT.to_string()),
-        ("BLOBRING_CQE_F_BUFFERS_RELEASED", CQE_F_BUFFERS_RELEASED.to_string()),
-        ("BLOBRING_HELLO_REQUEST_MAGIC", format!("0x{HELLO_REQUEST_MAGIC:08x}u")),
-        ("BLOBRING_HELLO_REPLY_MAGIC", format!("0x{HELLO_REPLY_MAGIC:08x}u")),
+        (
+            "BLOBRING_CQE_F_BUFFERS_LENT",
+            CQE_F_BUFFERS_LENT.to_string(),
+        ),
+        (
+            "BLOBRING_CQE_F_BUFFERS_RELEASED",
+            CQE_F_BUFFERS_RELEASED.to_string(),
+        ),
+        (
+            "BLOBRING_HELLO_REQUEST_MAGIC",
+            format!("0x{HELLO_REQUEST_MAGIC:08x}u"),
+        ),
+        (
+            "BLOBRING_HELLO_REPLY_MAGIC",
+            format!("0x{HELLO_REPLY_MAGIC:08x}u"),
+        ),
         ("BLOBRING_HELLO_OK", HELLO_OK.to_string()),
-        ("BLOBRING_HELLO_VERSION_MISMATCH", HELLO_VERSION_MISMATCH.to_string()),
-        ("BLOBRING_HELLO_NOT_PERMITTED", HELLO_NOT_PERMITTED.to_string()),
-        ("BLOBRING_HELLO_LIMIT_EXCEEDED", HELLO_LIMIT_EXCEEDED.to_string()),
+        (
+            "BLOBRING_HELLO_VERSION_MISMATCH",
+            HELLO_VERSION_MISMATCH.to_string(),
+        ),
+        (
+            "BLOBRING_HELLO_NOT_PERMITTED",
+            HELLO_NOT_PERMITTED.to_string(),
+        ),
+        (
+            "BLOBRING_HELLO_LIMIT_EXCEEDED",
+            HELLO_LIMIT_EXCEEDED.to_string(),
+        ),
         ("BLOBRING_HELLO_BAD_REQUEST", HELLO_BAD_REQUEST.to_string()),
         ("BLOBRING_HELLO_UNAVAILABLE", HELLO_UNAVAILABLE.to_string()),
         ("HV_PKT_DATA_INBAND", vmbus::PKT_DATA_INBAND.to_string()),
-        ("HV_PKT_DATA_USING_GPA_DIRECT", vmbus::PKT_DATA_USING_GPA_DIRECT.to_string()),
+        (
+            "HV_PKT_DATA_USING_GPA_DIRECT",
+            vmbus::PKT_DATA_USING_GPA_DIRECT.to_string(),
+        ),
         ("HV_PKT_COMP", vmbus::PKT_COMP.to_string()),
-        ("HV_PKT_FLAG_COMPLETION_REQUESTED", vmbus::PKT_FLAG_COMPLETION_REQUESTED.to_string()),
+        (
+            "HV_PKT_FLAG_COMPLETION_REQUESTED",
+            vmbus::PKT_FLAG_COMPLETION_REQUESTED.to_string(),
+        ),
         ("HV_RING_CONTROL_LEN", vmbus::RING_CONTROL_LEN.to_string()),
-        ("AZ_BLOB_OP_USER_REQUEST", format!("0x{:x}", vmbus::AZ_BLOB_OP_USER_REQUEST)),
-        ("AZ_BLOB_VSP_PROTOCOL_VERSION", vmbus::AZ_BLOB_VSP_PROTOCOL_VERSION.to_string()),
+        (
+            "AZ_BLOB_OP_USER_REQUEST",
+            format!("0x{:x}", vmbus::AZ_BLOB_OP_USER_REQUEST),
+        ),
+        (
+            "AZ_BLOB_VSP_PROTOCOL_VERSION",
+            vmbus::AZ_BLOB_VSP_PROTOCOL_VERSION.to_string(),
+        ),
         ("AZ_BLOB_MAX_PAGES", vmbus::AZ_BLOB_MAX_PAGES.to_string()),
     ];
     for (name, value) in consts {

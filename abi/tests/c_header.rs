@@ -21,8 +21,15 @@ fn checked_in_header_is_current() {
 fn header_compiles_as_c_and_cxx() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("t.c");
-    std::fs::write(&src, "#include \"blobring.h\"\nint main(void) { return 0; }\n").unwrap();
-    for (cc, extra) in [("cc", vec!["-std=c11"]), ("c++", vec!["-x", "c++", "-std=c++11"])] {
+    std::fs::write(
+        &src,
+        "#include \"blobring.h\"\nint main(void) { return 0; }\n",
+    )
+    .unwrap();
+    for (cc, extra) in [
+        ("cc", vec!["-std=c11"]),
+        ("c++", vec!["-x", "c++", "-std=c++11"]),
+    ] {
         let out = Command::new(cc)
             .args(&extra)
             .args(["-fsyntax-only", "-Wall", "-Werror", "-I"])
@@ -30,6 +37,10 @@ fn header_compiles_as_c_and_cxx() {
             .arg(&src)
             .output()
             .unwrap_or_else(|e| panic!("run {cc}: {e}"));
-        assert!(out.status.success(), "{cc} rejected blobring.h: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cc} rejected blobring.h: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
