@@ -1,0 +1,306 @@
+//! blobringd under failure: dead, stalled, corrupting and flooding clients, deadlines with
+//! late host answers, host rescind and reconnection, daemon death and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use blobring::{
+    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Connection, Cqe, FromZeros, Sqe, errno,
+};
+use blobring_shm::SharedMemory;
+use blobring_tests::{Daemon, Reaped, TestHost, blob_sqe, nop, scratch};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
+const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-test-client");
+
+fn reap_n(conn: &mut Connection, q: u32, n: usize, limit: Duration) -> Vec<Cqe> {
+    let mut out = Vec::new();
+    let mut buf = vec![Cqe::new_zeroed(); 64];
+    let deadline = Instant::now() + limit;
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} completions: {out:?}",
+            out.len()
+        );
+        let got = conn.reap(q, &mut buf).expect("reap");
+        out.extend_from_slice(&buf[..got]);
+        if got == 0 {
+            conn.wait(q, Some(Duration::from_millis(100)))
+                .expect("wait");
+        }
+    }
+    out
+}
+
+fn nops_work(conn: &mut Connection, rounds: u64) {
+    for q in 0..conn.n_queues() {
+        for r in 0..rounds {
+            let sqes: Vec<Sqe> = (0..4).map(|i| nop(r * 4 + i)).collect();
+            assert_eq!(conn.submit(q, &sqes).unwrap(), 4);
+            let got = reap_n(conn, q, 4, Duration::from_secs(5));
+            assert!(got.iter().all(|c| c.res == 0));
+        }
+    }
+}
+
+fn spawn_client(
+    socket: &std::path::Path,
+    args: &[&str],
+) -> (Reaped, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(CLIENT)
+        .arg(socket)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (Reaped(child), out)
+}
+
+#[test]
+fn killed_client_with_requests_in_flight_is_cleaned_up_and_others_keep_working() {
+    let dir = scratch();
+    let host = TestHost::start(&dir.path().join("host.sock"), 4);
+    let d = Daemon::start(DAEMON, dir.path(), &["--default-timeout", "400"]);
+    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
+        s["daemon"]["host_connected"] == true
+    });
+    let mut other = Connection::connect(&d.socket).unwrap();
+    let (mut victim, mut out) = spawn_client(&d.socket, &["hang"]);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "submitted");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.held() < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "host never saw the victim's requests"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    // The daemon keeps serving the other client at once.
+    nops_work(&mut other, 50);
+    let sqe = blob_sqe(&mut other, 9, b"GET /x", 0);
+    other.submit(1, &[sqe]).unwrap();
+    assert_eq!(reap_n(&mut other, 1, 1, Duration::from_secs(5))[0].res, 0);
+    // The victim's requests time out, then its region is released (only one client left).
+    let s = d.wait_stats(Duration::from_secs(10), "victim released", |s| {
+        s["clients"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(s["daemon"]["clients"].as_u64(), Some(1));
+    assert_eq!(s["clients"][0]["id"].as_u64(), Some(other.client_id()));
+    // Late answers for the dead client are counted, not delivered.
+    host.release_held();
+    d.wait_stats(Duration::from_secs(5), "stale completions counted", |s| {
+        s["totals"]["errors"]["bad_completions"].as_u64() == Some(8)
+    });
+    nops_work(&mut other, 10);
+}
+
+#[test]
+fn deadline_gives_etimedout_with_buffers_lent_then_released() {
+    let dir = scratch();
+    let host = TestHost::start(&dir.path().join("host.sock"), 4);
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
+        s["daemon"]["host_connected"] == true
+    });
+    let mut c = Connection::connect(&d.socket).unwrap();
+    let mut sqe = blob_sqe(&mut c, 77, b"HANG /slow", 4096);
+    sqe.timeout_ms = 150;
+    let t0 = Instant::now();
+    c.submit(0, &[sqe]).unwrap();
+    let first = reap_n(&mut c, 0, 1, Duration::from_secs(5))[0];
+    let waited = t0.elapsed();
+    assert_eq!(first.user_data, 77);
+    assert_eq!(first.res, -errno::ETIMEDOUT);
+    assert_eq!(first.flags, CQE_F_BUFFERS_LENT);
+    assert!(
+        waited >= Duration::from_millis(140) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(c.in_flight(0), 1, "the request still owes its release");
+    host.release_held();
+    let second = reap_n(&mut c, 0, 1, Duration::from_secs(5))[0];
+    assert_eq!(second.user_data, 77);
+    assert_eq!(second.flags, CQE_F_BUFFERS_RELEASED);
+    assert_eq!(second.res, -errno::ETIMEDOUT);
+    assert_eq!(c.in_flight(0), 0);
+    let s = d.stats();
+    assert_eq!(s["totals"]["errors"]["timed_out"].as_u64(), Some(1));
+}
+
+#[test]
+fn client_that_never_drains_stalls_only_itself() {
+    let dir = scratch();
+    let d = Daemon::start(DAEMON, dir.path(), &["--queue-depth", "16"]);
+    let mut hog = Connection::connect(&d.socket).unwrap();
+    let mut good = Connection::connect(&d.socket).unwrap();
+    // CQ = 32 entries: 32 completions fit, the SQ holds 16 more, then submit refuses.
+    let mut submitted = 0;
+    for i in 0..100 {
+        submitted += hog.submit(0, &[nop(i)]).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!((32..=48).contains(&submitted), "{submitted}");
+    nops_work(&mut good, 200);
+    let s = d.stats();
+    let hog_stats = s["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(hog.client_id()))
+        .unwrap()
+        .clone();
+    assert!(
+        hog_stats["credit_stalls"].as_u64().unwrap() > 0,
+        "{hog_stats}"
+    );
+    // Draining lets the hog continue.
+    let got = reap_n(&mut hog, 0, submitted, Duration::from_secs(5));
+    assert!(got.iter().all(|c| c.res == 0));
+}
+
+#[test]
+fn corrupt_indices_disconnect_only_that_client() {
+    let dir = scratch();
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    let mut bad = Connection::connect(&d.socket).unwrap();
+    let mut good = Connection::connect(&d.socket).unwrap();
+    nops_work(&mut bad, 2);
+    let g = *bad.geometry();
+    // sq_tail far beyond sq_head + entries.
+    bad.region()
+        .store_u32(
+            g.queue_control(0) + blobring_abi::qc::SQ_TAIL,
+            0x4000_0000,
+            Ordering::Release,
+        )
+        .unwrap();
+    bad.ring_doorbell(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bad.daemon_alive() {
+        assert!(
+            Instant::now() < deadline,
+            "corrupting client was not disconnected"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    nops_work(&mut good, 100);
+    let s = d.wait_stats(
+        Duration::from_secs(5),
+        "corrupt client counted and released",
+        |s| {
+            s["totals"]["errors"]["corrupt_clients"].as_u64() == Some(1)
+                && s["clients"].as_array().unwrap().len() == 1
+        },
+    );
+    assert_eq!(s["clients"][0]["id"].as_u64(), Some(good.client_id()));
+}
+
+#[test]
+fn eventfd_flood_does_not_starve_others() {
+    let dir = scratch();
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let (path, stop) = (d.socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = Connection::connect(&path).unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                c.ring_doorbell(0).unwrap();
+                c.ring_doorbell(1).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut good = Connection::connect(&d.socket).unwrap();
+    let t0 = Instant::now();
+    nops_work(&mut good, 500);
+    let took = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let rings = flooder.join().unwrap();
+    assert!(rings > 1000, "the flood was real: {rings}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn daemon_death_fails_in_flight_requests_with_econnreset_promptly() {
+    let dir = scratch();
+    let _host = TestHost::start(&dir.path().join("host.sock"), 4);
+    let mut d = Daemon::start(DAEMON, dir.path(), &[]);
+    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
+        s["daemon"]["host_connected"] == true
+    });
+    let (mut waiter, mut out) = spawn_client(&d.socket, &["wait"]);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "submitted");
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(line.trim(), format!("res -{}", errno::ECONNRESET));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(waiter.0.wait().unwrap().success());
+}
+
+#[test]
+fn host_rescind_fails_in_flight_with_enodev_and_the_daemon_reconnects() {
+    let dir = scratch();
+    let host = TestHost::start(&dir.path().join("host.sock"), 4);
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
+        s["daemon"]["host_connected"] == true
+    });
+    let mut c = Connection::connect(&d.socket).unwrap();
+    let sqe = blob_sqe(&mut c, 5, b"HANG /r", 0);
+    c.submit(0, &[sqe]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.held() < 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    host.rescind();
+    let got = reap_n(&mut c, 0, 1, Duration::from_secs(5))[0];
+    assert_eq!(got.res, -errno::ENODEV);
+    // ctl keeps answering and the daemon reconnects by itself.
+    d.wait_stats(Duration::from_secs(10), "reconnected", |s| {
+        s["daemon"]["host_connected"] == true && s["daemon"]["host_connects"].as_u64() == Some(2)
+    });
+    let sqe = blob_sqe(&mut c, 6, b"GET /again", 0);
+    c.submit(1, &[sqe]).unwrap();
+    let got = reap_n(&mut c, 1, 1, Duration::from_secs(5))[0];
+    assert_eq!((got.user_data, got.res), (6, 0));
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = scratch();
+    let mut d = Daemon::start(DAEMON, dir.path(), &[]);
+    let mut c = Connection::connect(&d.socket).unwrap();
+    nops_work(&mut c, 10);
+    d.signal(rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "daemon did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!d.socket.exists(), "socket removed");
+    assert!(!c.daemon_alive());
+}
