@@ -1,5 +1,211 @@
 #![forbid(unsafe_code)]
-//! The `blobring` command-line tool: daemon administration (`stats`, `top`, `clients`,
-//! `channels`, `up`) and blob data commands (`cp`, `ls`, `cat`, `rm`, `mb`).
+//! The `blobring` command-line tool: daemon administration (`stats`, `clients`, `channels`;
+//! `top` and `up` later) and, later, blob data commands (`cp`, `ls`, `cat`, `rm`, `mb`).
 //!
-//! **Trusts:** the daemon's ctl socket. Status: not built yet.
+//! **Owns:** reading `blobringd`'s ctl socket (one JSON document per connection, with the
+//! top-level keys `daemon`, `totals`, `workers`, `channels`, `clients`) and rendering it as
+//! tables. **Trusts:** the daemon's ctl socket (its JSON is still parsed defensively: missing
+//! fields render as 0). **Invariants:** read-only; never blocks longer than [`CTL_TIMEOUT`].
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Longest wait for the daemon's answer.
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the ctl socket could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Could not connect.
+    #[error(
+        "cannot reach blobringd's ctl socket {path}: {source}; is the daemon running? (pass --ctl-socket)"
+    )]
+    Connect {
+        /// Path.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Could not read the answer.
+    #[error("reading from blobringd's ctl socket failed: {0}")]
+    Read(#[source] std::io::Error),
+    /// The answer is not JSON.
+    #[error("blobringd sent invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The default ctl socket: `blobringd.ctl` next to the default client socket.
+pub fn default_ctl_path() -> PathBuf {
+    blobring::default_socket_path().with_file_name("blobringd.ctl")
+}
+
+/// Fetches the statistics document.
+pub fn fetch(path: &Path) -> Result<Value, CtlError> {
+    let mut s = UnixStream::connect(path).map_err(|source| CtlError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    s.set_read_timeout(Some(CTL_TIMEOUT))
+        .map_err(CtlError::Read)?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(CtlError::Read)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn us(v: &Value) -> String {
+    format!("{:.1}", n(v) as f64 / 1e3)
+}
+
+fn errors(v: &Value) -> u64 {
+    v.as_object().map_or(0, |o| o.values().map(n).sum())
+}
+
+/// `blobring stats`: daemon summary and one line per worker.
+pub fn render_stats(doc: &Value) -> String {
+    let d = &doc["daemon"];
+    let t = &doc["totals"];
+    let mut out = format!(
+        "host: {}  channels: {}  clients: {}  refused: {}\nrequests: {}  bytes out: {}  bytes in: {}  errors: {}\n\
+         latency µs (p50/p99): queue wait {}/{}  host {}/{}  end-to-end {}/{}\n\n",
+        if d["host_connected"].as_bool().unwrap_or(false) {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        n(&d["channels_open"]),
+        n(&d["clients"]),
+        n(&d["refused"]),
+        n(&t["requests"]),
+        n(&t["bytes_out"]),
+        n(&t["bytes_in"]),
+        errors(&t["errors"]),
+        us(&t["queue_wait"]["p50_ns"]),
+        us(&t["queue_wait"]["p99_ns"]),
+        us(&t["host_service"]["p50_ns"]),
+        us(&t["host_service"]["p99_ns"]),
+        us(&t["end_to_end"]["p50_ns"]),
+        us(&t["end_to_end"]["p99_ns"]),
+    );
+    out.push_str(&format!(
+        "{:>6} {:>4} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>9}\n",
+        "worker", "cpu", "requests", "nops", "inflight", "waiting", "errors", "sleeps", "e2e p99µs"
+    ));
+    for w in doc["workers"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>6} {:>4} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>9}\n",
+            n(&w["index"]),
+            w["cpu"].as_u64().map_or("-".to_string(), |c| c.to_string()),
+            n(&w["requests"]),
+            n(&w["nops"]),
+            n(&w["in_flight"]),
+            n(&w["waiting"]),
+            errors(&w["errors"]),
+            n(&w["sleeps"]),
+            us(&w["end_to_end"]["p99_ns"]),
+        ));
+    }
+    out
+}
+
+/// `blobring clients`: one line per client.
+pub fn render_clients(doc: &Value) -> String {
+    let mut out = format!(
+        "{:>6} {:>6} {:>8} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
+        "id", "uid", "pid", "requests", "bytes out", "bytes in", "inflight", "stalls", "errors"
+    );
+    for c in doc["clients"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>6} {:>6} {:>8} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
+            n(&c["id"]),
+            n(&c["uid"]),
+            c["pid"].as_i64().unwrap_or(0),
+            n(&c["requests"]),
+            n(&c["bytes_out"]),
+            n(&c["bytes_in"]),
+            n(&c["in_flight"]),
+            n(&c["credit_stalls"]),
+            errors(&c["errors"]),
+        ));
+    }
+    out
+}
+
+/// `blobring channels`: one line per channel.
+pub fn render_channels(doc: &Value) -> String {
+    let mut out = format!(
+        "{:>7} {:>6} {:>12} {:>14} {:>14} {:>8} {:>12} {:>9}\n",
+        "channel",
+        "worker",
+        "requests",
+        "bytes out",
+        "bytes in",
+        "inflight",
+        "outstanding",
+        "ring full"
+    );
+    for c in doc["channels"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>7} {:>6} {:>12} {:>14} {:>14} {:>8} {:>12} {:>9}\n",
+            n(&c["index"]),
+            n(&c["worker"]),
+            n(&c["requests"]),
+            n(&c["bytes_out"]),
+            n(&c["bytes_in"]),
+            n(&c["in_flight"]),
+            n(&c["outstanding_bytes"]),
+            n(&c["ring_full"]),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_rows_and_tolerates_missing_fields() {
+        let doc = json!({
+            "daemon": {"host_connected": true, "channels_open": 2, "clients": 1, "refused": 3},
+            "totals": {"requests": 10, "errors": {"invalid": 1, "timed_out": 2}},
+            "workers": [{"index": 0, "cpu": 1, "requests": 7, "errors": {"invalid": 1}}, {"index": 1}],
+            "channels": [{"index": 0, "worker": 0, "requests": 5}],
+            "clients": [{"id": 9, "uid": 1000, "pid": 42, "requests": 10}],
+        });
+        let s = render_stats(&doc);
+        assert!(
+            s.contains("host: connected") && s.contains("refused: 3") && s.contains("errors: 3"),
+            "{s}"
+        );
+        assert_eq!(
+            s.lines()
+                .filter(|l| l.trim_start().starts_with(char::is_numeric))
+                .count(),
+            2,
+            "{s}"
+        );
+        let c = render_clients(&doc);
+        assert!(
+            c.lines()
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()[..4]
+                == ["9", "1000", "42", "10"],
+            "{c}"
+        );
+        let ch = render_channels(&doc);
+        assert_eq!(ch.lines().count(), 2);
+        assert!(render_stats(&json!({})).contains("DISCONNECTED"));
+    }
+}

@@ -383,7 +383,14 @@ impl Worker {
         while let Ok(msg) = self.rx.try_recv() {
             any = true;
             match msg {
-                ToWorker::AddClient(shared) => self.add_client(shared)?,
+                ToWorker::AddClient(shared) => {
+                    let id = shared.id;
+                    if let Err(reason) = self.add_client(shared) {
+                        // Refuse this client only; the control thread disconnects it.
+                        let _ = self.tx.send(ToControl::Misbehaved { id, reason });
+                        self.control_wake_up();
+                    }
+                }
                 ToWorker::RemoveClient(id) => {
                     if let Some(&k) = self.by_id.get(&id) {
                         self.kill_client(k);
@@ -398,7 +405,13 @@ impl Worker {
                 ToWorker::Channels(chs) => {
                     self.drop_channels(errno::ENODEV);
                     for ch in chs {
-                        self.add_channel(ch)?;
+                        if let Err(reason) = self.add_channel(ch) {
+                            let _ = self.tx.send(ToControl::ChannelBroken {
+                                worker: self.s.index,
+                                reason,
+                            });
+                            self.control_wake_up();
+                        }
                     }
                 }
                 ToWorker::ChannelsLost => self.drop_channels(errno::ENODEV),
@@ -467,6 +480,22 @@ impl Worker {
     fn kill_client(&mut self, k: usize) {
         self.stop_intake(k);
         self.clients[k].dead = true;
+        // Requests not yet handed to the host are dropped now; those the host holds are left
+        // to complete or time out (their buffers are lent).
+        let waiting: Vec<usize> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.client == k && r.state == ReqState::Waiting)
+            .map(|(key, _)| key)
+            .collect();
+        for key in waiting {
+            let cqe = Cqe {
+                user_data: self.reqs[key].sqe.user_data,
+                res: -errno::ECONNRESET,
+                ..Cqe::new_zeroed()
+            };
+            self.finish(key, cqe);
+        }
     }
 
     fn misbehaved(&mut self, k: usize, reason: String) {
@@ -788,7 +817,8 @@ impl Worker {
             notice_posted: false,
         });
         self.deadlines.push(Reverse((deadline, key, generation)));
-        if !self.try_send(key) {
+        // Keep submission order: while others wait for ring space, queue behind them.
+        if !self.waiting.is_empty() || !self.try_send(key) {
             self.waiting.push_back((key, generation));
         }
     }

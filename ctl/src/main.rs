@@ -1,0 +1,56 @@
+#![forbid(unsafe_code)]
+//! `blobring`: parses arguments and calls the ctl library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "blobring", version, about = "blobring command-line tool")]
+struct Cli {
+    /// blobringd's ctl socket (default: blobringd.ctl next to the client socket).
+    #[arg(long, global = true)]
+    ctl_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Daemon summary and per-worker figures.
+    Stats {
+        /// Print the daemon's JSON document as is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connected clients.
+    Clients {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Host channels.
+    Channels {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let path = cli
+        .ctl_socket
+        .unwrap_or_else(blobring_ctl::default_ctl_path);
+    let doc = blobring_ctl::fetch(&path)?;
+    let text = match cli.cmd {
+        Cmd::Stats { json: true } => serde_json::to_string_pretty(&doc)?,
+        Cmd::Clients { json: true } => serde_json::to_string_pretty(&doc["clients"])?,
+        Cmd::Channels { json: true } => serde_json::to_string_pretty(&doc["channels"])?,
+        Cmd::Stats { json: false } => blobring_ctl::render_stats(&doc),
+        Cmd::Clients { json: false } => blobring_ctl::render_clients(&doc),
+        Cmd::Channels { json: false } => blobring_ctl::render_channels(&doc),
+    };
+    println!("{}", text.trim_end());
+    Ok(())
+}
