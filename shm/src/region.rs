@@ -162,7 +162,24 @@ pub enum RegionError {
     /// A zero or absurd length.
     #[error("invalid region length {0} (must be between 1 and isize::MAX)")]
     BadLength(u64),
+    /// [`Mapping::map_device`] was given an offset that is not page-aligned.
+    #[error("mapping offset {offset} is not a multiple of the {page}-byte page size")]
+    BadOffset {
+        /// The offset.
+        offset: u64,
+        /// The system page size.
+        page: u64,
+    },
+    /// [`Mapping::map_device`] was given a file that could shrink under the mapping.
+    #[error(
+        "refusing to map a file that is not a character device (uio), a sysfs file or a memfd \
+         sealed against shrinking"
+    )]
+    NotDevice,
 }
+
+/// `f_type` of sysfs (`SYSFS_MAGIC` in `linux/magic.h`).
+const SYSFS_MAGIC: i64 = 0x6265_6572;
 
 fn sys(op: &'static str) -> impl FnOnce(Errno) -> RegionError {
     move |source| RegionError::Sys { op, source }
@@ -220,6 +237,17 @@ impl Mapping {
         map_len: u64,
         populate: bool,
     ) -> Result<Self, (&'static str, Errno)> {
+        Self::map_at(fd, 0, len, map_len, populate)
+    }
+
+    /// [`Mapping::map`] at file offset `offset` (a multiple of the system page size).
+    fn map_at(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: u64,
+        map_len: u64,
+        populate: bool,
+    ) -> Result<Self, (&'static str, Errno)> {
         debug_assert!(len > 0 && len <= map_len && map_len <= isize::MAX as u64);
         let mut flags = MapFlags::SHARED;
         if populate {
@@ -227,8 +255,9 @@ impl Mapping {
         }
         // SAFETY: a fresh mapping at an address chosen by the kernel (no MAP_FIXED), so it
         // cannot alias any Rust object. Every caller has set or checked the fd's size to be at
-        // least `map_len` and sealed it (or checked it is sealed) against shrinking, so no
-        // access within `map_len` can SIGBUS by truncation.
+        // least `offset + map_len` and sealed it (or checked it is sealed) against shrinking,
+        // or checked that it is a device or sysfs file whose size the kernel fixes
+        // (`map_device`), so no access within `map_len` can SIGBUS by truncation.
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -236,7 +265,7 @@ impl Mapping {
                 ProtFlags::READ | ProtFlags::WRITE,
                 flags,
                 fd,
-                0,
+                offset,
             )
         }
         .map_err(|e| ("mmap", e))?;
@@ -304,6 +333,69 @@ impl Mapping {
         let map_len = round_up(expected_len, file_page)?.min(actual);
         check_len(map_len)?;
         Self::map(fd, expected_len, map_len, true).map_err(|(op, e)| sys(op)(e))
+    }
+
+    /// Maps `len` bytes of a device-like file at `offset`, read-write and shared, for the
+    /// real Hyper-V transport: a uio device (`/dev/uioN`, map *i* at offset `i * pagesize`), a
+    /// sysfs binary attribute (a VMBus channel's `ring`), or a memfd sealed against shrinking
+    /// (tests standing in for either).
+    ///
+    /// These are the only kinds accepted, because they are the only files whose size cannot
+    /// shrink under the mapping (which would SIGBUS us): a character device's mappings are
+    /// bounded by its driver (uio refuses a mapping larger than the map with `EINVAL`), a
+    /// sysfs file's size is fixed by the kernel, and a sealed memfd cannot shrink. Anything
+    /// else is refused with [`RegionError::NotDevice`]. For sysfs files and memfds,
+    /// `offset + len` must be within the file. `offset` must be a multiple of the system page
+    /// size; the mapping is rounded up to whole pages and pre-faulted (`MAP_POPULATE`), and
+    /// exposes exactly `len` bytes.
+    ///
+    /// The memory is shared with the hypervisor (or, in tests, with a fixture) and accessed
+    /// like any peer memory: through [`SharedMemory`](crate::SharedMemory) only.
+    pub fn map_device(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<Self, RegionError> {
+        check_len(len)?;
+        let page = rustix::param::page_size() as u64;
+        if !offset.is_multiple_of(page) {
+            return Err(RegionError::BadOffset { offset, page });
+        }
+        let map_len = round_up(len, page)?;
+        check_len(map_len)?;
+        let stat = rustix::fs::fstat(fd).map_err(sys("fstat"))?;
+        match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+            rustix::fs::FileType::CharacterDevice => {}
+            rustix::fs::FileType::RegularFile => {
+                let fs = rustix::fs::fstatfs(fd).map_err(sys("fstatfs"))?;
+                #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+                let on_sysfs = fs.f_type as i64 == SYSFS_MAGIC;
+                let sealed =
+                    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+                if !on_sysfs && !sealed {
+                    return Err(RegionError::NotDevice);
+                }
+                let actual = u64::try_from(stat.st_size).unwrap_or(0);
+                let end = offset
+                    .checked_add(map_len)
+                    .ok_or(RegionError::BadLength(len))?;
+                if actual < end {
+                    return Err(RegionError::TooSmall {
+                        expected: end,
+                        actual,
+                    });
+                }
+            }
+            _ => return Err(RegionError::NotDevice),
+        }
+        Self::map_at(fd, offset, len, map_len, true).map_err(|(op, e)| sys(op)(e))
+    }
+
+    /// Locks the mapping's pages in RAM (`mlock`), so they are never swapped out while a
+    /// peer that addresses them physically (the Hyper-V host, through guest-physical page
+    /// numbers) may use them. Fails with `ENOMEM` or `EPERM` when `RLIMIT_MEMLOCK` is too low
+    /// (raise it: `LimitMEMLOCK=infinity` in a systemd unit). Note that locked pages may
+    /// still be migrated by the kernel; hugetlb pages are the ones it moves least.
+    pub fn lock(&self) -> Result<(), Errno> {
+        // SAFETY: the range is exactly this live mapping; mlock changes residency only, never
+        // contents or permissions, so no Rust-visible state changes.
+        unsafe { rustix::mm::mlock(self.ptr.as_ptr().cast(), self.map_len) }
     }
 
     /// Bytes accessible.
@@ -1052,5 +1144,62 @@ mod tests {
         assert_eq!(ShmemThpMode::effective(inherit, None), None);
         // The live machine's files parse.
         ShmemThpMode::current().unwrap();
+    }
+
+    #[test]
+    fn map_device_accepts_devices_and_sealed_memfds_only() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let page = rustix::param::page_size() as u64;
+        // A sealed memfd, mapped at a page offset: sees the file's bytes there.
+        let fd = rustix::fs::memfd_create("dev", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .unwrap();
+        rustix::fs::ftruncate(&fd, 3 * page).unwrap();
+        rustix::io::pwrite(&fd, b"map1", page).unwrap();
+        // Not sealed yet: could shrink under us.
+        assert!(matches!(
+            Mapping::map_device(fd.as_fd(), 0, page),
+            Err(RegionError::NotDevice)
+        ));
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        let m = Mapping::map_device(fd.as_fd(), page, 100).unwrap();
+        assert_eq!(m.len(), 100);
+        let mut b = [0u8; 4];
+        m.read(0, &mut b).unwrap();
+        assert_eq!(&b, b"map1");
+        assert!(m.read(98, &mut b).is_err(), "exposes exactly len bytes");
+        m.lock().unwrap_or_else(|e| assert_eq!(e, Errno::NOMEM));
+        // Past the end of the file, and unaligned offsets.
+        assert!(matches!(
+            Mapping::map_device(fd.as_fd(), 2 * page, page + 1),
+            Err(RegionError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            Mapping::map_device(fd.as_fd(), 1, 8),
+            Err(RegionError::BadOffset { offset: 1, .. })
+        ));
+        assert!(matches!(
+            Mapping::map_device(fd.as_fd(), 0, 0),
+            Err(RegionError::BadLength(0))
+        ));
+        // A character device (uio is one) is accepted; /dev/zero maps shared memory.
+        let zero = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap();
+        let z = Mapping::map_device(zero.as_fd(), 0, 64).unwrap();
+        z.store_u32(0, 5, std::sync::atomic::Ordering::Relaxed)
+            .unwrap();
+        assert_eq!(
+            z.load_u32(0, std::sync::atomic::Ordering::Relaxed).unwrap(),
+            5
+        );
+        // A plain file on an ordinary file system could be truncated: refused.
+        let path = std::env::temp_dir().join(format!("blobring-map-device-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(page).unwrap();
+        let r = Mapping::map_device(f.as_fd(), 0, page);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(r, Err(RegionError::NotDevice)), "{r:?}");
     }
 }
