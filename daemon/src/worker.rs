@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blobring_abi::vmbus::{AZ_BLOB_MAX_PAGES, HV_PAGE_SIZE};
+use blobring_abi::vmbus::{AZ_BLOB_MAX_PAGES, AzBlobVspResponse, HV_PAGE_SIZE};
 use blobring_abi::{
     CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
     Sqe, qc,
@@ -202,6 +202,8 @@ struct Worker {
     pfns: [Vec<u64>; 4],
     rx_buf: Vec<u8>,
     shutdown: Option<Instant>,
+    scratch_keys: Vec<usize>,
+    scratch_done: Vec<(usize, u64, AzBlobVspResponse)>,
 }
 
 /// The worker thread body: builds the reactor (on this thread: it is `!Send`) and loops until
@@ -243,6 +245,8 @@ pub fn run(
         pfns: Default::default(),
         rx_buf: Vec::new(),
         shutdown: None,
+        scratch_keys: Vec::new(),
+        scratch_done: Vec::new(),
         s,
     };
     w.main_loop()
@@ -591,9 +595,12 @@ impl Worker {
 
     fn poll_channels(&mut self) -> bool {
         let mut any = false;
-        let keys: Vec<usize> = self.chans.iter().map(|(k, _)| k).collect();
-        let mut done = Vec::new();
-        for ck in keys {
+        let mut keys = std::mem::take(&mut self.scratch_keys);
+        keys.clear();
+        keys.extend(self.chans.iter().map(|(k, _)| k));
+        let mut done = std::mem::take(&mut self.scratch_done);
+        done.clear();
+        for &ck in &keys {
             let mut broken = None;
             {
                 let chan = &mut self.chans[ck];
@@ -624,8 +631,9 @@ impl Worker {
                 self.control_wake_up();
             }
         }
+        self.scratch_keys = keys;
         let now = Instant::now();
-        for (ck, tid, resp) in done {
+        for &(ck, tid, resp) in &done {
             any = true;
             let key = (tid & 0xffff_ffff) as usize;
             let generation = (tid >> 32) as u32;
@@ -668,6 +676,7 @@ impl Worker {
             };
             self.finish(key, cqe);
         }
+        self.scratch_done = done;
         any
     }
 
@@ -710,14 +719,11 @@ impl Worker {
             return false;
         }
         let mut any = false;
-        let keys: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| !c.dead)
-            .map(|(k, _)| k)
-            .collect();
+        let mut keys = std::mem::take(&mut self.scratch_keys);
+        keys.clear();
+        keys.extend(self.clients.iter().filter(|(_, c)| !c.dead).map(|(k, _)| k));
         let now = Instant::now();
-        for k in keys {
+        for &k in &keys {
             let mut buf = std::mem::take(&mut self.sqe_buf);
             let n = match self.clients[k].queue.take(&mut buf) {
                 Ok(n) => n,
@@ -739,6 +745,7 @@ impl Worker {
             }
             self.sqe_buf = buf;
         }
+        self.scratch_keys = keys;
         any
     }
 

@@ -304,3 +304,44 @@ fn sigterm_drains_and_exits_zero() {
     assert!(!d.socket.exists(), "socket removed");
     assert!(!c.daemon_alive());
 }
+
+#[test]
+fn host_absent_at_start_then_crashing_then_back() {
+    let dir = scratch();
+    let host_path = dir.path().join("host.sock");
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    let mut c = Connection::connect(&d.socket).unwrap();
+    // No host yet: NOPs work, blob requests fail fast with ENODEV.
+    nops_work(&mut c, 5);
+    let sqe = blob_sqe(&mut c, 1, b"GET /early", 0);
+    c.submit(0, &[sqe]).unwrap();
+    assert_eq!(
+        reap_n(&mut c, 0, 1, Duration::from_secs(5))[0].res,
+        -errno::ENODEV
+    );
+    let host = TestHost::start(&host_path, 4);
+    d.wait_stats(Duration::from_secs(10), "connected", |s| {
+        s["daemon"]["host_connected"] == true
+    });
+    let sqe = blob_sqe(&mut c, 2, b"GET /now", 0);
+    c.submit(0, &[sqe]).unwrap();
+    assert_eq!(reap_n(&mut c, 0, 1, Duration::from_secs(5))[0].res, 0);
+    // The host dies with a request in flight.
+    let sqe = blob_sqe(&mut c, 3, b"HANG /lost", 0);
+    c.submit(1, &[sqe]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.held() < 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(host);
+    let got = reap_n(&mut c, 1, 1, Duration::from_secs(5))[0];
+    assert_eq!((got.user_data, got.res), (3, -errno::ENODEV));
+    let _host = TestHost::start(&host_path, 4);
+    d.wait_stats(Duration::from_secs(10), "reconnected", |s| {
+        s["daemon"]["host_connected"] == true && s["daemon"]["host_connects"].as_u64() == Some(2)
+    });
+    let sqe = blob_sqe(&mut c, 4, b"GET /back", 0);
+    c.submit(1, &[sqe]).unwrap();
+    assert_eq!(reap_n(&mut c, 1, 1, Duration::from_secs(5))[0].res, 0);
+}
