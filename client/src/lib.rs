@@ -23,8 +23,13 @@
 //! The low-level layer in this crate is deliberately small: it moves SQEs and CQEs and copies
 //! bytes in and out of arena buffers; building HTTP request heads is the Blob layer's job.
 
+pub mod blob;
+mod client;
 mod conn;
+#[cfg(feature = "object-store")]
+pub mod connector;
 mod error;
+pub mod transfer;
 
 pub use blobring_abi::{
     CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
@@ -34,3 +39,6 @@ pub use blobring_ring::WaitOutcome;
 pub use blobring_shm::Allocation;
 pub use conn::{ConnectOptions, Connection, LIVENESS_SLICE, default_socket_path, errno};
 pub use error::{ConnectError, Error};
+pub use client::{
+    Client, ClientError, ClientOptions, Completion, Lease, Pending, Request, block_on,
+};

@@ -1,0 +1,1147 @@
+//! The Azure Blob API over blobring: [`BlobService`].
+//!
+//! Every request head is exactly what an Azure REST client sends (method, path, `Host`,
+//! `x-ms-version`, `x-ms-date`, `Authorization: SharedKey …` or a SAS query), so the host can
+//! execute it like the real service would. Errors carry the Azure error code and HTTP status
+//! ([`BlobError::Service`]); idempotent operations are retried on 500/503/408/429, timeouts and
+//! daemon restarts with exponential backoff and full jitter ([`RetryPolicy`]).
+//!
+//! All operations are `async` and run on any executor (or none: wrap them in
+//! [`crate::block_on`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), blobring::blob::BlobError> {
+//! use blobring::blob::{AccountConfig, BlobService};
+//! let svc = BlobService::new(blobring::Client::connect_default()?, AccountConfig::from_env()?);
+//! svc.create_container("data").await?;
+//! svc.put_blob("data", "a/b.txt", b"hello", &Default::default()).await?;
+//! let got = svc.get_blob("data", "a/b.txt", None, &Default::default()).await?;
+//! assert_eq!(got.to_vec()?, b"hello");
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod xml;
+
+use std::ops::Range;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::HeaderMap;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+pub use auth::{
+    AccountConfig, Credentials, EMULATOR_ACCOUNT, EMULATOR_KEY, sign, string_to_sign,
+};
+
+use crate::{Client, ClientError, Lease, Request};
+
+/// The `x-ms-version` sent.
+pub const API_VERSION: &str = "2023-11-03";
+
+/// Characters left unescaped in a path segment (RFC 3986 unreserved) — `/` kept separately.
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Why a Blob API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The service answered with an error status.
+    #[error("{method} {path}: HTTP {status} {code}: {message}")]
+    Service {
+        /// HTTP status (404, 409, 412, 416, …).
+        status: u16,
+        /// Azure error code (`BlobNotFound`, `ContainerAlreadyExists`, `ConditionNotMet`, …;
+        /// empty if the response carried none).
+        code: String,
+        /// The service's message.
+        message: String,
+        /// Method of the failed request.
+        method: &'static str,
+        /// Path of the failed request.
+        path: String,
+    },
+    /// The request could not be carried (daemon, arena, deadline).
+    #[error(transparent)]
+    Transport(#[from] ClientError),
+    /// The configuration (connection string, key, names) is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The service's response broke the protocol.
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+    /// Downloaded bytes do not match the service's checksum.
+    #[error("integrity check failed for {what}: expected {expected}, computed {actual}; retry the transfer")]
+    Integrity {
+        /// Which blob or range.
+        what: String,
+        /// Service checksum.
+        expected: String,
+        /// Ours.
+        actual: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BlobError {
+    /// HTTP status of a service error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            BlobError::Service { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Azure error code of a service error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            BlobError::Service { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// 404.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// 409 or a 412 of a create-only write (`BlobAlreadyExists`, `ContainerAlreadyExists`).
+    pub fn is_already_exists(&self) -> bool {
+        self.status() == Some(409) || self.code().is_some_and(|c| c.ends_with("AlreadyExists"))
+    }
+
+    /// 412 / 304 (`ConditionNotMet`).
+    pub fn is_condition_not_met(&self) -> bool {
+        matches!(self.status(), Some(412) | Some(304))
+    }
+
+    fn retryable(&self) -> bool {
+        match self {
+            BlobError::Service { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+            BlobError::Transport(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Retry schedule of idempotent operations: `base * 2^attempt`, capped, with full jitter.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff.
+    pub base: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 6,
+            base: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff);
+        cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// ETag and date conditions (`If-Match`, `If-None-Match`, `If-Modified-Since`,
+/// `If-Unmodified-Since`).
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// `If-Match` (an ETag or `*`).
+    pub if_match: Option<String>,
+    /// `If-None-Match` (an ETag, or `*` for create-only writes).
+    pub if_none_match: Option<String>,
+    /// `If-Modified-Since` (HTTP date).
+    pub if_modified_since: Option<String>,
+    /// `If-Unmodified-Since` (HTTP date).
+    pub if_unmodified_since: Option<String>,
+}
+
+impl Conditions {
+    /// `If-None-Match: *` (create only).
+    pub fn create_only() -> Self {
+        Self {
+            if_none_match: Some("*".into()),
+            ..Self::default()
+        }
+    }
+
+    /// `If-Match: <etag>`.
+    pub fn if_match(etag: impl Into<String>) -> Self {
+        Self {
+            if_match: Some(etag.into()),
+            ..Self::default()
+        }
+    }
+
+    fn apply(&self, h: &mut Vec<(String, String)>) {
+        for (n, v) in [
+            ("if-match", &self.if_match),
+            ("if-none-match", &self.if_none_match),
+            ("if-modified-since", &self.if_modified_since),
+            ("if-unmodified-since", &self.if_unmodified_since),
+        ] {
+            if let Some(v) = v {
+                h.push((n.into(), v.clone()));
+            }
+        }
+    }
+}
+
+/// Properties of a blob (from HEAD or a GET's headers).
+#[derive(Debug, Clone, Default)]
+pub struct BlobProperties {
+    /// Size of the whole blob.
+    pub size: u64,
+    /// ETag (with quotes).
+    pub etag: String,
+    /// `Last-Modified`.
+    pub last_modified: String,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Content-MD5` (Base64) of the whole blob, when stored.
+    pub content_md5: Option<String>,
+    /// `x-ms-meta-*` pairs.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl BlobProperties {
+    fn from_headers(h: &HeaderMap) -> Self {
+        let s = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let size = s("content-range")
+            .and_then(|r| r.rsplit('/').next().and_then(|t| t.parse().ok()))
+            .or_else(|| s("content-length").and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        Self {
+            size,
+            etag: s("etag").unwrap_or_default(),
+            last_modified: s("last-modified").unwrap_or_default(),
+            content_type: s("content-type"),
+            content_md5: s("content-md5"),
+            metadata: h
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        k.as_str().strip_prefix("x-ms-meta-")?.to_owned(),
+                        v.to_str().ok()?.to_owned(),
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Options of a write.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Conditions.
+    pub conditions: Conditions,
+    /// `x-ms-blob-content-type`.
+    pub content_type: Option<String>,
+    /// `x-ms-meta-*`.
+    pub metadata: Vec<(String, String)>,
+    /// Send `x-ms-content-crc64` so the service verifies the body.
+    pub crc64: bool,
+    /// Send `Content-MD5` so the service verifies the body.
+    pub md5: bool,
+}
+
+/// Options of a read.
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// Conditions.
+    pub conditions: Conditions,
+}
+
+/// A blob (or range) read into an arena [`Lease`].
+#[derive(Debug)]
+pub struct GetResult {
+    /// Properties (size is the whole blob's).
+    pub properties: BlobProperties,
+    /// The bytes (`len` of them at the start).
+    pub data: Option<Lease>,
+    /// Bytes read.
+    pub len: usize,
+}
+
+impl GetResult {
+    /// The bytes as a vector.
+    pub fn to_vec(&self) -> Result<Vec<u8>, BlobError> {
+        match &self.data {
+            Some(l) => Ok(l.to_vec(self.len)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The bytes as [`bytes::Bytes`].
+    pub fn to_bytes(&self) -> Result<bytes::Bytes, BlobError> {
+        Ok(bytes::Bytes::from(self.to_vec()?))
+    }
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobItem {
+    /// Blob name.
+    pub name: String,
+    /// Size.
+    pub size: u64,
+    /// ETag.
+    pub etag: String,
+    /// Last modification.
+    pub last_modified: String,
+}
+
+/// One page of List Blobs.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Blobs.
+    pub blobs: Vec<BlobItem>,
+    /// Common prefixes (when listing with a delimiter).
+    pub prefixes: Vec<String>,
+    /// Marker of the next page (`None` = done).
+    pub next_marker: Option<String>,
+}
+
+/// List Blobs parameters.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Group names by this delimiter (usually `/`).
+    pub delimiter: Option<String>,
+    /// Continue after a previous page.
+    pub marker: Option<String>,
+    /// Page size (≤ 5000; default 1000).
+    pub max_results: Option<u32>,
+}
+
+/// A block of Get Block List.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// Base64 block id.
+    pub id: String,
+    /// Size.
+    pub size: u64,
+}
+
+/// Get Block List result.
+#[derive(Debug, Clone, Default)]
+pub struct BlockList {
+    /// Committed blocks in blob order.
+    pub committed: Vec<BlockInfo>,
+    /// Uncommitted blocks.
+    pub uncommitted: Vec<BlockInfo>,
+}
+
+/// Which list Put Block List takes each id from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockRef {
+    /// `<Latest>`.
+    Latest,
+    /// `<Committed>`.
+    Committed,
+    /// `<Uncommitted>`.
+    Uncommitted,
+}
+
+/// Encodes a blob path (`/<prefix>/<container>/<blob>`), escaping each segment.
+fn encode_path(prefix: &str, container: &str, blob: Option<&str>) -> String {
+    let mut p = String::from(prefix);
+    p.push('/');
+    p.push_str(&utf8_percent_encode(container, PATH).to_string());
+    if let Some(b) = blob {
+        for (i, seg) in b.split('/').enumerate() {
+            p.push('/');
+            let _ = i;
+            p.push_str(&utf8_percent_encode(seg, PATH).to_string());
+        }
+    }
+    p
+}
+
+/// A request being built.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub method: &'static str,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub idempotent: bool,
+}
+
+impl Spec {
+    fn new(method: &'static str, path: String) -> Self {
+        Self {
+            method,
+            path,
+            query: Vec::new(),
+            headers: Vec::new(),
+            idempotent: true,
+        }
+    }
+
+    fn q(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.query.push((k.into(), v.into()));
+        self
+    }
+
+    fn h(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+/// Parses an HTTP/1.1 response head.
+pub fn parse_response_head(head: &[u8]) -> Result<ResponseHead, ClientError> {
+    let mut hs = [httparse::EMPTY_HEADER; 96];
+    let mut r = httparse::Response::new(&mut hs);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(ClientError::BadResponse(
+                "truncated response head (give a larger response buffer)".into(),
+            ));
+        }
+        Err(e) => return Err(ClientError::BadResponse(e.to_string())),
+    }
+    let mut headers = HeaderMap::new();
+    for h in r.headers.iter() {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    Ok(ResponseHead {
+        status: r.code.unwrap_or(0),
+        headers,
+    })
+}
+
+/// Renders a request head for `account`: adds `Host`, `x-ms-date`, `x-ms-version`,
+/// `Content-Length` and the authorisation.
+pub(crate) fn render_head(
+    account: &AccountConfig,
+    method: &str,
+    path: &str,
+    query: &[(String, String)],
+    headers: &[(String, String)],
+    body_len: u64,
+) -> Vec<u8> {
+    let mut hs: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    if !hs.iter().any(|(k, _)| k == "x-ms-date") {
+        hs.push(("x-ms-date".into(), httpdate::fmt_http_date(std::time::SystemTime::now())));
+    }
+    if !hs.iter().any(|(k, _)| k == "x-ms-version") {
+        hs.push(("x-ms-version".into(), API_VERSION.into()));
+    }
+    if !hs.iter().any(|(k, _)| k == "content-length") && (body_len > 0 || method == "PUT") {
+        hs.push(("content-length".into(), body_len.to_string()));
+    }
+    let mut target = path.to_owned();
+    let mut qs: Vec<String> = query
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, PATH),
+                utf8_percent_encode(v, PATH)
+            )
+        })
+        .collect();
+    match &account.credentials {
+        Credentials::SharedKey { key } => {
+            let sts = string_to_sign(method, &account.account, path, query, &hs);
+            hs.push((
+                "authorization".into(),
+                format!("SharedKey {}:{}", account.account, sign(key, &sts)),
+            ));
+        }
+        Credentials::Sas(sas) => qs.push(sas.clone()),
+        Credentials::Anonymous => {}
+    }
+    if !qs.is_empty() {
+        target.push('?');
+        target.push_str(&qs.join("&"));
+    }
+    let mut out = format!("{method} {target} HTTP/1.1\r\nhost: {}\r\n", account.host);
+    for (k, v) in &hs {
+        out.push_str(k);
+        out.push_str(": ");
+        out.push_str(v);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// The Blob API over one [`Client`] (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct BlobService {
+    client: Client,
+    account: AccountConfig,
+    retry: RetryPolicy,
+    timeout: Duration,
+}
+
+/// What an attempt returns: the head, the data lease and the body length.
+pub(crate) struct Answer {
+    pub head: ResponseHead,
+    pub data: Option<Lease>,
+    pub len: usize,
+}
+
+impl Answer {
+    fn body(&self) -> Result<Vec<u8>, BlobError> {
+        match &self.data {
+            Some(d) => Ok(d.to_vec(self.len)?),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Body bytes a request carries.
+#[derive(Clone, Copy)]
+pub(crate) enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+}
+
+impl BlobService {
+    /// A service over `client` for `account`.
+    pub fn new(client: Client, account: AccountConfig) -> Self {
+        Self {
+            client,
+            account,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the per-request deadline (client side; each attempt gets it).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The account.
+    pub fn account(&self) -> &AccountConfig {
+        &self.account
+    }
+
+    fn path(&self, container: &str, blob: Option<&str>) -> String {
+        encode_path(&self.account.path_prefix, container, blob)
+    }
+
+    /// One attempt: render, submit, parse. `recv` = bytes reserved for a response body.
+    pub(crate) async fn attempt(
+        &self,
+        spec: &Spec,
+        body: Body<'_>,
+        recv: u64,
+        queue: Option<u32>,
+    ) -> Result<Answer, BlobError> {
+        let body_len = match body {
+            Body::None => 0,
+            Body::Bytes(b) => b.len() as u64,
+        };
+        let head = render_head(
+            &self.account,
+            spec.method,
+            &spec.path,
+            &spec.query,
+            &spec.headers,
+            body_len,
+        );
+        // Every request gets a data buffer: error bodies (Azure XML) land there too.
+        let cap = recv.max(body_len).max(4096);
+        let lease = self.client.alloc(cap)?;
+        if let Body::Bytes(b) = body
+            && !b.is_empty()
+        {
+            lease.write(0, b)?;
+        }
+        let mut req = Request::new(head);
+        req.data = Some(lease);
+        req.data_valid = body_len as u32;
+        req.timeout = Some(self.timeout);
+        req.queue = queue;
+        let c = self.client.execute(req).await?;
+        let head = parse_response_head(&c.head)?;
+        let len = c.data_len();
+        let ans = Answer {
+            head,
+            data: c.data,
+            len,
+        };
+        if ans.head.status >= 300 {
+            return Err(self.service_error(spec, &ans));
+        }
+        Ok(ans)
+    }
+
+    fn service_error(&self, spec: &Spec, ans: &Answer) -> BlobError {
+        let body = ans.body().unwrap_or_default();
+        let (code, msg) = xml::parse_error(&body);
+        let header_code = ans
+            .head
+            .headers
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let status = ans.head.status;
+        BlobError::Service {
+            status,
+            code: header_code.or(code).unwrap_or_default(),
+            message: msg
+                .map(|m| m.lines().next().unwrap_or("").to_owned())
+                .unwrap_or_else(|| {
+                    http::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("")
+                        .to_owned()
+                }),
+            method: spec.method,
+            path: spec.path.clone(),
+        }
+    }
+
+    /// Attempts with retries (idempotent requests only).
+    pub(crate) async fn send(
+        &self,
+        spec: &Spec,
+        body: Body<'_>,
+        recv: u64,
+        queue: Option<u32>,
+    ) -> Result<Answer, BlobError> {
+        let mut attempt = 0;
+        loop {
+            match self.attempt(spec, body, recv, queue).await {
+                Ok(a) => return Ok(a),
+                Err(e) if spec.idempotent && e.retryable() && attempt < self.retry.max_retries => {
+                    let d = self.retry.backoff(attempt);
+                    attempt += 1;
+                    sleep(d).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- containers
+
+    /// Create Container (`PUT ?restype=container`); 409 `ContainerAlreadyExists` if present.
+    pub async fn create_container(&self, container: &str) -> Result<(), BlobError> {
+        let mut s = Spec::new("PUT", self.path(container, None)).q("restype", "container");
+        s.idempotent = false;
+        self.send(&s, Body::None, 0, None).await.map(drop)
+    }
+
+    /// Delete Container.
+    pub async fn delete_container(&self, container: &str) -> Result<(), BlobError> {
+        let s = Spec::new("DELETE", self.path(container, None)).q("restype", "container");
+        self.send(&s, Body::None, 0, None).await.map(drop)
+    }
+
+    /// One page of List Blobs.
+    pub async fn list_blobs_page(
+        &self,
+        container: &str,
+        opts: &ListOptions,
+    ) -> Result<ListPage, BlobError> {
+        let mut s = Spec::new("GET", self.path(container, None))
+            .q("restype", "container")
+            .q("comp", "list");
+        if let Some(p) = &opts.prefix {
+            s = s.q("prefix", p.clone());
+        }
+        if let Some(d) = &opts.delimiter {
+            s = s.q("delimiter", d.clone());
+        }
+        if let Some(m) = &opts.marker {
+            s = s.q("marker", m.clone());
+        }
+        let max = opts.max_results.unwrap_or(1000).clamp(1, 5000);
+        s = s.q("maxresults", max.to_string());
+        let cap = (u64::from(max) * 2048).min(self.client.arena_len() / 2);
+        let a = self.send(&s, Body::None, cap, None).await?;
+        xml::parse_list(&a.body()?)
+    }
+
+    /// Every blob (and prefix) of a listing, following `NextMarker`.
+    pub async fn list_blobs(
+        &self,
+        container: &str,
+        opts: &ListOptions,
+    ) -> Result<ListPage, BlobError> {
+        let mut all = ListPage::default();
+        let mut o = opts.clone();
+        loop {
+            let p = self.list_blobs_page(container, &o).await?;
+            all.blobs.extend(p.blobs);
+            all.prefixes.extend(p.prefixes);
+            match p.next_marker {
+                Some(m) => o.marker = Some(m),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- blobs
+
+    /// Get Blob Properties (HEAD).
+    pub async fn head_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        opts: &GetOptions,
+    ) -> Result<BlobProperties, BlobError> {
+        let mut s = Spec::new("HEAD", self.path(container, Some(blob)));
+        opts.conditions.apply(&mut s.headers);
+        let a = self.send(&s, Body::None, 0, None).await?;
+        Ok(BlobProperties::from_headers(&a.head.headers))
+    }
+
+    /// Ranged Get Blob into a fresh lease: `range` of `None` reads the whole blob (which must
+    /// fit the arena; use [`crate::transfer`] for large blobs).
+    pub async fn get_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        range: Option<Range<u64>>,
+        opts: &GetOptions,
+    ) -> Result<GetResult, BlobError> {
+        match range {
+            Some(r) => self.get_range(container, blob, r, opts, None).await,
+            None => {
+                // First 4 MiB (or the whole blob if smaller); then the rest pinned to the ETag.
+                let first = (4u64 << 20).min(self.client.arena_len() / 2);
+                let g = match self.get_range(container, blob, 0..first, opts, None).await {
+                    Err(BlobError::Service { status: 416, .. }) => {
+                        // A zero-byte blob: no range is satisfiable.
+                        let p = self.head_blob(container, blob, opts).await?;
+                        return Ok(GetResult {
+                            properties: p,
+                            data: None,
+                            len: 0,
+                        });
+                    }
+                    r => r?,
+                };
+                if g.properties.size <= first {
+                    return Ok(g);
+                }
+                let mut o = opts.clone();
+                o.conditions.if_match = Some(g.properties.etag.clone());
+                self.get_range(container, blob, 0..g.properties.size, &o, None)
+                    .await
+            }
+        }
+    }
+
+    /// Get Blob of `range` into a lease; `queue` pins the queue pair.
+    pub async fn get_range(
+        &self,
+        container: &str,
+        blob: &str,
+        range: Range<u64>,
+        opts: &GetOptions,
+        queue: Option<u32>,
+    ) -> Result<GetResult, BlobError> {
+        if range.end <= range.start {
+            return Err(BlobError::Config(format!(
+                "empty range {}..{}",
+                range.start, range.end
+            )));
+        }
+        let mut s = Spec::new("GET", self.path(container, Some(blob))).h(
+            "x-ms-range",
+            format!("bytes={}-{}", range.start, range.end - 1),
+        );
+        opts.conditions.apply(&mut s.headers);
+        let a = self
+            .send(&s, Body::None, range.end - range.start, queue)
+            .await?;
+        Ok(GetResult {
+            properties: BlobProperties::from_headers(&a.head.headers),
+            len: a.len,
+            data: a.data,
+        })
+    }
+
+    /// Get Blob of `range` into the caller's buffer; returns the blob's properties.
+    pub async fn get_range_into(
+        &self,
+        container: &str,
+        blob: &str,
+        offset: u64,
+        buf: &mut [u8],
+        opts: &GetOptions,
+    ) -> Result<BlobProperties, BlobError> {
+        let g = self
+            .get_range(container, blob, offset..offset + buf.len() as u64, opts, None)
+            .await?;
+        if g.len != buf.len() {
+            return Err(BlobError::Protocol(format!(
+                "asked for {} bytes at {offset}, got {} (the blob is {} bytes)",
+                buf.len(),
+                g.len,
+                g.properties.size
+            )));
+        }
+        if let Some(d) = &g.data {
+            d.read(0, buf)?;
+        }
+        Ok(g.properties)
+    }
+
+    /// Put Blob (a block blob in one request); returns the new ETag.
+    pub async fn put_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        data: &[u8],
+        opts: &PutOptions,
+    ) -> Result<String, BlobError> {
+        let mut s =
+            Spec::new("PUT", self.path(container, Some(blob))).h("x-ms-blob-type", "BlockBlob");
+        self.put_headers(&mut s, data, opts);
+        let a = self.send(&s, Body::Bytes(data), 0, None).await?;
+        Ok(etag(&a.head.headers))
+    }
+
+    fn put_headers(&self, s: &mut Spec, data: &[u8], opts: &PutOptions) {
+        opts.conditions.apply(&mut s.headers);
+        if let Some(ct) = &opts.content_type {
+            s.headers
+                .push(("x-ms-blob-content-type".into(), ct.clone()));
+        }
+        for (k, v) in &opts.metadata {
+            s.headers.push((format!("x-ms-meta-{k}"), v.clone()));
+        }
+        if opts.crc64 {
+            s.headers
+                .push(("x-ms-content-crc64".into(), B64.encode(crc64(data).to_le_bytes())));
+        }
+        if opts.md5 {
+            use md5::Digest;
+            s.headers
+                .push(("content-md5".into(), B64.encode(md5::Md5::digest(data))));
+        }
+        if s.headers.iter().any(|(k, v)| k == "if-none-match" && v == "*") {
+            s.idempotent = false;
+        }
+    }
+
+    /// Delete Blob.
+    pub async fn delete_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        conditions: &Conditions,
+    ) -> Result<(), BlobError> {
+        let mut s = Spec::new("DELETE", self.path(container, Some(blob)));
+        conditions.apply(&mut s.headers);
+        self.send(&s, Body::None, 0, None).await.map(drop)
+    }
+
+    /// Copy Blob within the account (`x-ms-copy-source`); returns `x-ms-copy-status`.
+    pub async fn copy_blob(
+        &self,
+        src_container: &str,
+        src_blob: &str,
+        container: &str,
+        blob: &str,
+        conditions: &Conditions,
+    ) -> Result<String, BlobError> {
+        let src = self.account.url(&self.path(src_container, Some(src_blob)));
+        let mut s = Spec::new("PUT", self.path(container, Some(blob))).h("x-ms-copy-source", src);
+        conditions.apply(&mut s.headers);
+        s.idempotent = conditions.if_none_match.is_none();
+        let a = self.send(&s, Body::None, 0, None).await?;
+        Ok(a.head
+            .headers
+            .get("x-ms-copy-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("success")
+            .to_owned())
+    }
+
+    /// Put Block (`?comp=block&blockid=`); `id` is the Base64 block id.
+    pub async fn put_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        data: &[u8],
+        crc: bool,
+        queue: Option<u32>,
+    ) -> Result<(), BlobError> {
+        let mut s = Spec::new("PUT", self.path(container, Some(blob)))
+            .q("comp", "block")
+            .q("blockid", id);
+        if crc {
+            s = s.h("x-ms-content-crc64", B64.encode(crc64(data).to_le_bytes()));
+        }
+        self.send(&s, Body::Bytes(data), 0, queue).await.map(drop)
+    }
+
+    /// Put Block List: commits `blocks` in order; returns the ETag.
+    pub async fn put_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+        blocks: &[(BlockRef, String)],
+        opts: &PutOptions,
+    ) -> Result<String, BlobError> {
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for (r, id) in blocks {
+            let t = match r {
+                BlockRef::Latest => "Latest",
+                BlockRef::Committed => "Committed",
+                BlockRef::Uncommitted => "Uncommitted",
+            };
+            x.push_str(&format!("<{t}>{id}</{t}>"));
+        }
+        x.push_str("</BlockList>");
+        let mut s = Spec::new("PUT", self.path(container, Some(blob))).q("comp", "blocklist");
+        let mut o = opts.clone();
+        o.crc64 = false;
+        o.md5 = false;
+        self.put_headers(&mut s, x.as_bytes(), &o);
+        let a = self.send(&s, Body::Bytes(x.as_bytes()), 0, None).await?;
+        Ok(etag(&a.head.headers))
+    }
+
+    /// Get Block List (`blocklisttype=all`).
+    pub async fn get_block_list(&self, container: &str, blob: &str) -> Result<BlockList, BlobError> {
+        let s = Spec::new("GET", self.path(container, Some(blob)))
+            .q("comp", "blocklist")
+            .q("blocklisttype", "all");
+        let a = self.send(&s, Body::None, 1 << 20, None).await?;
+        xml::parse_block_list(&a.body()?)
+    }
+}
+
+fn etag(h: &HeaderMap) -> String {
+    h.get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Azure's CRC64 (the NVMe polynomial), as sent in `x-ms-content-crc64` (little-endian bytes).
+pub fn crc64(data: &[u8]) -> u64 {
+    let mut d = crc64fast_nvme::Digest::new();
+    d.write(data);
+    d.sum64()
+}
+
+/// A block id for block `n` of an upload (same length for every block, as Azure requires).
+pub fn block_id(upload: &str, n: u64) -> String {
+    B64.encode(format!("{upload}-{n:08}"))
+}
+
+/// Sleeps without a runtime: a timer thread wakes the task (fine at retry frequencies).
+pub(crate) async fn sleep(d: Duration) {
+    use std::sync::{Arc, Mutex};
+    use std::task::Poll;
+    struct St {
+        done: bool,
+        waker: Option<std::task::Waker>,
+    }
+    let st = Arc::new(Mutex::new(St {
+        done: false,
+        waker: None,
+    }));
+    let st2 = st.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(d);
+        let mut g = st2.lock().unwrap_or_else(|p| p.into_inner());
+        g.done = true;
+        if let Some(w) = g.waker.take() {
+            w.wake();
+        }
+    });
+    std::future::poll_fn(|cx| {
+        let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
+        if g.done {
+            Poll::Ready(())
+        } else {
+            g.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+impl BlobService {
+    /// Renders and submits one ranged GET now (no await needed to start it).
+    pub(crate) fn start_get(
+        &self,
+        container: &str,
+        blob: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        crc: bool,
+        queue: Option<u32>,
+    ) -> Result<(Spec, crate::Pending), BlobError> {
+        let mut s = Spec::new("GET", self.path(container, Some(blob))).h(
+            "x-ms-range",
+            format!("bytes={}-{}", range.start, range.end - 1),
+        );
+        if let Some(e) = if_match {
+            s = s.h("if-match", e);
+        }
+        if crc {
+            s = s.h("x-ms-range-get-content-crc64", "true");
+        }
+        let p = self.start(&s, Body::None, range.end - range.start, queue)?;
+        Ok((s, p))
+    }
+
+    /// Renders and submits one Put Block now.
+    pub(crate) fn start_put_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        data: Lease,
+        len: usize,
+        crc: Option<u64>,
+        queue: Option<u32>,
+    ) -> Result<(Spec, crate::Pending), BlobError> {
+        let mut s = Spec::new("PUT", self.path(container, Some(blob)))
+            .q("comp", "block")
+            .q("blockid", id);
+        if let Some(c) = crc {
+            s = s.h("x-ms-content-crc64", B64.encode(c.to_le_bytes()));
+        }
+        let head = render_head(
+            &self.account,
+            s.method,
+            &s.path,
+            &s.query,
+            &s.headers,
+            len as u64,
+        );
+        let mut req = Request::new(head);
+        req.data = Some(data);
+        req.data_valid = len as u32;
+        req.timeout = Some(self.timeout);
+        req.queue = queue;
+        Ok((s, self.client.submit(req)?))
+    }
+
+    fn start(
+        &self,
+        spec: &Spec,
+        body: Body<'_>,
+        recv: u64,
+        queue: Option<u32>,
+    ) -> Result<crate::Pending, BlobError> {
+        let body_len = match body {
+            Body::None => 0,
+            Body::Bytes(b) => b.len() as u64,
+        };
+        let head = render_head(
+            &self.account,
+            spec.method,
+            &spec.path,
+            &spec.query,
+            &spec.headers,
+            body_len,
+        );
+        let lease = self.client.alloc(recv.max(body_len).max(4096))?;
+        if let Body::Bytes(b) = body
+            && !b.is_empty()
+        {
+            lease.write(0, b)?;
+        }
+        let mut req = Request::new(head);
+        req.data = Some(lease);
+        req.data_valid = body_len as u32;
+        req.timeout = Some(self.timeout);
+        req.queue = queue;
+        Ok(self.client.submit(req)?)
+    }
+
+    /// Turns a completion of a request started with `start*` into an [`Answer`].
+    pub(crate) fn finish(
+        &self,
+        spec: &Spec,
+        c: Result<crate::Completion, ClientError>,
+    ) -> Result<Answer, BlobError> {
+        let c = c?;
+        let head = parse_response_head(&c.head)?;
+        let len = c.data_len();
+        let ans = Answer {
+            head,
+            data: c.data,
+            len,
+        };
+        if ans.head.status >= 300 {
+            return Err(self.service_error(spec, &ans));
+        }
+        Ok(ans)
+    }
+
+    /// Whether a failure of an idempotent request is worth retrying.
+    pub(crate) fn should_retry(e: &BlobError) -> bool {
+        e.retryable()
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+}
