@@ -332,11 +332,16 @@ impl Worker {
                     .map_err(|e| e.to_string())?;
             }
             self.stats.sleeps += 1;
-            self.publish();
+            // Publishing copies three histograms; at low load the worker sleeps after nearly
+            // every request, so publish at most once per millisecond here and otherwise wake
+            // up within PUBLISH_EVERY to publish what changed.
             let cap = if self.shutdown.is_some() {
                 Duration::from_millis(10)
-            } else {
+            } else if self.last_publish.elapsed() >= Duration::from_millis(1) {
+                self.publish();
                 Duration::from_secs(1)
+            } else {
+                PUBLISH_EVERY
             };
             self.reactor
                 .wait(1, Some(cap), |c| events.push((c.token, c.event)))

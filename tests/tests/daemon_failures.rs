@@ -132,8 +132,9 @@ fn deadline_gives_etimedout_with_buffers_lent_then_released() {
     assert_eq!(second.flags, CQE_F_BUFFERS_RELEASED);
     assert_eq!(second.res, -errno::ETIMEDOUT);
     assert_eq!(c.in_flight(0), 0);
-    let s = d.stats();
-    assert_eq!(s["totals"]["errors"]["timed_out"].as_u64(), Some(1));
+    d.wait_stats(Duration::from_secs(5), "timeout counted", |s| {
+        s["totals"]["errors"]["timed_out"].as_u64() == Some(1)
+    });
 }
 
 #[test]
@@ -150,7 +151,11 @@ fn client_that_never_drains_stalls_only_itself() {
     }
     assert!((32..=48).contains(&submitted), "{submitted}");
     nops_work(&mut good, 200);
-    let s = d.stats();
+    let s = d.wait_stats(Duration::from_secs(5), "hog stalls published", |s| {
+        s["clients"].as_array().unwrap().iter().any(|c| {
+            c["id"].as_u64() == Some(hog.client_id()) && c["credit_stalls"].as_u64() > Some(0)
+        })
+    });
     let hog_stats = s["clients"]
         .as_array()
         .unwrap()
