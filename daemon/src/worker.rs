@@ -758,21 +758,7 @@ impl Worker {
     fn accept(&mut self, k: usize, sqe: Sqe, now: Instant) {
         let c = &mut self.clients[k];
         let g = &c.shared.geometry;
-        let reserved_ok = sqe.flags == 0 && sqe.reserved0 == 0 && sqe.reserved1 == 0;
-        let valid = reserved_ok
-            && match sqe.opcode {
-                OP_NOP => true,
-                OP_BLOB => {
-                    sqe.request_len > 0
-                        && sqe.response_len > 0
-                        && sqe.data_valid <= sqe.data_len
-                        && g.in_arena(sqe.request_offset, sqe.request_len.into())
-                        && g.in_arena(sqe.response_offset, sqe.response_len.into())
-                        && (sqe.data_len == 0 || g.in_arena(sqe.data_offset, sqe.data_len.into()))
-                        && pages(c.shared.gpa_base, &sqe) <= u64::from(AZ_BLOB_MAX_PAGES)
-                }
-                _ => false,
-            };
+        let valid = validate_sqe(&sqe, g, c.shared.gpa_base);
         let immediate = if !valid {
             c.rejected += 1;
             c.counters.errors.invalid += 1;
@@ -1111,6 +1097,29 @@ impl Worker {
     }
 }
 
+/// Checks a copied SQE against its client's region: known opcode, reserved fields zero, and
+/// for [`OP_BLOB`] non-empty request and response buffers, `data_valid <= data_len`, every
+/// buffer inside the data arena (never the header or the queues) and at most
+/// [`AZ_BLOB_MAX_PAGES`] pages in the packet. [`OP_NOP`] uses no buffer, so only its reserved
+/// fields are checked.
+pub fn validate_sqe(sqe: &Sqe, g: &RegionGeometry, gpa_base: u64) -> bool {
+    let reserved_ok = sqe.flags == 0 && sqe.reserved0 == 0 && sqe.reserved1 == 0;
+    reserved_ok
+        && match sqe.opcode {
+            OP_NOP => true,
+            OP_BLOB => {
+                sqe.request_len > 0
+                    && sqe.response_len > 0
+                    && sqe.data_valid <= sqe.data_len
+                    && g.in_arena(sqe.request_offset, sqe.request_len.into())
+                    && g.in_arena(sqe.response_offset, sqe.response_len.into())
+                    && (sqe.data_len == 0 || g.in_arena(sqe.data_offset, sqe.data_len.into()))
+                    && pages(gpa_base, sqe) <= u64::from(AZ_BLOB_MAX_PAGES)
+            }
+            _ => false,
+        }
+}
+
 /// Pages the packet of `sqe` would carry.
 fn pages(base: u64, sqe: &Sqe) -> u64 {
     let n = |off: u64, len: u32| -> u64 {
@@ -1123,4 +1132,139 @@ fn pages(base: u64, sqe: &Sqe) -> u64 {
     n(sqe.data_offset, sqe.data_len)
         + n(sqe.request_offset, sqe.request_len)
         + n(sqe.response_offset, sqe.response_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry() -> RegionGeometry {
+        RegionGeometry::new(2, 64, 128, 64 << 20, 4096).unwrap()
+    }
+
+    fn blob(g: &RegionGeometry) -> Sqe {
+        let a = g.arena_offset;
+        Sqe {
+            opcode: OP_BLOB,
+            request_offset: a,
+            request_len: 100,
+            response_offset: a + 4096,
+            response_len: 200,
+            data_offset: a + 8192,
+            data_len: 4096,
+            data_valid: 4096,
+            ..Sqe::new_zeroed()
+        }
+    }
+
+    #[test]
+    fn accepts_well_formed_entries() {
+        let g = geometry();
+        assert!(validate_sqe(&blob(&g), &g, 1 << 32));
+        assert!(validate_sqe(
+            &Sqe {
+                data_len: 0,
+                data_valid: 0,
+                data_offset: 0,
+                ..blob(&g)
+            },
+            &g,
+            1 << 32
+        ));
+        assert!(validate_sqe(
+            &Sqe {
+                opcode: OP_NOP,
+                ..Sqe::new_zeroed()
+            },
+            &g,
+            0
+        ));
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_field() {
+        let g = geometry();
+        let ok = blob(&g);
+        let end = g.arena_offset + g.arena_len;
+        let bad = [
+            Sqe { opcode: 0, ..ok },
+            Sqe { opcode: 3, ..ok },
+            Sqe { flags: 1, ..ok },
+            Sqe { reserved0: 1, ..ok },
+            Sqe { reserved1: 1, ..ok },
+            Sqe {
+                request_len: 0,
+                ..ok
+            },
+            Sqe {
+                response_len: 0,
+                ..ok
+            },
+            Sqe {
+                data_valid: 4097,
+                ..ok
+            },
+            Sqe {
+                request_offset: 0,
+                ..ok
+            },
+            Sqe {
+                response_offset: g.queue_control(1),
+                ..ok
+            },
+            Sqe {
+                data_offset: end - 4095,
+                ..ok
+            },
+            Sqe {
+                data_offset: u64::MAX - 10,
+                ..ok
+            },
+            Sqe {
+                request_offset: end,
+                request_len: 1,
+                ..ok
+            },
+            Sqe {
+                opcode: OP_NOP,
+                reserved1: 5,
+                ..ok
+            },
+            // 8192 + 2 pages: more than one packet may carry.
+            Sqe {
+                data_len: 8192 * 4096,
+                data_valid: 0,
+                ..ok
+            },
+        ];
+        for (i, s) in bad.iter().enumerate() {
+            assert!(!validate_sqe(s, &g, 1 << 32), "entry {i} accepted: {s:?}");
+        }
+    }
+
+    #[test]
+    fn page_count_includes_offsets_within_pages() {
+        let s = Sqe {
+            request_offset: 4095,
+            request_len: 2,
+            response_offset: 0,
+            response_len: 1,
+            ..Sqe::new_zeroed()
+        };
+        assert_eq!(pages(0, &s), 3);
+        // Shifted by one byte the request no longer straddles a page boundary.
+        assert_eq!(pages(1, &s), 2);
+        let s2 = Sqe {
+            response_len: 2,
+            ..s
+        };
+        assert_eq!(pages(4095, &s2), 1 + 2, "the response straddles a page");
+    }
+
+    #[test]
+    fn tokens_keep_tag_and_key_apart() {
+        let t = token(TAG_CLIENT, 12345);
+        assert_eq!(t >> TAG_SHIFT, TAG_CLIENT);
+        assert_eq!(t & ((1 << TAG_SHIFT) - 1), 12345);
+    }
 }

@@ -350,3 +350,50 @@ fn host_absent_at_start_then_crashing_then_back() {
     c.submit(1, &[sqe]).unwrap();
     assert_eq!(reap_n(&mut c, 1, 1, Duration::from_secs(5))[0].res, 0);
 }
+
+/// The memfd of region `client_id`, reopened through `/proc/self/fd` (the connection keeps its
+/// own fd private).
+fn open_region_fd(client_id: u64) -> std::fs::File {
+    let want = format!("/memfd:blobring-client-{client_id} (deleted)");
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want) {
+            return std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(e.path())
+                .unwrap();
+        }
+    }
+    panic!("no memfd {want}");
+}
+
+#[test]
+fn punched_region_harms_only_its_owner() {
+    let dir = scratch();
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    let mut bad = Connection::connect(&d.socket).unwrap();
+    let mut good = Connection::connect(&d.socket).unwrap();
+    nops_work(&mut bad, 3);
+    let len = bad.geometry().region_len;
+    let fd = open_region_fd(bad.client_id());
+    // Punch the whole region (header, queues, arena): the pages read back as zeroes, so the
+    // daemon's view of the indices jumps backwards.
+    rustix::fs::fallocate(
+        &fd,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        0,
+        len,
+    )
+    .unwrap();
+    // Truncation is refused by the seals.
+    assert!(fd.set_len(4096).is_err());
+    bad.ring_doorbell(0).unwrap();
+    bad.ring_doorbell(1).unwrap();
+    let _ = bad.submit(0, &[nop(1)]);
+    nops_work(&mut good, 100);
+    let s = d.stats();
+    assert!(
+        s["workers"].as_array().unwrap().len() == 2,
+        "daemon alive: {s}"
+    );
+}
