@@ -15,6 +15,10 @@
 //!   message by message in the [`sim`] module), with [`sim::guest`] and [`sim::host`] helpers.
 //! - [`guest_memory`]: the emulated host's table of registered guest memory, translating page
 //!   lists into spans and rejecting pages outside it.
+//! - [`guest_phys`]: the guest side's page numbers for client buffers, per transport
+//!   ([`guest_phys::PfnTranslator`]: base + offset on `sim`, hugepages + pagemap on `uio`).
+//! - [`uio`]: the real Hyper-V transport through `uio_hv_generic` (§3–4): discovery, binding,
+//!   mapping, signalling, interrupts, transport auto-detection.
 //!
 //! **Trusts:** as the guest, the host for liveness only — every ring index, descriptor and bus
 //! message it writes is still validated, and a broken one is an error
@@ -42,9 +46,11 @@
 pub mod blob;
 pub mod channel;
 pub mod guest_memory;
+pub mod guest_phys;
 pub mod packet;
 pub mod ring;
 pub mod sim;
+pub mod uio;
 
 pub use channel::{Channel, ChannelError};
 pub use packet::{Packet, PacketKind, decode};

@@ -1,0 +1,326 @@
+//! Signalling decisions and kernel-dependent behaviour of `uio_hv_generic`
+//! (`reference/vmbus.md` §3.2–3.4, §4.6, §7).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use blobring_abi::vmbus::AZ_BLOB_MAX_PAGES;
+use blobring_shm::SharedMemory;
+
+use super::UioError;
+
+/// Offset of `trigger_group[0].pending` in the monitor page (§3.4).
+pub const MONITOR_TRIGGER_GROUP: u64 = 8;
+/// Trigger groups in the monitor page.
+pub const MONITOR_GROUPS: u32 = 4;
+/// Offset of the send (guest → host) half of the interrupt page (§3.4).
+pub const INT_PAGE_SEND: u64 = 2048;
+/// Bytes of each half of the interrupt page.
+const INT_PAGE_HALF: u32 = 2048;
+
+/// How one channel tells the host "look at my TX ring" (§3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalPath {
+    /// Monitored channel: atomic OR of `bit` into the u32 at `offset` of the monitor page
+    /// (`trigger_group[monitor_id / 32].pending`). The hypervisor scans the page; no
+    /// system call.
+    Monitor {
+        /// Byte offset in the monitor page.
+        offset: u64,
+        /// Bit mask (`1 << monitor_id % 32`).
+        bit: u32,
+    },
+    /// Unmonitored channel: atomic OR of `bit` into the u32 at `offset` of the interrupt
+    /// page (word `relid / 32` of its send half), then `write(uio_fd, 1)` so the kernel
+    /// issues the signal hypercall.
+    Interrupt {
+        /// Byte offset in the interrupt page.
+        offset: u64,
+        /// Bit mask (`1 << relid % 32`).
+        bit: u32,
+    },
+}
+
+impl SignalPath {
+    /// The path for channel `relid` with `monitor_id` (None when sysfs has no `monitor_id`).
+    pub fn for_channel(relid: u32, monitor_id: Option<u32>) -> Result<Self, UioError> {
+        match monitor_id {
+            Some(id) => {
+                if id / 32 >= MONITOR_GROUPS {
+                    return Err(UioError::SignalOutOfRange {
+                        what: "monitor id",
+                        value: id,
+                        page: "monitor",
+                    });
+                }
+                Ok(Self::Monitor {
+                    offset: MONITOR_TRIGGER_GROUP + 8 * u64::from(id / 32),
+                    bit: 1 << (id % 32),
+                })
+            }
+            None => {
+                if relid / 32 >= INT_PAGE_HALF / 4 {
+                    return Err(UioError::SignalOutOfRange {
+                        what: "relid",
+                        value: relid,
+                        page: "interrupt",
+                    });
+                }
+                Ok(Self::Interrupt {
+                    offset: INT_PAGE_SEND + 4 * u64::from(relid / 32),
+                    bit: 1 << (relid % 32),
+                })
+            }
+        }
+    }
+
+    /// Sets the bit in the right page. Returns `true` if the caller must also `write(1)` to
+    /// the uio fd (unmonitored channels).
+    pub fn raise(
+        &self,
+        int_page: &dyn SharedMemory,
+        monitor_page: &dyn SharedMemory,
+    ) -> Result<bool, blobring_shm::AccessError> {
+        // SeqCst: the ring's write_index store (fenced in commit_write) must be visible to the
+        // hypervisor before it sees the bit and scans the ring.
+        match *self {
+            Self::Monitor { offset, bit } => {
+                monitor_page.fetch_or_u32(offset, bit, Ordering::SeqCst)?;
+                Ok(false)
+            }
+            Self::Interrupt { offset, bit } => {
+                int_page.fetch_or_u32(offset, bit, Ordering::SeqCst)?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// A Linux kernel release, as `/proc/sys/kernel/osrelease` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KernelVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Patch (0 if absent).
+    pub patch: u32,
+}
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl KernelVersion {
+    /// A version.
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        Self {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// Parses a release string such as `6.8.0-1017-azure` or `5.15.0`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let end = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let mut it = s[..end].split('.').filter(|p| !p.is_empty());
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        let patch = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Some(Self::new(major, minor, patch))
+    }
+
+    /// Reads and parses an `osrelease` file.
+    pub fn read(path: &Path) -> Result<Self, UioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| UioError::sysfs("read", path, e))?;
+        Self::parse(&text).ok_or_else(|| UioError::Parse {
+            path: path.to_owned(),
+            value: text.trim().to_owned(),
+            what: "a kernel release like 6.8.0-1017-azure",
+        })
+    }
+
+    /// The running kernel (`/proc/sys/kernel/osrelease`).
+    pub fn running() -> Result<Self, UioError> {
+        Self::read(Path::new("/proc/sys/kernel/osrelease"))
+    }
+
+    /// Whether `uio_hv_generic` accepts devices without a monitor id (e566ed5b/547fa4ffd799,
+    /// ≈6.10; before, probe fails with "vmbus channel requires hypercall", §4.6).
+    pub fn allows_unmonitored(self) -> bool {
+        self >= Self::new(6, 10, 0)
+    }
+}
+
+/// Who owns the RX `interrupt_mask` under `uio_hv_generic` (§3.3). Explicit, because it
+/// decides whether re-arming needs a `write(1)`; pick it with
+/// [`InterruptMode::for_kernel`] or force it when a distribution backported the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// Kernels before 37bd91f22794 ("Let userspace take care of interrupt mask", 6.12): on a
+    /// host interrupt the kernel sets the channel's RX `interrupt_mask` and notifies once;
+    /// userspace clears the masks and re-arms with `write(uio_fd, 1)`.
+    KernelMasks,
+    /// 6.12 and later: the kernel leaves `interrupt_mask` alone; userspace masks while
+    /// draining and unmasks (with a re-check) before sleeping, without a system call. No
+    /// `write(1)` to re-arm (it would also signal the host for unmonitored channels).
+    UserspaceMasks,
+}
+
+impl InterruptMode {
+    /// The mode of a kernel release (6.12 is the first with the change, per its fix's stable
+    /// tag; backports are not detected).
+    pub fn for_kernel(v: KernelVersion) -> Self {
+        if v >= KernelVersion::new(6, 12, 0) {
+            Self::UserspaceMasks
+        } else {
+            Self::KernelMasks
+        }
+    }
+
+    /// Whether re-arming after a wakeup needs `write(uio_fd, 1)`.
+    pub fn rearm_needs_write(self) -> bool {
+        matches!(self, Self::KernelMasks)
+    }
+}
+
+/// Fixed bytes of a blob request on the ring, besides 8 per page: the descriptor, GPA header,
+/// one range header, the 56-byte request and the trailer (§6.2: `96 + 8N`).
+const BLOB_PACKET_FIXED: u32 = 96;
+
+/// The largest number of pages (data + request + response together) one blob request may
+/// carry on a ring whose data area has `data_size` bytes: the packet takes `96 + 8N` bytes and
+/// must stay below `data_size` (never-full rule, §1.3, §7.1), and the protocol allows at most
+/// [`AZ_BLOB_MAX_PAGES`]. A 64 KiB data area (current kernels, unknown classes) gives 8179;
+/// 0 if not even a one-page request fits.
+pub fn max_request_pages(data_size: u32) -> u32 {
+    let Some(room) = data_size.checked_sub(BLOB_PACKET_FIXED + 1) else {
+        return 0;
+    };
+    (room / 8).min(AZ_BLOB_MAX_PAGES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blobring_shm::HeapMemory;
+
+    #[test]
+    fn monitor_and_interrupt_offsets() {
+        assert_eq!(
+            SignalPath::for_channel(14, Some(0)).unwrap(),
+            SignalPath::Monitor { offset: 8, bit: 1 }
+        );
+        assert_eq!(
+            SignalPath::for_channel(14, Some(37)).unwrap(),
+            SignalPath::Monitor {
+                offset: 16,
+                bit: 1 << 5
+            }
+        );
+        assert_eq!(
+            SignalPath::for_channel(14, Some(127)).unwrap(),
+            SignalPath::Monitor {
+                offset: 32,
+                bit: 1 << 31
+            }
+        );
+        assert!(SignalPath::for_channel(14, Some(128)).is_err());
+        assert_eq!(
+            SignalPath::for_channel(14, None).unwrap(),
+            SignalPath::Interrupt {
+                offset: 2048,
+                bit: 1 << 14
+            }
+        );
+        assert_eq!(
+            SignalPath::for_channel(70, None).unwrap(),
+            SignalPath::Interrupt {
+                offset: 2048 + 8,
+                bit: 1 << 6
+            }
+        );
+        assert!(SignalPath::for_channel(16383, None).is_ok());
+        assert!(SignalPath::for_channel(16384, None).is_err());
+    }
+
+    #[test]
+    fn raise_sets_one_bit_in_the_right_page() {
+        let int = HeapMemory::new(4096);
+        let mon = HeapMemory::new(4096);
+        mon.store_u32(16, 1, Ordering::Relaxed).unwrap();
+        let p = SignalPath::for_channel(3, Some(33)).unwrap();
+        assert!(!p.raise(&int, &mon).unwrap());
+        assert_eq!(mon.load_u32(16, Ordering::Relaxed).unwrap(), 0b11);
+        let p = SignalPath::for_channel(33, None).unwrap();
+        assert!(p.raise(&int, &mon).unwrap());
+        assert_eq!(int.load_u32(2052, Ordering::Relaxed).unwrap(), 0b10);
+        let mut all = vec![0u8; 4096];
+        int.read(0, &mut all).unwrap();
+        assert_eq!(all.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+    }
+
+    #[test]
+    fn kernel_versions_and_modes() {
+        let v = KernelVersion::parse("6.8.0-1017-azure\n").unwrap();
+        assert_eq!(v, KernelVersion::new(6, 8, 0));
+        assert_eq!(
+            KernelVersion::parse("6.12-rc3").unwrap(),
+            KernelVersion::new(6, 12, 0)
+        );
+        assert_eq!(
+            KernelVersion::parse("5.15.167.4-microsoft-standard-WSL2").unwrap(),
+            KernelVersion::new(5, 15, 167)
+        );
+        assert_eq!(KernelVersion::parse("garbage"), None);
+        assert_eq!(KernelVersion::parse("6"), None);
+        assert_eq!(InterruptMode::for_kernel(v), InterruptMode::KernelMasks);
+        assert!(InterruptMode::KernelMasks.rearm_needs_write());
+        assert_eq!(
+            InterruptMode::for_kernel(KernelVersion::new(6, 12, 1)),
+            InterruptMode::UserspaceMasks
+        );
+        assert!(!InterruptMode::UserspaceMasks.rearm_needs_write());
+        assert!(!v.allows_unmonitored());
+        assert!(KernelVersion::new(6, 10, 0).allows_unmonitored());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("osrelease");
+        std::fs::write(&p, "6.13.2-arch1\n").unwrap();
+        assert_eq!(
+            KernelVersion::read(&p).unwrap(),
+            KernelVersion::new(6, 13, 2)
+        );
+        std::fs::write(&p, "x").unwrap();
+        assert!(matches!(
+            KernelVersion::read(&p),
+            Err(UioError::Parse { .. })
+        ));
+        KernelVersion::running().unwrap();
+    }
+
+    #[test]
+    fn max_request_pages_for_ring_sizes() {
+        // Current kernels, unknown class: ring 0x11000 → 64 KiB data.
+        assert_eq!(max_request_pages(0x11000 - 4096), 8179);
+        // The 128 KiB rings of the Linux blob driver, and 2 MiB rings: the protocol cap.
+        assert_eq!(max_request_pages((128 << 10) - 4096), 8192);
+        assert_eq!(max_request_pages((2 << 20) - 4096), 8192);
+        // Small rings.
+        assert_eq!(max_request_pages(4096), (4096 - 97) / 8);
+        assert_eq!(max_request_pages(104), 0);
+        assert_eq!(max_request_pages(105), 1);
+        assert_eq!(max_request_pages(0), 0);
+        // The bound is exact: 96 + 8N < data size.
+        for d in [4096u32, 8192, 65536, 65536 + 8] {
+            let n = max_request_pages(d);
+            assert!(96 + 8 * n < d && 96 + 8 * (n + 1) >= d, "{d}");
+        }
+    }
+}
