@@ -83,6 +83,20 @@ fn pin(cpu: usize) {
     }
 }
 
+/// Installs the global `tracing` subscriber: `RUST_LOG` filter (default `info`), to stderr, as
+/// human-readable lines or one JSON object per line.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
 /// Runs the daemon until SIGTERM/SIGINT; returns after draining.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     // Before any thread exists, so every thread inherits the blocked mask.

@@ -6,6 +6,8 @@
 //!   helpers (until `blobring-host --socket` exists), answering blob requests:
 //!   response head = `"OK:"` + request head; data buffers of reads filled with `0xab`;
 //!   requests whose head starts with `HANG` are held until [`TestHost::release_held`];
+//!   requests whose head starts with `BADLEN` are answered with a response length larger than
+//!   their buffer;
 //! - SQE helpers.
 
 use std::os::fd::AsFd;
@@ -335,12 +337,18 @@ fn vsp(mut ch: SimChannel, memory: SharedGuestMemory, stop: Arc<AtomicBool>, s: 
                     d.write_at(0, &vec![0xab; d.len() as usize]).ok()?;
                     length = d.len() as u32;
                 }
+                // BADLEN: claim more response bytes than the buffer holds (a lying host).
+                let response_len = if head.starts_with(b"BADLEN") {
+                    rs.len() as u32 + 1
+                } else {
+                    a.len() as u32
+                };
                 Some((
                     head.starts_with(b"HANG"),
                     AzBlobVspResponse {
                         length,
                         error: 0,
-                        response_len: a.len() as u32,
+                        response_len,
                     },
                 ))
             })();

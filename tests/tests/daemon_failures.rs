@@ -397,3 +397,63 @@ fn punched_region_harms_only_its_owner() {
         "daemon alive: {s}"
     );
 }
+
+#[test]
+fn lying_host_completion_is_dropped_and_the_request_times_out() {
+    let dir = scratch();
+    let _host = TestHost::start(&dir.path().join("host.sock"), 4);
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
+        s["daemon"]["host_connected"] == true
+    });
+    let mut c = Connection::connect(&d.socket).unwrap();
+    let mut sqe = blob_sqe(&mut c, 8, b"BADLEN /x", 0);
+    sqe.timeout_ms = 200;
+    c.submit(0, &[sqe]).unwrap();
+    let first = reap_n(&mut c, 0, 1, Duration::from_secs(5))[0];
+    assert_eq!(
+        (first.user_data, first.res, first.flags),
+        (8, -errno::ETIMEDOUT, CQE_F_BUFFERS_LENT)
+    );
+    d.wait_stats(Duration::from_secs(5), "bad completion counted", |s| {
+        s["totals"]["errors"]["bad_completions"].as_u64() == Some(1)
+    });
+    // Normal requests still work on the same queue.
+    let sqe = blob_sqe(&mut c, 9, b"GET /fine", 0);
+    c.submit(0, &[sqe]).unwrap();
+    let got = reap_n(&mut c, 0, 1, Duration::from_secs(5))[0];
+    assert_eq!((got.user_data, got.res), (9, 0));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = scratch();
+    let mut child = Reaped(
+        Command::new(DAEMON)
+            .arg("--socket")
+            .arg(dir.path().join("d.sock"))
+            .arg("--host-socket")
+            .arg(dir.path().join("none.sock"))
+            .args(["--workers", "1", "--no-pin", "--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    drop(child);
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(
+        v["level"].is_string() && v["fields"]["message"].is_string(),
+        "{v}"
+    );
+}
+
+#[test]
+fn connection_is_send() {
+    fn send<T: Send>() {}
+    send::<Connection>();
+}
