@@ -153,6 +153,14 @@ pub enum GpaRefusal {
         #[source]
         source: std::io::Error,
     },
+    /// The virtual range overflows the address space (a bug in the caller).
+    #[error("virtual range at {vaddr:#x} of {len} bytes overflows")]
+    BadRange {
+        /// Start.
+        vaddr: u64,
+        /// Length.
+        len: u64,
+    },
     /// The region's address is not aligned to its page size (a bug in the caller).
     #[error("region at {vaddr:#x} is not aligned to its {page}-byte pages")]
     Misaligned {
@@ -172,7 +180,7 @@ impl GpaRefusal {
                 what: what.to_owned(),
                 source,
             },
-            PagemapError::Overflow { vaddr, .. } => Self::Misaligned { vaddr, page: 0 },
+            PagemapError::Overflow { vaddr, len } => Self::BadRange { vaddr, len },
         }
     }
 }

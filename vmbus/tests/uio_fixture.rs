@@ -361,7 +361,15 @@ fn opts(mode: InterruptMode, subchannels: u32) -> UioOptions {
 
 fn open(m: &Machine, mode: InterruptMode, subs: u32) -> UioDevice {
     let dev = sysfs::find_blob_device(&m.tree.sysfs()).unwrap();
-    UioDevice::open(&m.tree.sysfs(), &dev, &m.opener, &opts(mode, subs)).unwrap()
+    // Already bound: bind_and_open only opens.
+    UioDevice::bind_and_open(
+        &m.tree.sysfs(),
+        &dev,
+        &m.opener,
+        &opts(mode, subs),
+        Some(NEW),
+    )
+    .unwrap()
 }
 
 /// A blob request on pages of a sim-style region (the fixture host does not touch them).

@@ -294,6 +294,9 @@ impl Channel for UioChannel {
     }
 
     /// §3.2: monitor bit (no system call), or interrupt-page bit plus `write(uio_fd, 1)`.
+    /// That write is also the kernel's irqcontrol: on 6.12+ kernels it clears every RX
+    /// `interrupt_mask` of the device, so a masked drain may see one extra interrupt — harmless,
+    /// and there is no signal-only call (§3.2, §7.3).
     fn signal(&self) -> io::Result<()> {
         let write = self
             .path
@@ -435,6 +438,20 @@ impl UioDevice {
             })?;
         }
         Ok(dev)
+    }
+
+    /// Binds `device` to `uio_hv_generic` if it is not yet ([`sysfs::bind`], refusing an
+    /// unmonitored device on kernels older than 6.10), then [`opens`](Self::open) it. This is
+    /// what the daemon calls after [`super::detect()`] chose `uio`.
+    pub fn bind_and_open(
+        sysfs: &Sysfs,
+        device: &BlobDevice,
+        opener: &dyn DeviceOpener,
+        opts: &UioOptions,
+        kernel: Option<KernelVersion>,
+    ) -> Result<Self, UioError> {
+        let device = sysfs::bind(sysfs, device, kernel, sysfs::BIND_TIMEOUT)?;
+        Self::open(sysfs, &device, opener, opts)
     }
 
     /// The device as discovered.
