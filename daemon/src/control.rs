@@ -65,6 +65,21 @@ struct Host {
     bus: BusClient,
 }
 
+/// A connection whose hello has not fully arrived yet. Handshakes never block the control
+/// thread: a client that connects and stays silent only occupies one of
+/// [`MAX_PENDING_HANDSHAKES`] slots until [`HANDSHAKE_TIMEOUT`].
+struct PendingHello {
+    sock: UnixStream,
+    buf: [u8; size_of::<HelloRequest>()],
+    got: usize,
+    since: Instant,
+}
+
+/// Most connections waiting for their hello at once (the oldest is dropped beyond this).
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// How long a connection may take to send its hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The control thread's state.
 pub struct Control {
     cfg: Config,
@@ -87,6 +102,7 @@ pub struct Control {
     shutting_down: Option<Instant>,
     metrics_doc: Arc<std::sync::Mutex<String>>,
     exited: Arc<std::sync::atomic::AtomicUsize>,
+    pending: Vec<PendingHello>,
 }
 
 fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
@@ -168,6 +184,7 @@ impl Control {
             shutting_down: None,
             metrics_doc,
             exited,
+            pending: Vec::new(),
         })
     }
 
@@ -186,7 +203,7 @@ impl Control {
                 .filter(|(_, c)| !c.removing)
                 .map(|(id, _)| *id)
                 .collect();
-            let (accept_ready, ctl_ready, sig_ready, bus_ready, dead) = {
+            let (accept_ready, ctl_ready, sig_ready, bus_ready, dead, hellos) = {
                 let mut fds = vec![
                     PollFd::new(&self.listener, PollFlags::IN),
                     PollFd::new(&self.ctl, PollFlags::IN),
@@ -204,6 +221,10 @@ impl Control {
                         PollFlags::IN | PollFlags::RDHUP,
                     ));
                 }
+                let pending_base = fds.len();
+                for p in &self.pending {
+                    fds.push(PollFd::new(&p.sock, PollFlags::IN | PollFlags::RDHUP));
+                }
                 let timeout = rustix::time::Timespec {
                     tv_sec: 0,
                     tv_nsec: 100_000_000,
@@ -219,12 +240,16 @@ impl Control {
                     .filter(|(i, _)| ready(base + i))
                     .map(|(_, id)| *id)
                     .collect();
+                let hellos: Vec<usize> = (0..self.pending.len())
+                    .filter(|i| ready(pending_base + i))
+                    .collect();
                 (
                     ready(0),
                     ready(1),
                     ready(2),
                     bus_fd.is_some() && ready(4),
                     dead,
+                    hellos,
                 )
             };
             if sig_ready {
@@ -253,6 +278,7 @@ impl Control {
             if ctl_ready {
                 self.serve_ctl();
             }
+            self.read_hellos(&hellos);
             if accept_ready && self.shutting_down.is_none() {
                 self.accept();
             }
@@ -478,18 +504,73 @@ impl Control {
                     return;
                 }
             };
-            if let Err(msg) = self.handshake(sock) {
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if self.pending.len() >= MAX_PENDING_HANDSHAKES {
+                self.pending.remove(0);
                 self.info.refused += 1;
-                tracing::info!(reason = %msg, "handshake refused");
+            }
+            self.pending.push(PendingHello {
+                sock,
+                buf: [0; size_of::<HelloRequest>()],
+                got: 0,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Reads what arrived of pending hellos (`ready` are indices into `self.pending`), runs
+    /// the handshakes that are complete, and drops silent or broken connections.
+    fn read_hellos(&mut self, ready: &[usize]) {
+        let mut complete = Vec::new();
+        let mut drop_idx = Vec::new();
+        for &i in ready {
+            let p = &mut self.pending[i];
+            match (&p.sock).read(&mut p.buf[p.got..]) {
+                Ok(0) => drop_idx.push(i),
+                Ok(n) => {
+                    p.got += n;
+                    if p.got == p.buf.len() {
+                        complete.push(i);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => drop_idx.push(i),
+            }
+        }
+        let now = Instant::now();
+        for (i, p) in self.pending.iter().enumerate() {
+            if now.duration_since(p.since) > HANDSHAKE_TIMEOUT && !complete.contains(&i) {
+                drop_idx.push(i);
+            }
+        }
+        let mut taken: Vec<(usize, bool)> = complete
+            .into_iter()
+            .map(|i| (i, true))
+            .chain(drop_idx.into_iter().map(|i| (i, false)))
+            .collect();
+        taken.sort_unstable();
+        taken.dedup_by_key(|(i, _)| *i);
+        for &(i, run) in taken.iter().rev() {
+            let p = self.pending.swap_remove(i);
+            if run {
+                if let Err(msg) = self.handshake(p.sock, &p.buf) {
+                    self.info.refused += 1;
+                    tracing::info!(reason = %msg, "handshake refused");
+                }
+            } else {
+                self.info.refused += 1;
             }
         }
     }
 
     /// Runs one handshake. On refusal the reply has been sent and the socket is dropped.
-    fn handshake(&mut self, sock: UnixStream) -> Result<(), String> {
+    fn handshake(&mut self, sock: UnixStream, buf: &[u8]) -> Result<(), String> {
+        // The reply (256 bytes) goes into an empty socket buffer: it does not block; the
+        // timeout only bounds a pathological case.
         let _ = sock.set_nonblocking(false);
-        let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
-        let _ = sock.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = sock.set_write_timeout(Some(Duration::from_millis(200)));
         let cred = rustix::net::sockopt::socket_peercred(&sock)
             .map_err(|e| format!("SO_PEERCRED: {e}"))?;
         let (uid, gid, pid) = (
@@ -497,11 +578,8 @@ impl Control {
             cred.gid.as_raw(),
             cred.pid.as_raw_nonzero().get(),
         );
-        let mut buf = [0u8; size_of::<HelloRequest>()];
-        (&sock)
-            .read_exact(&mut buf)
-            .map_err(|e| format!("reading hello from pid {pid}: {e}"))?;
-        let req = HelloRequest::read_from_bytes(&buf).map_err(|_| "short hello".to_string())?;
+        let req = HelloRequest::read_from_bytes(buf)
+            .map_err(|_| format!("short hello from pid {pid}"))?;
         let refuse = |status: u32, text: String| -> Result<(), String> {
             let mut reply = HelloReply::new_zeroed_reply();
             reply.status = status;
@@ -719,7 +797,8 @@ fn create_region(
     arena: u64,
     hugetlb: bool,
 ) -> Result<(Region, RegionGeometry), String> {
-    let name = format!("blobring-client-{id}");
+    // The daemon's pid makes the name unique on the machine (visible in /proc/<pid>/fd).
+    let name = format!("blobring-client-{}-{id}", std::process::id());
     let attempts: &[(PagePolicy, u32)] = if hugetlb {
         &[(PagePolicy::Auto, 2 << 20), (PagePolicy::Small, 4096)]
     } else {

@@ -375,10 +375,11 @@ fn vsp(mut ch: SimChannel, memory: SharedGuestMemory, stop: Arc<AtomicBool>, s: 
             return;
         }
         for (tid, resp) in &replies {
+            // Counted before sending, so a client that saw the completion sees the count.
+            s.answered.fetch_add(1, Ordering::Relaxed);
             if encode_blob_completion(&mut out, *tid, resp).is_err() || ch.send(&out).is_err() {
                 return;
             }
-            s.answered.fetch_add(1, Ordering::Relaxed);
         }
         if replies.is_empty() && !ch.arm().unwrap_or(true) {
             let _ = wait_readable(ch.as_fd(), Duration::from_millis(5));

@@ -237,3 +237,58 @@ fn blob_requests_reach_the_host_and_invalid_sqes_get_einval() {
     assert!(s["totals"]["host_service"]["count"].as_u64().unwrap() >= 4);
     assert!(host.errors().is_empty(), "{:?}", host.errors());
 }
+
+#[test]
+fn silent_connections_do_not_block_handshakes() {
+    let dir = scratch();
+    let d = Daemon::start(DAEMON, dir.path(), &[]);
+    let silent: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    // A partial hello too.
+    let mut partial = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    std::io::Write::write_all(&mut partial, &[0x42; 10]).unwrap();
+    let t0 = Instant::now();
+    let mut c = Connection::connect(&d.socket).expect("handshake despite silent peers");
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    c.submit(0, &[nop(1)]).unwrap();
+    assert_eq!(reap_n(&mut c, 0, 1)[0].res, 0);
+    drop(silent);
+}
+
+#[test]
+fn forty_clients_at_once() {
+    let dir = scratch();
+    let d = Daemon::start(DAEMON, dir.path(), &["--arena-size", "1048576"]);
+    let threads: Vec<_> = (0..40u64)
+        .map(|t| {
+            let path = d.socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Connection::connect(&path).expect("connect");
+                for r in 0..50u64 {
+                    let q = (r % 2) as u32;
+                    let sqes: Vec<Sqe> = (0..4).map(|i| nop(t << 32 | r << 8 | i)).collect();
+                    assert_eq!(c.submit(q, &sqes).unwrap(), 4);
+                    assert!(reap_n(&mut c, q, 4).iter().all(|c| c.res == 0));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = d.wait_stats(Duration::from_secs(10), "all drained", |s| {
+        s["clients"].as_array().unwrap().is_empty() && s["daemon"]["clients"].as_u64() == Some(0)
+    });
+    let nops: u64 = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["nops"].as_u64().unwrap())
+        .sum();
+    assert_eq!(nops, 40 * 50 * 4);
+}

@@ -91,7 +91,7 @@ fn killed_client_with_requests_in_flight_is_cleaned_up_and_others_keep_working()
     assert_eq!(reap_n(&mut other, 1, 1, Duration::from_secs(5))[0].res, 0);
     // The victim's requests time out, then its region is released (only one client left).
     let s = d.wait_stats(Duration::from_secs(10), "victim released", |s| {
-        s["clients"].as_array().unwrap().len() == 1
+        s["clients"].as_array().unwrap().len() == 1 && s["daemon"]["clients"].as_u64() == Some(1)
     });
     assert_eq!(s["daemon"]["clients"].as_u64(), Some(1));
     assert_eq!(s["clients"][0]["id"].as_u64(), Some(other.client_id()));
@@ -352,9 +352,9 @@ fn host_absent_at_start_then_crashing_then_back() {
 }
 
 /// The memfd of region `client_id`, reopened through `/proc/self/fd` (the connection keeps its
-/// own fd private).
-fn open_region_fd(client_id: u64) -> std::fs::File {
-    let want = format!("/memfd:blobring-client-{client_id} (deleted)");
+/// own fd private). Names carry the daemon's pid, so parallel tests never pick another's.
+fn open_region_fd(daemon_pid: u32, client_id: u64) -> std::fs::File {
+    let want = format!("/memfd:blobring-client-{daemon_pid}-{client_id} (deleted)");
     for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want) {
             return std::fs::OpenOptions::new()
@@ -375,7 +375,7 @@ fn punched_region_harms_only_its_owner() {
     let mut good = Connection::connect(&d.socket).unwrap();
     nops_work(&mut bad, 3);
     let len = bad.geometry().region_len;
-    let fd = open_region_fd(bad.client_id());
+    let fd = open_region_fd(d.child.id(), bad.client_id());
     // Punch the whole region (header, queues, arena): the pages read back as zeroes, so the
     // daemon's view of the indices jumps backwards.
     rustix::fs::fallocate(
