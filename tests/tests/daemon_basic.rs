@@ -35,6 +35,9 @@ pub fn reap_n(conn: &mut Connection, q: u32, n: usize) -> Vec<Cqe> {
 fn handshake_and_nop_round_trips_from_threads_and_processes() {
     let dir = scratch();
     let d = Daemon::start(DAEMON, dir.path(), &[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "--socket-mode default");
     let threads: Vec<_> = (0..3)
         .map(|t| {
             let path = d.socket.clone();
