@@ -175,6 +175,8 @@ struct HostShared {
     rescind: AtomicBool,
     answered: AtomicU64,
     held: AtomicU64,
+    registered: AtomicU64,
+    unregistered: AtomicU64,
 }
 
 /// The emulated host of the tests (one bus session at a time; accepts a new session after the
@@ -238,6 +240,14 @@ impl TestHost {
         self.shared.held.load(Ordering::Relaxed)
     }
 
+    /// Guest memory regions registered and unregistered so far (all sessions).
+    pub fn registrations(&self) -> (u64, u64) {
+        (
+            self.shared.registered.load(Ordering::Relaxed),
+            self.shared.unregistered.load(Ordering::Relaxed),
+        )
+    }
+
     /// Errors the host saw (protocol violations by the daemon).
     pub fn errors(&self) -> Vec<String> {
         self.errors.lock().unwrap().clone()
@@ -279,6 +289,12 @@ fn session(sock: std::os::fd::OwnedFd, cfg: HostConfig, s: &Arc<HostShared>) -> 
                 workers.push(std::thread::spawn(move || vsp(ch, mem, stop, s)));
             }
             HostEvent::Disconnected => break Ok(()),
+            HostEvent::MemoryRegistered { .. } => {
+                s.registered.fetch_add(1, Ordering::Relaxed);
+            }
+            HostEvent::MemoryUnregistered { .. } => {
+                s.unregistered.fetch_add(1, Ordering::Relaxed);
+            }
             _ => {}
         }
     };

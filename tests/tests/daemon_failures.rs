@@ -94,6 +94,16 @@ fn killed_client_with_requests_in_flight_is_cleaned_up_and_others_keep_working()
         s["clients"].as_array().unwrap().len() == 1 && s["daemon"]["clients"].as_u64() == Some(1)
     });
     assert_eq!(s["daemon"]["clients"].as_u64(), Some(1));
+    // Its guest memory was unregistered from the host (the other client's stays).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.registrations() != (2, 1) {
+        assert!(
+            Instant::now() < deadline,
+            "registrations {:?}",
+            host.registrations()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(s["clients"][0]["id"].as_u64(), Some(other.client_id()));
     // Late answers for the dead client are counted, not delivered.
     host.release_held();
