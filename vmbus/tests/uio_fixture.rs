@@ -1061,3 +1061,50 @@ fn pagemap_translation_through_a_fake_pagemap_file() {
         assert_eq!(v.len(), 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real opener and uio file, on stand-ins the kernel provides everywhere
+
+#[test]
+fn system_opener_and_uio_file_use_four_byte_reads_and_writes() {
+    use blobring_vmbus::uio::{SystemOpener, UioFile};
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO stands in for /dev/uio0: what irqcontrol writes, read_count reads back.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.path().join("uio0"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let opener = SystemOpener::new(dir.path());
+    let events = opener.open_uio("uio0").unwrap();
+    assert_eq!(
+        events.read_count().unwrap(),
+        None,
+        "non-blocking: nothing pending"
+    );
+    events.irqcontrol(1).unwrap();
+    assert_eq!(
+        events.read_count().unwrap(),
+        Some(1),
+        "exactly 4 bytes per call"
+    );
+    // Map i is the uio fd itself at offset i * pagesize.
+    let (_fd, off) = opener.open_map("uio0", &*events, 2).unwrap();
+    assert_eq!(off, 2 * rustix::param::page_size() as u64);
+    // Missing device node: an open error naming it.
+    let e = opener.open_uio("uio9").unwrap_err();
+    assert!(e.to_string().contains("uio9"), "{e}");
+    assert!(UioFile::open(&dir.path().join("nope")).is_err());
+    // A `ring` that is an ordinary file (not sysfs, not a sealed memfd) is refused at mmap
+    // rather than risking SIGBUS.
+    let ring = dir.path().join("ring");
+    std::fs::write(&ring, vec![0u8; 2 * SUB_RING as usize]).unwrap();
+    let fd = opener.open_ring(&ring).unwrap();
+    assert!(matches!(
+        Mapping::map_device(fd.as_fd(), 0, 2 * SUB_RING),
+        Err(blobring_shm::RegionError::NotDevice)
+    ));
+}
