@@ -450,6 +450,10 @@ impl Control {
                     per_worker[i % self.workers.len()].push(ch);
                 }
                 for (w, chs) in self.workers.iter().zip(per_worker) {
+                    let chs: Vec<Box<dyn crate::worker::WorkerChannel>> = chs
+                        .into_iter()
+                        .map(|c| Box::new(c) as Box<dyn crate::worker::WorkerChannel>)
+                        .collect();
                     w.send(ToWorker::Channels(chs));
                 }
                 self.info.host_connected = true;
@@ -724,7 +728,11 @@ impl Control {
             .next_gpa
             .saturating_add(geometry.region_len.div_ceil(GPA_ALIGN) * GPA_ALIGN + GPA_ALIGN);
         let _ = sock.set_nonblocking(true);
+        let pfns: Arc<dyn blobring_vmbus::guest_phys::PfnTranslator> = Arc::new(
+            blobring_vmbus::guest_phys::SimPfns::new(gpa_base, geometry.region_len),
+        );
         let shared = Arc::new(ClientShared {
+            pfns,
             id,
             uid,
             pid,

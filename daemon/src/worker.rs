@@ -23,9 +23,11 @@ use blobring_reactor::{Event, FutexWord, MemoryRegion, OpId, Reactor, RegionWord
 use blobring_ring::{DaemonQueue, EventFd, QueueLayout, SleepCheck};
 use blobring_shm::Region;
 use blobring_vmbus::blob::{
-    BlobRequestDesc, BufferPages, contiguous_pfns, encode_blob_request, parse_blob_completion,
+    BlobRequestDesc, BufferPages, encode_blob_request, parse_blob_completion,
 };
 use blobring_vmbus::channel::{Channel, ChannelError};
+use blobring_vmbus::guest_phys::PfnTranslator;
+use blobring_vmbus::packet::Packet;
 use blobring_vmbus::sim::SimChannel;
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
@@ -57,8 +59,10 @@ pub struct ClientShared {
     pub region: Arc<Region>,
     /// Its layout.
     pub geometry: RegionGeometry,
-    /// Guest-physical address of region offset 0.
+    /// Guest-physical address of region offset 0 (sim transport; diagnostics).
     pub gpa_base: u64,
+    /// Region offsets → guest page numbers for the packets (per transport).
+    pub pfns: Arc<dyn PfnTranslator>,
     /// One doorbell per queue pair (index = worker).
     pub doorbells: Vec<Arc<EventFd>>,
 }
@@ -72,7 +76,7 @@ pub enum ToWorker {
     /// [`ToControl::Drained`].
     RemoveClient(u64),
     /// Channels to use from now on (after a host (re)connection).
-    Channels(Vec<SimChannel>),
+    Channels(Vec<Box<dyn WorkerChannel>>),
     /// The host is gone: fail every in-flight request with `-ENODEV`, drop the channels.
     ChannelsLost,
     /// Stop intake, drain (bounded by `deadline`), exit.
@@ -106,6 +110,55 @@ pub enum ToControl {
         /// What happened.
         reason: String,
     },
+}
+
+/// What a worker needs of a VMBus channel, object-safe so one worker can drive channels of any
+/// transport (`sim` now; `uio` implements the same [`Channel`] trait). See [`Channel`] for the
+/// meaning of each method.
+pub trait WorkerChannel: Send + AsFd + std::fmt::Debug {
+    /// Channel index (0 = primary).
+    fn index(&self) -> u32;
+    /// [`Channel::recv`].
+    fn recv<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Packet<'b>>, ChannelError>;
+    /// [`Channel::send_uncommitted`].
+    fn send_uncommitted(&mut self, packet: &[u8]) -> Result<(), ChannelError>;
+    /// [`Channel::flush`].
+    fn flush(&mut self) -> Result<(), ChannelError>;
+    /// [`Channel::release`].
+    fn release(&mut self) -> Result<(), ChannelError>;
+    /// [`Channel::arm`].
+    fn arm(&mut self) -> Result<bool, ChannelError>;
+    /// [`Channel::wait_for_space`].
+    fn wait_for_space(&mut self, needed: u32) -> Result<bool, ChannelError>;
+    /// [`Channel::clear_wakeups`].
+    fn clear_wakeups(&self) -> std::io::Result<u64>;
+}
+
+impl WorkerChannel for SimChannel {
+    fn index(&self) -> u32 {
+        SimChannel::index(self)
+    }
+    fn recv<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Packet<'b>>, ChannelError> {
+        Channel::recv(self, buf)
+    }
+    fn send_uncommitted(&mut self, packet: &[u8]) -> Result<(), ChannelError> {
+        Channel::send_uncommitted(self, packet)
+    }
+    fn flush(&mut self) -> Result<(), ChannelError> {
+        Channel::flush(self)
+    }
+    fn release(&mut self) -> Result<(), ChannelError> {
+        Channel::release(self)
+    }
+    fn arm(&mut self) -> Result<bool, ChannelError> {
+        Channel::arm(self)
+    }
+    fn wait_for_space(&mut self, needed: u32) -> Result<bool, ChannelError> {
+        Channel::wait_for_space(self, needed)
+    }
+    fn clear_wakeups(&self) -> std::io::Result<u64> {
+        Channel::clear_wakeups(self)
+    }
 }
 
 /// Static settings of a worker.
@@ -169,7 +222,7 @@ struct Req {
 }
 
 struct Chan {
-    ch: SimChannel,
+    ch: Box<dyn WorkerChannel>,
     poll: Option<OpId>,
     outstanding: u32,
     outstanding_bytes: u64,
@@ -540,7 +593,7 @@ impl Worker {
         }
     }
 
-    fn add_channel(&mut self, ch: SimChannel) -> Result<(), String> {
+    fn add_channel(&mut self, ch: Box<dyn WorkerChannel>) -> Result<(), String> {
         let fd = ch.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
         let key = self.chans.vacant_key();
         let poll = self
@@ -837,39 +890,48 @@ impl Worker {
             return false;
         };
         let tid = (u64::from(r.generation) << 32) | (key as u64 + 1);
-        let base = c.shared.gpa_base;
+        let pfns = c.shared.pfns.clone();
         let sqe = r.sqe;
         let [pd, pq, pr, scratch] = &mut self.pfns;
-        let desc = {
-            let mk = |v: &mut Vec<u64>, off: u64, len: u32| {
-                let gpa = base + off;
-                v.clear();
-                v.extend(contiguous_pfns(gpa, len));
-                ((gpa % HV_PAGE_SIZE) as u32, len)
+        let translated = (|| {
+            let d = if sqe.data_len > 0 {
+                Some(pfns.buffer_pfns(sqe.data_offset, sqe.data_len, pd)?)
+            } else {
+                None
             };
-            let d = (sqe.data_len > 0).then(|| mk(pd, sqe.data_offset, sqe.data_len));
-            let q = mk(pq, sqe.request_offset, sqe.request_len);
-            let s = mk(pr, sqe.response_offset, sqe.response_len);
-            BlobRequestDesc {
-                timeout_ms: sqe.timeout_ms,
-                transaction_guid: [0; 16],
-                data: d.map(|(offset, len)| BufferPages {
-                    offset,
-                    len,
-                    pfns: pd,
-                }),
-                data_valid: sqe.data_valid,
-                request: BufferPages {
-                    offset: q.0,
-                    len: q.1,
-                    pfns: pq,
-                },
-                response: BufferPages {
-                    offset: s.0,
-                    len: s.1,
-                    pfns: pr,
-                },
-            }
+            let q = pfns.buffer_pfns(sqe.request_offset, sqe.request_len, pq)?;
+            let r = pfns.buffer_pfns(sqe.response_offset, sqe.response_len, pr)?;
+            Ok::<_, blobring_vmbus::guest_phys::OutOfRegion>((d, q, r))
+        })();
+        let Ok((d, q, rs)) = translated else {
+            // Validated against the arena before; cannot happen. Fail the request only.
+            let cqe = Cqe {
+                user_data: sqe.user_data,
+                res: -errno::EINVAL,
+                ..Cqe::new_zeroed()
+            };
+            self.finish(key, cqe);
+            return true;
+        };
+        let desc = BlobRequestDesc {
+            timeout_ms: sqe.timeout_ms,
+            transaction_guid: [0; 16],
+            data: d.map(|offset| BufferPages {
+                offset,
+                len: sqe.data_len,
+                pfns: pd,
+            }),
+            data_valid: sqe.data_valid,
+            request: BufferPages {
+                offset: q,
+                len: sqe.request_len,
+                pfns: pq,
+            },
+            response: BufferPages {
+                offset: rs,
+                len: sqe.response_len,
+                pfns: pr,
+            },
         };
         if encode_blob_request(&mut self.pkt, scratch, tid, &desc).is_err() {
             // Validated before; cannot happen. Fail the request rather than the worker.
