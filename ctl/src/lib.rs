@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
-//! The `blobring` command-line tool: daemon administration (`stats`, `clients`, `channels`;
-//! `top` and `up` later) and, later, blob data commands (`cp`, `ls`, `cat`, `rm`, `mb`).
+//! The `blobring` command-line tool: daemon administration (`stats`, `top`, `clients`,
+//! `channels`; `up` later) and, later, blob data commands (`cp`, `ls`, `cat`, `rm`, `mb`).
 //!
 //! **Owns:** reading `blobringd`'s ctl socket (one JSON document per connection, with the
 //! top-level keys `daemon`, `totals`, `workers`, `channels`, `clients`) and rendering it as
@@ -168,6 +168,64 @@ pub fn render_channels(doc: &Value) -> String {
     out
 }
 
+/// `blobring top`: rates between two documents taken `secs` apart, per worker and per client.
+pub fn render_top(prev: &Value, cur: &Value, secs: f64) -> String {
+    let rate = |a: &Value, b: &Value| (n(b).saturating_sub(n(a))) as f64 / secs.max(1e-9);
+    let t0 = &prev["totals"];
+    let t1 = &cur["totals"];
+    let mut out = format!(
+        "{:.0} req/s  out {:.1} MB/s  in {:.1} MB/s  errors {:.0}/s  clients {}  host {}\n\n",
+        rate(&t0["requests"], &t1["requests"]),
+        rate(&t0["bytes_out"], &t1["bytes_out"]) / 1e6,
+        rate(&t0["bytes_in"], &t1["bytes_in"]) / 1e6,
+        (errors(&t1["errors"]).saturating_sub(errors(&t0["errors"]))) as f64 / secs.max(1e-9),
+        n(&cur["daemon"]["clients"]),
+        if cur["daemon"]["host_connected"].as_bool().unwrap_or(false) {
+            "up"
+        } else {
+            "DOWN"
+        },
+    );
+    out.push_str(&format!(
+        "{:>6} {:>12} {:>8} {:>10}\n",
+        "worker", "req/s", "inflight", "e2e p99µs"
+    ));
+    let empty = Vec::new();
+    let prev_workers = prev["workers"].as_array().unwrap_or(&empty);
+    for w in cur["workers"].as_array().into_iter().flatten() {
+        let before = prev_workers
+            .iter()
+            .find(|p| p["index"] == w["index"])
+            .unwrap_or(&Value::Null);
+        out.push_str(&format!(
+            "{:>6} {:>12.0} {:>8} {:>10}\n",
+            n(&w["index"]),
+            rate(&before["requests"], &w["requests"]),
+            n(&w["in_flight"]),
+            us(&w["end_to_end"]["p99_ns"]),
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:>6} {:>8} {:>12} {:>8}\n",
+        "client", "pid", "req/s", "inflight"
+    ));
+    let prev_clients = prev["clients"].as_array().unwrap_or(&empty);
+    for c in cur["clients"].as_array().into_iter().flatten() {
+        let before = prev_clients
+            .iter()
+            .find(|p| p["id"] == c["id"])
+            .unwrap_or(&Value::Null);
+        out.push_str(&format!(
+            "{:>6} {:>8} {:>12.0} {:>8}\n",
+            n(&c["id"]),
+            c["pid"].as_i64().unwrap_or(0),
+            rate(&before["requests"], &c["requests"]),
+            n(&c["in_flight"]),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +265,21 @@ mod tests {
         let ch = render_channels(&doc);
         assert_eq!(ch.lines().count(), 2);
         assert!(render_stats(&json!({})).contains("DISCONNECTED"));
+    }
+
+    #[test]
+    fn top_shows_rates_between_snapshots() {
+        let a = json!({"totals": {"requests": 100}, "workers": [{"index": 0, "requests": 100}], "clients": [{"id": 3, "requests": 40}]});
+        let b = json!({"totals": {"requests": 300}, "daemon": {"host_connected": true}, "workers": [{"index": 0, "requests": 300}], "clients": [{"id": 3, "requests": 140}, {"id": 4, "requests": 10}]});
+        let t = render_top(&a, &b, 2.0);
+        assert!(t.starts_with("100 req/s"), "{t}");
+        assert!(t.contains("host up"), "{t}");
+        let client_rates: Vec<&str> = t
+            .lines()
+            .rev()
+            .take(2)
+            .map(|l| l.split_whitespace().nth(2).unwrap())
+            .collect();
+        assert_eq!(client_rates, ["5", "50"], "{t}");
     }
 }

@@ -23,6 +23,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Live rates, refreshed every --interval-ms.
+    Top {
+        /// Refresh interval.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (default: run until interrupted).
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
     /// Connected clients.
     Clients {
         /// Print JSON.
@@ -43,7 +52,32 @@ fn main() -> anyhow::Result<()> {
         .ctl_socket
         .unwrap_or_else(blobring_ctl::default_ctl_path);
     let doc = blobring_ctl::fetch(&path)?;
+    if let Cmd::Top {
+        interval_ms,
+        iterations,
+    } = cli.cmd
+    {
+        let mut prev = doc;
+        let mut t = std::time::Instant::now();
+        for i in 0.. {
+            if iterations.is_some_and(|n| i >= n) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(100)));
+            let cur = blobring_ctl::fetch(&path)?;
+            let secs = t.elapsed().as_secs_f64();
+            t = std::time::Instant::now();
+            // Clear the screen and home the cursor.
+            print!(
+                "\x1b[2J\x1b[H{}",
+                blobring_ctl::render_top(&prev, &cur, secs)
+            );
+            prev = cur;
+        }
+        return Ok(());
+    }
     let text = match cli.cmd {
+        Cmd::Top { .. } => unreachable!("handled above"),
         Cmd::Stats { json: true } => serde_json::to_string_pretty(&doc)?,
         Cmd::Clients { json: true } => serde_json::to_string_pretty(&doc["clients"])?,
         Cmd::Channels { json: true } => serde_json::to_string_pretty(&doc["channels"])?,

@@ -750,6 +750,7 @@ impl Control {
             pid,
             sq,
             arena = geometry.arena_len,
+            pages = ?shared.region.page_kind(),
             "client connected"
         );
         self.clients.insert(
