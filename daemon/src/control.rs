@@ -330,8 +330,8 @@ impl Control {
                     }
                 }
                 ToControl::Misbehaved { id, reason } => {
-                    tracing::warn!(client = id, %reason, "disconnecting client: it corrupted its queue");
-                    self.remove_client(id, "corrupted its queue");
+                    tracing::warn!(client = id, %reason, "disconnecting client");
+                    self.remove_client(id, "protocol violation");
                 }
                 ToControl::ChannelBroken { worker, reason } => {
                     tracing::warn!(worker, %reason, "host channel broken; reconnecting to the host");

@@ -295,3 +295,16 @@ fn forty_clients_at_once() {
         .sum();
     assert_eq!(nops, 40 * 50 * 4);
 }
+
+#[test]
+fn max_clients_is_enforced_across_uids() {
+    let dir = scratch();
+    let d = Daemon::start(DAEMON, dir.path(), &["--max-clients", "2"]);
+    let _a = Connection::connect(&d.socket).unwrap();
+    let _b = Connection::connect(&d.socket).unwrap();
+    let err = Connection::connect(&d.socket).unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::Refused { kind: "limit exceeded", message, .. } if message.contains("--max-clients 2")),
+        "{err}"
+    );
+}
