@@ -225,9 +225,15 @@ impl From<StoreError> for AzError {
             StoreError::BlockCountExceedsLimit(_) => (409, "BlockCountExceedsLimit"),
             StoreError::InvalidContainerName(_) => (400, "OutOfRangeInput"),
             StoreError::OutOfRange { .. } => (416, "InvalidRange"),
+            StoreError::UpstreamUnreachable { .. } | StoreError::UpstreamStatus { .. } => {
+                (502, "UpstreamUnreachable")
+            }
+            StoreError::UpstreamTimeout { .. } => (504, "UpstreamTimeout"),
             StoreError::Io { .. }
             | StoreError::Corrupt { .. }
             | StoreError::BadSpec(_)
+            | StoreError::BadUpstream { .. }
+            | StoreError::PassthroughOnly(_)
             | StoreError::Destination(_) => {
                 tracing::debug!(error = %e, "store failure");
                 (500, "InternalError")
@@ -730,6 +736,11 @@ impl Executor {
 
     fn dispatch(&self, req: &Req<'_>) -> Result<Resp, AzError> {
         let comp = req.query("comp").unwrap_or("");
+        if let Some(upstream) = self.store.passthrough()
+            && !(req.method == Method::POST && comp == "batch")
+        {
+            return self.forward(upstream, req);
+        }
         let restype = req.query("restype").unwrap_or("");
         let m = &req.method;
         match self.target(req)? {
@@ -1825,5 +1836,6 @@ fn blob_headers(h: &mut HeaderMap, p: &BlobProps) {
     }
 }
 
+mod forward;
 #[cfg(test)]
 mod tests;

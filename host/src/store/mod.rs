@@ -14,11 +14,13 @@
 //!   so a second, racing commit that names discarded blocks fails with `InvalidBlockList`.
 //!
 //! Two stores live here: [`MemStore`] (`mem`) and [`FsStore`] (`fs:<dir>`), both built on one
-//! generic engine over a small data backend.
+//! generic engine over a small data backend. A third, [`PassthroughStore`]
+//! (`passthrough:<url>`), forwards whole requests to a real Blob endpoint (see its module).
 
 mod engine;
 mod fs;
 mod mem;
+pub mod passthrough;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fs::FsStore;
 pub use mem::MemStore;
+pub use passthrough::PassthroughStore;
 
 /// Errors a store reports. Each maps to one Azure error code in the executor.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +97,53 @@ pub enum StoreError {
     )]
     InvalidContainerName(String),
     /// The store spec given on the command line is not understood.
-    #[error("Unknown store {0:?}; use `mem` or `fs:<dir>`")]
+    #[error("Unknown store {0:?}; use `mem`, `fs:<dir>` or `passthrough:<url>`")]
     BadSpec(String),
+    /// The URL of a `passthrough:<url>` store is unusable.
+    #[error(
+        "Passthrough URL {url:?} is unusable: {reason}; use e.g. passthrough:http://127.0.0.1:10000/devstoreaccount1"
+    )]
+    BadUpstream {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The upstream of a passthrough store could not be reached (or the connection failed).
+    #[error("Cannot reach upstream at {url}: {reason}; is Azurite/the endpoint running?")]
+    UpstreamUnreachable {
+        /// The upstream URL.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The upstream of a passthrough store did not answer in time.
+    #[error(
+        "Upstream at {url} did not answer in time: {reason}; check that the endpoint is healthy and reachable"
+    )]
+    UpstreamTimeout {
+        /// The upstream URL.
+        url: String,
+        /// The timeout error.
+        reason: String,
+    },
+    /// The upstream answered a request of the host itself with an unexpected status.
+    #[error("Upstream at {url} answered {status} {code} when {what}")]
+    UpstreamStatus {
+        /// The upstream URL.
+        url: String,
+        /// What the host was doing.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// `x-ms-error-code`, if any.
+        code: String,
+    },
+    /// A `Store` method the passthrough store does not offer (it forwards whole requests).
+    #[error(
+        "The passthrough store forwards whole HTTP requests; `{0}` is only available through the executor"
+    )]
+    PassthroughOnly(&'static str),
 }
 
 impl StoreError {
@@ -509,6 +557,12 @@ pub trait Store: Send + Sync + fmt::Debug {
         r.read_at(offset, dst)?;
         Ok(r.props().clone())
     }
+
+    /// The passthrough store, when this is one: the executor then forwards whole requests to
+    /// it ([`PassthroughStore::forward`]) instead of calling the methods above.
+    fn passthrough(&self) -> Option<&PassthroughStore> {
+        None
+    }
 }
 
 /// Whether `c` is a valid container name (3-63 lower-case letters, digits and single hyphens,
@@ -523,10 +577,13 @@ pub fn valid_container_name(c: &str) -> bool {
     ok || c == "$root"
 }
 
-/// Open a store from its command-line spec: `mem` or `fs:<dir>`.
+/// Open a store from its command-line spec: `mem`, `fs:<dir>` or `passthrough:<url>`.
 pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
     if spec == "mem" {
         return Ok(Arc::new(MemStore::new()));
+    }
+    if let Some(url) = spec.strip_prefix("passthrough:") {
+        return Ok(Arc::new(PassthroughStore::open(url)?));
     }
     if let Some(dir) = spec.strip_prefix("fs:") {
         if dir.is_empty() {

@@ -1,0 +1,44 @@
+//! The executor's side of the `passthrough:<url>` store: hand a verified request to the
+//! upstream and turn its answer into a response (see `store::passthrough` for the design).
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+
+use super::{AzError, Body, Executor, Req, Resp};
+use crate::store::PassthroughStore;
+
+impl Executor {
+    /// Forward `req` (already fault-injected and auth-verified by [`Executor::run`]) upstream.
+    pub(super) fn forward(&self, up: &PassthroughStore, req: &Req<'_>) -> Result<Resp, AzError> {
+        let mut path = req.raw_path;
+        if req.path_has_account {
+            let p = path.trim_start_matches('/');
+            path = p.find('/').map_or("", |i| &p[i..]);
+        }
+        let mut headers = req.headers.clone();
+        if let Some(src) = req.header("x-ms-copy-source")
+            && let Ok((c, b)) = self.copy_source(src)
+        {
+            // The upstream cannot reach this host: name the source by its upstream URL.
+            if let Ok(v) = HeaderValue::from_str(&up.blob_url(&c, &b)) {
+                headers.insert("x-ms-copy-source", v);
+            }
+        }
+        let f = up.forward(
+            &req.method,
+            path,
+            &req.query,
+            &headers,
+            Bytes::copy_from_slice(req.body),
+        )?;
+        let mut r = Resp::new(f.status.as_u16());
+        r.status = f.status;
+        r.headers = f.headers;
+        r.body = if f.body.is_empty() {
+            Body::Empty
+        } else {
+            Body::Bytes(Vec::from(f.body))
+        };
+        Ok(r)
+    }
+}
