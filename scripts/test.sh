@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every blobring test: formatting, lints, unit and integration tests (real processes),
-# loom models, and bounded fuzzing. Installs what it needs (cargo-fuzz) itself.
+# loom models, and bounded fuzzing. Installs what it needs itself: npm's azurite into
+# target/azurite, cargo-fuzz into ~/.cargo/bin.
 #
 #   ./scripts/test.sh            everything (what CI runs)
 #   FUZZ_SECONDS=5 ./scripts/test.sh   shorter fuzzing
@@ -16,6 +17,10 @@ stage() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 stage "toolchain"
 rustup show active-toolchain
 cargo --version
+
+stage "peers (Azurite into target/azurite)"
+BLOBRING_AZURITE=$(./scripts/azurite.sh)
+export BLOBRING_AZURITE
 
 stage "format"
 cargo fmt --all -- --check
