@@ -3,8 +3,21 @@
 //!
 //! **Owns:** the Blob executor ([`executor`]), its stores ([`store`]: `fs:<dir>`, `mem`), SharedKey
 //! and service-SAS verification ([`auth`]), fault injection ([`executor::Faults`]) and the HTTP
-//! REST front end ([`rest`]). The VMBus device offer and VSP workers will call
-//! [`Executor::execute`] with the request head and data buffer of each packet.
+//! REST front end ([`rest`]), and the VMBus path ([`vsp`]).
+//!
+//! # The VMBus path
+//!
+//! [`vsp::VspServer`] listens on the `sim` bus socket (protocol table in
+//! [`blobring_vmbus::sim`]), offers the Azure Blob device with `--channels` channels of
+//! `--ring-size` bytes per direction, and runs one VSP worker thread per opened channel. A
+//! worker waits in its io_uring reactor on the channel's eventfd, validates each GPA-direct
+//! request, translates its page list through the guest's registered memory (pages outside it
+//! are refused with [`vsp::VSP_ERR_BAD_PAGE`]), copies the head and body out once, and hands the
+//! request to a pool of executor threads, so requests complete out of order. The pool calls
+//! [`Executor::execute`] with a [`BodySink`] over the guest's data buffer: the body lands in
+//! place (for `fs` stores via io_uring fixed-buffer reads into the registered guest mapping),
+//! the head goes into the response buffer, and the worker posts the completion with the
+//! [`vsp`] status codes. The same executor may serve REST at the same time.
 //!
 //! **Trusts:** nothing in a request: heads, queries, ranges, XML and multipart bodies are
 //! validated and answered with Azure error codes; auth is verified when a key is configured.
@@ -50,12 +63,15 @@
 //! Dependencies: `httparse` (request heads, the same parser object_store uses for batch
 //! responses), `hyper` + `tokio` (REST front end only), `quick-xml` (request XML), `hmac` +
 //! `sha2` + `base64` (SharedKey), `md-5` and `crc64fast-nvme` (Azure's transactional hashes;
-//! the latter implements the NVMe polynomial Azure's CRC64 uses), `serde_json` (fs store records).
+//! the latter implements the NVMe polynomial Azure's CRC64 uses), `serde_json` (fs store records); the VMBus path uses `blobring-vmbus` (rings, packets, bus session), `blobring-reactor`
+//! (io_uring waits and fixed-buffer reads), `blobring-shm` (guest mappings), `crossbeam-channel`
+//! (the multi-consumer job queue of the executor pool) and `rustix` (eventfds).
 
 pub mod auth;
 pub mod executor;
 pub mod rest;
 pub mod store;
+pub mod vsp;
 mod xml;
 
 pub use auth::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};

@@ -1,13 +1,15 @@
 //! `blobring-host`: the emulated Azure host. Parses arguments and calls the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use blobring_host::{
     EMULATOR_ACCOUNT, EMULATOR_KEY, Executor, ExecutorConfig, Faults, SharedKeyAuth, open_store,
-    rest,
+    rest, vsp,
 };
 use clap::{Parser, ValueEnum};
 
@@ -18,17 +20,40 @@ enum LogFormat {
 }
 
 /// The emulated Azure host: executes Azure Blob requests on a local store and serves them over
-/// HTTP REST on loopback (and, later, over VMBus).
+/// the emulated VMBus (the `sim` bus socket the daemon connects to) and/or HTTP REST on
+/// loopback. Without --http the VMBus socket is served at its default path; with --http, only
+/// when --socket is given too.
 #[derive(Debug, Parser)]
 #[command(name = "blobring-host", version)]
 struct Args {
-    /// Store: `fs:<dir>` (durable, survives restarts) or `mem` (lost on exit).
+    /// Store: `fs:<dir>` (durable, survives restarts), `mem` (lost on exit) or
+    /// `passthrough:<url>` (forward to a real Blob endpoint, e.g.
+    /// `passthrough:http://127.0.0.1:10000/devstoreaccount1` for Azurite; key for other
+    /// accounts in $BLOBRING_UPSTREAM_KEY).
     #[arg(long, default_value = "fs:./blobring-data")]
     store: String,
     /// Serve the Blob REST API (path-style URLs, like Azurite) on this loopback address,
     /// e.g. 127.0.0.1:10000. Port 0 picks a free port; the chosen address is printed.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// VMBus bus socket (unix SOCK_SEQPACKET) the guest daemon connects to
+    /// [default: $XDG_RUNTIME_DIR/blobring/host.sock, else /run/blobring/host.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// VMBus channels offered: the primary plus N-1 subchannels (1..=256).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    channels: u32,
+    /// Bytes of each VMBus ring, per direction (a multiple of 4096, 8 KiB..=64 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = blobring_vmbus::sim::DEFAULT_RING_SIZE)]
+    ring_size: u32,
+    /// Executor threads serving the VMBus channels of a guest (requests beyond this many
+    /// queue; a slow or hung request holds one thread) [default: 4 per channel].
+    #[arg(long, value_name = "N")]
+    vsp_threads: Option<usize>,
+    /// Copy file-backed response bodies into guest memory with plain pread + copy instead of
+    /// io_uring fixed-buffer reads.
+    #[arg(long)]
+    no_fixed_buffers: bool,
     /// Storage account name served.
     #[arg(long, default_value = EMULATOR_ACCOUNT)]
     account: String,
@@ -57,6 +82,15 @@ struct Args {
     /// Fault injection: how long a hung request blocks, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 3_600_000)]
     fault_hang_ms: u64,
+    /// Fault injection (VMBus): probability (0..1) that a request is executed but its
+    /// completion is never posted (the guest's deadline must fire).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_drop_completion_rate: f64,
+    /// Fault injection (VMBus): after the completion of the N-th request, send RESCIND on the
+    /// bus, drop that session's later requests and end the session; the next connection gets
+    /// the device offered again. Fires once per process.
+    #[arg(long, value_name = "N")]
+    fault_rescind_after: Option<u64>,
     /// Fault injection: RNG seed, for reproducible failures.
     #[arg(long, value_name = "N", default_value_t = 0)]
     fault_seed: u64,
@@ -117,10 +151,49 @@ fn main() -> anyhow::Result<()> {
             faults,
         },
     ));
-    let Some(addr) = args.http else {
-        bail!(
-            "nothing to serve: pass --http 127.0.0.1:PORT (the VMBus transport is not wired yet)"
+    let vmbus = if args.socket.is_some() || args.http.is_none() {
+        let path = args.socket.clone().unwrap_or_else(vsp::default_socket_path);
+        let cfg = vsp::VspConfig {
+            channels: args.channels,
+            ring_size: args.ring_size,
+            executor_threads: args
+                .vsp_threads
+                .unwrap_or(4 * args.channels.max(1) as usize),
+            fixed_buffers: !args.no_fixed_buffers,
+            drop_completion_rate: args.fault_drop_completion_rate,
+            rescind_after: args.fault_rescind_after,
+            seed: args.fault_seed,
+            ..vsp::VspConfig::default()
+        };
+        let server = vsp::VspServer::bind(&path, exec.clone(), cfg)
+            .with_context(|| format!("serving VMBus on {}", path.display()))?;
+        tracing::info!(
+            socket = %path.display(),
+            channels = args.channels,
+            ring_size = args.ring_size,
+            store = %exec.store().describe(),
+            "serving the Azure Blob device over VMBus"
         );
+        // Machine-readable line for scripts and tests.
+        println!("vmbus on {}", path.display());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vsp-bus".into())
+            .spawn(move || server.run(&s))
+            .context("starting the VMBus thread")?;
+        Some((stop, thread))
+    } else {
+        None
+    };
+    let Some(addr) = args.http else {
+        if let Some((_, thread)) = vmbus {
+            return match thread.join() {
+                Ok(r) => r.context("serving VMBus"),
+                Err(_) => bail!("the VMBus thread panicked"),
+            };
+        }
+        return Ok(());
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,5 +218,10 @@ fn main() -> anyhow::Result<()> {
         .context("serving REST")?;
         tracing::info!("shutting down");
         anyhow::Ok(())
-    })
+    })?;
+    if let Some((stop, thread)) = vmbus {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
+    Ok(())
 }

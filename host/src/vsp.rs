@@ -1,0 +1,1018 @@
+//! The VMBus path of the emulated host: the device offer on the `sim` bus and the VSP workers
+//! that execute Azure Blob requests straight out of (and into) guest memory.
+//!
+//! # How a request travels
+//!
+//! 1. [`VspServer::run`] accepts one guest (the daemon) at a time on the bus socket and runs a
+//!    [`HostSession`] for it (bus protocol: [`blobring_vmbus::sim`]). When the guest hangs up,
+//!    the next connection gets a fresh offer (a restarted daemon reconnects).
+//! 2. Every channel the guest opens gets **one VSP worker thread**. It sleeps in its own
+//!    io_uring reactor on a multishot poll of the channel's guest → host eventfd and of a
+//!    "completions ready" eventfd, drains the guest → host ring with `interrupt_mask` set,
+//!    and for each GPA-direct blob request: parses and validates the packet
+//!    ([`parse_blob_request`]), translates the page list through the registered guest memory
+//!    (any page outside a registered region → [`VSP_ERR_BAD_PAGE`]), copies the request head
+//!    and the `data_valid` body bytes out of guest memory **once**, and hands the request to
+//!    the session's executor pool.
+//! 3. A pool thread runs [`Executor::execute`] with a [`BodySink`] over the guest's data buffer,
+//!    so the response body lands **in place** in guest memory; for `fs` store reads of at least
+//!    [`VspConfig::fixed_min_len`] bytes the sink reads the blob file straight into the
+//!    registered guest mapping with io_uring `READ_FIXED` (each guest region is registered as a
+//!    fixed buffer with the pool thread's reactor on first use, and unregistered once the guest
+//!    unregistered it and no request still uses it; a refused registration falls back to
+//!    `pread` into a bounce buffer). It then renders the response head into the response
+//!    buffer and sends the completion back to the channel's worker.
+//! 4. The worker posts a completion packet (type 0xb, the request's transaction id, an
+//!    [`AzBlobVspResponse`]). Requests complete **in whatever order they finish**: a slow or
+//!    hung request occupies one pool thread, not the channel. If the host → guest ring is
+//!    full, the worker sets `pending_send_sz` and waits for the guest's signal; a completion
+//!    is never dropped unless the drop fault says so.
+//!
+//! # VSP status codes (`AzBlobVspResponse::error`)
+//!
+//! | code | constant | meaning | `length` | `response_len` |
+//! |---|---|---|---|---|
+//! | 0 | [`VSP_OK`] | executed; the HTTP status (2xx–5xx) is in the response head | body bytes written to the data buffer | head bytes written to the response buffer |
+//! | 1 | [`VSP_ERR_BAD_REQUEST`] | the packet is not a valid blob request (version, operation, buffer offsets/lengths, page list shape) | 0 | 0 |
+//! | 2 | [`VSP_ERR_BAD_PAGE`] | a page of a buffer is outside the registered guest memory | 0 | 0 |
+//! | 3 | [`VSP_ERR_BODY_TOO_LARGE`] | the response body does not fit the data buffer; nothing was written; retry with a larger buffer or a smaller range | bytes needed (saturated at `u32::MAX`) | 0 |
+//! | 4 | [`VSP_ERR_HEAD_TOO_LARGE`] | the response head does not fit the response buffer; the body may have been written | 0 | bytes needed |
+//! | 5 | [`VSP_ERR_INTERNAL`] | the host failed (guest memory access, executor pool gone) | 0 | 0 |
+//!
+//! A success is never silently truncated. Packets with transaction id 0 or without the
+//! completion-requested flag cannot be answered and are dropped (and counted).
+//!
+//! # Fault injection on this path
+//!
+//! The executor's faults ([`crate::Faults`]: latency, 503 error rate, hang) apply as on REST;
+//! a hung request holds one pool thread. [`VspConfig::drop_completion_rate`] executes a
+//! request but never posts its completion. [`VspConfig::rescind_after`] sends `RESCIND` on
+//! the bus right after the completion of the N-th request (counted over the whole process);
+//! later requests of that session are dropped; the session ends, and the next connection (the
+//! guest reconnects and re-handshakes) gets the device offered again. It fires once per process.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use blobring_abi::vmbus::AzBlobVspResponse;
+use blobring_reactor::{
+    BufIndex, Event, FixedRange, MemoryRegion, Reactor, ReactorConfig, SharedFd,
+};
+use blobring_shm::Mapping;
+use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
+use blobring_vmbus::channel::{Channel, ChannelError};
+use blobring_vmbus::guest_memory::GuestBuffer;
+use blobring_vmbus::packet::Packet;
+use blobring_vmbus::sim::host::{
+    BusListener, HostConfig, HostEvent, HostSession, SharedGuestMemory,
+};
+use blobring_vmbus::sim::{
+    BusError, DEFAULT_RING_SIZE, SimChannel, drain_eventfd, signal_eventfd, wait_readable,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::executor::{ExecuteError, Executor};
+use crate::store::BodySink;
+
+/// Executed; the HTTP status is in the response head.
+pub const VSP_OK: u32 = 0;
+/// The packet is not a valid blob request.
+pub const VSP_ERR_BAD_REQUEST: u32 = 1;
+/// A buffer page is outside the registered guest memory.
+pub const VSP_ERR_BAD_PAGE: u32 = 2;
+/// The response body does not fit the data buffer; `length` carries the bytes needed.
+pub const VSP_ERR_BODY_TOO_LARGE: u32 = 3;
+/// The response head does not fit the response buffer; `response_len` carries the bytes needed.
+pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4;
+/// The host failed internally.
+pub const VSP_ERR_INTERNAL: u32 = 5;
+
+/// Default socket of the bus: `$XDG_RUNTIME_DIR/blobring/host.sock`, else
+/// `/run/blobring/host.sock` (the daemon's default `--host-socket`).
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(d) => PathBuf::from(d).join("blobring").join("host.sock"),
+        None => PathBuf::from("/run/blobring/host.sock"),
+    }
+}
+
+/// How the VMBus path is served.
+#[derive(Debug, Clone)]
+pub struct VspConfig {
+    /// Channels offered: the primary plus `channels - 1` subchannels (1..=256).
+    pub channels: u32,
+    /// Bytes of each ring (per direction): a multiple of 4096 in [8 KiB, 64 MiB].
+    pub ring_size: u32,
+    /// Executor threads per session (shared by its channels); requests beyond this many wait
+    /// in a queue. A hung request (fault) holds one thread.
+    pub executor_threads: usize,
+    /// Read `fs` store bodies into guest memory with io_uring fixed-buffer reads.
+    pub fixed_buffers: bool,
+    /// Smallest body read with the fixed-buffer path (smaller ones: one `pread` + copy).
+    pub fixed_min_len: u64,
+    /// Probability (0..=1) that a request is executed but its completion never posted.
+    pub drop_completion_rate: f64,
+    /// Rescind the device after the completion of this many requests (once per process).
+    pub rescind_after: Option<u64>,
+    /// Seed of the drop-completion RNG.
+    pub seed: u64,
+}
+
+impl Default for VspConfig {
+    fn default() -> Self {
+        Self {
+            channels: 4,
+            ring_size: DEFAULT_RING_SIZE,
+            executor_threads: 16,
+            fixed_buffers: true,
+            fixed_min_len: 64 << 10,
+            drop_completion_rate: 0.0,
+            rescind_after: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Why the VMBus path could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum VspError {
+    /// The configuration is unusable.
+    #[error("Invalid VMBus configuration: {0}")]
+    Config(String),
+    /// The bus socket could not be set up or accepted on.
+    #[error("VMBus bus socket {path}: {source}; check that the directory exists and is writable")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: BusError,
+    },
+    /// A local bus failure inside a session.
+    #[error("VMBus session failed: {0}")]
+    Session(#[from] BusError),
+    /// A thread could not be started.
+    #[error("Could not start a VSP thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Counters of the VMBus path (whole process).
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    completions: AtomicU64,
+    dropped_completions: AtomicU64,
+    rejected: AtomicU64,
+    fixed_reads: AtomicU64,
+    bounce_reads: AtomicU64,
+    sessions: AtomicU64,
+}
+
+/// A snapshot of the VMBus path's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VspStats {
+    /// Blob requests received (valid packets with a transaction id).
+    pub requests: u64,
+    /// Completions posted.
+    pub completions: u64,
+    /// Completions dropped by the drop fault (or the rescind fault).
+    pub dropped_completions: u64,
+    /// Packets answered with a VSP error before execution, or unanswerable.
+    pub rejected: u64,
+    /// Bodies read with io_uring fixed-buffer reads.
+    pub fixed_reads: u64,
+    /// Large file bodies that fell back to `pread` + copy.
+    pub bounce_reads: u64,
+    /// Guest sessions accepted.
+    pub sessions: u64,
+}
+
+struct Shared {
+    counters: Counters,
+    /// The rescind fault fired (once per process).
+    rescind_fired: AtomicBool,
+}
+
+/// The VMBus front end of the emulated host.
+pub struct VspServer {
+    listener: BusListener,
+    exec: Arc<Executor>,
+    cfg: Arc<VspConfig>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for VspServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VspServer")
+            .field("path", &self.listener.path())
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VspServer {
+    /// Binds the bus socket at `path` (creating its parent directory).
+    pub fn bind(path: &Path, exec: Arc<Executor>, cfg: VspConfig) -> Result<Self, VspError> {
+        if !(1..=blobring_vmbus::sim::host::MAX_CHANNELS).contains(&cfg.channels) {
+            return Err(VspError::Config(format!(
+                "--channels {} must be between 1 and {}",
+                cfg.channels,
+                blobring_vmbus::sim::host::MAX_CHANNELS
+            )));
+        }
+        let s = cfg.ring_size;
+        if !(blobring_vmbus::sim::MIN_RING_SIZE..=blobring_vmbus::sim::MAX_RING_SIZE).contains(&s)
+            || !s.is_multiple_of(4096)
+        {
+            return Err(VspError::Config(format!(
+                "--ring-size {s} must be a multiple of 4096 between {} and {}",
+                blobring_vmbus::sim::MIN_RING_SIZE,
+                blobring_vmbus::sim::MAX_RING_SIZE
+            )));
+        }
+        if cfg.executor_threads == 0 {
+            return Err(VspError::Config(
+                "executor threads must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&cfg.drop_completion_rate) {
+            return Err(VspError::Config(format!(
+                "--fault-drop-completion-rate must be between 0 and 1, got {}",
+                cfg.drop_completion_rate
+            )));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| VspError::Socket {
+                path: path.to_owned(),
+                source: BusError::Io {
+                    op: "create socket directory",
+                    source: e,
+                },
+            })?;
+        }
+        let listener = BusListener::bind(path).map_err(|source| VspError::Socket {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            exec,
+            cfg: Arc::new(cfg),
+            shared: Arc::new(Shared {
+                counters: Counters::default(),
+                rescind_fired: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The bus socket path.
+    pub fn path(&self) -> &Path {
+        self.listener.path()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> VspStats {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        VspStats {
+            requests: l(&c.requests),
+            completions: l(&c.completions),
+            dropped_completions: l(&c.dropped_completions),
+            rejected: l(&c.rejected),
+            fixed_reads: l(&c.fixed_reads),
+            bounce_reads: l(&c.bounce_reads),
+            sessions: l(&c.sessions),
+        }
+    }
+
+    /// Serves guests, one at a time, until `stop` is set (checked every 50 ms).
+    pub fn run(&self, stop: &AtomicBool) -> Result<(), VspError> {
+        while !stop.load(Ordering::Relaxed) {
+            let ready =
+                wait_readable(self.listener.as_fd(), Duration::from_millis(50)).map_err(|e| {
+                    VspError::Socket {
+                        path: self.path().to_owned(),
+                        source: BusError::Io {
+                            op: "poll",
+                            source: e,
+                        },
+                    }
+                })?;
+            if !ready {
+                continue;
+            }
+            let sock = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a guest on the VMBus socket failed");
+                    continue;
+                }
+            };
+            self.shared
+                .counters
+                .sessions
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!("guest connected on the VMBus socket");
+            match self.session(sock, stop) {
+                Ok(()) => tracing::info!("guest session ended"),
+                Err(e) => tracing::warn!(error = %e, "guest session failed"),
+            }
+        }
+        Ok(())
+    }
+
+    fn session(&self, sock: OwnedFd, stop: &AtomicBool) -> Result<(), VspError> {
+        let host_cfg = HostConfig {
+            max_channels: self.cfg.channels,
+            ring_size: self.cfg.ring_size,
+            ..HostConfig::default()
+        };
+        let mut session = HostSession::new(sock, host_cfg)?;
+        let sess = Arc::new(SessionState {
+            ended: AtomicBool::new(false),
+            rescinding: AtomicBool::new(false),
+            rescind_now: AtomicBool::new(false),
+        });
+        let pool = Pool::start(self.exec.clone(), &self.cfg, &self.shared)?;
+        let mut workers: Vec<Worker> = Vec::new();
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            if sess.rescind_now.load(Ordering::Acquire) {
+                tracing::info!("rescinding the device (fault injection)");
+                let _ = session.rescind(1);
+                break Ok(());
+            }
+            let ev = match session.try_next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    let _ = wait_readable(session.as_fd(), Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => break Err(VspError::Session(e)),
+            };
+            match ev {
+                HostEvent::ChannelOpened(ch) => {
+                    let index = ch.index();
+                    let w = Worker::spawn(
+                        ch,
+                        WorkerCtx {
+                            memory: session.memory(),
+                            jobs: pool.tx.clone(),
+                            cfg: self.cfg.clone(),
+                            shared: self.shared.clone(),
+                            sess: sess.clone(),
+                        },
+                    )?;
+                    tracing::debug!(index, "channel opened");
+                    workers.push(w);
+                }
+                HostEvent::ChannelClosed(index) => {
+                    if let Some(pos) = workers.iter().position(|w| w.index == index) {
+                        workers.swap_remove(pos).stop();
+                    }
+                }
+                HostEvent::Disconnected => break Ok(()),
+                HostEvent::Rejected(e) => tracing::debug!(error = %e, "bus request refused"),
+                _ => {}
+            }
+        };
+        sess.ended.store(true, Ordering::Release);
+        for w in workers {
+            w.stop();
+        }
+        // Pool threads finish their current request (a hung one may take long) and exit when
+        // the job queue closes; queued jobs of an ended session are skipped. Not joined.
+        drop(pool);
+        result
+    }
+}
+
+struct SessionState {
+    /// The session is over: skip its queued jobs.
+    ended: AtomicBool,
+    /// The rescind fault counted its N-th request: drop later requests.
+    rescinding: AtomicBool,
+    /// The N-th completion was posted: send RESCIND.
+    rescind_now: AtomicBool,
+}
+
+/// A request handed to the pool.
+struct Job {
+    trans_id: u64,
+    head: Vec<u8>,
+    body: Vec<u8>,
+    data: GuestBuffer,
+    response: GuestBuffer,
+    drop_completion: bool,
+    rescind_after_post: bool,
+    done: crossbeam_channel::Sender<Done>,
+    wake: Arc<OwnedFd>,
+    sess: Arc<SessionState>,
+}
+
+/// A finished request, back to its channel's worker.
+struct Done {
+    trans_id: u64,
+    resp: AzBlobVspResponse,
+    drop_completion: bool,
+    rescind_after_post: bool,
+}
+
+struct Pool {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+impl Pool {
+    fn start(exec: Arc<Executor>, cfg: &VspConfig, shared: &Arc<Shared>) -> Result<Self, VspError> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..cfg.executor_threads {
+            let (rx, exec, shared) = (rx.clone(), exec.clone(), shared.clone());
+            let (fixed, min_len) = (cfg.fixed_buffers, cfg.fixed_min_len);
+            std::thread::Builder::new()
+                .name(format!("vsp-exec-{i}"))
+                .spawn(move || {
+                    let mut fixed = fixed.then(|| FixedIo::new(min_len)).flatten();
+                    for job in rx {
+                        if job.sess.ended.load(Ordering::Acquire) {
+                            continue;
+                        }
+                        let resp = execute(&exec, &job, fixed.as_mut(), &shared);
+                        let _ = job.done.send(Done {
+                            trans_id: job.trans_id,
+                            resp,
+                            drop_completion: job.drop_completion,
+                            rescind_after_post: job.rescind_after_post,
+                        });
+                        let _ = signal_eventfd(job.wake.as_fd());
+                    }
+                })
+                .map_err(VspError::Thread)?;
+        }
+        Ok(Self { tx })
+    }
+}
+
+fn vsp_error(error: u32) -> AzBlobVspResponse {
+    AzBlobVspResponse {
+        length: 0,
+        error,
+        response_len: 0,
+    }
+}
+
+fn sat32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Runs one request on a pool thread; writes the body and head into guest memory.
+fn execute(
+    exec: &Executor,
+    job: &Job,
+    fixed: Option<&mut FixedIo>,
+    shared: &Shared,
+) -> AzBlobVspResponse {
+    let mut sink = GuestSink {
+        buf: &job.data,
+        fixed,
+        shared,
+    };
+    match exec.execute(&job.head, &job.body, &mut sink) {
+        Ok(ex) => {
+            let head = ex.head_bytes();
+            if head.len() as u64 > job.response.len() {
+                return AzBlobVspResponse {
+                    length: 0,
+                    error: VSP_ERR_HEAD_TOO_LARGE,
+                    response_len: sat32(head.len() as u64),
+                };
+            }
+            if job.response.write_at(0, &head).is_err() {
+                return vsp_error(VSP_ERR_INTERNAL);
+            }
+            AzBlobVspResponse {
+                length: sat32(ex.body_len as u64),
+                error: VSP_OK,
+                response_len: sat32(head.len() as u64),
+            }
+        }
+        Err(ExecuteError::BodyTooLarge { needed, .. }) => AzBlobVspResponse {
+            length: sat32(needed),
+            error: VSP_ERR_BODY_TOO_LARGE,
+            response_len: 0,
+        },
+        Err(ExecuteError::HeadTooLarge { needed, .. }) => AzBlobVspResponse {
+            length: 0,
+            error: VSP_ERR_HEAD_TOO_LARGE,
+            response_len: sat32(needed as u64),
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "request failed on the host");
+            vsp_error(VSP_ERR_INTERNAL)
+        }
+    }
+}
+
+/// The data buffer of a request, in guest memory.
+struct GuestSink<'a> {
+    buf: &'a GuestBuffer,
+    fixed: Option<&'a mut FixedIo>,
+    shared: &'a Shared,
+}
+
+impl BodySink for GuestSink<'_> {
+    fn capacity(&self) -> u64 {
+        self.buf.len()
+    }
+
+    fn write_at(&mut self, offset: u64, src: &[u8]) -> io::Result<()> {
+        self.buf
+            .write_at(offset, src)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+    }
+
+    fn fill_from_file(
+        &mut self,
+        offset: u64,
+        file: &File,
+        file_offset: u64,
+        len: u64,
+    ) -> io::Result<bool> {
+        if offset.checked_add(len).is_none_or(|e| e > self.buf.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at {offset} exceed the {}-byte data buffer",
+                    self.buf.len()
+                ),
+            ));
+        }
+        let Some(fixed) = self.fixed.as_deref_mut() else {
+            return Ok(false);
+        };
+        if len < fixed.min_len {
+            return Ok(false);
+        }
+        let done = fixed.fill(self.buf, offset, file, file_offset, len)?;
+        let c = &self.shared.counters;
+        if done {
+            c.fixed_reads.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.bounce_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(done)
+    }
+}
+
+/// A pool thread's io_uring for fixed-buffer reads into guest memory.
+struct FixedIo {
+    reactor: Reactor,
+    /// Guest regions seen, with their fixed-buffer slot (`None`: the kernel refused).
+    regions: Vec<(Weak<Mapping>, Option<BufIndex>)>,
+    min_len: u64,
+    next_token: u64,
+}
+
+/// Bytes per `READ_FIXED`: big enough to amortise the SQE, small enough to run in parallel.
+const FIXED_CHUNK: u64 = 1 << 20;
+
+impl FixedIo {
+    fn new(min_len: u64) -> Option<Self> {
+        let cfg = ReactorConfig {
+            sq_entries: 64,
+            cq_entries: 256,
+            fixed_buffer_slots: 64,
+            ..ReactorConfig::default()
+        };
+        match Reactor::with_config(cfg) {
+            Ok(reactor) => Some(Self {
+                reactor,
+                regions: Vec::new(),
+                min_len,
+                next_token: 1,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no io_uring for fixed-buffer reads; bodies are copied with pread");
+                None
+            }
+        }
+    }
+
+    /// Forgets regions the guest unregistered and no request uses any more (the reactor holds
+    /// the only strong reference left).
+    fn prune(&mut self) {
+        let reactor = &mut self.reactor;
+        self.regions.retain(|(weak, slot)| {
+            let ours = usize::from(slot.is_some());
+            if weak.strong_count() > ours {
+                return true;
+            }
+            match slot {
+                Some(s) => reactor.unregister_region(*s).is_err(),
+                None => false,
+            }
+        });
+    }
+
+    fn slot(&mut self, mem: &Arc<Mapping>) -> Option<BufIndex> {
+        if let Some((_, slot)) = self
+            .regions
+            .iter()
+            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(mem)))
+        {
+            return *slot;
+        }
+        let region: Arc<dyn MemoryRegion> = mem.clone();
+        let slot = match self.reactor.register_region(region) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "guest region not registered as a fixed buffer; using pread");
+                None
+            }
+        };
+        self.regions.push((Arc::downgrade(mem), slot));
+        slot
+    }
+
+    /// Reads `len` bytes of `file` at `file_offset` into `buf` at `offset` with fixed-buffer
+    /// reads. `Ok(false)`: a region could not be registered (nothing was read).
+    fn fill(
+        &mut self,
+        buf: &GuestBuffer,
+        offset: u64,
+        file: &File,
+        file_offset: u64,
+        len: u64,
+    ) -> io::Result<bool> {
+        self.prune();
+        // Plan the chunks: (slot, offset in region, len, file offset).
+        let mut plan: Vec<(BufIndex, u64, u64, u64)> = Vec::new();
+        let (mut skip, mut done) = (offset, 0u64);
+        for span in buf.spans() {
+            if done == len {
+                break;
+            }
+            if skip >= span.len {
+                skip -= span.len;
+                continue;
+            }
+            let n = (span.len - skip).min(len - done);
+            let Some(slot) = self.slot(&span.mem) else {
+                return Ok(false);
+            };
+            let mut at = 0;
+            while at < n {
+                let c = (n - at).min(FIXED_CHUNK);
+                plan.push((slot, span.offset + skip + at, c, file_offset + done + at));
+                at += c;
+            }
+            done += n;
+            skip = 0;
+        }
+        let fd = SharedFd::from(file.try_clone()?);
+        let base = self.next_token;
+        self.next_token += plan.len() as u64 + 1;
+        let mut queued = 0usize;
+        let mut result = Ok(());
+        for (i, (slot, off, n, foff)) in plan.iter().enumerate() {
+            let range = FixedRange {
+                index: *slot,
+                offset: *off as usize,
+                len: *n as u32,
+            };
+            match self
+                .reactor
+                .read_fixed(fd.clone(), range, *foff, base + i as u64)
+            {
+                Ok(_) => queued += 1,
+                Err(e) => {
+                    result = Err(io::Error::other(e.to_string()));
+                    break;
+                }
+            }
+        }
+        // Wait for every queued read (even after a failure: the kernel writes into guest
+        // memory until each one completes). Short reads are finished with a plain pread.
+        let mut short: Vec<(usize, u32)> = Vec::new();
+        let mut got = 0usize;
+        while got < queued {
+            let r = self
+                .reactor
+                .wait(queued - got, Some(Duration::from_secs(60)), |c| {
+                    if c.token < base || c.token >= base + plan.len() as u64 {
+                        return;
+                    }
+                    got += 1;
+                    let i = (c.token - base) as usize;
+                    match c.event {
+                        Event::Fixed(Ok(n)) if u64::from(n) == plan[i].2 => {}
+                        Event::Fixed(Ok(n)) => short.push((i, n)),
+                        Event::Fixed(Err(_)) => short.push((i, u32::MAX)),
+                        _ => {}
+                    }
+                });
+            if let Err(e) = r {
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+        result?;
+        for (i, n) in short {
+            let (_, off, len, foff) = plan[i];
+            if n == u32::MAX {
+                return Err(io::Error::other("io_uring read into guest memory failed"));
+            }
+            // The rest of a short read (EOF is an error: the store's data file is too short).
+            let mut rest = vec![0u8; (len - u64::from(n)) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut rest, foff + u64::from(n))?;
+            let region_off = off + u64::from(n);
+            let span_buf_off = self.buffer_offset(buf, plan[i].0, region_off);
+            match span_buf_off {
+                Some(bo) => buf
+                    .write_at(bo, &rest)
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+                None => return Err(io::Error::other("short read outside the data buffer")),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The offset in `buf` of byte `region_off` of the region in `slot`.
+    fn buffer_offset(&self, buf: &GuestBuffer, slot: BufIndex, region_off: u64) -> Option<u64> {
+        let mut pos = 0u64;
+        for span in buf.spans() {
+            let same = self
+                .regions
+                .iter()
+                .any(|(w, s)| *s == Some(slot) && std::ptr::eq(w.as_ptr(), Arc::as_ptr(&span.mem)));
+            if same && (span.offset..span.offset + span.len).contains(&region_off) {
+                return Some(pos + region_off - span.offset);
+            }
+            pos += span.len;
+        }
+        None
+    }
+}
+
+/// What a VSP worker needs from its session.
+struct WorkerCtx {
+    memory: SharedGuestMemory,
+    jobs: crossbeam_channel::Sender<Job>,
+    cfg: Arc<VspConfig>,
+    shared: Arc<Shared>,
+    sess: Arc<SessionState>,
+}
+
+struct Worker {
+    index: u32,
+    stop: Arc<AtomicBool>,
+    wake: Arc<OwnedFd>,
+    thread: JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn(ch: SimChannel, ctx: WorkerCtx) -> Result<Self, VspError> {
+        let index = ch.index();
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(
+            rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .map_err(|e| VspError::Thread(e.into()))?,
+        );
+        let (s, w) = (stop.clone(), wake.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vsp-ch{index}"))
+            .spawn(move || {
+                if let Err(e) = worker_loop(ch, ctx, &s, w) {
+                    tracing::warn!(channel = index, error = %e, "VSP worker stopped");
+                }
+            })
+            .map_err(VspError::Thread)?;
+        Ok(Self {
+            index,
+            stop,
+            wake,
+            thread,
+        })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = signal_eventfd(self.wake.as_fd());
+        let _ = self.thread.join();
+    }
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("channel: {0}")]
+    Channel(#[from] ChannelError),
+    #[error("reactor: {0}")]
+    Reactor(#[from] blobring_reactor::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+const TOKEN_CHANNEL: u64 = 1;
+const TOKEN_WAKE: u64 = 2;
+/// Packets taken from the ring before completions are posted again.
+const INTAKE_BATCH: usize = 256;
+
+fn worker_loop(
+    mut ch: SimChannel,
+    ctx: WorkerCtx,
+    stop: &AtomicBool,
+    wake: Arc<OwnedFd>,
+) -> Result<(), WorkerError> {
+    let mut reactor = Reactor::with_config(ReactorConfig {
+        sq_entries: 16,
+        cq_entries: 64,
+        fixed_buffer_slots: 0,
+        ..ReactorConfig::default()
+    })?;
+    let chan_fd = ch.as_fd().try_clone_to_owned()?;
+    reactor.poll_multishot(SharedFd::from(chan_fd), TOKEN_CHANNEL)?;
+    reactor.poll_multishot(SharedFd::from(wake.clone()), TOKEN_WAKE)?;
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    let mut rng = StdRng::seed_from_u64(ctx.cfg.seed ^ (u64::from(ch.index()) << 32));
+    let mut pending: VecDeque<(u64, AzBlobVspResponse, bool)> = VecDeque::new();
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    let counters = &ctx.shared.counters;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        ch.clear_wakeups()?;
+        drain_eventfd(wake.as_fd())?;
+        // Intake, with interrupt_mask set: the guest need not signal packets we will see.
+        ch.mask()?;
+        let mut taken = 0;
+        while taken < INTAKE_BATCH {
+            let Some(p) = ch.recv(&mut buf)? else { break };
+            taken += 1;
+            if let Some((tid, resp)) = intake(&p, &ctx, &mut rng, &done_tx, &wake) {
+                pending.push_back((tid, resp, false));
+            }
+        }
+        ch.release()?;
+        for d in done_rx.try_iter() {
+            if d.drop_completion {
+                counters.dropped_completions.fetch_add(1, Ordering::Relaxed);
+                if d.rescind_after_post {
+                    ctx.sess.rescind_now.store(true, Ordering::Release);
+                }
+            } else {
+                pending.push_back((d.trans_id, d.resp, d.rescind_after_post));
+            }
+        }
+        let blocked = post(&mut ch, &mut pending, &mut out, &ctx)?;
+        let waiting = ch.arm()?;
+        if taken == INTAKE_BATCH || waiting || (!pending.is_empty() && !blocked) {
+            continue;
+        }
+        if !done_rx.is_empty() {
+            continue;
+        }
+        reactor.wait(1, Some(Duration::from_millis(100)), |_| {})?;
+    }
+}
+
+/// Validates and copies one packet; queues it for execution. Returns a completion to post at
+/// once when the request is refused before execution.
+fn intake(
+    p: &Packet<'_>,
+    ctx: &WorkerCtx,
+    rng: &mut StdRng,
+    done: &crossbeam_channel::Sender<Done>,
+    wake: &Arc<OwnedFd>,
+) -> Option<(u64, AzBlobVspResponse)> {
+    let counters = &ctx.shared.counters;
+    let trans_id = p.trans_id();
+    let req = match parse_blob_request(p) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, trans_id, "bad blob request packet");
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return (p.completion_requested() && trans_id != 0)
+                .then(|| (trans_id, vsp_error(VSP_ERR_BAD_REQUEST)));
+        }
+    };
+    if ctx.sess.rescinding.load(Ordering::Acquire) {
+        // The device is being rescinded: nothing more is served on this session.
+        counters.dropped_completions.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let n = counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut rescind_after_post = false;
+    if let Some(limit) = ctx.cfg.rescind_after
+        && n >= limit
+        && !ctx.shared.rescind_fired.swap(true, Ordering::AcqRel)
+    {
+        ctx.sess.rescinding.store(true, Ordering::Release);
+        rescind_after_post = true;
+    }
+    let bufs = {
+        let mem = ctx.memory.read().unwrap_or_else(|e| e.into_inner());
+        req.buffers(&mem)
+    };
+    let bufs = match bufs {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(error = %e, trans_id, "blob request names memory outside the guest's regions");
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            if rescind_after_post {
+                ctx.sess.rescind_now.store(true, Ordering::Release);
+            }
+            return Some((trans_id, vsp_error(VSP_ERR_BAD_PAGE)));
+        }
+    };
+    // Copy the head and the body out of guest memory once; the executor sees only the copies.
+    let mut head = vec![0u8; bufs.request.len() as usize];
+    let mut body = vec![0u8; req.vsp.data_buffer_valid as usize];
+    if bufs.request.read_at(0, &mut head).is_err() || bufs.data.read_at(0, &mut body).is_err() {
+        return Some((trans_id, vsp_error(VSP_ERR_INTERNAL)));
+    }
+    let drop_completion =
+        ctx.cfg.drop_completion_rate > 0.0 && rng.random_bool(ctx.cfg.drop_completion_rate);
+    let job = Job {
+        trans_id,
+        head,
+        body,
+        data: bufs.data,
+        response: bufs.response,
+        drop_completion,
+        rescind_after_post,
+        done: done.clone(),
+        wake: wake.clone(),
+        sess: ctx.sess.clone(),
+    };
+    if ctx.jobs.send(job).is_err() {
+        return Some((trans_id, vsp_error(VSP_ERR_INTERNAL)));
+    }
+    None
+}
+
+/// Posts pending completions in order; returns `true` if the host → guest ring is full and
+/// we wait for the guest to free space (`pending_send_sz` is set; its signal wakes us).
+fn post(
+    ch: &mut SimChannel,
+    pending: &mut VecDeque<(u64, AzBlobVspResponse, bool)>,
+    out: &mut Vec<u8>,
+    ctx: &WorkerCtx,
+) -> Result<bool, WorkerError> {
+    let mut wrote = false;
+    let mut retries = 0;
+    let mut rescind = false;
+    let blocked = loop {
+        let Some(&(tid, resp, after)) = pending.front() else {
+            break false;
+        };
+        if encode_blob_completion(out, tid, &resp).is_err() {
+            // Only a zero transaction id fails to encode, and intake never queues one.
+            pending.pop_front();
+            continue;
+        }
+        match ch.send_uncommitted(out) {
+            Ok(()) => {
+                pending.pop_front();
+                wrote = true;
+                retries = 0;
+                rescind |= after;
+                ctx.shared
+                    .counters
+                    .completions
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ChannelError::Full { needed }) => {
+                if wrote {
+                    ch.flush()?;
+                    wrote = false;
+                }
+                retries += 1;
+                if retries <= 2 && ch.wait_for_space(needed)? {
+                    continue;
+                }
+                break true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if wrote {
+        ch.flush()?;
+    }
+    if rescind {
+        ctx.sess.rescind_now.store(true, Ordering::Release);
+    }
+    Ok(blocked)
+}

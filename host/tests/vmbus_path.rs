@@ -1,0 +1,691 @@
+//! The VMBus path end to end: the real `blobring-host` binary serving `--socket` on an `fs`
+//! store, and the guest test driver (`blobring_vmbus::sim::driver::BlobDriver`) opening the
+//! primary and three subchannels, registering a sealed memfd and running Blob requests whose
+//! bodies are read and written in place in that memory.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blobring_host::vsp::{VSP_ERR_BAD_PAGE, VSP_ERR_BODY_TOO_LARGE, VSP_OK};
+use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
+use blobring_vmbus::blob::{BlobRequestDesc, BufferPages};
+use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
+use blobring_vmbus::sim::guest::BusEvent;
+
+const HOST: &str = env!("CARGO_BIN_EXE_blobring-host");
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A `blobring-host` process in a scratch directory; killed and reaped on drop.
+struct Host {
+    child: Child,
+    socket: PathBuf,
+    http: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Host {
+    /// `--socket DIR/h.sock --store fs:DIR/store --channels 4` plus `extra`; waits (≤ 10 s)
+    /// until the bus accepts a driver.
+    fn start(extra: &[&str]) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("brh")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let socket = dir.path().join("h.sock");
+        let store = format!("fs:{}", dir.path().join("store").display());
+        let mut child = Command::new(HOST)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--store", &store, "--channels", "4"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn blobring-host");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut host = Host {
+            child,
+            socket,
+            http: None,
+            _dir: dir,
+        };
+        let wants_http = extra.contains(&"--http");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wants_http && host.http.is_none() {
+            assert!(Instant::now() < deadline, "host did not print its address");
+            let line = lines.next().expect("host exited").expect("read stdout");
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                host.http = Some(a.to_owned());
+            }
+        }
+        // Keep draining stdout so the host never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        while !host.socket.exists() {
+            assert!(Instant::now() < deadline, "host socket did not appear");
+            if let Ok(Some(st)) = host.child.try_wait() {
+                panic!("blobring-host exited early: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        host
+    }
+
+    fn driver(&self) -> BlobDriver {
+        self.driver_with(DriverConfig::default())
+    }
+
+    fn driver_with(&self, cfg: DriverConfig) -> BlobDriver {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match BlobDriver::connect_with(&self.socket, 4, cfg) {
+                Ok(d) => return d,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "driver connect: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+/// A request head for `/devstoreaccount1/<path>` with `headers` and a Content-Length.
+fn head(method: &str, path: &str, headers: &[&str], body_len: usize) -> Vec<u8> {
+    let mut s = format!(
+        "{method} /devstoreaccount1/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-ms-version: 2023-11-03\r\n"
+    );
+    for h in headers {
+        s.push_str(h);
+        s.push_str("\r\n");
+    }
+    if body_len > 0 {
+        s.push_str(&format!("Content-Length: {body_len}\r\n"));
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+/// Status code and headers of a response head.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn h(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse(c: &Completion) -> Resp {
+    assert_eq!(c.vsp.error, VSP_OK, "VSP error for {}", c.trans_id);
+    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hdrs);
+    let n = match r.parse(&c.response_head) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!(
+            "response head does not parse ({other:?}): {:?}",
+            String::from_utf8_lossy(&c.response_head)
+        ),
+    };
+    assert_eq!(
+        n,
+        c.response_head.len(),
+        "response_len covers exactly the head"
+    );
+    let headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let resp = Resp {
+        status: r.code.expect("status"),
+        headers,
+        body: c.body.clone(),
+    };
+    if let Some(cl) = resp.h("content-length") {
+        assert_eq!(
+            cl,
+            resp.body.len().to_string(),
+            "content-length = body bytes"
+        );
+    }
+    resp
+}
+
+fn call(d: &mut BlobDriver, ch: usize, head: &[u8], body: &[u8], data_cap: u32) -> Resp {
+    let c = d.call(ch, head, body, 4096, data_cap).expect("call");
+    parse(&c)
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn create_container(d: &mut BlobDriver, name: &str) {
+    let r = call(
+        d,
+        0,
+        &head("PUT", &format!("{name}?restype=container"), &[], 0),
+        b"",
+        0,
+    );
+    assert_eq!(r.status, 201);
+}
+
+fn put_blob(d: &mut BlobDriver, ch: usize, path: &str, data: &[u8]) {
+    let h = head("PUT", path, &["x-ms-blob-type: BlockBlob"], data.len());
+    let r = call(d, ch, &h, data, 0);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[test]
+fn blob_operations_round_trip_over_four_channels() {
+    let host = Host::start(&["--no-auth"]);
+    let mut d = host.driver();
+    assert_eq!(d.channel_count(), 4, "primary + 3 subchannels");
+    create_container(&mut d, "data");
+
+    // Put Blob on channel 1, then read it back on every channel.
+    let a = pattern(300_000, 1);
+    put_blob(&mut d, 1, "data/a.bin", &a);
+    for ch in 0..4 {
+        let r = call(
+            &mut d,
+            ch,
+            &head("GET", "data/a.bin", &[], 0),
+            b"",
+            512 << 10,
+        );
+        assert_eq!(r.status, 200);
+        assert!(r.body == a, "GET on channel {ch} is byte-exact");
+        assert_eq!(r.h("x-ms-blob-type"), Some("BlockBlob"));
+    }
+
+    // Put Block x2 on different channels + Put Block List.
+    let (b1, b2) = (pattern(70_000, 2), pattern(5_000, 3));
+    for (ch, id, data) in [(2, "b1", &b1), (3, "b2", &b2)] {
+        let path = format!(
+            "data/blk?comp=block&blockid={}",
+            b64(id).replace('=', "%3D")
+        );
+        let r = call(&mut d, ch, &head("PUT", &path, &[], data.len()), data, 0);
+        assert_eq!(r.status, 201);
+    }
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>{}</Latest><Latest>{}</Latest></BlockList>",
+        b64("b2"),
+        b64("b1")
+    );
+    let r = call(
+        &mut d,
+        0,
+        &head("PUT", "data/blk?comp=blocklist", &[], xml.len()),
+        xml.as_bytes(),
+        0,
+    );
+    assert_eq!(r.status, 201);
+    let whole = [b2.clone(), b1.clone()].concat();
+    let r = call(&mut d, 1, &head("GET", "data/blk", &[], 0), b"", 128 << 10);
+    assert_eq!((r.status, r.body.len()), (200, whole.len()));
+    assert!(r.body == whole, "committed block blob is byte-exact");
+
+    // Ranged GETs: 206 with Content-Range, and 416 past the end.
+    let r = call(
+        &mut d,
+        2,
+        &head("GET", "data/a.bin", &["x-ms-range: bytes=1000-99999"], 0),
+        b"",
+        128 << 10,
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.h("content-range"), Some("bytes 1000-99999/300000"));
+    assert!(r.body == a[1000..100_000], "ranged GET is byte-exact");
+    let r = call(
+        &mut d,
+        3,
+        &head("GET", "data/a.bin", &["x-ms-range: bytes=300000-"], 0),
+        b"",
+        4096,
+    );
+    assert_eq!(r.status, 416);
+
+    // List.
+    let r = call(
+        &mut d,
+        0,
+        &head("GET", "data?restype=container&comp=list", &[], 0),
+        b"",
+        64 << 10,
+    );
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.contains("<Name>a.bin</Name>") && text.contains("<Name>blk</Name>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<Content-Length>300000</Content-Length>"),
+        "{text}"
+    );
+
+    // Delete, then the blob is gone.
+    let r = call(&mut d, 1, &head("DELETE", "data/a.bin", &[], 0), b"", 0);
+    assert_eq!(r.status, 202);
+    let r = call(&mut d, 2, &head("GET", "data/a.bin", &[], 0), b"", 4096);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.h("x-ms-error-code"), Some("BlobNotFound"));
+    assert_eq!(d.in_flight(), 0);
+}
+
+#[test]
+fn completions_arrive_out_of_order_under_load() {
+    let host = Host::start(&["--no-auth"]);
+    let mut d = host.driver_with(DriverConfig {
+        region_len: 256 << 20,
+        ..DriverConfig::default()
+    });
+    create_container(&mut d, "load");
+    let big = pattern(8 << 20, 7);
+    put_blob(&mut d, 0, "load/big", &big);
+    let small: Vec<Vec<u8>> = (0..8)
+        .map(|i| pattern(4096 + i * 100, 100 + i as u32))
+        .collect();
+    for (i, s) in small.iter().enumerate() {
+        put_blob(&mut d, 1, &format!("load/s{i}"), s);
+    }
+    // Per channel: a big GET first, then small ones; many requests in flight at once.
+    let mut submitted: Vec<(u64, Option<usize>)> = Vec::new();
+    for round in 0..4 {
+        for ch in 0..4 {
+            let id = d
+                .submit(ch, &head("GET", "load/big", &[], 0), b"", 4096, 8 << 20)
+                .expect("submit big");
+            submitted.push((id, None));
+            for k in 0..6 {
+                let i = (round + ch + k) % small.len();
+                let id = d
+                    .submit(
+                        ch,
+                        &head("GET", &format!("load/s{i}"), &[], 0),
+                        b"",
+                        4096,
+                        8192,
+                    )
+                    .expect("submit small");
+                submitted.push((id, Some(i)));
+            }
+        }
+    }
+    assert_eq!(d.in_flight(), submitted.len());
+    let mut arrived: Vec<Completion> = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while arrived.len() < submitted.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} completions",
+            arrived.len()
+        );
+        arrived.extend(d.wait_completions(Duration::from_millis(200)).unwrap());
+    }
+    let order: Vec<u64> = arrived.iter().map(|c| c.trans_id).collect();
+    let sub: Vec<u64> = submitted.iter().map(|s| s.0).collect();
+    assert_ne!(order, sub, "completions came back in submission order");
+    // Some small request submitted after a big one on the same channel finished first.
+    let pos = |id: u64| order.iter().position(|&x| x == id).unwrap();
+    let overtakes = submitted
+        .windows(2)
+        .filter(|w| w[0].1.is_none() && w[1].1.is_some() && pos(w[1].0) < pos(w[0].0))
+        .count();
+    assert!(overtakes > 0, "no small request overtook a big one");
+    for c in &arrived {
+        let what = submitted.iter().find(|s| s.0 == c.trans_id).unwrap().1;
+        let r = parse(c);
+        assert_eq!(r.status, 200);
+        match what {
+            None => assert!(r.body == big, "big body byte-exact"),
+            Some(i) => assert!(r.body == small[i], "small body {i} byte-exact"),
+        }
+    }
+    assert_eq!(d.in_flight(), 0);
+}
+
+#[test]
+fn page_outside_registered_memory_is_refused_and_host_keeps_serving() {
+    let host = Host::start(&["--no-auth"]);
+    let mut d = host.driver();
+    create_container(&mut d, "pages");
+    let base_pfn = d.config().gpa_base / 4096;
+    let inside = [base_pfn];
+    let outside = [base_pfn + d.config().region_len / 4096 + 10];
+    // The request head is inside; the response buffer is one page past the region.
+    let desc = BlobRequestDesc {
+        timeout_ms: 1000,
+        transaction_guid: [0; 16],
+        data: None,
+        data_valid: 0,
+        request: BufferPages {
+            offset: 0,
+            len: 64,
+            pfns: &inside,
+        },
+        response: BufferPages {
+            offset: 0,
+            len: 512,
+            pfns: &outside,
+        },
+    };
+    let id = d.submit_desc(2, &desc).unwrap();
+    let c = d.wait_for(id, LIMIT).unwrap();
+    assert_eq!(c.vsp.error, VSP_ERR_BAD_PAGE);
+    assert_eq!((c.vsp.length, c.vsp.response_len), (0, 0));
+    // Page 0 is nowhere near the region either.
+    let zero = [0u64];
+    let id = d
+        .submit_desc(
+            2,
+            &BlobRequestDesc {
+                request: BufferPages {
+                    offset: 0,
+                    len: 64,
+                    pfns: &zero,
+                },
+                ..desc
+            },
+        )
+        .unwrap();
+    assert_eq!(d.wait_for(id, LIMIT).unwrap().vsp.error, VSP_ERR_BAD_PAGE);
+    // The channel and the host keep serving.
+    put_blob(&mut d, 2, "pages/ok", b"still here");
+    let r = call(&mut d, 2, &head("GET", "pages/ok", &[], 0), b"", 4096);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"still here"[..]));
+}
+
+#[test]
+fn body_larger_than_data_buffer_reports_needed_size() {
+    let host = Host::start(&["--no-auth"]);
+    let mut d = host.driver();
+    create_container(&mut d, "size");
+    let data = pattern(10_000, 9);
+    put_blob(&mut d, 0, "size/x", &data);
+    let c = d
+        .call(1, &head("GET", "size/x", &[], 0), b"", 4096, 4096)
+        .unwrap();
+    assert_eq!(c.vsp.error, VSP_ERR_BODY_TOO_LARGE);
+    assert_eq!(c.vsp.length, 10_000, "needed size in length");
+    assert!(c.body.is_empty() && c.response_head.is_empty());
+    // The same GET with a big enough buffer, and a range that fits the small one.
+    let r = call(&mut d, 1, &head("GET", "size/x", &[], 0), b"", 10_000);
+    assert!(r.status == 200 && r.body == data);
+    let r = call(
+        &mut d,
+        1,
+        &head("GET", "size/x", &["x-ms-range: bytes=0-4095"], 0),
+        b"",
+        4096,
+    );
+    assert!(r.status == 206 && r.body == data[..4096]);
+}
+
+#[test]
+fn fault_latency_delays_every_request() {
+    let host = Host::start(&["--no-auth", "--fault-latency-ms", "300"]);
+    let mut d = host.driver();
+    let t = Instant::now();
+    create_container(&mut d, "lat");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    // Requests run in parallel: 8 at once take far less than 8 x 300 ms.
+    let t = Instant::now();
+    let ids: Vec<u64> = (0..8)
+        .map(|i| {
+            d.submit(i % 4, &head("GET", "lat/none", &[], 0), b"", 4096, 4096)
+                .unwrap()
+        })
+        .collect();
+    let mut n = 0;
+    while n < ids.len() {
+        assert!(t.elapsed() < LIMIT);
+        for c in d.wait_completions(Duration::from_millis(100)).unwrap() {
+            assert_eq!(parse(&c).status, 404);
+            n += 1;
+        }
+    }
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+#[test]
+fn fault_error_rate_answers_server_busy() {
+    let host = Host::start(&["--no-auth", "--fault-error-rate", "1"]);
+    let mut d = host.driver();
+    for ch in 0..4 {
+        let r = call(
+            &mut d,
+            ch,
+            &head("PUT", "busy?restype=container", &[], 0),
+            b"",
+            4096,
+        );
+        assert_eq!(r.status, 503);
+        assert_eq!(r.h("x-ms-error-code"), Some("ServerBusy"));
+    }
+}
+
+#[test]
+fn fault_hang_holds_only_the_hung_requests() {
+    let host = Host::start(&[
+        "--no-auth",
+        "--fault-hang-rate",
+        "0.5",
+        "--fault-hang-ms",
+        "1500",
+        "--fault-seed",
+        "3",
+    ]);
+    let mut d = host.driver();
+    let t = Instant::now();
+    let ids: Vec<u64> = (0..12)
+        .map(|i| {
+            d.submit(i % 4, &head("GET", "hang/none", &[], 0), b"", 4096, 4096)
+                .unwrap()
+        })
+        .collect();
+    let mut got: Vec<(Duration, u16)> = Vec::new();
+    while got.len() < ids.len() {
+        assert!(t.elapsed() < LIMIT, "hung requests never answered");
+        for c in d.wait_completions(Duration::from_millis(50)).unwrap() {
+            got.push((t.elapsed(), parse(&c).status));
+        }
+    }
+    let hung: Vec<_> = got.iter().filter(|g| g.1 == 503).collect();
+    let fast: Vec<_> = got.iter().filter(|g| g.1 == 404).collect();
+    assert!(!hung.is_empty() && !fast.is_empty(), "{got:?}");
+    assert!(
+        hung.iter().all(|g| g.0 >= Duration::from_millis(1500)),
+        "{got:?}"
+    );
+    assert!(
+        fast.iter().all(|g| g.0 < Duration::from_millis(1000)),
+        "{got:?}"
+    );
+}
+
+/// A plain HTTP/1.1 request to the host's REST front end.
+fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect REST");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nx-ms-version: 2023-11-03\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let status = std::str::from_utf8(&all[9..12]).unwrap().parse().unwrap();
+    (status, all[split..].to_vec())
+}
+
+#[test]
+fn dropped_completion_never_arrives_but_the_request_ran() {
+    let host = Host::start(&[
+        "--no-auth",
+        "--http",
+        "127.0.0.1:0",
+        "--fault-drop-completion-rate",
+        "1",
+        "--container",
+        "drop",
+    ]);
+    let mut d = host.driver();
+    let body = pattern(20_000, 11);
+    let h = head("PUT", "drop/x", &["x-ms-blob-type: BlockBlob"], body.len());
+    let id = d.submit(3, &h, &body, 4096, 0).unwrap();
+    assert!(matches!(
+        d.wait_for(id, Duration::from_millis(1500)),
+        Err(blobring_vmbus::sim::driver::DriverError::Timeout(_))
+    ));
+    assert_eq!(d.in_flight(), 1);
+    // The same executor and store serve REST: the PUT happened.
+    let addr = host.http.clone().unwrap();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (status, got) = http_get(&addr, "/devstoreaccount1/drop/x");
+        if status == 200 {
+            assert!(
+                got == body,
+                "blob written through VMBus is byte-exact over REST"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PUT never took effect ({status})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rescind_after_n_requests_then_offer_again() {
+    let host = Host::start(&["--no-auth", "--fault-rescind-after", "3"]);
+    let mut d = host.driver();
+    create_container(&mut d, "res"); // 1
+    put_blob(&mut d, 1, "res/a", b"abc"); // 2
+    let r = call(&mut d, 2, &head("GET", "res/a", &[], 0), b"", 4096); // 3: completed
+    assert_eq!(r.body, b"abc");
+    // The guest sees RESCIND on the bus.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match d.bus().poll_event() {
+            Ok(Some(BusEvent::Rescinded { .. })) => break,
+            Ok(_) => {}
+            Err(e) => panic!("bus error {e}"),
+        }
+        assert!(Instant::now() < deadline, "no RESCIND");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(d.bus().is_rescinded());
+    // Requests after the rescind are not served on the old session.
+    if let Ok(id) = d.submit(0, &head("GET", "res/a", &[], 0), b"", 4096, 4096) {
+        assert!(d.wait_for(id, Duration::from_millis(500)).is_err());
+    }
+    drop(d);
+    // A new connection gets the device again and is served.
+    let mut d = host.driver();
+    let r = call(&mut d, 3, &head("GET", "res/a", &[], 0), b"", 4096);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"abc"[..]));
+    put_blob(&mut d, 0, "res/b", b"more");
+}
+
+#[test]
+fn shared_key_signed_requests_over_vmbus() {
+    let host = Host::start(&[]); // auth on, emulator key
+    let mut d = host.driver();
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    let signed = |method: &str, path: &str, extra: &[(&str, String)], body_len: usize| {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let mut hm = http::HeaderMap::new();
+        hm.insert("x-ms-date", date.parse().unwrap());
+        hm.insert("x-ms-version", "2023-11-03".parse().unwrap());
+        for (k, v) in extra {
+            hm.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        if body_len > 0 {
+            hm.insert("content-length", body_len.to_string().parse().unwrap());
+        }
+        let m = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let p = format!("/{EMULATOR_ACCOUNT}/{path}");
+        let authz = auth.authorization(&m, &p, &hm);
+        let mut s =
+            format!("{method} {p} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {authz}\r\n");
+        for (k, v) in &hm {
+            s.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    };
+    let r = call(
+        &mut d,
+        0,
+        &signed("PUT", "skey?restype=container", &[], 0),
+        b"",
+        4096,
+    );
+    assert_eq!(r.status, 201);
+    let body = pattern(5000, 5);
+    let h = signed(
+        "PUT",
+        "skey/b",
+        &[("x-ms-blob-type", "BlockBlob".into())],
+        body.len(),
+    );
+    assert_eq!(call(&mut d, 1, &h, &body, 0).status, 201);
+    let r = call(&mut d, 2, &signed("GET", "skey/b", &[], 0), b"", 8192);
+    assert!(r.status == 200 && r.body == body);
+    // Unsigned, or signed with another key: refused.
+    let r = call(&mut d, 3, &head("GET", "skey/b", &[], 0), b"", 8192);
+    assert_eq!(r.status, 401);
+    let mut forged = signed("GET", "skey/b", &[], 0);
+    let text = String::from_utf8(forged.clone()).unwrap();
+    let sig_at = text
+        .find("Authorization: SharedKey devstoreaccount1:")
+        .unwrap()
+        + 42;
+    forged[sig_at] = if forged[sig_at] == b'A' { b'B' } else { b'A' };
+    assert_eq!(call(&mut d, 3, &forged, b"", 8192).status, 403);
+}
