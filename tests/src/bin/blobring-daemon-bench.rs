@@ -3,8 +3,10 @@
 //! process) at queue depth 1 and 256. Prints requests/s, p50/p99 round trip, and daemon CPU per
 //! request from `/proc/<pid>/stat`.
 //!
-//! `blobring-daemon-bench [SECONDS_PER_CASE] [--spin-us N] [--workers N]`; starts its own daemon
-//! (the `blobring-test-daemon` next to this binary) with the extra flags given.
+//! `blobring-daemon-bench [SECONDS_PER_CASE] [daemon flags...]`; starts its own daemon (the
+//! `blobring-test-daemon` next to this binary) with the extra flags given. With
+//! `BLOBRING_BENCH_HOST=/path/to/blobring-host` the 4 KiB GETs go to the real emulated host
+//! (`--store mem --no-auth`, a 4 KiB blob PUT first) instead of the in-process test host.
 
 use std::time::{Duration, Instant};
 
@@ -81,7 +83,33 @@ fn main() {
         .unwrap()
         .with_file_name("blobring-test-daemon");
     let dir = scratch();
-    let _host = TestHost::start(&dir.path().join("host.sock"), 8);
+    let real = std::env::var_os("BLOBRING_BENCH_HOST");
+    let _host = real
+        .is_none()
+        .then(|| TestHost::start(&dir.path().join("host.sock"), 8));
+    let _real_host = real.as_ref().map(|h| {
+        let child = std::process::Command::new(h)
+            .arg("--socket")
+            .arg(dir.path().join("host.sock"))
+            .args([
+                "--store",
+                "mem",
+                "--no-auth",
+                "--container",
+                "bench",
+                "--channels",
+                "8",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start blobring-host");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.path().join("host.sock").exists() {
+            assert!(Instant::now() < deadline, "blobring-host did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        blobring_tests::Reaped(child)
+    });
     let d = Daemon::start(bin.to_str().unwrap(), dir.path(), &extra);
     d.wait_stats(Duration::from_secs(10), "host", |s| {
         s["daemon"]["host_connected"] == true
@@ -96,14 +124,27 @@ fn main() {
     )
     .unwrap();
     let nops: Vec<Sqe> = (0..256).map(nop).collect();
+    let head: &[u8] = b"GET /devstoreaccount1/bench/b4k HTTP/1.1\r\nHost: localhost\r\nx-ms-version: 2021-08-06\r\n\r\n";
+    if real.is_some() {
+        let put = b"PUT /devstoreaccount1/bench/b4k HTTP/1.1\r\nHost: localhost\r\nx-ms-version: 2021-08-06\r\nx-ms-blob-type: BlockBlob\r\nContent-Length: 4096\r\n\r\n";
+        let mut s = blob_sqe(&mut conn, 0, put, 4096);
+        s.data_valid = 4096;
+        s.response_offset = conn.alloc(4096, 64).unwrap().offset;
+        s.response_len = 4096;
+        conn.submit(0, &[s]).unwrap();
+        let mut cq = [Cqe::new_zeroed()];
+        while conn.reap(0, &mut cq).unwrap() == 0 {
+            conn.wait(0, Some(Duration::from_millis(100))).unwrap();
+        }
+        assert_eq!((cq[0].res, cq[0].vsp_status), (0, 0), "PUT failed");
+    }
     let reads: Vec<Sqe> = (0..256)
         .map(|i| {
-            blob_sqe(
-                &mut conn,
-                i,
-                b"GET /bench/blob HTTP/1.1\r\nx-ms-range: bytes=0-4095\r\n\r\n",
-                4096,
-            )
+            let mut s = blob_sqe(&mut conn, i, head, 4096);
+            // Real response heads need more than blob_sqe's 256 bytes.
+            s.response_offset = conn.alloc(2048, 64).unwrap().offset;
+            s.response_len = 2048;
+            s
         })
         .collect();
     println!("daemon flags: {extra:?}, {secs} s per case");
