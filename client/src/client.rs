@@ -58,6 +58,20 @@ pub enum ClientError {
          the buffers: use a smaller range"
     )]
     Vsp(u32),
+    /// The response body did not fit the data buffer (VSP status 3); `needed` bytes would.
+    #[error(
+        "the response body needs {needed} bytes but the data buffer holds fewer; retry with a larger buffer or a smaller range"
+    )]
+    BodyTooLarge {
+        /// Bytes needed.
+        needed: u64,
+    },
+    /// The response head did not fit the response buffer (VSP status 4).
+    #[error("the response head needs {needed} bytes but the response buffer holds fewer")]
+    HeadTooLarge {
+        /// Bytes needed.
+        needed: u32,
+    },
     /// The arena cannot hold a buffer of this size even when empty.
     #[error(
         "a {len}-byte buffer does not fit the {arena}-byte data arena; use smaller chunks or \
@@ -95,6 +109,11 @@ impl ClientError {
             || matches!(self, ClientError::Connection(Error::DaemonGone))
     }
 }
+
+/// VSP status: the response body does not fit the data buffer (`data_len` = bytes needed).
+pub const VSP_BODY_TOO_LARGE: u32 = 3;
+/// VSP status: the response head does not fit the response buffer (`response_len` = needed).
+pub const VSP_HEAD_TOO_LARGE: u32 = 4;
 
 fn errno_name(e: i32) -> &'static str {
     match e {
@@ -366,10 +385,7 @@ impl Client {
 }
 
 impl Inner {
-    fn ensure_conn<'a>(
-        &self,
-        st: &'a mut State,
-    ) -> Result<(&'a mut Connection, u64), ClientError> {
+    fn ensure_conn<'a>(&self, st: &'a mut State) -> Result<(&'a mut Connection, u64), ClientError> {
         if st.conn.is_none() {
             let conn = Connection::connect_with(&self.opts.socket, self.opts.connect)?;
             *lock(&self.arena_len) = conn.geometry().arena_len;
@@ -550,8 +566,7 @@ impl Inner {
             let mut dead = false;
             let n_queues = st.conn.as_ref().map_or(0, |c| c.n_queues());
             for q in 0..n_queues {
-                loop {
-                    let Some(conn) = st.conn.as_mut() else { break };
+                while let Some(conn) = st.conn.as_mut() {
                     match conn.reap(q, &mut cqes) {
                         Ok(n) => {
                             got += n;
@@ -629,6 +644,14 @@ impl Inner {
                 errno::ETIMEDOUT => ClientError::TimedOut(f.timeout),
                 errno::ECONNRESET => ClientError::ConnectionReset,
                 e => ClientError::Errno(e, errno_name(e)),
+            })
+        } else if c.vsp_status == VSP_BODY_TOO_LARGE {
+            Err(ClientError::BodyTooLarge {
+                needed: c.data_len.into(),
+            })
+        } else if c.vsp_status == VSP_HEAD_TOO_LARGE {
+            Err(ClientError::HeadTooLarge {
+                needed: c.response_len,
             })
         } else if c.vsp_status != 0 {
             Err(ClientError::Vsp(c.vsp_status))

@@ -153,7 +153,11 @@ impl Download {
     ) -> Result<Self, BlobError> {
         let props = svc.head_blob(container, blob, &Default::default()).await?;
         let (chunk, parallel) = opts.fit(svc.client().arena_len());
-        let chunk = if opts.verify { chunk.min(4 << 20) } else { chunk };
+        let chunk = if opts.verify {
+            chunk.min(4 << 20)
+        } else {
+            chunk
+        };
         Ok(Self {
             svc: svc.clone(),
             container: container.into(),
@@ -346,7 +350,8 @@ pub async fn download_to_file(
     let f = std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let n = download_to_writer(svc, container, blob, &mut w, opts).await?;
-    w.flush().map_err(io(format!("writing {}", path.display())))?;
+    w.flush()
+        .map_err(io(format!("writing {}", path.display())))?;
     Ok(n)
 }
 
@@ -442,7 +447,16 @@ pub async fn upload_from_slice(
     opts: &TransferOptions,
 ) -> Result<String, BlobError> {
     let mut r = data;
-    upload_from_reader(svc, container, blob, &mut r, Some(data.len() as u64), put, opts).await
+    upload_from_reader(
+        svc,
+        container,
+        blob,
+        &mut r,
+        Some(data.len() as u64),
+        put,
+        opts,
+    )
+    .await
 }
 
 /// Uploads a file (see [`upload_from_reader`]).

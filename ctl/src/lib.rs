@@ -7,6 +7,8 @@
 //! tables. **Trusts:** the daemon's ctl socket (its JSON is still parsed defensively: missing
 //! fields render as 0). **Invariants:** read-only; never blocks longer than [`CTL_TIMEOUT`].
 
+pub mod data;
+
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

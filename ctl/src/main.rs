@@ -44,10 +44,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Blob data commands: cp, ls, cat, rm, mb, rb.
+    #[command(flatten)]
+    Data(blobring_ctl::data::DataCmd),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Data(d) = cli.cmd {
+        return blobring_ctl::data::run(d);
+    }
     let path = cli
         .ctl_socket
         .unwrap_or_else(blobring_ctl::default_ctl_path);
@@ -77,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let text = match cli.cmd {
-        Cmd::Top { .. } => unreachable!("handled above"),
+        Cmd::Top { .. } | Cmd::Data(_) => unreachable!("handled above"),
         Cmd::Stats { json: true } => serde_json::to_string_pretty(&doc)?,
         Cmd::Clients { json: true } => serde_json::to_string_pretty(&doc["clients"])?,
         Cmd::Channels { json: true } => serde_json::to_string_pretty(&doc["channels"])?,

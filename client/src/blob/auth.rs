@@ -80,7 +80,9 @@ impl AccountConfig {
     /// SharedKey credentials from a Base64 account key.
     pub fn shared_key(key_base64: &str) -> Result<Credentials, BlobError> {
         let key = B64.decode(key_base64.trim()).map_err(|_| {
-            BlobError::Config("the account key is not valid Base64; copy it again from the portal".into())
+            BlobError::Config(
+                "the account key is not valid Base64; copy it again from the portal".into(),
+            )
         })?;
         Ok(Credentials::SharedKey { key })
     }
@@ -131,7 +133,9 @@ impl AccountConfig {
         };
         if let Some(ep) = kv.get("blobendpoint") {
             let (scheme, rest) = ep.split_once("://").ok_or_else(|| {
-                BlobError::Config(format!("BlobEndpoint {ep:?} has no scheme (http:// or https://)"))
+                BlobError::Config(format!(
+                    "BlobEndpoint {ep:?} has no scheme (http:// or https://)"
+                ))
             })?;
             let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
             let path = path.trim_end_matches('/');
@@ -222,8 +226,10 @@ pub fn string_to_sign(
         s.push_str(part);
         s.push('\n');
     }
-    let mut ms: Vec<&(String, String)> =
-        headers.iter().filter(|(k, _)| k.starts_with("x-ms-")).collect();
+    let mut ms: Vec<&(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-ms-"))
+        .collect();
     ms.sort_by(|a, b| a.0.cmp(&b.0));
     for (k, v) in ms {
         s.push_str(k);

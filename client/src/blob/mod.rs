@@ -31,9 +31,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http::HeaderMap;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-pub use auth::{
-    AccountConfig, Credentials, EMULATOR_ACCOUNT, EMULATOR_KEY, sign, string_to_sign,
-};
+pub use auth::{AccountConfig, Credentials, EMULATOR_ACCOUNT, EMULATOR_KEY, sign, string_to_sign};
 
 use crate::{Client, ClientError, Lease, Request};
 
@@ -75,7 +73,9 @@ pub enum BlobError {
     #[error("unexpected response: {0}")]
     Protocol(String),
     /// Downloaded bytes do not match the service's checksum.
-    #[error("integrity check failed for {what}: expected {expected}, computed {actual}; retry the transfer")]
+    #[error(
+        "integrity check failed for {what}: expected {expected}, computed {actual}; retry the transfer"
+    )]
     Integrity {
         /// Which blob or range.
         what: String,
@@ -129,7 +129,9 @@ impl BlobError {
 
     fn retryable(&self) -> bool {
         match self {
-            BlobError::Service { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+            BlobError::Service { status, .. } => {
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+            }
             BlobError::Transport(e) => e.is_transient(),
             _ => false,
         }
@@ -468,7 +470,10 @@ pub(crate) fn render_head(
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
     if !hs.iter().any(|(k, _)| k == "x-ms-date") {
-        hs.push(("x-ms-date".into(), httpdate::fmt_http_date(std::time::SystemTime::now())));
+        hs.push((
+            "x-ms-date".into(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ));
     }
     if !hs.iter().any(|(k, _)| k == "x-ms-version") {
         hs.push(("x-ms-version".into(), API_VERSION.into()));
@@ -665,9 +670,18 @@ impl BlobService {
         queue: Option<u32>,
     ) -> Result<Answer, BlobError> {
         let mut attempt = 0;
+        let mut recv = recv;
+        let mut resized = false;
         loop {
             match self.attempt(spec, body, recv, queue).await {
                 Ok(a) => return Ok(a),
+                Err(BlobError::Transport(ClientError::BodyTooLarge { needed }))
+                    if !resized && needed <= self.client.arena_len() / 2 =>
+                {
+                    // The host said how much the body needs: ask again with that much.
+                    resized = true;
+                    recv = needed;
+                }
                 Err(e) if spec.idempotent && e.retryable() && attempt < self.retry.max_retries => {
                     let d = self.retry.backoff(attempt);
                     attempt += 1;
@@ -829,7 +843,13 @@ impl BlobService {
         opts: &GetOptions,
     ) -> Result<BlobProperties, BlobError> {
         let g = self
-            .get_range(container, blob, offset..offset + buf.len() as u64, opts, None)
+            .get_range(
+                container,
+                blob,
+                offset..offset + buf.len() as u64,
+                opts,
+                None,
+            )
             .await?;
         if g.len != buf.len() {
             return Err(BlobError::Protocol(format!(
@@ -870,15 +890,20 @@ impl BlobService {
             s.headers.push((format!("x-ms-meta-{k}"), v.clone()));
         }
         if opts.crc64 {
-            s.headers
-                .push(("x-ms-content-crc64".into(), B64.encode(crc64(data).to_le_bytes())));
+            s.headers.push((
+                "x-ms-content-crc64".into(),
+                B64.encode(crc64(data).to_le_bytes()),
+            ));
         }
         if opts.md5 {
             use md5::Digest;
             s.headers
                 .push(("content-md5".into(), B64.encode(md5::Md5::digest(data))));
         }
-        if s.headers.iter().any(|(k, v)| k == "if-none-match" && v == "*") {
+        if s.headers
+            .iter()
+            .any(|(k, v)| k == "if-none-match" && v == "*")
+        {
             s.idempotent = false;
         }
     }
@@ -964,7 +989,11 @@ impl BlobService {
     }
 
     /// Get Block List (`blocklisttype=all`).
-    pub async fn get_block_list(&self, container: &str, blob: &str) -> Result<BlockList, BlobError> {
+    pub async fn get_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> Result<BlockList, BlobError> {
         let s = Spec::new("GET", self.path(container, Some(blob)))
             .q("comp", "blocklist")
             .q("blocklisttype", "all");
@@ -1051,6 +1080,7 @@ impl BlobService {
     }
 
     /// Renders and submits one Put Block now.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_put_block(
         &self,
         container: &str,
