@@ -575,13 +575,11 @@ impl Control {
         // timeout only bounds a pathological case.
         let _ = sock.set_nonblocking(false);
         let _ = sock.set_write_timeout(Some(Duration::from_millis(200)));
-        let cred = rustix::net::sockopt::socket_peercred(&sock)
+        // nix's SO_PEERCRED keeps the pid a plain integer: the kernel reports 0 for a peer
+        // whose pid is not visible in our pid namespace.
+        let cred = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)
             .map_err(|e| format!("SO_PEERCRED: {e}"))?;
-        let (uid, gid, pid) = (
-            cred.uid.as_raw(),
-            cred.gid.as_raw(),
-            cred.pid.as_raw_nonzero().get(),
-        );
+        let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
         let req = HelloRequest::read_from_bytes(buf)
             .map_err(|_| format!("short hello from pid {pid}"))?;
         let refuse = |status: u32, text: String| -> Result<(), String> {
