@@ -283,6 +283,20 @@ impl Control {
                 self.accept();
             }
             self.publish_metrics();
+            if self.shutting_down.is_none()
+                && self.exited.load(std::sync::atomic::Ordering::Acquire) > 0
+            {
+                // A worker died (error or panic): its queue in every region is unserved, so
+                // stop the whole daemon; clients see the hang-up and fail with ECONNRESET.
+                tracing::error!("a worker stopped unexpectedly; shutting the daemon down");
+                let _ = std::fs::remove_file(&self.socket_path);
+                let _ = std::fs::remove_file(&self.ctl_path);
+                self.begin_shutdown();
+                return Err(DaemonError::Setup(
+                    "a worker thread stopped unexpectedly (see the log above); restart blobringd"
+                        .into(),
+                ));
+            }
             if let Some(deadline) = self.shutting_down
                 && (self.workers_exited() || Instant::now() >= deadline)
             {

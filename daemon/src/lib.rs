@@ -138,15 +138,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         let t = std::thread::Builder::new()
             .name(format!("blobring-w{index}"))
             .spawn(move || {
+                // Counts the exit even when the worker panics (the guard drops while unwinding).
+                let _exit = ExitGuard(ex, wk.clone());
                 if let Some(cpu) = settings.cpu {
                     pin(cpu);
                 }
-                let r = worker::run(settings, rx, tc, db, wk.clone(), cl);
+                let r = worker::run(settings, rx, tc, db, wk, cl);
                 if let Err(e) = &r {
                     tracing::error!(worker = index, error = %e, "worker failed");
                 }
-                ex.fetch_add(1, Ordering::Release);
-                let _ = wk.notify();
                 r
             })
             .map_err(|e| DaemonError::Setup(format!("spawning worker {index}: {e}")))?;
@@ -191,6 +191,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     tracing::info!("stopped");
     r
+}
+
+/// Counts a worker's exit and wakes the control thread, also on panic.
+struct ExitGuard(Arc<AtomicUsize>, Arc<EventFd>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+        let _ = self.1.notify();
+    }
 }
 
 fn serve_metrics(l: TcpListener, doc: Arc<Mutex<String>>) {
