@@ -189,7 +189,8 @@ pub struct VspStats {
     pub rejected: u64,
     /// Bodies read with io_uring fixed-buffer reads.
     pub fixed_reads: u64,
-    /// Large file bodies that fell back to `pread` + copy.
+    /// File bodies copied with `pread` + copy instead (fixed buffers off or refused; bodies
+    /// below [`VspConfig::fixed_min_len`] are not counted).
     pub bounce_reads: u64,
     /// Guest sessions accepted.
     pub sessions: u64,
@@ -441,12 +442,12 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("vsp-exec-{i}"))
                 .spawn(move || {
-                    let mut fixed = fixed.then(|| FixedIo::new(min_len)).flatten();
+                    let mut fixed = fixed.then(FixedIo::new).flatten();
                     for job in rx {
                         if job.sess.ended.load(Ordering::Acquire) {
                             continue;
                         }
-                        let resp = execute(&exec, &job, fixed.as_mut(), &shared);
+                        let resp = execute(&exec, &job, fixed.as_mut(), &shared, min_len);
                         let _ = job.done.send(Done {
                             trans_id: job.trans_id,
                             resp,
@@ -480,11 +481,13 @@ fn execute(
     job: &Job,
     fixed: Option<&mut FixedIo>,
     shared: &Shared,
+    min_len: u64,
 ) -> AzBlobVspResponse {
     let mut sink = GuestSink {
         buf: &job.data,
         fixed,
         shared,
+        min_len,
     };
     match exec.execute(&job.head, &job.body, &mut sink) {
         Ok(ex) => {
@@ -527,6 +530,8 @@ struct GuestSink<'a> {
     buf: &'a GuestBuffer,
     fixed: Option<&'a mut FixedIo>,
     shared: &'a Shared,
+    /// Smallest body worth a fixed-buffer read.
+    min_len: u64,
 }
 
 impl BodySink for GuestSink<'_> {
@@ -556,14 +561,15 @@ impl BodySink for GuestSink<'_> {
                 ),
             ));
         }
-        let Some(fixed) = self.fixed.as_deref_mut() else {
-            return Ok(false);
-        };
-        if len < fixed.min_len {
+        if len < self.min_len {
             return Ok(false);
         }
-        let done = fixed.fill(self.buf, offset, file, file_offset, len)?;
         let c = &self.shared.counters;
+        let Some(fixed) = self.fixed.as_deref_mut() else {
+            c.bounce_reads.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        };
+        let done = fixed.fill(self.buf, offset, file, file_offset, len)?;
         if done {
             c.fixed_reads.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -578,7 +584,6 @@ struct FixedIo {
     reactor: Reactor,
     /// Guest regions seen, with their fixed-buffer slot (`None`: the kernel refused).
     regions: Vec<(Weak<Mapping>, Option<BufIndex>)>,
-    min_len: u64,
     next_token: u64,
 }
 
@@ -586,7 +591,7 @@ struct FixedIo {
 const FIXED_CHUNK: u64 = 1 << 20;
 
 impl FixedIo {
-    fn new(min_len: u64) -> Option<Self> {
+    fn new() -> Option<Self> {
         let cfg = ReactorConfig {
             sq_entries: 64,
             cq_entries: 256,
@@ -597,7 +602,6 @@ impl FixedIo {
             Ok(reactor) => Some(Self {
                 reactor,
                 regions: Vec::new(),
-                min_len,
                 next_token: 1,
             }),
             Err(e) => {
