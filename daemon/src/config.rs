@@ -48,6 +48,8 @@ pub struct Config {
     /// Busy-poll budget before a worker sleeps, in microseconds. Measured on a 2-vCPU VM
     /// (NOP at depth 1 through the daemon): 0 µs → p50 32 µs, 29 k req/s; 30 µs → p50 1.3 µs,
     /// 411 k req/s; 100 µs → no further gain. Each idle period costs up to this much CPU.
+    /// Workers spin only while no request waits on the host (a host completion wakes them
+    /// through io_uring anyway).
     #[arg(long, default_value_t = 30)]
     pub spin_us: u64,
     /// Most SQEs taken from one client queue per worker turn (fairness).
