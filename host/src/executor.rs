@@ -291,6 +291,9 @@ pub(crate) fn decode_query(q: &str) -> Vec<(String, String)> {
 enum Body {
     Empty,
     Bytes(Vec<u8>),
+    /// A forwarded (passthrough) success body of this many bytes that does not fit the
+    /// caller's data buffer; it was not downloaded.
+    TooLarge(u64),
     Blob {
         reader: Box<dyn BlobReader>,
         offset: u64,
@@ -431,7 +434,7 @@ impl Executor {
         let resp = match parse_head(head) {
             Ok((method, target, headers)) => {
                 let req = self.make_req(method, target, headers, body);
-                let r = self.run(&req);
+                let r = forward::with_body_limit(out.capacity(), || self.run(&req));
                 tracing::debug!(method = %req.method, path = req.raw_path, status = r.status.as_u16(), "executed");
                 r
             }
@@ -451,6 +454,12 @@ impl Executor {
         let cap = out.capacity();
         let body_len = match body {
             Body::Empty => 0,
+            Body::TooLarge(needed) => {
+                return Err(ExecuteError::BodyTooLarge {
+                    needed,
+                    capacity: cap,
+                });
+            }
             Body::Bytes(v) if v.len() as u64 > cap && status.as_u16() >= 300 => 0,
             Body::Bytes(v) => {
                 if v.len() as u64 > cap {
@@ -551,7 +560,8 @@ impl Executor {
         tracing::debug!(method = %req.method, path = req.raw_path, status = resp.status.as_u16(), "executed");
         let mut headers = resp.headers;
         let body = match resp.body {
-            Body::Empty => Bytes::new(),
+            // Never produced here: the REST path sets no body limit.
+            Body::Empty | Body::TooLarge(_) => Bytes::new(),
             Body::Bytes(v) => Bytes::from(v),
             Body::Blob {
                 reader,

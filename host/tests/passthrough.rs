@@ -642,6 +642,24 @@ fn executor_path_through_passthrough_is_byte_exact() {
         }
     );
 
+    // HEAD of the same blob is not "too large": it has no body.
+    let head = b"HEAD /devstoreaccount1/vsp/blob%20one.bin HTTP/1.1\r\n\r\n";
+    let done = exec.execute_into(head, &[], &mut small).unwrap();
+    assert_eq!(done.status, 200);
+    assert_eq!(done.body_len, 0);
+    assert_eq!(
+        done.headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()),
+        Some(data.len().to_string().as_str())
+    );
+    // After a refused body the executor still works (the pool drops that connection).
+    let head =
+        b"GET /devstoreaccount1/vsp/blob%20one.bin HTTP/1.1\r\nx-ms-range: bytes=0-99\r\n\r\n";
+    let done = exec.execute_into(head, &[], &mut small).unwrap();
+    assert_eq!(done.status, 206);
+    assert_eq!(&small[..done.body_len], &data[..100]);
+
     // An upstream error is passed through with its code.
     let head = b"GET /devstoreaccount1/vsp/missing HTTP/1.1\r\n\r\n";
     let done = exec.execute_into(head, &[], &mut buf).unwrap();

@@ -1,11 +1,32 @@
 //! The executor's side of the `passthrough:<url>` store: hand a verified request to the
 //! upstream and turn its answer into a response (see `store::passthrough` for the design).
 
+use std::cell::Cell;
+
 use bytes::Bytes;
 use http::header::HeaderValue;
 
 use super::{AzError, Body, Executor, Req, Resp};
 use crate::store::PassthroughStore;
+
+thread_local! {
+    /// Capacity of the data buffer of the [`Executor::execute`] call running on this thread.
+    static BODY_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Run `f` with `limit` as the largest success body a forwarded request may download: a
+/// larger one is reported as `BodyTooLarge` from its `Content-Length` without fetching it, so
+/// a client cannot make the host buffer a body its data buffer could never take.
+pub(super) fn with_body_limit<T>(limit: u64, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<u64>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BODY_LIMIT.with(|l| l.set(self.0));
+        }
+    }
+    let _reset = Reset(BODY_LIMIT.with(|l| l.replace(Some(limit))));
+    f()
+}
 
 impl Executor {
     /// Forward `req` (already fault-injected and auth-verified by [`Executor::run`]) upstream.
@@ -30,11 +51,14 @@ impl Executor {
             &req.query,
             &headers,
             Bytes::copy_from_slice(req.body),
+            BODY_LIMIT.with(Cell::get),
         )?;
         let mut r = Resp::new(f.status.as_u16());
         r.status = f.status;
         r.headers = f.headers;
-        r.body = if f.body.is_empty() {
+        r.body = if let Some(needed) = f.too_large {
+            Body::TooLarge(needed)
+        } else if f.body.is_empty() {
             Body::Empty
         } else {
             Body::Bytes(Vec::from(f.body))

@@ -19,9 +19,11 @@
 //! - cost a round trip per trait call (`open` then `read_to`, `container` then `put_blob`).
 //!
 //! The price of forwarding is that a response body is held in memory once (the upstream's
-//! bytes, then copied into the caller's data buffer); a body that does not fit the caller's
-//! buffer is the same [`ExecuteError::BodyTooLarge`](crate::ExecuteError::BodyTooLarge) as for
-//! the other stores. Blob Batch is the one operation the executor still splits itself: its
+//! bytes, then copied into the caller's data buffer). A success body that does not fit the
+//! caller's data buffer is the same
+//! [`ExecuteError::BodyTooLarge`](crate::ExecuteError::BodyTooLarge) as for the other stores,
+//! decided from the upstream's `Content-Length` *before* downloading it, so a client cannot
+//! make the host buffer a blob its data buffer could never take. Blob Batch is the one operation the executor still splits itself: its
 //! sub-requests carry signatures for this host, so each is verified here and forwarded (and
 //! re-signed) on its own. Copy Blob sources naming this host's account are rewritten to the
 //! upstream's URL, since the upstream cannot reach the host's loopback address.
@@ -132,8 +134,10 @@ pub struct Forwarded {
     pub status: StatusCode,
     /// Headers without hop-by-hop ones. `Content-Length` is kept (a HEAD answer needs it).
     pub headers: HeaderMap,
-    /// The whole body.
+    /// The whole body (empty when `too_large` is set).
     pub body: Bytes,
+    /// A success body longer than the caller's limit: its length; it was not downloaded.
+    pub too_large: Option<u64>,
 }
 
 /// Shuts the upstream runtime down without blocking, so the store may be dropped anywhere,
@@ -322,7 +326,9 @@ impl PassthroughStore {
     /// may block (a VSP worker, `spawn_blocking`).
     ///
     /// `path` is the wire-form (percent-encoded) path after the account, `""` or `/c[/b]`;
-    /// `query` the decoded query pairs (SAS parameters are dropped when re-signing).
+    /// `query` the decoded query pairs (SAS parameters are dropped when re-signing). A success
+    /// body longer than `max_body` is not downloaded: its size comes back in
+    /// [`Forwarded::too_large`] (the connection is then closed rather than drained).
     pub fn forward(
         &self,
         method: &Method,
@@ -330,6 +336,7 @@ impl PassthroughStore {
         query: &[(String, String)],
         headers: &HeaderMap,
         body: Bytes,
+        max_body: Option<u64>,
     ) -> Result<Forwarded, StoreError> {
         let signing = self.signer.is_some();
         let mut pq = format!("{}{}", self.base_path, path);
@@ -385,6 +392,8 @@ impl PassthroughStore {
             .headers(h)
             .body(body);
         let url = self.url.clone();
+        // A HEAD answer describes a body it does not carry.
+        let max_body = max_body.filter(|_| *method != Method::HEAD);
         self.run(async move {
             let map_err = |e: reqwest::Error| {
                 if e.is_timeout() {
@@ -399,17 +408,41 @@ impl PassthroughStore {
                     }
                 }
             };
-            let resp = request.send().await.map_err(map_err)?;
+            let mut resp = request.send().await.map_err(map_err)?;
             let status = resp.status();
             let mut headers = resp.headers().clone();
             for n in DROP_RESPONSE {
                 headers.remove(*n);
             }
-            let body = resp.bytes().await.map_err(map_err)?;
+            let limit = max_body.filter(|_| status.is_success()).unwrap_or(u64::MAX);
+            if let Some(len) = resp.content_length()
+                && len > limit
+            {
+                return Ok(Forwarded {
+                    status,
+                    headers,
+                    body: Bytes::new(),
+                    too_large: Some(len),
+                });
+            }
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = resp.chunk().await.map_err(map_err)? {
+                body.extend_from_slice(&chunk);
+                if body.len() as u64 > limit {
+                    // No (or a lying) Content-Length: report what we know is needed.
+                    return Ok(Forwarded {
+                        status,
+                        headers,
+                        body: Bytes::new(),
+                        too_large: Some(body.len() as u64),
+                    });
+                }
+            }
             Ok(Forwarded {
                 status,
                 headers,
-                body,
+                body: body.freeze(),
+                too_large: None,
             })
         })?
     }
@@ -442,6 +475,7 @@ impl PassthroughStore {
             &[("restype".into(), "container".into())],
             &headers,
             Bytes::new(),
+            None,
         )
     }
 
