@@ -225,9 +225,8 @@ impl From<StoreError> for AzError {
             StoreError::BlockCountExceedsLimit(_) => (409, "BlockCountExceedsLimit"),
             StoreError::InvalidContainerName(_) => (400, "OutOfRangeInput"),
             StoreError::OutOfRange { .. } => (416, "InvalidRange"),
-            StoreError::UpstreamUnreachable { .. } | StoreError::UpstreamStatus { .. } => {
-                (502, "UpstreamUnreachable")
-            }
+            StoreError::UpstreamUnreachable { .. } => (502, "UpstreamUnreachable"),
+            StoreError::UpstreamStatus { .. } => (502, "UpstreamError"),
             StoreError::UpstreamTimeout { .. } => (504, "UpstreamTimeout"),
             StoreError::Io { .. }
             | StoreError::Corrupt { .. }
