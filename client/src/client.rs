@@ -110,6 +110,12 @@ impl ClientError {
     }
 }
 
+/// Largest data buffer one request may carry: the VSP names at most
+/// [`blobring_abi::vmbus::AZ_BLOB_MAX_PAGES`] pages per request (data, request head and
+/// response head together; a buffer may straddle one extra page at each end), so 32 MiB less
+/// 64 KiB of headroom. Larger transfers are split ([`crate::transfer`]).
+pub const MAX_REQUEST_DATA: u64 = (blobring_abi::vmbus::AZ_BLOB_MAX_PAGES as u64 - 16) * 4096;
+
 /// VSP status: the response body does not fit the data buffer (`data_len` = bytes needed).
 pub const VSP_BODY_TOO_LARGE: u32 = 3;
 /// VSP status: the response head does not fit the response buffer (`response_len` = needed).

@@ -155,10 +155,14 @@ impl HttpService for BlobringService {
         // blobringd with a larger --arena-size).
         let recv = match range_len(&probe) {
             Some(n) => n,
-            None if probe.method() == http::Method::GET => self.client.arena_len() / 2,
+            None if probe.method() == http::Method::GET => {
+                (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA)
+            }
             None => DEFAULT_RECV,
         };
-        let recv = recv.min(self.client.arena_len());
+        let recv = recv
+            .min(self.client.arena_len())
+            .min(crate::MAX_REQUEST_DATA);
         self.once(&head, &body, recv).await.map_err(err)
     }
 }

@@ -38,8 +38,8 @@ pub use blobring_abi::{
 pub use blobring_ring::WaitOutcome;
 pub use blobring_shm::Allocation;
 pub use client::{
-    Client, ClientError, ClientOptions, Completion, Lease, Pending, Request, VSP_BODY_TOO_LARGE,
-    VSP_HEAD_TOO_LARGE, block_on,
+    Client, ClientError, ClientOptions, Completion, Lease, MAX_REQUEST_DATA, Pending, Request,
+    VSP_BODY_TOO_LARGE, VSP_HEAD_TOO_LARGE, block_on,
 };
 pub use conn::{ConnectOptions, Connection, LIVENESS_SLICE, default_socket_path, errno};
 pub use error::{ConnectError, Error};

@@ -76,7 +76,10 @@ impl TransferOptions {
     }
 
     fn fit(&self, arena: u64) -> (u64, usize) {
-        let chunk = self.chunk_size.clamp(64 << 10, (arena / 4).max(64 << 10));
+        let chunk = self
+            .chunk_size
+            .clamp(64 << 10, (arena / 4).max(64 << 10))
+            .min(crate::MAX_REQUEST_DATA);
         let n = ((arena / 2) / (chunk + 8192)).max(1) as usize;
         (chunk, self.parallelism.clamp(1, n))
     }
@@ -321,7 +324,7 @@ pub async fn download_to_writer(
     svc: &BlobService,
     container: &str,
     blob: &str,
-    w: &mut dyn Write,
+    w: &mut (dyn Write + Send),
     opts: &TransferOptions,
 ) -> Result<u64, BlobError> {
     let mut d = Download::start(svc, container, blob, opts).await?;
@@ -362,7 +365,7 @@ pub async fn upload_from_reader(
     svc: &BlobService,
     container: &str,
     blob: &str,
-    r: &mut dyn Read,
+    r: &mut (dyn Read + Send),
     total: Option<u64>,
     put: &PutOptions,
     opts: &TransferOptions,

@@ -254,7 +254,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         DataCmd::Cat { url, common } => {
             let u = need_blob(&url)?;
             let svc = service(&common)?;
-            let mut out = std::io::stdout().lock();
+            let mut out = std::io::stdout();
             block_on(transfer::download_to_writer(
                 &svc,
                 &u.container,

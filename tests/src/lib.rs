@@ -403,3 +403,102 @@ fn vsp(mut ch: SimChannel, memory: SharedGuestMemory, stop: Arc<AtomicBool>, s: 
         }
     }
 }
+
+/// The real `blobring-host` binary: `$BLOBRING_HOST_BIN`, else `blobring-host` in the Cargo
+/// target directory of the running test (`cargo test --workspace` builds it). Panics with what
+/// to do when it is missing.
+pub fn host_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BLOBRING_HOST_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/blobring-host
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join("blobring-host");
+    assert!(
+        p.exists(),
+        "{} not found: build it first (cargo build -p blobring-host, or cargo test --workspace) \
+         or set BLOBRING_HOST_BIN",
+        p.display()
+    );
+    p
+}
+
+/// A real `blobring-host --socket DIR/host.sock --store fs:DIR/store` process (SIGKILLed on
+/// drop), plus a daemon connected to it.
+pub struct HostStack {
+    /// The host process.
+    pub host: Reaped,
+    /// The daemon.
+    pub daemon: Daemon,
+    /// The store directory.
+    pub store: PathBuf,
+    /// `http://127.0.0.1:PORT` when the host was started with `--http`.
+    pub http_url: Option<String>,
+}
+
+impl HostStack {
+    /// Starts the host (with `host_args` extra) and a daemon (`daemon_args` extra) in `dir`
+    /// and waits (≤ 20 s) until the daemon has connected to the host.
+    pub fn start(daemon_bin: &str, dir: &Path, host_args: &[&str], daemon_args: &[&str]) -> Self {
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store).expect("store dir");
+        let sock = dir.join("host.sock");
+        let mut child = Command::new(host_bin())
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--store")
+            .arg(format!("fs:{}", store.display()))
+            .args(host_args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn blobring-host");
+        let mut http_url = None;
+        if host_args.contains(&"--http") {
+            use std::io::BufRead;
+            let out = child.stdout.take().expect("stdout");
+            let mut lines = std::io::BufReader::new(out).lines();
+            for line in lines.by_ref() {
+                let line = line.expect("host stdout");
+                if let Some(u) = line.strip_prefix("listening on ") {
+                    http_url = Some(u.trim().to_owned());
+                    break;
+                }
+            }
+            assert!(
+                http_url.is_some(),
+                "blobring-host printed no `listening on` line"
+            );
+            std::thread::spawn(move || for _ in lines {});
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "blobring-host exited ({st}) before creating {}; does it support --socket?",
+                    sock.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "blobring-host did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let host = Reaped(child);
+        let daemon = Daemon::start(daemon_bin, dir, daemon_args);
+        daemon.wait_stats(
+            Duration::from_secs(20),
+            "daemon connected to the host",
+            |s| s["daemon"]["host_connected"] == true,
+        );
+        HostStack {
+            host,
+            daemon,
+            store,
+            http_url,
+        }
+    }
+}

@@ -795,6 +795,14 @@ impl BlobService {
                 if g.properties.size <= first {
                     return Ok(g);
                 }
+                let limit = (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA);
+                if g.properties.size > limit {
+                    return Err(BlobError::Config(format!(
+                        "{container}/{blob} is {} bytes, more than one request can carry \
+                         ({limit}); read ranges or use blobring::transfer::download_*",
+                        g.properties.size
+                    )));
+                }
                 let mut o = opts.clone();
                 o.conditions.if_match = Some(g.properties.etag.clone());
                 self.get_range(container, blob, 0..g.properties.size, &o, None)
@@ -816,6 +824,14 @@ impl BlobService {
             return Err(BlobError::Config(format!(
                 "empty range {}..{}",
                 range.start, range.end
+            )));
+        }
+        let limit = (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA);
+        if range.end - range.start > limit {
+            return Err(BlobError::Config(format!(
+                "a {}-byte range is more than one request can carry ({limit}); split it or use \
+                 blobring::transfer::download_*",
+                range.end - range.start
             )));
         }
         let mut s = Spec::new("GET", self.path(container, Some(blob))).h(
@@ -873,6 +889,18 @@ impl BlobService {
         data: &[u8],
         opts: &PutOptions,
     ) -> Result<String, BlobError> {
+        if data.len() as u64 > (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA) {
+            // Too large for one request: stage blocks and commit them (same result).
+            return Box::pin(crate::transfer::upload_from_slice(
+                self,
+                container,
+                blob,
+                data,
+                opts,
+                &crate::transfer::TransferOptions::default(),
+            ))
+            .await;
+        }
         let mut s =
             Spec::new("PUT", self.path(container, Some(blob))).h("x-ms-blob-type", "BlockBlob");
         self.put_headers(&mut s, data, opts);

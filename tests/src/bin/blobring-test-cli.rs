@@ -1,0 +1,17 @@
+#![forbid(unsafe_code)]
+//! The `blobring` CLI's data commands built inside the tests crate, so integration tests can
+//! run them with `env!("CARGO_BIN_EXE_blobring-test-cli")`. Same library entry point.
+
+use clap::Parser;
+
+/// Data commands only.
+#[derive(Parser)]
+#[command(name = "blobring")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: blobring_ctl::data::DataCmd,
+}
+
+fn main() -> anyhow::Result<()> {
+    blobring_ctl::data::run(Cli::parse().cmd)
+}
