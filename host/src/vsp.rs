@@ -589,6 +589,8 @@ struct FixedIo {
 
 /// Bytes per `READ_FIXED`: big enough to amortise the SQE, small enough to run in parallel.
 const FIXED_CHUNK: u64 = 1 << 20;
+/// Most fixed-buffer reads in flight per body (bounded by the reactor's queue sizes).
+const FIXED_WINDOW: usize = 32;
 
 impl FixedIo {
     fn new() -> Option<Self> {
@@ -658,8 +660,8 @@ impl FixedIo {
         len: u64,
     ) -> io::Result<bool> {
         self.prune();
-        // Plan the chunks: (slot, offset in region, len, file offset).
-        let mut plan: Vec<(BufIndex, u64, u64, u64)> = Vec::new();
+        // Plan the chunks: (slot, offset in region, len, file offset, offset in `buf`).
+        let mut plan: Vec<(BufIndex, u64, u64, u64, u64)> = Vec::new();
         let (mut skip, mut done) = (offset, 0u64);
         for span in buf.spans() {
             if done == len {
@@ -676,93 +678,80 @@ impl FixedIo {
             let mut at = 0;
             while at < n {
                 let c = (n - at).min(FIXED_CHUNK);
-                plan.push((slot, span.offset + skip + at, c, file_offset + done + at));
+                plan.push((
+                    slot,
+                    span.offset + skip + at,
+                    c,
+                    file_offset + done + at,
+                    offset + done + at,
+                ));
                 at += c;
             }
             done += n;
             skip = 0;
         }
         let fd = SharedFd::from(file.try_clone()?);
-        let base = self.next_token;
-        self.next_token += plan.len() as u64 + 1;
-        let mut queued = 0usize;
-        let mut result = Ok(());
-        for (i, (slot, off, n, foff)) in plan.iter().enumerate() {
-            let range = FixedRange {
-                index: *slot,
-                offset: *off as usize,
-                len: *n as u32,
-            };
-            match self
-                .reactor
-                .read_fixed(fd.clone(), range, *foff, base + i as u64)
-            {
-                Ok(_) => queued += 1,
-                Err(e) => {
-                    result = Err(io::Error::other(e.to_string()));
-                    break;
+        let mut short: Vec<(usize, u32)> = Vec::new();
+        for (w, window) in plan.chunks(FIXED_WINDOW).enumerate() {
+            let first = w * FIXED_WINDOW;
+            let base = self.next_token;
+            self.next_token += window.len() as u64;
+            let mut queued = 0usize;
+            let mut result = Ok(());
+            for (i, &(slot, off, n, foff, _)) in window.iter().enumerate() {
+                let range = FixedRange {
+                    index: slot,
+                    offset: off as usize,
+                    len: n as u32,
+                };
+                match self
+                    .reactor
+                    .read_fixed(fd.clone(), range, foff, base + i as u64)
+                {
+                    Ok(_) => queued += 1,
+                    Err(e) => {
+                        result = Err(io::Error::other(e.to_string()));
+                        break;
+                    }
                 }
             }
-        }
-        // Wait for every queued read (even after a failure: the kernel writes into guest
-        // memory until each one completes). Short reads are finished with a plain pread.
-        let mut short: Vec<(usize, u32)> = Vec::new();
-        let mut got = 0usize;
-        while got < queued {
-            let r = self
-                .reactor
-                .wait(queued - got, Some(Duration::from_secs(60)), |c| {
-                    if c.token < base || c.token >= base + plan.len() as u64 {
-                        return;
-                    }
-                    got += 1;
-                    let i = (c.token - base) as usize;
-                    match c.event {
-                        Event::Fixed(Ok(n)) if u64::from(n) == plan[i].2 => {}
-                        Event::Fixed(Ok(n)) => short.push((i, n)),
-                        Event::Fixed(Err(_)) => short.push((i, u32::MAX)),
-                        _ => {}
-                    }
-                });
-            if let Err(e) = r {
-                return Err(io::Error::other(e.to_string()));
+            // Wait for every queued read, even after a failure: the kernel writes into guest
+            // memory until each one completes. Tokens are never reused, so a completion of an
+            // earlier call (after a reactor error) is ignored.
+            let mut got = 0usize;
+            while got < queued {
+                self.reactor
+                    .wait(queued - got, Some(Duration::from_secs(60)), |c| {
+                        let Some(i) = c.token.checked_sub(base).filter(|&i| i < queued as u64)
+                        else {
+                            return;
+                        };
+                        got += 1;
+                        let i = i as usize;
+                        match c.event {
+                            Event::Fixed(Ok(n)) if u64::from(n) == window[i].2 => {}
+                            Event::Fixed(Ok(n)) => short.push((first + i, n)),
+                            Event::Fixed(Err(_)) => short.push((first + i, u32::MAX)),
+                            _ => {}
+                        }
+                    })
+                    .map_err(|e| io::Error::other(e.to_string()))?;
             }
+            result?;
         }
-        result?;
         for (i, n) in short {
-            let (_, off, len, foff) = plan[i];
+            let (_, _, len, foff, buf_off) = plan[i];
             if n == u32::MAX {
                 return Err(io::Error::other("io_uring read into guest memory failed"));
             }
-            // The rest of a short read (EOF is an error: the store's data file is too short).
+            // The rest of a short read, with pread (EOF is an error: the store's data file is
+            // shorter than its record says).
             let mut rest = vec![0u8; (len - u64::from(n)) as usize];
             std::os::unix::fs::FileExt::read_exact_at(file, &mut rest, foff + u64::from(n))?;
-            let region_off = off + u64::from(n);
-            let span_buf_off = self.buffer_offset(buf, plan[i].0, region_off);
-            match span_buf_off {
-                Some(bo) => buf
-                    .write_at(bo, &rest)
-                    .map_err(|e| io::Error::other(e.to_string()))?,
-                None => return Err(io::Error::other("short read outside the data buffer")),
-            }
+            buf.write_at(buf_off + u64::from(n), &rest)
+                .map_err(|e| io::Error::other(e.to_string()))?;
         }
         Ok(true)
-    }
-
-    /// The offset in `buf` of byte `region_off` of the region in `slot`.
-    fn buffer_offset(&self, buf: &GuestBuffer, slot: BufIndex, region_off: u64) -> Option<u64> {
-        let mut pos = 0u64;
-        for span in buf.spans() {
-            let same = self
-                .regions
-                .iter()
-                .any(|(w, s)| *s == Some(slot) && std::ptr::eq(w.as_ptr(), Arc::as_ptr(&span.mem)));
-            if same && (span.offset..span.offset + span.len).contains(&region_off) {
-                return Some(pos + region_off - span.offset);
-            }
-            pos += span.len;
-        }
-        None
     }
 }
 

@@ -47,6 +47,9 @@ pub struct DriverConfig {
     pub timeout_ms: u32,
     /// How long a blocked submit (ring full) or [`BlobDriver::call`] waits.
     pub wait_limit: Duration,
+    /// Copy response bodies out of guest memory into [`Completion::body`] (turn off to
+    /// measure the host alone: the body is then left empty and `vsp.length` says its size).
+    pub copy_body: bool,
 }
 
 impl Default for DriverConfig {
@@ -57,6 +60,7 @@ impl Default for DriverConfig {
             region_id: 1,
             timeout_ms: 30_000,
             wait_limit: Duration::from_secs(30),
+            copy_body: true,
         }
     }
 }
@@ -110,7 +114,8 @@ pub struct Completion {
     pub vsp: AzBlobVspResponse,
     /// The response head (`vsp.response_len` bytes of the response buffer, if `error == 0`).
     pub response_head: Vec<u8>,
-    /// The body (`vsp.length` bytes of the data buffer, if `error == 0`).
+    /// The body (`vsp.length` bytes of the data buffer, if `error == 0` and
+    /// [`DriverConfig::copy_body`]).
     pub body: Vec<u8>,
 }
 
@@ -426,7 +431,9 @@ impl BlobDriver {
             }
             response_head = vec![0; vsp.response_len as usize];
             self.region.mapping().read(rs, &mut response_head)?;
-            body = vec![0; vsp.length as usize];
+            if self.cfg.copy_body {
+                body = vec![0; vsp.length as usize];
+            }
             if !body.is_empty() {
                 self.region.mapping().read(d, &mut body)?;
             }
