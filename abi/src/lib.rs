@@ -169,7 +169,9 @@ abi_struct! {
         /// The SQE's `user_data`.
         pub user_data: u64,
         /// 0, or a negative errno for a daemon-level failure (`ETIMEDOUT`, `ECONNRESET`,
-        /// `EINVAL`, `ENODEV`, …).
+        /// `EINVAL`, `ENODEV`, …). `-E2BIG` (-7): the request's buffers span more pages than
+        /// the daemon's channel takes in one request (uio transport: what fits the VMBus TX
+        /// ring, see `blobring_vmbus::uio::max_request_pages`); split the transfer.
         pub res: i32,
         /// `CQE_F_*`.
         pub flags: u32,

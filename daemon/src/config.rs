@@ -15,6 +15,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--transport` flag (see [`blobring_vmbus::uio::select`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum TransportArg {
+    /// `uio` when an Azure Blob VMBus device exists and is (or, with `--bind`, can be) bound
+    /// to `uio_hv_generic`; `sim` otherwise. The log says which and why.
+    #[default]
+    Auto,
+    /// Real Hyper-V through `uio_hv_generic` (refuse to start if impossible).
+    Uio,
+    /// The emulated host (`blobring-host --socket`).
+    Sim,
+}
+
+impl From<TransportArg> for blobring_vmbus::uio::TransportChoice {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Auto => Self::Auto,
+            TransportArg::Uio => Self::Uio,
+            TransportArg::Sim => Self::Sim,
+        }
+    }
+}
+
 /// `blobringd` options.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -36,6 +59,21 @@ pub struct Config {
     /// The emulated host's bus socket (sim transport).
     #[arg(long)]
     pub host_socket: Option<PathBuf>,
+    /// How to reach the host: `uio` (real Hyper-V via uio_hv_generic), `sim` (blobring-host's
+    /// socket), or `auto` (uio if the Azure Blob device is present and usable, else sim).
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    pub transport: TransportArg,
+    /// uio: bind the Azure Blob device to uio_hv_generic if it is not bound yet (writes
+    /// new_id/unbind/bind in sysfs; needs root). Without it the daemon only uses a device that
+    /// is already bound.
+    #[arg(long)]
+    pub bind: bool,
+    /// uio: root of the sysfs tree (tests point it at a fake tree).
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sysfs_root: PathBuf,
+    /// uio: directory holding the uioN device nodes.
+    #[arg(long, default_value = "/dev", hide = true)]
+    pub dev_dir: PathBuf,
     /// Worker threads, one per core (default: every CPU this process may run on).
     #[arg(long)]
     pub workers: Option<usize>,

@@ -17,8 +17,13 @@ use blobring_abi::{
     HelloRequest, IntoBytes, MAX_SQ_ENTRIES, RegionGeometry,
 };
 use blobring_ring::{EventFd, Notifier, QueueLayout};
+use blobring_shm::Pagemap;
 use blobring_shm::{PagePolicy, Region, RegionOptions, SharedMemory};
+use blobring_vmbus::guest_phys::{GpaEnvironment, PagemapPfns, PfnTranslator, SimPfns, preflight};
 use blobring_vmbus::sim::guest::{BusClient, BusEvent};
+use blobring_vmbus::uio::{
+    DeviceOpener, KernelVersion, Sysfs, SystemOpener, Transport, UioDevice, UioError, UioOptions,
+};
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -61,8 +66,19 @@ struct ClientEntry {
     registered: bool,
 }
 
+/// The connected host: the emulated host's bus (sim), or nothing to talk to besides the
+/// channels (uio: no memory registration, rescind shows on the uio fd).
 struct Host {
-    bus: BusClient,
+    bus: Option<BusClient>,
+}
+
+/// What the `uio` transport needs to (re)open the device.
+struct UioSetup {
+    sysfs: Sysfs,
+    device: blobring_vmbus::uio::BlobDevice,
+    kernel: Option<KernelVersion>,
+    opener: SystemOpener,
+    pagemap: Pagemap<std::fs::File>,
 }
 
 /// A connection whose hello has not fully arrived yet. Handshakes never block the control
@@ -103,6 +119,8 @@ pub struct Control {
     metrics_doc: Arc<std::sync::Mutex<String>>,
     exited: Arc<std::sync::atomic::AtomicUsize>,
     pending: Vec<PendingHello>,
+    /// `Some` on the uio transport.
+    uio: Option<UioSetup>,
 }
 
 fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
@@ -154,6 +172,7 @@ impl Control {
         metrics_doc: Arc<std::sync::Mutex<String>>,
         exited: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<Self, DaemonError> {
+        let uio = select_transport(&cfg, workers.len() as u32)?;
         let socket_path = cfg.socket_path();
         let ctl_path = cfg.ctl_path();
         let listener = bind_socket(&socket_path, cfg.socket_mode)?;
@@ -185,6 +204,7 @@ impl Control {
             metrics_doc,
             exited,
             pending: Vec::new(),
+            uio,
         })
     }
 
@@ -210,7 +230,11 @@ impl Control {
                     PollFd::new(&self.signals, PollFlags::IN),
                     PollFd::new(&*self.wake, PollFlags::IN),
                 ];
-                let bus_fd: Option<BorrowedFd<'_>> = self.host.as_ref().map(|h| h.bus.as_fd());
+                let bus_fd: Option<BorrowedFd<'_>> = self
+                    .host
+                    .as_ref()
+                    .and_then(|h| h.bus.as_ref())
+                    .map(|b| b.as_fd());
                 if let Some(b) = &bus_fd {
                     fds.push(PollFd::from_borrowed_fd(*b, PollFlags::IN));
                 }
@@ -335,7 +359,8 @@ impl Control {
                         let c = self.clients.remove(&id).expect("present");
                         if c.registered
                             && let Some(h) = &mut self.host
-                            && let Err(e) = h.bus.unregister_memory(id)
+                            && let Some(bus) = &mut h.bus
+                            && let Err(e) = bus.unregister_memory(id)
                         {
                             tracing::warn!(client = id, error = %e, "could not unregister the client's memory from the host");
                         }
@@ -385,8 +410,10 @@ impl Control {
     }
 
     fn bus_event(&mut self) {
-        let Some(h) = &mut self.host else { return };
-        match h.bus.poll_event() {
+        let Some(bus) = self.host.as_mut().and_then(|h| h.bus.as_mut()) else {
+            return;
+        };
+        match bus.poll_event() {
             Ok(None) => {}
             Ok(Some(BusEvent::Rescinded { reason })) => {
                 tracing::warn!(
@@ -407,6 +434,10 @@ impl Control {
     }
 
     fn connect_host(&mut self) {
+        if self.uio.is_some() {
+            self.connect_uio();
+            return;
+        }
         let path = self.cfg.host_path();
         let result = (|| -> Result<(Host, Vec<blobring_vmbus::sim::SimChannel>), String> {
             let mut bus = BusClient::connect(&path).map_err(|e| e.to_string())?;
@@ -428,7 +459,7 @@ impl Control {
             for i in 0..=subs {
                 chans.push(bus.open_channel(i).map_err(|e| e.to_string())?);
             }
-            Ok((Host { bus }, chans))
+            Ok((Host { bus: Some(bus) }, chans))
         })();
         match result {
             Ok((mut host, chans)) => {
@@ -446,7 +477,8 @@ impl Control {
                         continue;
                     }
                     let s = &c.shared;
-                    match host.bus.register_memory(
+                    let Some(bus) = &mut host.bus else { break };
+                    match bus.register_memory(
                         s.id,
                         s.gpa_base,
                         s.region.fd(),
@@ -482,6 +514,73 @@ impl Control {
                 } else {
                     tracing::debug!(error = %e, "host reconnect failed");
                 }
+                self.next_attempt = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// Opens the uio device (binding it first if needed and allowed), opens one listener per
+    /// worker and spreads the channels over the workers (see [`crate::uio`]).
+    fn connect_uio(&mut self) {
+        let Some(u) = &self.uio else { return };
+        let n_workers = self.workers.len();
+        let bind = self.cfg.bind;
+        let result = (|| -> Result<_, UioError> {
+            let kernel = u.kernel.unwrap_or(KernelVersion::new(6, 12, 0));
+            let opts = UioOptions::for_kernel(kernel);
+            // Found again on every attempt: after a rescind the host re-offers the device,
+            // possibly as another uioN.
+            let device = blobring_vmbus::uio::sysfs::find_blob_device(&u.sysfs)
+                .unwrap_or_else(|_| u.device.clone());
+            if !device.is_uio_bound() && !bind {
+                return Err(UioError::NotBound {
+                    instance: device.instance.clone(),
+                    driver: device.driver.clone().unwrap_or_else(|| "none".into()),
+                });
+            }
+            let dev = if device.is_uio_bound() {
+                UioDevice::open(&u.sysfs, &device, &u.opener, &opts)?
+            } else {
+                UioDevice::bind_and_open(&u.sysfs, &device, &u.opener, &opts, u.kernel)?
+            };
+            let listeners = (0..n_workers)
+                .map(|_| dev.open_listener(&u.opener as &dyn DeviceOpener))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mode = dev.interrupt_mode();
+            let max_pages = dev.max_request_pages();
+            Ok((dev.into_channels(), listeners, mode, max_pages))
+        })();
+        match result {
+            Ok((chans, listeners, mode, max_pages)) => {
+                self.backoff = Duration::from_millis(100);
+                let n = chans.len();
+                let mut per_worker: Vec<Vec<Box<dyn crate::worker::WorkerChannel>>> =
+                    (0..n_workers).map(|_| Vec::new()).collect();
+                for (i, ch) in chans.into_iter().enumerate() {
+                    let w = i % n_workers;
+                    per_worker[w].push(Box::new(crate::uio::UioWorkerChannel::new(
+                        ch,
+                        listeners[w].clone(),
+                        mode,
+                    )));
+                }
+                for (w, chs) in self.workers.iter().zip(per_worker) {
+                    w.send(ToWorker::Channels(chs));
+                }
+                self.info.host_connected = true;
+                self.info.channels_open = n as u32;
+                self.info.host_connects += 1;
+                tracing::info!(
+                    channels = n,
+                    max_request_pages = max_pages,
+                    ?mode,
+                    "uio device opened"
+                );
+                self.host = Some(Host { bus: None });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the uio device; retrying with backoff (blob requests fail with ENODEV meanwhile)");
                 self.next_attempt = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
             }
@@ -689,7 +788,14 @@ impl Control {
         }
         let id = self.next_id;
         let n_queues = self.workers.len() as u32;
-        let (region, geometry) = match create_region(id, n_queues, sq, arena, self.cfg.hugetlb) {
+        let (region, geometry) = match create_region(
+            id,
+            n_queues,
+            sq,
+            arena,
+            self.cfg.hugetlb,
+            self.uio.is_some(),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 return refuse(
@@ -697,6 +803,21 @@ impl Control {
                     format!("cannot create the shared region: {e}"),
                 );
             }
+        };
+        // uio: the host reads guest-physical pages; translate the (locked, hugetlb) region
+        // once through pagemap. sim: the daemon-assigned guest-physical base.
+        let gpa_base = self.next_gpa;
+        let pfns: Arc<dyn PfnTranslator> = match &mut self.uio {
+            Some(u) => match PagemapPfns::for_region(&region, &mut u.pagemap) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    return refuse(
+                        HELLO_UNAVAILABLE,
+                        format!("cannot translate the shared region for Hyper-V: {e}"),
+                    );
+                }
+            },
+            None => Arc::new(SimPfns::new(gpa_base, geometry.region_len)),
         };
         let mut doorbells = Vec::new();
         for _ in 0..n_queues {
@@ -707,14 +828,10 @@ impl Control {
                 }
             }
         }
-        let gpa_base = self.next_gpa;
         let region = Arc::new(region);
         let mut registered = false;
-        if let Some(h) = &mut self.host {
-            match h
-                .bus
-                .register_memory(id, gpa_base, region.fd(), geometry.region_len)
-            {
+        if let Some(bus) = self.host.as_mut().and_then(|h| h.bus.as_mut()) {
+            match bus.register_memory(id, gpa_base, region.fd(), geometry.region_len) {
                 Ok(()) => registered = true,
                 Err(e) => {
                     tracing::warn!(client = id, error = %e, "could not register client memory with the host")
@@ -729,8 +846,8 @@ impl Control {
         let mut fds: Vec<BorrowedFd<'_>> = vec![region.fd()];
         fds.extend(doorbells.iter().map(|d| d.as_fd()));
         if let Err(e) = send_with_fds(&sock, reply.as_bytes(), &fds) {
-            if registered && let Some(h) = &mut self.host {
-                let _ = h.bus.unregister_memory(id);
+            if registered && let Some(bus) = self.host.as_mut().and_then(|h| h.bus.as_mut()) {
+                let _ = bus.unregister_memory(id);
             }
             return Err(format!("sending the reply to pid {pid}: {e}"));
         }
@@ -740,9 +857,6 @@ impl Control {
             .next_gpa
             .saturating_add(geometry.region_len.div_ceil(GPA_ALIGN) * GPA_ALIGN + GPA_ALIGN);
         let _ = sock.set_nonblocking(true);
-        let pfns: Arc<dyn blobring_vmbus::guest_phys::PfnTranslator> = Arc::new(
-            blobring_vmbus::guest_phys::SimPfns::new(gpa_base, geometry.region_len),
-        );
         let shared = Arc::new(ClientShared {
             pfns,
             id,
@@ -794,6 +908,60 @@ impl ZeroedReply for HelloReply {
     }
 }
 
+/// Applies `--transport` (logging why), and for `uio` checks that client regions can be
+/// hugetlb-backed, locked and translated (refusing to start with the fix otherwise).
+fn select_transport(cfg: &Config, n_queues: u32) -> Result<Option<UioSetup>, DaemonError> {
+    let sysfs = Sysfs::new(&cfg.sysfs_root);
+    let kernel = KernelVersion::running().ok();
+    let d = blobring_vmbus::uio::select(cfg.transport.into(), &sysfs, kernel)
+        .map_err(|e| DaemonError::Setup(format!("--transport uio: {e}")))?;
+    tracing::info!(transport = ?d.transport, reason = %d.reason, "transport selected");
+    if d.transport == Transport::Sim {
+        return Ok(None);
+    }
+    let Some(device) = d.device else {
+        return Err(DaemonError::Setup(format!(
+            "uio transport chosen but no Azure Blob device found: {}",
+            d.reason
+        )));
+    };
+    if d.needs_bind && !cfg.bind {
+        return Err(DaemonError::Setup(format!(
+            "the Azure Blob device {} is not bound to uio_hv_generic; rerun blobringd with --bind \
+             (as root), or pass --transport sim to use blobring-host",
+            device.instance
+        )));
+    }
+    // One client region of the default size must fit: the daemon is useless otherwise. The
+    // pool bounds how many clients can connect (each refused one is told why).
+    let g = RegionGeometry::new(
+        n_queues,
+        cfg.queue_depth,
+        cfg.queue_depth * 2,
+        cfg.arena_size,
+        2 << 20,
+    )
+    .map_err(|e| DaemonError::Setup(format!("region geometry: {e}")))?;
+    let env = GpaEnvironment::probe("/proc".as_ref())
+        .map_err(|e| DaemonError::Setup(format!("uio transport: {e}")))?;
+    preflight(&env, g.region_len).map_err(|e| DaemonError::Setup(format!("uio transport: {e}")))?;
+    tracing::info!(
+        hugepages_free = env.hugepages_free,
+        region_bytes = g.region_len,
+        clients_possible = env.hugepages_free * env.hugepage_size / g.region_len.max(1),
+        "hugepages for client regions"
+    );
+    let pagemap = Pagemap::open_self()
+        .map_err(|e| DaemonError::Setup(format!("opening /proc/self/pagemap: {e}")))?;
+    Ok(Some(UioSetup {
+        sysfs,
+        device,
+        kernel,
+        opener: SystemOpener::new(&cfg.dev_dir),
+        pagemap,
+    }))
+}
+
 /// Whether process `pid` has one of `gids` among its supplementary groups (`/proc/<pid>/status`).
 fn member_of_allowed_gid(pid: i32, gids: &[u32]) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -817,10 +985,14 @@ fn create_region(
     sq: u32,
     arena: u64,
     hugetlb: bool,
+    uio: bool,
 ) -> Result<(Region, RegionGeometry), String> {
     // The daemon's pid makes the name unique on the machine (visible in /proc/<pid>/fd).
     let name = format!("blobring-client-{}-{id}", std::process::id());
-    let attempts: &[(PagePolicy, u32)] = if hugetlb {
+    let attempts: &[(PagePolicy, u32)] = if uio {
+        // Hyper-V needs stable, translatable pages: hugetlb only, never a fallback.
+        &[(PagePolicy::Huge, 2 << 20)]
+    } else if hugetlb {
         &[(PagePolicy::Auto, 2 << 20), (PagePolicy::Small, 4096)]
     } else {
         &[(PagePolicy::Thp, 2 << 20), (PagePolicy::Small, 4096)]

@@ -33,6 +33,7 @@
 pub mod config;
 pub mod control;
 pub mod stats;
+pub mod uio;
 pub mod worker;
 
 use std::io::Write;
@@ -43,7 +44,7 @@ use std::time::Duration;
 
 use blobring_ring::{EventFd, Notifier};
 
-pub use config::{Config, LogFormat};
+pub use config::{Config, LogFormat, TransportArg};
 
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]

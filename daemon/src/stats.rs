@@ -25,6 +25,8 @@ pub struct Errors {
     pub timed_out: u64,
     /// Requests failed because no host channel was available (`-ENODEV`).
     pub no_device: u64,
+    /// Requests whose buffers span more pages than the channel takes (`-E2BIG`, uio).
+    pub too_big: u64,
     /// Host completions for unknown or stale transaction ids, or with bad lengths (dropped).
     pub bad_completions: u64,
     /// Clients disconnected for corrupting their queue indices.
@@ -37,6 +39,7 @@ impl Errors {
             "invalid": self.invalid,
             "timed_out": self.timed_out,
             "no_device": self.no_device,
+            "too_big": self.too_big,
             "bad_completions": self.bad_completions,
             "corrupt_clients": self.corrupt_clients,
         })
@@ -174,6 +177,7 @@ fn add_errors(a: &mut Errors, b: &Errors) {
     a.invalid += b.invalid;
     a.timed_out += b.timed_out;
     a.no_device += b.no_device;
+    a.too_big += b.too_big;
     a.bad_completions += b.bad_completions;
     a.corrupt_clients += b.corrupt_clients;
 }

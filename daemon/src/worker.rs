@@ -44,6 +44,9 @@ pub mod errno {
     pub const ENODEV: i32 = 19;
     /// Daemon shutting down.
     pub const ECONNRESET: i32 = 104;
+    /// The request's buffers span more pages than the channel takes in one request (uio:
+    /// [`blobring_vmbus::uio::UioChannel::max_request_pages`]); split it.
+    pub const E2BIG: i32 = 7;
 }
 
 /// What the control thread shares with the workers about one client.
@@ -130,8 +133,14 @@ pub trait WorkerChannel: Send + AsFd + std::fmt::Debug {
     fn arm(&mut self) -> Result<bool, ChannelError>;
     /// [`Channel::wait_for_space`].
     fn wait_for_space(&mut self, needed: u32) -> Result<bool, ChannelError>;
-    /// [`Channel::clear_wakeups`].
+    /// [`Channel::clear_wakeups`]. An error (uio: `EIO` after a rescind) means the channel
+    /// is gone.
     fn clear_wakeups(&self) -> std::io::Result<u64>;
+    /// Most pages (data + request + response) one blob request may name on this channel, if
+    /// the transport limits it (uio: what fits the TX ring). Larger requests get `-E2BIG`.
+    fn max_request_pages(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl WorkerChannel for SimChannel {
@@ -434,7 +443,15 @@ impl Worker {
                 }
                 (TAG_CHANNEL, Event::Readable { .. }) => {
                     if let Some(c) = self.chans.get(key) {
-                        let _ = c.ch.clear_wakeups();
+                        if let Err(e) = c.ch.clear_wakeups() {
+                            // uio: EIO after a rescind. The control thread fails everything
+                            // in flight with ENODEV and reconnects.
+                            let _ = self.tx.send(ToControl::ChannelBroken {
+                                worker: self.s.index,
+                                reason: format!("reading the channel's interrupt: {e}"),
+                            });
+                            self.control_wake_up();
+                        }
                         any = true;
                     }
                 }
@@ -909,6 +926,7 @@ impl Worker {
             let r = pfns.buffer_pfns(sqe.response_offset, sqe.response_len, pr)?;
             Ok::<_, blobring_vmbus::guest_phys::OutOfRegion>((d, q, r))
         })();
+        let limit = self.chans[ck].ch.max_request_pages();
         let Ok((d, q, rs)) = translated else {
             // Validated against the arena before; cannot happen. Fail the request only.
             let cqe = Cqe {
@@ -919,6 +937,18 @@ impl Worker {
             self.finish(key, cqe);
             return true;
         };
+        if let Some(max) = limit
+            && d.map_or(0, |_| pd.len()) + pq.len() + pr.len() > max as usize
+        {
+            let cqe = Cqe {
+                user_data: sqe.user_data,
+                res: -errno::E2BIG,
+                ..Cqe::new_zeroed()
+            };
+            self.stats.errors.too_big += 1;
+            self.finish(key, cqe);
+            return true;
+        }
         let desc = BlobRequestDesc {
             timeout_ms: sqe.timeout_ms,
             transaction_guid: [0; 16],
