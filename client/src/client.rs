@@ -191,6 +191,8 @@ pub struct Request {
     pub timeout: Option<Duration>,
     /// Queue to use (default: the queue of the current CPU).
     pub queue: Option<u32>,
+    /// Head + response buffer allocated ahead (async callers: without blocking the thread).
+    head_lease: Option<Lease>,
 }
 
 impl Request {
@@ -203,7 +205,13 @@ impl Request {
             data_valid: 0,
             timeout: None,
             queue: None,
+            head_lease: None,
         }
+    }
+
+    fn head_space(&self) -> (u64, u64) {
+        let rsp = (self.head.len() as u64).div_ceil(64) * 64;
+        (rsp, rsp + u64::from(self.response_cap))
     }
 }
 
@@ -256,6 +264,8 @@ pub(crate) struct Inner {
     work: Condvar,
     shutdown: AtomicBool,
     arena_len: Mutex<u64>,
+    /// Tasks awaiting arena space ([`Client::alloc_async`]).
+    space_waiters: Mutex<Vec<Waker>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -329,6 +339,7 @@ impl Client {
             work: Condvar::new(),
             shutdown: AtomicBool::new(false),
             arena_len: Mutex::new(arena),
+            space_waiters: Mutex::new(Vec::new()),
         });
         let reaper = inner.clone();
         std::thread::Builder::new()
@@ -384,9 +395,28 @@ impl Client {
         self.submit(req)?.wait()
     }
 
-    /// Submits and awaits.
-    pub async fn execute(&self, req: Request) -> Result<Completion, ClientError> {
+    /// Submits and awaits. Arena space is awaited without blocking the thread.
+    pub async fn execute(&self, mut req: Request) -> Result<Completion, ClientError> {
+        let (_, total) = req.head_space();
+        req.head_lease = Some(self.alloc_async(total).await?);
         self.submit(req)?.await
+    }
+
+    /// Allocates a `len`-byte arena buffer, awaiting (without blocking the thread) space that
+    /// other requests or leases hold. Wakes when any lease is returned.
+    pub async fn alloc_async(&self, len: u64) -> Result<Lease, ClientError> {
+        std::future::poll_fn(|cx| {
+            if let Some(l) = self.inner.alloc_once(len)? {
+                return Poll::Ready(Ok(l));
+            }
+            lock(&self.inner.space_waiters).push(cx.waker().clone());
+            // Re-check: a lease may have been returned before the waker was registered.
+            match self.inner.alloc_once(len)? {
+                Some(l) => Poll::Ready(Ok(l)),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
@@ -446,9 +476,12 @@ impl Inner {
         let mut out = Vec::with_capacity(reqs.len());
         // Prepare head buffers first (allocation may wait for space).
         let mut prepared = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            let rsp = (r.head.len() as u64).div_ceil(64) * 64;
-            let buf = self.alloc(rsp + u64::from(r.response_cap), self.opts.arena_wait)?;
+        for mut r in reqs {
+            let (rsp, total) = r.head_space();
+            let buf = match r.head_lease.take() {
+                Some(b) if b.len >= total => b,
+                _ => self.alloc(total, self.opts.arena_wait)?,
+            };
             buf.write(0, &r.head)?;
             prepared.push((r, buf, rsp));
         }
@@ -801,11 +834,17 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut st = lock(&self.inner.state);
-        if st.generation == self.generation
-            && let Some(c) = st.conn.as_mut()
         {
-            let _ = c.free(self.offset);
+            let mut st = lock(&self.inner.state);
+            if st.generation == self.generation
+                && let Some(c) = st.conn.as_mut()
+            {
+                let _ = c.free(self.offset);
+            }
+        }
+        let waiters = std::mem::take(&mut *lock(&self.inner.space_waiters));
+        for w in waiters {
+            w.wake();
         }
     }
 }

@@ -116,7 +116,10 @@ impl BlobringService {
     }
 
     async fn once(&self, head: &[u8], body: &[u8], recv: u64) -> Result<HttpResponse, ClientError> {
-        let lease = self.client.alloc(recv.max(body.len() as u64).max(4096))?;
+        let lease = self
+            .client
+            .alloc_async(recv.max(body.len() as u64).max(4096))
+            .await?;
         if !body.is_empty() {
             lease.write(0, body)?;
         }

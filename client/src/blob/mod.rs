@@ -609,7 +609,7 @@ impl BlobService {
         );
         // Every request gets a data buffer: error bodies (Azure XML) land there too.
         let cap = recv.max(body_len).max(4096);
-        let lease = self.client.alloc(cap)?;
+        let lease = self.client.alloc_async(cap).await?;
         if let Body::Bytes(b) = body
             && !b.is_empty()
         {
@@ -803,10 +803,12 @@ impl BlobService {
                         g.properties.size
                     )));
                 }
+                let (etag, size) = (g.properties.etag.clone(), g.properties.size);
+                // Return the first buffer before asking for the whole blob.
+                drop(g);
                 let mut o = opts.clone();
-                o.conditions.if_match = Some(g.properties.etag.clone());
-                self.get_range(container, blob, 0..g.properties.size, &o, None)
-                    .await
+                o.conditions.if_match = Some(etag);
+                self.get_range(container, blob, 0..size, &o, None).await
             }
         }
     }
