@@ -292,6 +292,7 @@ enum Body {
     Bytes(Vec<u8>),
     /// A forwarded (passthrough) success body of this many bytes that does not fit the
     /// caller's data buffer; it was not downloaded.
+    #[cfg_attr(not(feature = "passthrough"), allow(dead_code))]
     TooLarge(u64),
     Blob {
         reader: Box<dyn BlobReader>,
@@ -745,6 +746,7 @@ impl Executor {
 
     fn dispatch(&self, req: &Req<'_>) -> Result<Resp, AzError> {
         let comp = req.query("comp").unwrap_or("");
+        #[cfg(feature = "passthrough")]
         if let Some(upstream) = self.store.passthrough()
             && !(req.method == Method::POST && comp == "batch")
         {

@@ -69,6 +69,7 @@
 
 pub mod auth;
 pub mod executor;
+#[cfg(feature = "rest")]
 pub mod rest;
 pub mod store;
 pub mod vsp;

@@ -3,10 +3,14 @@
 
 use std::cell::Cell;
 
+#[cfg(feature = "passthrough")]
 use bytes::Bytes;
+#[cfg(feature = "passthrough")]
 use http::header::HeaderValue;
 
+#[cfg(feature = "passthrough")]
 use super::{AzError, Body, Executor, Req, Resp};
+#[cfg(feature = "passthrough")]
 use crate::store::PassthroughStore;
 
 thread_local! {
@@ -28,6 +32,7 @@ pub(super) fn with_body_limit<T>(limit: u64, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+#[cfg(feature = "passthrough")]
 impl Executor {
     /// Forward `req` (already fault-injected and auth-verified by [`Executor::run`]) upstream.
     pub(super) fn forward(&self, up: &PassthroughStore, req: &Req<'_>) -> Result<Resp, AzError> {

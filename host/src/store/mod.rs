@@ -20,6 +20,7 @@
 mod engine;
 mod fs;
 mod mem;
+#[cfg(feature = "passthrough")]
 pub mod passthrough;
 
 use std::fmt;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fs::FsStore;
 pub use mem::MemStore;
+#[cfg(feature = "passthrough")]
 pub use passthrough::PassthroughStore;
 
 /// Errors a store reports. Each maps to one Azure error code in the executor.
@@ -558,6 +560,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         Ok(r.props().clone())
     }
 
+    #[cfg(feature = "passthrough")]
     /// The passthrough store, when this is one: the executor then forwards whole requests to
     /// it ([`PassthroughStore::forward`]) instead of calling the methods above.
     fn passthrough(&self) -> Option<&PassthroughStore> {
@@ -583,7 +586,12 @@ pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
         return Ok(Arc::new(MemStore::new()));
     }
     if let Some(url) = spec.strip_prefix("passthrough:") {
+        #[cfg(feature = "passthrough")]
         return Ok(Arc::new(PassthroughStore::open(url)?));
+        #[cfg(not(feature = "passthrough"))]
+        return Err(StoreError::BadSpec(format!(
+            "passthrough:{url} (this build of blobring-host lacks the `passthrough` feature)"
+        )));
     }
     if let Some(dir) = spec.strip_prefix("fs:") {
         if dir.is_empty() {
