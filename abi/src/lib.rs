@@ -175,11 +175,16 @@ abi_struct! {
         pub res: i32,
         /// `CQE_F_*`.
         pub flags: u32,
-        /// The VSP status (`az_blob_vsp_response.error`; 0 = the host executed the request).
+        /// The VSP status (`az_blob_vsp_response.error`; 0 = the host executed the request and
+        /// the HTTP status is in the response head). Non-zero codes are the host's (see
+        /// `blobring_host::vsp`): 3 = the body needs a larger data buffer (`data_len` says how
+        /// large), 4 = the response head needs a larger response buffer (`response_len` says
+        /// how large).
         pub vsp_status: u32,
-        /// Bytes of response head the host wrote.
+        /// Bytes of response head the host wrote (`vsp_status` 0), or the size needed.
         pub response_len: u32,
-        /// Bytes of body the host wrote into the data buffer (reads).
+        /// Bytes of body the host wrote into the data buffer (`vsp_status` 0), or the size
+        /// needed.
         pub data_len: u32,
         /// Reserved, zero.
         pub reserved: u32,

@@ -725,8 +725,12 @@ impl Worker {
             let valid = self.reqs.get(key).is_some_and(|r| {
                 r.generation == generation
                     && matches!(r.state, ReqState::Sent { chan } | ReqState::TimedOut { chan } if chan == ck)
-                    && resp.response_len <= r.sqe.response_len
-                    && resp.length <= r.sqe.data_len
+                    // On success the lengths say what the host wrote, so they must fit the
+                    // buffers it was lent. On a VSP error (e.g. body or head too large) they
+                    // carry the size that would have been needed, for the client to retry with.
+                    && (resp.error != 0
+                        || (resp.response_len <= r.sqe.response_len
+                            && resp.length <= r.sqe.data_len))
             });
             if !valid {
                 self.stats.errors.bad_completions += 1;
@@ -738,7 +742,11 @@ impl Worker {
                 .stats
                 .host_service
                 .record(now.duration_since(r.sent).as_nanos() as u64);
-            let bytes_in = u64::from(resp.response_len) + u64::from(resp.length);
+            let bytes_in = if resp.error == 0 {
+                u64::from(resp.response_len) + u64::from(resp.length)
+            } else {
+                0
+            };
             self.stats.bytes_in += bytes_in;
             if let Some(c) = self.clients.get_mut(r.client) {
                 c.counters.bytes_in += bytes_in;
