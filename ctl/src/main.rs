@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod up;
+
 #[derive(Parser)]
 #[command(name = "blobring", version, about = "blobring command-line tool")]
 struct Cli {
@@ -44,6 +46,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Start a local stack: blobring-host (fs store) and blobringd, until Ctrl-C.
+    Up(up::UpArgs),
     /// Blob data commands: cp, ls, cat, rm, mb, rb.
     #[command(flatten)]
     Data(blobring_ctl::data::DataCmd),
@@ -53,6 +57,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Cmd::Data(d) = cli.cmd {
         return blobring_ctl::data::run(d);
+    }
+    if let Cmd::Up(a) = cli.cmd {
+        return up::run(a);
     }
     let path = cli
         .ctl_socket
@@ -83,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let text = match cli.cmd {
-        Cmd::Top { .. } | Cmd::Data(_) => unreachable!("handled above"),
+        Cmd::Top { .. } | Cmd::Data(_) | Cmd::Up(_) => unreachable!("handled above"),
         Cmd::Stats { json: true } => serde_json::to_string_pretty(&doc)?,
         Cmd::Clients { json: true } => serde_json::to_string_pretty(&doc["clients"])?,
         Cmd::Channels { json: true } => serde_json::to_string_pretty(&doc["channels"])?,
