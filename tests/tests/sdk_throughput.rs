@@ -79,13 +79,16 @@ fn one_gib_download_sdk_vs_object_store() {
     let gbps = |t: Duration| SIZE as f64 / t.as_secs_f64() / 1e9;
     // 1. striped SDK
     let t = Instant::now();
-    let got = block_on(transfer::download_to_vec(
-        &svc,
-        "bench",
-        "g.bin",
-        &TransferOptions::default(),
-    ))
-    .unwrap();
+    // Sweep knobs (defaults = the SDK's defaults).
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut topts = TransferOptions::default();
+    if let Some(c) = env("BLOBRING_BENCH_CHUNK_MIB") {
+        topts.chunk_size = c << 20;
+    }
+    if let Some(p) = env("BLOBRING_BENCH_PARALLEL") {
+        topts.parallelism = p as usize;
+    }
+    let got = block_on(transfer::download_to_vec(&svc, "bench", "g.bin", &topts)).unwrap();
     let sdk = t.elapsed();
     assert_eq!(blobring::blob::crc64(&got), want);
     drop(got);
@@ -125,7 +128,9 @@ fn one_gib_download_sdk_vs_object_store() {
 
     println!("1 GiB download, one run:");
     println!(
-        "  blobring striped SDK (4 MiB x 8)          {:.2} GB/s",
+        "  blobring striped SDK ({} MiB x {})        {:.2} GB/s",
+        topts.chunk_size >> 20,
+        topts.parallelism,
         gbps(sdk)
     );
     println!(
