@@ -409,3 +409,37 @@ fn hung_host_times_out_with_buffers_lent_then_released_after_the_host_answers() 
         "{doc}"
     );
 }
+
+#[test]
+fn response_head_larger_than_its_buffer_completes_with_head_too_large() {
+    use blobring::{Connection, Cqe, FromZeros};
+    let dir = shm_dir();
+    let s = HostStack::start(
+        DAEMON,
+        dir.path(),
+        &["--no-auth"],
+        &["--default-timeout", "20000"],
+    );
+    let mut conn = Connection::connect(&s.daemon.socket).expect("connect");
+    let head = b"GET /devstoreaccount1/c/x HTTP/1.1\r\nHost: localhost\r\nx-ms-version: 2021-08-06\r\n\r\n";
+    let mut sqe = blobring_tests::blob_sqe(&mut conn, 5, head, 4096);
+    sqe.response_len = 16;
+    let t0 = Instant::now();
+    conn.submit(0, &[sqe]).expect("submit");
+    let mut cq = vec![Cqe::new_zeroed(); 4];
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no completion for a request whose response head does not fit its buffer: {}",
+            s.daemon.stats()
+        );
+        let _ = conn.wait(0, Some(Duration::from_millis(50)));
+        if conn.reap(0, &mut cq).expect("reap") > 0 {
+            break;
+        }
+    }
+    let c = cq[0];
+    assert_eq!(c.res, 0, "{c:?}");
+    assert_eq!(c.vsp_status, 4, "VSP_ERR_HEAD_TOO_LARGE: {c:?}");
+    assert!(c.response_len > 16, "the bytes needed: {c:?}");
+}
