@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blobring_host::vsp::{VSP_ERR_BAD_PAGE, VSP_ERR_BODY_TOO_LARGE, VSP_OK};
+use blobring_host::vsp::{
+    VSP_ERR_BAD_PAGE, VSP_ERR_BODY_TOO_LARGE, VSP_ERR_HEAD_TOO_LARGE, VSP_OK,
+};
 use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::blob::{BlobRequestDesc, BufferPages};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
@@ -451,6 +453,29 @@ fn body_larger_than_data_buffer_reports_needed_size() {
         4096,
     );
     assert!(r.status == 206 && r.body == data[..4096]);
+}
+
+#[test]
+fn head_larger_than_response_buffer_is_completed_with_needed_size() {
+    let host = Host::start(&["--no-auth"]);
+    let mut d = host.driver();
+    create_container(&mut d, "heads");
+    put_blob(&mut d, 0, "heads/x", b"0123456789");
+    // A 16-byte response buffer cannot hold any response head: the host must still post a
+    // completion (not leave the guest waiting), saying how many bytes the head needs.
+    let c = d
+        .call(1, &head("GET", "heads/x", &[], 0), b"", 16, 4096)
+        .expect("a completion for a request whose head does not fit");
+    assert_eq!(c.vsp.error, VSP_ERR_HEAD_TOO_LARGE, "{:?}", c.vsp);
+    assert!(c.vsp.response_len > 16, "bytes needed: {:?}", c.vsp);
+    assert!(c.response_head.is_empty());
+    // With a buffer of exactly that size, the same request succeeds.
+    let need = c.vsp.response_len;
+    let c = d
+        .call(1, &head("GET", "heads/x", &[], 0), b"", need, 4096)
+        .unwrap();
+    assert_eq!(c.vsp.error, VSP_OK, "{:?}", c.vsp);
+    assert_eq!(c.body, b"0123456789");
 }
 
 #[test]
