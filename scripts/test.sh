@@ -31,7 +31,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 stage "tests (unit, property, cross-process)"
 # Release: the cross-process ring test moves 10 million entries, and benchmarks-in-miniature
 # are only meaningful optimised. Debug assertions stay on via the test profile override below.
-cargo test --workspace --release --locked
+# The cross-process tests start the real binaries (blobring-host, blobringd, blobring, test
+# clients) from this target directory: build them all first.
+cargo build --workspace --release --locked --bins
+cargo test --workspace --release --locked --no-fail-fast
 
 stage "loom models (ring publish/consume, sleep/wake)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" \

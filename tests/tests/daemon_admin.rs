@@ -39,9 +39,15 @@ fn ctl_tables_and_prometheus_metrics_show_live_figures() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::start(DAEMON, dir.path(), &["--metrics", &addr]);
-    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
-        s["daemon"]["host_connected"] == true
-    });
+    // Channels open one after the other once the host is connected: wait for both.
+    d.wait_stats(
+        Duration::from_secs(10),
+        "host connected, both channels open",
+        |s| {
+            s["daemon"]["host_connected"] == true
+                && s["channels"].as_array().map(Vec::len) == Some(2)
+        },
+    );
     let mut c = Connection::connect(&d.socket).unwrap();
     drive(&mut c);
     d.wait_stats(Duration::from_secs(5), "requests counted", |s| {
