@@ -7,8 +7,8 @@
 //! `blobringd.ctl`, and the children's logs `host.log`, `blobringd.log`.
 //!
 //! Signals: SIGINT and SIGTERM are blocked in this process and read from a `signalfd` (no
-//! handler, no unsafe code). A child inherits the blocked mask (`std::process::Command` does
-//! not reset it, and resetting it needs an unsafe `pre_exec`), so `blobring-host`, which relies
+//! handler). A child inherits the blocked mask (`std::process::Command` does not reset it,
+//! and resetting it needs a `pre_exec` hook, which this crate forbids), so `blobring-host`, which relies
 //! on the default SIGTERM action, is started *before* the mask is set and before any thread
 //! exists; `blobringd` blocks both signals and reads its own signalfd anyway, so it is started
 //! after. On a signal both children get SIGTERM (SIGKILL after [`STOP_GRACE`]) and `up` exits

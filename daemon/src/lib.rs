@@ -21,13 +21,13 @@
 //! - a worker takes an SQE only with a CQ credit (ring crate), so a client that never drains
 //!   its CQ stalls only itself; at most `--batch` SQEs per client per turn;
 //! - nothing on the request path logs or takes a lock; statistics are published by copying;
-//! - `unsafe` lives only in shm, ring, vmbus and reactor.
+//! - no unchecked memory access here: that lives only in shm, ring, vmbus and reactor.
 //!
 //! Threads: a control thread (this crate's [`run`]), one worker per core (pinned, named
 //! `blobring-wN`), and an optional metrics thread. `crossbeam-channel` carries control messages
 //! to workers (each paired with an eventfd the worker's io_uring polls); `slab` holds in-flight
 //! requests, clients and channels; `hdrhistogram` the latency distributions; `nix` gives
-//! `signalfd` and `sched_setaffinity` without unsafe code; `rustix` the `SCM_RIGHTS` messages
+//! `signalfd` and `sched_setaffinity` through safe wrappers; `rustix` the `SCM_RIGHTS` messages
 //! (fds become `OwnedFd` at once).
 
 pub mod config;
