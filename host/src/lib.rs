@@ -1,9 +1,47 @@
 #![forbid(unsafe_code)]
 //! `blobring-host`: the emulated Azure host (ARCHITECTURE.md §7).
 //!
-//! **Owns:** the Blob executor ([`executor`]), its stores ([`store`]: `fs:<dir>`, `mem`), SharedKey
-//! and service-SAS verification ([`auth`]), fault injection ([`executor::Faults`]) and the HTTP
-//! REST front end ([`rest`]), and the VMBus path ([`vsp`]).
+//! **Owns:** the Blob executor ([`executor`]), its stores ([`store`]: `fs:<dir>`, `mem`, and
+//! `passthrough:<url>` behind the default `passthrough` feature), SharedKey and service-SAS
+//! verification ([`auth`]), fault injection ([`executor::Faults`]), the HTTP REST front end
+//! (`rest`, default feature `rest`), and the VMBus path ([`vsp`]).
+//!
+//! # The bus protocol, message by message (host side)
+//!
+//! The wire layouts (a 16-byte header with magic `"BRVB"`, type, length and sequence number,
+//! then one fixed-size body; fds as `SCM_RIGHTS`) are specified in [`blobring_vmbus::sim`].
+//! What this host does on each message of a guest session (one `SOCK_SEQPACKET` connection):
+//!
+//! 1. **`HELLO`** (guest → host, bus version): checked against `BUS_VERSION`; answered with
+//!    **`OFFER`**: class GUID `0590b792-db64-45cc-81db-b8d70c577c9e`, a fresh instance GUID,
+//!    `max_channels` (= `--channels`: the primary plus subchannels) and the per-direction ring
+//!    size `S` (= `--ring-size`).
+//! 2. **`REQUEST_SUBCHANNELS`** (count): grants `min(count, max_channels - 1)` and answers
+//!    **`SUBCHANNELS_OFFERED`**; subchannel indices are then `1..=granted`.
+//! 3. **`OPEN_CHANNEL`** (index): creates one sealed memfd of `2 S` bytes (`[0, S)` guest → host
+//!    ring, `[S, 2 S)` host → guest ring, each a 4096-byte control page initialised as Linux
+//!    does plus data) and two eventfds, answers **`CHANNEL_OPENED`** with the three fds, and
+//!    starts that channel's VSP worker thread (it waits on the guest → host eventfd).
+//! 4. **`REGISTER_MEMORY`** (region id, guest-physical base, length, one memfd): the memfd must be
+//!    sealed against shrinking and at least `length` bytes (`Mapping::map_peer`), the base page
+//!    aligned and not overlapping another region, and the total under the host's cap; it is then
+//!    mapped and answered with **`MEMORY_REGISTERED`** (a worker registers it with its io_uring
+//!    as a fixed buffer the first time a body read lands in it). From now on PFNs in request packets may point into it; any PFN
+//!    outside every registered region fails that request with [`vsp::VSP_ERR_BAD_PAGE`].
+//! 5. **`UNREGISTER_MEMORY`** (region id): forgotten for new requests, answered with
+//!    **`MEMORY_UNREGISTERED`**; requests already executing keep their mapping alive until done.
+//! 6. **`CLOSE_CHANNEL`** (index): the worker stops, **`CHANNEL_CLOSED`**.
+//! 7. **`RESCIND`** (host → guest, unsolicited, `seq = 0`): sent by `--fault-rescind-after N`;
+//!    the session then stops serving, and the next connection is offered the device again.
+//! 8. **`ERROR`** (host → guest): the answer to anything malformed or refused (wrong magic, size
+//!    or fd count, unknown channel, overlapping memory, …), with a `BUS_ERR_*` code and text; the
+//!    session goes on. A hang-up ends the session: channels are closed and memory dropped.
+//!
+//! Requests themselves travel on the channel rings, not the bus: GPA-direct packets carrying an
+//! `az_blob_vsp_request`, answered by completion packets carrying an `az_blob_vsp_response`
+//! with the [`vsp`] status codes (0 ok, 1 bad packet, 2 page outside registered memory, 3 body
+//! larger than the data buffer — `length` says how large, 4 head larger than the response
+//! buffer — `response_len` says how large, 5 host internal error).
 //!
 //! # The VMBus path
 //!
