@@ -20,6 +20,12 @@
 //! - [`uio`]: the real Hyper-V transport through `uio_hv_generic` (§3–4): discovery, binding,
 //!   mapping, signalling, interrupts, transport auto-detection.
 //!
+//! **Cargo feature `test-support`** (off by default; only dev-dependencies enable it): adds
+//! `uio::fake`, a test fixture standing in for the kernel's uio device (a fake sysfs tree,
+//! memfds for the `/dev/uioN` maps and subchannel `ring` files, a fake uio fd implementing the
+//! [`uio::DeviceOpener`] / [`uio::UioEvents`] seams, and a fixture host answering blob
+//! packets), shared by this crate's tests and the daemon's.
+//!
 //! **Trusts:** as the guest, the host for liveness only — every ring index, descriptor and bus
 //! message it writes is still validated, and a broken one is an error
 //! ([`ring::Corruption`], [`sim::BusError::Malformed`]) rather than a panic. As the host, the

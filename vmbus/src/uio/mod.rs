@@ -39,11 +39,15 @@
 //! liveness; ring indices and packets are validated by [`crate::ring`] as on `sim`.
 //!
 //! **Not verified on real Hyper-V.** Everything here is tested against a fake sysfs tree and
-//! memfds (`vmbus/tests/uio_fixture.rs`); whether the Azure host offers the blob device to a
-//! given VM, allocates it a monitor id, or offers subchannels is unconfirmed (§6.6).
+//! memfds (the `fake` module, a test fixture behind the `test-support` feature, used by
+//! `vmbus/tests/uio_fixture.rs` and the daemon's tests); whether the Azure host offers the
+//! blob device to a given VM, allocates it a monitor id, or offers subchannels is unconfirmed
+//! (§6.6).
 
 pub mod detect;
 mod device;
+#[cfg(feature = "test-support")]
+pub mod fake;
 pub mod signal;
 pub mod sysfs;
 
