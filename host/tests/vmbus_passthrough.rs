@@ -1,0 +1,537 @@
+//! The guest-driver scenario of `vmbus_path.rs` through `passthrough:` to a real Azurite
+//! (npm `azurite`, installed by `scripts/azurite.sh`; started by `common/azurite.rs` on a free
+//! loopback port, in memory), with every answer compared to Azurite's own direct HTTP answer.
+//!
+//! Two Azurite instances start empty: one behind `blobring-host --socket … --store
+//! passthrough:…` (driven over VMBus by `BlobDriver`), one answering the very same signed
+//! request heads and bodies over plain HTTP/1.1. Both see the same sequence, so their answers
+//! must agree: status, `x-ms-error-code`, `Content-Range`, `Content-Length`,
+//! `x-ms-blob-type`, `ETag` presence and the body (byte-exact; list and error bodies with
+//! request ids, times, ETags and the endpoint URL blanked).
+
+#[path = "common/azurite.rs"]
+mod azurite;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use azurite::Azurite;
+use blobring_host::vsp::VSP_OK;
+use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
+use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
+
+const HOST: &str = env!("CARGO_BIN_EXE_blobring-host");
+const CHANNELS: usize = 2;
+const IO_LIMIT: Duration = Duration::from_secs(10);
+
+/// `blobring-host --socket DIR/host.sock --store passthrough:<upstream> --channels 2` (auth on,
+/// emulator key); killed and reaped on drop.
+struct PassthroughHost {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PassthroughHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PassthroughHost {
+    fn start(upstream_account_url: &str) -> PassthroughHost {
+        let dir = tempfile::Builder::new()
+            .prefix("brvpt")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let socket = dir.path().join("host.sock");
+        let child = Command::new(HOST)
+            .arg("--socket")
+            .arg(&socket)
+            .args([
+                "--store",
+                &format!("passthrough:{upstream_account_url}"),
+                "--channels",
+                &CHANNELS.to_string(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn blobring-host");
+        let mut host = PassthroughHost {
+            child,
+            socket,
+            _dir: dir,
+        };
+        let stdout = host.child.stdout.take().expect("stdout");
+        // Keep draining stdout so the host never blocks on it.
+        std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+        let deadline = Instant::now() + IO_LIMIT;
+        while !host.socket.exists() {
+            if let Ok(Some(st)) = host.child.try_wait() {
+                panic!("blobring-host exited early: {st}");
+            }
+            assert!(Instant::now() < deadline, "host socket did not appear");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        host
+    }
+
+    fn driver(&self) -> BlobDriver {
+        let cfg = DriverConfig {
+            timeout_ms: 10_000,
+            wait_limit: IO_LIMIT,
+            ..DriverConfig::default()
+        };
+        let deadline = Instant::now() + IO_LIMIT;
+        loop {
+            match BlobDriver::connect_with(&self.socket, CHANNELS as u32, cfg) {
+                Ok(d) => return d,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "driver connect: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+/// One request of the scenario: a head signed with the emulator key (path-style, like
+/// Azurite: `/devstoreaccount1/<path>`) and its body.
+struct Req {
+    method: &'static str,
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+fn req(method: &'static str, path: &str, extra: &[(&str, &str)], body: &[u8], host: &str) -> Req {
+    let mut hm = http::HeaderMap::new();
+    hm.insert(
+        "x-ms-date",
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+            .parse()
+            .unwrap(),
+    );
+    hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
+    for (k, v) in extra {
+        hm.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    hm.insert("content-length", body.len().into());
+    let pq = format!("/{EMULATOR_ACCOUNT}/{path}");
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    let sig = auth.authorization(&method.parse().unwrap(), &pq, &hm);
+    let mut s = format!("{method} {pq} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {sig}\r\n");
+    for (k, v) in &hm {
+        s.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    s.push_str("\r\n");
+    Req {
+        method,
+        head: s.into_bytes(),
+        body: body.to_vec(),
+    }
+}
+
+/// A parsed answer: status, headers (names lower-cased) and body.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn h(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parse a complete response head; returns the answer without body and the head length.
+fn parse_head(buf: &[u8]) -> Option<(Resp, usize)> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hdrs);
+    match r.parse(buf).expect("response head parses") {
+        httparse::Status::Complete(n) => {
+            let headers = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            Some((
+                Resp {
+                    status: r.code.expect("status"),
+                    headers,
+                    body: Vec::new(),
+                },
+                n,
+            ))
+        }
+        httparse::Status::Partial => None,
+    }
+}
+
+/// Through the host over VMBus.
+fn via_vmbus(d: &mut BlobDriver, ch: usize, r: &Req, data_cap: u32) -> Resp {
+    let c: Completion = d
+        .call(ch, &r.head, &r.body, 8192, data_cap)
+        .expect("VMBus call");
+    assert_eq!(c.vsp.error, VSP_OK, "VSP error: {:?}", c.vsp);
+    let (mut resp, n) = parse_head(&c.response_head).expect("complete response head");
+    assert_eq!(
+        n,
+        c.response_head.len(),
+        "response_len covers exactly the head"
+    );
+    resp.body = c.body;
+    resp
+}
+
+/// Directly to Azurite: the same head and body on a fresh HTTP/1.1 connection.
+fn direct(addr: &str, r: &Req) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect to Azurite");
+    s.set_read_timeout(Some(IO_LIMIT)).unwrap();
+    s.set_write_timeout(Some(IO_LIMIT)).unwrap();
+    s.write_all(&r.head).unwrap();
+    s.write_all(&r.body).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 << 10];
+    let (mut resp, n) = loop {
+        if let Some(done) = parse_head(&buf) {
+            break done;
+        }
+        let k = s.read(&mut chunk).expect("read Azurite answer");
+        assert!(k > 0, "Azurite closed the connection mid-head");
+        buf.extend_from_slice(&chunk[..k]);
+    };
+    let mut rest = buf.split_off(n);
+    let no_body = r.method == "HEAD" || resp.status == 204 || resp.status == 304;
+    if no_body {
+        return resp;
+    }
+    if resp
+        .h("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    {
+        // Read to the terminating chunk, then decode.
+        while !rest.ends_with(b"0\r\n\r\n") {
+            let k = s.read(&mut chunk).expect("read chunked body");
+            assert!(k > 0, "Azurite closed the connection mid-body");
+            rest.extend_from_slice(&chunk[..k]);
+        }
+        let mut body = Vec::new();
+        let mut at = 0;
+        loop {
+            let eol = at + rest[at..].windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = std::str::from_utf8(&rest[at..eol]).unwrap();
+            let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            at = eol + 2 + size + 2;
+        }
+        resp.body = body;
+    } else {
+        let len: usize = resp
+            .h("content-length")
+            .expect("Content-Length or chunked")
+            .parse()
+            .unwrap();
+        while rest.len() < len {
+            let k = s.read(&mut chunk).expect("read body");
+            assert!(k > 0, "Azurite closed the connection mid-body");
+            rest.extend_from_slice(&chunk[..k]);
+        }
+        rest.truncate(len);
+        resp.body = rest;
+    }
+    resp
+}
+
+/// Blank the text of every `<tag>…</tag>`.
+fn blank_tag(s: &str, tag: &str) -> String {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(&open) {
+        out.push_str(&rest[..i + open.len()]);
+        rest = &rest[i + open.len()..];
+        let j = rest.find(&close).unwrap_or(0);
+        rest = &rest[j..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Blank the value of every `attr="…"`.
+fn blank_attr(s: &str, attr: &str) -> String {
+    let open = format!("{attr}=\"");
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(&open) {
+        out.push_str(&rest[..i + open.len()]);
+        rest = &rest[i + open.len()..];
+        let j = rest.find('"').unwrap_or(0);
+        rest = &rest[j..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Remove `\n<key>:…` up to the next `\n` or `<` (the `RequestId:`/`Time:` lines of error
+/// messages).
+fn drop_line(s: &str, key: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(key) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + key.len()..];
+        let j = rest.find(['\n', '<']).unwrap_or(rest.len());
+        rest = &rest[j..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A body without what differs between two servers run at different times on different ports.
+fn normalise(body: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(body).into_owned();
+    for tag in [
+        "Etag",
+        "Last-Modified",
+        "Creation-Time",
+        "AccessTierChangeTime",
+        "LastAccessTime",
+    ] {
+        s = blank_tag(&s, tag);
+    }
+    s = blank_attr(&s, "ServiceEndpoint");
+    for key in ["\nRequestId:", "\nTime:"] {
+        s = drop_line(&s, key);
+    }
+    s
+}
+
+/// Compare the two answers to the same request; returns the VMBus one.
+fn compare(step: &str, vm: Resp, az: &Resp) -> Resp {
+    let ctx = || {
+        format!(
+            "{step}:\n via host: {} {:?} {:?}\n direct:   {} {:?} {:?}",
+            vm.status,
+            vm.headers,
+            String::from_utf8_lossy(&vm.body),
+            az.status,
+            az.headers,
+            String::from_utf8_lossy(&az.body)
+        )
+    };
+    assert_eq!(vm.status, az.status, "status differs; {}", ctx());
+    for name in ["x-ms-error-code", "content-range", "x-ms-blob-type"] {
+        assert_eq!(vm.h(name), az.h(name), "{name} differs; {}", ctx());
+    }
+    assert_eq!(
+        vm.h("etag").is_some(),
+        az.h("etag").is_some(),
+        "ETag presence differs; {}",
+        ctx()
+    );
+    // Bodies whose bytes carry times, ids or URLs (lists, errors) are compared normalised,
+    // and so is their length; everything else byte for byte.
+    let xml = az.h("content-type").is_some_and(|t| t.contains("xml"));
+    if xml {
+        assert_eq!(
+            normalise(&vm.body),
+            normalise(&az.body),
+            "body differs; {}",
+            ctx()
+        );
+    } else {
+        assert_eq!(
+            vm.h("content-length"),
+            az.h("content-length"),
+            "Content-Length differs; {}",
+            ctx()
+        );
+        assert!(vm.body == az.body, "body bytes differ; {}", ctx());
+    }
+    vm
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn guest_driver_scenario_through_passthrough_matches_azurite_directly() {
+    let t0 = Instant::now();
+    // Guards first: every process is killed on drop, also when an assertion fails.
+    let upstream = Azurite::start();
+    let reference = Azurite::start();
+    let host = PassthroughHost::start(&upstream.account_url());
+    let mut d = host.driver();
+    assert_eq!(d.channel_count(), CHANNELS, "primary + 1 subchannel");
+    let addr = reference
+        .url
+        .strip_prefix("http://")
+        .expect("http url")
+        .to_owned();
+
+    let mut n = 0usize;
+    let mut both = |step: &str, r: Req, data_cap: u32| -> Resp {
+        let ch = n % CHANNELS;
+        n += 1;
+        let vm = via_vmbus(&mut d, ch, &r, data_cap);
+        let az = direct(&addr, &r);
+        compare(step, vm, &az)
+    };
+    let rq = |method, path: &str, extra: &[(&str, &str)], body: &[u8]| {
+        req(method, path, extra, body, &addr)
+    };
+
+    let r = both(
+        "create container",
+        rq("PUT", "data?restype=container", &[], b""),
+        4096,
+    );
+    assert_eq!(r.status, 201);
+
+    let a = pattern(300_000, 1);
+    let r = both(
+        "put blob",
+        rq("PUT", "data/a.bin", &[("x-ms-blob-type", "BlockBlob")], &a),
+        4096,
+    );
+    assert_eq!(r.status, 201);
+
+    let (b1, b2) = (pattern(70_000, 2), pattern(5_000, 3));
+    for (id, data) in [("b1", &b1), ("b2", &b2)] {
+        let path = format!(
+            "data/blk?comp=block&blockid={}",
+            b64(id).replace('=', "%3D")
+        );
+        let r = both(
+            &format!("put block {id}"),
+            rq("PUT", &path, &[], data),
+            4096,
+        );
+        assert_eq!(r.status, 201);
+    }
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>{}</Latest><Latest>{}</Latest></BlockList>",
+        b64("b2"),
+        b64("b1")
+    );
+    let r = both(
+        "put block list",
+        rq("PUT", "data/blk?comp=blocklist", &[], xml.as_bytes()),
+        4096,
+    );
+    assert_eq!(r.status, 201);
+
+    let r = both("get whole", rq("GET", "data/a.bin", &[], b""), 512 << 10);
+    assert_eq!(r.status, 200);
+    assert!(r.body == a, "whole GET is byte-exact");
+    assert_eq!(r.h("x-ms-blob-type"), Some("BlockBlob"));
+    let r = both("get block blob", rq("GET", "data/blk", &[], b""), 128 << 10);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == [b2.clone(), b1.clone()].concat(),
+        "committed blocks in list order"
+    );
+
+    let r = both(
+        "get range",
+        rq(
+            "GET",
+            "data/a.bin",
+            &[("x-ms-range", "bytes=1000-99999")],
+            b"",
+        ),
+        128 << 10,
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.h("content-range"), Some("bytes 1000-99999/300000"));
+    assert!(r.body == a[1000..100_000], "ranged GET is byte-exact");
+
+    // Wholly past the end (Azurite answers a start equal to the size with a 206 and
+    // `bytes 300000-299999/300000`, unlike Azure).
+    let r = both(
+        "range past end",
+        rq(
+            "GET",
+            "data/a.bin",
+            &[("x-ms-range", "bytes=400000-400099")],
+            b"",
+        ),
+        64 << 10,
+    );
+    assert_eq!(r.status, 416, "{r:?}");
+
+    let r = both("head", rq("HEAD", "data/a.bin", &[], b""), 4096);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("content-length"), Some("300000"));
+    assert!(r.body.is_empty());
+
+    let r = both(
+        "list",
+        rq("GET", "data?restype=container&comp=list", &[], b""),
+        64 << 10,
+    );
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.contains("<Name>a.bin</Name>") && text.contains("<Name>blk</Name>"),
+        "{text}"
+    );
+    let r = both(
+        "list with prefix",
+        rq("GET", "data?restype=container&comp=list&prefix=b", &[], b""),
+        64 << 10,
+    );
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.contains("<Name>blk</Name>") && !text.contains("<Name>a.bin</Name>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<Content-Length>75000</Content-Length>"),
+        "{text}"
+    );
+
+    let r = both("delete", rq("DELETE", "data/a.bin", &[], b""), 4096);
+    assert_eq!(r.status, 202);
+    let r = both(
+        "get after delete",
+        rq("GET", "data/a.bin", &[], b""),
+        64 << 10,
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.h("x-ms-error-code"), Some("BlobNotFound"));
+
+    assert_eq!(d.in_flight(), 0);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+}
