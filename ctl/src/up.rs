@@ -347,7 +347,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     out += "blobring is up: blobring-host and blobringd are running.\n";
     out += &format!("  client socket: {}\n", socket.display());
     out += &format!("  export BLOBRING_SOCKET={}\n", socket.display());
-    out += "  then: blobring stats | blobring top | blobring clients | blobring mb <container> | blobring cp <file> <container>/<blob>\n";
+    out += "  then: blobring stats | blobring top | blobring clients | blobring mb blob://<container> | blobring cp <file> blob://<container>/<blob>\n";
     out += &format!("  store: {store}\n");
     if let Some(url) = &rest {
         out += &format!("  REST endpoint: {url}/{EMULATOR_ACCOUNT}\n");
