@@ -21,8 +21,7 @@ use blobring_host::{
     EMULATOR_ACCOUNT, EMULATOR_KEY, ExecuteError, Executor, ExecutorConfig, Faults, SharedKeyAuth,
     open_store,
 };
-use common::{Host, header};
-use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
+use common::{Host, azure, azurite_suite, header};
 use object_store::integration::*;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -64,34 +63,7 @@ fn raw(base: &str, method: &str, pq: &str, headers: &[(&str, &str)], body: &[u8]
     s.write_all(body).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).expect("read response");
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut hdrs);
-    let httparse::Status::Complete(n) = r.parse(&buf).expect("parse response") else {
-        panic!("partial response")
-    };
-    let h = r
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    (r.code.unwrap(), h, buf[n..].to_vec())
-}
-
-fn azure(account_url: &str, container: &str) -> MicrosoftAzure {
-    MicrosoftAzureBuilder::new()
-        .with_account(EMULATOR_ACCOUNT)
-        .with_access_key(EMULATOR_KEY)
-        .with_container_name(container)
-        .with_endpoint(account_url.to_owned())
-        .with_allow_http(true)
-        .with_http_connector(MarkerHttpConnector::default())
-        .build()
-        .expect("build MicrosoftAzure")
+    common::parse_response(&buf)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -512,22 +484,8 @@ async fn object_store_suite_through_passthrough() {
     let host = passthrough_host(&az);
     let integration = azure(&host.account_url(), "test");
     tokio::time::timeout(TEST_TIMEOUT, async {
-        put_get_delete_list(&integration).await;
-        list_with_offset_exclusivity(&integration).await;
-        get_opts(&integration).await;
-        list_uses_directories_correctly(&integration).await;
-        list_with_delimiter(&integration).await;
-        rename_and_copy(&integration).await;
-        copy_if_not_exists(&integration).await;
+        azurite_suite(&integration).await;
         copy_rename_nonexistent_object(&integration).await;
-        stream_get(&integration).await;
-        put_opts(&integration, true).await;
-        multipart(&integration, &integration).await;
-        multipart_put_part_out_of_order(&integration, &integration).await;
-        multipart_race_condition(&integration, false).await;
-        multipart_out_of_order(&integration).await;
-        list_paginated(&integration, &integration).await;
-        response_extensions(&integration, true).await;
         let err = get_nonexistent_object(&integration, None)
             .await
             .unwrap_err();
