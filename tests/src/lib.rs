@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blobring::{Connection, OP_BLOB, OP_NOP, Sqe};
+use blobring::{Connection, Cqe, OP_BLOB, OP_NOP, Sqe};
 use blobring_abi::FromZeros;
 use blobring_abi::vmbus::AzBlobVspResponse;
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
@@ -130,6 +130,28 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Reaps exactly `n` completions from queue `q`, sleeping on the queue between reaps; fails the
+/// test if they have not all arrived within `limit`.
+pub fn reap_n(conn: &mut Connection, q: u32, n: usize, limit: Duration) -> Vec<Cqe> {
+    let mut out = Vec::new();
+    let mut buf = vec![Cqe::new_zeroed(); 64];
+    let deadline = Instant::now() + limit;
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} completions: {out:?}",
+            out.len()
+        );
+        let got = conn.reap(q, &mut buf).expect("reap");
+        out.extend_from_slice(&buf[..got]);
+        if got == 0 {
+            conn.wait(q, Some(Duration::from_millis(100)))
+                .expect("wait");
+        }
+    }
+    out
 }
 
 /// A NOP SQE.

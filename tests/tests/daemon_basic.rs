@@ -4,32 +4,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use blobring::{ConnectError, ConnectOptions, Connection, Cqe, FromZeros, Sqe};
-use blobring_tests::{Daemon, TestHost, blob_sqe, nop, scratch};
+use blobring::{ConnectError, ConnectOptions, Connection, Sqe};
+use blobring_tests::{Daemon, TestHost, blob_sqe, nop, reap_n, scratch};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-test-client");
-
-/// Reaps exactly `n` completions from queue `q` (bounded).
-pub fn reap_n(conn: &mut Connection, q: u32, n: usize) -> Vec<Cqe> {
-    let mut out = Vec::new();
-    let mut buf = vec![Cqe::new_zeroed(); 64];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while out.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} completions",
-            out.len()
-        );
-        let got = conn.reap(q, &mut buf).expect("reap");
-        out.extend_from_slice(&buf[..got]);
-        if got == 0 {
-            conn.wait(q, Some(Duration::from_millis(200)))
-                .expect("wait");
-        }
-    }
-    out
-}
 
 #[test]
 fn handshake_and_nop_round_trips_from_threads_and_processes() {
@@ -49,7 +28,7 @@ fn handshake_and_nop_round_trips_from_threads_and_processes() {
                         let sqes: Vec<Sqe> =
                             (0..8).map(|i| nop(t * 1_000_000 + round * 8 + i)).collect();
                         assert_eq!(c.submit(q, &sqes).unwrap(), 8);
-                        let got = reap_n(&mut c, q, 8);
+                        let got = reap_n(&mut c, q, 8, Duration::from_secs(15));
                         let mut ud: Vec<u64> = got.iter().map(|c| c.user_data).collect();
                         ud.sort();
                         assert_eq!(ud, sqes.iter().map(|s| s.user_data).collect::<Vec<_>>());
@@ -212,7 +191,7 @@ fn blob_requests_reach_the_host_and_invalid_sqes_get_einval() {
         };
         let sqes = [good, bad_reserved, bad_range, bad_valid, bad_op, good2];
         assert_eq!(c.submit(q, &sqes).unwrap(), 6);
-        let mut got = reap_n(&mut c, q, 6);
+        let mut got = reap_n(&mut c, q, 6, Duration::from_secs(15));
         got.sort_by_key(|c| c.user_data);
         for cqe in &got {
             match cqe.user_data {
@@ -259,7 +238,7 @@ fn silent_connections_do_not_block_handshakes() {
         t0.elapsed()
     );
     c.submit(0, &[nop(1)]).unwrap();
-    assert_eq!(reap_n(&mut c, 0, 1)[0].res, 0);
+    assert_eq!(reap_n(&mut c, 0, 1, Duration::from_secs(15))[0].res, 0);
     drop(silent);
 }
 
@@ -276,7 +255,11 @@ fn forty_clients_at_once() {
                     let q = (r % 2) as u32;
                     let sqes: Vec<Sqe> = (0..4).map(|i| nop(t << 32 | r << 8 | i)).collect();
                     assert_eq!(c.submit(q, &sqes).unwrap(), 4);
-                    assert!(reap_n(&mut c, q, 4).iter().all(|c| c.res == 0));
+                    assert!(
+                        reap_n(&mut c, q, 4, Duration::from_secs(15))
+                            .iter()
+                            .all(|c| c.res == 0)
+                    );
                 }
             })
         })

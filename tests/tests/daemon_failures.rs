@@ -7,34 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use blobring::{
-    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Connection, Cqe, FromZeros, Sqe, errno,
-};
+use blobring::{CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Connection, Sqe, errno};
 use blobring_shm::SharedMemory;
-use blobring_tests::{Daemon, Reaped, TestHost, blob_sqe, nop, scratch};
+use blobring_tests::{Daemon, Reaped, TestHost, blob_sqe, nop, reap_n, scratch};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-test-client");
-
-fn reap_n(conn: &mut Connection, q: u32, n: usize, limit: Duration) -> Vec<Cqe> {
-    let mut out = Vec::new();
-    let mut buf = vec![Cqe::new_zeroed(); 64];
-    let deadline = Instant::now() + limit;
-    while out.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} completions: {out:?}",
-            out.len()
-        );
-        let got = conn.reap(q, &mut buf).expect("reap");
-        out.extend_from_slice(&buf[..got]);
-        if got == 0 {
-            conn.wait(q, Some(Duration::from_millis(100)))
-                .expect("wait");
-        }
-    }
-    out
-}
 
 fn nops_work(conn: &mut Connection, rounds: u64) {
     for q in 0..conn.n_queues() {
