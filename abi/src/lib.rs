@@ -25,7 +25,7 @@ pub mod vmbus;
 
 pub use cdecl::{CStruct, CType};
 pub use geometry::{GeometryError, RegionGeometry};
-pub use zerocopy::{FromBytes, FromZeros, IntoBytes};
+pub use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
 use cdecl::abi_struct;
 

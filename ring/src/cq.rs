@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use blobring_abi::{Cqe, IntoBytes, qc};
+use blobring_abi::{Cqe, qc};
 use blobring_shm::SharedMemory;
 
 use crate::sq::peer_flag;
@@ -75,13 +75,8 @@ impl<M: Deref<Target: SharedMemory>> CqProducer<M> {
         if n == 0 {
             return Ok(Published::NOTHING);
         }
-        // At most two copies: up to the end of the array, then from its start.
-        let (a, b) = cqes[..n as usize].split_at(self.layout.until_wrap_cq(self.tail, n));
-        self.mem
-            .write(self.layout.cqe_at(self.tail), a.as_bytes())?;
-        if !b.is_empty() {
-            self.mem.write(self.layout.cqes, b.as_bytes())?;
-        }
+        self.layout
+            .write_cqes(&*self.mem, self.tail, &cqes[..n as usize])?;
         self.tail = self.tail.wrapping_add(n);
         // Release: the CQE bytes written above become visible to a client that loads this tail
         // with acquire. One store per batch. This word is also the client's futex word.
@@ -168,12 +163,8 @@ impl<M: Deref<Target: SharedMemory>> CqConsumer<M> {
         if n == 0 {
             return Ok(Published::NOTHING);
         }
-        let (a, b) = out[..n as usize].split_at_mut(self.layout.until_wrap_cq(self.head, n));
-        self.mem
-            .read(self.layout.cqe_at(self.head), a.as_mut_bytes())?;
-        if !b.is_empty() {
-            self.mem.read(self.layout.cqes, b.as_mut_bytes())?;
-        }
+        self.layout
+            .read_cqes(&*self.mem, self.head, &mut out[..n as usize])?;
         self.head = self.head.wrapping_add(n);
         // Release: our copies happen before the daemon reuses the slots (it loads `cq_head`
         // with acquire).

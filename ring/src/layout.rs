@@ -1,6 +1,8 @@
 //! Where one queue pair lives in a shared memory.
 
-use blobring_abi::{Cqe, QUEUE_CONTROL_LEN, RegionGeometry, Sqe, qc};
+use blobring_abi::{
+    Cqe, FromBytes, Immutable, IntoBytes, QUEUE_CONTROL_LEN, RegionGeometry, Sqe, qc,
+};
 use blobring_shm::SharedMemory;
 use std::sync::atomic::Ordering;
 
@@ -155,16 +157,48 @@ impl QueueLayout {
         self.cqes + u64::from(i & (self.cq_entries - 1)) * CQE
     }
 
-    /// Of `n` SQEs starting at index `i`, how many fit before the array wraps.
-    #[inline]
-    pub(crate) fn until_wrap_sq(&self, i: u32, n: u32) -> usize {
-        n.min(self.sq_entries - (i & (self.sq_entries - 1))) as usize
+    /// Copies `src` into the SQE slots from free-running index `i` on.
+    pub(crate) fn write_sqes<M: SharedMemory + ?Sized>(
+        &self,
+        mem: &M,
+        i: u32,
+        src: &[Sqe],
+    ) -> Result<(), RingError> {
+        let first = until_wrap(self.sq_entries, i, src.len());
+        write_slots(mem, self.sqe_at(i), self.sqes, first, src)
     }
 
-    /// Of `n` CQEs starting at index `i`, how many fit before the array wraps.
-    #[inline]
-    pub(crate) fn until_wrap_cq(&self, i: u32, n: u32) -> usize {
-        n.min(self.cq_entries - (i & (self.cq_entries - 1))) as usize
+    /// Copies the SQEs from free-running index `i` on into `dst` (private memory).
+    pub(crate) fn read_sqes<M: SharedMemory + ?Sized>(
+        &self,
+        mem: &M,
+        i: u32,
+        dst: &mut [Sqe],
+    ) -> Result<(), RingError> {
+        let first = until_wrap(self.sq_entries, i, dst.len());
+        read_slots(mem, self.sqe_at(i), self.sqes, first, dst)
+    }
+
+    /// Copies `src` into the CQE slots from free-running index `i` on.
+    pub(crate) fn write_cqes<M: SharedMemory + ?Sized>(
+        &self,
+        mem: &M,
+        i: u32,
+        src: &[Cqe],
+    ) -> Result<(), RingError> {
+        let first = until_wrap(self.cq_entries, i, src.len());
+        write_slots(mem, self.cqe_at(i), self.cqes, first, src)
+    }
+
+    /// Copies the CQEs from free-running index `i` on into `dst` (private memory).
+    pub(crate) fn read_cqes<M: SharedMemory + ?Sized>(
+        &self,
+        mem: &M,
+        i: u32,
+        dst: &mut [Cqe],
+    ) -> Result<(), RingError> {
+        let first = until_wrap(self.cq_entries, i, dst.len());
+        read_slots(mem, self.cqe_at(i), self.cqes, first, dst)
     }
 
     /// Offset of a `QueueControl` field (`blobring_abi::qc::*`).
@@ -172,6 +206,45 @@ impl QueueLayout {
     pub(crate) fn field(&self, off: u64) -> u64 {
         self.control + off
     }
+}
+
+/// Of `n` entries starting at free-running index `i` of a ring of `entries` slots, how many fit
+/// before the array wraps.
+fn until_wrap(entries: u32, i: u32, n: usize) -> usize {
+    n.min((entries - (i & (entries - 1))) as usize)
+}
+
+/// Copies `src` into a slot array: the first `first` entries at offset `at`, the rest from the
+/// array's start `base`. At most two copies per batch, never a reference into shared memory.
+fn write_slots<M: SharedMemory + ?Sized, E: IntoBytes + Immutable>(
+    mem: &M,
+    at: u64,
+    base: u64,
+    first: usize,
+    src: &[E],
+) -> Result<(), RingError> {
+    let (a, b) = src.split_at(first);
+    mem.write(at, a.as_bytes())?;
+    if !b.is_empty() {
+        mem.write(base, b.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The copy out of a slot array into private memory, split like [`write_slots`].
+fn read_slots<M: SharedMemory + ?Sized, E: FromBytes + IntoBytes>(
+    mem: &M,
+    at: u64,
+    base: u64,
+    first: usize,
+    dst: &mut [E],
+) -> Result<(), RingError> {
+    let (a, b) = dst.split_at_mut(first);
+    mem.read(at, a.as_mut_bytes())?;
+    if !b.is_empty() {
+        mem.read(base, b.as_mut_bytes())?;
+    }
+    Ok(())
 }
 
 fn range(start: u64, len: u64) -> Result<(u64, u64), RingError> {

@@ -3,7 +3,7 @@
 use std::ops::Deref;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use blobring_abi::{IntoBytes, Sqe, qc};
+use blobring_abi::{Sqe, qc};
 use blobring_shm::SharedMemory;
 
 use crate::{Published, QueueLayout, RingError, check_advance};
@@ -77,13 +77,8 @@ impl<M: Deref<Target: SharedMemory>> SqProducer<M> {
         if n == 0 {
             return Ok(Published::NOTHING);
         }
-        // At most two copies: up to the end of the array, then from its start.
-        let (a, b) = sqes[..n as usize].split_at(self.layout.until_wrap_sq(self.tail, n));
-        self.mem
-            .write(self.layout.sqe_at(self.tail), a.as_bytes())?;
-        if !b.is_empty() {
-            self.mem.write(self.layout.sqes, b.as_bytes())?;
-        }
+        self.layout
+            .write_sqes(&*self.mem, self.tail, &sqes[..n as usize])?;
         self.tail = self.tail.wrapping_add(n);
         // Release: the SQE bytes written above become visible to a daemon that loads this tail
         // with acquire. One store per batch.
@@ -187,12 +182,8 @@ impl<M: Deref<Target: SharedMemory>> SqConsumer<M> {
         }
         // One copy out of shared memory per slot range (at most two, split at the wrap),
         // straight into the caller's private array; never a reference into shared memory.
-        let (a, b) = out[..n as usize].split_at_mut(self.layout.until_wrap_sq(self.head, n));
-        self.mem
-            .read(self.layout.sqe_at(self.head), a.as_mut_bytes())?;
-        if !b.is_empty() {
-            self.mem.read(self.layout.sqes, b.as_mut_bytes())?;
-        }
+        self.layout
+            .read_sqes(&*self.mem, self.head, &mut out[..n as usize])?;
         self.head = self.head.wrapping_add(n);
         // Release: our copies above happen before the client sees the slots as free and
         // overwrites them (it loads `sq_head` with acquire).
