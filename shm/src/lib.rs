@@ -3,9 +3,8 @@
 //! **Owns:** memfd regions (create on hugetlb → THP → 4 KiB pages, size, seal, pre-fault:
 //! [`Region`]), mapping of memfds received from a peer with seal and size checks
 //! ([`Mapping::map_peer`]), bounds-checked atomic and copying access to mapped memory
-//! ([`SharedMemory`], [`Window`]), guest-physical translation for the VMBus transports
-//! ([`gpa`]: a region table for the emulated host, a `/proc/self/pagemap` reader for real
-//! Hyper-V), and the arena allocator the SDK uses for data buffers ([`arena`]).
+//! ([`SharedMemory`], [`Window`]), the `/proc/self/pagemap` reader that gives real Hyper-V the
+//! physical frames of our regions ([`gpa`]), and the arena allocator the SDK uses for data buffers ([`arena`]).
 //!
 //! **Trusts:** nothing in the mapped bytes — a peer may write any byte at any time, and may
 //! punch holes in a memfd it can write. Sealing (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`)
@@ -43,7 +42,7 @@ mod region;
 
 pub use access::{AccessError, HeapMemory, SharedMemory, Window};
 pub use arena::{Allocation, Arena, ArenaError};
-pub use gpa::{GuestMemoryTable, Pagemap, PagemapEntry, RegionId};
+pub use gpa::{Pagemap, PagemapEntry};
 pub use region::{
     HUGE_PAGE_SIZE, Mapping, PageKind, PagePolicy, Region, RegionError, RegionOptions,
     SMALL_PAGE_SIZE, ShmemThpMode,
