@@ -130,6 +130,23 @@ pub(crate) struct State<D> {
     pub containers: BTreeMap<String, Container<D>>,
 }
 
+impl<D> State<D> {
+    /// The container `name`, or `ContainerNotFound`.
+    fn container(&self, name: &str) -> Result<&Container<D>, StoreError> {
+        self.containers
+            .get(name)
+            .ok_or_else(|| StoreError::ContainerNotFound(name.to_owned()))
+    }
+
+    /// The committed blob `blob` of `container`, or `ContainerNotFound` / `BlobNotFound`.
+    fn blob(&self, container: &str, blob: &str) -> Result<&Entry<D>, StoreError> {
+        self.container(container)?
+            .blobs
+            .get(blob)
+            .ok_or_else(|| StoreError::BlobNotFound(blob.to_owned()))
+    }
+}
+
 impl<D> Default for State<D> {
     fn default() -> Self {
         State {
@@ -302,14 +319,7 @@ impl<B: Backend> Engine<B> {
         blob: &str,
     ) -> Result<Box<dyn BlobReader>, StoreError> {
         let st = self.read();
-        let c = st
-            .containers
-            .get(container)
-            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
-        let e = c
-            .blobs
-            .get(blob)
-            .ok_or_else(|| StoreError::BlobNotFound(blob.to_owned()))?;
+        let e = st.blob(container, blob)?;
         let inner = self.backend.reader(&e.data)?;
         Ok(Box::new(Reader {
             props: Arc::clone(&e.props),
@@ -325,10 +335,7 @@ impl<B: Backend> Engine<B> {
         visit: ListVisitor<'_>,
     ) -> Result<(), StoreError> {
         let st = self.read();
-        let c = st
-            .containers
-            .get(container)
-            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+        let c = st.container(container)?;
         let start = if from > prefix { from } else { prefix };
         for (name, e) in c.blobs.range(start.to_owned()..) {
             if !name.starts_with(prefix) {
@@ -356,10 +363,7 @@ impl<B: Backend> Engine<B> {
         let res = (|| {
             let props = {
                 let st = self.read();
-                let c = st
-                    .containers
-                    .get(container)
-                    .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+                let c = st.container(container)?;
                 let existing = c.blobs.get(blob).map(|e| &*e.props);
                 cond.check_write(blob, existing)?;
                 Arc::new(make(existing))
@@ -473,10 +477,7 @@ impl<B: Backend> Engine<B> {
         // Snapshot what the list may refer to.
         let (committed, staged) = {
             let st = self.read();
-            let c = st
-                .containers
-                .get(container)
-                .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+            let c = st.container(container)?;
             (
                 c.blobs.get(blob).cloned(),
                 c.staged.get(blob).cloned().unwrap_or_default(),
@@ -540,10 +541,7 @@ impl<B: Backend> Engine<B> {
         blob: &str,
     ) -> Result<BlockListing, StoreError> {
         let st = self.read();
-        let c = st
-            .containers
-            .get(container)
-            .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+        let c = st.container(container)?;
         let entry = c.blobs.get(blob);
         let staged = c.staged.get(blob);
         if entry.is_none() && staged.is_none_or(|s| s.is_empty()) {
@@ -574,10 +572,7 @@ impl<B: Backend> Engine<B> {
         let _stripe = self.stripe(container, blob);
         {
             let st = self.read();
-            let c = st
-                .containers
-                .get(container)
-                .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
+            let c = st.container(container)?;
             let Some(e) = c.blobs.get(blob) else {
                 return Err(StoreError::BlobNotFound(blob.to_owned()));
             };
@@ -612,14 +607,7 @@ impl<B: Backend> Engine<B> {
         self.require_container(dst_container)?;
         let (src_props, data) = {
             let st = self.read();
-            let c = st
-                .containers
-                .get(src_container)
-                .ok_or_else(|| StoreError::ContainerNotFound(src_container.to_owned()))?;
-            let e = c
-                .blobs
-                .get(src_blob)
-                .ok_or_else(|| StoreError::BlobNotFound(src_blob.to_owned()))?;
+            let e = st.blob(src_container, src_blob)?;
             // Cloned under the read lock so the source data cannot be released meanwhile.
             (
                 Arc::clone(&e.props),
@@ -653,14 +641,7 @@ impl<B: Backend> Engine<B> {
         let _stripe = self.stripe(container, blob);
         let (props, data) = {
             let st = self.read();
-            let c = st
-                .containers
-                .get(container)
-                .ok_or_else(|| StoreError::ContainerNotFound(container.to_owned()))?;
-            let e = c
-                .blobs
-                .get(blob)
-                .ok_or_else(|| StoreError::BlobNotFound(blob.to_owned()))?;
+            let e = st.blob(container, blob)?;
             cond.check_write(blob, Some(&e.props))?;
             let mut p = (*e.props).clone();
             f(&mut p);
