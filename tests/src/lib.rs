@@ -524,3 +524,21 @@ impl HostStack {
         }
     }
 }
+
+/// The number in kB of field `field` (e.g. `VmRSS`) of `/proc/<pid>/status`. Panics with the
+/// field's name when it is missing.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} missing in /proc/{pid}/status"))
+}
+
+/// Open file descriptors of process `pid` (entries of `/proc/<pid>/fd`). Panics if the
+/// directory cannot be read (another user's, or a non-dumpable process).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/fd: {e}"))
+        .count()
+}
