@@ -1,0 +1,331 @@
+//! Command line of `blobring-bench` and the driver that runs a mode and writes its outputs.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::machine::Machine;
+use crate::report::Report;
+use crate::scale::ScaleOptions;
+use crate::seed::SeedOptions;
+use crate::small::SmallOptions;
+use crate::stack::{Stack, StackOptions};
+use crate::worker::{PathKind, Tuning};
+
+/// blobring benchmarks: the seed experiment in miniature, small requests and client scaling,
+/// every path measured in the same run on the same bytes against a real blobring-host and
+/// blobringd (found next to this executable).
+#[derive(Debug, Parser)]
+#[command(name = "blobring-bench", version)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+/// Modes.
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// P client processes read C blobs of S bytes in full through (a) pread, (b) object_store
+    /// HTTP, (c) object_store via the blobring connector, (d) the native striped download,
+    /// (e) one synchronous request at a time; GB/s, CPU s/GB, ratios.
+    Seed(SeedArgs),
+    /// 4 KiB ranged GETs at queue depths 1, 16, 256 for (b), (c), (d): req/s and latency.
+    Small(SmallArgs),
+    /// 1 → 256 client processes on the native path: throughput, p99, daemon RSS per client.
+    Scale(ScaleArgs),
+    /// seed, small and scale with their defaults, in one report.
+    All(AllArgs),
+    /// (internal) a client process: reads a job on stdin.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Outputs shared by every mode.
+#[derive(Debug, Args, Clone)]
+pub struct Output {
+    /// Write the figures as JSON to this file (`-` = stdout; the table then goes to stderr).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write charts (SVG and PNG) into this directory.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `seed` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct SeedArgs {
+    /// Client processes.
+    #[arg(long = "clients", short = 'P', default_value_t = 4)]
+    pub clients: usize,
+    /// Blobs.
+    #[arg(long = "blobs", short = 'C', default_value_t = 8)]
+    pub blobs: usize,
+    /// Bytes per blob (suffixes K, M, G = KiB, MiB, GiB).
+    #[arg(long = "size", short = 'S', default_value = "64M", value_parser = parse_size)]
+    pub size: u64,
+    /// Rounds over all paths (path order alternates between rounds).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Bytes per ranged GET on (b), (c), (d) and per pread on (a).
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub chunk: u64,
+    /// Ranged GETs in flight per client on (b), (c), (d).
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Bytes per synchronous request on (e).
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub sync_chunk: u64,
+    /// Arena bytes per blobring client.
+    #[arg(long, default_value = "128M", value_parser = parse_size)]
+    pub arena: u64,
+    /// Paths to run (default: all five).
+    #[arg(long, value_delimiter = ',')]
+    pub paths: Vec<PathKind>,
+    /// Outputs.
+    #[command(flatten)]
+    pub out: Output,
+}
+
+/// `small` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct SmallArgs {
+    /// Queue depths.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    pub depths: Vec<usize>,
+    /// Time per (path, depth), in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub millis: u64,
+    /// Most requests per (path, depth).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub requests: u64,
+    /// Size of the blob read from.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub blob_size: u64,
+    /// Paths (default: http, connector, native).
+    #[arg(long, value_delimiter = ',')]
+    pub paths: Vec<PathKind>,
+    /// Outputs.
+    #[command(flatten)]
+    pub out: Output,
+}
+
+/// `scale` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct ScaleArgs {
+    /// Client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    pub steps: Vec<usize>,
+    /// Bytes per ranged GET.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub len: u64,
+    /// Requests in flight per client.
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    /// Time per step, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub millis: u64,
+    /// Size of the blob read from.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub blob_size: u64,
+    /// Arena bytes per client.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub arena: u64,
+    /// Outputs.
+    #[command(flatten)]
+    pub out: Output,
+}
+
+/// `all` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct AllArgs {
+    /// Outputs.
+    #[command(flatten)]
+    pub out: Output,
+}
+
+/// Parses `64M`, `4KiB`, `1G`, `4096` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    let mul = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        u => return Err(format!("unknown unit `{u}` in `{s}` (use K, M or G)")),
+    };
+    n.checked_mul(mul)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("`{s}` is out of range"))
+}
+
+impl SeedArgs {
+    fn options(&self) -> Result<SeedOptions> {
+        if self.clients == 0 || self.blobs == 0 || self.rounds == 0 || self.parallel == 0 {
+            bail!("--clients, --blobs, --rounds and --parallel must be at least 1");
+        }
+        Ok(SeedOptions {
+            clients: self.clients,
+            blobs: self.blobs,
+            size: self.size,
+            rounds: self.rounds,
+            paths: if self.paths.is_empty() {
+                PathKind::ALL.to_vec()
+            } else {
+                self.paths.clone()
+            },
+            tuning: Tuning {
+                chunk: self.chunk,
+                parallel: self.parallel,
+                sync_chunk: self.sync_chunk,
+                arena: self.arena,
+            },
+        })
+    }
+}
+
+impl SmallArgs {
+    fn options(&self) -> Result<SmallOptions> {
+        let paths = if self.paths.is_empty() {
+            vec![PathKind::Http, PathKind::Connector, PathKind::Native]
+        } else {
+            self.paths.clone()
+        };
+        if paths
+            .iter()
+            .any(|p| matches!(p, PathKind::Pread | PathKind::Sync))
+        {
+            bail!("small measures http, connector and native only");
+        }
+        Ok(SmallOptions {
+            depths: self.depths.clone(),
+            millis: self.millis,
+            max_requests: self.requests.max(1),
+            blob_size: self.blob_size,
+            len: 4096,
+            paths,
+            arena: 64 << 20,
+        })
+    }
+}
+
+impl ScaleArgs {
+    fn options(&self) -> Result<ScaleOptions> {
+        if !self.len.is_multiple_of(crate::data::BLOCK) || self.len > self.blob_size {
+            bail!("--len must be a multiple of 4 KiB and at most --blob-size");
+        }
+        if self.len * self.depth as u64 + (64 << 10) > self.arena {
+            bail!("--arena must hold --depth requests of --len bytes plus 64 KiB of heads");
+        }
+        Ok(ScaleOptions {
+            steps: self.steps.clone(),
+            len: self.len,
+            depth: self.depth.max(1),
+            millis: self.millis,
+            blob_size: self.blob_size,
+            arena: self.arena,
+        })
+    }
+}
+
+fn progress(out: &Output, len: u64) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if out.quiet || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Runs the command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let (out, seed, small, scale, mode) = match cli.mode {
+        Mode::Worker => return crate::worker::worker_main(),
+        Mode::Seed(a) => (a.out.clone(), Some(a.options()?), None, None, "seed"),
+        Mode::Small(a) => (a.out.clone(), None, Some(a.options()?), None, "small"),
+        Mode::Scale(a) => (a.out.clone(), None, None, Some(a.options()?), "scale"),
+        Mode::All(a) => {
+            let seed = SeedArgs::parse_defaults().options()?;
+            let small = SmallArgs::parse_defaults().options()?;
+            let scale = ScaleArgs::parse_defaults().options()?;
+            (a.out, Some(seed), Some(small), Some(scale), "all")
+        }
+    };
+    let phases = seed.as_ref().map_or(0, crate::seed::phases)
+        + small.as_ref().map_or(0, crate::small::phases)
+        + scale.as_ref().map_or(0, crate::scale::phases);
+    let pb = progress(&out, phases);
+    pb.set_message("starting blobring-host and blobringd");
+    let stack = Stack::start(&StackOptions::default())?;
+    let mut report = Report {
+        mode: mode.into(),
+        ..Report::default()
+    };
+    if let Some(o) = &seed {
+        crate::seed::run(&stack, o, &pb, &mut report)?;
+    }
+    if let Some(o) = &small {
+        crate::small::run(&stack, o, &pb, &mut report)?;
+    }
+    if let Some(o) = &scale {
+        crate::scale::run(&stack, o, &pb, &mut report)?;
+    }
+    report.machine = Some(Machine::describe(stack.region_pages()));
+    drop(stack);
+    pb.finish_and_clear();
+    if let Some(dir) = &out.chart {
+        let files = crate::chart::write_all(&report, dir)?;
+        for f in files {
+            report.notes.push(format!("chart: {}", f.display()));
+        }
+    }
+    let table = report.table();
+    let json = serde_json::to_string_pretty(&report)?;
+    match &out.json {
+        Some(p) if p.as_os_str() == "-" => {
+            eprint!("{table}");
+            println!("{json}");
+        }
+        Some(p) => {
+            std::fs::write(p, json + "\n").with_context(|| format!("write {}", p.display()))?;
+            print!("{table}");
+        }
+        None => print!("{table}"),
+    }
+    Ok(())
+}
+
+trait Defaults: Sized {
+    fn parse_defaults() -> Self;
+}
+
+macro_rules! defaults {
+    ($t:ty) => {
+        impl Defaults for $t {
+            fn parse_defaults() -> Self {
+                #[derive(Parser)]
+                struct W {
+                    #[command(flatten)]
+                    a: $t,
+                }
+                W::parse_from(["blobring-bench"]).a
+            }
+        }
+    };
+}
+defaults!(SeedArgs);
+defaults!(SmallArgs);
+defaults!(ScaleArgs);

@@ -1,0 +1,164 @@
+//! `seed`: the seed experiment in miniature — P client processes each read every one of C
+//! blobs of S bytes in full through each path, paths in alternating order across rounds
+//! (forward on even rounds, backward on odd ones, so no path always runs first or last).
+
+use anyhow::Result;
+use indicatif::ProgressBar;
+use serde_json::json;
+
+use crate::data::BlobRef;
+use crate::report::{Report, Target};
+use crate::stack::Stack;
+use crate::worker::{Fleet, Job, PathKind, Tuning, Work};
+
+/// Parameters of a seed run.
+#[derive(Debug, Clone)]
+pub struct SeedOptions {
+    /// Client processes.
+    pub clients: usize,
+    /// Blobs.
+    pub blobs: usize,
+    /// Bytes per blob.
+    pub size: u64,
+    /// Rounds over all paths.
+    pub rounds: usize,
+    /// Paths to run.
+    pub paths: Vec<PathKind>,
+    /// Request shapes.
+    pub tuning: Tuning,
+}
+
+/// Phases a seed run reports to the progress bar (uploads count as one).
+pub fn phases(o: &SeedOptions) -> u64 {
+    (o.rounds * o.paths.len()) as u64 + 1
+}
+
+/// Writes the blobs and runs every round; fills `report.paths`, `ratios` and targets.
+pub fn run(stack: &Stack, o: &SeedOptions, pb: &ProgressBar, report: &mut Report) -> Result<()> {
+    pb.set_message(format!("writing {} blobs of {} MiB", o.blobs, o.size >> 20));
+    let blobs = crate::data::write_blobs(stack, "seed", o.blobs, o.size, false, |_| {})?;
+    pb.inc(1);
+    for (k, v) in [
+        ("clients", json!(o.clients)),
+        ("blobs", json!(o.blobs)),
+        ("blob_bytes", json!(o.size)),
+        ("rounds", json!(o.rounds)),
+        ("chunk_bytes", json!(o.tuning.chunk)),
+        ("parallel", json!(o.tuning.parallel)),
+        ("sync_chunk_bytes", json!(o.tuning.sync_chunk)),
+        ("arena_bytes", json!(o.tuning.arena)),
+    ] {
+        report.config.insert(k.into(), v);
+    }
+    for round in 0..o.rounds {
+        let order: Vec<PathKind> = if round % 2 == 0 {
+            o.paths.clone()
+        } else {
+            o.paths.iter().rev().copied().collect()
+        };
+        for path in order {
+            pb.set_message(format!(
+                "seed round {}/{}: {}",
+                round + 1,
+                o.rounds,
+                path.name()
+            ));
+            phase(stack, o, &blobs, path, report)?;
+            pb.inc(1);
+        }
+    }
+    finish(report);
+    Ok(())
+}
+
+fn phase(
+    stack: &Stack,
+    o: &SeedOptions,
+    blobs: &[BlobRef],
+    path: PathKind,
+    report: &mut Report,
+) -> Result<()> {
+    let jobs: Vec<Job> = (0..o.clients)
+        .map(|i| Job {
+            path,
+            endpoint: stack.endpoint(),
+            tuning: o.tuning.clone(),
+            work: Work::Stream {
+                blobs: blobs.to_vec(),
+                first: i * blobs.len() / o.clients.max(1),
+            },
+        })
+        .collect();
+    let fleet = Fleet::spawn(&jobs)?;
+    let (d0, h0) = stack.cpu()?;
+    let (outs, wall) = fleet.go()?;
+    let (d1, h1) = stack.cpu()?;
+    let f = report.paths.entry(path.name().into()).or_default();
+    let bytes: u64 = outs.iter().map(|x| x.bytes).sum();
+    f.bytes += bytes;
+    f.seconds += wall;
+    f.client_cpu_s += outs.iter().map(|x| x.cpu_s).sum::<f64>();
+    f.daemon_cpu_s += d1 - d0;
+    f.host_cpu_s += h1 - h0;
+    f.requests += outs.iter().map(|x| x.requests).sum::<u64>();
+    f.verified_blobs += outs.iter().map(|x| x.verified).sum::<u64>();
+    f.blob_reads += (o.clients * blobs.len()) as u64;
+    f.rounds_gbps.push(bytes as f64 / wall / 1e9);
+    Ok(())
+}
+
+fn finish(report: &mut Report) {
+    for f in report.paths.values_mut() {
+        f.gbps = f.bytes as f64 / f.seconds.max(1e-9) / 1e9;
+        let cpu = f.client_cpu_s + f.daemon_cpu_s + f.host_cpu_s;
+        f.cpu_s_per_gb = cpu / (f.bytes as f64 / 1e9).max(1e-12);
+        f.checksums_ok = f.verified_blobs == f.blob_reads && f.blob_reads > 0;
+    }
+    let g = |r: &Report, k: &str| r.paths.get(k).map(|p| p.gbps);
+    let c = |r: &Report, k: &str| r.paths.get(k).map(|p| p.cpu_s_per_gb);
+    for p in ["pread", "connector", "native", "sync"] {
+        let v = g(report, p);
+        let h = g(report, "http");
+        report.ratio(&format!("{p}_vs_http"), v, h);
+        let (v, h) = (c(report, p), c(report, "http"));
+        report.ratio(&format!("cpu_per_gb_{p}_vs_http"), v, h);
+    }
+    for p in ["http", "connector", "native", "sync"] {
+        let (v, a) = (g(report, p), g(report, "pread"));
+        report.ratio(&format!("{p}_vs_pread"), v, a);
+        let (v, a) = (c(report, p), c(report, "pread"));
+        report.ratio(&format!("cpu_per_gb_{p}_vs_pread"), v, a);
+    }
+    let (n, cn) = (g(report, "native"), g(report, "connector"));
+    report.ratio("sync_vs_native", g(report, "sync"), n);
+    let r = |k: &str, rep: &Report| rep.ratios.get(k).copied();
+    if let Some(v) = r("native_vs_http", report) {
+        report.targets.push(Target::at_least(
+            "(d) native throughput vs (b) HTTP",
+            v,
+            2.5,
+            "×",
+        ));
+    }
+    if let Some(v) = r("native_vs_pread", report) {
+        report.targets.push(Target::at_least(
+            "(d) native throughput vs (a) pread",
+            v,
+            0.7,
+            "×",
+        ));
+    }
+    if let (Some(v), Some(_)) = (r("connector_vs_http", report), cn) {
+        report.targets.push(Target::at_least(
+            "(c) connector throughput vs (b) HTTP",
+            v,
+            1.5,
+            "×",
+        ));
+    }
+    if let Some(v) = r("cpu_per_gb_native_vs_http", report) {
+        report
+            .targets
+            .push(Target::at_most("(d) CPU per GB vs (b) HTTP", v, 0.5, "×"));
+    }
+}

@@ -1,0 +1,150 @@
+//! `small`: 4 KiB ranged GETs at random aligned offsets of one blob, from one client process
+//! keeping `depth` requests in flight, for (b) HTTP, (c) connector and (d) native. Every
+//! block is checked against the written data's per-block xxh3.
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use serde_json::json;
+
+use crate::data::BlobRef;
+use crate::report::{Report, SmallFigures, Target};
+use crate::stack::Stack;
+use crate::worker::{Fleet, Job, PathKind, Tuning, Work};
+
+/// Parameters of a small run.
+#[derive(Debug, Clone)]
+pub struct SmallOptions {
+    /// Queue depths.
+    pub depths: Vec<usize>,
+    /// Time budget per (path, depth), ms.
+    pub millis: u64,
+    /// Request budget per (path, depth).
+    pub max_requests: u64,
+    /// Bytes of the blob read from.
+    pub blob_size: u64,
+    /// Bytes per request.
+    pub len: u64,
+    /// Paths.
+    pub paths: Vec<PathKind>,
+    /// Arena per client.
+    pub arena: u64,
+}
+
+/// Progress phases.
+pub fn phases(o: &SmallOptions) -> u64 {
+    (o.depths.len() * o.paths.len()) as u64 + 1
+}
+
+/// Latency percentiles (µs) and a CDF from a ns histogram.
+pub fn summarize(h: &Histogram<u64>) -> (f64, f64, f64, Vec<(f64, f64)>) {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let mut cdf = Vec::new();
+    for i in 0..=200 {
+        // Denser towards the tail: q = 1 - 10^(-3 i / 200).
+        let q = 1.0 - 10f64.powf(-3.0 * f64::from(i) / 200.0);
+        cdf.push((us(q), q));
+    }
+    cdf.push((h.max() as f64 / 1e3, 1.0));
+    (us(0.5), us(0.99), us(0.999), cdf)
+}
+
+/// Writes the blob and measures every (path, depth).
+pub fn run(stack: &Stack, o: &SmallOptions, pb: &ProgressBar, report: &mut Report) -> Result<()> {
+    pb.set_message("writing the small-request blob");
+    let blob = crate::data::write_blobs(stack, "small", 1, o.blob_size, true, |_| {})?.remove(0);
+    pb.inc(1);
+    report
+        .config
+        .insert("small_request_bytes".into(), json!(o.len));
+    report
+        .config
+        .insert("small_ms_per_depth".into(), json!(o.millis));
+    report.config.insert("small_depths".into(), json!(o.depths));
+    for &path in &o.paths {
+        for &depth in &o.depths {
+            pb.set_message(format!("small: {} at depth {depth}", path.name()));
+            let f = measure(stack, o, &blob, path, depth)?;
+            report
+                .small
+                .entry(path.name().into())
+                .or_default()
+                .insert(depth.to_string(), f);
+            pb.inc(1);
+        }
+    }
+    targets(report);
+    Ok(())
+}
+
+fn measure(
+    stack: &Stack,
+    o: &SmallOptions,
+    blob: &BlobRef,
+    path: PathKind,
+    depth: usize,
+) -> Result<SmallFigures> {
+    let job = Job {
+        path,
+        endpoint: stack.endpoint(),
+        tuning: Tuning {
+            chunk: o.len,
+            parallel: depth,
+            sync_chunk: o.len,
+            arena: o.arena,
+        },
+        work: Work::Ranges {
+            blob: blob.clone(),
+            len: o.len,
+            depth,
+            millis: o.millis,
+            max: o.max_requests,
+            seed: depth as u64 * 7919 + path as u64,
+        },
+    };
+    let (outs, _) = Fleet::spawn(std::slice::from_ref(&job))?.go()?;
+    let out = &outs[0];
+    let h = out
+        .histogram()?
+        .ok_or_else(|| anyhow::anyhow!("the worker sent no latency histogram"))?;
+    let (p50, p99, p999, cdf) = summarize(&h);
+    Ok(SmallFigures {
+        depth,
+        rps: out.requests as f64 / out.wall_s.max(1e-9),
+        p50_us: p50,
+        p99_us: p99,
+        p999_us: p999,
+        requests: out.requests,
+        checksums_ok: out.verified == out.requests && out.requests > 0,
+        cdf,
+    })
+}
+
+fn targets(report: &mut Report) {
+    let get = |p: &str, d: &str| report.small.get(p).and_then(|m| m.get(d)).cloned();
+    let (Some(n256), Some(h256), Some(h1)) =
+        (get("native", "256"), get("http", "256"), get("http", "1"))
+    else {
+        return;
+    };
+    let rate = n256.rps / h256.rps.max(1e-9);
+    report
+        .ratios
+        .insert("small_native_vs_http_rps_depth256".into(), rate);
+    let lat = n256.p99_us / h1.p99_us.max(1e-9);
+    report
+        .ratios
+        .insert("small_native_p99_d256_vs_http_p99_d1".into(), lat);
+    report.targets.push(Target::at_least(
+        "(d) small req/s at depth 256 vs (b) at depth 256",
+        rate,
+        5.0,
+        "×",
+    ));
+    report.targets.push(Target::at_most(
+        "(d) p99 at depth 256 vs (b) p99 at depth 1",
+        lat,
+        0.5,
+        "×",
+    ));
+}

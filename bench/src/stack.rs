@@ -1,0 +1,257 @@
+//! The system under test: a real `blobring-host` (fs store in a temp dir, VMBus sim socket and
+//! REST front end on `127.0.0.1:0`) and a real `blobringd` connected to it. Both are killed and
+//! reaped when the [`Stack`] is dropped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The container every mode writes its blobs into.
+pub const CONTAINER: &str = "bench";
+
+/// Finds `name` (a workspace binary) next to the running executable, or in `$env` if set.
+pub fn sibling_bin(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locate the running executable")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    // target/release/blobring-bench, or target/release/deps/<test> when run from a test.
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found next to {}: build it first with \
+         `cargo build --workspace --release --bins` (or `cargo build --release -p blobring-host \
+         -p blobring-daemon`), or set {env} to its path",
+        exe.display()
+    )
+}
+
+/// How to start the stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Largest client arena the daemon grants (`--arena-size`).
+    pub max_arena: u64,
+    /// Most concurrent clients (`--max-clients` and `--max-clients-per-uid`).
+    pub max_clients: u32,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            max_arena: 128 << 20,
+            max_clients: 1024,
+        }
+    }
+}
+
+/// A running host + daemon pair.
+pub struct Stack {
+    host: Child,
+    daemon: Child,
+    /// Root of the fs store (`<tmp>/store`).
+    pub store: PathBuf,
+    /// Daemon client socket.
+    pub socket: PathBuf,
+    /// Daemon ctl socket (stats JSON).
+    pub ctl: PathBuf,
+    /// REST endpoint including the account: `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub endpoint: String,
+    daemon_log: PathBuf,
+    // Last: removed after the processes are gone.
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts `blobring-host` and `blobringd` and waits (≤ 20 s) until the daemon is connected
+    /// to the host.
+    pub fn start(opts: &StackOptions) -> Result<Stack> {
+        let host_bin = sibling_bin("blobring-host", "BLOBRING_HOST_BIN")?;
+        let daemon_bin = sibling_bin("blobringd", "BLOBRINGD_BIN")?;
+        let dir = tempfile::Builder::new()
+            .prefix("brbench")
+            .tempdir_in("/tmp")
+            .context("create a temp dir under /tmp")?;
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).context("create the store dir")?;
+        let host_sock = dir.path().join("host.sock");
+        let mut host = Command::new(&host_bin)
+            .arg("--socket")
+            .arg(&host_sock)
+            .arg("--store")
+            .arg(format!("fs:{}", store.display()))
+            .args(["--http", "127.0.0.1:0", "--container", CONTAINER])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", host_bin.display()))?;
+        // Read the `listening on` line; keep draining stdout afterwards.
+        let out = host.stdout.take().context("host stdout")?;
+        let mut lines = BufReader::new(out).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.context("read the host's stdout")?;
+            if let Some(u) = line.strip_prefix("listening on ") {
+                url = Some(u.trim().to_owned());
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let Some(url) = url else {
+            let _ = host.kill();
+            let st = host.wait();
+            bail!("blobring-host exited ({st:?}) without printing its `listening on` address");
+        };
+        let daemon_log = dir.path().join("daemon.log");
+        let log = std::fs::File::create(&daemon_log).context("create the daemon log")?;
+        let socket = dir.path().join("d.sock");
+        let ctl = dir.path().join("d.ctl");
+        let max = opts.max_clients.to_string();
+        let daemon = Command::new(&daemon_bin)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--ctl-socket")
+            .arg(&ctl)
+            .arg("--host-socket")
+            .arg(&host_sock)
+            .args(["--transport", "sim", "--no-pin"])
+            .args(["--arena-size", &opts.max_arena.to_string()])
+            .args(["--max-clients", &max, "--max-clients-per-uid", &max])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        let daemon = match daemon {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = host.kill();
+                let _ = host.wait();
+                return Err(e).with_context(|| format!("start {}", daemon_bin.display()));
+            }
+        };
+        let stack = Stack {
+            host,
+            daemon,
+            store,
+            socket,
+            ctl,
+            endpoint: format!("{url}/{}", blobring::blob::EMULATOR_ACCOUNT),
+            daemon_log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = stack.stats()
+                && s["daemon"]["host_connected"] == true
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "blobringd did not connect to blobring-host within 20 s; its log: {}",
+                    std::fs::read_to_string(&stack.daemon_log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(stack)
+    }
+
+    /// The daemon's pid.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
+    /// The host's pid.
+    pub fn host_pid(&self) -> u32 {
+        self.host.id()
+    }
+
+    /// The daemon's ctl-socket JSON document.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let mut s = UnixStream::connect(&self.ctl).context("connect the daemon's ctl socket")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).context("read the ctl socket")?;
+        serde_json::from_str(&text).context("parse the ctl JSON")
+    }
+
+    /// The page kind of the client regions as the daemon logged it (`pages=Small|Thp|Huge2M`
+    /// on "client connected"), once a client has connected.
+    pub fn region_pages(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.daemon_log).ok()?;
+        log.lines()
+            .filter(|l| l.contains("client connected"))
+            .find_map(|l| {
+                let l = strip_ansi(l);
+                let at = l.find("pages=")? + "pages=".len();
+                l[at..].split_whitespace().next().map(str::to_owned)
+            })
+    }
+
+    /// Where workers connect.
+    pub fn endpoint(&self) -> crate::worker::Endpoint {
+        crate::worker::Endpoint {
+            socket: self.socket.clone(),
+            http: self.endpoint.clone(),
+        }
+    }
+
+    /// CPU seconds (utime + stime) of the daemon and the host so far.
+    pub fn cpu(&self) -> Result<(f64, f64)> {
+        Ok((
+            crate::machine::proc_cpu_seconds(self.daemon_pid())?,
+            crate::machine::proc_cpu_seconds(self.host_pid())?,
+        ))
+    }
+
+    /// Directory of the fs store (for the `pread` path).
+    pub fn store_dir(&self) -> &Path {
+        &self.store
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for c in [&mut self.daemon, &mut self.host] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Page-kind name as a page size in bytes (`Small` → 4096; THP and hugetlb → 2 MiB).
+pub fn page_size_of(kind: &str) -> u64 {
+    match kind {
+        "Thp" | "Huge2M" => 2 << 20,
+        _ => 4096,
+    }
+}
