@@ -426,6 +426,19 @@ fn vsp(mut ch: SimChannel, memory: SharedGuestMemory, stop: Arc<AtomicBool>, s: 
     }
 }
 
+/// A binary of this workspace's target directory: `target/<profile>/<name>`, found from the
+/// running executable, which is either a test (`target/<profile>/deps/<test>`) or a binary
+/// (`target/<profile>/<bin>`, e.g. `blobring-soak`). The path may not exist (not built yet).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("executable dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").join(name)
+    } else {
+        dir.join(name)
+    }
+}
+
 /// The real `blobring-host` binary: `$BLOBRING_HOST_BIN`, else `blobring-host` in the Cargo
 /// target directory of the running test (`cargo test --workspace` builds it). Panics with what
 /// to do when it is missing.
@@ -433,10 +446,7 @@ pub fn host_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BLOBRING_HOST_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> → target/<profile>/blobring-host
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join("blobring-host");
+    let p = sibling_bin("blobring-host");
     assert!(
         p.exists(),
         "{} not found: build it first (cargo build -p blobring-host, or cargo test --workspace) \
@@ -465,51 +475,7 @@ impl HostStack {
     pub fn start(daemon_bin: &str, dir: &Path, host_args: &[&str], daemon_args: &[&str]) -> Self {
         let store = dir.join("store");
         std::fs::create_dir_all(&store).expect("store dir");
-        let sock = dir.join("host.sock");
-        let mut child = Command::new(host_bin())
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--store")
-            .arg(format!("fs:{}", store.display()))
-            .args(host_args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn blobring-host");
-        let mut http_url = None;
-        if host_args.contains(&"--http") {
-            use std::io::BufRead;
-            let out = child.stdout.take().expect("stdout");
-            let mut lines = std::io::BufReader::new(out).lines();
-            for line in lines.by_ref() {
-                let line = line.expect("host stdout");
-                if let Some(u) = line.strip_prefix("listening on ") {
-                    http_url = Some(u.trim().to_owned());
-                    break;
-                }
-            }
-            assert!(
-                http_url.is_some(),
-                "blobring-host printed no `listening on` line"
-            );
-            std::thread::spawn(move || for _ in lines {});
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "blobring-host exited ({st}) before creating {}; does it support --socket?",
-                    sock.display()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "blobring-host did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let host = Reaped(child);
+        let (host, http_url) = spawn_host(dir, &store, host_args);
         let daemon = Daemon::start(daemon_bin, dir, daemon_args);
         daemon.wait_stats(
             Duration::from_secs(20),
@@ -523,6 +489,78 @@ impl HostStack {
             http_url,
         }
     }
+
+    /// `kill -9` of the host (if still running), then a new host on the same socket and store
+    /// (with `host_args`), waiting until its socket exists. The daemon reconnects by itself.
+    pub fn restart_host(&mut self, dir: &Path, host_args: &[&str]) {
+        let _ = self.host.0.kill();
+        let _ = self.host.0.wait();
+        let _ = std::fs::remove_file(dir.join("host.sock"));
+        self.host = spawn_host(dir, &self.store, host_args).0;
+    }
+
+    /// `kill -9` of the daemon (if still running), then a new daemon on the same sockets
+    /// (with `daemon_args`), waiting until it accepts and has connected to the host.
+    pub fn restart_daemon(&mut self, daemon_bin: &str, dir: &Path, daemon_args: &[&str]) {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
+        self.daemon = Daemon::start(daemon_bin, dir, daemon_args);
+        self.daemon.wait_stats(
+            Duration::from_secs(20),
+            "restarted daemon connected to the host",
+            |s| s["daemon"]["host_connected"] == true,
+        );
+    }
+}
+
+/// Spawns `blobring-host --socket DIR/host.sock --store fs:STORE` plus `host_args` and waits
+/// (≤ 20 s) for its socket; with `--http` also returns the URL it printed.
+fn spawn_host(dir: &Path, store: &Path, host_args: &[&str]) -> (Reaped, Option<String>) {
+    let sock = dir.join("host.sock");
+    let mut child = Command::new(host_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--store")
+        .arg(format!("fs:{}", store.display()))
+        .args(host_args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn blobring-host");
+    let mut http_url = None;
+    if host_args.contains(&"--http") {
+        use std::io::BufRead;
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(out).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("host stdout");
+            if let Some(u) = line.strip_prefix("listening on ") {
+                http_url = Some(u.trim().to_owned());
+                break;
+            }
+        }
+        assert!(
+            http_url.is_some(),
+            "blobring-host printed no `listening on` line"
+        );
+        std::thread::spawn(move || for _ in lines {});
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "blobring-host exited ({st}) before creating {}; does it support --socket?",
+                sock.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blobring-host did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (Reaped(child), http_url)
 }
 
 /// The number in kB of field `field` (e.g. `VmRSS`) of `/proc/<pid>/status`. Panics with the
