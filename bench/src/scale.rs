@@ -109,21 +109,24 @@ pub fn run(stack: &Stack, o: &ScaleOptions, pb: &ProgressBar, report: &mut Repor
         let res = fleet.go();
         stop.store(true, Ordering::Relaxed);
         let peak = sampler.join().unwrap_or_default();
-        let (outs, wall) = res?;
+        let (outs, _) = res?;
         let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)?;
         for o in &outs {
             if let Some(x) = o.histogram()? {
                 h.add(x)?;
             }
         }
-        let bytes: u64 = outs.iter().map(|x| x.bytes).sum();
+        // Each client measures its own window (after warm-up); they run concurrently.
+        let rate = |f: fn(&crate::worker::Outcome) -> u64| -> f64 {
+            outs.iter().map(|x| f(x) as f64 / x.wall_s.max(1e-9)).sum()
+        };
         let requests: u64 = outs.iter().map(|x| x.requests).sum();
         let verified: u64 = outs.iter().map(|x| x.verified).sum();
         let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
         report.scale.push(ScaleStep {
             clients: n,
-            gbps: bytes as f64 / wall / 1e9,
-            rps: requests as f64 / wall,
+            gbps: rate(|x| x.bytes) / 1e9,
+            rps: rate(|x| x.requests),
             p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
             daemon_rss_per_client_kib: per(peak.total_kib, base.total_kib),
             daemon_anon_per_client_kib: per(peak.anon_kib, base.anon_kib),

@@ -156,7 +156,8 @@ pub struct Outcome {
     pub verified: u64,
     /// CPU seconds of this process between `go` and the end (`getrusage`).
     pub cpu_s: f64,
-    /// Wall seconds between `go` and the end.
+    /// Wall seconds between `go` and the end (ranged work: of the measured window, after
+    /// warm-up).
     pub wall_s: f64,
     /// Latency histogram in ns (ranges), V2-serialised and base64-encoded.
     pub hist: Option<String>,
@@ -201,7 +202,10 @@ pub fn worker_main() -> Result<()> {
     }
     let (t0, c0) = (Instant::now(), crate::machine::self_cpu_seconds());
     let mut o = reader.run(&job)?;
-    o.wall_s = t0.elapsed().as_secs_f64();
+    if o.wall_s == 0.0 {
+        // Ranged work measures its own window (after warm-up).
+        o.wall_s = t0.elapsed().as_secs_f64();
+    }
     o.cpu_s = crate::machine::self_cpu_seconds() - c0;
     writeln!(out, "{}", serde_json::to_string(&o)?)?;
     out.flush()?;

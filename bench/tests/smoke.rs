@@ -1,0 +1,177 @@
+//! Smoke run of every bench mode through the real binary with tiny sizes: a real
+//! blobring-host and blobringd (from the same target directory: `cargo build --workspace
+//! --release --bins` first), real client processes. Checks that the JSON has every path with
+//! positive figures and verified checksums, and that the charts exist. Speed is printed by
+//! the binary, never asserted.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_blobring-bench");
+
+fn run(args: &[&str], dir: &Path, name: &str) -> Value {
+    let json = dir.join(format!("{name}.json"));
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json)
+        .arg("--chart")
+        .arg(dir.join("charts"))
+        .output()
+        .expect("run blobring-bench");
+    let took = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "blobring-bench {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    println!("blobring-bench {args:?} ({took:.1?}):\n{stdout}");
+    assert!(took < Duration::from_secs(60), "{name} took {took:?}");
+    assert!(stdout.contains("machine: "), "no machine line:\n{stdout}");
+    serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("JSON")
+}
+
+fn chart(dir: &Path, name: &str) {
+    for ext in ["svg", "png"] {
+        let p = dir.join("charts").join(format!("{name}.{ext}"));
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(
+            bytes.len() > 1000,
+            "{} is only {} bytes",
+            p.display(),
+            bytes.len()
+        );
+        match ext {
+            "png" => assert_eq!(
+                &bytes[..8],
+                b"\x89PNG\r\n\x1a\n",
+                "{} is no PNG",
+                p.display()
+            ),
+            _ => assert!(
+                String::from_utf8_lossy(&bytes).contains("<svg"),
+                "{} is no SVG",
+                p.display()
+            ),
+        }
+    }
+}
+
+fn num(v: &Value, what: &str) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
+#[test]
+fn every_mode_runs_with_tiny_sizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+
+    let seed = run(
+        &[
+            "seed", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--chunk", "256K",
+        ],
+        d,
+        "seed",
+    );
+    assert_eq!(seed["mode"], "seed");
+    for p in ["pread", "http", "connector", "native", "sync"] {
+        let f = &seed["paths"][p];
+        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
+        assert!(num(&f["cpu_s_per_gb"], p) >= 0.0, "{p}: {f}");
+        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
+        // 2 clients × 2 blobs, every one verified.
+        assert_eq!(f["blob_reads"], 4, "{p}: {f}");
+        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+        assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
+    }
+    for r in [
+        "native_vs_http",
+        "native_vs_pread",
+        "connector_vs_http",
+        "sync_vs_http",
+        "cpu_per_gb_native_vs_http",
+    ] {
+        assert!(num(&seed["ratios"][r], r) > 0.0, "{r}");
+    }
+    let m = &seed["machine"];
+    assert!(num(&m["cores"], "cores") >= 1.0);
+    assert_ne!(
+        m["region_pages"], "unknown",
+        "page kind of the regions: {m}"
+    );
+    assert!(num(&m["region_page_size"], "page size") >= 4096.0);
+    chart(d, "seed-throughput");
+
+    let small = run(
+        &[
+            "small",
+            "--depths",
+            "1,4",
+            "--millis",
+            "300",
+            "--requests",
+            "400",
+            "--blob-size",
+            "1M",
+        ],
+        d,
+        "small",
+    );
+    for p in ["http", "connector", "native"] {
+        for depth in ["1", "4"] {
+            let f = &small["small"][p][depth];
+            assert!(num(&f["rps"], p) > 0.0, "{p}@{depth}: {f}");
+            assert!(num(&f["requests"], p) > 0.0, "{p}@{depth}: {f}");
+            assert!(
+                num(&f["p99_us"], p) >= num(&f["p50_us"], p),
+                "{p}@{depth}: {f}"
+            );
+            assert_eq!(f["checksums_ok"], true, "{p}@{depth}: {f}");
+        }
+    }
+    chart(d, "small-latency-cdf");
+
+    let scale = run(
+        &[
+            "scale",
+            "--steps",
+            "1,2",
+            "--millis",
+            "300",
+            "--len",
+            "64K",
+            "--blob-size",
+            "1M",
+        ],
+        d,
+        "scale",
+    );
+    let steps = scale["scale"].as_array().expect("scale steps");
+    assert_eq!(steps.len(), 2);
+    for (s, n) in steps.iter().zip([1, 2]) {
+        assert_eq!(s["clients"], n, "{s}");
+        assert!(num(&s["gbps"], "gbps") > 0.0, "{s}");
+        assert!(num(&s["p99_us"], "p99") > 0.0, "{s}");
+        assert_eq!(s["checksums_ok"], true, "{s}");
+    }
+    chart(d, "scale-throughput");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_reason() {
+    let out = Command::new(BIN)
+        .args(["seed", "--size", "12X"])
+        .output()
+        .expect("run blobring-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown unit"), "{err}");
+}
