@@ -52,16 +52,35 @@ pub fn checksum(data: &[u8]) -> u64 {
 }
 
 /// A client of the stack with an arena of `arena` bytes.
+///
+/// Retries for up to 30 s: blobringd keeps at most 64 handshakes pending and drops the oldest
+/// beyond that (flood protection), so a burst of hundreds of clients starting at once sees
+/// some `ECONNRESET`s; the SDK does not retry the first connect itself.
 pub fn connect(socket: &Path, arena: u64) -> Result<Client> {
-    Client::connect_with(ClientOptions {
+    let opts = ClientOptions {
         socket: socket.to_path_buf(),
         connect: ConnectOptions {
             arena_len: arena,
             ..ConnectOptions::default()
         },
         ..ClientOptions::default()
-    })
-    .with_context(|| format!("connect to blobringd at {}", socket.display()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match Client::connect_with(opts.clone()) {
+            Ok(c) => return Ok(c),
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("connect to blobringd at {}", socket.display()));
+            }
+        }
+    }
 }
 
 /// The Blob API over `client` for the host's (emulator) account.
