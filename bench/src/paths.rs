@@ -365,6 +365,7 @@ impl RangeSpec<'_> {
             };
             let data = r.with_context(|| format!("ranged GET at {off}"))?;
             self.verify(off, data.as_ref())?;
+            o.requests_total += 1;
             let now = Instant::now();
             if now < warm_until && skipped < self.max / 2 {
                 skipped += 1;

@@ -55,6 +55,12 @@ pub struct SmallFigures {
     pub p999_us: f64,
     /// Requests made (all verified).
     pub requests: u64,
+    /// CPU µs per request of the client process (warm-up included).
+    pub client_cpu_us_per_req: f64,
+    /// CPU µs per request of blobringd (for HTTP: only its idle cost).
+    pub daemon_cpu_us_per_req: f64,
+    /// CPU µs per request of blobring-host.
+    pub host_cpu_us_per_req: f64,
     /// Whether every 4 KiB block matched.
     pub checksums_ok: bool,
     /// Latency CDF: (µs, fraction ≤) points, for charts.
@@ -239,7 +245,7 @@ impl Report {
             let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "{:<42} {:>6} {:>10} {:>9} {:>9} {:>9}",
+                "{:<42} {:>6} {:>10} {:>9} {:>9} {:>9}  CPU µs/req client+daemon+host",
                 "small: 4 KiB ranged GETs, 1 client",
                 "depth",
                 "req/s",
@@ -256,13 +262,16 @@ impl Report {
                 for f in v {
                     let _ = writeln!(
                         s,
-                        "{:<42} {:>6} {:>10.0} {:>9.1} {:>9.1} {:>9.1}",
+                        "{:<42} {:>6} {:>10.0} {:>9.1} {:>9.1} {:>9.1}  {:.1}+{:.1}+{:.1}",
                         k.label(),
                         f.depth,
                         f.rps,
                         f.p50_us,
                         f.p99_us,
-                        f.p999_us
+                        f.p999_us,
+                        f.client_cpu_us_per_req,
+                        f.daemon_cpu_us_per_req,
+                        f.host_cpu_us_per_req
                     );
                 }
             }

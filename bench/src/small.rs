@@ -102,8 +102,14 @@ fn measure(
             seed: depth as u64 * 7919 + path as u64,
         },
     };
-    let (outs, _) = Fleet::spawn(std::slice::from_ref(&job))?.go()?;
+    let fleet = Fleet::spawn(std::slice::from_ref(&job))?;
+    let (d0, h0) = stack.cpu()?;
+    let (outs, _) = fleet.go()?;
+    let (d1, h1) = stack.cpu()?;
     let out = &outs[0];
+    // Over the whole run, warm-up included: CPU per request of client + daemon + host.
+    let all = out.requests_total.max(1) as f64;
+    let per = |s: f64| s / all * 1e6;
     let h = out
         .histogram()?
         .ok_or_else(|| anyhow::anyhow!("the worker sent no latency histogram"))?;
@@ -115,6 +121,9 @@ fn measure(
         p99_us: p99,
         p999_us: p999,
         requests: out.requests,
+        client_cpu_us_per_req: per(out.cpu_s),
+        daemon_cpu_us_per_req: per(d1 - d0),
+        host_cpu_us_per_req: per(h1 - h0),
         checksums_ok: out.verified == out.requests && out.requests > 0,
         cdf,
     })

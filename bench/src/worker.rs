@@ -152,6 +152,8 @@ pub struct Outcome {
     pub bytes: u64,
     /// Requests (or `pread` calls) made.
     pub requests: u64,
+    /// Requests made including warm-up (ranges).
+    pub requests_total: u64,
     /// Blobs (stream) or ranges (ranges) whose checksum matched.
     pub verified: u64,
     /// CPU seconds of this process between `go` and the end (`getrusage`).
