@@ -50,7 +50,11 @@ pub struct Config {
     /// /run/blobring/blobringd.sock). Its parent directory is created.
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Mode of the client socket (octal).
+    /// Mode of the client socket (octal). The socket is created with this mode (never wider,
+    /// not even for an instant) and belongs to the daemon's user and `--group`. Connecting
+    /// needs write permission on it, so with the default 660 only the owner and members of the
+    /// socket's group get past the file system; the handshake then applies `--allow-uid` and
+    /// `--allow-gid`. A directory the daemon creates for the socket gets mode 755.
     #[arg(long, default_value = "660", value_parser = parse_mode)]
     pub socket_mode: u32,
     /// Admin socket serving statistics as JSON (default: blobringd.ctl next to --socket).
@@ -111,6 +115,27 @@ pub struct Config {
     /// Gids whose members may connect (repeatable).
     #[arg(long)]
     pub allow_gid: Vec<u32>,
+    /// After binding its sockets, switch to this user (name or numeric uid; its primary
+    /// group unless `--group` is given). The client and ctl sockets (and a socket directory
+    /// the daemon created) are handed to that user first. The emulated host's socket must be
+    /// connectable by it. Not supported with the `uio` transport (reopening the device after a
+    /// rescind needs root-owned device and sysfs files).
+    #[arg(long, value_name = "NAME|UID")]
+    pub user: Option<String>,
+    /// After binding, switch to this group (name or numeric gid; supplementary groups are
+    /// cleared) and make it the group of the client socket, so its members can connect with
+    /// the default `--socket-mode 660`.
+    #[arg(long, value_name = "NAME|GID")]
+    pub group: Option<String>,
+    /// Keep every privilege the daemon started with (debugging only). By default, once the
+    /// sockets are bound and the transport is set up, the daemon sets no_new_privs, empties
+    /// its capability sets (effective, permitted, inheritable, ambient, bounding) except
+    /// CAP_IPC_LOCK on the `uio` transport (locking each new client region), sets
+    /// RLIMIT_CORE to 0 and marks itself non-dumpable (no core files holding client bytes;
+    /// only root with CAP_SYS_PTRACE can read its /proc files or attach). The startup log
+    /// says what was dropped; the ctl socket's `process.privileges` shows the state.
+    #[arg(long, conflicts_with_all = ["user", "group"])]
+    pub keep_privileges: bool,
     /// Deadline of requests whose SQE sets none, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub default_timeout: u64,

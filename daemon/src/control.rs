@@ -123,12 +123,29 @@ pub struct Control {
     uio: Option<UioSetup>,
 }
 
-fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+/// Binds a listening socket at `path` with exactly `mode`: the umask is narrowed around
+/// `bind`, so the socket is never wider than `mode`, not even before the `chmod` (call while
+/// only one thread runs: the umask is per process). Missing parent directories are created
+/// with mode 755; the deepest one created is returned (handed to `--user` with the sockets).
+fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+    use rustix::fs::Mode;
     let setup = |what: &'static str| {
         move |e: std::io::Error| DaemonError::Setup(format!("{what} {}: {e}", path.display()))
     };
-    if let Some(dir) = path.parent() {
+    let mut created = None;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut missing = Vec::new();
+        let mut d = Some(dir);
+        while let Some(x) = d.filter(|x| !x.as_os_str().is_empty() && !x.exists()) {
+            missing.push(x.to_path_buf());
+            d = x.parent();
+        }
         std::fs::create_dir_all(dir).map_err(setup("cannot create the directory of"))?;
+        for m in &missing {
+            std::fs::set_permissions(m, std::fs::Permissions::from_mode(0o755))
+                .map_err(setup("cannot chmod the directory of"))?;
+        }
+        created = missing.into_iter().next();
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
@@ -142,11 +159,58 @@ fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
             let _ = std::fs::remove_file(path);
         }
     }
-    let l = UnixListener::bind(path).map_err(setup("cannot bind"))?;
+    let old = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let l = bound.map_err(setup("cannot bind"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(setup("cannot chmod"))?;
     l.set_nonblocking(true).map_err(setup("cannot configure"))?;
-    Ok(l)
+    Ok((l, created))
+}
+
+/// What [`bind`] set up before any thread is spawned and privileges are dropped.
+pub struct Bound {
+    listener: UnixListener,
+    ctl: UnixListener,
+    socket_path: PathBuf,
+    ctl_path: PathBuf,
+    /// `Some` on the uio transport.
+    uio: Option<UioSetup>,
+    created_dirs: Vec<PathBuf>,
+}
+
+impl Bound {
+    /// Whether the uio transport was selected.
+    pub fn is_uio(&self) -> bool {
+        self.uio.is_some()
+    }
+
+    /// The files to hand to `--user`/`--group`: both sockets and the socket directories the
+    /// daemon created.
+    pub fn owned_paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.socket_path.clone(), self.ctl_path.clone()];
+        v.extend(self.created_dirs.iter().cloned());
+        v
+    }
+}
+
+/// Selects the transport and binds the client and ctl sockets (call before spawning any
+/// thread: see [`bind_socket`]).
+pub fn bind(cfg: &Config, n_workers: u32) -> Result<Bound, DaemonError> {
+    let uio = select_transport(cfg, n_workers)?;
+    let socket_path = cfg.socket_path();
+    let ctl_path = cfg.ctl_path();
+    let (listener, d1) = bind_socket(&socket_path, cfg.socket_mode)?;
+    let (ctl, d2) = bind_socket(&ctl_path, 0o600)?;
+    Ok(Bound {
+        listener,
+        ctl,
+        socket_path,
+        ctl_path,
+        uio,
+        created_dirs: d1.into_iter().chain(d2).collect(),
+    })
 }
 
 /// Blocks SIGTERM and SIGINT in the calling thread (call before spawning any thread, so every
@@ -162,9 +226,11 @@ pub fn block_signals() -> Result<SignalFd, DaemonError> {
 }
 
 impl Control {
-    /// Binds the sockets. Workers must already run.
+    /// Takes over the bound sockets. Workers must already run.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
+        bound: Bound,
         signals: SignalFd,
         wake: Arc<EventFd>,
         from_workers: Receiver<ToControl>,
@@ -172,11 +238,15 @@ impl Control {
         metrics_doc: Arc<std::sync::Mutex<String>>,
         exited: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<Self, DaemonError> {
-        let uio = select_transport(&cfg, workers.len() as u32)?;
-        let socket_path = cfg.socket_path();
-        let ctl_path = cfg.ctl_path();
-        let listener = bind_socket(&socket_path, cfg.socket_mode)?;
-        let ctl = bind_socket(&ctl_path, 0o600)?;
+        let Bound {
+            listener,
+            ctl,
+            socket_path,
+            ctl_path,
+            uio,
+            created_dirs: _,
+        } = bound;
+        // After any --user switch: "the daemon's own uid" is the one it runs as.
         let mut allow_uid = cfg.allow_uid.clone();
         if allow_uid.is_empty() {
             allow_uid = vec![rustix::process::getuid().as_raw(), 0];
@@ -601,7 +671,9 @@ impl Control {
     fn stats_json(&mut self) -> serde_json::Value {
         self.info.clients = self.clients.len();
         let cells: Vec<StatsCell> = self.workers.iter().map(|w| w.stats.clone()).collect();
-        crate::stats::to_json(&cells, &self.info)
+        let mut doc = crate::stats::to_json(&cells, &self.info);
+        doc["process"] = crate::privs::process_json();
+        doc
     }
 
     fn publish_metrics(&mut self) {

@@ -21,9 +21,17 @@
 //! - a worker takes an SQE only with a CQ credit (ring crate), so a client that never drains
 //!   its CQ stalls only itself; at most `--batch` SQEs per client per turn;
 //! - nothing on the request path logs or takes a lock; statistics are published by copying;
-//! - no unchecked memory access here: that lives only in shm, ring, vmbus and reactor.
+//! - no unchecked memory access here: that lives only in shm, ring, vmbus and reactor;
+//! - once the sockets are bound and the transport is set up, and before any other thread
+//!   exists, the daemon drops its privileges ([`privs`]): `no_new_privs`, every capability
+//!   set emptied (the `uio` transport keeps `CAP_IPC_LOCK` in the control thread to lock new
+//!   client regions), no core dumps, not dumpable, optionally another user (`--user`,
+//!   `--group`); `--keep-privileges` skips this for debugging.
 //!
-//! Threads: a control thread (this crate's [`run`]), one worker per core (pinned, named
+//! Startup order: signals blocked, transport selected and sockets bound
+//! ([`control::bind`]), metrics port bound, privileges dropped ([`privs::drop_process`]),
+//! workers and the metrics thread spawned (each drops what the control thread keeps), then
+//! the control loop. Threads: a control thread (this crate's [`run`]), one worker per core (pinned, named
 //! `blobring-wN`), and an optional metrics thread. `crossbeam-channel` carries control messages
 //! to workers (each paired with an eventfd the worker's io_uring polls); `slab` holds in-flight
 //! requests, clients and channels; `hdrhistogram` the latency distributions; `nix` gives
@@ -32,6 +40,7 @@
 
 pub mod config;
 pub mod control;
+pub mod privs;
 pub mod stats;
 pub mod uio;
 pub mod worker;
@@ -111,6 +120,26 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             "--metrics {addr} is not a loopback address; use 127.0.0.1:PORT"
         )));
     }
+    // Sockets, transport and metrics port first, while this is the only thread (the socket
+    // umask and the privilege drop are per process / per thread), then the drop, then the
+    // threads, which inherit the reduced credentials.
+    let ids = privs::resolve_ids(cfg.user.as_deref(), cfg.group.as_deref())?;
+    let bound = control::bind(&cfg, n as u32)?;
+    let metrics_listener = match cfg.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .map_err(|e| DaemonError::Setup(format!("--metrics {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let plan = privs::Plan::for_transport(bound.is_uio(), ids)?;
+    let thread_caps = if cfg.keep_privileges {
+        tracing::warn!("--keep-privileges: running with every privilege the daemon started with");
+        None
+    } else {
+        privs::drop_process(&plan, &bound.owned_paths())?;
+        Some(plan.threads)
+    };
     let (to_control, from_workers) = crossbeam_channel::unbounded();
     let wake = Arc::new(EventFd::new().map_err(|e| DaemonError::Setup(format!("eventfd: {e}")))?);
     let exited = Arc::new(AtomicUsize::new(0));
@@ -141,6 +170,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .spawn(move || {
                 // Counts the exit even when the worker panics (the guard drops while unwinding).
                 let _exit = ExitGuard(ex, wk.clone());
+                if let Some(keep) = thread_caps {
+                    privs::drop_thread(keep)
+                        .map_err(|e| format!("dropping the worker's privileges: {e}"))?;
+                }
                 if let Some(cpu) = settings.cpu {
                     pin(cpu);
                 }
@@ -159,17 +192,25 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         });
     }
     let metrics_doc = Arc::new(Mutex::new(String::new()));
-    if let Some(addr) = cfg.metrics {
-        let l = TcpListener::bind(addr)
-            .map_err(|e| DaemonError::Setup(format!("--metrics {addr}: {e}")))?;
+    if let Some(l) = metrics_listener {
         let doc = metrics_doc.clone();
         std::thread::Builder::new()
             .name("blobring-metrics".into())
-            .spawn(move || serve_metrics(l, doc))
+            .spawn(move || {
+                // It only answers on its bound socket: it needs no capability at all.
+                if thread_caps.is_some()
+                    && let Err(e) = privs::drop_thread(rustix::thread::CapabilitySet::empty())
+                {
+                    tracing::error!(error = %e, "metrics thread: dropping privileges failed; not serving metrics");
+                    return;
+                }
+                serve_metrics(l, doc)
+            })
             .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
     }
     let ctl = control::Control::new(
         cfg,
+        bound,
         signals,
         wake,
         from_workers,

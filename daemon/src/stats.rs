@@ -198,7 +198,8 @@ pub struct DaemonInfo {
 }
 
 /// Merges worker copies into the JSON document served on the ctl socket: top-level keys
-/// `daemon`, `workers`, `channels`, `clients`, `totals`.
+/// `daemon`, `workers`, `channels`, `clients`, `totals` (the control thread adds `process`:
+/// open fds, RSS and privileges, see [`crate::privs::process_json`]).
 pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
     let snaps: Vec<WorkerStats> = cells.iter().map(|c| lock(c).clone()).collect();
     let mut workers = Vec::new();
@@ -311,6 +312,14 @@ pub fn to_prometheus(doc: &Value) -> String {
     );
     let _ = writeln!(out, "# TYPE blobring_clients gauge");
     let _ = writeln!(out, "blobring_clients {}", num(&d["clients"]));
+    let p = &doc["process"];
+    for (name, key) in [
+        ("blobring_open_fds", "open_fds"),
+        ("blobring_rss_bytes", "rss_bytes"),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {}", num(&p[key]));
+    }
     let _ = writeln!(out, "# TYPE blobring_handshakes_refused_total counter");
     let _ = writeln!(
         out,
