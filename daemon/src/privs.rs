@@ -403,3 +403,64 @@ pub fn process_json() -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_keeps_nothing_and_uio_only_ipc_lock_in_the_control_thread() {
+        let gid = rustix::process::getgid().as_raw();
+        let admin = if io_uring_needs_admin(gid) {
+            CapabilitySet::SYS_ADMIN
+        } else {
+            CapabilitySet::empty()
+        };
+        let sim = Plan::for_transport(false, Ids::default()).unwrap();
+        assert_eq!((sim.control, sim.threads), (admin, admin));
+        let uio = Plan::for_transport(true, Ids::default()).unwrap();
+        let memlock_limited = rustix::process::getrlimit(rustix::process::Resource::Memlock)
+            .current
+            .is_some();
+        let lock = if memlock_limited {
+            CapabilitySet::IPC_LOCK
+        } else {
+            CapabilitySet::empty()
+        };
+        assert_eq!((uio.control, uio.threads), (lock | admin, admin));
+        assert!(!uio.control.contains(CapabilitySet::SYS_ADMIN) || !admin.is_empty());
+        assert_eq!(
+            uio.reasons.len(),
+            usize::from(memlock_limited) + usize::from(!admin.is_empty())
+        );
+    }
+
+    #[test]
+    fn user_switch_is_refused_on_uio_and_ids_resolve() {
+        let ids = Ids {
+            uid: Some(65534),
+            gid: Some(65534),
+        };
+        let e = Plan::for_transport(true, ids).unwrap_err().to_string();
+        assert!(
+            e.contains("--user is not supported with the uio transport"),
+            "{e}"
+        );
+        let r = resolve_ids(Some("0"), None).unwrap();
+        assert_eq!((r.uid, r.gid), (Some(0), Some(0)), "root's primary group");
+        let r = resolve_ids(None, Some("4321")).unwrap();
+        assert_eq!((r.uid, r.gid), (None, Some(4321)));
+        let e = resolve_ids(Some("4242424"), None).unwrap_err().to_string();
+        assert!(e.contains("pass --group too"), "{e}");
+    }
+
+    #[test]
+    fn names_are_kernel_spellings() {
+        assert_eq!(names(CapabilitySet::empty()), "none");
+        assert_eq!(
+            names(CapabilitySet::IPC_LOCK | CapabilitySet::SYS_ADMIN),
+            "CAP_IPC_LOCK,CAP_SYS_ADMIN"
+        );
+        assert_eq!(names(CapabilitySet::from_bits_retain(1 << 62)), "CAP_62");
+    }
+}
