@@ -402,3 +402,83 @@ impl RangeSpec<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{checksum, fill};
+    use crate::worker::{Endpoint, Tuning};
+
+    fn blob(data: &[u8], file: std::path::PathBuf) -> BlobRef {
+        BlobRef {
+            name: "b".into(),
+            size: data.len() as u64,
+            file,
+            xxh3: checksum(data),
+            blocks: data.chunks(BLOCK as usize).map(xxh3_64).collect(),
+        }
+    }
+
+    #[test]
+    fn ranged_verify_rejects_a_flipped_bit_and_a_short_answer() {
+        let mut data = vec![0u8; 16 << 10];
+        fill(&mut data, 7);
+        let b = blob(&data, Default::default());
+        let spec = RangeSpec {
+            blob: &b,
+            len: 8192,
+            depth: 1,
+            budget: Duration::ZERO,
+            max: 1,
+            seed: 0,
+        };
+        spec.verify(4096, &data[4096..12288]).expect("good range");
+        let mut bad = data[4096..12288].to_vec();
+        bad[5000] ^= 1;
+        let e = spec
+            .verify(4096, &bad)
+            .expect_err("flipped bit")
+            .to_string();
+        assert!(e.contains("checksum mismatch in b block 2"), "{e}");
+        assert!(
+            spec.verify(4096, &data[4096..8192]).is_err(),
+            "short answer"
+        );
+        // Right bytes from the wrong offset.
+        assert!(spec.verify(0, &data[4096..12288]).is_err(), "wrong offset");
+    }
+
+    #[test]
+    fn stream_read_of_a_corrupt_file_is_a_hard_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("data");
+        let mut data = vec![0u8; 3 << 20];
+        fill(&mut data, 11);
+        std::fs::write(&file, &data).expect("write");
+        let b = blob(&data, file.clone());
+        let job = Job {
+            path: PathKind::Pread,
+            endpoint: Endpoint {
+                socket: dir.path().join("unused.sock"),
+                http: "http://127.0.0.1:1/devstoreaccount1".into(),
+            },
+            tuning: Tuning {
+                chunk: 1 << 20,
+                parallel: 1,
+                sync_chunk: 1 << 20,
+                arena: 1 << 20,
+            },
+            work: Work::Stream {
+                blobs: vec![b],
+                first: 0,
+            },
+        };
+        let mut r = Reader::new(&job).expect("reader");
+        let o = r.run(&job).expect("intact file verifies");
+        assert_eq!((o.bytes, o.verified, o.requests), (3 << 20, 1, 3));
+        data[(2 << 20) + 17] ^= 0x80;
+        std::fs::write(&file, &data).expect("corrupt");
+        let e = r.run(&job).expect_err("corrupt file").to_string();
+        assert!(e.contains("checksum mismatch on path pread"), "{e}");
+    }
+}
