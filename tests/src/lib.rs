@@ -580,3 +580,27 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or_else(|e| panic!("reading /proc/{pid}/fd: {e}"))
         .count()
 }
+
+/// A small xorshift64 generator for test workloads' choices (reproducible from its seed; not
+/// for anything that needs real randomness).
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator seeded from `seed` (any value, 0 included).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}

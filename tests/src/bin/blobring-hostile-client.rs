@@ -48,6 +48,7 @@ use anyhow::{Context, bail};
 use blobring::{ConnectError, Connection, Cqe, FromZeros, OP_BLOB, OP_NOP, Sqe, errno};
 use blobring_abi::{FromBytes, qc};
 use blobring_shm::SharedMemory;
+use blobring_tests::XorShift;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -86,20 +87,6 @@ enum Attack {
         #[arg(long, default_value_t = 40)]
         count: usize,
     },
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 #[derive(Default)]
@@ -254,7 +241,7 @@ fn round_trip(conn: &mut Connection, q: u32, sqes: &[Sqe]) -> anyhow::Result<Vec
     Ok(out)
 }
 
-fn garbage_sqes(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> {
+fn garbage_sqes(a: &Args, rng: &mut XorShift, s: &mut Summary) -> anyhow::Result<()> {
     let mut conn = Connection::connect(&a.socket)?;
     let g = *conn.geometry();
     let good = Bufs::new(&mut conn, GET_MISSING)?;
@@ -271,7 +258,7 @@ fn garbage_sqes(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> 
                 0 => {
                     let mut raw = [0u8; 64];
                     for c in raw.chunks_mut(8) {
-                        c.copy_from_slice(&rng.next().to_le_bytes());
+                        c.copy_from_slice(&rng.next_u64().to_le_bytes());
                     }
                     let mut sqe = Sqe::read_from_bytes(&raw).expect("64 bytes");
                     sqe.user_data = ud;
@@ -287,7 +274,7 @@ fn garbage_sqes(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> 
                         0 => sqe.opcode = 3 + rng.below(250) as u8,
                         1 => sqe.flags = 1 + rng.below(255) as u8,
                         2 => sqe.reserved0 = 1 + rng.below(65_535) as u16,
-                        3 => sqe.reserved1 = rng.next() | 1,
+                        3 => sqe.reserved1 = rng.next_u64() | 1,
                         4 => sqe.request_len = 0,
                         5 => sqe.response_len = 0,
                         6 => sqe.data_valid = sqe.data_len + 1 + rng.below(1000) as u32,
@@ -302,7 +289,7 @@ fn garbage_sqes(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> 
                 _ => {
                     let mut head = vec![0u8; 1 + rng.below(4095) as usize];
                     for b in head.iter_mut() {
-                        *b = rng.next() as u8;
+                        *b = rng.next_u64() as u8;
                     }
                     conn.write_buf(garbage, &head)?;
                     Sqe {
@@ -340,7 +327,7 @@ fn garbage_sqes(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn corrupt_indices(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> {
+fn corrupt_indices(a: &Args, rng: &mut XorShift, s: &mut Summary) -> anyhow::Result<()> {
     const VARIANTS: [&str; 5] = [
         "tail_far",
         "tail_past_size",
@@ -397,7 +384,7 @@ fn corrupt_indices(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<(
             _ => {
                 let mut junk = vec![0u8; 256];
                 for b in junk.iter_mut() {
-                    *b = rng.next() as u8;
+                    *b = rng.next_u64() as u8;
                 }
                 map.write(ctl, &junk)?;
             }
@@ -525,7 +512,7 @@ fn region_file(conn: &Connection) -> anyhow::Result<std::fs::File> {
     bail!("no memfd for client {}", conn.client_id())
 }
 
-fn punch_hole(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> {
+fn punch_hole(a: &Args, rng: &mut XorShift, s: &mut Summary) -> anyhow::Result<()> {
     use rustix::fs::{FallocateFlags, fallocate};
     let end = Instant::now() + Duration::from_millis(a.duration_ms);
     let mut conn = connect_small(a)?;
@@ -592,7 +579,7 @@ fn punch_hole(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cross_offsets(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()> {
+fn cross_offsets(a: &Args, rng: &mut XorShift, s: &mut Summary) -> anyhow::Result<()> {
     let mut conn = Connection::connect(&a.socket)?;
     let g = *conn.geometry();
     let good = Bufs::new(&mut conn, GET_MISSING)?;
@@ -625,7 +612,7 @@ fn cross_offsets(a: &Args, rng: &mut Rng, s: &mut Summary) -> anyhow::Result<()>
                     6 => u64::MAX - rng.below(1 << 20),
                     // straddling the start of the arena
                     7 => g.arena_offset - 1 - rng.below(len - 1),
-                    _ => rng.next() | (1 << 63),
+                    _ => rng.next_u64() | (1 << 63),
                 };
                 match field {
                     0 => sqe.request_offset = bad,
@@ -755,7 +742,7 @@ fn over_limit(a: &Args, count: usize, s: &mut Summary) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = XorShift::new(a.seed);
     let mut s = Summary::default();
     match a.attack {
         Attack::GarbageSqes => garbage_sqes(&a, &mut rng, &mut s)?,
