@@ -14,18 +14,18 @@
 //!   random bytes. [`sent`, `einval`, `broken_not_einval` (broken SQEs that did not get
 //!   `-EINVAL`), `random_not_einval`, `host_answered` (garbage heads the host answered with
 //!   `res == 0`), `other`, `alive` (still connected and a NOP still completes)]
-//! - `corrupt-indices`: connect, work a little, then corrupt one index (cycling through: `sq_tail`
-//!   far ahead, one past the SQ size, behind `sq_head`; `cq_head` ahead of `cq_tail` followed by
-//!   submissions until the daemon refreshes it; the whole control line scribbled), ring the
-//!   doorbells and wait ≤ 2 s for the daemon to hang up; reconnect and repeat. [`cycles`,
+//! - `corrupt-indices`: every 50 ms, connect (1 MiB arena), work a little, then corrupt one
+//!   index (cycling through: `sq_tail` far ahead, one past the SQ size, behind `sq_head`;
+//!   `cq_head` ahead of `cq_tail` followed by submissions until the daemon refreshes it; the
+//!   whole control line scribbled), ring the doorbells and wait ≤ 2 s for the daemon to hang up. [`cycles`,
 //!   `disconnected`, `kept`, `per_variant` (variant:tried/disconnected)]
 //! - `never-drain`: four connections each submit NOPs and blob requests until their queues are
 //!   full and never reap. [`connections`, `submitted` (max per queue), `cq_entries`,
 //!   `sq_entries`]
 //! - `eventfd-flood`: one connection rings every queue's eventfd in a tight loop. [`rings`]
-//! - `punch-hole`: `fallocate(PUNCH_HOLE)` on its own region (the arena while blob requests are
-//!   in flight, then the queues, then everything), ring the doorbells, and try to shrink and to
-//!   grow the memfd; reconnect when the daemon hangs up. [`punches`, `shrink_refused`,
+//! - `punch-hole`: `fallocate(PUNCH_HOLE)` on its own region (1 MiB arena; every 25 ms: the
+//!   arena while blob requests are in flight, then the queues, then everything), ring the
+//!   doorbells, and try to shrink and to grow the memfd; reconnect when the daemon hangs up. [`punches`, `shrink_refused`,
 //!   `grow_refused`, `shrink_allowed`, `grow_allowed`, `disconnects`]
 //! - `cross-offsets`: blob SQEs whose buffers point outside its arena — the header, the queues,
 //!   just past the region, straddling its end, far away (where other clients' guest-physical
