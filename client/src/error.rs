@@ -11,8 +11,8 @@ use blobring_shm::{AccessError, ArenaError, RegionError};
 pub enum ConnectError {
     /// The socket could not be reached.
     #[error(
-        "cannot connect to blobringd at {path}: {source}; is the daemon running? (set \
-         BLOBRING_SOCKET to its socket path)"
+        "cannot connect to blobringd at {path}: {source}; {}",
+        connect_hint(source)
     )]
     Connect {
         /// The socket path tried.
@@ -54,6 +54,17 @@ pub enum ConnectError {
     /// A queue pair could not be attached.
     #[error("cannot attach a queue pair: {0}")]
     Ring(#[from] RingError),
+}
+
+/// What to do about a failed `connect` to the daemon's socket.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "this user may not open the socket (connecting needs write permission on it and search \
+         permission on its directory; blobringd sets its mode with --socket-mode, default 660, \
+         and its group with --group): ask the administrator to add you to the socket's group"
+    } else {
+        "is the daemon running? (set BLOBRING_SOCKET to its socket path)"
+    }
 }
 
 /// Why an operation on a [`crate::Connection`] failed.
