@@ -16,7 +16,15 @@ pub const CONTAINER: &str = "bench";
 /// Finds `name` (a workspace binary) next to the running executable, or in `$env` if set.
 pub fn sibling_bin(name: &str, env: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!(
+                "{env}={} is not a file: build {name} with `cargo build --workspace --release \
+                 --bins` or point {env} at it",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
     let exe = std::env::current_exe().context("locate the running executable")?;
     let dir = exe.parent().context("executable has no directory")?;

@@ -175,3 +175,18 @@ fn bad_arguments_fail_with_a_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown unit"), "{err}");
 }
+
+#[test]
+fn a_missing_host_binary_is_named_with_the_command_that_builds_it() {
+    let out = Command::new(BIN)
+        .args(["seed", "-P", "1", "-C", "1", "-S", "1M", "--quiet"])
+        .env("BLOBRING_HOST_BIN", "/nonexistent/blobring-host")
+        .output()
+        .expect("run blobring-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("BLOBRING_HOST_BIN") && err.contains("cargo build --workspace --release"),
+        "{err}"
+    );
+}
