@@ -11,7 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blobring_tests::{HostStack, Reaped};
+use blobring_tests::{HostStack, Reaped, soak_report};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const SOAK: &str = env!("CARGO_BIN_EXE_blobring-soak");
@@ -52,20 +52,7 @@ fn soak_mixed_workload_loses_and_corrupts_nothing() {
     let limit = t0 + Duration::from_secs_f64(secs) + Duration::from_secs(180);
     let mut reports = Vec::new();
     for p in &mut procs {
-        let status = loop {
-            if let Some(st) = p.0.try_wait().expect("try_wait") {
-                break st;
-            }
-            assert!(
-                Instant::now() < limit,
-                "blobring-soak did not finish in time"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut p.0.stdout.take().unwrap(), &mut out).unwrap();
-        let r: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("no JSON report ({e}; exit {status}): {out}"));
+        let (status, r) = soak_report(p, limit);
         println!("{r}");
         reports.push((status, r));
     }

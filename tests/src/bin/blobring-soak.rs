@@ -50,6 +50,7 @@ use blobring::blob::{
 };
 use blobring::transfer::{TransferOptions, download_to_vec};
 use blobring::{Client, ClientError, Error, block_on, errno};
+use blobring_tests::XorShift;
 use clap::Parser;
 
 /// Command line.
@@ -134,21 +135,6 @@ fn content(seed: u64, start: u64, end: u64) -> Vec<u8> {
 fn diff_bytes(got: &[u8], want: &[u8]) -> u64 {
     let common = got.iter().zip(want).filter(|(a, b)| a != b).count() as u64;
     common + got.len().abs_diff(want.len()) as u64
-}
-
-/// A small xorshift RNG for the workload's choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 // ------------------------------------------------------------------- model
@@ -317,7 +303,7 @@ struct Worker {
     svc: BlobService,
     container: String,
     keys: Vec<KeyState>,
-    rng: Rng,
+    rng: XorShift,
     args: Arc<Args>,
     c: Arc<Counters>,
     /// Successful calls since this worker's last error (the report's minimum shows every
@@ -437,7 +423,7 @@ impl Worker {
 
     async fn put(&mut self, k: usize) {
         let body = Body {
-            seed: self.rng.next(),
+            seed: self.rng.next_u64(),
             len: self.pick_len(),
         };
         let data = content(body.seed, 0, body.len);
@@ -473,13 +459,13 @@ impl Worker {
         let nblocks = 1 + self.rng.below(4);
         let len = self.pick_len().min(self.args.max_size);
         let body = Body {
-            seed: self.rng.next(),
+            seed: self.rng.next_u64(),
             len,
         };
         let name = self.name(k);
         let what = format!("block upload {name} ({len} B in {nblocks} blocks)");
         self.uploads += 1;
-        let upload = format!("{:016x}", self.rng.next());
+        let upload = format!("{:016x}", self.rng.next_u64());
         let svc = self.svc.clone();
         let container = self.container.clone();
         let mut ids = Vec::new();
@@ -560,21 +546,27 @@ impl Worker {
         }
     }
 
+    /// A read found blob `k` absent: fine if no blob is legal, else its bytes are lost.
+    fn absent(&mut self, k: usize, what: &str) {
+        let cands = self.keys[k].candidates();
+        if cands.contains(&None) {
+            self.keys[k].observed(None);
+            return;
+        }
+        let lost = cands.iter().flatten().map(|b| b.len).min().unwrap_or(0);
+        Counters::add(&self.c.lost_bytes, lost.max(1));
+        self.c.fail(format!(
+            "{what}: 404 for an acknowledged blob ({lost} B lost; legal: {cands:?})"
+        ));
+    }
+
     /// Checks a whole-blob read against the model; returns whether it matched.
     fn check_whole(&mut self, k: usize, what: &str, got: &Read) -> bool {
         let cands = self.keys[k].candidates();
         match got {
             Read::Absent => {
-                if cands.contains(&None) {
-                    self.keys[k].observed(None);
-                    return true;
-                }
-                let lost = cands.iter().flatten().map(|b| b.len).min().unwrap_or(0);
-                Counters::add(&self.c.lost_bytes, lost);
-                self.c.fail(format!(
-                    "{what}: 404 for an acknowledged blob ({lost} B lost; legal: {cands:?})"
-                ));
-                false
+                self.absent(k, what);
+                cands.contains(&None)
             }
             Read::Bytes(b) => {
                 Counters::add(&self.c.bytes_read, b.len() as u64);
@@ -666,17 +658,7 @@ impl Worker {
                     ));
                 }
             }
-            Err((_, e)) if e.is_not_found() => {
-                if cands.contains(&None) {
-                    self.keys[k].observed(None);
-                } else {
-                    let lost = cands.iter().flatten().map(|b| b.len).min().unwrap_or(0);
-                    Counters::add(&self.c.lost_bytes, lost.max(1));
-                    self.c.fail(format!(
-                        "{what}: 404 for an acknowledged blob (legal: {cands:?})"
-                    ));
-                }
-            }
+            Err((_, e)) if e.is_not_found() => self.absent(k, &what),
             Err((_, e)) if e.status() == Some(416) => {
                 if !cands.iter().flatten().any(|v| v.len <= start) {
                     Counters::add(&self.c.lost_bytes, end - start);
@@ -801,18 +783,7 @@ impl Worker {
             .await;
         match r {
             Ok(()) => self.keys[k].acked(None, started),
-            Err((_, e)) if e.is_not_found() => {
-                let cands = self.keys[k].candidates();
-                if cands.contains(&None) {
-                    self.keys[k].observed(None);
-                } else {
-                    let lost = cands.iter().flatten().map(|b| b.len).min().unwrap_or(0);
-                    Counters::add(&self.c.lost_bytes, lost.max(1));
-                    self.c.fail(format!(
-                        "{what}: 404 for an acknowledged blob (legal: {cands:?})"
-                    ));
-                }
-            }
+            Err((_, e)) if e.is_not_found() => self.absent(k, &what),
             Err((class, e)) => {
                 self.write_failed(&what, k, None, class, &e);
                 return;
@@ -918,7 +889,7 @@ fn soak(args: Arc<Args>, socket: PathBuf) -> anyhow::Result<serde_json::Value> {
             svc: services[w % args.clients].clone(),
             container: container.clone(),
             keys: (0..args.keys).map(|_| KeyState::new()).collect(),
-            rng: Rng(mix(args.seed ^ mix(w as u64 + 1)) | 1),
+            rng: XorShift::new(mix(args.seed ^ mix(w as u64 + 1))),
             args: args.clone(),
             c: c.clone(),
             ok_since_error: 0,
