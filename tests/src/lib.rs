@@ -513,6 +513,38 @@ impl HostStack {
     }
 }
 
+/// Waits (until `limit`, else fails the test) for a `blobring-soak` process whose stdout is
+/// piped to exit; returns its exit status and the JSON report it printed last (and its stderr,
+/// if piped, in the failure message when there is no report).
+pub fn soak_report(
+    p: &mut Reaped,
+    limit: Instant,
+) -> (std::process::ExitStatus, serde_json::Value) {
+    use std::io::Read;
+    let status = loop {
+        if let Some(st) = p.0.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < limit,
+            "blobring-soak (pid {}) did not finish in time",
+            p.0.id()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = p.0.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = p.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let report = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!("no JSON report from blobring-soak ({e}; exit {status}): {out}\n{err}")
+    });
+    (status, report)
+}
+
 /// Spawns `blobring-host --socket DIR/host.sock --store fs:STORE` plus `host_args` and waits
 /// (≤ 20 s) for its socket; with `--http` also returns the URL it printed.
 fn spawn_host(dir: &Path, store: &Path, host_args: &[&str]) -> (Reaped, Option<String>) {
