@@ -37,6 +37,16 @@ fn open_scratch() -> (tempfile::TempDir, PathBuf) {
     (dir, bin)
 }
 
+/// Splits `flags` (one string, e.g. from `format!`) into arguments.
+fn argv(flags: &str) -> Vec<&str> {
+    flags.split_whitespace().collect()
+}
+
+/// A daemon in `dir` with `flags` on top of the fixture's.
+fn daemon(dir: &Path, flags: &str) -> Daemon {
+    Daemon::start(DAEMON, dir, &argv(flags))
+}
+
 fn client_cmd(bin: &Path, socket: &Path, uid: u32, gid: u32, mode: &str) -> Command {
     let mut c = Command::new(bin);
     c.arg(socket)
@@ -172,7 +182,7 @@ fn socket_file_and_directory_modes() {
     assert_eq!(mode(&ctl), 0o600, "ctl socket");
     assert_eq!(mode(&dir.path().join("run/blobring")), 0o755);
     assert_eq!(mode(&dir.path().join("run")), 0o755);
-    let d = Daemon::start(DAEMON, &dir.path().join("run"), &["--socket-mode", "604"]);
+    let d = daemon(&dir.path().join("run"), "--socket-mode 604");
     assert_eq!(mode(&d.socket), 0o604, "--socket-mode honoured exactly");
     // A bad mode is refused before anything is created.
     let out = Command::new(DAEMON)
@@ -191,11 +201,7 @@ fn socket_file_and_directory_modes() {
 fn socket_permissions_keep_out_uids_outside_the_sockets_group() {
     let (dir, bin) = open_scratch();
     // Default 660 root:root: a uid outside the group cannot even open the socket.
-    let d = Daemon::start(
-        DAEMON,
-        dir.path(),
-        &["--allow-gid", &SHARED_GID.to_string()],
-    );
+    let d = daemon(dir.path(), &format!("--allow-gid {SHARED_GID}"));
     let line = once_as(&bin, &d.socket, NOBODY, NOBODY);
     assert!(
         line.starts_with("failed: cannot connect to blobringd")
@@ -207,15 +213,9 @@ fn socket_permissions_keep_out_uids_outside_the_sockets_group() {
     drop(d);
     // --group makes the socket's group SHARED_GID: its members get in (and pass the
     // handshake through --allow-gid); others still get EACCES.
-    let d = Daemon::start(
-        DAEMON,
+    let d = daemon(
         dir.path(),
-        &[
-            "--group",
-            &SHARED_GID.to_string(),
-            "--allow-gid",
-            &SHARED_GID.to_string(),
-        ],
+        &format!("--group {SHARED_GID} --allow-gid {SHARED_GID}"),
     );
     let meta = std::fs::metadata(&d.socket).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (0, SHARED_GID));
@@ -237,17 +237,9 @@ fn socket_permissions_keep_out_uids_outside_the_sockets_group() {
 #[test]
 fn uid_and_gid_policy_admits_only_allowed_clients() {
     let (dir, bin) = open_scratch();
-    let d = Daemon::start(
-        DAEMON,
+    let d = daemon(
         dir.path(),
-        &[
-            "--socket-mode",
-            "666",
-            "--allow-uid",
-            &NOBODY.to_string(),
-            "--allow-gid",
-            &SHARED_GID.to_string(),
-        ],
+        &format!("--socket-mode 666 --allow-uid {NOBODY} --allow-gid {SHARED_GID}"),
     );
     assert_ok(&once_as(&bin, &d.socket, NOBODY, NOBODY), NOBODY, NOBODY);
     assert_ok(
@@ -276,23 +268,12 @@ fn uid_and_gid_policy_admits_only_allowed_clients() {
 #[test]
 fn per_uid_limit_counts_each_uid_separately_and_max_clients_is_global() {
     let (dir, bin) = open_scratch();
-    let d = Daemon::start(
-        DAEMON,
+    let d = daemon(
         dir.path(),
-        &[
-            "--socket-mode",
-            "666",
-            "--allow-uid",
-            &NOBODY.to_string(),
-            "--allow-uid",
-            &OTHER_UID.to_string(),
-            "--allow-uid",
-            "0",
-            "--max-clients-per-uid",
-            "2",
-            "--max-clients",
-            "4",
-        ],
+        &format!(
+            "--socket-mode 666 --allow-uid {NOBODY} --allow-uid {OTHER_UID} --allow-uid 0 \
+             --max-clients-per-uid 2 --max-clients 4"
+        ),
     );
     let (a1, l1) = hold_as(&bin, &d.socket, NOBODY, NOBODY);
     let (_a2, l2) = hold_as(&bin, &d.socket, NOBODY, NOBODY);
@@ -389,19 +370,8 @@ fn assert_report_matches_proc(d: &Daemon) -> serde_json::Value {
 #[test]
 fn privileges_are_dropped_after_startup_and_the_stack_still_serves() {
     let (dir, bin) = open_scratch();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
-        &[],
-        &[
-            "--socket-mode",
-            "666",
-            "--allow-uid",
-            "0",
-            "--allow-uid",
-            &NOBODY.to_string(),
-        ],
-    );
+    let flags = format!("--socket-mode 666 --allow-uid 0 --allow-uid {NOBODY}");
+    let s = HostStack::start(DAEMON, dir.path(), &[], &argv(&flags));
     let pid = s.daemon.child.id();
     // Every thread (control, both workers): no capability in any set, no_new_privs.
     let threads = thread_status(pid);
@@ -450,7 +420,7 @@ fn privileges_are_dropped_after_startup_and_the_stack_still_serves() {
 #[test]
 fn keep_privileges_leaves_them() {
     let dir = scratch();
-    let d = Daemon::start(DAEMON, dir.path(), &["--keep-privileges"]);
+    let d = daemon(dir.path(), "--keep-privileges");
     let (eff, bnd) = own_caps();
     assert_ne!(eff, 0, "these tests run as root with capabilities");
     for (path, st) in thread_status(d.child.id()) {
@@ -473,17 +443,9 @@ fn user_and_group_switch_hands_over_the_sockets_and_still_serves() {
     let host = TestHost::start(&host_sock, 4);
     // The daemon connects to the host after switching users.
     std::fs::set_permissions(&host_sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let d = Daemon::start(
-        DAEMON,
+    let d = daemon(
         dir.path(),
-        &[
-            "--user",
-            &NOBODY.to_string(),
-            "--group",
-            &SHARED_GID.to_string(),
-            "--allow-gid",
-            &SHARED_GID.to_string(),
-        ],
+        &format!("--user {NOBODY} --group {SHARED_GID} --allow-gid {SHARED_GID}"),
     );
     for (p, m) in [(&d.socket, 0o660), (&d.ctl, 0o600)] {
         let meta = std::fs::metadata(p).unwrap();
