@@ -116,6 +116,10 @@ impl ClientError {
 /// 64 KiB of headroom. Larger transfers are split ([`crate::transfer`]).
 pub const MAX_REQUEST_DATA: u64 = (blobring_abi::vmbus::AZ_BLOB_MAX_PAGES as u64 - 16) * 4096;
 
+/// Longest single sleep of the reaper thread on the completion queues (a safety net only:
+/// completions and the daemon's death both wake it at once).
+const REAPER_SLEEP: Duration = Duration::from_secs(1);
+
 /// VSP status: the response body does not fit the data buffer (`data_len` = bytes needed).
 pub const VSP_BODY_TOO_LARGE: u32 = 3;
 /// VSP status: the response head does not fit the response buffer (`response_len` = needed).
@@ -368,6 +372,13 @@ impl Client {
         *lock(&self.inner.arena_len)
     }
 
+    /// Bytes of the data arena free right now (leases, in-flight requests and zero-copy
+    /// `Bytes` hold the rest).
+    pub fn arena_free(&self) -> Result<u64, ClientError> {
+        let mut st = lock(&self.inner.state);
+        Ok(self.inner.ensure_conn(&mut st)?.0.arena_free())
+    }
+
     /// Allocates a `len`-byte buffer in the arena, waiting (up to
     /// [`ClientOptions::arena_wait`]) for space held by other requests.
     pub fn alloc(&self, len: u64) -> Result<Lease, ClientError> {
@@ -585,7 +596,6 @@ impl Inner {
 
     fn reap_loop(self: Arc<Self>) {
         let mut cqes = vec![Cqe::new_zeroed(); 256];
-        let mut idle = 0u32;
         loop {
             let mut finished: Vec<(Arc<Slot>, Result<Completion, ClientError>)> = Vec::new();
             let mut garbage: Vec<Lease> = Vec::new();
@@ -594,7 +604,6 @@ impl Inner {
                 return;
             }
             if st.in_flight.is_empty() && st.lent.is_empty() {
-                idle = 0;
                 let _ = self
                     .work
                     .wait_timeout(st, Duration::from_millis(100))
@@ -636,20 +645,33 @@ impl Inner {
                 }
                 st.conn = None;
             }
+            // Nothing reaped: arm every queue's `cq_waiting` flag while still holding the
+            // connection, then sleep on all `cq_tail` futexes at once without it. The daemon
+            // wakes the futex when it posts a completion; the connection's watcher thread
+            // wakes it when the daemon hangs up.
+            let sleep = if got == 0 && !dead {
+                let generation = st.generation;
+                st.conn
+                    .as_mut()
+                    .and_then(|c| c.prepare_sleep().ok().flatten())
+                    .map(|s| (s, generation))
+            } else {
+                None
+            };
             drop(st);
             drop(garbage);
             for (slot, r) in finished {
                 slot.complete(r);
             }
-            if got == 0 {
-                idle += 1;
-                if idle < 64 {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(Duration::from_micros(if idle < 1000 { 20 } else { 200 }));
+            if let Some((s, generation)) = sleep {
+                // Bounded only as a safety net: a wake is never needed to notice anything.
+                let _ = s.sleep(Some(REAPER_SLEEP));
+                let mut st = lock(&self.state);
+                if st.generation == generation
+                    && let Some(c) = st.conn.as_mut()
+                {
+                    c.finish_sleep();
                 }
-            } else {
-                idle = 0;
             }
         }
     }
@@ -819,6 +841,37 @@ impl Lease {
     /// with the daemon and host, so the SDK never hands out references into it).
     pub fn to_bytes(&self, n: usize) -> Result<Bytes, ClientError> {
         Ok(Bytes::from(self.to_vec(n)?))
+    }
+
+    /// The first `n` bytes as [`Bytes`] **without a copy**: the `Bytes` (and every clone of
+    /// it) points straight into the arena and owns this lease, so the arena space is returned
+    /// only when the last clone is dropped.
+    ///
+    /// Sound because the client trusts its daemon (ARCHITECTURE §8) and a lease in the caller's
+    /// hands is never lent to the daemon or host: a request's buffers come back only with a
+    /// completion *without* [`CQE_F_BUFFERS_LENT`](crate::CQE_F_BUFFERS_LENT) (a timed-out
+    /// request's buffers stay parked until released), and the lease moves into the `Bytes`, so
+    /// no code can write through it either. See [`blobring_shm::Frozen`]. Long-lived `Bytes`
+    /// hold arena space: copy ([`Lease::to_bytes`]) what you keep for long.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), blobring::ClientError> {
+    /// let client = blobring::Client::connect_default()?;
+    /// let lease = client.alloc(4096)?;
+    /// lease.write(0, b"hello")?;
+    /// let b = lease.into_bytes(5)?; // no copy; the 4 KiB return to the arena when `b` drops
+    /// assert_eq!(&b[..], b"hello");
+    /// # Ok(()) }
+    /// ```
+    pub fn into_bytes(self, n: usize) -> Result<Bytes, ClientError> {
+        self.check(0, n)?;
+        if n == 0 {
+            return Ok(Bytes::new());
+        }
+        let (map, offset) = (self.map.clone(), self.offset);
+        let view = blobring_shm::Frozen::trusting_peer(map, offset, n as u64, self)
+            .map_err(|e| ClientError::Connection(e.into()))?;
+        Ok(Bytes::from_owner(view))
     }
 
     fn check(&self, at: usize, n: usize) -> Result<(), ClientError> {

@@ -7,6 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blobring_abi::{
@@ -15,8 +17,11 @@ use blobring_abi::{
     HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, HelloRequest, IntoBytes, RegionGeometry,
     RegionHeader, Sqe,
 };
-use blobring_ring::{ClientQueue, EventFd, FutexWord, Notifier, QueueLayout, WaitOutcome};
+use blobring_ring::{
+    ClientQueue, EventFd, FutexWord, Notifier, QueueLayout, Slept, WAIT_ANY_MAX, WaitOutcome,
+};
 use blobring_shm::{Allocation, Arena, Mapping, SharedMemory};
+use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 
 use crate::{ConnectError, Error};
@@ -66,7 +71,7 @@ pub struct ConnectOptions {
 struct Queue {
     ring: ClientQueue<Arc<Mapping>>,
     doorbell: EventFd,
-    futex: FutexWord,
+    futex: Arc<FutexWord>,
     /// Final completions still owed, by user_data (a multiset), so a dead daemon's requests
     /// can be failed with `-ECONNRESET`.
     outstanding: HashMap<u64, u32>,
@@ -86,6 +91,102 @@ pub struct Connection {
     arena: Arena,
     dead: bool,
     last_check: Instant,
+    /// Set by the watcher thread the moment the daemon's socket hangs up.
+    hung_up: Arc<AtomicBool>,
+    _watcher: Watcher,
+}
+
+/// A thread blocked in `poll()` on the daemon socket, a pidfd of the daemon process (from
+/// `SO_PEERCRED`, when visible) and a stop eventfd: when the daemon hangs up or exits it sets
+/// the connection's `hung_up` flag and wakes every `cq_tail` futex, so a client sleeping on
+/// its completion queues learns of the death within a scheduling delay. (The pidfd matters:
+/// a killed daemon's socket may stay open for seconds while the kernel tears down its
+/// io_uring, but its pidfd turns readable the moment the process has exited.)
+struct Watcher {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn spawn(
+        sock: UnixStream,
+        pidfd: Option<OwnedFd>,
+        hung_up: Arc<AtomicBool>,
+        words: Vec<Arc<FutexWord>>,
+    ) -> Result<Self, ConnectError> {
+        let stop = Arc::new(EventFd::new()?);
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("blobring-watch".into())
+            .spawn(move || {
+                loop {
+                    let mut fds = vec![
+                        PollFd::new(&*stop2, PollFlags::IN),
+                        PollFd::new(&sock, PollFlags::RDHUP | PollFlags::IN),
+                    ];
+                    if let Some(p) = &pidfd {
+                        fds.push(PollFd::new(p, PollFlags::IN));
+                    }
+                    match rustix::event::poll(&mut fds, None) {
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if !fds[0].revents().is_empty() {
+                        return;
+                    }
+                    if fds[1..].iter().any(|f| !f.revents().is_empty()) {
+                        // The daemon never sends after the handshake: EOF, an error or data
+                        // all mean the connection is over.
+                        hung_up.store(true, Ordering::Release);
+                        for w in &words {
+                            let _ = w.notify();
+                        }
+                        return;
+                    }
+                }
+            })
+            .map_err(io("spawn the daemon watcher thread"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.stop.notify();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `cq_tail` futex words of every queue pair, armed by [`Connection::prepare_sleep`]:
+/// sleep on them with [`SleepSet::sleep`] *without* holding the connection, then call
+/// [`Connection::finish_sleep`].
+#[derive(Debug)]
+pub struct SleepSet {
+    words: Vec<(Arc<FutexWord>, u32)>,
+    partial: bool,
+}
+
+impl SleepSet {
+    /// Blocks until a completion is posted on any queue, the daemon hangs up, or `timeout`
+    /// passes. (With more than [`WAIT_ANY_MAX`] queues only the first ones are watched, and
+    /// the sleep is capped at 1 ms.)
+    pub fn sleep(&self, timeout: Option<Duration>) -> Result<Slept, Error> {
+        let timeout = if self.partial {
+            Some(timeout.map_or(Duration::from_millis(1), |t| {
+                t.min(Duration::from_millis(1))
+            }))
+        } else {
+            timeout
+        };
+        let words: Vec<(&FutexWord, u32)> = self.words.iter().map(|(w, s)| (&**w, *s)).collect();
+        Ok(blobring_ring::wait_any(&words, timeout)?)
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -187,13 +288,30 @@ impl Connection {
             queues.push(Queue {
                 ring: ClientQueue::attach(map.clone(), &layout)?,
                 doorbell: EventFd::from_fd(efd),
-                futex: FutexWord::cq_tail(memfd.as_fd(), geometry.region_len, &layout)?,
+                futex: Arc::new(FutexWord::cq_tail(
+                    memfd.as_fd(),
+                    geometry.region_len,
+                    &layout,
+                )?),
                 outstanding: HashMap::new(),
             });
         }
         let arena = Arena::new(geometry.arena_offset, geometry.arena_len)
             .map_err(|e| ConnectError::Protocol(format!("arena: {e}")))?;
         sock.set_read_timeout(None).map_err(io("set timeout"))?;
+        let hung_up = Arc::new(AtomicBool::new(false));
+        // The daemon's pid as the kernel saw it at connect() (None in another pid namespace).
+        let pidfd = rustix::net::sockopt::socket_peercred(&sock)
+            .ok()
+            .and_then(|c| {
+                rustix::process::pidfd_open(c.pid, rustix::process::PidfdFlags::empty()).ok()
+            });
+        let watcher = Watcher::spawn(
+            sock.try_clone().map_err(io("duplicate the socket"))?,
+            pidfd,
+            hung_up.clone(),
+            queues.iter().map(|q| q.futex.clone()).collect(),
+        )?;
         Ok(Self {
             sock,
             map,
@@ -204,6 +322,8 @@ impl Connection {
             arena,
             dead: false,
             last_check: Instant::now(),
+            hung_up,
+            _watcher: watcher,
         })
     }
 
@@ -276,6 +396,10 @@ impl Connection {
             // The worker waits for CQ space (it ran out of credits).
             queue.doorbell.notify()?;
         }
+        if p.count == 0 && self.hung_up.load(Ordering::Acquire) {
+            self.dead = true;
+            return self.fail_outstanding(q, out);
+        }
         if p.count == 0 && self.last_check.elapsed() >= LIVENESS_SLICE {
             self.last_check = Instant::now();
             if !self.daemon_alive() {
@@ -325,7 +449,7 @@ impl Connection {
                 None => LIVENESS_SLICE,
             };
             let queue = self.queue(q)?;
-            let outcome = queue.ring.wait(&queue.futex, Some(slice))?;
+            let outcome = queue.ring.wait(&*queue.futex, Some(slice))?;
             if outcome != WaitOutcome::TimedOut {
                 return Ok(outcome);
             }
@@ -340,9 +464,48 @@ impl Connection {
         }
     }
 
+    /// Arms every queue's `cq_waiting` flag for one sleep of a thread that reaps all queues
+    /// (the SDK's reaper). `None`: completions are already there (or the daemon is gone),
+    /// reap instead. After `Some`, sleep with [`SleepSet::sleep`] and then call
+    /// [`Connection::finish_sleep`] (also if the sleep failed).
+    pub fn prepare_sleep(&mut self) -> Result<Option<SleepSet>, Error> {
+        if self.dead || self.hung_up.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let mut words = Vec::with_capacity(self.queues.len().min(WAIT_ANY_MAX));
+        let partial = self.queues.len() > WAIT_ANY_MAX;
+        for i in 0..self.queues.len().min(WAIT_ANY_MAX) {
+            let q = &mut self.queues[i];
+            match q.ring.cq.prepare_wait() {
+                Ok(Some(seen)) => words.push((q.futex.clone(), seen)),
+                r => {
+                    self.finish_sleep();
+                    return r.map(|_| None).map_err(Into::into);
+                }
+            }
+        }
+        Ok(Some(SleepSet { words, partial }))
+    }
+
+    /// Clears the `cq_waiting` flags set by [`Connection::prepare_sleep`].
+    pub fn finish_sleep(&mut self) {
+        for q in &mut self.queues {
+            let _ = q.ring.cq.finish_wait();
+        }
+    }
+
+    /// Whether the watcher thread saw the daemon's socket hang up (one atomic load).
+    pub fn hung_up(&self) -> bool {
+        self.dead || self.hung_up.load(Ordering::Acquire)
+    }
+
     /// Checks (without blocking) whether the daemon still holds the connection open.
     pub fn daemon_alive(&mut self) -> bool {
         if self.dead {
+            return false;
+        }
+        if self.hung_up.load(Ordering::Acquire) {
+            self.dead = true;
             return false;
         }
         let mut b = [0u8; 1];

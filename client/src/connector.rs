@@ -4,8 +4,18 @@
 //! object_store signs and builds each request as usual; [`BlobringService`] serialises it into
 //! an HTTP/1.1 head (request line with the URL's path and query, a `Host` header and every
 //! header object_store set) plus the body in an arena buffer, submits it, parses the response
-//! head and returns the body. Nothing else in object_store changes, so DataFusion, delta-rs,
-//! Lance or Polars users switch with one builder call.
+//! head and returns the body — without a copy: the body is a `Bytes` pointing into the arena
+//! buffer ([`crate::Lease::into_bytes`]), whose space returns when object_store drops it.
+//! Nothing else in object_store changes, so DataFusion, delta-rs, Lance or Polars users switch
+//! with one builder call.
+//!
+//! **Large whole-object GETs.** One blobring request carries at most
+//! [`crate::MAX_REQUEST_DATA`] (and at most half the arena). object_store's requests arrive
+//! signed, so the connector cannot add a `Range` to them; given the account
+//! ([`BlobringConnector::with_account`]) it answers a GET whose body does not fit by
+//! streaming the blob as a striped [`Download`] (ranged GETs signed by the SDK, pinned to the
+//! blob's ETag), so `get()` of a blob of any size works with any arena. Without the account
+//! such a GET fails with a message naming this fix.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+use futures_util::StreamExt as _;
 use http_body_util::BodyExt;
 use object_store::ClientOptions;
 use object_store::client::{
@@ -29,19 +40,40 @@ use object_store::client::{
     HttpResponseBody, HttpService,
 };
 
-use crate::blob::parse_response_head;
+use crate::blob::{AccountConfig, BlobError, BlobService, parse_response_head};
+use crate::transfer::{Download, TransferOptions};
 use crate::{Client, ClientError, Request};
 
 /// Creates [`BlobringService`]s over one [`Client`].
 #[derive(Debug, Clone)]
 pub struct BlobringConnector {
     client: Client,
+    stream: Option<BlobService>,
 }
 
 impl BlobringConnector {
     /// A connector over `client`.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            stream: None,
+        }
+    }
+
+    /// Lets the connector stream whole-object GETs too large for one request (see the
+    /// [module docs](self)): `account` must name the same account and credentials that
+    /// object_store uses (its `path_prefix` is how request paths are split into container and
+    /// blob).
+    ///
+    /// ```no_run
+    /// # fn demo(client: blobring::Client) {
+    /// let c = blobring::connector::BlobringConnector::new(client)
+    ///     .with_account(blobring::blob::AccountConfig::emulator());
+    /// # }
+    /// ```
+    pub fn with_account(mut self, account: AccountConfig) -> Self {
+        self.stream = Some(BlobService::new(self.client.clone(), account));
+        self
     }
 }
 
@@ -49,14 +81,17 @@ impl HttpConnector for BlobringConnector {
     fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
         Ok(HttpClient::new(BlobringService {
             client: self.client.clone(),
+            stream: self.stream.clone(),
         }))
     }
 }
 
-/// The [`HttpService`]: one blobring request per HTTP request.
+/// The [`HttpService`]: one blobring request per HTTP request (or a striped download for a
+/// large whole-object GET, see [`BlobringConnector::with_account`]).
 #[derive(Debug, Clone)]
 pub struct BlobringService {
     client: Client,
+    stream: Option<BlobService>,
 }
 
 fn kind(e: &ClientError) -> HttpErrorKind {
@@ -128,8 +163,10 @@ impl BlobringService {
         r.data_valid = body.len() as u32;
         let c = self.client.execute(r).await?;
         let rh = parse_response_head(&c.head)?;
-        let data = match &c.data {
-            Some(l) => l.to_bytes(c.data_len())?,
+        let n = c.data_len();
+        // Zero-copy: the body owns the arena buffer until object_store drops it.
+        let data = match c.data {
+            Some(l) => l.into_bytes(n)?,
             None => bytes::Bytes::new(),
         };
         let mut resp = http::Response::new(HttpResponseBody::from(data));
@@ -152,20 +189,104 @@ impl HttpService for BlobringService {
         let probe =
             http::Request::from_parts(parts, object_store::client::HttpRequestBody::empty());
         let head = Self::head(&probe, body.len());
-        // The request is already signed, so it cannot be changed (no added range, no probing
-        // HEAD): a whole-object GET gets the largest buffer the arena allows, and a larger
-        // object fails with a VSP error naming the limit (ask object_store for ranges, or start
-        // blobringd with a larger --arena-size).
+        // The request is already signed, so it cannot be changed (no added range): a
+        // whole-object GET first gets the largest buffer one request allows; a larger body is
+        // then streamed by ranged GETs the SDK signs (with the account), or fails naming the fix.
+        let whole_get = probe.method() == http::Method::GET && range_len(&probe).is_none();
         let recv = match range_len(&probe) {
             Some(n) => n,
-            None if probe.method() == http::Method::GET => {
-                (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA)
-            }
+            None if whole_get => (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA),
             None => DEFAULT_RECV,
         };
         let recv = recv
             .min(self.client.arena_len())
             .min(crate::MAX_REQUEST_DATA);
-        self.once(&head, &body, recv).await.map_err(err)
+        match self.once(&head, &body, recv).await {
+            Err(ClientError::BodyTooLarge { needed }) if whole_get => match &self.stream {
+                Some(svc) => stream_get(svc, &probe).await.map_err(|e| match e {
+                    BlobError::Transport(e) => err(e),
+                    e => HttpError::new(HttpErrorKind::Request, e),
+                }),
+                None => Err(HttpError::new(
+                    HttpErrorKind::Request,
+                    ClientError::BadResponse(format!(
+                        "the object is {needed} bytes, more than one blobring request carries                          ({recv} here); give the connector the account                          (BlobringConnector::with_account) so it can stream large GETs, or                          read ranges"
+                    )),
+                )),
+            },
+            r => r.map_err(err),
+        }
     }
+}
+
+/// `/<prefix>/<container>/<blob>` of a request path, percent-decoded.
+fn split_path(account: &AccountConfig, path: &str) -> Result<(String, String), BlobError> {
+    let rest = path
+        .strip_prefix(account.path_prefix.as_str())
+        .unwrap_or(path);
+    let (c, b) = rest
+        .trim_start_matches('/')
+        .split_once('/')
+        .ok_or_else(|| BlobError::Config(format!("{path} names no blob")))?;
+    let dec = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|e| BlobError::Config(format!("{path}: {e}")))
+    };
+    Ok((dec(c)?, dec(b)?))
+}
+
+fn frame(r: Result<bytes::Bytes, BlobError>) -> Result<http_body::Frame<bytes::Bytes>, HttpError> {
+    r.map(http_body::Frame::data)
+        .map_err(|e| HttpError::new(HttpErrorKind::Request, e))
+}
+
+/// A whole-object GET answered by a striped [`Download`]: the HEAD's headers with status 200,
+/// the body a stream of zero-copy chunks in order.
+async fn stream_get(svc: &BlobService, req: &HttpRequest) -> Result<HttpResponse, BlobError> {
+    let (container, blob) = split_path(svc.account(), req.uri().path())?;
+    let props = svc
+        .head_blob(&container, &blob, &Default::default())
+        .await?;
+    if let Some(want) = req.headers().get("if-match").and_then(|v| v.to_str().ok())
+        && want != "*"
+        && want != props.etag
+    {
+        // The blob changed between object_store's GET and our HEAD.
+        return Err(BlobError::Config(format!(
+            "{container}/{blob} changed while it was read (ETag {} instead of {want})",
+            props.etag
+        )));
+    }
+    let dl =
+        Download::with_properties(svc, &container, &blob, &props, &TransferOptions::default())?;
+    let mut resp = http::Response::new(HttpResponseBody::new(http_body_util::StreamBody::new(
+        dl.map(frame),
+    )));
+    let h = resp.headers_mut();
+    let mut put = |k: &'static str, v: &str| {
+        if let Ok(v) = http::HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    put("content-length", &props.size.to_string());
+    put("etag", &props.etag);
+    put("last-modified", &props.last_modified);
+    put("x-ms-blob-type", "BlockBlob");
+    if let Some(t) = &props.content_type {
+        put("content-type", t);
+    }
+    if let Some(m) = &props.content_md5 {
+        put("content-md5", m);
+    }
+    for (k, v) in &props.metadata {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    Ok(resp)
 }

@@ -23,9 +23,12 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -108,18 +111,53 @@ impl Chunk {
         Ok(())
     }
 
-    /// The chunk as [`bytes::Bytes`].
+    /// The chunk as [`bytes::Bytes`] (one copy).
     pub fn to_bytes(&self) -> Result<bytes::Bytes, BlobError> {
         Ok(match &self.data {
             Some(d) => d.to_bytes(self.len)?,
             None => bytes::Bytes::new(),
         })
     }
+
+    /// The chunk as [`bytes::Bytes`] without a copy ([`Lease::into_bytes`]): its arena
+    /// buffer returns when the last clone drops, so a consumer holding many chunks holds
+    /// arena space (and stalls the download) until it lets go.
+    pub fn into_bytes(self) -> Result<bytes::Bytes, BlobError> {
+        Ok(match self.data {
+            Some(d) => d.into_bytes(self.len)?,
+            None => bytes::Bytes::new(),
+        })
+    }
 }
 
-type Inflight = VecDeque<(u64, u64, crate::blob::Spec, Pending)>;
+/// One ranged GET of a download: its range, request and attempt number (`pending` is `None`
+/// while a retry waits out its backoff).
+struct InflightGet {
+    start: u64,
+    end: u64,
+    spec: crate::blob::Spec,
+    pending: Option<Pending>,
+    attempt: u32,
+}
 
-/// An in-order striped download: call [`Download::next_chunk`] until `None` (an async stream).
+/// A backoff sleep (boxed so that [`Download`] stays `Unpin`, `Send` and `Sync`).
+type Backoff = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// An in-order striped download: call [`Download::next_chunk`] until `None`, or use it as a
+/// [`futures_util::Stream`] of zero-copy [`bytes::Bytes`] chunks in blob order.
+///
+/// ```no_run
+/// # async fn demo(svc: blobring::blob::BlobService) -> Result<(), blobring::blob::BlobError> {
+/// use blobring::transfer::{Download, TransferOptions};
+/// use futures_util::TryStreamExt;
+/// let mut d = Download::start(&svc, "data", "big.bin", &TransferOptions::default()).await?;
+/// let mut total = 0;
+/// while let Some(bytes) = d.try_next().await? {
+///     total += bytes.len(); // `bytes` points into the arena; dropping it frees the space
+/// }
+/// assert_eq!(total as u64, d.size());
+/// # Ok(()) }
+/// ```
 pub struct Download {
     svc: BlobService,
     container: String,
@@ -132,7 +170,8 @@ pub struct Download {
     parallel: usize,
     verify: bool,
     progress: Option<Progress>,
-    inflight: Inflight,
+    inflight: VecDeque<InflightGet>,
+    backoff: Option<Backoff>,
     queue_rr: u32,
     n_queues: u32,
 }
@@ -158,6 +197,18 @@ impl Download {
         opts: &TransferOptions,
     ) -> Result<Self, BlobError> {
         let props = svc.head_blob(container, blob, &Default::default()).await?;
+        Self::with_properties(svc, container, blob, &props, opts)
+    }
+
+    /// Like [`Download::start`] for a blob whose size and ETag are already known (from a HEAD
+    /// or a listing): no request is made until the first chunk is asked for.
+    pub fn with_properties(
+        svc: &BlobService,
+        container: &str,
+        blob: &str,
+        props: &crate::blob::BlobProperties,
+        opts: &TransferOptions,
+    ) -> Result<Self, BlobError> {
         let (chunk, parallel) = opts.fit(svc.client().arena_len());
         let chunk = if opts.verify {
             chunk.min(4 << 20)
@@ -168,7 +219,7 @@ impl Download {
             svc: svc.clone(),
             container: container.into(),
             blob: blob.into(),
-            etag: props.etag,
+            etag: props.etag.clone(),
             size: props.size,
             next: 0,
             done: 0,
@@ -177,6 +228,7 @@ impl Download {
             verify: opts.verify,
             progress: opts.progress.clone(),
             inflight: VecDeque::new(),
+            backoff: None,
             queue_rr: 0,
             n_queues: svc.client().n_queues()?,
         })
@@ -200,7 +252,13 @@ impl Download {
                 self.verify,
                 Some(q),
             )?;
-            self.inflight.push_back((self.next, end, spec, p));
+            self.inflight.push_back(InflightGet {
+                start: self.next,
+                end,
+                spec,
+                pending: Some(p),
+                attempt: 0,
+            });
             self.next = end;
         }
         Ok(())
@@ -208,39 +266,75 @@ impl Download {
 
     /// The next chunk in blob order, or `None` at the end.
     pub async fn next_chunk(&mut self) -> Option<Result<Chunk, BlobError>> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// Polls for the next chunk in blob order (`Ready(None)` at the end): the poll form of
+    /// [`Download::next_chunk`]. Retryable failures of a range are retried (with the
+    /// service's backoff) before the error is returned.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Chunk, BlobError>>> {
         if let Err(e) = self.refill() {
-            return Some(Err(e));
+            return Poll::Ready(Some(Err(e)));
         }
-        let (start, end, spec, p) = self.inflight.pop_front()?;
-        let mut r = self.svc.finish(&spec, p.await);
-        let mut attempt = 0;
-        while let Err(e) = &r {
-            if !BlobService::should_retry(e) || attempt >= self.svc.retry_policy().max_retries {
-                break;
+        loop {
+            if let Some(b) = &mut self.backoff {
+                std::task::ready!(b.as_mut().poll(cx));
+                self.backoff = None;
+                let Some(f) = self.inflight.front_mut() else {
+                    return Poll::Ready(None);
+                };
+                match self.svc.start_get(
+                    &self.container,
+                    &self.blob,
+                    f.start..f.end,
+                    Some(&self.etag),
+                    self.verify,
+                    None,
+                ) {
+                    Ok((s, p)) => {
+                        f.spec = s;
+                        f.pending = Some(p);
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
             }
-            sleep(self.svc.retry_policy().clone().base * (1 << attempt.min(8))).await;
-            attempt += 1;
-            r = match self.svc.start_get(
-                &self.container,
-                &self.blob,
-                start..end,
-                Some(&self.etag),
-                self.verify,
-                None,
-            ) {
-                Ok((s, p)) => self.svc.finish(&s, p.await),
-                Err(e) => Err(e),
+            let Some(f) = self.inflight.front_mut() else {
+                return Poll::Ready(None);
             };
+            let Some(p) = f.pending.as_mut() else {
+                return Poll::Ready(Some(Err(BlobError::Protocol(
+                    "download polled without a request in flight".into(),
+                ))));
+            };
+            let c = std::task::ready!(Pin::new(p).poll(cx));
+            f.pending = None;
+            let r = self.svc.finish(&f.spec, c);
+            if let Err(e) = &r
+                && BlobService::should_retry(e)
+                && f.attempt < self.svc.retry_policy().max_retries
+            {
+                let wait = self.svc.retry_policy().base * (1 << f.attempt.min(8));
+                f.attempt += 1;
+                self.backoff = Some(Box::pin(sleep(wait)));
+                continue;
+            }
+            let f = self.inflight.pop_front().expect("front checked above");
+            return Poll::Ready(Some(self.accept(f.start, f.end, r)));
         }
-        let a = match r {
-            Ok(a) => a,
-            Err(e) => return Some(Err(e)),
-        };
+    }
+
+    fn accept(
+        &mut self,
+        start: u64,
+        end: u64,
+        r: Result<crate::blob::Answer, BlobError>,
+    ) -> Result<Chunk, BlobError> {
+        let a = r?;
         if a.len as u64 != end - start {
-            return Some(Err(BlobError::Protocol(format!(
+            return Err(BlobError::Protocol(format!(
                 "range {start}..{end} of {} returned {} bytes",
                 self.blob, a.len
-            ))));
+            )));
         }
         if self.verify {
             let want = a
@@ -250,21 +344,18 @@ impl Download {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             let data = match &a.data {
-                Some(d) => match d.to_vec(a.len) {
-                    Ok(v) => v,
-                    Err(e) => return Some(Err(e.into())),
-                },
+                Some(d) => d.to_vec(a.len)?,
                 None => Vec::new(),
             };
             let got = B64.encode(crc64(&data).to_le_bytes());
             match want {
                 Some(w) if w == got => {}
                 w => {
-                    return Some(Err(BlobError::Integrity {
+                    return Err(BlobError::Integrity {
                         what: format!("{} bytes {start}..{end}", self.blob),
                         expected: w.unwrap_or_else(|| "(no x-ms-content-crc64 header)".into()),
                         actual: got,
-                    }));
+                    });
                 }
             }
         }
@@ -272,14 +363,31 @@ impl Download {
         if let Some(p) = &self.progress {
             p(self.done, self.size);
         }
-        if let Err(e) = self.refill() {
-            return Some(Err(e));
-        }
-        Some(Ok(Chunk {
+        self.refill()?;
+        Ok(Chunk {
             offset: start,
             data: a.data,
             len: a.len,
-        }))
+        })
+    }
+}
+
+/// The chunks in blob order as zero-copy [`bytes::Bytes`] ([`Chunk::into_bytes`]); an empty
+/// blob yields no item. Holding many items holds their arena space: the download stalls
+/// until the consumer drops them.
+impl futures_util::Stream for Download {
+    type Item = Result<bytes::Bytes, BlobError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_chunk(cx)
+            .map(|o| o.map(|r| r.and_then(Chunk::into_bytes)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self
+            .size
+            .saturating_sub(self.done)
+            .div_ceil(self.chunk.max(1)) as usize;
+        (left, Some(left))
     }
 }
 
@@ -421,21 +529,148 @@ pub async fn upload_from_reader(
             break;
         };
         let len = bytes.len() as u64;
-        if let Err(e) = svc.finish(&spec, p.await) {
-            if !BlobService::should_retry(&e) {
-                return Err(e);
-            }
-            // Retry this block through the retrying path.
-            let id = spec
-                .query
-                .iter()
-                .find(|(k, _)| k == "blockid")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            svc.put_block(container, blob, &id, &bytes, opts.verify, None)
-                .await?;
-        }
+        finish_block(svc, container, blob, &spec, p.await, || bytes, opts.verify).await?;
         done += len;
+        if let Some(p) = &opts.progress {
+            p(done, total.unwrap_or(done));
+        }
+    }
+    svc.put_block_list(container, blob, &ids, put).await
+}
+
+/// Completes one Put Block of an upload: on a retryable failure the block is sent again
+/// through the retrying path with the bytes `data` gives back.
+async fn finish_block(
+    svc: &BlobService,
+    container: &str,
+    blob: &str,
+    spec: &crate::blob::Spec,
+    c: Result<crate::Completion, crate::ClientError>,
+    data: impl FnOnce() -> Vec<u8>,
+    verify: bool,
+) -> Result<(), BlobError> {
+    if let Err(e) = svc.finish(spec, c) {
+        if !BlobService::should_retry(&e) {
+            return Err(e);
+        }
+        let id = spec
+            .query
+            .iter()
+            .find(|(k, _)| k == "blockid")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        svc.put_block(container, blob, &id, &data(), verify, None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Uploads everything `stream` yields as a block blob: the items are packed into
+/// `chunk_size` blocks straight in arena buffers (one copy, from the items into the arena),
+/// sent as parallel Put Block (at most `parallelism` in flight, so memory is bounded by the
+/// arena whatever the stream's length or item sizes), then Put Block List. Items may have any
+/// size, including empty. `total` (if known) feeds the progress callback. Returns the ETag.
+/// A stream error aborts the upload (the uncommitted blocks are discarded by the service).
+///
+/// ```no_run
+/// # async fn demo(svc: blobring::blob::BlobService) -> Result<(), blobring::blob::BlobError> {
+/// use blobring::transfer::{TransferOptions, upload_from_stream};
+/// let parts = vec![Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"hello ")),
+///                  Ok(bytes::Bytes::from_static(b"world"))];
+/// upload_from_stream(&svc, "data", "greeting", futures_util::stream::iter(parts), Some(11),
+///     &Default::default(), &TransferOptions::default()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn upload_from_stream<S, E>(
+    svc: &BlobService,
+    container: &str,
+    blob: &str,
+    stream: S,
+    total: Option<u64>,
+    put: &PutOptions,
+    opts: &TransferOptions,
+) -> Result<String, BlobError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use futures_util::StreamExt as _;
+    let (chunk, parallel) = opts.fit(svc.client().arena_len());
+    let chunk = chunk as usize;
+    let n_queues = svc.client().n_queues()?.max(1);
+    let upload = uuid::Uuid::new_v4().simple().to_string();
+    let mut stream = std::pin::pin!(stream);
+    let mut ids = Vec::new();
+    let mut inflight: VecDeque<(crate::blob::Spec, Pending, Vec<bytes::Bytes>, usize)> =
+        VecDeque::new();
+    let mut carry: Option<bytes::Bytes> = None;
+    let (mut done, mut n, mut eof) = (0u64, 0u64, false);
+    loop {
+        while !eof && inflight.len() < parallel {
+            let lease = svc.client().alloc_async(chunk as u64).await?;
+            let mut parts = Vec::new();
+            let mut crc = crc64fast_nvme::Digest::new();
+            let mut filled = 0;
+            while filled < chunk {
+                let b = match carry.take() {
+                    Some(b) => b,
+                    None => match stream.next().await {
+                        Some(Ok(b)) => b,
+                        Some(Err(e)) => {
+                            return Err(BlobError::Io {
+                                what: format!("reading the stream uploaded to {container}/{blob}"),
+                                source: std::io::Error::other(e),
+                            });
+                        }
+                        None => {
+                            eof = true;
+                            break;
+                        }
+                    },
+                };
+                let take = b.len().min(chunk - filled);
+                lease.write(filled, &b[..take])?;
+                if opts.verify {
+                    crc.write(&b[..take]);
+                }
+                if take < b.len() {
+                    carry = Some(b.slice(take..));
+                }
+                // Kept (reference counts, no copy) in case the block must be sent again.
+                parts.push(b.slice(..take));
+                filled += take;
+            }
+            if filled == 0 {
+                break;
+            }
+            let id = block_id(&upload, n);
+            let (spec, p) = svc.start_put_block(
+                container,
+                blob,
+                &id,
+                lease,
+                filled,
+                opts.verify.then(|| crc.sum64()),
+                Some((n % u64::from(n_queues)) as u32),
+            )?;
+            inflight.push_back((spec, p, parts, filled));
+            ids.push((BlockRef::Uncommitted, id));
+            n += 1;
+        }
+        let Some((spec, p, parts, len)) = inflight.pop_front() else {
+            break;
+        };
+        finish_block(
+            svc,
+            container,
+            blob,
+            &spec,
+            p.await,
+            || parts.concat(),
+            opts.verify,
+        )
+        .await?;
+        done += len as u64;
         if let Some(p) = &opts.progress {
             p(done, total.unwrap_or(done));
         }

@@ -67,7 +67,7 @@ pub use error::RingError;
 pub use layout::QueueLayout;
 pub use queue::{ClientQueue, DaemonQueue, SleepCheck};
 pub use sq::{SqConsumer, SqProducer};
-pub use wake::{EventFd, FutexWord, Notifier, Sleeper, Slept, WaitOutcome};
+pub use wake::{EventFd, FutexWord, Notifier, Sleeper, Slept, WAIT_ANY_MAX, WaitOutcome, wait_any};
 
 /// The result of publishing a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -254,3 +254,50 @@ impl Notifier for FutexWord {
             .map_err(wake_err("futex wake"))
     }
 }
+
+/// Most words one [`wait_any`] call can sleep on (the kernel's `FUTEX_WAITV_MAX`).
+pub const WAIT_ANY_MAX: usize = 128;
+
+/// Blocks until any of `words` is woken or no longer holds the value it was seen with, or
+/// `timeout` passes (`None`: no limit): how one thread (the SDK's reaper) sleeps on the
+/// `cq_tail` futex of every queue pair at once, with `futex_waitv` (Linux ≥ 5.16).
+///
+/// Each `seen` comes from [`CqConsumer::prepare_wait`](crate::CqConsumer::prepare_wait) on the
+/// word's queue, so a completion posted after that check either changed the word (the kernel
+/// returns at once) or found `cq_waiting` set and woke it. At most [`WAIT_ANY_MAX`] words.
+pub fn wait_any(
+    words: &[(&FutexWord, u32)],
+    timeout: Option<Duration>,
+) -> Result<Slept, RingError> {
+    if words.is_empty() || words.len() > WAIT_ANY_MAX {
+        return Err(RingError::Layout("wait_any needs 1..=128 futex words"));
+    }
+    let waiters: Vec<futex::Wait> = words
+        .iter()
+        .map(|(w, seen)| {
+            let mut x = futex::Wait::new();
+            x.val = u64::from(*seen);
+            x.uaddr = futex::WaitPtr::new(w.as_ptr().cast_mut().cast());
+            // Shared (no FUTEX2_PRIVATE): the daemon wakes it through its own mapping.
+            x.flags = futex::WaitFlags::SIZE_U32;
+            x
+        })
+        .collect();
+    // futex_waitv takes an absolute deadline on the given clock.
+    let deadline = timeout.map(|t| {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let now = Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec as u32);
+        timespec(now.saturating_add(t))
+    });
+    match futex::waitv(
+        &waiters,
+        futex::WaitvFlags::empty(),
+        deadline.as_ref(),
+        futex::ClockId::Monotonic,
+    ) {
+        // AGAIN: some word already differs from its `seen`, i.e. a completion was posted.
+        Ok(_) | Err(Errno::AGAIN) | Err(Errno::INTR) => Ok(Slept::Woken),
+        Err(Errno::TIMEDOUT) => Ok(Slept::TimedOut),
+        Err(e) => Err(wake_err("futex_waitv")(e)),
+    }
+}

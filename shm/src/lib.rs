@@ -15,7 +15,9 @@
 //! up, never used as addresses.
 //!
 //! **Invariants:**
-//! - no Rust reference into peer-writable memory ever leaves this crate (raw addresses are
+//! - no Rust reference into peer-writable memory ever leaves this crate, except through
+//!   [`Frozen`], the SDK's view of a buffer its *trusted* daemon has finished with (see its
+//!   trust model; never used by the daemon or host) (raw addresses are
 //!   available via [`Mapping::as_raw_parts`] and [`Mapping::raw_addr`], only for handing to
 //!   the kernel: io_uring buffer registration, futexes, pagemap look-ups);
 //! - every access is bounds-checked against the mapping's length;
@@ -38,10 +40,12 @@ pub mod arena;
 pub mod gpa;
 
 mod access;
+mod frozen;
 mod region;
 
 pub use access::{AccessError, HeapMemory, SharedMemory, Window};
 pub use arena::{Allocation, Arena, ArenaError};
+pub use frozen::Frozen;
 pub use gpa::{Pagemap, PagemapEntry};
 pub use region::{
     HUGE_PAGE_SIZE, Mapping, PageKind, PagePolicy, Region, RegionError, RegionOptions,

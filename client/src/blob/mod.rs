@@ -23,6 +23,13 @@
 mod auth;
 mod xml;
 
+/// The parsers of the service's XML response bodies, public only for the `xml` fuzz target
+/// (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::xml::{parse_block_list, parse_error, parse_list};
+}
+
 use std::ops::Range;
 use std::time::Duration;
 
@@ -299,9 +306,18 @@ impl GetResult {
         }
     }
 
-    /// The bytes as [`bytes::Bytes`].
+    /// The bytes as [`bytes::Bytes`] (one copy; the arena buffer stays with `self`).
     pub fn to_bytes(&self) -> Result<bytes::Bytes, BlobError> {
         Ok(bytes::Bytes::from(self.to_vec()?))
+    }
+
+    /// The bytes as [`bytes::Bytes`] without a copy ([`Lease::into_bytes`]): the arena
+    /// buffer is returned when the last clone drops.
+    pub fn into_bytes(self) -> Result<bytes::Bytes, BlobError> {
+        match self.data {
+            Some(l) => Ok(l.into_bytes(self.len)?),
+            None => Ok(bytes::Bytes::new()),
+        }
     }
 }
 

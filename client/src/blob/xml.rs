@@ -64,7 +64,7 @@ fn walk(xml: &[u8], mut f: impl FnMut(&str, Option<&str>)) -> Result<(), BlobErr
 }
 
 /// `Error/Code` and `Error/Message`.
-pub(crate) fn parse_error(xml: &[u8]) -> (Option<String>, Option<String>) {
+pub fn parse_error(xml: &[u8]) -> (Option<String>, Option<String>) {
     let (mut code, mut msg) = (None::<String>, None::<String>);
     let _ = walk(xml, |p, t| match (p, t) {
         ("Error/Code", Some(t)) => code.get_or_insert_with(String::new).push_str(t),
@@ -75,7 +75,7 @@ pub(crate) fn parse_error(xml: &[u8]) -> (Option<String>, Option<String>) {
 }
 
 /// An `EnumerationResults` document.
-pub(crate) fn parse_list(xml: &[u8]) -> Result<ListPage, BlobError> {
+pub fn parse_list(xml: &[u8]) -> Result<ListPage, BlobError> {
     let mut page = ListPage::default();
     let mut marker = String::new();
     walk(xml, |p, t| {
@@ -122,7 +122,7 @@ pub(crate) fn parse_list(xml: &[u8]) -> Result<ListPage, BlobError> {
 }
 
 /// A `BlockList` document (Get Block List).
-pub(crate) fn parse_block_list(xml: &[u8]) -> Result<BlockList, BlobError> {
+pub fn parse_block_list(xml: &[u8]) -> Result<BlockList, BlobError> {
     let mut bl = BlockList::default();
     walk(xml, |p, t| {
         let (list, rest) = if let Some(r) = p.strip_prefix("BlockList/CommittedBlocks/Block") {

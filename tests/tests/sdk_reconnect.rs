@@ -1,0 +1,89 @@
+//! Daemon death with requests in flight: the client notices at once (its watcher thread sees
+//! the socket hang up and wakes the reaper sleeping on the completion-queue futexes), fails
+//! every in-flight request with a clear error, and reconnects after the restart.
+
+use std::time::{Duration, Instant};
+
+use blobring::blob::{AccountConfig, BlobError, BlobService, GetOptions, PutOptions, RetryPolicy};
+use blobring::{Client, ClientError, block_on};
+use blobring_tests::{Daemon, HostStack, scratch};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
+
+#[test]
+fn daemon_death_fails_in_flight_requests_fast_and_the_client_reconnects() {
+    let dir = scratch();
+    let mut s = HostStack::start(DAEMON, dir.path(), &[], &["--arena-size", "67108864"]);
+    let client = Client::connect(&s.daemon.socket).unwrap();
+    // No retries: the point is how fast the failure itself surfaces (with the default policy,
+    // an idempotent GET keeps retrying the reconnect for a few seconds before giving up).
+    let svc = BlobService::new(client.clone(), AccountConfig::emulator())
+        .with_timeout(Duration::from_secs(30))
+        .with_retry(RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        });
+    block_on(svc.create_container("rec")).unwrap();
+    block_on(svc.put_blob("rec", "x", b"before", &PutOptions::default())).unwrap();
+
+    // Keep many requests in flight from several threads while the daemon is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (svc, stop) = (svc.clone(), stop.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut first_err = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match block_on(svc.get_blob("rec", "x", None, &GetOptions::default())) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        first_err.get_or_insert((Instant::now(), e));
+                        break;
+                    }
+                }
+            }
+            first_err
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    s.daemon.signal(rustix::process::Signal::KILL);
+    let _ = s.daemon.child.wait();
+    println!("daemon reaped {:?} after SIGKILL", killed.elapsed());
+    let errors: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut worst = Duration::ZERO;
+    for (at, e) in errors
+        .into_iter()
+        .map(|e| e.expect("every worker saw the failure"))
+    {
+        worst = worst.max(at.saturating_duration_since(killed));
+        assert!(
+            matches!(
+                &e,
+                BlobError::Transport(
+                    ClientError::ConnectionReset
+                        | ClientError::Connect(_)
+                        | ClientError::Connection(_)
+                )
+            ),
+            "{e}"
+        );
+        assert!(!e.to_string().is_empty());
+    }
+    println!("in-flight requests failed {worst:?} after the daemon was killed");
+    // The bound the brief allows for this one timed assert: well above the ~ms it takes.
+    assert!(worst < Duration::from_secs(1), "took {worst:?}");
+    let e = block_on(svc.get_blob("rec", "x", None, &GetOptions::default())).unwrap_err();
+    assert!(e.to_string().contains("blobringd"), "{e}");
+
+    let _ = std::fs::remove_file(&s.daemon.socket);
+    let _ = std::fs::remove_file(&s.daemon.ctl);
+    s.daemon = Daemon::start(DAEMON, dir.path(), &["--arena-size", "67108864"]);
+    s.daemon
+        .wait_stats(Duration::from_secs(20), "host connected", |st| {
+            st["daemon"]["host_connected"] == true
+        });
+    let g = block_on(svc.get_blob("rec", "x", None, &GetOptions::default())).expect("reconnected");
+    assert_eq!(g.to_vec().unwrap(), b"before");
+}
