@@ -47,9 +47,9 @@ fn daemon(dir: &Path, flags: &str) -> Daemon {
     Daemon::start(DAEMON, dir, &argv(flags))
 }
 
-fn client_cmd(bin: &Path, socket: &Path, uid: u32, gid: u32, mode: &str) -> Command {
+fn client_cmd(bin: &Path, first: &Path, uid: u32, gid: u32, mode: &str) -> Command {
     let mut c = Command::new(bin);
-    c.arg(socket)
+    c.arg(first)
         .arg(mode)
         .uid(uid)
         .gid(gid)
@@ -489,6 +489,29 @@ fn user_and_group_switch_hands_over_the_sockets_and_still_serves() {
     );
     let line = once_as(&bin, &d.socket, OTHER_UID, OTHER_UID);
     assert!(line.contains("Permission denied"), "{line}");
+    // Non-dumpable: another process of the daemon's own uid cannot look inside it, while it
+    // can look inside an ordinary process of that uid (a client holding a connection).
+    let peek = |pid: u32| {
+        let mut c = Reaped(
+            client_cmd(
+                &bin,
+                Path::new("peek"),
+                NOBODY,
+                SHARED_GID,
+                &pid.to_string(),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn peek"),
+        );
+        first_line(&mut c)
+    };
+    let line = peek(d.child.id());
+    assert!(line.starts_with("peek denied:"), "{line}");
+    let (holder, l) = hold_as(&bin, &d.socket, NOBODY, SHARED_GID);
+    assert_ok(&l, NOBODY, SHARED_GID);
+    let line = peek(holder.0.id());
+    assert!(line.starts_with("peek ok "), "{line}");
     let pr = &d.stats()["process"]["privileges"];
     assert_eq!(pr["uid"], NOBODY, "{pr}");
     assert_eq!(pr["gid"], SHARED_GID, "{pr}");

@@ -7,6 +7,9 @@
 //! `blobring-sec-client SOCKET hold` — the same, then keeps the connection until its stdin
 //! closes (the test holds a slot with it).
 //!
+//! `blobring-sec-client peek PID` — tries to list `/proc/PID/fd` and read `/proc/PID/environ`
+//! and prints `peek ok N` (N open fds) or `peek denied: ERROR`.
+//!
 //! When the connection fails it prints `refused KIND: TEXT` (the daemon refused the
 //! handshake) or `failed: TEXT` (anything else, e.g. the socket's permissions), TEXT being
 //! the SDK's full error message, and exits with status 3.
@@ -18,9 +21,20 @@ use blobring::{ConnectError, Connection};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == "peek" {
+        let pid = &args[2];
+        let r = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+            .and_then(|fds| std::fs::read(format!("/proc/{pid}/environ")).map(|_| fds.len()));
+        match r {
+            Ok(n) => println!("peek ok {n}"),
+            Err(e) => println!("peek denied: {e}"),
+        }
+        return Ok(());
+    }
     anyhow::ensure!(
         args.len() == 3,
-        "usage: blobring-sec-client SOCKET once|hold"
+        "usage: blobring-sec-client SOCKET once|hold, or blobring-sec-client peek PID"
     );
     let mut conn = match Connection::connect(&args[1]) {
         Ok(c) => c,
