@@ -11,10 +11,10 @@
 //! `sync_chunk` bytes at a time with [`Client::execute_blocking`], as the seed's driver did
 //! (one ioctl per request).
 //!
-//! Bytes from blobring arrive in an arena lease, which is shared with the daemon and host; the
-//! SDK never hands out references into it, so each chunk is read out once into a reused
-//! private buffer and checksummed there (the one copy of the data out of shared memory, as
-//! object_store's HTTP client copies out of the socket).
+//! Bytes from blobring arrive in an arena lease; (d), (e) and the native ranged reads hash them
+//! in place through [`blobring::Lease::into_bytes`] (a zero-copy view of a lease the daemon
+//! and host no longer hold), so the one copy of the body is the host's store → arena copy, as
+//! with `pread`. (c) gets what the connector hands object_store.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -180,7 +180,7 @@ impl Reader {
                                     None,
                                 )
                                 .await?;
-                            Ok(g.to_vec()?)
+                            Ok(g.into_bytes()?)
                         }
                     })),
                     _ => bail!(
@@ -226,8 +226,8 @@ impl Reader {
                     let mut h = Xxh3::new();
                     while let Some(c) = d.next_chunk().await {
                         let c = c.with_context(|| format!("download {}", b.name))?;
-                        c.copy_to(&mut buf[..c.len])?;
-                        h.update(&buf[..c.len]);
+                        // In place: the lease viewed as Bytes, no copy.
+                        h.update(&c.into_bytes()?);
                     }
                     anyhow::Ok(h.digest())
                 })?;
@@ -244,8 +244,7 @@ impl Reader {
                 let mut off = 0;
                 while off < b.size {
                     let len = t.sync_chunk.min(b.size - off);
-                    let data = sync_get(client, account, host, &b.name, off, len, buf)?;
-                    h.update(data);
+                    h.update(&sync_get(client, account, host, &b.name, off, len)?);
                     off += len;
                     n += 1;
                 }
@@ -255,17 +254,16 @@ impl Reader {
     }
 }
 
-/// One signed ranged GET through [`Client::execute_blocking`] into a fresh lease, copied into
-/// `buf`; returns the bytes.
-fn sync_get<'a>(
+/// One signed ranged GET through [`Client::execute_blocking`] into a fresh lease; returns the
+/// body as a zero-copy view of the lease.
+fn sync_get(
     client: &Client,
     account: &AccountConfig,
     host: &str,
     blob: &str,
     off: u64,
     len: u64,
-    buf: &'a mut [u8],
-) -> Result<&'a [u8]> {
+) -> Result<bytes::Bytes> {
     let path = format!("/{}/{CONTAINER}/{blob}", account.account);
     let headers = vec![
         (
@@ -311,9 +309,7 @@ fn sync_get<'a>(
         "GET {blob} bytes {off}+{len}: {} bytes came back",
         c.data_len()
     );
-    let out = &mut buf[..len as usize];
-    c.data.as_ref().context("no data lease")?.read(0, out)?;
-    Ok(out)
+    Ok(c.data.context("no data lease")?.into_bytes(len as usize)?)
 }
 
 struct RangeSpec<'a> {
