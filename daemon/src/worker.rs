@@ -10,6 +10,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,8 @@ use blobring_abi::{
     Sqe, qc,
 };
 use blobring_reactor::{Event, FutexWord, MemoryRegion, OpId, Reactor, RegionWord};
-use blobring_ring::{DaemonQueue, EventFd, QueueLayout, SleepCheck};
-use blobring_shm::Region;
+use blobring_ring::{DaemonQueue, EventFd, QueueLayout, RingError, SleepCheck};
+use blobring_shm::{Region, SharedMemory};
 use blobring_vmbus::blob::{
     BlobRequestDesc, BufferPages, encode_blob_request, parse_blob_completion,
 };
@@ -212,22 +213,129 @@ struct ClientQ {
     counters: ClientCounters,
 }
 
+/// Where a request in a worker's [`InFlight`] slab is.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReqState {
+pub enum ReqState {
+    /// Taken, waiting for room on a channel.
     Waiting,
-    Sent { chan: usize },
-    TimedOut { chan: usize },
+    /// Handed to the host on channel (slab key) `chan`.
+    Sent {
+        /// Channel slab key.
+        chan: usize,
+    },
+    /// Past its deadline while the host holds its buffers (lent) on channel `chan`.
+    TimedOut {
+        /// Channel slab key.
+        chan: usize,
+    },
 }
 
-struct Req {
+/// One request a worker has taken and not yet retired.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Req {
     client: usize,
     generation: u32,
-    sqe: Sqe,
-    state: ReqState,
+    /// The validated copy of the client's SQE.
+    pub sqe: Sqe,
+    /// Where the request is.
+    pub state: ReqState,
     taken: Instant,
     sent: Instant,
     bytes: u64,
     notice_posted: bool,
+}
+
+/// The transaction id lent to the host for the request at slab `key` of `generation`:
+/// `generation << 32 | (key + 1)` (never 0).
+#[doc(hidden)]
+pub fn transaction_id(key: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | (key as u64 + 1)
+}
+
+/// A worker's in-flight requests (a slab; read and edited through `Deref`) and the generation
+/// counter that makes every transaction id unique among recent ones, so a stale or forged
+/// completion cannot retire a newer request that reused the slot.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct InFlight {
+    slab: Slab<Req>,
+    generation: u32,
+}
+
+impl Deref for InFlight {
+    type Target = Slab<Req>;
+    fn deref(&self) -> &Slab<Req> {
+        &self.slab
+    }
+}
+
+impl DerefMut for InFlight {
+    fn deref_mut(&mut self) -> &mut Slab<Req> {
+        &mut self.slab
+    }
+}
+
+impl InFlight {
+    /// An empty slab.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts request `sqe` of client (slab key) `client`, [`ReqState::Waiting`], under a new
+    /// generation; `bytes` is what it sends (head + valid data). Returns `(key, generation)`.
+    pub fn insert_waiting(
+        &mut self,
+        client: usize,
+        sqe: Sqe,
+        now: Instant,
+        bytes: u64,
+    ) -> (usize, u32) {
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let key = self.slab.insert(Req {
+            client,
+            generation,
+            sqe,
+            state: ReqState::Waiting,
+            taken: now,
+            sent: now,
+            bytes,
+            notice_posted: false,
+        });
+        (key, generation)
+    }
+
+    /// The transaction id of the request at `key`, if any.
+    pub fn tid(&self, key: usize) -> Option<u64> {
+        self.slab
+            .get(key)
+            .map(|r| transaction_id(key, r.generation))
+    }
+
+    /// Matches host completion `(tid, resp)` received on channel `chan` against the slab:
+    /// returns the key of the request it retires, or `None` for a bad completion (unknown or
+    /// stale id, a request never sent or sent on another channel, or success lengths larger
+    /// than the buffers lent), which the worker counts and drops.
+    pub fn match_completion(
+        &self,
+        chan: usize,
+        tid: u64,
+        resp: &AzBlobVspResponse,
+    ) -> Option<usize> {
+        let key = ((tid & 0xffff_ffff) as usize).checked_sub(1)?;
+        let generation = (tid >> 32) as u32;
+        let r = self.slab.get(key)?;
+        let valid = r.generation == generation
+            && matches!(r.state, ReqState::Sent { chan: c } | ReqState::TimedOut { chan: c } if c == chan)
+            // On success the lengths say what the host wrote, so they must fit the buffers it
+            // was lent. On a VSP error (e.g. body or head too large) they carry the size that
+            // would have been needed, for the client to retry with.
+            && (resp.error != 0
+                || (resp.response_len <= r.sqe.response_len && resp.length <= r.sqe.data_len));
+        valid.then_some(key)
+    }
 }
 
 struct Chan {
@@ -250,8 +358,7 @@ struct Worker {
     control_fd: Arc<EventFd>,
     clients: Slab<ClientQ>,
     by_id: HashMap<u64, usize>,
-    reqs: Slab<Req>,
-    generation: u32,
+    reqs: InFlight,
     waiting: VecDeque<(usize, u32)>,
     deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     chans: Slab<Chan>,
@@ -260,6 +367,7 @@ struct Worker {
     last_publish: Instant,
     dirty_clients: Vec<usize>,
     sqe_buf: Vec<Sqe>,
+    verdicts: Vec<Admission>,
     pkt: Vec<u8>,
     pfns: [Vec<u64>; 4],
     rx_buf: Vec<u8>,
@@ -293,8 +401,7 @@ pub fn run(
         control_fd,
         clients: Slab::new(),
         by_id: HashMap::new(),
-        reqs: Slab::new(),
-        generation: 0,
+        reqs: InFlight::new(),
         waiting: VecDeque::new(),
         deadlines: BinaryHeap::new(),
         chans: Slab::new(),
@@ -303,6 +410,7 @@ pub fn run(
         last_publish: Instant::now(),
         dirty_clients: Vec::new(),
         sqe_buf: vec![Sqe::new_zeroed(); s.batch.max(1)],
+        verdicts: Vec::with_capacity(s.batch.max(1)),
         pkt: Vec::new(),
         pfns: Default::default(),
         rx_buf: Vec::new(),
@@ -716,26 +824,10 @@ impl Worker {
         let now = Instant::now();
         for &(ck, tid, resp) in &done {
             any = true;
-            let key = (tid & 0xffff_ffff) as usize;
-            let generation = (tid >> 32) as u32;
-            let Some(key) = key.checked_sub(1) else {
+            let Some(key) = self.reqs.match_completion(ck, tid, &resp) else {
                 self.stats.errors.bad_completions += 1;
                 continue;
             };
-            let valid = self.reqs.get(key).is_some_and(|r| {
-                r.generation == generation
-                    && matches!(r.state, ReqState::Sent { chan } | ReqState::TimedOut { chan } if chan == ck)
-                    // On success the lengths say what the host wrote, so they must fit the
-                    // buffers it was lent. On a VSP error (e.g. body or head too large) they
-                    // carry the size that would have been needed, for the client to retry with.
-                    && (resp.error != 0
-                        || (resp.response_len <= r.sqe.response_len
-                            && resp.length <= r.sqe.data_len))
-            });
-            if !valid {
-                self.stats.errors.bad_completions += 1;
-                continue;
-            }
             let r = &self.reqs[key];
             let timed_out = matches!(r.state, ReqState::TimedOut { .. });
             let _ = self
@@ -812,54 +904,59 @@ impl Worker {
         keys.clear();
         keys.extend(self.clients.iter().filter(|(_, c)| !c.dead).map(|(k, _)| k));
         let now = Instant::now();
+        let have_channels = !self.chans.is_empty();
         for &k in &keys {
             let mut buf = std::mem::take(&mut self.sqe_buf);
-            let n = match self.clients[k].queue.take(&mut buf) {
+            let mut verdicts = std::mem::take(&mut self.verdicts);
+            let c = &mut self.clients[k];
+            let taken = take_sqes(
+                &mut c.queue,
+                &mut buf,
+                &mut verdicts,
+                &c.shared.geometry,
+                c.shared.gpa_base,
+                have_channels,
+                &mut c.rejected,
+            );
+            let n = match taken {
                 Ok(n) => n,
                 Err(e) => {
                     self.sqe_buf = buf;
+                    self.verdicts = verdicts;
                     self.misbehaved(k, e.to_string());
                     continue;
                 }
             };
-            if n == 0 {
-                let c = &mut self.clients[k];
-                if c.queue.sq().cached_tail() != c.queue.sq().head() {
-                    c.counters.credit_stalls += 1;
-                }
+            if n == 0 && c.queue.sq().cached_tail() != c.queue.sq().head() {
+                c.counters.credit_stalls += 1;
             }
-            for sqe in &buf[..n] {
+            for (sqe, &verdict) in buf[..n].iter().zip(&verdicts) {
                 any = true;
-                self.accept(k, *sqe, now);
+                self.accept(k, *sqe, verdict, now);
             }
             self.sqe_buf = buf;
+            self.verdicts = verdicts;
         }
         self.scratch_keys = keys;
         any
     }
 
-    /// Validates one copied SQE and starts it.
-    fn accept(&mut self, k: usize, sqe: Sqe, now: Instant) {
+    /// Acts on the [`take_sqes`] verdict of one copied SQE: completes it at once or starts it.
+    fn accept(&mut self, k: usize, sqe: Sqe, verdict: Admission, now: Instant) {
         let c = &mut self.clients[k];
-        let g = &c.shared.geometry;
-        let valid = validate_sqe(&sqe, g, c.shared.gpa_base);
-        let immediate = if !valid {
-            c.rejected += 1;
-            c.counters.errors.invalid += 1;
-            self.stats.errors.invalid += 1;
-            let _ = c.queue.sq().publish_rejected(c.rejected);
-            Some(-errno::EINVAL)
-        } else if sqe.opcode == OP_NOP {
-            self.stats.nops += 1;
-            Some(0)
-        } else if self.chans.is_empty() {
-            c.counters.errors.no_device += 1;
-            self.stats.errors.no_device += 1;
-            Some(-errno::ENODEV)
-        } else {
-            None
-        };
-        if let Some(res) = immediate {
+        match verdict {
+            Admission::Invalid => {
+                c.counters.errors.invalid += 1;
+                self.stats.errors.invalid += 1;
+            }
+            Admission::Nop => self.stats.nops += 1,
+            Admission::NoDevice => {
+                c.counters.errors.no_device += 1;
+                self.stats.errors.no_device += 1;
+            }
+            Admission::Start => {}
+        }
+        if let Some(res) = verdict.immediate_res() {
             c.counters.requests += 1;
             self.stats.requests += 1;
             let _ = self
@@ -885,19 +982,8 @@ impl Worker {
         c.in_slab += 1;
         c.counters.bytes_out += bytes;
         self.stats.bytes_out += bytes;
-        self.generation = self.generation.wrapping_add(1);
-        let generation = self.generation;
         let deadline = now + timeout;
-        let key = self.reqs.insert(Req {
-            client: k,
-            generation,
-            sqe,
-            state: ReqState::Waiting,
-            taken: now,
-            sent: now,
-            bytes,
-            notice_posted: false,
-        });
+        let (key, generation) = self.reqs.insert_waiting(k, sqe, now, bytes);
         self.deadlines.push(Reverse((deadline, key, generation)));
         // Keep submission order: while others wait for ring space, queue behind them.
         if !self.waiting.is_empty() || !self.try_send(key) {
@@ -920,68 +1006,17 @@ impl Worker {
         let Some(c) = self.clients.get(r.client) else {
             return false;
         };
-        let tid = (u64::from(r.generation) << 32) | (key as u64 + 1);
+        let tid = transaction_id(key, r.generation);
         let pfns = c.shared.pfns.clone();
         let sqe = r.sqe;
-        let [pd, pq, pr, scratch] = &mut self.pfns;
-        let translated = (|| {
-            let d = if sqe.data_len > 0 {
-                Some(pfns.buffer_pfns(sqe.data_offset, sqe.data_len, pd)?)
-            } else {
-                None
-            };
-            let q = pfns.buffer_pfns(sqe.request_offset, sqe.request_len, pq)?;
-            let r = pfns.buffer_pfns(sqe.response_offset, sqe.response_len, pr)?;
-            Ok::<_, blobring_vmbus::guest_phys::OutOfRegion>((d, q, r))
-        })();
         let limit = self.chans[ck].ch.max_request_pages();
-        let Ok((d, q, rs)) = translated else {
-            // Validated against the arena before; cannot happen. Fail the request only.
+        if let Err(e) = encode_request(&mut self.pkt, &mut self.pfns, &*pfns, &sqe, tid, limit) {
+            if e == errno::E2BIG {
+                self.stats.errors.too_big += 1;
+            }
             let cqe = Cqe {
                 user_data: sqe.user_data,
-                res: -errno::EINVAL,
-                ..Cqe::new_zeroed()
-            };
-            self.finish(key, cqe);
-            return true;
-        };
-        if let Some(max) = limit
-            && d.map_or(0, |_| pd.len()) + pq.len() + pr.len() > max as usize
-        {
-            let cqe = Cqe {
-                user_data: sqe.user_data,
-                res: -errno::E2BIG,
-                ..Cqe::new_zeroed()
-            };
-            self.stats.errors.too_big += 1;
-            self.finish(key, cqe);
-            return true;
-        }
-        let desc = BlobRequestDesc {
-            timeout_ms: sqe.timeout_ms,
-            transaction_guid: [0; 16],
-            data: d.map(|offset| BufferPages {
-                offset,
-                len: sqe.data_len,
-                pfns: pd,
-            }),
-            data_valid: sqe.data_valid,
-            request: BufferPages {
-                offset: q,
-                len: sqe.request_len,
-                pfns: pq,
-            },
-            response: BufferPages {
-                offset: rs,
-                len: sqe.response_len,
-                pfns: pr,
-            },
-        };
-        if encode_blob_request(&mut self.pkt, scratch, tid, &desc).is_err() {
-            // Validated before; cannot happen. Fail the request rather than the worker.
-            let cqe = Cqe {
-                user_data: sqe.user_data,
-                res: -errno::EINVAL,
+                res: -e,
                 ..Cqe::new_zeroed()
             };
             self.finish(key, cqe);
@@ -1203,6 +1238,127 @@ impl Worker {
     }
 }
 
+/// What intake decided for one copied SQE, before any host resource is used.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Refused by [`validate_sqe`]: completes at once with `-EINVAL`.
+    Invalid,
+    /// [`OP_NOP`]: completes at once with 0.
+    Nop,
+    /// A valid blob request while the worker has no host channel: `-ENODEV` at once.
+    NoDevice,
+    /// A valid blob request: start it on a channel ([`encode_request`]).
+    Start,
+}
+
+impl Admission {
+    /// The `res` of the immediate completion, `None` for [`Admission::Start`].
+    pub fn immediate_res(self) -> Option<i32> {
+        match self {
+            Admission::Invalid => Some(-errno::EINVAL),
+            Admission::Nop => Some(0),
+            Admission::NoDevice => Some(-errno::ENODEV),
+            Admission::Start => None,
+        }
+    }
+}
+
+/// One client's SQ intake for one worker turn, exactly as the worker runs it (and as the
+/// `sqe_intake` fuzz target drives it): copies up to `sqes.len()` SQEs out of `queue`
+/// (credits permitting), judges each copy against the client's region (`g`, `gpa_base`), adds
+/// the refused ones to `rejected` and publishes that total in `sq_rejected`. Returns how many
+/// were taken, with `verdicts[..n]` the [`Admission`] of `sqes[..n]`.
+///
+/// An error means the client corrupted its queue indices: disconnect it. Nothing was taken.
+#[doc(hidden)]
+pub fn take_sqes<M: Deref<Target: SharedMemory> + Clone>(
+    queue: &mut DaemonQueue<M>,
+    sqes: &mut [Sqe],
+    verdicts: &mut Vec<Admission>,
+    g: &RegionGeometry,
+    gpa_base: u64,
+    have_channels: bool,
+    rejected: &mut u32,
+) -> Result<usize, RingError> {
+    verdicts.clear();
+    let n = queue.take(sqes)?;
+    let before = *rejected;
+    verdicts.extend(sqes[..n].iter().map(|sqe| {
+        if !validate_sqe(sqe, g, gpa_base) {
+            *rejected += 1;
+            Admission::Invalid
+        } else if sqe.opcode == OP_NOP {
+            Admission::Nop
+        } else if !have_channels {
+            Admission::NoDevice
+        } else {
+            Admission::Start
+        }
+    }));
+    if *rejected != before {
+        // A diagnostic word for the client; never read back.
+        let _ = queue.sq().publish_rejected(*rejected);
+    }
+    Ok(n)
+}
+
+/// Builds into `pkt` the GPA-direct packet of the admitted blob request `sqe` under
+/// transaction id `tid`, translating its buffers through `translator` (`pfns` are scratch
+/// page lists). `Err` is the errno to complete the request with: `E2BIG` when the buffers span
+/// more than `max_pages` pages (the channel's limit), `EINVAL` when they cannot be translated
+/// or encoded (not expected after [`validate_sqe`]; the request fails, not the worker).
+#[doc(hidden)]
+pub fn encode_request(
+    pkt: &mut Vec<u8>,
+    pfns: &mut [Vec<u64>; 4],
+    translator: &dyn PfnTranslator,
+    sqe: &Sqe,
+    tid: u64,
+    max_pages: Option<u32>,
+) -> Result<(), i32> {
+    let [pd, pq, pr, scratch] = pfns;
+    let translated = (|| {
+        let d = if sqe.data_len > 0 {
+            Some(translator.buffer_pfns(sqe.data_offset, sqe.data_len, pd)?)
+        } else {
+            None
+        };
+        let q = translator.buffer_pfns(sqe.request_offset, sqe.request_len, pq)?;
+        let r = translator.buffer_pfns(sqe.response_offset, sqe.response_len, pr)?;
+        Ok::<_, blobring_vmbus::guest_phys::OutOfRegion>((d, q, r))
+    })();
+    let Ok((d, q, rs)) = translated else {
+        return Err(errno::EINVAL);
+    };
+    if let Some(max) = max_pages
+        && d.map_or(0, |_| pd.len()) + pq.len() + pr.len() > max as usize
+    {
+        return Err(errno::E2BIG);
+    }
+    let desc = BlobRequestDesc {
+        timeout_ms: sqe.timeout_ms,
+        transaction_guid: [0; 16],
+        data: d.map(|offset| BufferPages {
+            offset,
+            len: sqe.data_len,
+            pfns: pd,
+        }),
+        data_valid: sqe.data_valid,
+        request: BufferPages {
+            offset: q,
+            len: sqe.request_len,
+            pfns: pq,
+        },
+        response: BufferPages {
+            offset: rs,
+            len: sqe.response_len,
+            pfns: pr,
+        },
+    };
+    encode_blob_request(pkt, scratch, tid, &desc).map_err(|_| errno::EINVAL)
+}
+
 /// Checks a copied SQE against its client's region: known opcode, reserved fields zero, and
 /// for [`OP_BLOB`] non-empty request and response buffers, `data_valid <= data_len`, every
 /// buffer inside the data arena (never the header or the queues) and at most
@@ -1365,6 +1521,100 @@ mod tests {
             ..s
         };
         assert_eq!(pages(4095, &s2), 1 + 2, "the response straddles a page");
+    }
+
+    #[test]
+    fn intake_judges_each_copy_and_refuses_corrupt_indices() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = RegionGeometry::new(1, 8, 16, 64 << 10, 4096).unwrap();
+        let mem = Arc::new(blobring_shm::HeapMemory::new(g.region_len));
+        let layout = QueueLayout::from_geometry(&g, 0).unwrap();
+        layout.initialize(&*mem, 0).unwrap();
+        let mut client = blobring_ring::ClientQueue::attach(mem.clone(), &layout).unwrap();
+        let bad = Sqe {
+            flags: 1,
+            ..blob(&g)
+        };
+        let nop = Sqe {
+            opcode: OP_NOP,
+            ..Sqe::new_zeroed()
+        };
+        assert_eq!(client.submit(&[blob(&g), bad, nop]).unwrap().count, 3);
+        let mut q = DaemonQueue::new(mem.clone(), &layout, 0).unwrap();
+        let mut buf = vec![Sqe::new_zeroed(); 4];
+        let (mut verdicts, mut rejected) = (Vec::new(), 0);
+        let mut take = |q: &mut DaemonQueue<_>, channels| {
+            take_sqes(
+                q,
+                &mut buf,
+                &mut verdicts,
+                &g,
+                1 << 32,
+                channels,
+                &mut rejected,
+            )
+            .map(|n| (n, verdicts.clone()))
+        };
+        let (n, v) = take(&mut q, false).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(v, [Admission::NoDevice, Admission::Invalid, Admission::Nop]);
+        let sq_rejected = layout.control + qc::SQ_REJECTED;
+        assert_eq!(mem.load_u32(sq_rejected, Relaxed).unwrap(), 1);
+        assert_eq!(client.submit(&[blob(&g)]).unwrap().count, 1);
+        assert_eq!(take(&mut q, true).unwrap().1, [Admission::Start]);
+        // A tail beyond the ring is corruption: an error, and nothing is taken.
+        mem.store_u32(layout.control + qc::SQ_TAIL, 100, Relaxed)
+            .unwrap();
+        assert!(matches!(
+            take(&mut q, true),
+            Err(RingError::Corrupt {
+                field: "sq_tail",
+                ..
+            })
+        ));
+        assert_eq!((q.in_flight(), q.sq().head()), (4, 4));
+    }
+
+    #[test]
+    fn completions_retire_only_their_request() {
+        let mut slab = InFlight::new();
+        let sqe = Sqe {
+            response_len: 200,
+            data_len: 4096,
+            ..Sqe::new_zeroed()
+        };
+        let (key, generation) = slab.insert_waiting(0, sqe, Instant::now(), 0);
+        let tid = transaction_id(key, generation);
+        assert_eq!(slab.tid(key), Some(tid));
+        let ok = AzBlobVspResponse {
+            length: 4096,
+            error: 0,
+            response_len: 200,
+        };
+        assert_eq!(slab.match_completion(0, tid, &ok), None, "never sent");
+        slab[key].state = ReqState::Sent { chan: 1 };
+        assert_eq!(slab.match_completion(0, tid, &ok), None, "other channel");
+        assert_eq!(
+            slab.match_completion(1, tid ^ (1 << 32), &ok),
+            None,
+            "stale"
+        );
+        assert_eq!(
+            slab.match_completion(1, tid & !0xffff_ffff, &ok),
+            None,
+            "id 0"
+        );
+        let long = AzBlobVspResponse { length: 4097, ..ok };
+        assert_eq!(slab.match_completion(1, tid, &long), None, "body overflows");
+        let needs_more = AzBlobVspResponse { error: 3, ..long };
+        assert_eq!(slab.match_completion(1, tid, &needs_more), Some(key));
+        slab[key].state = ReqState::TimedOut { chan: 1 };
+        assert_eq!(slab.match_completion(1, tid, &ok), Some(key));
+        slab.remove(key);
+        let (again, _) = slab.insert_waiting(0, sqe, Instant::now(), 0);
+        slab[again].state = ReqState::Sent { chan: 1 };
+        assert_eq!(again, key, "slot reused");
+        assert_eq!(slab.match_completion(1, tid, &ok), None, "old id is stale");
     }
 
     #[test]
