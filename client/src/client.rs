@@ -414,18 +414,30 @@ impl Client {
     }
 
     /// Allocates a `len`-byte arena buffer, awaiting (without blocking the thread) space that
-    /// other requests or leases hold. Wakes when any lease is returned.
+    /// other requests or leases hold. Wakes when any lease is returned; fails with
+    /// [`ClientError::ArenaBusy`] after [`ClientOptions::arena_wait`] (e.g. when the caller
+    /// itself holds the space, in leases or zero-copy `Bytes`).
     pub async fn alloc_async(&self, len: u64) -> Result<Lease, ClientError> {
+        let start = Instant::now();
+        let wait = self.inner.opts.arena_wait;
+        let mut timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
         std::future::poll_fn(|cx| {
             if let Some(l) = self.inner.alloc_once(len)? {
                 return Poll::Ready(Ok(l));
             }
             lock(&self.inner.space_waiters).push(cx.waker().clone());
             // Re-check: a lease may have been returned before the waker was registered.
-            match self.inner.alloc_once(len)? {
-                Some(l) => Poll::Ready(Ok(l)),
-                None => Poll::Pending,
+            if let Some(l) = self.inner.alloc_once(len)? {
+                return Poll::Ready(Ok(l));
             }
+            let t = timer.get_or_insert_with(|| Box::pin(crate::blob::sleep(wait)));
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(ClientError::ArenaBusy {
+                    len,
+                    waited: start.elapsed(),
+                }));
+            }
+            Poll::Pending
         })
         .await
     }

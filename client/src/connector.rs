@@ -112,6 +112,10 @@ fn err(e: ClientError) -> HttpError {
 /// (listings, block lists, error bodies).
 const DEFAULT_RECV: u64 = 1 << 20;
 
+/// Smallest body handed out without a copy (below this a copy is cheaper than holding a
+/// buffer).
+const ZERO_COPY_MIN: usize = 64 << 10;
+
 fn range_len(req: &HttpRequest) -> Option<u64> {
     let v = req
         .headers()
@@ -164,9 +168,13 @@ impl BlobringService {
         let c = self.client.execute(r).await?;
         let rh = parse_response_head(&c.head)?;
         let n = c.data_len();
-        // Zero-copy: the body owns the arena buffer until object_store drops it.
         let data = match c.data {
-            Some(l) => l.into_bytes(n)?,
+            // Zero-copy: the body owns the arena buffer until object_store drops it — worth it
+            // only when the body fills most of the buffer; a small body (an error document,
+            // a small object read with a whole-object buffer) is copied so its large buffer
+            // goes back to the arena at once.
+            Some(l) if n >= ZERO_COPY_MIN && n >= l.len() / 2 => l.into_bytes(n)?,
+            Some(l) => l.to_bytes(n)?,
             None => bytes::Bytes::new(),
         };
         let mut resp = http::Response::new(HttpResponseBody::from(data));
