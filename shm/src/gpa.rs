@@ -192,8 +192,11 @@ mod tests {
     }
 
     #[test]
-    fn real_pagemap_sees_prefaulted_region() {
+    fn real_pagemap_sees_touched_region() {
         let r = Region::create("pagemap", 8 * 4096).unwrap();
+        for page in 0..8 {
+            crate::SharedMemory::write(&r, page * 4096, &[1]).unwrap();
+        }
         let mut pm = Pagemap::open_self().unwrap();
         let (ptr, len) = r.mapping().as_raw_parts();
         for i in 0..(len as u64).div_ceil(pm.page_size()) {
