@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every blobring test: formatting, lints, unit and integration tests (real processes),
 # loom models, and bounded fuzzing. Installs what it needs itself: npm's azurite into
-# target/azurite, cargo-fuzz into ~/.cargo/bin.
+# target/azurite, cargo-fuzz into ~/.cargo/bin, and (Debian, as root) fonts-dejavu-core for the
+# benchmark's PNG charts when no font is present.
 #
 #   ./scripts/test.sh            everything (what CI runs)
 #   FUZZ_SECONDS=5 ./scripts/test.sh   shorter fuzzing
@@ -21,6 +22,17 @@ cargo --version
 stage "peers (Azurite into target/azurite)"
 BLOBRING_AZURITE=$(./scripts/azurite.sh)
 export BLOBRING_AZURITE
+
+stage "chart font (blobring-bench's PNG charts need a TrueType font)"
+if [ -z "${BLOBRING_BENCH_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fonts-dejavu-core
+    else
+        echo "no DejaVu Sans: install fonts-dejavu-core or set BLOBRING_BENCH_FONT to a .ttf file" >&2
+        exit 1
+    fi
+fi
 
 stage "format"
 cargo fmt --all -- --check
