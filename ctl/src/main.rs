@@ -2,6 +2,7 @@
 //! `blobring`: parses arguments and calls the ctl library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -53,22 +54,33 @@ enum Cmd {
     Data(blobring_ctl::data::DataCmd),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Data(d) = cli.cmd {
-        return blobring_ctl::data::run(d);
+        // Prints `blobring: <message>` and returns the data commands' exit status.
+        return blobring_ctl::data::main(d);
     }
-    if let Cmd::Up(a) = cli.cmd {
-        return up::run(a);
+    let r = match cli.cmd {
+        Cmd::Up(a) => up::run(a),
+        cmd => admin(cmd, cli.ctl_socket),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blobring: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    let path = cli
-        .ctl_socket
-        .unwrap_or_else(blobring_ctl::default_ctl_path);
+}
+
+/// `stats`, `top`, `clients`, `channels`.
+fn admin(cmd: Cmd, ctl_socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = ctl_socket.unwrap_or_else(blobring_ctl::default_ctl_path);
     let doc = blobring_ctl::fetch(&path)?;
     if let Cmd::Top {
         interval_ms,
         iterations,
-    } = cli.cmd
+    } = cmd
     {
         let mut prev = doc;
         let mut t = std::time::Instant::now();
@@ -89,7 +101,7 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let text = match cli.cmd {
+    let text = match cmd {
         Cmd::Top { .. } | Cmd::Data(_) | Cmd::Up(_) => unreachable!("handled above"),
         Cmd::Stats { json: true } => serde_json::to_string_pretty(&doc)?,
         Cmd::Clients { json: true } => serde_json::to_string_pretty(&doc["clients"])?,

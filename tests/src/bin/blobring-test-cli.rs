@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! The `blobring` CLI's data commands built inside the tests crate, so integration tests can
-//! run them with `env!("CARGO_BIN_EXE_blobring-test-cli")`. Same library entry point.
+//! run them with `env!("CARGO_BIN_EXE_blobring-test-cli")`. Same library entry point
+//! (`blobring_ctl::data::main`: same messages and exit codes).
 
 use clap::Parser;
 
@@ -12,6 +13,6 @@ struct Cli {
     cmd: blobring_ctl::data::DataCmd,
 }
 
-fn main() -> anyhow::Result<()> {
-    blobring_ctl::data::run(Cli::parse().cmd)
+fn main() -> std::process::ExitCode {
+    blobring_ctl::data::main(Cli::parse().cmd)
 }
