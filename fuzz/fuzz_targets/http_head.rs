@@ -10,32 +10,12 @@
 //! that does not fit the 4 KiB data buffer or the 512-byte response buffer must be a typed error.
 #![no_main]
 
-use std::sync::Arc;
-
-use blobring_host::store::MemStore;
-use blobring_host::{
-    EMULATOR_ACCOUNT, EMULATOR_KEY, Executor, ExecutorConfig, Faults, SharedKeyAuth, SliceSink,
-    Store,
-};
+use blobring_fuzz::mem_executor;
+use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth, SliceSink};
 use libfuzzer_sys::fuzz_target;
 
 const SEP: &[u8] = &[0xff, 0xfe, 0xfd, 0xfc];
 const MAX_REQUESTS: usize = 8;
-
-fn executor(auth: Option<SharedKeyAuth>) -> Executor {
-    let store = Arc::new(MemStore::new());
-    store
-        .create_container("data", Vec::new())
-        .expect("fresh mem store");
-    Executor::new(
-        store,
-        ExecutorConfig {
-            account: EMULATOR_ACCOUNT.into(),
-            auth,
-            faults: Faults::default(),
-        },
-    )
-}
 
 fn split_requests(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
@@ -56,8 +36,8 @@ fn split_requests(data: &[u8]) -> Vec<&[u8]> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let open = executor(None);
-    let signed = executor(Some(
+    let open = mem_executor(None);
+    let signed = mem_executor(Some(
         SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).expect("emulator key is valid"),
     ));
     let mut out = vec![0u8; 4096];
