@@ -161,13 +161,16 @@ fn service(socket: &Path, timeout: Duration, retries: u32) -> BlobService {
 fn host_latency_within_the_deadline_succeeds_beyond_it_times_out_in_time() {
     let dir = shm_dir();
     let s = HostStack::start(DAEMON, dir.path(), &["--fault-latency-ms", "60"], &[]);
-    // Impatient callers (deadline 20 ms < the host's 60 ms) alongside: every call ends with
-    // a typed timeout, in time.
+    // Impatient callers (deadline 20 ms < the host's 60 ms) alongside: every call ends in
+    // time, with a typed timeout, or with the host's answer when the daemon saw that before
+    // it got round to the deadline (allowed, but counted: it must stay rare).
     let stop = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
     let impatient: Vec<_> = (0..2)
         .map(|i| {
-            let (socket, stop, n) = (s.daemon.socket.clone(), stop.clone(), timed_out.clone());
+            let (socket, stop) = (s.daemon.socket.clone(), stop.clone());
+            let (n, late) = (timed_out.clone(), answered.clone());
             std::thread::spawn(move || {
                 let svc = service(&socket, Duration::from_millis(20), 0);
                 let mut k = 0;
@@ -187,14 +190,19 @@ fn host_latency_within_the_deadline_succeeds_beyond_it_times_out_in_time() {
                     };
                     let took = t0.elapsed();
                     assert!(
-                        matches!(r, Err(BlobError::Transport(ClientError::TimedOut(_)))),
-                        "a 20 ms call against a 60 ms host: {r:?}"
-                    );
-                    assert!(
                         took < Duration::from_millis(20) + SLACK,
-                        "a 20 ms call took {took:?}"
+                        "a 20 ms call took {took:?}: {r:?}"
                     );
-                    n.fetch_add(1, Ordering::Relaxed);
+                    match r {
+                        Err(BlobError::Transport(ClientError::TimedOut(_))) => {
+                            n.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) if e.is_not_found() => {
+                            eprintln!("a 20 ms call got the 60 ms host's answer after {took:?}");
+                            late.fetch_add(1, Ordering::Relaxed)
+                        }
+                        r => panic!("a 20 ms call against a 60 ms host: {r:?}"),
+                    };
                 }
             })
         })
@@ -209,7 +217,11 @@ fn host_latency_within_the_deadline_succeeds_beyond_it_times_out_in_time() {
     }
     assert_kept(&reports);
     assert_eq!(sum(&reports, &["errors_total"]), 0);
-    assert!(timed_out.load(Ordering::Relaxed) > 10);
+    let (n, late) = (
+        timed_out.load(Ordering::Relaxed),
+        answered.load(Ordering::Relaxed),
+    );
+    assert!(n > 10 && late * 10 < n, "{n} timeouts, {late} late answers");
 }
 
 #[test]
