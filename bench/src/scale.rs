@@ -2,9 +2,10 @@
 //! bytes in flight through the native SDK for a fixed time; aggregate throughput, p99
 //! latency, and the daemon's memory per connected client.
 //!
-//! Memory: the daemon creates, pre-faults and maps each client's region (a memfd), so those
-//! pages count in its VmRSS as RssShmem — per client that is about the region size (arena +
-//! queues), chosen by the client. The per-client *cost of the daemon itself* is its private
+//! Memory: the daemon creates and maps each client's region (a memfd; its pages are allocated
+//! up front but the daemon's mapping is not populated), so the pages the daemon touches — the
+//! header and queues, plus any arena page it maps in — count in its VmRSS as RssShmem, sized by
+//! the client's geometry. The per-client *cost of the daemon itself* is its private
 //! memory growth (RssAnon: session state, slabs, histograms), reported separately; the
 //! target "≤ 256 KiB per client, region excluded" is checked against RssAnon.
 
@@ -152,10 +153,9 @@ pub fn run(stack: &Stack, o: &ScaleOptions, pb: &ProgressBar, report: &mut Repor
         report.targets.push(t);
     }
     report.notes.push(
-        "scale RSS: the daemon pre-faults and maps each client's region, so VmRSS grows by \
-         about the region size per client (RssShmem: arena + queues, sized by the client); \
-         RssAnon is the daemon's own memory per client, which the 256 KiB target is checked \
-         against"
+        "scale RSS: the daemon maps each client's region; the pages it touches (header, \
+         queues) count in VmRSS as RssShmem, sized by the client's geometry; RssAnon is the \
+         daemon's own memory per client, which the 256 KiB target is checked against"
             .into(),
     );
     Ok(())
