@@ -16,6 +16,14 @@
 //! - the eventfd of a queue is written only when the daemon said it sleeps (`sq_need_wakeup`);
 //! - a blocking [`Connection::wait`] never sleeps longer than [`LIVENESS_SLICE`] without
 //!   checking that the daemon is alive, so a dead daemon is noticed promptly;
+//! - each connection has a watcher thread blocked in `poll()` on the daemon socket and the
+//!   daemon's pidfd: on hang-up or exit it wakes every `cq_tail` futex, so the client's
+//!   reaper (asleep on all of them at once with `futex_waitv`) fails in-flight requests
+//!   within milliseconds;
+//! - a `Bytes` from [`Lease::into_bytes`] points into the arena without a copy (through
+//!   [`blobring_shm::Frozen`]): sound because the daemon is trusted and a lease in the
+//!   caller's hands is never lent to it; the `Bytes` owns the lease, so the space returns only
+//!   when its last clone drops;
 //! - a buffer named by a completion with [`CQE_F_BUFFERS_LENT`] may still be written by the
 //!   host: the caller must not free or reuse it until the matching
 //!   [`CQE_F_BUFFERS_RELEASED`] completion (the low-level layer reports both).
