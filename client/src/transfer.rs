@@ -102,7 +102,7 @@ impl TransferOptions {
         let budget = arena / 2;
         let keep = (self.parallelism.clamp(1, 4)) as u64;
         let per = (budget / keep).saturating_sub(OVERHEAD) / GRAIN * GRAIN;
-        let cap = per.min(crate::MAX_REQUEST_DATA).max(GRAIN);
+        let cap = per.clamp(GRAIN, crate::MAX_REQUEST_DATA);
         let chunk = self.chunk_size.clamp(GRAIN, cap);
         let n = (budget / (chunk + OVERHEAD)).max(1) as usize;
         (chunk, self.parallelism.clamp(1, n))
