@@ -130,3 +130,37 @@ fn client_wait_times_out_then_is_woken() {
     assert_eq!(out[0].user_data, 42);
     daemon.join().unwrap();
 }
+
+/// `wait_any` (futex_waitv) over two words of a memfd: returns at once when one already
+/// changed, times out when none does, and is woken by a wake of either word.
+#[test]
+fn wait_any_over_two_futex_words() {
+    use blobring_ring::{WAIT_ANY_MAX, wait_any};
+    let region = Arc::new(Region::create("ring-waitv-test", 16384).unwrap());
+    let a = Arc::new(FutexWord::map(region.fd(), region.len(), 64).unwrap());
+    let b = Arc::new(FutexWord::map(region.fd(), region.len(), 128).unwrap());
+    region.store_u32(64, 1, Release).unwrap();
+    region.store_u32(128, 7, Release).unwrap();
+    let t = Some(Duration::from_secs(5));
+    assert_eq!(wait_any(&[(&a, 1), (&b, 6)], t).unwrap(), Slept::Woken);
+    assert_eq!(
+        wait_any(&[(&a, 1), (&b, 7)], Some(Duration::from_millis(10))).unwrap(),
+        Slept::TimedOut
+    );
+    let (r2, b2) = (region.clone(), b.clone());
+    let th = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        r2.store_u32(128, 8, Release).unwrap();
+        b2.notify().unwrap();
+    });
+    let start = Instant::now();
+    assert_eq!(
+        wait_any(&[(&a, 1), (&b, 7)], Some(Duration::from_secs(10))).unwrap(),
+        Slept::Woken
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    th.join().unwrap();
+    assert!(wait_any(&[], t).is_err());
+    let many: Vec<(&FutexWord, u32)> = (0..=WAIT_ANY_MAX).map(|_| (&*a, 1)).collect();
+    assert!(wait_any(&many, t).is_err());
+}
