@@ -16,8 +16,24 @@
 //! the mean of its clean neighbours (so a drift of the machine's speed cancels). The assertion is
 //! on the best of these ratios: a daemon hurt by an attack is hurt in every attacked window,
 //! while the CI machine (2 cores shared with other jobs; load averages above 10 were seen while
-//! this suite was written) can spoil any single window. The median is printed too. Attacks that
-//! are a tight loop in the attacker have a lower bound on 2 cores (see [`loop_bound`]).
+//! this suite was written) can spoil any single window. The median is printed too.
+//!
+//! Attacks that are a tight loop in the attacker (garbage and crafted SQEs as fast as
+//! completions return, doorbell floods, connect storms) also get a CPU-matched control: next to
+//! each attacked window (before it in even rounds, after it in odd ones) a *burn* window, in
+//! which `blobring-hostile-client burn` runs as many busy threads as the attack (one) doing pure
+//! CPU work without a single call to the daemon. On a 2-core machine the victim's workload
+//! (victim, host threads, daemon workers) already keeps both cores busy, so any extra busy
+//! thread takes its scheduler share from the victim whatever the daemon does; what the design
+//! promises is that the attack costs the victim no more than that share plus 20 %: the best
+//! attacked/burn ratio must be at least [`MIN_RATIO`]. The attacked/clean ratios are printed
+//! too, and on more than 2 cores (where a busy thread need not take the victim's CPU) also
+//! asserted at [`MIN_RATIO`]. For each attacked and burn window the attacker's and the burner's
+//! CPU time (`/proc/<pid>/stat`, utime + stime) and the daemon's are printed: the attackers
+//! block in syscalls (waiting for completions or a handshake) and so take at most the burner's
+//! CPU, usually less; the control is therefore the harsher of the two for the victim, which
+//! makes the bound lenient by the difference (printed) rather than unfair to the daemon, and
+//! the daemon's own extra CPU in attacked windows shows what the attack costs it.
 //!
 //! Resources, read from `/proc/<daemon pid>`: fds exactly back to the baseline (every region,
 //! eventfd and socket of a client is an fd of the daemon, so any leak of per-client state shows
@@ -50,18 +66,51 @@ const PAIRS: usize = 3;
 const WINDOW: Duration = Duration::from_millis(1000);
 /// The issue's bound: other clients' throughput within 20 % of a clean baseline.
 const MIN_RATIO: f64 = 0.8;
-/// The bound for attacks that are a tight loop in the attacker (garbage and crafted SQEs as fast
-/// as completions return, doorbell floods, connect storms) on a machine with 2 cores or fewer.
-/// There, the victim's own workload (victim process, host threads, daemon workers) already
-/// keeps both cores busy, and the attacker's loop is one more busy thread taking its scheduler
-/// share of the same cores: the victim loses that share whatever the daemon does. What the
-/// design promises there is that the attacker buys no more than that (the daemon's work per
-/// bad entry, doorbell or handshake is bounded), asserted as 40 % of the clean throughput; the
-/// best ratios measured on the 2-core CI VM under load were 0.59–1.18 (the flood lowest). With
-/// more cores the issue's 80 % applies.
-fn loop_bound() -> f64 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores > 2 { MIN_RATIO } else { 0.4 }
+/// Whether the attacked/clean ratio of a tight-loop attack is asserted too: only with more than
+/// 2 cores (see the crate doc).
+fn loop_vs_clean_asserted() -> bool {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) > 2
+}
+
+/// Whether an attack is a tight loop in the attacker, measured against a burn control too.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Paced or idle attacks: attacked vs clean only.
+    Paced,
+    /// Tight loops: attacked vs burn (and vs clean on > 2 cores).
+    Loop,
+}
+
+/// CPU time (utime + stime) of process `pid` in milliseconds.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may contain spaces) start with the state (field 3);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().expect("utime/stime"))
+        .collect();
+    (f[0] + f[1]) * 1000 / rustix::param::clock_ticks_per_second()
+}
+
+/// The daemon's doorbell wake-ups and worker sleeps, summed over its workers.
+fn worker_wakes(doc: &serde_json::Value) -> (u64, u64) {
+    let sum = |k: &str| {
+        doc["workers"]
+            .as_array()
+            .map_or(0, |ws| ws.iter().filter_map(|w| w[k].as_u64()).sum())
+    };
+    (sum("doorbells"), sum("sleeps"))
+}
+
+fn best_median(ratios: &[f64]) -> (f64, f64) {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[sorted.len() - 1], sorted[sorted.len() / 2])
 }
 
 /// RSS may exceed its baseline by this much once the attacker is gone (see the crate doc).
@@ -310,31 +359,53 @@ impl Bed {
         doc
     }
 
-    /// Alternates clean and attacked windows; asserts the victim's best throughput ratio,
-    /// the daemon alive, the victim's arena intact and the daemon's resources back at their
-    /// baseline. Returns the attacker's summaries.
-    fn duel(
-        &mut self,
-        name: &str,
-        attack: &[&str],
-        min_ratio: f64,
-    ) -> Vec<BTreeMap<String, String>> {
-        self.settle();
+    /// Runs the victim for one [`WINDOW`] while `args` (an attack, or `burn`) runs; returns
+    /// the victim's req/s, the attacker's summary, the attacker's CPU milliseconds during the
+    /// window and the daemon's and the host's (as text).
+    fn window_with(&mut self, args: &[&str]) -> (f64, BTreeMap<String, String>, u64, String) {
+        let a = Attacker::start(self.socket(), args, WINDOW + Duration::from_millis(300));
+        let pids = [a.0.child.0.id(), self.pid(), self.stack.host.0.id()];
+        let cpu0 = pids.map(cpu_ms);
+        let rate = self.victim.run(WINDOW);
+        let cpu = pids.map(cpu_ms);
+        let [own, daemon, host] = [0, 1, 2].map(|i| cpu[i] - cpu0[i]);
+        (
+            rate,
+            a.finish(Duration::from_secs(30)),
+            own,
+            format!("daemon {daemon} host {host}"),
+        )
+    }
+
+    /// Alternates clean and attacked windows (and, for [`Kind::Loop`], burn windows, see the
+    /// crate doc); asserts the victim's best throughput ratio, the daemon alive, the victim's
+    /// arena intact and the daemon's resources back at their baseline. Returns the attacker's
+    /// summaries.
+    fn duel(&mut self, name: &str, attack: &[&str], kind: Kind) -> Vec<BTreeMap<String, String>> {
+        let wakes0 = worker_wakes(&self.settle());
         let (fd0, rss0) = resources(self.pid());
         let mut summaries = Vec::new();
-        let mut ratios = Vec::new();
-        let mut figures = Vec::new();
-        // clean, attacked, clean, …, clean: each attacked window is compared with the mean of
-        // the clean windows on either side, so a drift of the machine's speed (warm-up,
-        // other load) cancels instead of counting for or against the daemon.
+        let (mut vs_clean, mut vs_burn) = (Vec::new(), Vec::new());
+        let (mut figures, mut cpu) = (Vec::new(), Vec::new());
+        // clean, [burn,] attacked, clean, …, clean: each attacked window is compared with the
+        // mean of the clean windows on either side, so a drift of the machine's speed (warm-up,
+        // other load) cancels instead of counting for or against the daemon; the burn window
+        // is next to its attacked window, before it in even rounds and after it in odd ones.
         let mut before = self.victim.run(WINDOW);
         let mut rss0 = rss0;
         for pair in 0..PAIRS {
-            let a = Attacker::start(self.socket(), attack, WINDOW + Duration::from_millis(300));
-            let hit = self.victim.run(WINDOW);
-            summaries.push(a.finish(Duration::from_secs(30)));
+            let control = |bed: &mut Bed| bed.window_with(&["burn", "--threads", "1"]);
+            let burn_first = kind == Kind::Loop && pair % 2 == 0;
+            let early = burn_first.then(|| control(self));
+            let (hit, summary, hit_cpu, hit_dcpu) = self.window_with(attack);
+            summaries.push(summary);
             self.assert_up();
             self.settle();
+            let burn = match early {
+                Some(b) => Some(b),
+                None if kind == Kind::Loop => Some(control(self)),
+                None => None,
+            };
             if pair == 0 {
                 // The first attacker warms the daemon's allocator (per-thread malloc arenas,
                 // slab and map growth); what must not grow is the RSS from one attacker to the
@@ -343,32 +414,74 @@ impl Bed {
             }
             let after = self.victim.run(WINDOW);
             let clean = (before + after) / 2.0;
-            ratios.push(hit / clean);
-            figures.push(format!("{clean:.0}->{hit:.0}"));
+            vs_clean.push(hit / clean);
+            match burn {
+                Some((rate, s, burn_cpu, burn_dcpu)) => {
+                    assert!(num(&s, "spins") > 0, "{s:?}");
+                    vs_burn.push(hit / rate);
+                    figures.push(format!("{clean:.0}/{rate:.0}/{hit:.0}"));
+                    cpu.push(format!(
+                        "{burn_cpu}/{hit_cpu} (burn: {burn_dcpu}; attacked: {hit_dcpu})"
+                    ));
+                }
+                None => {
+                    figures.push(format!("{clean:.0}->{hit:.0}"));
+                    cpu.push(format!("{hit_cpu} ({hit_dcpu})"));
+                }
+            }
             before = after;
         }
         self.victim.check();
         let doc = self.assert_up();
         let (fd1, rss1) = resources(self.pid());
-        let mut sorted = ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
-        let best = sorted[sorted.len() - 1];
+        let wakes1 = worker_wakes(&doc);
+        let (best, median) = best_median(&vs_clean);
+        let burn_part = if kind == Kind::Loop {
+            let (b, m) = best_median(&vs_burn);
+            format!(
+                "victim req/s clean/burn/attacked {}; attacked/burn best {b:.2} median {m:.2}, \
+                 attacked/clean best {best:.2} median {median:.2}; CPU ms per window \
+                 burner/attacker {}",
+                figures.join(", "),
+                cpu.join(", ")
+            )
+        } else {
+            format!(
+                "victim req/s clean->attacked {} (ratios: best {best:.2}, median {median:.2}); \
+                 CPU ms per window attacker {}",
+                figures.join(", "),
+                cpu.join(", ")
+            )
+        };
         eprintln!(
-            "hostile {name}: victim req/s clean->attacked {} (ratios: best {best:.2}, median {median:.2}); daemon \
-             fds {fd0}->{fd1}, RSS {rss0}->{rss1} KiB; attacker {:?}",
-            figures.join(", "),
+            "hostile {name}: {burn_part}; daemon fds {fd0}->{fd1}, RSS {rss0}->{rss1} KiB, \
+             worker doorbells +{}, sleeps +{} over all windows; attacker {:?}",
+            wakes1.0 - wakes0.0,
+            wakes1.1 - wakes0.1,
             summaries.last().unwrap()
         );
         let errors = &doc["totals"]["errors"];
         for k in ["timed_out", "no_device", "bad_completions"] {
             assert_eq!(errors[k], 0, "daemon error counter {k}: {doc}");
         }
-        assert!(
-            best >= min_ratio,
-            "{name}: the victim's throughput fell to {best:.2} of its clean baseline even in its \
-             best attacked window (ratios {ratios:?}; req/s {figures:?}); the bound is {min_ratio}"
-        );
+        if kind == Kind::Loop {
+            let (b, _) = best_median(&vs_burn);
+            assert!(
+                b >= MIN_RATIO,
+                "{name}: the victim's throughput under attack fell to {b:.2} of its throughput \
+                 next to a CPU-matched burner even in its best attacked window (attacked/burn \
+                 {vs_burn:?}; req/s clean/burn/attacked {figures:?}; CPU ms {cpu:?}); the \
+                 bound is {MIN_RATIO}"
+            );
+        }
+        if kind == Kind::Paced || loop_vs_clean_asserted() {
+            assert!(
+                best >= MIN_RATIO,
+                "{name}: the victim's throughput fell to {best:.2} of its clean baseline even in \
+                 its best attacked window (ratios {vs_clean:?}; req/s {figures:?}); the bound is \
+                 {MIN_RATIO}"
+            );
+        }
         assert_eq!(
             fd1, fd0,
             "{name}: daemon fds {fd0} before the attacks, {fd1} after the attacker left"
@@ -385,7 +498,7 @@ impl Bed {
 fn garbage_sqes_each_get_einval_and_the_victim_never_notices() {
     let _turn = serial();
     let mut bed = Bed::start(&[]);
-    let sums = bed.duel("garbage-sqes", &["garbage-sqes"], loop_bound());
+    let sums = bed.duel("garbage-sqes", &["garbage-sqes"], Kind::Loop);
     let mut einval = 0;
     for s in &sums {
         assert!(num(s, "sent") > 100, "{s:?}");
@@ -423,7 +536,7 @@ fn garbage_sqes_each_get_einval_and_the_victim_never_notices() {
 fn corrupt_indices_disconnect_only_the_corrupter() {
     let _turn = serial();
     let mut bed = Bed::start(&[]);
-    let sums = bed.duel("corrupt-indices", &["corrupt-indices"], MIN_RATIO);
+    let sums = bed.duel("corrupt-indices", &["corrupt-indices"], Kind::Paced);
     let mut disconnected = 0;
     for s in &sums {
         assert!(num(s, "cycles") >= 5, "{s:?}");
@@ -446,7 +559,7 @@ fn corrupt_indices_disconnect_only_the_corrupter() {
 fn a_client_that_never_drains_stalls_only_itself() {
     let _turn = serial();
     let mut bed = Bed::start(&[]);
-    let sums = bed.duel("never-drain", &["never-drain"], MIN_RATIO);
+    let sums = bed.duel("never-drain", &["never-drain"], Kind::Paced);
     for s in &sums {
         assert_eq!(num(s, "connections"), 4, "{s:?}");
         // Credits: at most a CQ's worth taken, plus a full SQ waiting.
@@ -460,14 +573,18 @@ fn a_client_that_never_drains_stalls_only_itself() {
 }
 
 /// The flood is a tight `write(eventfd)` loop, so the attacker takes its own scheduler share
-/// ([`loop_bound`]). The daemon's side is bounded by design: the eventfd counter coalesces the
-/// rings, and each wake-up costs one multishot-poll completion and one look at an empty SQ
-/// (measured: 1.29 M rings in 2 s became ~120 k worker wake-ups and 0.5 s of daemon CPU).
+/// (measured against a burner, see the crate doc). The daemon's side is meant to be bounded:
+/// the eventfd counter coalesces the rings, and each wake-up costs one multishot-poll
+/// completion and one look at an empty SQ. Measured with the burn control (2-core VM, load
+/// 12–18): ~1.2 M rings per attacked second became ~195 k worker doorbell wake-ups and ~97 k
+/// worker sleeps, and the daemon's CPU rose from 170–230 ms to 380–600 ms per second while the
+/// flooder took about the burner's CPU (280–640 vs 410–740 ms); attacked/burn was 0.50–0.84, so
+/// this bound fails in some runs: the coalescing is too weak while a worker sleeps between rings.
 #[test]
 fn an_eventfd_flood_costs_the_flooder_not_the_victim() {
     let _turn = serial();
     let mut bed = Bed::start(&[]);
-    let sums = bed.duel("eventfd-flood", &["eventfd-flood"], loop_bound());
+    let sums = bed.duel("eventfd-flood", &["eventfd-flood"], Kind::Loop);
     for s in &sums {
         assert!(num(s, "rings") > 10_000, "the flood was real: {s:?}");
         assert_eq!(num(s, "alive"), 1, "ringing the doorbell is allowed: {s:?}");
@@ -478,7 +595,7 @@ fn an_eventfd_flood_costs_the_flooder_not_the_victim() {
 fn punching_holes_in_its_own_region_harms_only_the_puncher() {
     let _turn = serial();
     let mut bed = Bed::start(&[]);
-    let sums = bed.duel("punch-hole", &["punch-hole"], MIN_RATIO);
+    let sums = bed.duel("punch-hole", &["punch-hole"], Kind::Paced);
     for s in &sums {
         assert!(num(s, "punches") >= 3, "{s:?}");
         assert_eq!(
@@ -499,7 +616,7 @@ fn punching_holes_in_its_own_region_harms_only_the_puncher() {
 fn crafted_offsets_never_reach_outside_the_attackers_arena() {
     let _turn = serial();
     let mut bed = Bed::start(&[]);
-    let sums = bed.duel("cross-offsets", &["cross-offsets"], loop_bound());
+    let sums = bed.duel("cross-offsets", &["cross-offsets"], Kind::Loop);
     for s in &sums {
         assert!(num(s, "sent") > 100, "{s:?}");
         assert_eq!(
@@ -534,7 +651,7 @@ fn crafted_offsets_never_reach_outside_the_attackers_arena() {
 fn a_thousand_connect_disconnect_cycles_leave_no_trace() {
     let _turn = serial();
     let mut bed = Bed::start(&[]);
-    let sums = bed.duel("connect-cycles", &["connect-cycles"], loop_bound());
+    let sums = bed.duel("connect-cycles", &["connect-cycles"], Kind::Loop);
     for s in &sums {
         assert!(num(s, "cycles") > 10, "{s:?}");
         assert_eq!(num(s, "failed"), 0, "{s:?}");
@@ -576,7 +693,7 @@ fn a_thousand_connect_disconnect_cycles_leave_no_trace() {
 fn ten_times_more_clients_than_the_limit_are_refused_clearly() {
     let _turn = serial();
     let mut bed = Bed::start(&["--max-clients", "4", "--max-clients-per-uid", "4"]);
-    let sums = bed.duel("over-limit", &["over-limit", "--count", "40"], MIN_RATIO);
+    let sums = bed.duel("over-limit", &["over-limit", "--count", "40"], Kind::Paced);
     for s in &sums {
         assert_eq!(num(s, "admitted"), 3, "{s:?}");
         assert_eq!(num(s, "admitted_later"), 0, "{s:?}");

@@ -37,6 +37,9 @@
 //! - `over-limit`: tries to hold `--count` connections at once, retrying refused ones every
 //!   50 ms. [`admitted`, `refused`, `other_errors`, `message` (the daemon's refusal text, with
 //!   spaces as `_`)]
+//! - `burn`: not an attack but the suite's CPU-matched control: `--threads` threads (default 1,
+//!   as many as any attack above runs) doing pure CPU work, no syscall to the daemon. The
+//!   socket argument is ignored. [`threads`, `spins`]
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -86,6 +89,12 @@ enum Attack {
         /// Connections to try to hold at once.
         #[arg(long, default_value_t = 40)]
         count: usize,
+    },
+    /// The control: busy threads, no daemon.
+    Burn {
+        /// Busy threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -740,6 +749,34 @@ fn over_limit(a: &Args, count: usize, s: &mut Summary) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `threads` threads of pure CPU work (a xorshift chain, no syscalls but the vDSO clock every
+/// 4096 steps) until the duration has passed.
+fn burn(a: &Args, threads: usize, s: &mut Summary) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_millis(a.duration_ms);
+    attacking();
+    let spins: u64 = std::thread::scope(|sc| {
+        let burners: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                sc.spawn(move || {
+                    let mut rng = XorShift::new(a.seed + t);
+                    let mut spins = 0u64;
+                    while Instant::now() < end {
+                        for _ in 0..4096 {
+                            std::hint::black_box(rng.next_u64());
+                        }
+                        spins += 1;
+                    }
+                    spins
+                })
+            })
+            .collect();
+        burners.into_iter().map(|b| b.join().unwrap_or(0)).sum()
+    });
+    s.set("threads", threads);
+    s.set("spins", spins);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let mut rng = XorShift::new(a.seed);
@@ -753,6 +790,7 @@ fn main() -> anyhow::Result<()> {
         Attack::CrossOffsets => cross_offsets(&a, &mut rng, &mut s)?,
         Attack::ConnectCycles { count, arena } => connect_cycles(&a, count, arena, &mut s)?,
         Attack::OverLimit { count } => over_limit(&a, count, &mut s)?,
+        Attack::Burn { threads } => burn(&a, threads, &mut s)?,
     }
     s.print();
     Ok(())
