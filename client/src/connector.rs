@@ -200,25 +200,28 @@ impl HttpService for BlobringService {
         // The request is already signed, so it cannot be changed (no added range): a
         // whole-object GET first gets the largest buffer one request allows; a larger body is
         // then streamed by ranged GETs the SDK signs (with the account), or fails naming the fix.
-        let whole_get = probe.method() == http::Method::GET && range_len(&probe).is_none();
+        let is_get = probe.method() == http::Method::GET;
+        let range = range_header(&probe);
+        let whole_get = is_get && range.is_none();
         let recv = match range_len(&probe) {
             Some(n) => n,
             None if whole_get => (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA),
             None => DEFAULT_RECV,
         };
         let recv = recv
-            .min(self.client.arena_len())
+            // Half the arena at most: the head buffer (and other requests) need the rest.
+            .min(self.client.arena_len() / 2)
             .min(crate::MAX_REQUEST_DATA);
         match self.once(&head, &body, recv).await {
-            Err(ClientError::BodyTooLarge { needed }) if whole_get => match &self.stream {
-                Some(svc) => stream_get(svc, &probe).await.map_err(|e| match e {
+            Err(ClientError::BodyTooLarge { needed }) if is_get => match &self.stream {
+                Some(svc) => stream_get(svc, &probe, range).await.map_err(|e| match e {
                     BlobError::Transport(e) => err(e),
                     e => HttpError::new(HttpErrorKind::Request, e),
                 }),
                 None => Err(HttpError::new(
                     HttpErrorKind::Request,
                     ClientError::BadResponse(format!(
-                        "the object is {needed} bytes, more than one blobring request carries                          ({recv} here); give the connector the account                          (BlobringConnector::with_account) so it can stream large GETs, or                          read ranges"
+                        "the object is {needed} bytes, more than one blobring request carries                          ({recv} here); give the connector the account                          (BlobringConnector::with_account) so it can stream large GETs, or                          read smaller ranges"
                     )),
                 )),
             },
@@ -250,9 +253,27 @@ fn frame(r: Result<bytes::Bytes, BlobError>) -> Result<http_body::Frame<bytes::B
         .map_err(|e| HttpError::new(HttpErrorKind::Request, e))
 }
 
-/// A whole-object GET answered by a striped [`Download`]: the HEAD's headers with status 200,
-/// the body a stream of zero-copy chunks in order.
-async fn stream_get(svc: &BlobService, req: &HttpRequest) -> Result<HttpResponse, BlobError> {
+/// The request's byte range as `(first, last)` (`bytes=a-b`, `bytes=a-` or `bytes=-n`, the
+/// forms object_store sends); `None` without a range header.
+fn range_header(req: &HttpRequest) -> Option<(Option<u64>, Option<u64>)> {
+    let v = req
+        .headers()
+        .get("range")
+        .or_else(|| req.headers().get("x-ms-range"))?
+        .to_str()
+        .ok()?;
+    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
+    Some((a.parse().ok(), b.parse().ok()))
+}
+
+/// A GET whose body does not fit one request, answered by a striped [`Download`] of the
+/// whole blob or of the asked range: the HEAD's headers with status 200 (or 206 and a
+/// `Content-Range`), the body a stream of zero-copy chunks in order.
+async fn stream_get(
+    svc: &BlobService,
+    req: &HttpRequest,
+    range: Option<(Option<u64>, Option<u64>)>,
+) -> Result<HttpResponse, BlobError> {
     let (container, blob) = split_path(svc.account(), req.uri().path())?;
     let props = svc
         .head_blob(&container, &blob, &Default::default())
@@ -267,18 +288,43 @@ async fn stream_get(svc: &BlobService, req: &HttpRequest) -> Result<HttpResponse
             props.etag
         )));
     }
-    let dl =
+    let size = props.size;
+    let (start, end) = match range {
+        None => (0, size),
+        Some((Some(a), Some(b))) => (a, b.saturating_add(1).min(size)),
+        Some((Some(a), None)) => (a, size),
+        Some((None, Some(n))) => (size - n.min(size), size),
+        Some((None, None)) => {
+            return Err(BlobError::Config("an empty byte range".into()));
+        }
+    };
+    if start >= end {
+        return Err(BlobError::Config(format!(
+            "range {start}..{end} is outside {container}/{blob} ({size} bytes)"
+        )));
+    }
+    let mut dl =
         Download::with_properties(svc, &container, &blob, &props, &TransferOptions::default())?;
+    dl.restrict(start..end);
     let mut resp = http::Response::new(HttpResponseBody::new(http_body_util::StreamBody::new(
         dl.map(frame),
     )));
+    if range.is_some() {
+        *resp.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+    }
     let h = resp.headers_mut();
     let mut put = |k: &'static str, v: &str| {
         if let Ok(v) = http::HeaderValue::from_str(v) {
             h.insert(k, v);
         }
     };
-    put("content-length", &props.size.to_string());
+    put("content-length", &(end - start).to_string());
+    if range.is_some() {
+        put(
+            "content-range",
+            &format!("bytes {start}-{}/{size}", end - 1),
+        );
+    }
     put("etag", &props.etag);
     put("last-modified", &props.last_modified);
     put("x-ms-blob-type", "BlockBlob");

@@ -257,6 +257,14 @@ impl Download {
         self.size
     }
 
+    /// Limits a download that has not started to the bytes `r` of the blob (the connector's
+    /// large ranged GETs); [`Download::size`] then reports `r.end`.
+    #[cfg(feature = "object-store")]
+    pub(crate) fn restrict(&mut self, r: std::ops::Range<u64>) {
+        self.next = r.start;
+        self.size = r.end.min(self.size);
+    }
+
     fn refill(&mut self) -> Result<(), BlobError> {
         while self.inflight.len() < self.parallel && self.next < self.size {
             let end = (self.next + self.chunk).min(self.size);
@@ -403,8 +411,9 @@ impl futures_util::Stream for Download {
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self
             .size
-            .saturating_sub(self.done)
-            .div_ceil(self.chunk.max(1)) as usize;
+            .saturating_sub(self.next)
+            .div_ceil(self.chunk.max(1)) as usize
+            + self.inflight.len();
         (left, Some(left))
     }
 }
