@@ -117,6 +117,9 @@ pub struct WorkerStats {
     pub client_wakes: u64,
     /// Doorbell (eventfd) wakeups received.
     pub doorbells: u64,
+    /// Times a client's doorbell was muted for ringing with nothing to take (see the worker's
+    /// doorbell throttle).
+    pub doorbell_mutes: u64,
     /// Queue wait: SQE taken → packet on a channel (ns).
     pub queue_wait: Histogram<u64>,
     /// Host service time: packet sent → host completion (ns).
@@ -150,6 +153,7 @@ impl WorkerStats {
             sleeps: 0,
             client_wakes: 0,
             doorbells: 0,
+            doorbell_mutes: 0,
             queue_wait: histogram(),
             host_service: histogram(),
             end_to_end: histogram(),
@@ -228,6 +232,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
             "sleeps": w.sleeps,
             "client_wakes": w.client_wakes,
             "doorbells": w.doorbells,
+            "doorbell_mutes": w.doorbell_mutes,
             "clients": w.clients.len(),
             "channels": w.channels.iter().map(|c| c.index).collect::<Vec<_>>(),
             "queue_wait": hist_json(&w.queue_wait),
