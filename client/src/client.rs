@@ -409,7 +409,10 @@ impl Client {
     /// Submits and awaits. Arena space is awaited without blocking the thread.
     pub async fn execute(&self, mut req: Request) -> Result<Completion, ClientError> {
         let (_, total) = req.head_space();
-        req.head_lease = Some(self.alloc_async(total).await?);
+        let wait = req.timeout.map_or(self.inner.opts.arena_wait, |t| {
+            t.min(self.inner.opts.arena_wait)
+        });
+        req.head_lease = Some(self.alloc_async_within(total, wait).await?);
         self.submit(req)?.await
     }
 
@@ -418,8 +421,16 @@ impl Client {
     /// [`ClientError::ArenaBusy`] after [`ClientOptions::arena_wait`] (e.g. when the caller
     /// itself holds the space, in leases or zero-copy `Bytes`).
     pub async fn alloc_async(&self, len: u64) -> Result<Lease, ClientError> {
+        self.alloc_async_within(len, self.inner.opts.arena_wait)
+            .await
+    }
+
+    /// [`Client::alloc_async`] waiting at most `wait` for space: a request with a deadline
+    /// passes its deadline here, so that a call never outlives it waiting for arena space
+    /// (space can stay taken for long: buffers lent to a host that has not answered a
+    /// timed-out request are not reused until it does).
+    pub async fn alloc_async_within(&self, len: u64, wait: Duration) -> Result<Lease, ClientError> {
         let start = Instant::now();
-        let wait = self.inner.opts.arena_wait;
         let mut timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
         std::future::poll_fn(|cx| {
             if let Some(l) = self.inner.alloc_once(len)? {
@@ -445,6 +456,13 @@ impl Client {
 
 impl Inner {
     fn ensure_conn<'a>(&self, st: &'a mut State) -> Result<(&'a mut Connection, u64), ClientError> {
+        // A connection whose daemon is gone is replaced here, so the first request after a
+        // daemon restart reconnects (requests still owed by the old one are failed by the
+        // reaper, which sees `conn` gone; leases of the old arena carry the old generation).
+        if st.conn.as_ref().is_some_and(Connection::hung_up) {
+            st.conn = None;
+            self.work.notify_all();
+        }
         if st.conn.is_none() {
             let conn = Connection::connect_with(&self.opts.socket, self.opts.connect)?;
             *lock(&self.arena_len) = conn.geometry().arena_len;

@@ -625,7 +625,8 @@ impl BlobService {
         );
         // Every request gets a data buffer: error bodies (Azure XML) land there too.
         let cap = recv.max(body_len).max(4096);
-        let lease = self.client.alloc_async(cap).await?;
+        // Waiting for arena space counts against the request's deadline.
+        let lease = self.client.alloc_async_within(cap, self.timeout).await?;
         if let Body::Bytes(b) = body
             && !b.is_empty()
         {
