@@ -116,17 +116,12 @@ const DEFAULT_RECV: u64 = 1 << 20;
 /// buffer).
 const ZERO_COPY_MIN: usize = 64 << 10;
 
+/// The length of a bounded `bytes=a-b` range; `None` for other forms or no range.
 fn range_len(req: &HttpRequest) -> Option<u64> {
-    let v = req
-        .headers()
-        .get("range")
-        .or_else(|| req.headers().get("x-ms-range"))?
-        .to_str()
-        .ok()?;
-    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
-    let a: u64 = a.parse().ok()?;
-    let b: u64 = b.parse().ok()?;
-    Some(b.checked_sub(a)? + 1)
+    match range_header(req)? {
+        (Some(a), Some(b)) => Some(b.checked_sub(a)? + 1),
+        _ => None,
+    }
 }
 
 impl BlobringService {
