@@ -2,8 +2,28 @@
 //! The blobring client SDK (ARCHITECTURE.md §3–4).
 //!
 //! **Owns:** the connection to `blobringd` ([`Connection`]: handshake, the client's mapped
-//! region, one queue pair per daemon worker, the data arena), and later the Blob API, striped
-//! transfers and the object_store connector.
+//! region, one queue pair per daemon worker, the data arena), the request layer on top of it
+//! ([`Client`]: async and blocking calls, zero-copy [`Lease`]s, reconnect), the Blob API
+//! ([`blob::BlobService`]), striped transfers ([`transfer`]) and, behind the `object-store`
+//! feature, the object_store connector (`connector`).
+//!
+//! ```no_run
+//! use blobring::blob::{AccountConfig, BlobService, GetOptions, PutOptions};
+//! use blobring::{Client, block_on};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The daemon's socket from BLOBRING_SOCKET (else the default path); the account from
+//! // AZURE_STORAGE_CONNECTION_STRING (else the emulator account).
+//! let svc = BlobService::new(Client::connect_default()?, AccountConfig::from_env()?);
+//! block_on(async {
+//!     svc.put_blob("data", "hello.txt", b"hello", &PutOptions::default()).await?;
+//!     let got = svc.get_blob("data", "hello.txt", None, &GetOptions::default()).await?;
+//!     assert_eq!(got.to_vec()?, b"hello");
+//!     Ok::<_, blobring::blob::BlobError>(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! **Trusts:** the daemon — it may crash, and then every in-flight request completes with
 //! `-ECONNRESET` (synthesised here from the connection's own bookkeeping when the daemon's socket
