@@ -513,6 +513,32 @@ impl HostStack {
     }
 }
 
+/// Starts one `blobring-soak` process (`bin`: the test's `CARGO_BIN_EXE_blobring-soak`) against
+/// the daemon at `socket` for `secs` seconds with workload seed `seed` and the extra `args`;
+/// stdout (the JSON report) is piped for [`soak_report`], stderr goes to `stderr`.
+pub fn spawn_soak(
+    bin: &str,
+    socket: &Path,
+    secs: f64,
+    seed: u64,
+    args: &[&str],
+    stderr: Stdio,
+) -> Reaped {
+    Reaped(
+        Command::new(bin)
+            .arg("--socket")
+            .arg(socket)
+            .args(["--duration", &secs.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn blobring-soak"),
+    )
+}
+
 /// Waits (until `limit`, else fails the test) for a `blobring-soak` process whose stdout is
 /// piped to exit; returns its exit status and the JSON report it printed last (and its stderr,
 /// if piped, in the failure message when there is no report).

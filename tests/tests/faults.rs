@@ -21,7 +21,7 @@
 //! with its temp-file + rename commit protocol.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use blobring::blob::{
 };
 use blobring::transfer::{TransferOptions, download_to_vec};
 use blobring::{Client, ClientError, block_on};
-use blobring_tests::{HostStack, Reaped, soak_report};
+use blobring_tests::{HostStack, Reaped, soak_report, spawn_soak};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const SOAK: &str = env!("CARGO_BIN_EXE_blobring-soak");
@@ -57,20 +57,9 @@ fn soak(
     let t0 = Instant::now();
     let mut children: Vec<Reaped> = (0..procs)
         .map(|i| {
-            Reaped(
-                Command::new(SOAK)
-                    .arg("--socket")
-                    .arg(socket)
-                    .args(["--duration", &secs.to_string()])
-                    .args(["--seed", &(1000 + i).to_string()])
-                    .args(["--progress-secs", "0", "--verify-secs", "20"])
-                    .args(args)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn blobring-soak"),
-            )
+            let mut all = vec!["--progress-secs", "0", "--verify-secs", "20"];
+            all.extend_from_slice(args);
+            spawn_soak(SOAK, socket, secs, 1000 + i as u64, &all, Stdio::piped())
         })
         .collect();
     during(t0);

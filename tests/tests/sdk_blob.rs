@@ -300,30 +300,15 @@ fn every_blob_operation_and_typed_errors() {
             d.prefixes
         );
         assert!(d.blobs.iter().all(|b| !b.name.contains('/')));
-        let page = svc
-            .list_blobs_page(
-                "data",
-                &ListOptions {
-                    prefix: Some("p/".into()),
-                    max_results: Some(3),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let by_three = ListOptions {
+            prefix: Some("p/".into()),
+            max_results: Some(3),
+            ..Default::default()
+        };
+        let page = svc.list_blobs_page("data", &by_three).await.unwrap();
         assert_eq!(page.blobs.len(), 3);
         assert!(page.next_marker.is_some());
-        let paged = svc
-            .list_blobs(
-                "data",
-                &ListOptions {
-                    prefix: Some("p/".into()),
-                    max_results: Some(3),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let paged = svc.list_blobs("data", &by_three).await.unwrap();
         assert_eq!(paged.blobs.len(), 7);
 
         // delete

@@ -8,10 +8,10 @@
 //! 2 minutes by default; `BLOBRING_SOAK_SECS` changes it, e.g. an hour:
 //! `BLOBRING_SOAK_SECS=3600 cargo test --release -p blobring-tests --test soak -- --nocapture`.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use blobring_tests::{HostStack, Reaped, soak_report};
+use blobring_tests::{HostStack, Reaped, soak_report, spawn_soak};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const SOAK: &str = env!("CARGO_BIN_EXE_blobring-soak");
@@ -33,18 +33,21 @@ fn soak_mixed_workload_loses_and_corrupts_nothing() {
     let t0 = Instant::now();
     let mut procs: Vec<Reaped> = (0..2u64)
         .map(|i| {
-            Reaped(
-                Command::new(SOAK)
-                    .arg("--socket")
-                    .arg(&s.daemon.socket)
-                    .args(["--duration", &secs.to_string()])
-                    .args(["--clients", "4", "--threads-per-client", "2"])
-                    .args(["--seed", &(42 + i).to_string()])
-                    .args(["--progress-secs", "15"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("spawn blobring-soak"),
+            let args = [
+                "--clients",
+                "4",
+                "--threads-per-client",
+                "2",
+                "--progress-secs",
+                "15",
+            ];
+            spawn_soak(
+                SOAK,
+                &s.daemon.socket,
+                secs,
+                42 + i,
+                &args,
+                Stdio::inherit(),
             )
         })
         .collect();
