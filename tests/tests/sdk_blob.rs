@@ -10,7 +10,7 @@ use blobring::blob::{
 };
 use blobring::transfer::{self, TransferOptions};
 use blobring::{Client, ClientError, block_on};
-use blobring_tests::{HostStack, scratch};
+use blobring_tests::{HostStack, XorShift, scratch};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLI: &str = env!("CARGO_BIN_EXE_blobring-test-cli");
@@ -28,15 +28,7 @@ fn service(s: &HostStack) -> BlobService {
 }
 
 fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    XorShift::new(seed).bytes(n)
 }
 
 fn status(e: &BlobError) -> (u16, String) {

@@ -14,34 +14,13 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use blobring::blob::{AccountConfig, BlobService, GetOptions, ListOptions, PutOptions};
 use blobring::{Client, block_on};
+use blobring_tests::XorShift;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn body(rng: &mut Rng) -> Vec<u8> {
+fn body(rng: &mut XorShift) -> Vec<u8> {
     // Mostly small, some up to 256 KiB (mean ≈ 64 KiB).
     let u = rng.below(1 << 20) as f64 / f64::from(1 << 20);
     let len = ((256 << 10) as f64 * u * u * u) as usize;
-    let mut x = rng.next() | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    XorShift::new(rng.next_u64()).bytes(len)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         Some(args[3].parse()?)
     };
-    let mut rng = Rng(args[4].parse::<u64>()?.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = XorShift::new(args[4].parse::<u64>()?);
     let client = Client::connect(&args[1]).context("connecting to blobringd")?;
     let svc =
         BlobService::new(client, AccountConfig::emulator()).with_timeout(Duration::from_secs(30));
