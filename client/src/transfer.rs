@@ -496,9 +496,12 @@ pub async fn download_to_file(
     Ok(n)
 }
 
-/// Uploads everything `r` yields as a block blob: parallel Put Block (`chunk_size` each, at
-/// most `parallelism` in flight, so memory is bounded by the arena whatever the size), then
-/// Put Block List. `total` (if known) feeds the progress callback. Returns the ETag.
+/// Uploads everything `r` yields as a block blob: `r` is read in `chunk_size` blocks that go
+/// through [`upload_from_stream`] (parallel Put Block, at most `parallelism` in flight, so
+/// memory is bounded by the arena whatever the size, then Put Block List). Each block is read
+/// once into its own buffer, copied once into the arena, and kept (without a copy) until its
+/// Put Block succeeds in case it must be sent again. `total` (if known) feeds the progress
+/// callback. Returns the ETag.
 pub async fn upload_from_reader(
     svc: &BlobService,
     container: &str,
@@ -508,61 +511,33 @@ pub async fn upload_from_reader(
     put: &PutOptions,
     opts: &TransferOptions,
 ) -> Result<String, BlobError> {
-    let (chunk, parallel) = opts.fit(svc.client().arena_len());
-    let n_queues = svc.client().n_queues()?.max(1);
-    let upload = uuid::Uuid::new_v4().simple().to_string();
-    let mut ids = Vec::new();
-    let mut inflight: VecDeque<(crate::blob::Spec, Pending, Vec<u8>)> = VecDeque::new();
-    let mut buf = vec![0u8; chunk as usize];
-    let mut done = 0u64;
+    let chunk = opts.fit(svc.client().arena_len()).0 as usize;
     let mut eof = false;
-    let mut n = 0u64;
-    loop {
-        while !eof && inflight.len() < parallel {
-            let mut filled = 0;
-            while filled < buf.len() {
-                let k = r.read(&mut buf[filled..]).map_err(|e| BlobError::Io {
-                    what: "reading upload data".into(),
-                    source: e,
-                })?;
-                if k == 0 {
+    let blocks = std::iter::from_fn(move || {
+        if eof {
+            return None;
+        }
+        let mut buf = vec![0u8; chunk];
+        let mut filled = 0;
+        while filled < chunk {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => {
                     eof = true;
                     break;
                 }
-                filled += k;
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eof = true;
+                    return Some(Err(e));
+                }
             }
-            if filled == 0 {
-                break;
-            }
-            let id = block_id(&upload, n);
-            let lease = svc.client().alloc(filled.max(1) as u64)?;
-            lease.write(0, &buf[..filled])?;
-            let crc = opts.verify.then(|| crc64(&buf[..filled]));
-            let (spec, p) = svc.start_put_block(
-                container,
-                blob,
-                &id,
-                lease,
-                filled,
-                crc,
-                Some((n % u64::from(n_queues)) as u32),
-            )?;
-            // Keep the bytes only when a retry might need them (the lease is consumed).
-            inflight.push_back((spec, p, buf[..filled].to_vec()));
-            ids.push((BlockRef::Uncommitted, id));
-            n += 1;
         }
-        let Some((spec, p, bytes)) = inflight.pop_front() else {
-            break;
-        };
-        let len = bytes.len() as u64;
-        finish_block(svc, container, blob, &spec, p.await, || bytes, opts.verify).await?;
-        done += len;
-        if let Some(p) = &opts.progress {
-            p(done, total.unwrap_or(done));
-        }
-    }
-    svc.put_block_list(container, blob, &ids, put).await
+        buf.truncate(filled);
+        (filled > 0).then(|| Ok(bytes::Bytes::from(buf)))
+    });
+    let blocks = futures_util::stream::iter(blocks);
+    upload_from_stream(svc, container, blob, blocks, total, put, opts).await
 }
 
 /// Completes one Put Block of an upload: on a retryable failure the block is sent again
