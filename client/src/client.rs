@@ -408,12 +408,40 @@ impl Client {
 
     /// Submits and awaits. Arena space is awaited without blocking the thread.
     pub async fn execute(&self, mut req: Request) -> Result<Completion, ClientError> {
-        let (_, total) = req.head_space();
         let wait = req.timeout.map_or(self.inner.opts.arena_wait, |t| {
             t.min(self.inner.opts.arena_wait)
         });
-        req.head_lease = Some(self.alloc_async_within(total, wait).await?);
+        self.reserve_head_within(&mut req, wait).await?;
         self.submit(req)?.await
+    }
+
+    /// Gives `req` its head buffer (request head and response head) now if the arena has
+    /// room; `false`, with `req` unchanged, if not. Callers that hold buffers only they can
+    /// free (a transfer's own completed ranges) try this first, and wait only when they hold
+    /// nothing: waiting on space they hold themselves would never end.
+    pub(crate) fn try_reserve_head(&self, req: &mut Request) -> Result<bool, ClientError> {
+        let (_, total) = req.head_space();
+        if req.head_lease.as_ref().is_some_and(|l| l.len >= total) {
+            return Ok(true);
+        }
+        let Some(l) = self.inner.alloc_once(total)? else {
+            return Ok(false);
+        };
+        req.head_lease = Some(l);
+        Ok(true)
+    }
+
+    /// Awaits (at most `wait`) a head buffer for `req` (see [`Client::try_reserve_head`]).
+    pub(crate) async fn reserve_head_within(
+        &self,
+        req: &mut Request,
+        wait: Duration,
+    ) -> Result<(), ClientError> {
+        if !self.try_reserve_head(req)? {
+            let (_, total) = req.head_space();
+            req.head_lease = Some(self.alloc_async_within(total, wait).await?);
+        }
+        Ok(())
     }
 
     /// Allocates a `len`-byte arena buffer, awaiting (without blocking the thread) space that
@@ -431,7 +459,7 @@ impl Client {
     /// timed-out request are not reused until it does).
     pub async fn alloc_async_within(&self, len: u64, wait: Duration) -> Result<Lease, ClientError> {
         let start = Instant::now();
-        let mut timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        let mut timer: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>> = None;
         std::future::poll_fn(|cx| {
             if let Some(l) = self.inner.alloc_once(len)? {
                 return Poll::Ready(Ok(l));

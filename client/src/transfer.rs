@@ -109,6 +109,17 @@ impl TransferOptions {
     }
 }
 
+/// `spec` submitted by `svc` once arena space is free.
+fn start_within(
+    svc: &BlobService,
+    spec: &crate::blob::Spec,
+    recv: u64,
+    queue: Option<u32>,
+) -> Starting {
+    let (svc, spec) = (svc.clone(), spec.clone());
+    Box::pin(async move { svc.start_within(&spec, recv, queue).await })
+}
+
 /// One in-order chunk of a download.
 #[derive(Debug)]
 pub struct Chunk {
@@ -149,17 +160,21 @@ impl Chunk {
 }
 
 /// One ranged GET of a download: its range, request and attempt number (`pending` is `None`
-/// while a retry waits out its backoff).
+/// while a retry waits out its backoff, or while `starting` awaits arena space).
 struct InflightGet {
     start: u64,
     end: u64,
     spec: crate::blob::Spec,
     pending: Option<Pending>,
+    starting: Option<Starting>,
     attempt: u32,
 }
 
 /// A backoff sleep (boxed so that [`Download`] stays `Unpin`, `Send` and `Sync`).
 type Backoff = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// A ranged GET awaiting arena space before it is submitted.
+type Starting = Pin<Box<dyn Future<Output = Result<Pending, BlobError>> + Send + Sync>>;
 
 /// An in-order striped download: call [`Download::next_chunk`] until `None`, or use it as a
 /// [`futures_util::Stream`] of zero-copy [`bytes::Bytes`] chunks in blob order.
@@ -265,29 +280,57 @@ impl Download {
         self.size = r.end.min(self.size);
     }
 
+    /// Starts ranges until `parallel` are in flight. Space is only tried, never waited for,
+    /// while this download holds buffers: the ones it would wait on may be its own completed
+    /// ranges, which only the consumer frees. Holding none, it waits (within the service's
+    /// timeout) for space others hold.
     fn refill(&mut self) -> Result<(), BlobError> {
+        // A range waiting for space goes first: none after it may take the space it waits for.
+        if let Some(f) = self.inflight.front_mut()
+            && f.starting.is_some()
+        {
+            match self.svc.try_start(&f.spec, f.end - f.start, None)? {
+                Some(p) => {
+                    f.starting = None;
+                    f.pending = Some(p);
+                }
+                None => return Ok(()),
+            }
+        }
         while self.inflight.len() < self.parallel && self.next < self.size {
             let end = (self.next + self.chunk).min(self.size);
-            let q = self.queue_rr % self.n_queues.max(1);
+            let q = Some(self.queue_rr % self.n_queues.max(1));
+            let spec = self.spec(self.next..end);
+            let (pending, starting) = match self.svc.try_start(&spec, end - self.next, q)? {
+                Some(p) => (Some(p), None),
+                None if self.inflight.is_empty() => (
+                    None,
+                    Some(start_within(&self.svc, &spec, end - self.next, q)),
+                ),
+                None => break,
+            };
             self.queue_rr = self.queue_rr.wrapping_add(1);
-            let (spec, p) = self.svc.start_get(
-                &self.container,
-                &self.blob,
-                self.next..end,
-                Some(&self.etag),
-                self.verify,
-                Some(q),
-            )?;
             self.inflight.push_back(InflightGet {
                 start: self.next,
                 end,
                 spec,
-                pending: Some(p),
+                pending,
+                starting,
                 attempt: 0,
             });
             self.next = end;
         }
         Ok(())
+    }
+
+    fn spec(&self, r: std::ops::Range<u64>) -> crate::blob::Spec {
+        self.svc.get_spec(
+            &self.container,
+            &self.blob,
+            &r,
+            Some(&self.etag),
+            self.verify,
+        )
     }
 
     /// The next chunk in blob order, or `None` at the end.
@@ -309,24 +352,29 @@ impl Download {
                 let Some(f) = self.inflight.front_mut() else {
                     return Poll::Ready(None);
                 };
-                match self.svc.start_get(
-                    &self.container,
-                    &self.blob,
-                    f.start..f.end,
-                    Some(&self.etag),
-                    self.verify,
-                    None,
-                ) {
-                    Ok((s, p)) => {
-                        f.spec = s;
-                        f.pending = Some(p);
-                    }
+                let recv = f.end - f.start;
+                match self.svc.try_start(&f.spec, recv, None) {
+                    Ok(Some(p)) => f.pending = Some(p),
+                    // Later ranges keep their buffers until delivered after this one: wait
+                    // for space others hold (within the service's timeout).
+                    Ok(None) => f.starting = Some(start_within(&self.svc, &f.spec, recv, None)),
                     Err(e) => return Poll::Ready(Some(Err(e))),
                 }
             }
             let Some(f) = self.inflight.front_mut() else {
                 return Poll::Ready(None);
             };
+            if let Some(st) = f.starting.as_mut() {
+                let started = std::task::ready!(st.as_mut().poll(cx));
+                f.starting = None;
+                match started {
+                    Ok(p) => f.pending = Some(p),
+                    Err(e) => {
+                        self.inflight.pop_front();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
             let Some(p) = f.pending.as_mut() else {
                 return Poll::Ready(Some(Err(BlobError::Protocol(
                     "download polled without a request in flight".into(),
@@ -540,18 +588,20 @@ pub async fn upload_from_reader(
     upload_from_stream(svc, container, blob, blocks, total, put, opts).await
 }
 
-/// Completes one Put Block of an upload: on a retryable failure the block is sent again
-/// through the retrying path with the bytes `data` gives back.
+/// A Put Block of an upload in flight: its request, completion, the bytes it carries (kept
+/// by reference in case it must be sent again) and their length.
+type InflightBlock = (crate::blob::Spec, Pending, Vec<bytes::Bytes>, usize);
+
+/// Completes one Put Block of an upload (which frees its buffers); on a retryable failure the
+/// block is sent again through the retrying path. Returns the block's length.
 async fn finish_block(
     svc: &BlobService,
     container: &str,
     blob: &str,
-    spec: &crate::blob::Spec,
-    c: Result<crate::Completion, crate::ClientError>,
-    data: impl FnOnce() -> Vec<u8>,
+    (spec, p, parts, len): InflightBlock,
     verify: bool,
-) -> Result<(), BlobError> {
-    if let Err(e) = svc.finish(spec, c) {
+) -> Result<u64, BlobError> {
+    if let Err(e) = svc.finish(&spec, p.await) {
         if !BlobService::should_retry(&e) {
             return Err(e);
         }
@@ -561,10 +611,10 @@ async fn finish_block(
             .find(|(k, _)| k == "blockid")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        svc.put_block(container, blob, &id, &data(), verify, None)
+        svc.put_block(container, blob, &id, &parts.concat(), verify, None)
             .await?;
     }
-    Ok(())
+    Ok(len as u64)
 }
 
 /// Uploads everything `stream` yields as a block blob: the items are packed into
@@ -603,13 +653,29 @@ where
     let upload = uuid::Uuid::new_v4().simple().to_string();
     let mut stream = std::pin::pin!(stream);
     let mut ids = Vec::new();
-    let mut inflight: VecDeque<(crate::blob::Spec, Pending, Vec<bytes::Bytes>, usize)> =
-        VecDeque::new();
+    let mut inflight: VecDeque<InflightBlock> = VecDeque::new();
     let mut carry: Option<bytes::Bytes> = None;
     let (mut done, mut n, mut eof) = (0u64, 0u64, false);
+    let client = svc.client();
+    let progress = |done: u64| {
+        if let Some(p) = &opts.progress {
+            p(done, total.unwrap_or(done));
+        }
+    };
     loop {
         while !eof && inflight.len() < parallel {
-            let lease = svc.client().alloc_async(chunk as u64).await?;
+            // Space is awaited only when no block of this upload is in flight: a finished
+            // block keeps its buffer until it is completed below, so waiting then could be
+            // waiting on this upload itself.
+            let lease = match client.try_alloc(chunk as u64)? {
+                Some(l) => l,
+                None if !inflight.is_empty() => break,
+                None => {
+                    client
+                        .alloc_async_within(chunk as u64, svc.timeout())
+                        .await?
+                }
+            };
             let mut parts = Vec::new();
             let mut crc = crc64fast_nvme::Digest::new();
             let mut filled = 0;
@@ -646,7 +712,7 @@ where
                 break;
             }
             let id = block_id(&upload, n);
-            let (spec, p) = svc.start_put_block(
+            let (spec, mut req) = svc.put_block_request(
                 container,
                 blob,
                 &id,
@@ -654,28 +720,27 @@ where
                 filled,
                 opts.verify.then(|| crc.sum64()),
                 Some((n % u64::from(n_queues)) as u32),
-            )?;
-            inflight.push_back((spec, p, parts, filled));
+            );
+            // Its head buffer: complete this upload's own blocks until one fits, then wait
+            // for space others hold.
+            while !client.try_reserve_head(&mut req)? {
+                match inflight.pop_front() {
+                    Some(b) => {
+                        done += finish_block(svc, container, blob, b, opts.verify).await?;
+                        progress(done);
+                    }
+                    None => client.reserve_head_within(&mut req, svc.timeout()).await?,
+                }
+            }
+            inflight.push_back((spec, client.submit(req)?, parts, filled));
             ids.push((BlockRef::Uncommitted, id));
             n += 1;
         }
-        let Some((spec, p, parts, len)) = inflight.pop_front() else {
+        let Some(b) = inflight.pop_front() else {
             break;
         };
-        finish_block(
-            svc,
-            container,
-            blob,
-            &spec,
-            p.await,
-            || parts.concat(),
-            opts.verify,
-        )
-        .await?;
-        done += len as u64;
-        if let Some(p) = &opts.progress {
-            p(done, total.unwrap_or(done));
-        }
+        done += finish_block(svc, container, blob, b, opts.verify).await?;
+        progress(done);
     }
     svc.put_block_list(container, blob, &ids, put).await
 }

@@ -289,3 +289,86 @@ fn connector_gets_a_one_gib_object_with_the_default_arena() {
         .expect("connector GET hung");
     });
 }
+
+/// Fills the arena with leases, then frees `holes` non-adjacent `hole`-byte gaps and four
+/// 64 KiB gaps (for request heads); returns the leases still held.
+fn fragment(client: &Client, hole: u64, holes: usize) -> Vec<blobring::Lease> {
+    let fill = |size: u64, v: &mut Vec<blobring::Lease>| {
+        while let Some(l) = client.try_alloc(size).unwrap() {
+            v.push(l);
+        }
+    };
+    let mut big = Vec::new();
+    fill(hole, &mut big);
+    assert!(
+        big.len() > 2 * holes + 1,
+        "the arena holds {} × {hole} bytes",
+        big.len()
+    );
+    // The last big lease becomes small ones, every other one freed.
+    drop(big.pop());
+    let mut small = Vec::new();
+    fill(64 << 10, &mut small);
+    let small: Vec<_> = small
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1 || *i >= 8)
+        .map(|(_, l)| l)
+        .collect();
+    let big: Vec<_> = big
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1 || *i >= 2 * holes)
+        .map(|(_, l)| l)
+        .collect();
+    big.into_iter().chain(small).collect()
+}
+
+/// A download (or upload) whose own buffers fill the space it can use must reuse them, not
+/// wait for space only it can free. Regression: a soak run in CI stalled 60 s in
+/// `download_to_vec` — the next range waited (blocking) for arena space while the chunk just
+/// completed, which that very call would have freed, was still held.
+#[test]
+fn transfers_reuse_their_own_space_in_a_fragmented_arena() {
+    let dir = scratch();
+    let s = HostStack::start(DAEMON, dir.path(), &[], &[]);
+    // A short arena wait, so that a transfer waiting on itself fails fast instead of stalling.
+    let client = Client::connect_with(blobring::ClientOptions {
+        socket: s.daemon.socket.clone(),
+        arena_wait: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .expect("connect");
+    let svc = BlobService::new(client.clone(), AccountConfig::emulator())
+        .with_timeout(Duration::from_secs(10));
+    block_on(svc.create_container("frag")).unwrap();
+    let data = items(5 << 20, 9, &[5 << 20]).remove(0);
+    block_on(svc.put_blob("frag", "x", &data, &PutOptions::default())).unwrap();
+    let opts = TransferOptions {
+        chunk_size: 1 << 20,
+        parallelism: 2,
+        ..Default::default()
+    };
+    // Room for one range only: each next one must go where the one before was.
+    let held = fragment(&client, 1 << 20, 1);
+    let t = Instant::now();
+    let got = block_on(transfer::download_to_vec(&svc, "frag", "x", &opts));
+    let took = t.elapsed();
+    assert_eq!(got.map(Bytes::from).expect("download"), data);
+    assert!(took < Duration::from_secs(2), "download took {took:?}");
+    let t = Instant::now();
+    let up = block_on(transfer::upload_from_slice(
+        &svc,
+        "frag",
+        "y",
+        &data,
+        &PutOptions::default(),
+        &opts,
+    ));
+    let took = t.elapsed();
+    up.expect("upload");
+    assert!(took < Duration::from_secs(2), "upload took {took:?}");
+    drop(held);
+    let back = block_on(svc.get_blob("frag", "y", None, &GetOptions::default())).unwrap();
+    assert_eq!(back.to_vec().unwrap(), data);
+}

@@ -594,6 +594,11 @@ impl BlobService {
         &self.client
     }
 
+    /// The deadline of each request (also bounding its wait for arena space).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The account.
     pub fn account(&self) -> &AccountConfig {
         &self.account
@@ -615,14 +620,7 @@ impl BlobService {
             Body::None => 0,
             Body::Bytes(b) => b.len() as u64,
         };
-        let head = render_head(
-            &self.account,
-            spec.method,
-            &spec.path,
-            &spec.query,
-            &spec.headers,
-            body_len,
-        );
+        let mut req = self.request(spec, body_len, queue);
         // Every request gets a data buffer: error bodies (Azure XML) land there too.
         let cap = recv.max(body_len).max(4096);
         // Waiting for arena space counts against the request's deadline.
@@ -632,11 +630,8 @@ impl BlobService {
         {
             lease.write(0, b)?;
         }
-        let mut req = Request::new(head);
         req.data = Some(lease);
         req.data_valid = body_len as u32;
-        req.timeout = Some(self.timeout);
-        req.queue = queue;
         let c = self.client.execute(req).await?;
         let head = parse_response_head(&c.head)?;
         let len = c.data_len();
@@ -1102,16 +1097,15 @@ pub(crate) async fn sleep(d: Duration) {
 }
 
 impl BlobService {
-    /// Renders and submits one ranged GET now (no await needed to start it).
-    pub(crate) fn start_get(
+    /// A ranged Get Blob (pinned to `if_match`, with a CRC64 asked for if `crc`).
+    pub(crate) fn get_spec(
         &self,
         container: &str,
         blob: &str,
-        range: Range<u64>,
+        range: &Range<u64>,
         if_match: Option<&str>,
         crc: bool,
-        queue: Option<u32>,
-    ) -> Result<(Spec, crate::Pending), BlobError> {
+    ) -> Spec {
         let mut s = Spec::new("GET", self.path(container, Some(blob))).h(
             "x-ms-range",
             format!("bytes={}-{}", range.start, range.end - 1),
@@ -1122,55 +1116,12 @@ impl BlobService {
         if crc {
             s = s.h("x-ms-range-get-content-crc64", "true");
         }
-        let p = self.start(&s, Body::None, range.end - range.start, queue)?;
-        Ok((s, p))
+        s
     }
 
-    /// Renders and submits one Put Block now.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start_put_block(
-        &self,
-        container: &str,
-        blob: &str,
-        id: &str,
-        data: Lease,
-        len: usize,
-        crc: Option<u64>,
-        queue: Option<u32>,
-    ) -> Result<(Spec, crate::Pending), BlobError> {
-        let mut s = Spec::new("PUT", self.path(container, Some(blob)))
-            .q("comp", "block")
-            .q("blockid", id);
-        if let Some(c) = crc {
-            s = s.h("x-ms-content-crc64", B64.encode(c.to_le_bytes()));
-        }
-        let head = render_head(
-            &self.account,
-            s.method,
-            &s.path,
-            &s.query,
-            &s.headers,
-            len as u64,
-        );
-        let mut req = Request::new(head);
-        req.data = Some(data);
-        req.data_valid = len as u32;
-        req.timeout = Some(self.timeout);
-        req.queue = queue;
-        Ok((s, self.client.submit(req)?))
-    }
-
-    fn start(
-        &self,
-        spec: &Spec,
-        body: Body<'_>,
-        recv: u64,
-        queue: Option<u32>,
-    ) -> Result<crate::Pending, BlobError> {
-        let body_len = match body {
-            Body::None => 0,
-            Body::Bytes(b) => b.len() as u64,
-        };
+    /// Renders `spec` (with a body of `body_len` bytes) into a request with this service's
+    /// deadline and no buffers yet.
+    fn request(&self, spec: &Spec, body_len: u64, queue: Option<u32>) -> Request {
         let head = render_head(
             &self.account,
             spec.method,
@@ -1179,18 +1130,72 @@ impl BlobService {
             &spec.headers,
             body_len,
         );
-        let lease = self.client.alloc(recv.max(body_len).max(4096))?;
-        if let Body::Bytes(b) = body
-            && !b.is_empty()
-        {
-            lease.write(0, b)?;
-        }
         let mut req = Request::new(head);
-        req.data = Some(lease);
-        req.data_valid = body_len as u32;
         req.timeout = Some(self.timeout);
         req.queue = queue;
+        req
+    }
+
+    /// Submits `spec` (no body; `recv` bytes for the response body) now if the arena has
+    /// room for its buffers; `None`, holding nothing, if not. A transfer that holds buffers
+    /// of its own tries this, and awaits space ([`BlobService::start_within`]) only when it
+    /// holds none: the space it would wait for may be its own.
+    pub(crate) fn try_start(
+        &self,
+        spec: &Spec,
+        recv: u64,
+        queue: Option<u32>,
+    ) -> Result<Option<crate::Pending>, BlobError> {
+        let mut req = self.request(spec, 0, queue);
+        let Some(lease) = self.client.try_alloc(recv.max(4096))? else {
+            return Ok(None);
+        };
+        req.data = Some(lease);
+        if !self.client.try_reserve_head(&mut req)? {
+            return Ok(None);
+        }
+        Ok(Some(self.client.submit(req)?))
+    }
+
+    /// [`BlobService::try_start`], awaiting arena space (at most the service's timeout).
+    pub(crate) async fn start_within(
+        &self,
+        spec: &Spec,
+        recv: u64,
+        queue: Option<u32>,
+    ) -> Result<crate::Pending, BlobError> {
+        let mut req = self.request(spec, 0, queue);
+        let lease = self.client.alloc_async_within(recv.max(4096), self.timeout);
+        req.data = Some(lease.await?);
+        self.client
+            .reserve_head_within(&mut req, self.timeout)
+            .await?;
         Ok(self.client.submit(req)?)
+    }
+
+    /// Renders one Put Block of the `len` bytes at the start of `data`, without its head
+    /// buffer: the caller reserves it ([`Client::try_reserve_head`]) and submits.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn put_block_request(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        data: Lease,
+        len: usize,
+        crc: Option<u64>,
+        queue: Option<u32>,
+    ) -> (Spec, Request) {
+        let mut s = Spec::new("PUT", self.path(container, Some(blob)))
+            .q("comp", "block")
+            .q("blockid", id);
+        if let Some(c) = crc {
+            s = s.h("x-ms-content-crc64", B64.encode(c.to_le_bytes()));
+        }
+        let mut req = self.request(&s, len as u64, queue);
+        req.data = Some(data);
+        req.data_valid = len as u32;
+        (s, req)
     }
 
     /// Turns a completion of a request started with `start*` into an [`Answer`].
