@@ -58,6 +58,17 @@ pub struct Output {
     pub quiet: bool,
 }
 
+/// How the stack under test is started (every mode).
+#[derive(Debug, Args, Clone, Default)]
+pub struct StackArgs {
+    /// Back the client regions with 2 MiB hugetlb pages (blobringd `--hugetlb`); reserve a
+    /// pool first (`sysctl vm.nr_hugepages=N`: about arena/2 MiB + 1 pages per client).
+    /// Without a pool the daemon falls back to THP or 4 KiB pages, and the machine line of the
+    /// report says which pages the regions got.
+    #[arg(long)]
+    pub hugetlb: bool,
+}
+
 /// `seed` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct SeedArgs {
@@ -90,6 +101,9 @@ pub struct SeedArgs {
     /// Paths to run (default: all five).
     #[arg(long, value_delimiter = ',')]
     pub paths: Vec<PathKind>,
+    /// The stack.
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Outputs.
     #[command(flatten)]
     pub out: Output,
@@ -113,6 +127,9 @@ pub struct SmallArgs {
     /// Paths (default: http, connector, native).
     #[arg(long, value_delimiter = ',')]
     pub paths: Vec<PathKind>,
+    /// The stack.
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Outputs.
     #[command(flatten)]
     pub out: Output,
@@ -139,6 +156,9 @@ pub struct ScaleArgs {
     /// Arena bytes per client.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub arena: u64,
+    /// The stack.
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Outputs.
     #[command(flatten)]
     pub out: Output,
@@ -147,6 +167,9 @@ pub struct ScaleArgs {
 /// `all` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct AllArgs {
+    /// The stack.
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Outputs.
     #[command(flatten)]
     pub out: Output,
@@ -254,16 +277,37 @@ fn progress(out: &Output, len: u64) -> ProgressBar {
 
 /// Runs the command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let (out, seed, small, scale, mode) = match cli.mode {
+    let (out, stack_args, seed, small, scale, mode) = match cli.mode {
         Mode::Worker => return crate::worker::worker_main(),
-        Mode::Seed(a) => (a.out.clone(), Some(a.options()?), None, None, "seed"),
-        Mode::Small(a) => (a.out.clone(), None, Some(a.options()?), None, "small"),
-        Mode::Scale(a) => (a.out.clone(), None, None, Some(a.options()?), "scale"),
+        Mode::Seed(a) => (
+            a.out.clone(),
+            a.stack.clone(),
+            Some(a.options()?),
+            None,
+            None,
+            "seed",
+        ),
+        Mode::Small(a) => (
+            a.out.clone(),
+            a.stack.clone(),
+            None,
+            Some(a.options()?),
+            None,
+            "small",
+        ),
+        Mode::Scale(a) => (
+            a.out.clone(),
+            a.stack.clone(),
+            None,
+            None,
+            Some(a.options()?),
+            "scale",
+        ),
         Mode::All(a) => {
             let seed = SeedArgs::parse_defaults().options()?;
             let small = SmallArgs::parse_defaults().options()?;
             let scale = ScaleArgs::parse_defaults().options()?;
-            (a.out, Some(seed), Some(small), Some(scale), "all")
+            (a.out, a.stack, Some(seed), Some(small), Some(scale), "all")
         }
     };
     let phases = seed.as_ref().map_or(0, crate::seed::phases)
@@ -271,7 +315,10 @@ pub fn run(cli: Cli) -> Result<()> {
         + scale.as_ref().map_or(0, crate::scale::phases);
     let pb = progress(&out, phases);
     pb.set_message("starting blobring-host and blobringd");
-    let stack = Stack::start(&StackOptions::default())?;
+    let stack = Stack::start(&StackOptions {
+        hugetlb: stack_args.hugetlb,
+        ..StackOptions::default()
+    })?;
     let mut report = Report {
         mode: mode.into(),
         ..Report::default()

@@ -50,6 +50,8 @@ pub struct StackOptions {
     pub max_arena: u64,
     /// Most concurrent clients (`--max-clients` and `--max-clients-per-uid`).
     pub max_clients: u32,
+    /// Client regions on hugetlb pages (`--hugetlb`).
+    pub hugetlb: bool,
 }
 
 impl Default for StackOptions {
@@ -57,6 +59,7 @@ impl Default for StackOptions {
         Self {
             max_arena: 128 << 20,
             max_clients: 1024,
+            hugetlb: false,
         }
     }
 }
@@ -135,6 +138,7 @@ impl Stack {
             .args(["--transport", "sim", "--no-pin"])
             .args(["--arena-size", &opts.max_arena.to_string()])
             .args(["--max-clients", &max, "--max-clients-per-uid", &max])
+            .args(opts.hugetlb.then_some("--hugetlb"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

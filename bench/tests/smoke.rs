@@ -150,9 +150,18 @@ fn every_mode_runs_with_tiny_sizes() {
             "64K",
             "--blob-size",
             "1M",
+            // hugetlb first; without a reserved pool the daemon falls back to other pages.
+            "--hugetlb",
         ],
         d,
         "scale",
+    );
+    let pages = scale["machine"]["region_pages"]
+        .as_str()
+        .unwrap_or("unknown");
+    assert!(
+        ["Huge2M", "Thp", "Small"].contains(&pages),
+        "regions of a --hugetlb run: {pages}"
     );
     let steps = scale["scale"].as_array().expect("scale steps");
     assert_eq!(steps.len(), 2);
