@@ -4,7 +4,10 @@
 //! **Owns:** the Blob executor ([`executor`]), its stores ([`store`]: `fs:<dir>`, `mem`, and
 //! `passthrough:<url>` behind the default `passthrough` feature), SharedKey and service-SAS
 //! verification ([`auth`]), fault injection ([`executor::Faults`]), the HTTP REST front end
-//! (`rest`, default feature `rest`), and the VMBus path ([`vsp`]).
+//! (`rest`, default feature `rest`), and the VMBus path ([`vsp`]). The `fs` store keeps up to
+//! `--open-files` data files open between reads ([`store::DEFAULT_OPEN_FILES`] by default, 0
+//! to open the file on every read): data files are immutable once published, and a file
+//! leaves the cache when its blob version is overwritten or deleted.
 //!
 //! # The bus protocol, message by message (host side)
 //!
@@ -101,7 +104,8 @@
 //! Dependencies: `httparse` (request heads, the same parser object_store uses for batch
 //! responses), `hyper` + `tokio` (REST front end only), `quick-xml` (request XML), `hmac` +
 //! `sha2` + `base64` (SharedKey), `md-5` and `crc64fast-nvme` (Azure's transactional hashes;
-//! the latter implements the NVMe polynomial Azure's CRC64 uses), `serde_json` (fs store records); the VMBus path uses `blobring-vmbus` (rings, packets, bus session), `blobring-reactor`
+//! the latter implements the NVMe polynomial Azure's CRC64 uses), `serde_json` (fs store records),
+//! `lru` (the fs store's open-file cache, sized by `--open-files`); the VMBus path uses `blobring-vmbus` (rings, packets, bus session), `blobring-reactor`
 //! (io_uring waits and fixed-buffer reads), `blobring-shm` (guest mappings), `crossbeam-channel`
 //! (the multi-consumer job queue of the executor pool) and `rustix` (eventfds).
 
@@ -115,4 +119,6 @@ mod xml;
 
 pub use auth::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 pub use executor::{ExecuteError, Executed, Executor, ExecutorConfig, Faults};
-pub use store::{BlobReader, BodySink, SliceSink, Store, StoreError, open_store};
+pub use store::{
+    BlobReader, BodySink, SliceSink, Store, StoreError, StoreOptions, open_store, open_store_with,
+};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use blobring_host::{
-    EMULATOR_ACCOUNT, EMULATOR_KEY, Executor, ExecutorConfig, Faults, SharedKeyAuth, open_store,
-    rest, vsp,
+    EMULATOR_ACCOUNT, EMULATOR_KEY, Executor, ExecutorConfig, Faults, SharedKeyAuth, StoreOptions,
+    open_store_with, rest, vsp,
 };
 use clap::{Parser, ValueEnum};
 
@@ -32,6 +32,12 @@ struct Args {
     /// accounts in $BLOBRING_UPSTREAM_KEY).
     #[arg(long, default_value = "fs:./blobring-data")]
     store: String,
+    /// `fs` store: most blob data files kept open between reads, so a GET costs a `pread`
+    /// instead of open + read + close (least recently read closed first; a file is closed as
+    /// soon as its blob is overwritten or deleted). 0 opens the file on every read. Capped at
+    /// half of RLIMIT_NOFILE, whose soft limit is raised toward the hard one if needed.
+    #[arg(long, value_name = "N", default_value_t = blobring_host::store::DEFAULT_OPEN_FILES)]
+    open_files: usize,
     /// Serve the Blob REST API (path-style URLs, like Azurite) on this loopback address,
     /// e.g. 127.0.0.1:10000. Port 0 picks a free port; the chosen address is printed.
     #[arg(long, value_name = "ADDR")]
@@ -96,6 +102,47 @@ struct Args {
     fault_seed: u64,
 }
 
+/// How many data files the fs store may keep open: `requested`, capped at half of
+/// RLIMIT_NOFILE so sockets, rings, eventfds and guest memory keep the other half. The soft
+/// limit is first raised (up to the hard limit) when it is below twice the request.
+fn open_files_budget(requested: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    if requested == 0 {
+        return 0;
+    }
+    let want = (requested as u64).saturating_mul(2);
+    let lim = getrlimit(Resource::Nofile);
+    let mut soft = lim.current.unwrap_or(u64::MAX);
+    if soft < want {
+        let raised = lim.maximum.map_or(want, |hard| hard.min(want));
+        if raised > soft
+            && setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(raised),
+                    maximum: lim.maximum,
+                },
+            )
+            .is_ok()
+        {
+            soft = raised;
+        }
+    }
+    let budget = usize::try_from(soft / 2)
+        .unwrap_or(usize::MAX)
+        .min(requested);
+    if budget < requested {
+        tracing::warn!(
+            requested,
+            budget,
+            rlimit_nofile = soft,
+            "--open-files capped at half of RLIMIT_NOFILE; raise the hard limit (ulimit -Hn) to \
+             keep more data files open"
+        );
+    }
+    budget
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -119,7 +166,11 @@ fn main() -> anyhow::Result<()> {
             bail!("{name} must be between 0 and 1, got {p}");
         }
     }
-    let store = open_store(&args.store).with_context(|| format!("opening store {}", args.store))?;
+    let opts = StoreOptions {
+        open_files: open_files_budget(args.open_files),
+    };
+    let store = open_store_with(&args.store, &opts)
+        .with_context(|| format!("opening store {}", args.store))?;
     for c in &args.containers {
         if !blobring_host::executor::valid_container_name(c) {
             bail!(

@@ -18,6 +18,12 @@
 //! version. Unreferenced data files, block files without a record and leftovers in `tmp/` and
 //! `trash/` are removed when the store is opened. Copy Blob hard-links the data file.
 //!
+//! Data files are immutable once written: no write path opens an existing one for writing. So
+//! the store keeps up to `open_files` of them open between reads (an LRU cache, `--open-files`
+//! on the host's command line, [`super::DEFAULT_OPEN_FILES`] by default, 0 to open the file on
+//! every read); a data file leaves the cache when it is removed (overwrite, delete, container
+//! delete), so deleted blobs do not keep disk space pinned.
+//!
 //! Trust: the directory is ours; a record that cannot be decoded stops the open with an error
 //! naming the file rather than silently dropping blobs.
 
@@ -35,6 +41,7 @@ use sha2::{Digest, Sha256};
 
 use super::engine::impl_store_via_engine;
 use super::engine::{Backend, Container, Engine, Entry, Part, ReadAt, Staged, State, hex};
+use super::open_files::{DEFAULT_OPEN_FILES, OpenFiles};
 use super::{BlobProps, BodySink, ContainerProps, StoreError};
 
 /// Durable filesystem store (`--store fs:<dir>`).
@@ -49,6 +56,13 @@ impl std::fmt::Debug for FsStore {
 }
 
 impl_store_via_engine!(FsStore);
+
+impl FsStore {
+    /// Data files currently held open by the open-file cache (at most the `open_files` bound).
+    pub fn cached_open_files(&self) -> usize {
+        self.engine.backend().open_files.len()
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct MetaRecord {
@@ -74,6 +88,8 @@ pub(crate) struct FsData {
 pub(crate) struct FsBackend {
     root: PathBuf,
     seq: AtomicU64,
+    /// Committed data files kept open for reads.
+    open_files: OpenFiles,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -96,8 +112,14 @@ fn blob_key(name: &str) -> String {
 
 impl FsStore {
     /// Open (creating if needed) a store rooted at `dir`, loading its index and removing
-    /// leftovers of interrupted writes.
+    /// leftovers of interrupted writes. Keeps up to [`DEFAULT_OPEN_FILES`] data files open.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, DEFAULT_OPEN_FILES)
+    }
+
+    /// [`FsStore::open`], keeping up to `open_files` data files open between reads (least
+    /// recently read closed first; 0 opens the data file on every read).
+    pub fn open_with(dir: impl AsRef<Path>, open_files: usize) -> Result<Self, StoreError> {
         let root = dir.as_ref().to_path_buf();
         for sub in ["containers", "tmp", "trash"] {
             let p = root.join(sub);
@@ -118,6 +140,7 @@ impl FsStore {
         let backend = FsBackend {
             root,
             seq: AtomicU64::new(0),
+            open_files: OpenFiles::new(open_files),
         };
         let state = backend.load()?;
         Ok(FsStore {
@@ -264,7 +287,9 @@ impl FsBackend {
     }
 }
 
-struct FileReader(File, PathBuf);
+/// A data file being read: one descriptor shared with the cache and other readers, read with
+/// positional reads only.
+struct FileReader(Arc<File>, Arc<Path>);
 
 impl ReadAt for FileReader {
     fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError> {
@@ -294,11 +319,11 @@ impl ReadAt for FileReader {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupt {
-                path: self.1.clone(),
+                path: self.1.to_path_buf(),
                 reason: format!("data file shorter than {} bytes", offset + len),
             }),
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(StoreError::Destination(e)),
-            Err(e) => Err(StoreError::io(&self.1, e)),
+            Err(e) => Err(StoreError::io(&*self.1, e)),
         }
     }
 }
@@ -365,12 +390,17 @@ impl Backend for FsBackend {
     }
 
     fn reader(&self, data: &FsData) -> Result<Box<dyn ReadAt>, StoreError> {
-        let f = File::open(&data.path).map_err(io_at(&data.path))?;
-        Ok(Box::new(FileReader(f, data.path.to_path_buf())))
+        let f = self
+            .open_files
+            .open(&data.path)
+            .map_err(io_at(&data.path))?;
+        Ok(Box::new(FileReader(f, Arc::clone(&data.path))))
     }
 
     fn drop_data(&self, data: &FsData) {
         let _ = fs::remove_file(&data.path);
+        // After the unlink: the engine no longer references `data`, so nothing re-caches it.
+        self.open_files.forget(&data.path);
     }
 
     fn publish_blob(
@@ -476,6 +506,8 @@ impl Backend for FsBackend {
         let src = self.cdir(name);
         let trash = self.root.join("trash").join(uuid());
         fs::rename(&src, &trash).map_err(io_at(&src))?;
+        // Its data files are gone from `src`: close them so removing the trash frees the space.
+        self.open_files.forget_under(&src);
         sync_dir(&self.root.join("containers"))?;
         let _ = fs::remove_dir_all(&trash);
         Ok(())

@@ -20,6 +20,7 @@
 mod engine;
 mod fs;
 mod mem;
+mod open_files;
 #[cfg(feature = "passthrough")]
 pub mod passthrough;
 
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fs::FsStore;
 pub use mem::MemStore;
+pub use open_files::DEFAULT_OPEN_FILES;
 #[cfg(feature = "passthrough")]
 pub use passthrough::PassthroughStore;
 
@@ -580,8 +582,30 @@ pub fn valid_container_name(c: &str) -> bool {
     ok || c == "$root"
 }
 
-/// Open a store from its command-line spec: `mem`, `fs:<dir>` or `passthrough:<url>`.
+/// Tuning of a store opened by [`open_store_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// `fs` store: most data files kept open between reads (`--open-files`; least recently
+    /// read closed first; 0 opens the data file on every read). Ignored by other stores.
+    pub open_files: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            open_files: DEFAULT_OPEN_FILES,
+        }
+    }
+}
+
+/// Open a store from its command-line spec: `mem`, `fs:<dir>` or `passthrough:<url>`, with
+/// default [`StoreOptions`].
 pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_store_with(spec, &StoreOptions::default())
+}
+
+/// [`open_store`] with explicit [`StoreOptions`].
+pub fn open_store_with(spec: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if spec == "mem" {
         return Ok(Arc::new(MemStore::new()));
     }
@@ -597,7 +621,7 @@ pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
         if dir.is_empty() {
             return Err(StoreError::BadSpec(spec.to_owned()));
         }
-        return Ok(Arc::new(FsStore::open(dir)?));
+        return Ok(Arc::new(FsStore::open_with(dir, opts.open_files)?));
     }
     Err(StoreError::BadSpec(spec.to_owned()))
 }

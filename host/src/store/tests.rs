@@ -270,3 +270,280 @@ fn etags_are_unique_and_increasing() {
     assert_ne!(a, b);
     assert!(a.starts_with("\"0x") && a.ends_with('"'));
 }
+
+/// Descriptors of this process open on files under `dir` (deleted ones included: their
+/// `/proc/self/fd` link reads `<path> (deleted)`).
+fn fds_under(dir: &std::path::Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+/// An `fs` store in a fresh temp dir, keeping up to `open_files` files open, with container
+/// `con`.
+fn fs_with_container(open_files: usize) -> (tempfile::TempDir, FsStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FsStore::open_with(dir.path(), open_files).unwrap();
+    s.create_container("con", vec![]).unwrap();
+    (dir, s)
+}
+
+/// Bytes of version `v` of blob `i`: every byte says which blob and version it belongs to.
+fn version_bytes(i: usize, v: usize, len: usize) -> Vec<u8> {
+    let tag = (i * 31 + v * 7) as u8;
+    let mut b = vec![tag; len + v];
+    b[0] = i as u8;
+    b
+}
+
+fn read_via_sink(s: &dyn Store, c: &str, b: &str) -> Vec<u8> {
+    let r = s.open(c, b).unwrap();
+    let mut v = vec![0; r.props().size as usize];
+    let len = v.len() as u64;
+    r.read_to(0, len, &mut SliceSink(&mut v), 0).unwrap();
+    v
+}
+
+/// Every write path that replaces a cached blob (Put Blob, Put Block List, Copy Blob onto it)
+/// is seen by the next read: the cache never serves the file of a replaced version.
+#[test]
+fn fs_open_files_read_after_overwrite_is_fresh() {
+    let (dir, s) = fs_with_container(16);
+    let none = Conditions::default();
+    s.put_blob("con", "b", b"one", NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "b"), b"one");
+    assert_eq!(s.cached_open_files(), 1);
+
+    s.put_blob("con", "b", b"two!", NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "b"), b"two!");
+    assert_eq!(read_via_sink(&s, "con", "b"), b"two!");
+    // The replaced version's file left the cache with it.
+    assert_eq!(s.cached_open_files(), 1);
+
+    s.put_block("con", "b", b"i1", b"block-").unwrap();
+    s.put_block("con", "b", b"i2", b"list").unwrap();
+    let refs = [
+        BlockRef::Uncommitted(b"i1".to_vec()),
+        BlockRef::Latest(b"i2".to_vec()),
+    ];
+    s.put_block_list("con", "b", &refs, NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "b"), b"block-list");
+    // A list that reuses a committed block reads the old data while writing the new.
+    s.put_block("con", "b", b"i3", b"!").unwrap();
+    let refs = [
+        BlockRef::Committed(b"i2".to_vec()),
+        BlockRef::Uncommitted(b"i3".to_vec()),
+    ];
+    s.put_block_list("con", "b", &refs, NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "b"), b"list!");
+
+    s.put_blob("con", "src", b"copied bytes", NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "src"), b"copied bytes");
+    s.copy_blob("con", "src", "con", "b", None, &none).unwrap();
+    assert_eq!(read_all(&s, "con", "b"), b"copied bytes");
+    // The copy's source is still readable after the copy was overwritten (hard link).
+    s.put_blob("con", "b", b"last", NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "b"), b"last");
+    assert_eq!(read_all(&s, "con", "src"), b"copied bytes");
+    // Property updates keep the same data file, so it stays cached.
+    s.set_metadata("con", "b", vec![("k".into(), "v".into())], &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "b"), b"last");
+    assert_eq!(s.cached_open_files(), 2);
+    assert_eq!(fds_under(dir.path()), 2);
+
+    // The index survives a restart and the new store's cache starts empty.
+    drop(s);
+    assert_eq!(fds_under(dir.path()), 0);
+    let s = FsStore::open_with(dir.path(), 16).unwrap();
+    assert_eq!(s.cached_open_files(), 0);
+    assert_eq!(read_all(&s, "con", "b"), b"last");
+}
+
+/// Deleting a blob (or its container) closes its cached file, so the disk space is freed; a
+/// reader opened before the delete still reads its snapshot.
+#[test]
+fn fs_open_files_delete_closes_the_file() {
+    let (dir, s) = fs_with_container(16);
+    let none = Conditions::default();
+    s.put_blob("con", "b", b"doomed", NewBlob::default(), &none)
+        .unwrap();
+    let early = s.open("con", "b").unwrap();
+    assert_eq!(s.cached_open_files(), 1);
+    assert_eq!(fds_under(dir.path()), 1, "reader and cache share one fd");
+
+    s.delete_blob("con", "b", &none).unwrap();
+    assert!(matches!(
+        s.open("con", "b"),
+        Err(StoreError::BlobNotFound(_))
+    ));
+    assert_eq!(s.cached_open_files(), 0);
+    let mut v = [0u8; 6];
+    early.read_at(0, &mut v).unwrap();
+    assert_eq!(&v, b"doomed");
+    drop(early);
+    assert_eq!(
+        fds_under(dir.path()),
+        0,
+        "a deleted blob's file is still open"
+    );
+
+    // Overwrite: the old version's file is closed as well.
+    s.put_blob("con", "c", b"v1", NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "c"), b"v1");
+    s.put_blob("con", "c", b"v2", NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(fds_under(dir.path()), 0);
+    assert_eq!(read_all(&s, "con", "c"), b"v2");
+    assert_eq!(fds_under(dir.path()), 1);
+
+    // Deleting the container closes every cached file in it, and only those.
+    s.create_container("other", vec![]).unwrap();
+    s.put_blob("other", "d", b"kept", NewBlob::default(), &none)
+        .unwrap();
+    for i in 0..5 {
+        let name = format!("x{i}");
+        s.put_blob("con", &name, b"x", NewBlob::default(), &none)
+            .unwrap();
+        assert_eq!(read_all(&s, "con", &name), b"x");
+    }
+    assert_eq!(read_all(&s, "other", "d"), b"kept");
+    assert_eq!(s.cached_open_files(), 7);
+    s.delete_container("con").unwrap();
+    assert_eq!(s.cached_open_files(), 1);
+    assert_eq!(fds_under(dir.path()), 1);
+    assert!(matches!(
+        s.open("con", "c"),
+        Err(StoreError::ContainerNotFound(_))
+    ));
+    // A new container of the same name starts clean.
+    s.create_container("con", vec![]).unwrap();
+    s.put_blob("con", "c", b"new", NewBlob::default(), &none)
+        .unwrap();
+    assert_eq!(read_all(&s, "con", "c"), b"new");
+    assert_eq!(read_all(&s, "other", "d"), b"kept");
+}
+
+/// The cache never holds more files than its bound, and a bound of 0 holds none.
+#[test]
+fn fs_open_files_bound_is_kept() {
+    for bound in [0, 1, 8] {
+        let (dir, s) = fs_with_container(bound);
+        for round in 0..2 {
+            for i in 0..40 {
+                let name = format!("b{i}");
+                if round == 0 {
+                    let bytes = version_bytes(i, 0, 100);
+                    s.put_blob(
+                        "con",
+                        &name,
+                        &bytes,
+                        NewBlob::default(),
+                        &Conditions::default(),
+                    )
+                    .unwrap();
+                }
+                assert_eq!(read_all(&s, "con", &name), version_bytes(i, 0, 100));
+                assert!(s.cached_open_files() <= bound);
+                assert!(fds_under(dir.path()) <= bound);
+            }
+            assert_eq!(s.cached_open_files(), bound, "bound {bound}");
+        }
+        // The most recently read files are the ones kept: reading them opens nothing new.
+        if bound == 8 {
+            let before = fds_under(dir.path());
+            for i in 32..40 {
+                let r = s.open("con", &format!("b{i}")).unwrap();
+                assert_eq!(fds_under(dir.path()), before, "b{i} was evicted");
+                drop(r);
+            }
+        }
+    }
+}
+
+/// Readers on several threads share the cached descriptors (a bound smaller than the working
+/// set forces evictions while other threads hold the evicted files) and always read a whole,
+/// correct version, while a writer keeps replacing blobs.
+#[test]
+fn fs_open_files_concurrent_readers() {
+    const BLOBS: usize = 12;
+    const LEN: usize = 4096;
+    let (_dir, s) = fs_with_container(4);
+    for i in 0..BLOBS {
+        s.put_blob(
+            "con",
+            &format!("b{i}"),
+            &version_bytes(i, 0, LEN),
+            NewBlob::default(),
+            &Conditions::default(),
+        )
+        .unwrap();
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let s = &s;
+        let stop = &stop;
+        let writer = scope.spawn(move || {
+            for v in 1..=30 {
+                let i = v % BLOBS;
+                let bytes = version_bytes(i, v, LEN);
+                s.put_blob(
+                    "con",
+                    &format!("b{i}"),
+                    &bytes,
+                    NewBlob::default(),
+                    &Conditions::default(),
+                )
+                .unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let readers: Vec<_> = (0..6)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut reads = 0usize;
+                    let mut k = t;
+                    while reads < 300 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        k = (k * 7 + 3) % BLOBS;
+                        let r = s.open("con", &format!("b{k}")).unwrap();
+                        let size = r.props().size as usize;
+                        let mut v = vec![0u8; size];
+                        if reads.is_multiple_of(2) {
+                            r.read_at(0, &mut v).unwrap();
+                        } else {
+                            r.read_to(0, size as u64, &mut SliceSink(&mut v), 0)
+                                .unwrap();
+                        }
+                        // The size names the version; every byte must belong to it.
+                        let version = size - LEN;
+                        assert_eq!(v, version_bytes(k, version, LEN), "b{k} v{version}");
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        writer.join().unwrap();
+        for r in readers {
+            assert!(r.join().unwrap() >= 300);
+        }
+    });
+    assert!(s.cached_open_files() <= 4);
+    for i in 0..BLOBS {
+        let r = s.open("con", &format!("b{i}")).unwrap();
+        assert_eq!(
+            r.props().size as usize - LEN,
+            (1..=30).filter(|v| v % BLOBS == i).max().unwrap_or(0)
+        );
+    }
+}
