@@ -697,7 +697,17 @@ impl Control {
                 continue;
             }
             if self.pending.len() >= MAX_PENDING_HANDSHAKES {
-                self.pending.remove(0);
+                // Serve the hellos that have arrived first: in a connect storm (many workers
+                // starting at once) the pending connections are mostly complete, not silent.
+                let all: Vec<usize> = (0..self.pending.len()).collect();
+                self.read_hellos(&all);
+            }
+            if self.pending.len() >= MAX_PENDING_HANDSHAKES {
+                // Still full of connections that have not sent their hello: shed the oldest.
+                let oldest = (0..self.pending.len())
+                    .min_by_key(|&i| self.pending[i].since)
+                    .unwrap_or(0);
+                self.pending.swap_remove(oldest);
                 self.info.refused += 1;
             }
             self.pending.push(PendingHello {
