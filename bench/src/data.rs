@@ -51,11 +51,8 @@ pub fn checksum(data: &[u8]) -> u64 {
     h.digest()
 }
 
-/// A client of the stack with an arena of `arena` bytes.
-///
-/// Retries for up to 30 s: blobringd keeps at most 64 handshakes pending and drops the oldest
-/// beyond that (flood protection), so a burst of hundreds of clients starting at once sees
-/// some `ECONNRESET`s; the SDK does not retry the first connect itself.
+/// A client of the stack with an arena of `arena` bytes (a burst of hundreds of clients
+/// starting at once is absorbed by the SDK, which retries handshakes the daemon sheds).
 pub fn connect(socket: &Path, arena: u64) -> Result<Client> {
     let opts = ClientOptions {
         socket: socket.to_path_buf(),
@@ -65,22 +62,8 @@ pub fn connect(socket: &Path, arena: u64) -> Result<Client> {
         },
         ..ClientOptions::default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut pause = Duration::from_millis(5);
-    loop {
-        match Client::connect_with(opts.clone()) {
-            Ok(c) => return Ok(c),
-            Err(e) if std::time::Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(200));
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("connect to blobringd at {}", socket.display()));
-            }
-        }
-    }
+    Client::connect_with(opts)
+        .with_context(|| format!("connect to blobringd at {}", socket.display()))
 }
 
 /// The Blob API over `client` for the host's (emulator) account.

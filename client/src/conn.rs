@@ -66,6 +66,9 @@ pub struct ConnectOptions {
     pub arena_len: u64,
     /// ABI version to announce (tests only: anything but [`ABI_VERSION`] is refused).
     pub abi_version: Option<u32>,
+    /// How long to retry handshakes the daemon drops (default [`HANDSHAKE_RETRY`];
+    /// `Some(Duration::ZERO)`: never retry).
+    pub handshake_retry: Option<Duration>,
 }
 
 struct Queue {
@@ -214,6 +217,9 @@ fn status_name(status: u32) -> &'static str {
     }
 }
 
+/// How long [`Connection::connect_with`] retries handshakes the daemon dropped.
+pub const HANDSHAKE_RETRY: Duration = Duration::from_secs(10);
+
 impl Connection {
     /// Connects to the daemon at [`default_socket_path`].
     pub fn connect_default() -> Result<Self, ConnectError> {
@@ -225,12 +231,32 @@ impl Connection {
         Self::connect_with(path, ConnectOptions::default())
     }
 
-    /// Connects to the daemon socket at `path`.
+    /// Connects to the daemon socket at `path`. A handshake the daemon drops (it sheds
+    /// pending handshakes beyond its limit when many clients connect at once) is retried
+    /// with jittered backoff for up to [`ConnectOptions::handshake_retry`]; other failures
+    /// return at once.
     pub fn connect_with(
         path: impl AsRef<Path>,
         opts: ConnectOptions,
     ) -> Result<Self, ConnectError> {
-        let path = path.as_ref();
+        let (path, budget) = (
+            path.as_ref(),
+            opts.handshake_retry.unwrap_or(HANDSHAKE_RETRY),
+        );
+        let start = std::time::Instant::now();
+        let mut cap = Duration::from_millis(2);
+        loop {
+            match Self::connect_once(path, opts) {
+                Err(e) if e.is_transient() && start.elapsed() < budget => {
+                    std::thread::sleep(cap.mul_f64(rand::random::<f64>()));
+                    cap = (cap * 2).min(Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn connect_once(path: &Path, opts: ConnectOptions) -> Result<Self, ConnectError> {
         let mut sock = UnixStream::connect(path).map_err(|source| ConnectError::Connect {
             path: path.to_owned(),
             source,
@@ -593,14 +619,76 @@ fn recv_reply(sock: &UnixStream) -> Result<(HelloReply, Vec<OwnedFd>), ConnectEr
                 "control message truncated (too many file descriptors)".into(),
             ));
         }
+        if r.bytes == 0 && got == 0 {
+            return Err(ConnectError::Dropped);
+        }
         if r.bytes == 0 {
-            return Err(ConnectError::Protocol(
-                "the daemon closed the connection during the handshake".into(),
-            ));
+            return Err(ConnectError::Protocol(format!(
+                "the daemon hung up after {got} bytes of its reply"
+            )));
         }
         got += r.bytes;
     }
     let reply = HelloReply::read_from_bytes(&buf)
         .map_err(|_| ConnectError::Protocol("short reply".into()))?;
     Ok((reply, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A "daemon" that reads each hello and hangs up, as blobringd does to handshakes it
+    /// sheds: the client retries within its budget, then reports the drop; a refusal-like
+    /// failure (no socket) is not retried.
+    #[test]
+    fn dropped_handshakes_are_retried_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shed.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let accepted = Arc::new(AtomicU32::new(0));
+        let n = accepted.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut hello = [0u8; size_of::<HelloRequest>()];
+                let _ = s.read_exact(&mut hello);
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let opts = |retry| ConnectOptions {
+            handshake_retry: Some(retry),
+            ..ConnectOptions::default()
+        };
+        let t = std::time::Instant::now();
+        let r = Connection::connect_with(&path, opts(Duration::from_millis(300)));
+        assert!(matches!(r, Err(ConnectError::Dropped)), "{:?}", r.err());
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(
+            accepted.load(Ordering::SeqCst) >= 3,
+            "attempts: {accepted:?}"
+        );
+
+        let missing = dir.path().join("none.sock");
+        let t = std::time::Instant::now();
+        let r = Connection::connect_with(&missing, opts(Duration::from_secs(5)));
+        assert!(
+            matches!(r, Err(ConnectError::Connect { .. })),
+            "{:?}",
+            r.err()
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "not retried: {:?}",
+            t.elapsed()
+        );
+    }
 }

@@ -36,6 +36,14 @@ pub enum ConnectError {
         "blobringd sent a malformed handshake reply: {0}; client and daemon versions may differ"
     )]
     Protocol(String),
+    /// The daemon closed the connection before replying: it sheds pending handshakes beyond
+    /// its limit when many clients connect at once (or it is stopping). Transient:
+    /// [`crate::Connection::connect_with`] retries it.
+    #[error(
+        "blobringd closed the connection during the handshake (too many clients connecting at \
+         once, or the daemon is stopping); retry"
+    )]
+    Dropped,
     /// A system call failed during the handshake.
     #[error("handshake with blobringd failed during {op}: {source}")]
     Io {
@@ -54,6 +62,24 @@ pub enum ConnectError {
     /// A queue pair could not be attached.
     #[error("cannot attach a queue pair: {0}")]
     Ring(#[from] RingError),
+}
+
+impl ConnectError {
+    /// Whether trying again soon may succeed: the daemon dropped the handshake (or reset the
+    /// connection during it), as it does when more clients connect at once than it keeps
+    /// pending. A refusal, a missing socket or a protocol mismatch is not transient.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof, WouldBlock};
+        match self {
+            Self::Dropped => true,
+            Self::Io { source, .. } => {
+                matches!(source.kind(), ConnectionReset | BrokenPipe | UnexpectedEof)
+            }
+            // The listen backlog is full.
+            Self::Connect { source, .. } => source.kind() == WouldBlock,
+            _ => false,
+        }
+    }
 }
 
 /// What to do about a failed `connect` to the daemon's socket.

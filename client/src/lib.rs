@@ -69,5 +69,7 @@ pub use client::{
     Client, ClientError, ClientOptions, Completion, Lease, MAX_REQUEST_DATA, Pending, Request,
     VSP_BODY_TOO_LARGE, VSP_HEAD_TOO_LARGE, block_on,
 };
-pub use conn::{ConnectOptions, Connection, LIVENESS_SLICE, default_socket_path, errno};
+pub use conn::{
+    ConnectOptions, Connection, HANDSHAKE_RETRY, LIVENESS_SLICE, default_socket_path, errno,
+};
 pub use error::{ConnectError, Error};

@@ -363,7 +363,12 @@ fn client_side(mut inp: Input) {
     fake.plans.lock().unwrap().send(plan).unwrap();
 
     let started = Instant::now();
-    let result = Connection::connect_with(&fake.socket, ConnectOptions::default());
+    // No retry: the fake daemon serves one plan per connection.
+    let opts = ConnectOptions {
+        handshake_retry: Some(Duration::ZERO),
+        ..ConnectOptions::default()
+    };
+    let result = Connection::connect_with(&fake.socket, opts);
     assert!(started.elapsed() < Duration::from_secs(20), "connect hung");
     match result {
         Ok(conn) => {

@@ -87,3 +87,54 @@ fn daemon_death_fails_in_flight_requests_fast_and_the_client_reconnects() {
     let g = block_on(svc.get_blob("rec", "x", None, &GetOptions::default())).expect("reconnected");
     assert_eq!(g.to_vec().unwrap(), b"before");
 }
+
+/// A connect storm: more clients handshaking at once than blobringd keeps pending (64; it
+/// sheds the oldest beyond that) all get connected, because the SDK retries a handshake the
+/// daemon dropped. Every client then makes a request, so each connection is proven usable.
+#[test]
+fn a_connect_storm_beyond_the_daemons_pending_limit_connects_everyone() {
+    const CLIENTS: usize = 256;
+    let dir = scratch();
+    let s = HostStack::start(
+        DAEMON,
+        dir.path(),
+        &[],
+        &[
+            "--max-clients",
+            "1024",
+            "--max-clients-per-uid",
+            "1024",
+            "--arena-size",
+            "1048576",
+        ],
+    );
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let socket = s.daemon.socket.clone();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (gate, socket) = (gate.clone(), socket.clone());
+            std::thread::spawn(move || {
+                gate.wait();
+                let client = Client::connect(&socket).map_err(|e| e.to_string())?;
+                let svc = BlobService::new(client, AccountConfig::emulator())
+                    .with_timeout(Duration::from_secs(30));
+                match block_on(svc.head_blob("storm", "none", &GetOptions::default())) {
+                    Err(BlobError::Service { status: 404, .. }) => Ok(svc),
+                    other => Err(format!("head of a missing blob: {other:?}")),
+                }
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CLIENTS} clients failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let d = &s.daemon.stats()["daemon"];
+    println!("daemon after the storm: {d}");
+    assert_eq!(d["clients"], CLIENTS, "daemon: {d}");
+    drop(results);
+}
