@@ -156,4 +156,17 @@ fn targets(report: &mut Report) {
         0.5,
         "×",
     ));
+    // The other reading of the latency target: like for like, one request at a time.
+    if let Some(n1) = get("native", "1") {
+        let lat1 = n1.p99_us / h1.p99_us.max(1e-9);
+        report
+            .ratios
+            .insert("small_native_p99_d1_vs_http_p99_d1".into(), lat1);
+        report.targets.push(Target::at_most(
+            "(d) p99 at depth 1 vs (b) p99 at depth 1",
+            lat1,
+            0.5,
+            "×",
+        ));
+    }
 }
