@@ -22,6 +22,16 @@
 //! [`Download`] stream when the bytes need not end up in one buffer. In a small arena the
 //! chunk shrinks rather than the parallelism (see [`TransferOptions::parallelism`]).
 //!
+//! **Checksums** ([`TransferOptions::verify`], [`TransferOptions::checksum`]): with
+//! [`Checksum::Crc64`] (the default) every range of a download is checked against the CRC64
+//! the service computes for it, and every block of an upload carries one the service checks.
+//! With [`Checksum::Md5`] the same happens with MD5, and besides: an upload stores the MD5 of
+//! the whole blob with it (`x-ms-blob-content-md5` on Put Block List, like `azcopy
+//! --put-md5`), and a download of a blob that has a stored MD5 hashes every byte in order and
+//! fails at the end (withholding the last chunk) if the whole blob does not match it. The
+//! service computes a range's checksum from the bytes it stores, so only that whole-blob
+//! comparison catches bytes changed at rest.
+//!
 //! ```no_run
 //! # async fn demo(svc: blobring::blob::BlobService) -> Result<(), blobring::blob::BlobError> {
 //! use blobring::transfer::{TransferOptions, download_to_file};
@@ -41,7 +51,10 @@ use std::task::{Context, Poll};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use crate::blob::{BlobError, BlobService, BlockRef, PutOptions, block_id, crc64, sleep};
+use md5::Digest as _;
+
+pub use crate::blob::Checksum;
+use crate::blob::{BlobError, BlobService, BlockRef, PutOptions, block_id, sleep};
 use crate::{Lease, Pending};
 
 /// A progress callback: `(bytes done, total bytes)`.
@@ -56,9 +69,14 @@ pub struct TransferOptions {
     /// chunk is first shrunk so that at least `min(parallelism, 4)` requests stay in flight
     /// (the daemon's default 16 MiB arena gives about 2 MiB × 4), then the parallelism.
     pub parallelism: usize,
-    /// Verify each chunk with CRC64 (downloads: `x-ms-range-get-content-crc64`, chunks ≤ 4
-    /// MiB; uploads: `x-ms-content-crc64` checked by the service).
+    /// Verify each chunk with [`TransferOptions::checksum`] (downloads: the range's checksum
+    /// asked of the service and compared, so chunks are at most 4 MiB; uploads: each Put
+    /// Block's checksum checked by the service). A mismatch fails with
+    /// [`BlobError::Integrity`].
     pub verify: bool,
+    /// The checksum `verify` uses (default [`Checksum::Crc64`]). [`Checksum::Md5`] also
+    /// stores the whole blob's MD5 on upload and checks it on download (see the module docs).
+    pub checksum: Checksum,
     /// Called after each chunk.
     pub progress: Option<Progress>,
 }
@@ -69,6 +87,7 @@ impl std::fmt::Debug for TransferOptions {
             .field("chunk_size", &self.chunk_size)
             .field("parallelism", &self.parallelism)
             .field("verify", &self.verify)
+            .field("checksum", &self.checksum)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +98,7 @@ impl Default for TransferOptions {
             chunk_size: 4 << 20,
             parallelism: 8,
             verify: false,
+            checksum: Checksum::Crc64,
             progress: None,
         }
     }
@@ -89,6 +109,19 @@ impl TransferOptions {
     pub fn with_progress(mut self, f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
         self
+    }
+
+    /// Verifies every chunk with `checksum` (sets [`TransferOptions::verify`] and
+    /// [`TransferOptions::checksum`]).
+    pub fn with_checksum(mut self, checksum: Checksum) -> Self {
+        self.verify = true;
+        self.checksum = checksum;
+        self
+    }
+
+    /// The checksum in use: `checksum` if `verify`.
+    fn check(&self) -> Option<Checksum> {
+        self.verify.then_some(self.checksum)
     }
 
     /// The chunk size and parallelism actually used with an arena of `arena` bytes: at most
@@ -170,6 +203,44 @@ struct InflightGet {
     attempt: u32,
 }
 
+/// A checksum being computed over bytes given in order.
+enum Running {
+    Crc64(crc64fast_nvme::Digest),
+    Md5(md5::Md5),
+}
+
+impl Running {
+    fn new(c: Checksum) -> Self {
+        match c {
+            Checksum::Crc64 => Running::Crc64(crc64fast_nvme::Digest::new()),
+            Checksum::Md5 => Running::Md5(md5::Md5::new()),
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            Running::Crc64(d) => d.write(b),
+            Running::Md5(d) => d.update(b),
+        }
+    }
+
+    /// The checksum, Base64 (as [`Checksum::of`] gives it).
+    fn finish(self) -> String {
+        match self {
+            Running::Crc64(d) => B64.encode(d.sum64().to_le_bytes()),
+            Running::Md5(d) => B64.encode(d.finalize()),
+        }
+    }
+}
+
+/// The whole-blob MD5 check of a download: the MD5 of the bytes `..next` so far, and the
+/// `Content-MD5` stored with the blob.
+struct WholeMd5 {
+    running: Running,
+    next: u64,
+    expected: String,
+}
+
 /// A backoff sleep (boxed so that [`Download`] stays `Unpin`, `Send` and `Sync`).
 type Backoff = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
@@ -201,7 +272,8 @@ pub struct Download {
     done: u64,
     chunk: u64,
     parallel: usize,
-    verify: bool,
+    check: Option<Checksum>,
+    whole: Option<WholeMd5>,
     progress: Option<Progress>,
     inflight: VecDeque<InflightGet>,
     backoff: Option<Backoff>,
@@ -220,9 +292,9 @@ impl std::fmt::Debug for Download {
 }
 
 impl Download {
-    /// Starts a download of the whole blob (one HEAD for its size and ETag; every range is
-    /// pinned to that ETag with `If-Match`, so a concurrent overwrite fails with 412 instead
-    /// of mixing versions).
+    /// Starts a download of the whole blob (one HEAD for its size, ETag and stored MD5; every
+    /// range is pinned to that ETag with `If-Match`, so a concurrent overwrite fails with 412
+    /// instead of mixing versions).
     pub async fn start(
         svc: &BlobService,
         container: &str,
@@ -234,7 +306,9 @@ impl Download {
     }
 
     /// Like [`Download::start`] for a blob whose size and ETag are already known (from a HEAD
-    /// or a listing): no request is made until the first chunk is asked for.
+    /// or a listing): no request is made until the first chunk is asked for. With
+    /// [`Checksum::Md5`] the whole blob is checked against `props.content_md5` if it is set
+    /// (a listing does not carry it).
     pub fn with_properties(
         svc: &BlobService,
         container: &str,
@@ -258,7 +332,16 @@ impl Download {
             done: 0,
             chunk,
             parallel,
-            verify: opts.verify,
+            check: opts.check(),
+            whole: props
+                .content_md5
+                .clone()
+                .filter(|_| opts.check() == Some(Checksum::Md5))
+                .map(|expected| WholeMd5 {
+                    running: Running::new(Checksum::Md5),
+                    next: 0,
+                    expected,
+                }),
             progress: opts.progress.clone(),
             inflight: VecDeque::new(),
             backoff: None,
@@ -276,6 +359,8 @@ impl Download {
     /// large ranged GETs); [`Download::size`] then reports `r.end`.
     #[cfg(feature = "object-store")]
     pub(crate) fn restrict(&mut self, r: std::ops::Range<u64>) {
+        // Part of the blob: nothing to compare its stored MD5 with.
+        self.whole = None;
         self.next = r.start;
         self.size = r.end.min(self.size);
     }
@@ -329,8 +414,38 @@ impl Download {
             &self.blob,
             &r,
             Some(&self.etag),
-            self.verify,
+            self.check,
         )
+    }
+
+    /// Compares the MD5 of the whole blob, when every byte has passed through
+    /// [`Download::accept`] in order, with the one stored with the blob (once).
+    fn check_whole(&mut self) -> Result<(), BlobError> {
+        let Some(w) = self.whole.take() else {
+            return Ok(());
+        };
+        if w.next != self.size {
+            return Ok(());
+        }
+        let actual = w.running.finish();
+        if actual == w.expected {
+            return Ok(());
+        }
+        Err(BlobError::Integrity {
+            what: format!(
+                "{}/{} as a whole: the MD5 of its {} bytes against the Content-MD5 stored with \
+                 it (each range matched the MD5 the service computed for it, so the stored \
+                 bytes changed after their MD5 was stored, or a wrong MD5 was stored)",
+                self.container, self.blob, self.size
+            ),
+            expected: w.expected,
+            actual,
+        })
+    }
+
+    /// The end of the download: `None`, or the failure of the whole-blob check.
+    fn end(&mut self) -> Poll<Option<Result<Chunk, BlobError>>> {
+        Poll::Ready(self.check_whole().err().map(Err))
     }
 
     /// The next chunk in blob order, or `None` at the end.
@@ -350,7 +465,7 @@ impl Download {
                 std::task::ready!(b.as_mut().poll(cx));
                 self.backoff = None;
                 let Some(f) = self.inflight.front_mut() else {
-                    return Poll::Ready(None);
+                    return self.end();
                 };
                 let recv = f.end - f.start;
                 match self.svc.try_start(&f.spec, recv, None) {
@@ -362,7 +477,7 @@ impl Download {
                 }
             }
             let Some(f) = self.inflight.front_mut() else {
-                return Poll::Ready(None);
+                return self.end();
             };
             if let Some(st) = f.starting.as_mut() {
                 let started = std::task::ready!(st.as_mut().poll(cx));
@@ -410,32 +525,50 @@ impl Download {
                 self.blob, a.len
             )));
         }
-        if self.verify {
+        if let Some(check) = self.check {
             let want = a
                 .head
                 .headers
-                .get("x-ms-content-crc64")
+                .get(check.header())
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            // A copy: the bytes checked are the bytes hashed.
             let data = match &a.data {
                 Some(d) => d.to_vec(a.len)?,
                 None => Vec::new(),
             };
-            let got = B64.encode(crc64(&data).to_le_bytes());
+            let got = check.of(&data);
             match want {
                 Some(w) if w == got => {}
                 w => {
                     return Err(BlobError::Integrity {
-                        what: format!("{} bytes {start}..{end}", self.blob),
-                        expected: w.unwrap_or_else(|| "(no x-ms-content-crc64 header)".into()),
+                        what: format!(
+                            "{}/{} bytes {start}..{end} ({check:?} of the range, computed by the \
+                             service)",
+                            self.container, self.blob
+                        ),
+                        expected: w.unwrap_or_else(|| format!("(no {} header)", check.header())),
                         actual: got,
                     });
+                }
+            }
+            if let Some(w) = &mut self.whole {
+                if w.next == start {
+                    w.running.update(&data);
+                    w.next = end;
+                } else {
+                    // A range was skipped (its failure returned): no whole to compare.
+                    self.whole = None;
                 }
             }
         }
         self.done += a.len as u64;
         if let Some(p) = &self.progress {
             p(self.done, self.size);
+        }
+        if self.next >= self.size && self.inflight.is_empty() {
+            // The last chunk: withheld if the whole blob does not match its stored MD5.
+            self.check_whole()?;
         }
         self.refill()?;
         Ok(Chunk {
@@ -599,7 +732,7 @@ async fn finish_block(
     container: &str,
     blob: &str,
     (spec, p, parts, len): InflightBlock,
-    verify: bool,
+    check: Option<Checksum>,
 ) -> Result<u64, BlobError> {
     if let Err(e) = svc.finish(&spec, p.await) {
         if !BlobService::should_retry(&e) {
@@ -611,7 +744,7 @@ async fn finish_block(
             .find(|(k, _)| k == "blockid")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        svc.put_block(container, blob, &id, &parts.concat(), verify, None)
+        svc.put_block_with(container, blob, &id, &parts.concat(), check, None)
             .await?;
     }
     Ok(len as u64)
@@ -622,7 +755,9 @@ async fn finish_block(
 /// sent as parallel Put Block (at most `parallelism` in flight, so memory is bounded by the
 /// arena whatever the stream's length or item sizes), then Put Block List. Items may have any
 /// size, including empty. `total` (if known) feeds the progress callback. Returns the ETag.
-/// A stream error aborts the upload (the uncommitted blocks are discarded by the service).
+/// With [`Checksum::Md5`] the whole stream's MD5 is stored with the blob (and must equal
+/// `put.content_md5` if that is given). A stream error aborts the upload (the uncommitted
+/// blocks are discarded by the service).
 ///
 /// ```no_run
 /// # async fn demo(svc: blobring::blob::BlobService) -> Result<(), blobring::blob::BlobError> {
@@ -649,6 +784,8 @@ where
     use futures_util::StreamExt as _;
     let (chunk, parallel) = opts.fit(svc.client().arena_len());
     let chunk = chunk as usize;
+    let check = opts.check();
+    let mut whole = (check == Some(Checksum::Md5)).then(|| Running::new(Checksum::Md5));
     let n_queues = svc.client().n_queues()?.max(1);
     let upload = uuid::Uuid::new_v4().simple().to_string();
     let mut stream = std::pin::pin!(stream);
@@ -677,7 +814,7 @@ where
                 }
             };
             let mut parts = Vec::new();
-            let mut crc = crc64fast_nvme::Digest::new();
+            let mut sum = check.map(Running::new);
             let mut filled = 0;
             while filled < chunk {
                 let b = match carry.take() {
@@ -698,8 +835,11 @@ where
                 };
                 let take = b.len().min(chunk - filled);
                 lease.write(filled, &b[..take])?;
-                if opts.verify {
-                    crc.write(&b[..take]);
+                if let Some(s) = &mut sum {
+                    s.update(&b[..take]);
+                }
+                if let Some(w) = &mut whole {
+                    w.update(&b[..take]);
                 }
                 if take < b.len() {
                     carry = Some(b.slice(take..));
@@ -718,7 +858,7 @@ where
                 &id,
                 lease,
                 filled,
-                opts.verify.then(|| crc.sum64()),
+                check.zip(sum.map(Running::finish)),
                 Some((n % u64::from(n_queues)) as u32),
             );
             // Its head buffer: complete this upload's own blocks until one fits, then wait
@@ -726,7 +866,7 @@ where
             while !client.try_reserve_head(&mut req)? {
                 match inflight.pop_front() {
                     Some(b) => {
-                        done += finish_block(svc, container, blob, b, opts.verify).await?;
+                        done += finish_block(svc, container, blob, b, check).await?;
                         progress(done);
                     }
                     None => client.reserve_head_within(&mut req, svc.timeout()).await?,
@@ -739,10 +879,30 @@ where
         let Some(b) = inflight.pop_front() else {
             break;
         };
-        done += finish_block(svc, container, blob, b, opts.verify).await?;
+        done += finish_block(svc, container, blob, b, check).await?;
         progress(done);
     }
-    svc.put_block_list(container, blob, &ids, put).await
+    let Some(w) = whole else {
+        return svc.put_block_list(container, blob, &ids, put).await;
+    };
+    let actual = w.finish();
+    if let Some(expected) = &put.content_md5
+        && *expected != actual
+    {
+        return Err(BlobError::Integrity {
+            what: format!(
+                "the bytes uploaded to {container}/{blob} (their MD5 against \
+                 PutOptions::content_md5; nothing was committed)"
+            ),
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    let put = PutOptions {
+        content_md5: Some(actual),
+        ..put.clone()
+    };
+    svc.put_block_list(container, blob, &ids, &put).await
 }
 
 /// Uploads a buffer (see [`upload_from_reader`]).

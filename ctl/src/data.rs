@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use blobring::blob::{
     AccountConfig, BlobError, BlobItem, BlobService, Conditions, ListOptions, PutOptions,
 };
-use blobring::transfer::{self, TransferOptions};
+use blobring::transfer::{self, Checksum, TransferOptions};
 use blobring::{Client, ClientError, ClientOptions, ConnectError, block_on};
 use clap::{Args, Subcommand};
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -112,9 +112,14 @@ pub struct Common {
     /// Requests in flight per transfer.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// Verify transfers with CRC64.
+    /// Verify transfers (each chunk with the `--checksum`, CRC64 unless told).
     #[arg(long)]
     verify: bool,
+    /// Verify transfers with this checksum (implies `--verify`). `md5` also stores the whole
+    /// blob's MD5 with an upload and checks a download against the one stored, which catches
+    /// bytes changed at rest (slower than `crc64`).
+    #[arg(long, value_enum, value_name = "CHECKSUM")]
+    checksum: Option<ChecksumArg>,
     /// No progress bar and no summary line.
     #[arg(long, short)]
     quiet: bool,
@@ -122,6 +127,24 @@ pub struct Common {
     /// one fails with exit status 6.
     #[arg(long, short = 'n')]
     no_clobber: bool,
+}
+
+/// `--checksum` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChecksumArg {
+    /// CRC64 of each chunk (`x-ms-content-crc64`).
+    Crc64,
+    /// MD5 of each chunk (`Content-MD5`) and of the whole blob (stored with it).
+    Md5,
+}
+
+impl From<ChecksumArg> for Checksum {
+    fn from(c: ChecksumArg) -> Self {
+        match c {
+            ChecksumArg::Crc64 => Checksum::Crc64,
+            ChecksumArg::Md5 => Checksum::Md5,
+        }
+    }
 }
 
 /// Exit status of a data command, by what went wrong.
@@ -400,7 +423,8 @@ impl Meter {
         TransferOptions {
             chunk_size: c.chunk_mib.max(1) << 20,
             parallelism: c.parallel.max(1),
-            verify: c.verify,
+            verify: c.verify || c.checksum.is_some(),
+            checksum: c.checksum.map_or(Checksum::Crc64, Checksum::from),
             progress: None,
         }
         .with_progress(move |done, total| {

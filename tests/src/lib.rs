@@ -490,6 +490,42 @@ impl HostStack {
         }
     }
 
+    /// The fs store's data file of `container`/`blob`: the one its record in
+    /// `containers/<container>/meta/*.json` names. Panics if there is none.
+    pub fn data_file(&self, container: &str, blob: &str) -> PathBuf {
+        let cdir = self.store.join("containers").join(container);
+        let meta = cdir.join("meta");
+        for e in std::fs::read_dir(&meta)
+            .expect("read the store's meta dir")
+            .flatten()
+        {
+            let raw = std::fs::read(e.path()).expect("read a blob record");
+            let rec: serde_json::Value = serde_json::from_slice(&raw).expect("blob record JSON");
+            if rec["props"]["name"] == blob {
+                let file = rec["data"]
+                    .as_str()
+                    .expect("the record names its data file");
+                return cdir.join("data").join(file);
+            }
+        }
+        panic!("no record of {container}/{blob} in {}", meta.display());
+    }
+
+    /// Inverts byte `at` of the stored data of `container`/`blob` behind the host's back (in
+    /// place: a data file the host holds open sees it too).
+    pub fn corrupt_stored_byte(&self, container: &str, blob: &str, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let path = self.data_file(container, blob);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open the data file");
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).expect("read the byte");
+        f.write_all_at(&[!b[0]], at).expect("write the byte");
+    }
+
     /// `kill -9` of the host (if still running), then a new host on the same socket and store
     /// (with `host_args`), waiting until its socket exists. The daemon reconnects by itself.
     pub fn restart_host(&mut self, dir: &Path, host_args: &[&str]) {

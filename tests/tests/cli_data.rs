@@ -291,6 +291,77 @@ fn every_failure_has_its_exit_status_and_says_what_to_do() {
 }
 
 #[test]
+fn cp_checksum_md5_stores_the_blob_md5_and_catches_bytes_changed_at_rest() {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let md5 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b));
+    let dir = scratch();
+    let st = HostStack::start(DAEMON, dir.path(), &[], &["--arena-size", "67108864"]);
+    let run = |args: &[&str]| cli(&st, args, &[]);
+    let svc = blobring::blob::BlobService::new(
+        blobring::Client::connect(&st.daemon.socket).expect("connect"),
+        blobring::blob::AccountConfig::emulator(),
+    );
+    let stored_md5 = |blob: &str| {
+        blobring::block_on(svc.head_blob("sums", blob, &Default::default()))
+            .expect("HEAD")
+            .content_md5
+    };
+    run(&["mb", "blob://sums"]).ok();
+    let src = dir.path().join("src.bin");
+    let body = pattern(5 * 1024 * 1024 + 99, 9);
+    std::fs::write(&src, &body).unwrap();
+
+    let up = ["cp", "--checksum", "md5", "--chunk-mib", "1"];
+    let up = run(&[&up[..], &[s(&src), "blob://sums/f.bin"]].concat()).ok();
+    assert_eq!(up.summary("1 file"), body.len() as u64);
+    assert_eq!(
+        stored_md5("f.bin"),
+        Some(md5(&body)),
+        "--checksum md5 stores the MD5"
+    );
+    run(&["cp", "--checksum", "crc64", s(&src), "blob://sums/crc.bin"]).ok();
+    assert_eq!(stored_md5("crc.bin"), None, "--checksum crc64 stores none");
+
+    let down = dir.path().join("down");
+    std::fs::create_dir(&down).unwrap();
+    let out = down.join("f.bin");
+    run(&["cp", "--checksum", "md5", "blob://sums/f.bin", s(&out)]).ok();
+    assert!(std::fs::read(&out).unwrap() == body, "verified download");
+    std::fs::remove_file(&out).unwrap();
+
+    st.corrupt_stored_byte("sums", "f.bin", 3 << 20);
+    run(&["cp", "--checksum", "md5", "blob://sums/f.bin", s(&out)]).fails(
+        1,
+        &[
+            "integrity check failed",
+            "sums/f.bin",
+            &md5(&body),
+            "re-upload",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_dir(&down).unwrap().count(),
+        0,
+        "a failed download leaves nothing behind"
+    );
+    run(&["cp", "blob://sums/f.bin", s(&out)]).ok();
+    let got = std::fs::read(&out).unwrap();
+    assert!(
+        got != body && got.len() == body.len(),
+        "unverified: the changed bytes"
+    );
+
+    let bad = run(&["cp", "--checksum", "sha1", s(&src), "blob://sums/g.bin"]);
+    assert_eq!(bad.code, 2, "usage error: {}", bad.stderr);
+    assert!(
+        bad.stderr.contains("crc64") && bad.stderr.contains("md5"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
 fn progress_bar_is_drawn_on_a_terminal() {
     let dir = scratch();
     let st = HostStack::start(DAEMON, dir.path(), &[], &["--arena-size", "67108864"]);

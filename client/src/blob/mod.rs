@@ -79,16 +79,20 @@ pub enum BlobError {
     /// The service's response broke the protocol.
     #[error("unexpected response: {0}")]
     Protocol(String),
-    /// Downloaded bytes do not match the service's checksum.
+    /// Transferred bytes do not match their checksum: a range against the checksum the
+    /// service computed for it, a whole download against the `Content-MD5` stored with the
+    /// blob, or an uploaded stream against [`PutOptions::content_md5`].
     #[error(
-        "integrity check failed for {what}: expected {expected}, computed {actual}; retry the transfer"
+        "integrity check failed for {what}: expected {expected}, computed {actual}; retry the \
+         transfer, and if it fails the same way again the stored bytes (or the checksum given) \
+         are wrong: restore or re-upload the blob"
     )]
     Integrity {
-        /// Which blob or range.
+        /// Which blob or range, and what was compared.
         what: String,
-        /// Service checksum.
+        /// The checksum the bytes should have (Base64).
         expected: String,
-        /// Ours.
+        /// The checksum of the bytes (Base64).
         actual: String,
     },
     /// A local file could not be read or written.
@@ -232,7 +236,8 @@ pub struct BlobProperties {
     pub last_modified: String,
     /// `Content-Type`.
     pub content_type: Option<String>,
-    /// `Content-MD5` (Base64) of the whole blob, when stored.
+    /// `Content-MD5` (Base64) of the whole blob, when stored: `x-ms-blob-content-md5` of a
+    /// ranged GET (whose `Content-MD5`, if any, is the range's), else `Content-MD5`.
     pub content_md5: Option<String>,
     /// `x-ms-meta-*` pairs.
     pub metadata: Vec<(String, String)>,
@@ -250,7 +255,10 @@ impl BlobProperties {
             etag: s("etag").unwrap_or_default(),
             last_modified: s("last-modified").unwrap_or_default(),
             content_type: s("content-type"),
-            content_md5: s("content-md5"),
+            content_md5: s("x-ms-blob-content-md5").or_else(|| {
+                // A ranged answer's Content-MD5 is the range's (x-ms-range-get-content-md5).
+                s("content-md5").filter(|_| !h.contains_key("content-range"))
+            }),
             metadata: h
                 .iter()
                 .filter_map(|(k, v)| {
@@ -277,6 +285,53 @@ pub struct PutOptions {
     pub crc64: bool,
     /// Send `Content-MD5` so the service verifies the body.
     pub md5: bool,
+    /// `x-ms-blob-content-md5`: the whole blob's MD5 (Base64) to store with it (returned as
+    /// [`BlobProperties::content_md5`]); not checked by the service. Striped uploads with
+    /// [`Checksum::Md5`] compute and send it themselves (and fail if it is given and differs
+    /// from the bytes uploaded).
+    pub content_md5: Option<String>,
+}
+
+/// The checksum that protects the bytes of a transfer
+/// ([`crate::transfer::TransferOptions::checksum`], [`BlobService::put_block_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Checksum {
+    /// Azure's CRC64 ([`crc64`]): `x-ms-content-crc64` on writes,
+    /// `x-ms-range-get-content-crc64` on ranged reads. Fast; covers the bytes in flight.
+    #[default]
+    Crc64,
+    /// MD5: `Content-MD5` on writes, `x-ms-range-get-content-md5` on ranged reads. Slower,
+    /// but a striped upload also stores the whole blob's MD5 with it (`x-ms-blob-content-md5`,
+    /// like `azcopy --put-md5`) and a striped download checks the whole blob against the one
+    /// stored, which also catches bytes changed at rest.
+    Md5,
+}
+
+impl Checksum {
+    /// The header carrying this checksum of a body: a write's (for the service to verify) or
+    /// a ranged read's answer (asked for with [`Checksum::range_header`]).
+    pub fn header(self) -> &'static str {
+        match self {
+            Checksum::Crc64 => "x-ms-content-crc64",
+            Checksum::Md5 => "content-md5",
+        }
+    }
+
+    /// The request header asking for this checksum of a range.
+    pub fn range_header(self) -> &'static str {
+        match self {
+            Checksum::Crc64 => "x-ms-range-get-content-crc64",
+            Checksum::Md5 => "x-ms-range-get-content-md5",
+        }
+    }
+
+    /// This checksum of `data`, Base64 (as sent in the headers above).
+    pub fn of(self, data: &[u8]) -> String {
+        match self {
+            Checksum::Crc64 => B64.encode(crc64(data).to_le_bytes()),
+            Checksum::Md5 => content_md5(data),
+        }
+    }
 }
 
 /// Options of a read.
@@ -938,9 +993,10 @@ impl BlobService {
             ));
         }
         if opts.md5 {
-            use md5::Digest;
-            s.headers
-                .push(("content-md5".into(), B64.encode(md5::Md5::digest(data))));
+            s.headers.push(("content-md5".into(), content_md5(data)));
+        }
+        if let Some(m) = &opts.content_md5 {
+            s.headers.push(("x-ms-blob-content-md5".into(), m.clone()));
         }
         if s.headers
             .iter()
@@ -984,7 +1040,9 @@ impl BlobService {
             .to_owned())
     }
 
-    /// Put Block (`?comp=block&blockid=`); `id` is the Base64 block id.
+    /// Put Block (`?comp=block&blockid=`); `id` is the Base64 block id; `crc` sends
+    /// `x-ms-content-crc64` for the service to verify ([`BlobService::put_block_with`] with
+    /// [`Checksum::Crc64`]).
     pub async fn put_block(
         &self,
         container: &str,
@@ -994,16 +1052,34 @@ impl BlobService {
         crc: bool,
         queue: Option<u32>,
     ) -> Result<(), BlobError> {
+        let check = crc.then_some(Checksum::Crc64);
+        self.put_block_with(container, blob, id, data, check, queue)
+            .await
+    }
+
+    /// Put Block with the body's `checksum` (if any) sent for the service to verify
+    /// (`x-ms-content-crc64` or `Content-MD5`; a mismatch fails with 400).
+    pub async fn put_block_with(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        data: &[u8],
+        checksum: Option<Checksum>,
+        queue: Option<u32>,
+    ) -> Result<(), BlobError> {
         let mut s = Spec::new("PUT", self.path(container, Some(blob)))
             .q("comp", "block")
             .q("blockid", id);
-        if crc {
-            s = s.h("x-ms-content-crc64", B64.encode(crc64(data).to_le_bytes()));
+        if let Some(c) = checksum {
+            s = s.h(c.header(), c.of(data));
         }
         self.send(&s, Body::Bytes(data), 0, queue).await.map(drop)
     }
 
-    /// Put Block List: commits `blocks` in order; returns the ETag.
+    /// Put Block List: commits `blocks` in order; returns the ETag. `opts.crc64` and
+    /// `opts.md5` are ignored (they would cover the XML list, not the blob);
+    /// `opts.content_md5` is stored as the blob's MD5.
     pub async fn put_block_list(
         &self,
         container: &str,
@@ -1058,6 +1134,12 @@ pub fn crc64(data: &[u8]) -> u64 {
     d.sum64()
 }
 
+/// The MD5 of `data`, Base64 (as in `Content-MD5` and [`BlobProperties::content_md5`]).
+pub fn content_md5(data: &[u8]) -> String {
+    use md5::Digest as _;
+    B64.encode(md5::Md5::digest(data))
+}
+
 /// A block id for block `n` of an upload (same length for every block, as Azure requires).
 pub fn block_id(upload: &str, n: u64) -> String {
     B64.encode(format!("{upload}-{n:08}"))
@@ -1097,14 +1179,14 @@ pub(crate) async fn sleep(d: Duration) {
 }
 
 impl BlobService {
-    /// A ranged Get Blob (pinned to `if_match`, with a CRC64 asked for if `crc`).
+    /// A ranged Get Blob (pinned to `if_match`, with the range's `checksum` asked for).
     pub(crate) fn get_spec(
         &self,
         container: &str,
         blob: &str,
         range: &Range<u64>,
         if_match: Option<&str>,
-        crc: bool,
+        checksum: Option<Checksum>,
     ) -> Spec {
         let mut s = Spec::new("GET", self.path(container, Some(blob))).h(
             "x-ms-range",
@@ -1113,8 +1195,8 @@ impl BlobService {
         if let Some(e) = if_match {
             s = s.h("if-match", e);
         }
-        if crc {
-            s = s.h("x-ms-range-get-content-crc64", "true");
+        if let Some(c) = checksum {
+            s = s.h(c.range_header(), "true");
         }
         s
     }
@@ -1174,7 +1256,8 @@ impl BlobService {
     }
 
     /// Renders one Put Block of the `len` bytes at the start of `data`, without its head
-    /// buffer: the caller reserves it ([`Client::try_reserve_head`]) and submits.
+    /// buffer: the caller reserves it ([`Client::try_reserve_head`]) and submits. `checksum`
+    /// is the header and Base64 value of the body's checksum ([`Checksum::header`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_block_request(
         &self,
@@ -1183,14 +1266,14 @@ impl BlobService {
         id: &str,
         data: Lease,
         len: usize,
-        crc: Option<u64>,
+        checksum: Option<(Checksum, String)>,
         queue: Option<u32>,
     ) -> (Spec, Request) {
         let mut s = Spec::new("PUT", self.path(container, Some(blob)))
             .q("comp", "block")
             .q("blockid", id);
-        if let Some(c) = crc {
-            s = s.h("x-ms-content-crc64", B64.encode(c.to_le_bytes()));
+        if let Some((c, v)) = checksum {
+            s = s.h(c.header(), v);
         }
         let mut req = self.request(&s, len as u64, queue);
         req.data = Some(data);
