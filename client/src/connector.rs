@@ -326,8 +326,17 @@ async fn stream_get(
     if let Some(t) = &props.content_type {
         put("content-type", t);
     }
+    // The whole blob's MD5: `Content-MD5` of a whole-blob answer, `x-ms-blob-content-md5` of
+    // a ranged one (as the service answers).
     if let Some(m) = &props.content_md5 {
-        put("content-md5", m);
+        put(
+            if range.is_some() {
+                "x-ms-blob-content-md5"
+            } else {
+                "content-md5"
+            },
+            m,
+        );
     }
     for (k, v) in &props.metadata {
         if let (Ok(k), Ok(v)) = (
