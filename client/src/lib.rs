@@ -70,6 +70,7 @@ pub use client::{
     VSP_BODY_TOO_LARGE, VSP_HEAD_TOO_LARGE, block_on,
 };
 pub use conn::{
-    ConnectOptions, Connection, HANDSHAKE_RETRY, LIVENESS_SLICE, default_socket_path, errno,
+    ConnectOptions, Connection, HANDSHAKE_RETRY, LIVENESS_SLICE, SleepSet, default_socket_path,
+    errno,
 };
 pub use error::{ConnectError, Error};
