@@ -196,7 +196,7 @@ impl Bound {
 }
 
 /// Selects the transport and binds the client and ctl sockets (call before spawning any
-/// thread: see [`bind_socket`]).
+/// thread: see `bind_socket`, which narrows the umask around `bind`).
 pub fn bind(cfg: &Config, n_workers: u32) -> Result<Bound, DaemonError> {
     let uio = select_transport(cfg, n_workers)?;
     let socket_path = cfg.socket_path();

@@ -1,20 +1,7 @@
 //! [`Frozen`]: a read-only byte slice into a [`Mapping`] whose writers have all promised to
 //! keep still — the one exception to "no references into shared memory", for the SDK only.
 //!
-//! **Trust model.** A slice (`&[u8]`) into memory that someone writes concurrently is
-//! undefined behaviour, which is why every other access in this crate copies. A [`Frozen`] is
-//! sound only where *every* writer of the range is trusted to leave it alone while the view
-//! lives:
-//! - the peer processes: ARCHITECTURE §8 — a client trusts its daemon (and, through it, the
-//!   host). The SDK freezes an arena buffer only after the request that filled it completed
-//!   **without** `CQE_F_BUFFERS_LENT`, i.e. after the daemon and host have declared they are
-//!   done with it and will not touch it again until the client hands it out anew;
-//! - this process: the view owns `keep` (the SDK puts the buffer's lease there), so the buffer
-//!   cannot be freed, reallocated or written through its lease until the view — and every
-//!   `bytes::Bytes` clone made from it — is dropped.
-//!
-//! **Never use this on the daemon or host side**: there the peers are untrusted clients, who
-//! may write any byte at any time; the daemon and host keep copying.
+//! The trust model that makes it sound is on [`Frozen`].
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -22,6 +9,21 @@ use std::sync::Arc;
 use crate::{AccessError, Mapping};
 
 /// `len` bytes of a [`Mapping`] viewed as `&[u8]`, kept alive (and kept still) by `keep`.
+///
+/// **Trust model.** A slice (`&[u8]`) into memory that someone writes concurrently is
+/// undefined behaviour, which is why every other access in this crate copies. A [`Frozen`] is
+/// sound only where *every* writer of the range is trusted to leave it alone while the view
+/// lives:
+/// - the peer processes: ARCHITECTURE §8 — a client trusts its daemon (and, through it, the
+///   host). The SDK freezes an arena buffer only after the request that filled it completed
+///   **without** `CQE_F_BUFFERS_LENT`, i.e. after the daemon and host have declared they are
+///   done with it and will not touch it again until the client hands it out anew;
+/// - this process: the view owns `keep` (the SDK puts the buffer's lease there), so the buffer
+///   cannot be freed, reallocated or written through its lease until the view — and every
+///   `bytes::Bytes` clone made from it — is dropped.
+///
+/// **Never use this on the daemon or host side**: there the peers are untrusted clients, who
+/// may write any byte at any time; the daemon and host keep copying.
 ///
 /// Build it with [`Frozen::trusting_peer`]; read it through [`AsRef<[u8]>`] or
 /// [`std::ops::Deref`]. `bytes::Bytes::from_owner(frozen)` turns it into a zero-copy `Bytes`
@@ -66,7 +68,7 @@ impl<K> Frozen<K> {
     /// Views `[offset, offset + len)` of `map` as a byte slice for as long as the result
     /// lives, holding `keep` (and the mapping) until then. Bounds-checked.
     ///
-    /// The caller vouches, under the trust model in the [module docs](self), that nobody —
+    /// The caller vouches, under the trust model on [`Frozen`], that nobody —
     /// no peer process, no other code of this process — writes the range until the view is
     /// dropped: only a client of a trusted daemon may call this, for a buffer whose request
     /// completed without "buffers still lent", with the buffer's owner passed as `keep`.

@@ -22,7 +22,7 @@
 //! - `never-drain`: four connections each submit NOPs and blob requests until their queues are
 //!   full and never reap. [`connections`, `submitted` (max per queue), `cq_entries`,
 //!   `sq_entries`]
-//! - `eventfd-flood`: one connection rings every queue's eventfd in a tight loop. [`rings`]
+//! - `eventfd-flood`: one connection rings every queue's eventfd in a tight loop. \[`rings`\]
 //! - `punch-hole`: `fallocate(PUNCH_HOLE)` on its own region (1 MiB arena; every 25 ms: the
 //!   arena while blob requests are in flight, then the queues, then everything), ring the
 //!   doorbells, and try to shrink and to grow the memfd; reconnect when the daemon hangs up. [`punches`, `shrink_refused`,
