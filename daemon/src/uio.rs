@@ -2,7 +2,7 @@
 //! (ARCHITECTURE.md §6, `reference/vmbus.md` §3–4).
 //!
 //! **Interrupt routing.** All channels of the device share one interrupt: the uio fd. Each
-//! worker gets its *own* open file of the device ([`UioDevice::open_listener`](blobring_vmbus::uio::UioDevice::open_listener)): uio counts
+//! worker gets its *own* open file of the device ([`UioDevice::open_listener`]): uio counts
 //! events per open file, so every interrupt wakes every worker's multishot poll, and a worker
 //! reading its handle's count never consumes another worker's wakeup. A woken worker drains
 //! the channels it owns (as on `sim`); before sleeping it clears each RX `interrupt_mask`
@@ -22,6 +22,8 @@
 //! **Memory.** No registration with the host: client regions are hugetlb-backed, pre-faulted
 //! and locked, and their guest PFNs read once from `/proc/self/pagemap`
 //! ([`blobring_vmbus::guest_phys::PagemapPfns`]).
+//!
+//! [`UioDevice::open_listener`]: blobring_vmbus::uio::UioDevice::open_listener
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
