@@ -143,7 +143,9 @@ pub struct Config {
     /// region can make the next toucher SIGBUS when the pool is empty; keep spare pool pages).
     #[arg(long)]
     pub hugetlb: bool,
-    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464). Port 0 picks a
+    /// free port; the address bound is logged and reported as `daemon.metrics` in the ctl
+    /// stats (`blobring stats --json`).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
     /// Log format.

@@ -673,6 +673,8 @@ impl Control {
         let cells: Vec<StatsCell> = self.workers.iter().map(|w| w.stats.clone()).collect();
         let mut doc = crate::stats::to_json(&cells, &self.info);
         doc["process"] = crate::privs::process_json();
+        // Where the metrics are served (the port bound, also when `--metrics` gave port 0).
+        doc["daemon"]["metrics"] = self.cfg.metrics.map(|a| a.to_string()).into();
         doc
     }
 

@@ -108,7 +108,7 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns after draining.
-pub fn run(cfg: Config) -> Result<(), DaemonError> {
+pub fn run(mut cfg: Config) -> Result<(), DaemonError> {
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = control::block_signals()?;
     let cpus = cpus();
@@ -126,10 +126,17 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let ids = privs::resolve_ids(cfg.user.as_deref(), cfg.group.as_deref())?;
     let bound = control::bind(&cfg, n as u32)?;
     let metrics_listener = match cfg.metrics {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .map_err(|e| DaemonError::Setup(format!("--metrics {addr}: {e}")))?,
-        ),
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .map_err(|e| DaemonError::Setup(format!("--metrics {addr}: {e}")))?;
+            // Port 0 picks a free port: report the one bound (log, ctl stats).
+            let bound = l
+                .local_addr()
+                .map_err(|e| DaemonError::Setup(format!("--metrics {addr}: {e}")))?;
+            tracing::info!(%bound, "serving Prometheus metrics");
+            cfg.metrics = Some(bound);
+            Some(l)
+        }
         None => None,
     };
     let plan = privs::Plan::for_transport(bound.is_uio(), ids)?;

@@ -2,7 +2,7 @@
 //! Prometheus endpoint on loopback, and refusal of a non-loopback metrics address.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,14 +10,6 @@ use blobring::{Connection, Cqe, FromZeros};
 use blobring_tests::{Daemon, TestHost, blob_sqe, nop, scratch};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn drive(c: &mut Connection) {
     let mut buf = vec![Cqe::new_zeroed(); 8];
@@ -36,9 +28,17 @@ fn drive(c: &mut Connection) {
 fn ctl_tables_and_prometheus_metrics_show_live_figures() {
     let dir = scratch();
     let _host = TestHost::start(&dir.path().join("host.sock"), 4);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start(DAEMON, dir.path(), &["--metrics", &addr]);
+    // Port 0: the daemon binds a free port and reports it (no race with another process
+    // taking a port picked here first).
+    let d = Daemon::start(DAEMON, dir.path(), &["--metrics", "127.0.0.1:0"]);
+    let addr = d.stats()["daemon"]["metrics"]
+        .as_str()
+        .expect("daemon.metrics in the ctl stats")
+        .to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
     // Channels open one after the other once the host is connected: wait for both.
     d.wait_stats(
         Duration::from_secs(10),
