@@ -407,12 +407,18 @@ impl Client {
     }
 
     /// Submits and awaits. Arena space is awaited without blocking the thread.
-    pub async fn execute(&self, mut req: Request) -> Result<Completion, ClientError> {
+    pub async fn execute(&self, req: Request) -> Result<Completion, ClientError> {
+        self.start(req).await?.await
+    }
+
+    /// Submits once a head buffer is free, awaiting it (at most the request's deadline or
+    /// [`ClientOptions::arena_wait`]) without blocking the thread.
+    pub(crate) async fn start(&self, mut req: Request) -> Result<Pending, ClientError> {
         let wait = req.timeout.map_or(self.inner.opts.arena_wait, |t| {
             t.min(self.inner.opts.arena_wait)
         });
         self.reserve_head_within(&mut req, wait).await?;
-        self.submit(req)?.await
+        self.submit(req)
     }
 
     /// Gives `req` its head buffer (request head and response head) now if the arena has

@@ -54,7 +54,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use md5::Digest as _;
 
 pub use crate::blob::Checksum;
-use crate::blob::{BlobError, BlobService, BlockRef, PutOptions, block_id, sleep};
+use crate::blob::{BlobError, BlobService, BlockRef, Body, PutOptions, block_id, sleep};
 use crate::{Lease, Pending};
 
 /// A progress callback: `(bytes done, total bytes)`.
@@ -150,7 +150,7 @@ fn start_within(
     queue: Option<u32>,
 ) -> Starting {
     let (svc, spec) = (svc.clone(), spec.clone());
-    Box::pin(async move { svc.start_within(&spec, recv, queue).await })
+    Box::pin(async move { svc.start_within(&spec, Body::None, recv, queue).await })
 }
 
 /// One in-order chunk of a download.

@@ -671,34 +671,8 @@ impl BlobService {
         recv: u64,
         queue: Option<u32>,
     ) -> Result<Answer, BlobError> {
-        let body_len = match body {
-            Body::None => 0,
-            Body::Bytes(b) => b.len() as u64,
-        };
-        let mut req = self.request(spec, body_len, queue);
-        // Every request gets a data buffer: error bodies (Azure XML) land there too.
-        let cap = recv.max(body_len).max(4096);
-        // Waiting for arena space counts against the request's deadline.
-        let lease = self.client.alloc_async_within(cap, self.timeout).await?;
-        if let Body::Bytes(b) = body
-            && !b.is_empty()
-        {
-            lease.write(0, b)?;
-        }
-        req.data = Some(lease);
-        req.data_valid = body_len as u32;
-        let c = self.client.execute(req).await?;
-        let head = parse_response_head(&c.head)?;
-        let len = c.data_len();
-        let ans = Answer {
-            head,
-            data: c.data,
-            len,
-        };
-        if ans.head.status >= 300 {
-            return Err(self.service_error(spec, &ans));
-        }
-        Ok(ans)
+        let p = self.start_within(spec, body, recv, queue).await?;
+        self.finish(spec, p.await)
     }
 
     fn service_error(&self, spec: &Spec, ans: &Answer) -> BlobError {
@@ -903,10 +877,7 @@ impl BlobService {
                 range.end - range.start
             )));
         }
-        let mut s = Spec::new("GET", self.path(container, Some(blob))).h(
-            "x-ms-range",
-            format!("bytes={}-{}", range.start, range.end - 1),
-        );
+        let mut s = self.get_spec(container, blob, &range, None, None);
         opts.conditions.apply(&mut s.headers);
         let a = self
             .send(&s, Body::None, range.end - range.start, queue)
@@ -1068,12 +1039,7 @@ impl BlobService {
         checksum: Option<Checksum>,
         queue: Option<u32>,
     ) -> Result<(), BlobError> {
-        let mut s = Spec::new("PUT", self.path(container, Some(blob)))
-            .q("comp", "block")
-            .q("blockid", id);
-        if let Some(c) = checksum {
-            s = s.h(c.header(), c.of(data));
-        }
+        let s = self.put_block_spec(container, blob, id, checksum.map(|c| (c, c.of(data))));
         self.send(&s, Body::Bytes(data), 0, queue).await.map(drop)
     }
 
@@ -1239,20 +1205,49 @@ impl BlobService {
         Ok(Some(self.client.submit(req)?))
     }
 
-    /// [`BlobService::try_start`], awaiting arena space (at most the service's timeout).
+    /// Submits `spec` with `body`, `recv` bytes reserved for the response body, awaiting
+    /// arena space (waiting counts against the request's deadline). Every request gets a
+    /// data buffer: error bodies (Azure XML) land there too.
     pub(crate) async fn start_within(
         &self,
         spec: &Spec,
+        body: Body<'_>,
         recv: u64,
         queue: Option<u32>,
     ) -> Result<crate::Pending, BlobError> {
-        let mut req = self.request(spec, 0, queue);
-        let lease = self.client.alloc_async_within(recv.max(4096), self.timeout);
-        req.data = Some(lease.await?);
-        self.client
-            .reserve_head_within(&mut req, self.timeout)
-            .await?;
-        Ok(self.client.submit(req)?)
+        let body_len = match body {
+            Body::None => 0,
+            Body::Bytes(b) => b.len() as u64,
+        };
+        let mut req = self.request(spec, body_len, queue);
+        let cap = recv.max(body_len).max(4096);
+        let lease = self.client.alloc_async_within(cap, self.timeout).await?;
+        if let Body::Bytes(b) = body
+            && !b.is_empty()
+        {
+            lease.write(0, b)?;
+        }
+        req.data = Some(lease);
+        req.data_valid = body_len as u32;
+        Ok(self.client.start(req).await?)
+    }
+
+    /// A Put Block of block `id`, with the body's checksum header if given (header kind and
+    /// Base64 value).
+    fn put_block_spec(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        checksum: Option<(Checksum, String)>,
+    ) -> Spec {
+        let s = Spec::new("PUT", self.path(container, Some(blob)))
+            .q("comp", "block")
+            .q("blockid", id);
+        match checksum {
+            Some((c, v)) => s.h(c.header(), v),
+            None => s,
+        }
     }
 
     /// Renders one Put Block of the `len` bytes at the start of `data`, without its head
@@ -1269,12 +1264,7 @@ impl BlobService {
         checksum: Option<(Checksum, String)>,
         queue: Option<u32>,
     ) -> (Spec, Request) {
-        let mut s = Spec::new("PUT", self.path(container, Some(blob)))
-            .q("comp", "block")
-            .q("blockid", id);
-        if let Some((c, v)) = checksum {
-            s = s.h(c.header(), v);
-        }
+        let s = self.put_block_spec(container, blob, id, checksum);
         let mut req = self.request(&s, len as u64, queue);
         req.data = Some(data);
         req.data_valid = len as u32;
