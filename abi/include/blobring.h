@@ -38,6 +38,12 @@
 #define AZ_BLOB_OP_USER_REQUEST 0x100
 #define AZ_BLOB_VSP_PROTOCOL_VERSION 0
 #define AZ_BLOB_MAX_PAGES 8192
+#define AZ_BLOB_VSP_OK 0
+#define AZ_BLOB_VSP_ERR_BAD_REQUEST 1
+#define AZ_BLOB_VSP_ERR_BAD_PAGE 2
+#define AZ_BLOB_VSP_ERR_BODY_TOO_LARGE 3
+#define AZ_BLOB_VSP_ERR_HEAD_TOO_LARGE 4
+#define AZ_BLOB_VSP_ERR_INTERNAL 5
 
 /*
  *Region header, daemon-written line (offset 0 of the region, 128 bytes).

@@ -176,10 +176,9 @@ abi_struct! {
         /// `CQE_F_*`.
         pub flags: u32,
         /// The VSP status (`az_blob_vsp_response.error`; 0 = the host executed the request and
-        /// the HTTP status is in the response head). Non-zero codes are the host's (see
-        /// `blobring_host::vsp`): 3 = the body needs a larger data buffer (`data_len` says how
-        /// large), 4 = the response head needs a larger response buffer (`response_len` says
-        /// how large).
+        /// the HTTP status is in the response head). Non-zero codes are the `vmbus::VSP_ERR_*`
+        /// constants: 3 = the body needs a larger data buffer (`data_len` says how large), 4 =
+        /// the response head needs a larger response buffer (`response_len` says how large).
         pub vsp_status: u32,
         /// Bytes of response head the host wrote (`vsp_status` 0), or the size needed.
         pub response_len: u32,
@@ -393,6 +392,27 @@ pub fn c_header() -> String {
             vmbus::AZ_BLOB_VSP_PROTOCOL_VERSION.to_string(),
         ),
         ("AZ_BLOB_MAX_PAGES", vmbus::AZ_BLOB_MAX_PAGES.to_string()),
+        ("AZ_BLOB_VSP_OK", vmbus::VSP_OK.to_string()),
+        (
+            "AZ_BLOB_VSP_ERR_BAD_REQUEST",
+            vmbus::VSP_ERR_BAD_REQUEST.to_string(),
+        ),
+        (
+            "AZ_BLOB_VSP_ERR_BAD_PAGE",
+            vmbus::VSP_ERR_BAD_PAGE.to_string(),
+        ),
+        (
+            "AZ_BLOB_VSP_ERR_BODY_TOO_LARGE",
+            vmbus::VSP_ERR_BODY_TOO_LARGE.to_string(),
+        ),
+        (
+            "AZ_BLOB_VSP_ERR_HEAD_TOO_LARGE",
+            vmbus::VSP_ERR_HEAD_TOO_LARGE.to_string(),
+        ),
+        (
+            "AZ_BLOB_VSP_ERR_INTERNAL",
+            vmbus::VSP_ERR_INTERNAL.to_string(),
+        ),
     ];
     for (name, value) in consts {
         out.push_str(&format!("#define {name} {value}\n"));

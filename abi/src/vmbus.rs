@@ -147,6 +147,22 @@ abi_struct! {
     }
 }
 
+/// VSP status ([`AzBlobVspResponse::error`]): executed; the HTTP status is in the response
+/// head.
+pub const VSP_OK: u32 = 0;
+/// VSP status: the packet is not a valid blob request.
+pub const VSP_ERR_BAD_REQUEST: u32 = 1;
+/// VSP status: a buffer page is outside the registered guest memory.
+pub const VSP_ERR_BAD_PAGE: u32 = 2;
+/// VSP status: the response body does not fit the data buffer; `length` carries the bytes
+/// needed (saturated at `u32::MAX`); nothing was written.
+pub const VSP_ERR_BODY_TOO_LARGE: u32 = 3;
+/// VSP status: the response head does not fit the response buffer; `response_len` carries the
+/// bytes needed (the body may have been written).
+pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4;
+/// VSP status: the host failed internally.
+pub const VSP_ERR_INTERNAL: u32 = 5;
+
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<RingControl>() == RING_CONTROL_LEN as usize);

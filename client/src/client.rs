@@ -121,9 +121,9 @@ pub const MAX_REQUEST_DATA: u64 = (blobring_abi::vmbus::AZ_BLOB_MAX_PAGES as u64
 const REAPER_SLEEP: Duration = Duration::from_secs(1);
 
 /// VSP status: the response body does not fit the data buffer (`data_len` = bytes needed).
-pub const VSP_BODY_TOO_LARGE: u32 = 3;
+pub const VSP_BODY_TOO_LARGE: u32 = blobring_abi::vmbus::VSP_ERR_BODY_TOO_LARGE;
 /// VSP status: the response head does not fit the response buffer (`response_len` = needed).
-pub const VSP_HEAD_TOO_LARGE: u32 = 4;
+pub const VSP_HEAD_TOO_LARGE: u32 = blobring_abi::vmbus::VSP_ERR_HEAD_TOO_LARGE;
 
 fn errno_name(e: i32) -> &'static str {
     match e {
@@ -475,7 +475,7 @@ impl Client {
             if let Some(l) = self.inner.alloc_once(len)? {
                 return Poll::Ready(Ok(l));
             }
-            let t = timer.get_or_insert_with(|| Box::pin(crate::blob::sleep(wait)));
+            let t = timer.get_or_insert_with(|| Box::pin(crate::timer::sleep(wait)));
             if t.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(ClientError::ArenaBusy {
                     len,
@@ -778,7 +778,7 @@ impl Inner {
             Err(ClientError::HeadTooLarge {
                 needed: c.response_len,
             })
-        } else if c.vsp_status != 0 {
+        } else if c.vsp_status != blobring_abi::vmbus::VSP_OK {
             Err(ClientError::Vsp(c.vsp_status))
         } else {
             let n = c.response_len.min(f.response_cap) as usize;

@@ -57,6 +57,7 @@ mod conn;
 #[cfg(feature = "object-store")]
 pub mod connector;
 mod error;
+mod timer;
 pub mod transfer;
 
 pub use blobring_abi::{

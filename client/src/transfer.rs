@@ -54,7 +54,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use md5::Digest as _;
 
 pub use crate::blob::Checksum;
-use crate::blob::{BlobError, BlobService, BlockRef, Body, PutOptions, block_id, sleep};
+use crate::blob::{BlobError, BlobService, BlockRef, Body, PutOptions, block_id};
+use crate::timer::sleep;
 use crate::{Lease, Pending};
 
 /// A progress callback: `(bytes done, total bytes)`.

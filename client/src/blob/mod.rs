@@ -726,7 +726,7 @@ impl BlobService {
                 Err(e) if spec.idempotent && e.retryable() && attempt < self.retry.max_retries => {
                     let d = self.retry.backoff(attempt);
                     attempt += 1;
-                    sleep(d).await;
+                    crate::timer::sleep(d).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -1109,39 +1109,6 @@ pub fn content_md5(data: &[u8]) -> String {
 /// A block id for block `n` of an upload (same length for every block, as Azure requires).
 pub fn block_id(upload: &str, n: u64) -> String {
     B64.encode(format!("{upload}-{n:08}"))
-}
-
-/// Sleeps without a runtime: a timer thread wakes the task (fine at retry frequencies).
-pub(crate) async fn sleep(d: Duration) {
-    use std::sync::{Arc, Mutex};
-    use std::task::Poll;
-    struct St {
-        done: bool,
-        waker: Option<std::task::Waker>,
-    }
-    let st = Arc::new(Mutex::new(St {
-        done: false,
-        waker: None,
-    }));
-    let st2 = st.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(d);
-        let mut g = st2.lock().unwrap_or_else(|p| p.into_inner());
-        g.done = true;
-        if let Some(w) = g.waker.take() {
-            w.wake();
-        }
-    });
-    std::future::poll_fn(|cx| {
-        let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
-        if g.done {
-            Poll::Ready(())
-        } else {
-            g.waker = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 impl BlobService {
