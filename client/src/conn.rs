@@ -591,6 +591,17 @@ impl Connection {
     pub fn ring_doorbell(&mut self, q: u32) -> Result<(), Error> {
         Ok(self.queue(q)?.doorbell.notify()?)
     }
+
+    /// Queue `q`'s doorbell eventfd, as the daemon passed it (tools and hostile tests that work
+    /// at the ABI level: it shares its open file description with the daemon's).
+    pub fn doorbell_fd(&self, q: u32) -> Result<std::os::fd::BorrowedFd<'_>, Error> {
+        let n_queues = self.geometry.n_queues;
+        let queue = self
+            .queues
+            .get(q as usize)
+            .ok_or(Error::NoSuchQueue { queue: q, n_queues })?;
+        Ok(queue.doorbell.as_fd())
+    }
 }
 
 fn recv_reply(sock: &UnixStream) -> Result<(HelloReply, Vec<OwnedFd>), ConnectError> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::fs::SealFlags;
-use rustix::io::Errno;
+use rustix::io::{Errno, ReadWriteFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
 use rustix::time::Timespec;
@@ -84,18 +84,37 @@ impl EventFd {
         Self { fd }
     }
 
-    /// Reads and clears the counter; 0 if it was already clear.
+    /// Reads and clears the counter; 0 if it was already clear. Never blocks.
+    ///
+    /// The read is non-blocking *per operation* (`preadv2` with `RWF_NOWAIT`), not through the
+    /// description's `O_NONBLOCK`: an eventfd passed to a peer shares its open file description,
+    /// so the peer can clear `O_NONBLOCK` and drain the counter itself, and a plain `read` here
+    /// would then block until the peer chose to write again. A kernel whose eventfd cannot be
+    /// read with `RWF_NOWAIT` (before Linux 5.12) gets an error, never a blocking read; see
+    /// [`EventFd::check_nowait`].
     pub fn drain(&self) -> Result<u64, RingError> {
         let mut buf = [0u8; 8];
-        match rustix::io::read(&self.fd, &mut buf) {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        // u64::MAX: the current file position (an eventfd has none to move).
+        match rustix::io::preadv2(&self.fd, &mut iov, u64::MAX, ReadWriteFlags::NOWAIT) {
             Ok(8) => Ok(u64::from_ne_bytes(buf)),
             Ok(_) => Err(RingError::Wake {
                 op: "eventfd read",
                 errno: Errno::INVAL,
             }),
             Err(Errno::AGAIN) | Err(Errno::INTR) => Ok(0),
-            Err(e) => Err(wake_err("eventfd read")(e)),
+            Err(e) => Err(wake_err("eventfd read (RWF_NOWAIT)")(e)),
         }
+    }
+
+    /// Checks that this kernel reads eventfds without blocking per operation: drains a fresh
+    /// eventfd whose description is *blocking* and whose counter is 0, which must return at
+    /// once. A daemon that shares eventfds with untrusted peers calls this at start and refuses
+    /// to run without it.
+    pub fn check_nowait() -> Result<(), RingError> {
+        let e = Self::new()?;
+        rustix::fs::fcntl_setfl(&e.fd, rustix::fs::OFlags::empty()).map_err(wake_err("F_SETFL"))?;
+        e.drain().map(|_| ())
     }
 }
 
@@ -299,5 +318,38 @@ pub fn wait_any(
         Ok(_) | Err(Errno::AGAIN) | Err(Errno::INTR) => Ok(Slept::Woken),
         Err(Errno::TIMEDOUT) => Ok(Slept::TimedOut),
         Err(e) => Err(wake_err("futex_waitv")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that shares the description clears `O_NONBLOCK` and empties the counter: the
+    /// drain still returns at once (with 0), and still reads what the peer rings afterwards.
+    #[test]
+    fn drain_never_blocks_on_a_description_made_blocking() {
+        let e = EventFd::new().unwrap();
+        EventFd::check_nowait().expect("RWF_NOWAIT reads of an eventfd");
+        rustix::fs::fcntl_setfl(&e.fd, rustix::fs::OFlags::empty()).unwrap();
+        assert!(
+            !rustix::fs::fcntl_getfl(&e.fd)
+                .unwrap()
+                .contains(rustix::fs::OFlags::NONBLOCK)
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fd = e.fd.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let e = EventFd::from_fd(fd);
+            let empty = e.drain();
+            e.notify().unwrap();
+            e.notify().unwrap();
+            let two = e.drain();
+            let _ = tx.send((empty.unwrap(), two.unwrap()));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("drain blocked on an eventfd whose O_NONBLOCK a peer cleared");
+        assert_eq!(got, (0, 2));
     }
 }
