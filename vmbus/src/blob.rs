@@ -4,8 +4,9 @@
 //! 0, `byte_count = N * 4096`) whose PFNs are the data pages, then the request pages, then the
 //! response pages; the 56-byte [`AzBlobVspRequest`] follows as the in-band payload. Its buffer
 //! offsets index the virtually contiguous buffer the page list describes (§6.3). The host
-//! answers with a completion packet (0xb) carrying the same transaction id and the 12-byte
-//! [`AzBlobVspResponse`].
+//! answers with a packet carrying the same transaction id and the 12-byte
+//! [`AzBlobVspResponse`] at `offset8 * 8`: a completion (0xb) is expected, but the driver reads
+//! the response from a packet of any type, and so does [`parse_blob_reply`].
 //!
 //! Transaction ids are never 0: the encoder refuses 0 and the host-side parser rejects it.
 
@@ -324,6 +325,37 @@ pub fn parse_blob_completion(p: &Packet<'_>) -> Result<(u64, AzBlobVspResponse),
     Ok((p.trans_id(), resp))
 }
 
+/// A transaction GUID as the `hv_azure_blob` driver prints it (`%pUb`, in its debug log of
+/// each request and reply and in its debugfs list of pending requests): the 16 bytes in wire
+/// order, grouped 4-2-2-2-6, e.g. bytes `01 02 … 10` → `01020304-0506-0708-090a-0b0c0d0e0f10`.
+/// (A tool that reads the field as a Windows `GUID` struct shows the first three groups
+/// byte-swapped: `04030201-0605-0807-…`.) Logs and the ctl stats use this form.
+pub fn guid_string(g: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in g.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Reads the reply to a blob request as the `hv_azure_blob` driver does: the
+/// [`AzBlobVspResponse`] at `hv_pkt_data` (`offset8 * 8`) of a packet of **any** type, with its
+/// transaction id (`vmbus/SOURCES.md`). Only a payload shorter than the 12-byte response is
+/// refused. Callers count replies whose type is not 0xb ([`crate::packet::Reply::is_completion`]).
+pub fn parse_blob_reply(
+    r: &crate::packet::Reply<'_>,
+) -> Result<(u64, AzBlobVspResponse), BlobError> {
+    let Ok((resp, _)) = AzBlobVspResponse::read_from_prefix(r.payload) else {
+        return Err(BlobError::NotACompletion(
+            "payload shorter than az_blob_vsp_response",
+        ));
+    };
+    Ok((r.trans_id(), resp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +369,16 @@ mod tests {
     }
     fn u64_at(b: &[u8], o: usize) -> u64 {
         u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn guid_prints_as_the_driver_prints_it() {
+        let g: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        assert_eq!(guid_string(&g), "01020304-0506-0708-090a-0b0c0d0e0f10");
+        assert_eq!(
+            guid_string(&[0; 16]),
+            "00000000-0000-0000-0000-000000000000"
+        );
     }
 
     /// §6.2 byte by byte: 2 data pages (offset 0x10, 5000 bytes), 1 request page (offset 0x20),

@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 
 use blobring_shm::SharedMemory;
 
-use crate::packet::{Packet, decode};
+use crate::packet::{Packet, Reply, decode, decode_reply};
 use crate::ring::{Corruption, IncomingRing, OutgoingRing, ReadError, WriteError};
 
 /// A channel operation failed.
@@ -110,6 +110,18 @@ pub trait Channel: AsFd {
     fn recv<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Packet<'b>>, ChannelError> {
         match self.incoming().read_packet(buf) {
             Ok(_) => Ok(Some(decode(buf)?)),
+            Err(ReadError::Empty) => Ok(None),
+            Err(ReadError::Corrupt(c)) => Err(c.into()),
+        }
+    }
+
+    /// Like [`recv`](Self::recv), for the guest reading the host's replies: checks framing only
+    /// and accepts any packet type, as the `hv_azure_blob` driver does ([`Reply`]). The ring
+    /// space stays reserved until [`release`](Self::release), which the caller must call for
+    /// every packet read, whatever it held.
+    fn recv_reply<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Reply<'b>>, ChannelError> {
+        match self.incoming().read_packet(buf) {
+            Ok(_) => Ok(Some(decode_reply(buf)?)),
             Err(ReadError::Empty) => Ok(None),
             Err(ReadError::Corrupt(c)) => Err(c.into()),
         }

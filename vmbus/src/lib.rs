@@ -1,7 +1,9 @@
 //! Hyper-V VMBus for blobring: rings, packets, the Azure Blob VSP messages, channels and the
 //! simulated transport.
 //!
-//! **Owns** (spec: `reference/vmbus.md`, which this crate follows byte for byte in §1–3, §6):
+//! **Owns** (spec: `reference/vmbus.md`, which this crate follows byte for byte in §1–3, §6;
+//! `vmbus/SOURCES.md` names the Linux, driver, DPDK or OpenVMM source of every rule the `uio`
+//! transport and the rings depend on, with the test that pins it):
 //! - [`ring`]: the ring buffer, both halves ([`ring::OutgoingRing`], [`ring::IncomingRing`]),
 //!   usable by the guest and by the emulated host: 8-byte aligned packets with the 8-byte
 //!   trailer, the never-full rule, copies split at the wrap, full barriers, `interrupt_mask`
@@ -59,5 +61,5 @@ pub mod sim;
 pub mod uio;
 
 pub use channel::{Channel, ChannelError};
-pub use packet::{Packet, PacketKind, decode};
+pub use packet::{Packet, PacketKind, Reply, decode, decode_reply};
 pub use ring::{Corruption, IncomingRing, OutgoingRing, ReadError, RingError, WriteError};

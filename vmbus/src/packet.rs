@@ -307,11 +307,43 @@ enum RangeFault {
     Offset(u32),
 }
 
-/// Decodes and validates a packet copied out of a ring (`buf.len()` must be `len8 * 8`).
-pub fn decode(buf: &[u8]) -> Result<Packet<'_>, Corruption> {
-    let Ok((desc, _)) = PacketDescriptor::read_from_prefix(buf) else {
-        return Err(Corruption::Truncated(buf.len() as u32));
-    };
+/// A packet the host wrote on a guest's incoming ring, checked for framing only: what the
+/// `hv_azure_blob` driver reads as a reply.
+///
+/// The driver's receive callback takes every packet off its ring, looks up the request by
+/// `trans_id` and copies `az_blob_vsp_response` from `hv_pkt_data(desc)` (`desc + offset8 * 8`)
+/// without looking at the packet type or flags (`vmbus/SOURCES.md`). So the guest accepts a
+/// reply of any type, where [`decode`] (the host's check of guest packets, and OV's rule)
+/// refuses types other than 0x6, 0x9 and 0xb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply<'a> {
+    /// The descriptor (framing validated: `offset8 >= 2`, `len8 >= offset8`, length matches).
+    pub desc: PacketDescriptor,
+    /// Bytes from `offset8 * 8` to `len8 * 8`: `hv_pkt_data` and what follows.
+    pub payload: &'a [u8],
+}
+
+impl Reply<'_> {
+    /// The transaction id.
+    pub fn trans_id(&self) -> u64 {
+        self.desc.trans_id
+    }
+
+    /// The packet type (0xb for a completion).
+    pub fn packet_type(&self) -> u16 {
+        self.desc.packet_type
+    }
+
+    /// True for a completion packet (type 0xb), the type the host is expected to use.
+    pub fn is_completion(&self) -> bool {
+        self.desc.packet_type == PKT_COMP
+    }
+}
+
+/// The §2.4 framing of a descriptor, `offset8 >= 2` and `len8 >= offset8`; returns the
+/// packet's length, `len8 * 8` (what a ring reader checks against what is available, and a
+/// decoder against the bytes it was given).
+pub(crate) fn framed_len(desc: &PacketDescriptor) -> Result<u32, Corruption> {
     if desc.offset8 < 2 {
         return Err(Corruption::OffsetTooSmall(desc.offset8));
     }
@@ -321,13 +353,32 @@ pub fn decode(buf: &[u8]) -> Result<Packet<'_>, Corruption> {
             offset8: desc.offset8,
         });
     }
-    let len = u32::from(desc.len8) * 8;
+    Ok(u32::from(desc.len8) * 8)
+}
+
+/// Decodes a packet copied out of the guest's incoming ring as a [`Reply`]: validates the
+/// framing (`offset8 >= 2`, `len8 >= offset8`, `buf.len() == len8 * 8`) and nothing else.
+pub fn decode_reply(buf: &[u8]) -> Result<Reply<'_>, Corruption> {
+    let Ok((desc, _)) = PacketDescriptor::read_from_prefix(buf) else {
+        return Err(Corruption::Truncated(buf.len() as u32));
+    };
+    let len = framed_len(&desc)?;
     if buf.len() != len as usize {
         return Err(Corruption::LengthMismatch {
             expected: len,
             actual: buf.len() as u32,
         });
     }
+    Ok(Reply {
+        desc,
+        payload: &buf[usize::from(desc.offset8) * 8..],
+    })
+}
+
+/// Decodes and validates a packet copied out of a ring (`buf.len()` must be `len8 * 8`).
+pub fn decode(buf: &[u8]) -> Result<Packet<'_>, Corruption> {
+    // The framing checks are the reply's; a packet also has known flags and a typed payload.
+    let Reply { desc, .. } = decode_reply(buf)?;
     if desc.flags & !PKT_FLAG_COMPLETION_REQUESTED != 0 {
         return Err(Corruption::UnknownFlags(desc.flags));
     }
@@ -440,6 +491,53 @@ mod tests {
         assert_eq!(p.kind, PacketKind::Completion);
         assert!(!p.completion_requested());
         assert_eq!(p.desc.len8, 4);
+    }
+
+    #[test]
+    fn replies_of_any_type_decode_with_framing_checked() {
+        // Hand-built as the host would write them: type 0x6 (in-band), 0x7 and 0x1234, each
+        // with a 12-byte payload padded to 16, flags garbage; offset8 = 2, len8 = 4.
+        for (ty, flags) in [(0x6u16, 0u16), (0x7, 1), (0x1234, 0xff)] {
+            let mut b = vec![0u8; 32];
+            set_u16(&mut b, 0, ty);
+            set_u16(&mut b, 2, 2);
+            set_u16(&mut b, 4, 4);
+            set_u16(&mut b, 6, flags);
+            b[8..16].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+            b[16..28].copy_from_slice(&[9; 12]);
+            let r = decode_reply(&b).unwrap();
+            assert_eq!(r.packet_type(), ty);
+            assert!(!r.is_completion());
+            assert_eq!(r.trans_id(), 0x0102_0304_0506_0708);
+            assert_eq!(&r.payload[..12], &[9; 12]);
+            assert_eq!(r.payload.len(), 16);
+            if ty != 0x6 {
+                assert!(decode(&b).is_err(), "the strict decoder refuses {ty:#x}");
+            }
+        }
+        // Framing is still checked.
+        let mut b = vec![0u8; 32];
+        set_u16(&mut b, 0, 0xb);
+        set_u16(&mut b, 2, 1);
+        set_u16(&mut b, 4, 4);
+        assert_eq!(decode_reply(&b), Err(Corruption::OffsetTooSmall(1)));
+        set_u16(&mut b, 2, 5);
+        assert!(matches!(
+            decode_reply(&b),
+            Err(Corruption::LenBelowOffset { .. })
+        ));
+        set_u16(&mut b, 2, 2);
+        set_u16(&mut b, 4, 3);
+        assert!(matches!(
+            decode_reply(&b),
+            Err(Corruption::LengthMismatch { .. })
+        ));
+        set_u16(&mut b, 4, 4);
+        assert!(decode_reply(&b).unwrap().is_completion());
+        assert!(matches!(
+            decode_reply(&b[..8]),
+            Err(Corruption::Truncated(8))
+        ));
     }
 
     #[test]

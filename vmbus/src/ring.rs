@@ -1,7 +1,13 @@
 //! The VMBus ring buffer, byte-compatible with Hyper-V (`reference/vmbus.md` §1).
 //!
-//! One ring is a 4096-byte control page ([`blobring_abi::vmbus::RingControl`]) followed by a
-//! data area of `dsize` bytes. The same code serves both sides of a channel: the guest produces
+//! One ring is a header holding the 4096-byte control page
+//! ([`blobring_abi::vmbus::RingControl`]) followed by a data area of `dsize` bytes. The header is
+//! one guest page: 4096 bytes on `sim` and on 4 KiB-page kernels, but Linux pads
+//! `struct hv_ring_buffer` to the guest's `PAGE_SIZE`, so under `uio_hv_generic` on a 64 KiB-page
+//! kernel the data area starts at byte 65536 of each ring (the hypervisor sees only the first
+//! 4 KiB of the header; `hv_ring_gpadl_send_hvpgoffset` in drivers/hv/channel.c skips the gap).
+//! [`OutgoingRing::with_header`] and [`IncomingRing::with_header`] take the header size; see
+//! `vmbus/SOURCES.md`. The same code serves both sides of a channel: the guest produces
 //! on its outgoing (TX) ring and consumes its incoming (RX) ring; the emulated host does the
 //! opposite on the same two rings.
 //!
@@ -26,8 +32,10 @@ use blobring_abi::vmbus::{
 };
 use blobring_shm::{AccessError, SharedMemory};
 
-/// Offset of the data area inside a ring.
-const DATA: u64 = RING_CONTROL_LEN;
+/// Header size of a ring with 4 KiB guest pages (and of every `sim` ring): the control page.
+pub const DEFAULT_HEADER: u64 = RING_CONTROL_LEN;
+/// Largest header accepted (a 64 KiB guest page; arm64 kernels go no higher).
+pub const MAX_HEADER: u64 = 64 << 10;
 /// Bytes of the trailer.
 const TRAILER: u32 = PACKET_TRAILER_LEN as u32;
 /// Bytes of a packet descriptor.
@@ -45,12 +53,23 @@ pub const fn align8(n: u32) -> u32 {
 /// Why a ring cannot be set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
-    /// The memory is not a control page plus a data area of a multiple of 8 bytes.
+    /// The memory is not a header plus a data area of a multiple of 8 bytes.
     #[error(
-        "ring memory of {0} bytes is not a 4096-byte control page plus at least {MIN_DATA_SIZE} \
+        "ring memory of {size} bytes is not a {header}-byte header plus at least {MIN_DATA_SIZE} \
          data bytes (a multiple of 8, below 4 GiB)"
     )]
-    BadSize(u64),
+    BadSize {
+        /// Bytes of the ring memory.
+        size: u64,
+        /// Bytes of the header (one guest page).
+        header: u64,
+    },
+    /// The header size is not a power of two between 4 KiB and 64 KiB.
+    #[error(
+        "ring header of {0} bytes: the header is one guest page, a power of two from 4096 to \
+         65536 bytes"
+    )]
+    BadHeader(u64),
     /// The index this side owns is already invalid.
     #[error("ring is corrupt at setup: {0}")]
     Corrupt(#[from] Corruption),
@@ -190,24 +209,43 @@ impl From<AccessError> for ReadError {
     }
 }
 
-/// Data-area size of a ring memory, checked.
-fn data_size<M: SharedMemory>(mem: &M) -> Result<u32, RingError> {
+/// Where a ring's data area is: at `data` (the header size), `dsize` bytes.
+#[derive(Debug, Clone, Copy)]
+struct Geo {
+    data: u64,
+    dsize: u32,
+}
+
+/// Data-area offset and size of a ring memory with a `header`-byte header, checked.
+fn geometry<M: SharedMemory>(mem: &M, header: u64) -> Result<Geo, RingError> {
+    if !header.is_power_of_two() || !(RING_CONTROL_LEN..=MAX_HEADER).contains(&header) {
+        return Err(RingError::BadHeader(header));
+    }
     let size = mem.size();
-    let dsize = size.checked_sub(DATA).ok_or(RingError::BadSize(size))?;
+    let bad = RingError::BadSize { size, header };
+    let dsize = size.checked_sub(header).ok_or(bad)?;
     if dsize < u64::from(MIN_DATA_SIZE)
         || !dsize.is_multiple_of(8)
         || dsize > u64::from(u32::MAX - 7)
     {
-        return Err(RingError::BadSize(size));
+        return Err(bad);
     }
-    Ok(dsize as u32)
+    Ok(Geo {
+        data: header,
+        dsize: dsize as u32,
+    })
 }
 
 /// Prepares a ring as Linux does at open (§1.2): indices, mask and pending size zero,
 /// `feature_bits = feat_pending_send_sz`. Called by whoever creates the ring memory (the
-/// emulated host in `sim`; the kernel on real Hyper-V).
+/// emulated host in `sim`; the kernel on real Hyper-V). 4096-byte header.
 pub fn init_ring<M: SharedMemory>(mem: &M) -> Result<(), RingError> {
-    data_size(mem)?;
+    init_ring_with_header(mem, DEFAULT_HEADER)
+}
+
+/// [`init_ring`] for a ring whose header is `header` bytes (one guest page).
+pub fn init_ring_with_header<M: SharedMemory>(mem: &M, header: u64) -> Result<(), RingError> {
+    geometry(mem, header)?;
     mem.fill(0, RING_CONTROL_LEN, 0)?;
     mem.store_u32(
         rc::FEATURE_BITS,
@@ -254,36 +292,36 @@ fn avail_write(w: u32, r: u32, dsize: u32) -> u32 {
 
 /// Copies `src` into the data area at `idx`, splitting at the wrap (§1.5); returns the index
 /// after the copy. `src.len() <= dsize`.
-fn copy_to<M: SharedMemory>(mem: &M, dsize: u32, idx: u32, src: &[u8]) -> Result<u32, AccessError> {
-    let first = (dsize - idx).min(src.len() as u32) as usize;
-    mem.write(DATA + u64::from(idx), &src[..first])?;
+fn copy_to<M: SharedMemory>(mem: &M, g: Geo, idx: u32, src: &[u8]) -> Result<u32, AccessError> {
+    let first = (g.dsize - idx).min(src.len() as u32) as usize;
+    mem.write(g.data + u64::from(idx), &src[..first])?;
     if first < src.len() {
-        mem.write(DATA, &src[first..])?;
+        mem.write(g.data, &src[first..])?;
     }
-    Ok(advance(idx, src.len() as u32, dsize))
+    Ok(advance(idx, src.len() as u32, g.dsize))
 }
 
 /// Zero-fills `len` bytes of the data area at `idx`, splitting at the wrap.
-fn zero_at<M: SharedMemory>(mem: &M, dsize: u32, idx: u32, len: u32) -> Result<u32, AccessError> {
-    let first = (dsize - idx).min(len);
-    mem.fill(DATA + u64::from(idx), u64::from(first), 0)?;
+fn zero_at<M: SharedMemory>(mem: &M, g: Geo, idx: u32, len: u32) -> Result<u32, AccessError> {
+    let first = (g.dsize - idx).min(len);
+    mem.fill(g.data + u64::from(idx), u64::from(first), 0)?;
     if first < len {
-        mem.fill(DATA, u64::from(len - first), 0)?;
+        mem.fill(g.data, u64::from(len - first), 0)?;
     }
-    Ok(advance(idx, len, dsize))
+    Ok(advance(idx, len, g.dsize))
 }
 
 /// Copies `dst.len()` bytes out of the data area at `idx`, splitting at the wrap (§1.5).
 fn copy_from<M: SharedMemory>(
     mem: &M,
-    dsize: u32,
+    g: Geo,
     idx: u32,
     dst: &mut [u8],
 ) -> Result<(), AccessError> {
-    let first = (dsize - idx).min(dst.len() as u32) as usize;
-    mem.read(DATA + u64::from(idx), &mut dst[..first])?;
+    let first = (g.dsize - idx).min(dst.len() as u32) as usize;
+    mem.read(g.data + u64::from(idx), &mut dst[..first])?;
     if first < dst.len() {
-        mem.read(DATA, &mut dst[first..])?;
+        mem.read(g.data, &mut dst[first..])?;
     }
     Ok(())
 }
@@ -292,6 +330,8 @@ fn copy_from<M: SharedMemory>(
 #[derive(Debug)]
 pub struct OutgoingRing<M> {
     mem: M,
+    /// Offset of the data area (the header size).
+    data: u64,
     dsize: u32,
     /// The write index last published.
     committed: u32,
@@ -305,9 +345,15 @@ impl<M: SharedMemory> OutgoingRing<M> {
     /// The producer half over `mem` (control page + data area). Takes the current
     /// `write_index` as its own (zero on a fresh ring; see [`init_ring`]) and sets
     /// `feat_pending_send_sz` in `feature_bits`: we promise to fill `pending_send_sz` when
-    /// blocked (§1.2, as OV's outgoing ring does).
+    /// blocked (§1.2, as OV's outgoing ring does). The header is 4096 bytes.
     pub fn new(mem: M) -> Result<Self, RingError> {
-        let dsize = data_size(&mem)?;
+        Self::with_header(mem, DEFAULT_HEADER)
+    }
+
+    /// [`new`](Self::new) for a ring whose header is `header` bytes: one guest `PAGE_SIZE`
+    /// under `uio_hv_generic` (64 KiB on a 64 KiB-page kernel), the data area following it.
+    pub fn with_header(mem: M, header: u64) -> Result<Self, RingError> {
+        let Geo { data, dsize } = geometry(&mem, header)?;
         let w = load_index(
             &mem,
             rc::WRITE_INDEX,
@@ -322,11 +368,24 @@ impl<M: SharedMemory> OutgoingRing<M> {
         )?;
         Ok(Self {
             mem,
+            data,
             dsize,
             committed: w,
             next: w,
             pending_armed: false,
         })
+    }
+
+    fn geo(&self) -> Geo {
+        Geo {
+            data: self.data,
+            dsize: self.dsize,
+        }
+    }
+
+    /// Bytes of the header before the data area.
+    pub fn header_size(&self) -> u64 {
+        self.data
     }
 
     /// Bytes of the data area.
@@ -387,12 +446,12 @@ impl<M: SharedMemory> OutgoingRing<M> {
         let start = self.next;
         let mut idx = start;
         for part in parts {
-            idx = copy_to(&self.mem, self.dsize, idx, part)?;
+            idx = copy_to(&self.mem, self.geo(), idx, part)?;
         }
-        idx = zero_at(&self.mem, self.dsize, idx, padded - len as u32)?;
+        idx = zero_at(&self.mem, self.geo(), idx, padded - len as u32)?;
         // Trailer: the u64 `start << 32` (bytes 0..3 zero, 4..7 the packet's start, §1.4).
         let trailer = (u64::from(start) << 32).to_le_bytes();
-        self.next = copy_to(&self.mem, self.dsize, idx, &trailer)?;
+        self.next = copy_to(&self.mem, self.geo(), idx, &trailer)?;
         Ok(())
     }
 
@@ -469,6 +528,8 @@ pub struct RawPacket {
 #[derive(Debug)]
 pub struct IncomingRing<M> {
     mem: M,
+    /// Offset of the data area (the header size).
+    data: u64,
     dsize: u32,
     /// The read index last published.
     committed: u32,
@@ -478,16 +539,35 @@ pub struct IncomingRing<M> {
 
 impl<M: SharedMemory> IncomingRing<M> {
     /// The consumer half over `mem` (control page + data area). Takes the current `read_index`
-    /// as its own.
+    /// as its own. The header is 4096 bytes.
     pub fn new(mem: M) -> Result<Self, RingError> {
-        let dsize = data_size(&mem)?;
+        Self::with_header(mem, DEFAULT_HEADER)
+    }
+
+    /// [`new`](Self::new) for a ring whose header is `header` bytes (one guest page; see
+    /// [`OutgoingRing::with_header`]).
+    pub fn with_header(mem: M, header: u64) -> Result<Self, RingError> {
+        let Geo { data, dsize } = geometry(&mem, header)?;
         let r = load_index(&mem, rc::READ_INDEX, dsize, "read_index", Ordering::Acquire)?;
         Ok(Self {
             mem,
+            data,
             dsize,
             committed: r,
             next: r,
         })
+    }
+
+    fn geo(&self) -> Geo {
+        Geo {
+            data: self.data,
+            dsize: self.dsize,
+        }
+    }
+
+    /// Bytes of the header before the data area.
+    pub fn header_size(&self) -> u64 {
+        self.data
     }
 
     /// Bytes of the data area.
@@ -534,13 +614,13 @@ impl<M: SharedMemory> IncomingRing<M> {
             return Err(Corruption::Truncated(avail).into());
         }
         let mut d = [0u8; DESC as usize];
-        copy_from(&self.mem, self.dsize, self.next, &mut d)?;
+        copy_from(&self.mem, self.geo(), self.next, &mut d)?;
         // Copied once; only the local copy is inspected from here on.
         let desc: PacketDescriptor = zerocopy::transmute!(d);
         let len = check_lengths(&desc, avail)?;
         buf.clear();
         buf.resize(len as usize, 0);
-        copy_from(&self.mem, self.dsize, self.next, buf)?;
+        copy_from(&self.mem, self.geo(), self.next, buf)?;
         self.next = advance(self.next, len + TRAILER, self.dsize);
         Ok(RawPacket { desc, len })
     }
@@ -613,16 +693,7 @@ impl<M: SharedMemory> IncomingRing<M> {
 /// §2.4 length checks a ring reader needs before copying: `offset8 >= 2`,
 /// `len8 >= offset8`, `len8 * 8 + trailer <= avail`. Returns `len8 * 8`.
 fn check_lengths(desc: &PacketDescriptor, avail: u32) -> Result<u32, Corruption> {
-    if desc.offset8 < 2 {
-        return Err(Corruption::OffsetTooSmall(desc.offset8));
-    }
-    if desc.len8 < desc.offset8 {
-        return Err(Corruption::LenBelowOffset {
-            len8: desc.len8,
-            offset8: desc.offset8,
-        });
-    }
-    let len = u32::from(desc.len8) * 8;
+    let len = crate::packet::framed_len(desc)?;
     if len + TRAILER > avail {
         return Err(Corruption::PacketTooLong { len, avail });
     }

@@ -12,19 +12,20 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use blobring_abi::vmbus::AZ_BLOB_CLASS_GUID_STR;
+use blobring_abi::vmbus::rc;
 use blobring_shm::{Mapping, Pagemap, SharedMemory};
 use blobring_vmbus::blob::{
-    BlobRequestDesc, BufferPages, encode_blob_request, parse_blob_completion,
+    BlobRequestDesc, BufferPages, encode_blob_request, parse_blob_completion, parse_blob_reply,
 };
 use blobring_vmbus::guest_phys::{GpaRefusal, PagemapPfns, PfnTranslator, SimPfns};
 use blobring_vmbus::uio::fake::{
-    FakeOpener, HostChannel, INSTANCE, NEW, PAGE, PRIMARY_RING, SUB_RING, Tree, machine, open,
-    opts, standard_maps,
+    FakeDriver, FakeOpener, HostChannel, INSTANCE, Machine, NEW, PAGE, PAGE_64K, PRIMARY_RING,
+    SUB_RING, Spec, Tree, machine, machine_with, open, open_with, opts, probe_opts, standard_maps,
 };
 use blobring_vmbus::uio::sysfs::{self, Sysfs};
 use blobring_vmbus::uio::{
-    DeviceOpener, InterruptMode, KernelVersion, SignalPath, Transport, TransportChoice, UioDevice,
-    UioError, UioOptions, detect_with, select,
+    DeviceOpener, InterruptMode, KernelVersion, MaskProbe, SignalPath, Transport, TransportChoice,
+    UioDevice, UioError, UioOptions, detect_with, select,
 };
 use blobring_vmbus::{Channel, ChannelError};
 
@@ -312,7 +313,8 @@ fn subchannel_that_never_gets_a_ring_times_out_clearly() {
         &UioOptions {
             subchannels: 1,
             subchannel_timeout: Duration::from_millis(200),
-            interrupt_mode: InterruptMode::UserspaceMasks,
+            interrupt_mode: Some(InterruptMode::UserspaceMasks),
+            page_size: PAGE,
         },
     )
     .unwrap_err();
@@ -341,7 +343,8 @@ fn subchannel_that_never_gets_a_ring_times_out_clearly() {
         &UioOptions {
             subchannels: 3,
             subchannel_timeout: Duration::from_millis(50),
-            interrupt_mode: InterruptMode::UserspaceMasks,
+            interrupt_mode: Some(InterruptMode::UserspaceMasks),
+            page_size: PAGE,
         },
     )
     .unwrap_err();
@@ -444,8 +447,10 @@ fn maps_are_sized_from_sysfs_and_checked() {
 
 #[test]
 fn max_request_pages_follows_the_running_ring_size() {
+    // 0x11000: hv_dev_ring_size() as is; 0x12000: rounded by VMBUS_RING_SIZE (vmbus/SOURCES.md).
     for (ring, want) in [
         (0x11000u64, 8179u32),
+        (0x12000, 8192),
         (128 << 10, 8192),
         (2 << 20, 8192),
         (0x4000, 1523),
@@ -543,20 +548,27 @@ fn unmonitored_channel_sets_its_interrupt_page_bit_and_writes_one() {
 // Round trip and interrupt modes
 
 /// The guest sends blob requests on every channel; the fixture host answers each with a
-/// completion and "interrupts"; `service` drains all rings and re-arms per `mode`.
-fn round_trip(mode: InterruptMode) {
-    let m = machine(Some(5), 1);
-    let mut dev = open(&m, mode, 1);
-    let events = m.opener.events.clone();
-    let open_writes = events.writes();
+/// completion and "interrupts"; `service` drains all rings and re-arms per the mode the
+/// transport detected from how the fake `driver` behaves at open.
+fn round_trip(driver: FakeDriver) {
+    let m = machine_with(Spec {
+        driver,
+        ..Spec::new(Some(5), 1)
+    });
+    let mut dev = open_with(&m, &probe_opts(1, PAGE));
+    let mode = dev.interrupt_mode();
+    let kernel_masks = driver == FakeDriver::MasksOnOpenAndInterrupt;
     assert_eq!(
-        open_writes,
-        if mode == InterruptMode::KernelMasks {
-            vec![1]
+        mode,
+        if kernel_masks {
+            InterruptMode::KernelMasks
         } else {
-            vec![]
+            InterruptMode::UserspaceMasks
         }
     );
+    let events = m.opener.events.clone();
+    let open_writes = events.writes();
+    assert_eq!(open_writes, if kernel_masks { vec![1] } else { vec![] });
     events.clear_writes();
     let mut host = m.host;
     dev.channels_mut()[0].send(&packet(101)).unwrap();
@@ -565,7 +577,6 @@ fn round_trip(mode: InterruptMode) {
     assert_eq!(events.writes(), vec![1]);
     events.clear_writes();
 
-    let kernel_masks = mode == InterruptMode::KernelMasks;
     let h = std::thread::spawn(move || {
         let a = host[0].answer_all(&events, kernel_masks);
         let b = host[1].answer_all(&events, kernel_masks);
@@ -603,9 +614,9 @@ fn round_trip(mode: InterruptMode) {
     assert_eq!((host[0].rx_mask(), host[1].rx_mask()), (0, 0));
     let writes = m.opener.events.writes();
     match mode {
-        // Old kernels: one write(1) re-arms the interrupt.
+        // The driver that masks: one write(1) re-arms the interrupt.
         InterruptMode::KernelMasks => assert_eq!(writes, vec![1]),
-        // New kernels: no system call to re-arm.
+        // The driver that leaves the mask alone: no system call to re-arm.
         InterruptMode::UserspaceMasks => assert!(writes.is_empty(), "{writes:?}"),
     }
     // Nothing pending: a zero-timeout service drains nothing and reports no event.
@@ -614,25 +625,73 @@ fn round_trip(mode: InterruptMode) {
 }
 
 #[test]
-fn round_trip_with_kernel_owned_interrupt_mask() {
-    round_trip(InterruptMode::KernelMasks);
+fn round_trip_with_a_driver_that_masks_on_open_and_interrupt() {
+    round_trip(FakeDriver::MasksOnOpenAndInterrupt);
 }
 
 #[test]
-fn round_trip_with_userspace_owned_interrupt_mask() {
-    round_trip(InterruptMode::UserspaceMasks);
+fn round_trip_with_a_driver_that_leaves_the_mask_to_userspace() {
+    round_trip(FakeDriver::LeavesMaskToUserspace);
 }
 
+/// The interrupt-mask owner is read off the driver's behaviour at open, never a version: the
+/// three observable cases, and a forced mode.
 #[test]
-fn interrupt_mode_follows_the_kernel_version() {
+fn interrupt_mask_owner_is_probed_from_the_drivers_behaviour() {
+    // The driver since b15b7d2a1b09, fresh device: mask clear after the first open.
+    let m = machine_with(Spec::new(Some(5), 0));
+    let dev = open_with(&m, &probe_opts(0, PAGE));
+    assert_eq!(dev.interrupt_mode(), InterruptMode::UserspaceMasks);
+    assert_eq!(dev.mask_probe(), MaskProbe::ClearAfterOpen);
+    assert_eq!(m.opener.uio_opens.load(Ordering::SeqCst), 1, "no reopen");
+    assert!(m.opener.events.writes().is_empty(), "no write(1) at all");
+    drop(dev);
+    assert_eq!(m.opener.live_handles(), 0, "the device was closed");
+
+    // Same driver, but a crashed daemon left the mask set: the reopen tells it apart.
+    let m = machine_with(Spec::new(Some(5), 0));
+    m.opener.set_primary_rx_mask(1);
+    let dev = open_with(&m, &probe_opts(0, PAGE));
+    assert_eq!(dev.interrupt_mode(), InterruptMode::UserspaceMasks);
+    assert_eq!(dev.mask_probe(), MaskProbe::StaleMask);
     assert_eq!(
-        UioOptions::for_kernel(OLD).interrupt_mode,
-        InterruptMode::KernelMasks
+        m.opener.uio_opens.load(Ordering::SeqCst),
+        2,
+        "closed and reopened"
     );
-    assert_eq!(
-        UioOptions::for_kernel(NEW).interrupt_mode,
-        InterruptMode::UserspaceMasks
+    assert_eq!(m.opener.live_handles(), 1, "the first handle was closed");
+    assert_eq!(m.opener.primary_rx_mask(), 0);
+    assert!(m.opener.events.writes().is_empty());
+    assert!(dev.mask_probe().to_string().contains("earlier user"));
+    drop(dev);
+
+    // The driver before b15b7d2a1b09 masks on every first open.
+    let m = machine_with(Spec {
+        driver: FakeDriver::MasksOnOpenAndInterrupt,
+        ..Spec::new(None, 0)
+    });
+    let dev = open_with(&m, &probe_opts(0, PAGE));
+    assert_eq!(dev.interrupt_mode(), InterruptMode::KernelMasks);
+    assert_eq!(dev.mask_probe(), MaskProbe::SetByOpen);
+    assert_eq!(m.opener.uio_opens.load(Ordering::SeqCst), 2);
+    // Then the transport re-enabled the interrupt the driver's way: write(1) → mask 0.
+    assert_eq!(m.opener.events.writes(), vec![1]);
+    assert_eq!(m.opener.primary_rx_mask(), 0);
+    let text = dev.mask_probe().to_string();
+    assert!(
+        text.contains("set the primary RX interrupt_mask on open"),
+        "{text}"
     );
+    drop(dev);
+
+    // Forcing skips the probe (and its reopen) whatever the driver does.
+    let m = machine_with(Spec {
+        driver: FakeDriver::MasksOnOpenAndInterrupt,
+        ..Spec::new(None, 0)
+    });
+    let dev = open(&m, InterruptMode::UserspaceMasks, 0);
+    assert_eq!(dev.mask_probe(), MaskProbe::Forced);
+    assert_eq!(m.opener.uio_opens.load(Ordering::SeqCst), 1);
 }
 
 #[test]
@@ -766,4 +825,263 @@ fn system_opener_and_uio_file_use_four_byte_reads_and_writes() {
         Mapping::map_device(fd.as_fd(), 0, 2 * SUB_RING),
         Err(blobring_shm::RegionError::NotDevice)
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ring bytes as Linux leaves them, 4 KiB and 64 KiB guest pages
+
+/// An in-band packet written out by hand (not by our encoder): type 0x6, offset8 2, len8 4
+/// (16 + 13 bytes, padded to 32), flags 0, trans_id 0x1122334455667788, "hello, vmbus!".
+fn hello() -> Vec<u8> {
+    let mut p = vec![
+        0x06, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22,
+        0x11,
+    ];
+    p.extend_from_slice(b"hello, vmbus!");
+    p
+}
+
+/// A 64 KiB-page machine: VMBUS_RING_SIZE(0x11000) = 0x30000-byte primary rings, 0x20000-byte
+/// subchannel rings, the 4 KiB interrupt and monitor pages at offset 0x3000 of their 64 KiB
+/// guest page, unmonitored.
+fn machine_64k(subs: u32) -> Machine {
+    machine_with(Spec {
+        page_size: PAGE_64K,
+        primary_ring: 0x30000,
+        sub_ring: 0x20000,
+        page_offset: 0x3000,
+        ..Spec::new(None, subs)
+    })
+}
+
+/// The guest writes two packets; the TX ring must then hold exactly what Linux's
+/// hv_ringbuffer_write leaves: each packet at the old write index of the data area (which
+/// starts one guest page into the ring), zero padding to 8, the u64 trailer `old index << 32`,
+/// write_index past both, read_index untouched, feature_bits 1. Then a host-written RX image
+/// (a completion and an xfer-pages packet, as Hyper-V writes them) is read back.
+fn ring_images(m: &Machine, page: u64, ring: u64) {
+    let mut dev = open_with(m, &probe_opts(0, page));
+    let map0 = m.opener.map(0);
+    dev.channels_mut()[0].send(&hello()).unwrap();
+    dev.channels_mut()[0].send(&hello()).unwrap();
+    let mut want = hello();
+    want.extend_from_slice(&[0, 0, 0]); // pad 29 → 32
+    want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]); // trailer: started at 0
+    want.extend_from_slice(&hello());
+    want.extend_from_slice(&[0, 0, 0]);
+    want.extend_from_slice(&[0, 0, 0, 0, 0x28, 0, 0, 0]); // trailer: started at 40
+    let mut got = vec![0u8; want.len()];
+    map0.read(page, &mut got).unwrap();
+    assert_eq!(got, want, "TX data area at byte {page} of the ring");
+    assert_eq!(
+        map0.load_u32(rc::WRITE_INDEX, Ordering::SeqCst).unwrap(),
+        80
+    );
+    assert_eq!(map0.load_u32(rc::READ_INDEX, Ordering::SeqCst).unwrap(), 0);
+    assert_eq!(
+        map0.load_u32(rc::FEATURE_BITS, Ordering::SeqCst).unwrap(),
+        1
+    );
+    // Between the control page and the data area nothing was written (a 4096-byte header
+    // would have put the packets there).
+    let mut gap = vec![0u8; (page - 4096) as usize];
+    map0.read(4096, &mut gap).unwrap();
+    assert!(gap.iter().all(|&b| b == 0), "bytes 4096..{page} untouched");
+
+    // RX, written as the host writes it: a completion of trans_id 0x1_0000_0003 carrying
+    // az_blob_vsp_response {length 4096, error 0, response_len 7}, then the same response in
+    // a type-0x7 packet; trailers; write_index 80.
+    let rx = ring;
+    let mut image = vec![
+        0x0b, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+        0x00, // descriptor
+        0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, // response
+        0x00, 0x00, 0x00, 0x00, // padding
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // trailer
+    ];
+    let mut second = image[..32].to_vec();
+    second[0] = 0x07;
+    second[8] = 0x04;
+    image.extend_from_slice(&second);
+    image.extend_from_slice(&[0, 0, 0, 0, 0x28, 0, 0, 0]);
+    map0.write(rx + page, &image).unwrap();
+    map0.store_u32(rx + rc::WRITE_INDEX, 80, Ordering::SeqCst)
+        .unwrap();
+    let mut replies = Vec::new();
+    let mut buf = Vec::new();
+    let ch = &mut dev.channels_mut()[0];
+    while let Some(r) = ch.recv_reply(&mut buf).unwrap() {
+        let (tid, resp) = parse_blob_reply(&r).unwrap();
+        replies.push((
+            r.packet_type(),
+            tid,
+            resp.length,
+            resp.error,
+            resp.response_len,
+        ));
+    }
+    ch.release().unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            (0x0b, 0x1_0000_0003, 4096, 0, 7),
+            (0x07, 0x1_0000_0004, 4096, 0, 7)
+        ]
+    );
+    assert_eq!(
+        map0.load_u32(rx + rc::READ_INDEX, Ordering::SeqCst)
+            .unwrap(),
+        80,
+        "both packets released"
+    );
+}
+
+#[test]
+fn ring_bytes_match_linux_with_4k_pages() {
+    let m = machine(Some(5), 0);
+    ring_images(&m, PAGE, PRIMARY_RING);
+}
+
+#[test]
+fn ring_bytes_match_linux_with_64k_pages() {
+    let m = machine_64k(0);
+    ring_images(&m, PAGE_64K, 0x30000);
+}
+
+/// A whole device on a 64 KiB-page kernel: ring headers of 64 KiB, the interrupt page at its
+/// sysfs offset, limits from the mapped rings, and a round trip through the fixture host.
+#[test]
+fn device_with_64k_pages_works_end_to_end() {
+    let m = machine_64k(1);
+    let mut dev = open_with(&m, &probe_opts(1, PAGE_64K));
+    assert_eq!(dev.page_size(), PAGE_64K);
+    // Primary: 0x30000 - 0x10000 = 128 KiB of data → the protocol cap; subchannel: 64 KiB of
+    // data → 8179.
+    assert_eq!(dev.channels()[0].max_request_pages(), 8192);
+    assert_eq!(dev.channels()[1].max_request_pages(), 8179);
+    assert_eq!(dev.max_request_pages(), 8179);
+    dev.channels_mut()[0].send(&packet(5)).unwrap();
+    // Relid 14, unmonitored: bit 14 of the send half of the interrupt page, which sits 0x3000
+    // into its 64 KiB guest page; nothing else set.
+    let int = m.opener.map(1);
+    assert_eq!(load(&int, 0x3000 + 2048), 1 << 14);
+    for off in (0..PAGE_64K).step_by(4).filter(|&o| o != 0x3000 + 2048) {
+        assert_eq!(load(&int, off), 0, "interrupt page offset {off:#x}");
+    }
+    assert_eq!(m.opener.events.writes(), vec![1]);
+    let mut host = m.host;
+    assert_eq!(host[0].answer_all(&m.opener.events, false), vec![5]);
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    dev.service(Duration::from_secs(5), |i, ch| {
+        while let Some(r) = ch.recv_reply(&mut buf)? {
+            let (tid, resp) = parse_blob_reply(&r).unwrap();
+            got.push((i, tid, resp.response_len));
+        }
+        ch.release()
+    })
+    .unwrap();
+    assert_eq!(got, vec![(0, 5, 7)]);
+    assert!(host[0].guest_released_all());
+}
+
+#[test]
+fn page_sizes_that_do_not_fit_are_refused_clearly() {
+    let m = machine(Some(5), 0);
+    let d = sysfs::find_blob_device(&m.tree.sysfs()).unwrap();
+    let e = UioDevice::open(&m.tree.sysfs(), &d, &m.opener, &probe_opts(0, 3000)).unwrap_err();
+    assert!(
+        matches!(e, UioError::UnsupportedPageSize { page_size: 3000 }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("power of two from 4096 to 65536"),
+        "{e}"
+    );
+    // A 4 KiB-page device (0x11000-byte rings) opened as if pages were 64 KiB: the ring map is
+    // not whole 64 KiB pages, and the error says so instead of misreading every index.
+    let e = UioDevice::open(&m.tree.sysfs(), &d, &m.opener, &probe_opts(0, PAGE_64K)).unwrap_err();
+    assert!(matches!(e, UioError::PageSizeMismatch { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("does not match the kernel's (rings are laid out in PAGE_SIZE units)"),
+        "{e}"
+    );
+    // The 64 KiB machine's interrupt page at offset 0x3000 cannot sit in a 4 KiB page.
+    let m = machine_64k(0);
+    let d = sysfs::find_blob_device(&m.tree.sysfs()).unwrap();
+    let e = UioDevice::open(&m.tree.sysfs(), &d, &m.opener, &probe_opts(0, PAGE)).unwrap_err();
+    assert!(
+        matches!(e, UioError::BadMap { index: 1, .. }) && e.to_string().contains("offset 0x3000"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies of another packet type
+
+/// The host answers with in-band (0x6) and xfer-pages (0x7) packets instead of completions:
+/// the transport reads the response at hv_pkt_data as the driver does, the channel stays up,
+/// and the ring space is released.
+#[test]
+fn replies_of_any_packet_type_are_accepted_and_released() {
+    let m = machine(Some(5), 0);
+    let mut dev = open(&m, InterruptMode::UserspaceMasks, 0);
+    let mut host = m.host;
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    for (tid, ty) in [(11u64, 0x6u16), (12, 0x7), (13, 0xb)] {
+        host[0].reply_type = ty;
+        dev.channels_mut()[0].send(&packet(tid)).unwrap();
+        assert_eq!(host[0].answer_all(&m.opener.events, false), vec![tid]);
+        dev.service(Duration::from_secs(5), |_, ch| {
+            while let Some(r) = ch.recv_reply(&mut buf)? {
+                let (tid, resp) = parse_blob_reply(&r).unwrap();
+                got.push((r.packet_type(), r.is_completion(), tid, resp.response_len));
+            }
+            ch.release()
+        })
+        .unwrap();
+        assert!(host[0].guest_released_all(), "type {ty:#x}: space released");
+    }
+    assert_eq!(
+        got,
+        vec![(0x6, false, 11, 7), (0x7, false, 12, 7), (0xb, true, 13, 7)]
+    );
+}
+
+/// A packet that straddles the end of the data area: Linux's double mapping makes the copy
+/// contiguous in the kernel, so in the single userspace mapping its first bytes end the data
+/// area and the rest, trailer included, start it; write_index lands past the wrap.
+fn wrap_image(m: &Machine, page: u64, ring: u64) {
+    let map0 = m.opener.map(0);
+    let dsize = ring - page;
+    // An empty ring whose indices both stand 16 bytes before the end (as after earlier traffic).
+    let at = (dsize - 16) as u32;
+    map0.store_u32(rc::WRITE_INDEX, at, Ordering::SeqCst)
+        .unwrap();
+    map0.store_u32(rc::READ_INDEX, at, Ordering::SeqCst)
+        .unwrap();
+    let mut dev = open_with(m, &probe_opts(0, page));
+    dev.channels_mut()[0].send(&hello()).unwrap();
+    let p = hello();
+    let mut tail = vec![0u8; 16];
+    map0.read(page + dsize - 16, &mut tail).unwrap();
+    assert_eq!(tail, p[..16], "the descriptor fills the last 16 bytes");
+    let mut head = vec![0u8; 24];
+    map0.read(page, &mut head).unwrap();
+    let mut want = p[16..].to_vec(); // 13 payload bytes
+    want.extend_from_slice(&[0, 0, 0]); // padding
+    want.extend_from_slice(&((dsize - 16) << 32).to_le_bytes()); // trailer: the start index
+    assert_eq!(head, want, "the rest wraps to the start of the data area");
+    assert_eq!(
+        map0.load_u32(rc::WRITE_INDEX, Ordering::SeqCst).unwrap(),
+        24
+    );
+}
+
+#[test]
+fn ring_bytes_wrap_as_linux_leaves_them_4k_and_64k_pages() {
+    wrap_image(&machine(Some(5), 0), PAGE, PRIMARY_RING);
+    wrap_image(&machine_64k(0), PAGE_64K, 0x30000);
 }

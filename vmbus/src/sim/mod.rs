@@ -152,9 +152,13 @@ pub fn signal_eventfd(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Reads and resets an eventfd counter without blocking (0 if nothing was pending).
+///
+/// Non-blocking per operation (`RWF_NOWAIT`), whatever the description's `O_NONBLOCK` says:
+/// the peer holds the same open file description and may have cleared it.
 pub fn drain_eventfd(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut b = [0u8; 8];
-    match rustix::io::read(fd, &mut b) {
+    let mut iov = [io::IoSliceMut::new(&mut b)];
+    match rustix::io::preadv2(fd, &mut iov, u64::MAX, rustix::io::ReadWriteFlags::NOWAIT) {
         Ok(8) => Ok(u64::from_ne_bytes(b)),
         Ok(_) => Ok(0),
         Err(rustix::io::Errno::AGAIN) => Ok(0),

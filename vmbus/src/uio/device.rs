@@ -8,17 +8,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
+use blobring_abi::vmbus::rc;
 use blobring_shm::{Mapping, SharedMemory, Window};
 use rustix::fs::{Mode, OFlags};
 
 use super::UioError;
-use super::signal::{InterruptMode, KernelVersion, SignalPath, max_request_pages};
+use super::signal::{InterruptMode, MaskProbe, SignalPath, max_request_pages};
 use super::sysfs::{self, BlobDevice, MapInfo, Sysfs};
 use crate::channel::{Channel, ChannelError};
-use crate::ring::{IncomingRing, OutgoingRing, RingError};
+use crate::ring::{IncomingRing, MAX_HEADER, OutgoingRing, RingError};
 
 /// Memory behind a uio ring: a window of a device mapping.
 pub type RingMem = Window<Arc<dyn SharedMemory>>;
+/// The interrupt or monitor page: 4096 bytes at the map's sysfs `offset` into its mapping.
+type PageMem = Arc<Window<Arc<Mapping>>>;
 
 /// Map names in index order (§4.2).
 const MAP_NAMES: [&str; 3] = ["txrx_rings", "int_page", "monitor_page"];
@@ -171,19 +176,104 @@ pub struct UioOptions {
     pub subchannels: u32,
     /// How long to wait for them.
     pub subchannel_timeout: Duration,
-    /// Who owns `interrupt_mask`; derive it with [`InterruptMode::for_kernel`].
-    pub interrupt_mode: InterruptMode,
+    /// Who owns `interrupt_mask`: `None` (the default) detects it from what `uio_hv_generic`
+    /// does at open ([`MaskProbe`]); `Some` forces it.
+    pub interrupt_mode: Option<InterruptMode>,
+    /// The guest kernel's `PAGE_SIZE`: each ring's header is one such page (the data area
+    /// starts after it) and map *i* is at mmap offset `i * page_size`. Default: the running
+    /// kernel's. 4 KiB to 64 KiB.
+    pub page_size: u64,
 }
 
-impl UioOptions {
-    /// Options for a kernel release, no subchannels expected, 10 s timeout (DPDK waits
-    /// 1000 × 10 ms).
-    pub fn for_kernel(kernel: KernelVersion) -> Self {
+impl Default for UioOptions {
+    /// No subchannels expected, 10 s timeout (DPDK waits 1000 × 10 ms), interrupt-mask owner
+    /// probed, the running kernel's page size.
+    fn default() -> Self {
         Self {
             subchannels: 0,
             subchannel_timeout: Duration::from_secs(10),
-            interrupt_mode: InterruptMode::for_kernel(kernel),
+            interrupt_mode: None,
+            page_size: rustix::param::page_size() as u64,
         }
+    }
+}
+
+/// Offset of the RX ring's `interrupt_mask` in map 0 (TX ring first, then RX, §1.1).
+fn rx_mask_offset(map0_size: u64) -> u64 {
+    map0_size / 2 + rc::INTERRUPT_MASK
+}
+
+/// The uio fd, map 0, and who owns `interrupt_mask` with the evidence.
+type OpenedRings = (Arc<dyn UioEvents>, Arc<Mapping>, InterruptMode, MaskProbe);
+
+/// Opens the uio fd and maps map 0 (`txrx_rings`), deciding who owns `interrupt_mask` unless
+/// `opts` forces it. The probe watches what `uio_hv_generic` does on the first open, the one
+/// observable difference made by b15b7d2a1b09 "uio_hv_generic: Let userspace take care of
+/// interrupt mask" (upstream, and backported to stable lines, so no version number decides
+/// it; vmbus/SOURCES.md):
+///
+/// - before it, `hv_uio_open` sets the primary RX `interrupt_mask` to 1 after connecting the
+///   ring (and the ISR sets it on every interrupt);
+/// - after it, nothing in the driver writes the mask except `write(fd, v)` (mask = !v).
+///
+/// So: mask clear right after our open → userspace owns it. Mask set → either the driver set
+/// it, or an earlier user (a daemon that crashed) left it set and the kernel kept it across
+/// close/open. To tell them apart, clear it, unmap, close (the last close disconnects the
+/// ring), open again and look once more: set again → the driver sets it
+/// ([`InterruptMode::KernelMasks`]); still clear → it was stale
+/// ([`InterruptMode::UserspaceMasks`]).
+fn open_rings(
+    opener: &dyn DeviceOpener,
+    uio: &str,
+    map0: &MapInfo,
+    opts: &UioOptions,
+) -> Result<OpenedRings, UioError> {
+    let what = || format!("{uio} map 0 ({})", map0.name);
+    let open = || -> Result<(Arc<dyn UioEvents>, Arc<Mapping>), UioError> {
+        let events = opener.open_uio(uio)?;
+        let (fd, offset) = opener.open_map(uio, &*events, 0)?;
+        let rings = map_device(fd.as_fd(), offset, map0.size, what())?;
+        Ok((events, rings))
+    };
+    let access = |e: blobring_shm::AccessError| UioError::BadMap {
+        uio: uio.to_owned(),
+        index: 0,
+        problem: format!("{}: {e}", what()),
+    };
+    let mask_at = rx_mask_offset(map0.size);
+    let (events, rings) = open()?;
+    if let Some(mode) = opts.interrupt_mode {
+        return Ok((events, rings, mode, MaskProbe::Forced));
+    }
+    if rings.load_u32(mask_at, Ordering::SeqCst).map_err(access)? == 0 {
+        return Ok((
+            events,
+            rings,
+            InterruptMode::UserspaceMasks,
+            MaskProbe::ClearAfterOpen,
+        ));
+    }
+    rings
+        .store_u32(mask_at, 0, Ordering::SeqCst)
+        .map_err(access)?;
+    // Every reference to the file goes: the mapping, then the fd (last close → disconnect).
+    drop(rings);
+    drop(events);
+    let (events, rings) = open()?;
+    if rings.load_u32(mask_at, Ordering::SeqCst).map_err(access)? != 0 {
+        Ok((
+            events,
+            rings,
+            InterruptMode::KernelMasks,
+            MaskProbe::SetByOpen,
+        ))
+    } else {
+        Ok((
+            events,
+            rings,
+            InterruptMode::UserspaceMasks,
+            MaskProbe::StaleMask,
+        ))
     }
 }
 
@@ -207,8 +297,8 @@ pub struct UioChannel {
     outgoing: OutgoingRing<RingMem>,
     incoming: IncomingRing<RingMem>,
     events: Arc<dyn UioEvents>,
-    int_page: Arc<Mapping>,
-    monitor_page: Arc<Mapping>,
+    int_page: PageMem,
+    monitor_page: PageMem,
 }
 
 impl Debug for UioChannel {
@@ -219,7 +309,7 @@ impl Debug for UioChannel {
             .field("path", &self.path)
             .field(
                 "ring_size",
-                &(u64::from(self.outgoing.data_size()) + HV_PAGE),
+                &(u64::from(self.outgoing.data_size()) + self.outgoing.header_size()),
             )
             .finish_non_exhaustive()
     }
@@ -231,13 +321,20 @@ impl UioChannel {
         subchannel_id: u32,
         monitor_id: Option<u32>,
         mem: Arc<dyn SharedMemory>,
-        pages: (&Arc<Mapping>, &Arc<Mapping>),
+        pages: (&PageMem, &PageMem),
         events: Arc<dyn UioEvents>,
+        page_size: u64,
     ) -> Result<Self, UioError> {
         let size = mem.size();
         let ring_err = |source: RingError| UioError::Ring { relid, source };
-        if !size.is_multiple_of(2) {
-            return Err(ring_err(RingError::BadSize(size)));
+        // Each ring is a whole number of guest pages (VMBUS_RING_SIZE page-aligns it): on a
+        // wrong page size this is where the sizes stop adding up.
+        if !size.is_multiple_of(2 * page_size) {
+            return Err(UioError::PageSizeMismatch {
+                what: format!("channel {relid}'s rings"),
+                size,
+                page_size,
+            });
         }
         let s = size / 2;
         // TX (guest → host) first, then RX (§1.1, §4.4).
@@ -247,8 +344,10 @@ impl UioChannel {
             relid,
             subchannel_id,
             path: SignalPath::for_channel(relid, monitor_id)?,
-            outgoing: OutgoingRing::new(tx).map_err(ring_err)?,
-            incoming: IncomingRing::new(rx).map_err(ring_err)?,
+            // The data area starts one guest page into each ring (Linux pads
+            // struct hv_ring_buffer to PAGE_SIZE; vmbus/SOURCES.md).
+            outgoing: OutgoingRing::with_header(tx, page_size).map_err(ring_err)?,
+            incoming: IncomingRing::with_header(rx, page_size).map_err(ring_err)?,
             events,
             int_page: pages.0.clone(),
             monitor_page: pages.1.clone(),
@@ -342,6 +441,8 @@ pub struct UioDevice {
     events: Arc<dyn UioEvents>,
     channels: Vec<UioChannel>,
     mode: InterruptMode,
+    probe: MaskProbe,
+    page_size: u64,
 }
 
 impl UioDevice {
@@ -360,6 +461,10 @@ impl UioDevice {
                 driver: device.driver.clone().unwrap_or_else(|| "none".into()),
             });
         };
+        let page = opts.page_size;
+        if !page.is_power_of_two() || !(HV_PAGE..=MAX_HEADER).contains(&page) {
+            return Err(UioError::UnsupportedPageSize { page_size: page });
+        }
         let maps = sysfs::read_maps(sysfs, &uio)?;
         for (i, want) in MAP_NAMES.iter().enumerate() {
             let bad = |problem: String| UioError::BadMap {
@@ -375,27 +480,49 @@ impl UioDevice {
             if m.name != *want {
                 return Err(bad(format!("named {:?}, expected {want}", m.name)));
             }
-            let min = if i == 0 { 2 * (HV_PAGE + 64) } else { HV_PAGE };
+            let min = if i == 0 { 2 * (page + 64) } else { HV_PAGE };
             if m.size < min {
                 return Err(bad(format!("{} bytes, expected at least {min}", m.size)));
             }
+            if i == 0 && !m.size.is_multiple_of(2 * page) {
+                return Err(UioError::PageSizeMismatch {
+                    what: format!("{uio} map 0 (txrx_rings)"),
+                    size: m.size,
+                    page_size: page,
+                });
+            }
+            // uio's `offset`: where the page starts inside the mapped guest page (non-zero
+            // when a 4 KiB Hyper-V page sits inside a 64 KiB guest page).
+            if i > 0 && (!m.offset.is_multiple_of(8) || m.offset + HV_PAGE > page) {
+                return Err(bad(format!(
+                    "offset {:#x} does not leave a 4096-byte page inside a {page}-byte guest page",
+                    m.offset
+                )));
+            }
         }
-        // Keep this open for the life of the device: the first open connects the rings.
-        let events = opener.open_uio(&uio)?;
-        let mut mapped = Vec::new();
-        for (i, m) in maps.iter().take(3).enumerate() {
+        // Keep this open for the life of the device: the first open connects the rings. Who
+        // owns interrupt_mask is decided here, from what the driver does on that open.
+        let (events, rings, mode, probe) = open_rings(opener, &uio, &maps[0], opts)?;
+        tracing::info!(
+            uio = %uio,
+            mode = ?mode,
+            evidence = %probe,
+            "interrupt_mask owner decided"
+        );
+        let mut pages = Vec::new();
+        for (i, m) in maps.iter().enumerate().take(3).skip(1) {
             let (fd, offset) = opener.open_map(&uio, &*events, i as u32)?;
-            let len = if i == 0 { m.size } else { HV_PAGE };
-            mapped.push(map_device(
-                fd.as_fd(),
-                offset,
-                len,
-                format!("{uio} map {i} ({})", m.name),
-            )?);
+            let what = format!("{uio} map {i} ({})", m.name);
+            let mapping = map_device(fd.as_fd(), offset, m.offset + HV_PAGE, what.clone())?;
+            let window = Window::new(mapping, m.offset, HV_PAGE).map_err(|e| UioError::BadMap {
+                uio: uio.clone(),
+                index: i as u32,
+                problem: format!("{what}: {e}"),
+            })?;
+            pages.push(Arc::new(window));
         }
-        let monitor_page = mapped.pop().expect("3 maps");
-        let int_page = mapped.pop().expect("3 maps");
-        let rings = mapped.pop().expect("3 maps");
+        let monitor_page = pages.pop().expect("2 pages");
+        let int_page = pages.pop().expect("2 pages");
         let pages = (&int_page, &monitor_page);
         let mut channels = vec![UioChannel::new(
             device.relid,
@@ -404,6 +531,7 @@ impl UioDevice {
             rings,
             pages,
             events.clone(),
+            page,
         )?];
         for sc in sysfs::wait_subchannels(device, opts.subchannels, opts.subchannel_timeout)? {
             let fd = opener.open_ring(&sc.ring)?;
@@ -420,6 +548,7 @@ impl UioDevice {
                 mem,
                 pages,
                 events.clone(),
+                page,
             )?);
         }
         let dev = Self {
@@ -428,8 +557,20 @@ impl UioDevice {
             maps,
             events,
             channels,
-            mode: opts.interrupt_mode,
+            mode,
+            probe,
+            page_size: page,
         };
+        // Interrupts on from the start on every channel: the driver before b15b7d2a1b09 masks
+        // each subchannel when it opens it, and only userspace clears those masks.
+        for ch in &dev.channels {
+            ch.incoming
+                .set_interrupt_mask(false)
+                .map_err(|c| UioError::Channel {
+                    relid: ch.relid,
+                    source: c.into(),
+                })?;
+        }
         if dev.mode.rearm_needs_write() {
             // Old kernels: interrupts start enabled, but make sure (idempotent).
             dev.events.irqcontrol(1).map_err(|source| UioError::Io {
@@ -448,7 +589,7 @@ impl UioDevice {
         device: &BlobDevice,
         opener: &dyn DeviceOpener,
         opts: &UioOptions,
-        kernel: Option<KernelVersion>,
+        kernel: Option<super::KernelVersion>,
     ) -> Result<Self, UioError> {
         let device = sysfs::bind(sysfs, device, kernel, sysfs::BIND_TIMEOUT)?;
         Self::open(sysfs, &device, opener, opts)
@@ -472,6 +613,16 @@ impl UioDevice {
     /// The interrupt-mask mode in use.
     pub fn interrupt_mode(&self) -> InterruptMode {
         self.mode
+    }
+
+    /// What decided [`interrupt_mode`](Self::interrupt_mode) (for the log and diagnostics).
+    pub fn mask_probe(&self) -> MaskProbe {
+        self.probe
+    }
+
+    /// The guest page size the rings were laid out with ([`UioOptions::page_size`]).
+    pub fn page_size(&self) -> u64 {
+        self.page_size
     }
 
     /// Channels: the primary first, then subchannels by subchannel id.

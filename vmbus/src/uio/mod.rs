@@ -24,13 +24,25 @@
 //! 4. **Interrupts** (§3.3): all channels of the device share the one uio fd. `read()` of 4
 //!    bytes returns the event count (EIO once the device is rescinded);
 //!    [`UioDevice::service`] runs the loop "drain all rings, re-arm, re-check, read". Who
-//!    owns `interrupt_mask` depends on the kernel ([`InterruptMode`]): before the "Let
-//!    userspace take care of interrupt mask" change the kernel masks the RX ring on each
-//!    interrupt and `write(1)` re-arms; since then the kernel leaves the mask to us and a
-//!    `write(1)` would only cost a hypercall (and for unmonitored channels, a spurious host
-//!    interrupt).
-//! 5. **Limits** ([`max_request_pages`], §4.6, §7.1): current kernels give an unknown class a
-//!    64 KiB data ring, so one request carries at most 8179 pages, not the protocol's 8192.
+//!    owns `interrupt_mask` depends on the driver ([`InterruptMode`]): before "Let userspace
+//!    take care of interrupt mask" (b15b7d2a1b09) the kernel masks the RX ring on open and on
+//!    each interrupt and `write(1)` re-arms; since then the kernel leaves the mask to us and a
+//!    `write(1)` would only cost a hypercall. The change was backported to stable lines, so
+//!    [`UioDevice::open`] decides by watching what the driver does on open ([`MaskProbe`]) and
+//!    logs the evidence.
+//! 5. **Page size**: a ring's header is one guest `PAGE_SIZE` (Linux pads `struct
+//!    hv_ring_buffer` to it), so on a 64 KiB-page kernel the data area starts at 64 KiB;
+//!    [`UioOptions::page_size`] (the running kernel's by default) lays the rings out, places
+//!    the maps, and honours each map's sysfs `offset`.
+//! 6. **Limits** ([`max_request_pages`], §4.6, §7.1): the ring size depends on the kernel —
+//!    0x11000-byte rings (64 KiB of data, at most 8179 pages per request) where
+//!    `hv_uio_probe` takes `hv_dev_ring_size()` as is, 0x12000 (8192, the protocol's cap)
+//!    where it rounds it with `VMBUS_RING_SIZE()`, 2 MiB on older kernels — so the limit is
+//!    computed from the mapped ring, never assumed.
+//! 7. **Replies**: the host's answer is read as the `hv_azure_blob` driver reads it, from a
+//!    packet of any type ([`crate::packet::Reply`], [`crate::blob::parse_blob_reply`]).
+//!
+//! Which source each rule comes from: `vmbus/SOURCES.md`.
 //!
 //! Guest-physical addresses for GPA-direct packets come from [`crate::guest_phys`]
 //! ([`PagemapPfns`](crate::guest_phys::PagemapPfns) on this transport).
@@ -60,7 +72,7 @@ pub use device::{
     DeviceOpener, RingMem, Serviced, SystemOpener, UioChannel, UioDevice, UioEvents, UioFile,
     UioOptions,
 };
-pub use signal::{InterruptMode, KernelVersion, SignalPath, max_request_pages};
+pub use signal::{InterruptMode, KernelVersion, MaskProbe, SignalPath, max_request_pages};
 pub use sysfs::{BlobDevice, MapInfo, Sysfs, UIO_DRIVER};
 
 /// The class GUID as sysfs prints it (without braces, lower case).
@@ -187,6 +199,29 @@ pub enum UioError {
         /// The error.
         #[source]
         source: crate::ring::RingError,
+    },
+    /// The guest page size is outside what the rings can use.
+    #[error(
+        "guest page size {page_size} is not supported by the uio transport: a VMBus ring's \
+         header is one guest page, expected a power of two from 4096 to 65536 bytes"
+    )]
+    UnsupportedPageSize {
+        /// The page size.
+        page_size: u64,
+    },
+    /// A ring mapping is not a whole number of guest pages per ring.
+    #[error(
+        "{what} is {size} bytes, not two rings of whole {page_size}-byte guest pages: the page \
+         size used to open the device does not match the kernel's (rings are laid out in \
+         PAGE_SIZE units); open it with the running kernel's page size"
+    )]
+    PageSizeMismatch {
+        /// Which mapping.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The page size assumed.
+        page_size: u64,
     },
     /// Subchannels did not appear in time.
     #[error(

@@ -159,32 +159,64 @@ impl KernelVersion {
     }
 }
 
-/// Who owns the RX `interrupt_mask` under `uio_hv_generic` (§3.3). Explicit, because it
-/// decides whether re-arming needs a `write(1)`; pick it with
-/// [`InterruptMode::for_kernel`] or force it when a distribution backported the change.
+/// Who owns the RX `interrupt_mask` under `uio_hv_generic` (§3.3). It decides whether
+/// re-arming needs a `write(1)`. Not a function of the kernel version: the change
+/// (b15b7d2a1b09 "uio_hv_generic: Let userspace take care of interrupt mask", tagged for
+/// stable) is in some 5.4–6.6 and 6.12 stable releases and not in others. The transport
+/// detects it from the driver's behaviour when it opens the device ([`MaskProbe`]); a caller
+/// may still force it ([`super::UioOptions::interrupt_mode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterruptMode {
-    /// Kernels before 37bd91f22794 ("Let userspace take care of interrupt mask", 6.12): on a
-    /// host interrupt the kernel sets the channel's RX `interrupt_mask` and notifies once;
+    /// The driver before b15b7d2a1b09: it sets the primary RX `interrupt_mask` when the device
+    /// is opened and a channel's RX mask on every host interrupt, then notifies once;
     /// userspace clears the masks and re-arms with `write(uio_fd, 1)`.
     KernelMasks,
-    /// 6.12 and later: the kernel leaves `interrupt_mask` alone; userspace masks while
-    /// draining and unmasks (with a re-check) before sleeping, without a system call. No
-    /// `write(1)` to re-arm (it would also signal the host for unmonitored channels).
+    /// The driver since b15b7d2a1b09: it leaves `interrupt_mask` alone (only `write(fd, v)`
+    /// sets it to `!v`); userspace masks while draining and unmasks (with a re-check) before
+    /// sleeping, without a system call. No `write(1)` to re-arm: for an unmonitored channel it
+    /// is also a signal hypercall to the host.
     UserspaceMasks,
 }
 
-impl InterruptMode {
-    /// The mode of a kernel release (6.12 is the first with the change, per its fix's stable
-    /// tag; backports are not detected).
-    pub fn for_kernel(v: KernelVersion) -> Self {
-        if v >= KernelVersion::new(6, 12, 0) {
-            Self::UserspaceMasks
-        } else {
-            Self::KernelMasks
-        }
-    }
+/// What decided the [`InterruptMode`] of an opened device; its `Display` is the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskProbe {
+    /// The caller forced the mode.
+    Forced,
+    /// The primary RX `interrupt_mask` was clear right after the first open: the driver does
+    /// not mask on open.
+    ClearAfterOpen,
+    /// The mask was set after the first open, and set again after we cleared it, closed and
+    /// reopened the device: the driver masks on open (and on interrupt).
+    SetByOpen,
+    /// The mask was set after the first open but stayed clear after we cleared it and
+    /// reopened: an earlier user left it set; the driver does not mask.
+    StaleMask,
+}
 
+impl fmt::Display for MaskProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Forced => "forced by the caller",
+            Self::ClearAfterOpen => {
+                "the primary RX interrupt_mask was clear after opening the device: \
+                 uio_hv_generic leaves the mask to userspace (b15b7d2a1b09 or a backport)"
+            }
+            Self::SetByOpen => {
+                "uio_hv_generic set the primary RX interrupt_mask on open, again after a \
+                 clear-close-reopen: the kernel masks on interrupt (driver before b15b7d2a1b09); \
+                 re-arming writes 1 to the uio fd"
+            }
+            Self::StaleMask => {
+                "the primary RX interrupt_mask was left set by an earlier user and stayed clear \
+                 across a close and reopen: uio_hv_generic leaves the mask to userspace \
+                 (b15b7d2a1b09 or a backport)"
+            }
+        })
+    }
+}
+
+impl InterruptMode {
     /// Whether re-arming after a wakeup needs `write(uio_fd, 1)`.
     pub fn rearm_needs_write(self) -> bool {
         matches!(self, Self::KernelMasks)
@@ -198,8 +230,14 @@ const BLOB_PACKET_FIXED: u32 = 96;
 /// The largest number of pages (data + request + response together) one blob request may
 /// carry on a ring whose data area has `data_size` bytes: the packet takes `96 + 8N` bytes and
 /// must stay below `data_size` (never-full rule, §1.3, §7.1), and the protocol allows at most
-/// [`AZ_BLOB_MAX_PAGES`]. A 64 KiB data area (current kernels, unknown classes) gives 8179;
-/// 0 if not even a one-page request fits.
+/// [`AZ_BLOB_MAX_PAGES`]. 0 if not even a one-page request fits.
+///
+/// The data area depends on the kernel, so this is computed from the mapped ring, never
+/// assumed (vmbus/SOURCES.md): for a class it does not know (the blob class), the driver asks
+/// for `hv_dev_ring_size()` = 0x11000 bytes per ring. Kernels whose `hv_uio_probe` passes it
+/// through use 0x11000-byte rings (64 KiB of data: **8179** pages); kernels that round it with
+/// `VMBUS_RING_SIZE()` (adding a header page) use 0x12000-byte rings (68 KiB of data: the
+/// protocol cap, **8192**); a 64 KiB-page kernel rounds up further; older kernels use 2 MiB.
 pub fn max_request_pages(data_size: u32) -> u32 {
     let Some(room) = data_size.checked_sub(BLOB_PACKET_FIXED + 1) else {
         return 0;
@@ -281,12 +319,7 @@ mod tests {
         );
         assert_eq!(KernelVersion::parse("garbage"), None);
         assert_eq!(KernelVersion::parse("6"), None);
-        assert_eq!(InterruptMode::for_kernel(v), InterruptMode::KernelMasks);
         assert!(InterruptMode::KernelMasks.rearm_needs_write());
-        assert_eq!(
-            InterruptMode::for_kernel(KernelVersion::new(6, 12, 1)),
-            InterruptMode::UserspaceMasks
-        );
         assert!(!InterruptMode::UserspaceMasks.rearm_needs_write());
         assert!(!v.allows_unmonitored());
         assert!(KernelVersion::new(6, 10, 0).allows_unmonitored());
@@ -307,8 +340,10 @@ mod tests {
 
     #[test]
     fn max_request_pages_for_ring_sizes() {
-        // Current kernels, unknown class: ring 0x11000 → 64 KiB data.
+        // Unknown class, ring 0x11000 → 64 KiB data; rounded by VMBUS_RING_SIZE to 0x12000 →
+        // 68 KiB data, where the protocol's cap is reached.
         assert_eq!(max_request_pages(0x11000 - 4096), 8179);
+        assert_eq!(max_request_pages(0x12000 - 4096), 8192);
         // The 128 KiB rings of the Linux blob driver, and 2 MiB rings: the protocol cap.
         assert_eq!(max_request_pages((128 << 10) - 4096), 8192);
         assert_eq!(max_request_pages((2 << 20) - 4096), 8192);

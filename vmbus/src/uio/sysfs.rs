@@ -94,6 +94,9 @@ pub struct MapInfo {
     pub name: String,
     /// `size`, bytes.
     pub size: u64,
+    /// `offset`: where the memory starts inside the first mapped page (0 if the file is
+    /// absent). Non-zero for a 4 KiB page inside a larger guest page.
+    pub offset: u64,
 }
 
 /// A subchannel ready to be mapped.
@@ -349,7 +352,21 @@ pub fn read_maps(sysfs: &Sysfs, uio: &str) -> Result<Vec<MapInfo>, UioError> {
             value: text.clone(),
             what: "a map size such as 0x1000",
         })?;
-        out.push(MapInfo { index, name, size });
+        let offset_path = m.join("offset");
+        let offset = match read_trimmed(&offset_path)? {
+            Some(text) => parse_size(&text).ok_or_else(|| UioError::Parse {
+                path: offset_path,
+                value: text.clone(),
+                what: "a map offset such as 0x0",
+            })?,
+            None => 0,
+        };
+        out.push(MapInfo {
+            index,
+            name,
+            size,
+            offset,
+        });
     }
     Ok(out)
 }
