@@ -48,6 +48,8 @@ const MAX_BATCH: usize = 256;
 const MAX_BLOCK: u64 = 4000 * 1024 * 1024;
 /// Largest single Put Blob, 5,000 MiB.
 const MAX_PUT_BLOB: u64 = 5000 * 1024 * 1024;
+/// Block size of a streamed Put Blob (see [`Executor::execute_put_stream`]).
+const STREAM_BLOCK: usize = 8 << 20;
 /// Largest range for which a transactional MD5/CRC64 may be requested.
 const MAX_HASHED_RANGE: u64 = 4 * 1024 * 1024;
 
@@ -377,6 +379,14 @@ enum Target {
     Blob(String, String),
 }
 
+/// A REST request's target as it appears in the request line: path and query.
+fn request_target(parts: &http::request::Parts) -> String {
+    match parts.uri.query() {
+        Some(q) if !q.is_empty() => format!("{}?{q}", parts.uri.path()),
+        _ => parts.uri.path().to_owned(),
+    }
+}
+
 /// Executes Blob requests against a [`Store`].
 pub struct Executor {
     store: Arc<dyn Store>,
@@ -431,12 +441,56 @@ impl Executor {
         body: &[u8],
         out: &mut dyn BodySink,
     ) -> Result<Executed, ExecuteError> {
+        self.execute_lazy(
+            head,
+            body.len(),
+            |dst| {
+                dst.copy_from_slice(body);
+                true
+            },
+            out,
+        )
+    }
+
+    /// [`Executor::execute`] with a body that is only read once the head is admitted: faults
+    /// and authentication are decided on the head alone, and a refused request never has its
+    /// `body_len` bytes read (`read_body` fills a buffer of that length, `false` on failure:
+    /// a 500). The VMBus front end copies the body out of guest memory this way.
+    pub fn execute_lazy(
+        &self,
+        head: &[u8],
+        body_len: usize,
+        read_body: impl FnOnce(&mut [u8]) -> bool,
+        out: &mut dyn BodySink,
+    ) -> Result<Executed, ExecuteError> {
         let resp = match parse_head(head) {
             Ok((method, target, headers)) => {
-                let req = self.make_req(method, target, headers, body);
-                let r = forward::with_body_limit(out.capacity(), || self.run(&req));
-                tracing::debug!(method = %req.method, path = req.raw_path, status = r.status.as_u16(), "executed");
-                r
+                let req = self.make_req(method, target, headers, &[]);
+                match self.admit(&req) {
+                    Some(refused) => refused,
+                    None => {
+                        let mut body = vec![0u8; body_len];
+                        if read_body(&mut body) {
+                            let req = Req { body: &body, ..req };
+                            let r = forward::with_body_limit(out.capacity(), || {
+                                self.run_admitted(&req)
+                            });
+                            tracing::debug!(method = %req.method, path = req.raw_path, status = r.status.as_u16(), "executed");
+                            r
+                        } else {
+                            let mut r = self.error_resp(
+                                AzError::new(
+                                    500,
+                                    "InternalError",
+                                    "The request body could not be read from guest memory.",
+                                ),
+                                false,
+                            );
+                            self.common_headers(&mut r.headers, &req.headers);
+                            r
+                        }
+                    }
+                }
             }
             Err(e) => {
                 let mut r = self.error_resp(e, false);
@@ -545,18 +599,73 @@ impl Executor {
         })
     }
 
-    /// Execute one request for the REST front end. Blocking: call from a blocking thread.
+    /// Whether [`Executor::admit_request`] may block (injected latency or hangs), so that an
+    /// async caller runs it on a blocking thread.
+    pub fn admission_blocks(&self) -> bool {
+        self.faults.active()
+    }
+
+    /// The REST front end's first step, on the head alone: faults and authentication. `Some`
+    /// is the final response (the body must not be read); `None` means read the body (within
+    /// the limit) and call [`Executor::execute_admitted`]. Blocking when
+    /// [`Executor::admission_blocks`] (injected latency).
+    pub fn admit_request(&self, parts: &mut http::request::Parts) -> Option<http::Response<Bytes>> {
+        let target = request_target(parts);
+        // The headers move into the request view and back: no copy per request.
+        let headers = std::mem::take(&mut parts.headers);
+        let req = self.make_req(parts.method.clone(), &target, headers, &[]);
+        let refused = self.admit(&req).map(|r| self.rest_response(&req, r));
+        parts.headers = req.headers;
+        refused
+    }
+
+    /// Execute one request for the REST front end, without admission (tests, and callers that
+    /// run no authentication of their own). Blocking: call from a blocking thread.
     pub fn execute_request(&self, req: http::Request<Bytes>) -> http::Response<Bytes> {
+        let (mut parts, body) = req.into_parts();
+        if let Some(refused) = self.admit_request(&mut parts) {
+            return refused;
+        }
+        self.execute_admitted(http::Request::from_parts(parts, body))
+    }
+
+    /// Whether Put Blob bodies may be streamed ([`Executor::execute_put_stream`]): not through
+    /// a passthrough store, which forwards each request whole.
+    pub fn streams_put_blob(&self) -> bool {
+        #[cfg(feature = "passthrough")]
+        if self.store.passthrough().is_some() {
+            return false;
+        }
+        true
+    }
+
+    /// Put Blob of an admitted request whose body arrives in pieces (`next` yields them, `Err`
+    /// when reading failed), in bounded memory: the body goes to the store as blocks of 8 MiB,
+    /// committed as one Put Block List once it is complete and its length and hashes checked.
+    /// A request that is not a Put Blob gets 400. Blocking: call from a blocking thread.
+    pub fn execute_put_stream(
+        &self,
+        parts: &http::request::Parts,
+        next: &mut dyn FnMut() -> Option<Result<Bytes, String>>,
+    ) -> http::Response<Bytes> {
+        let target = request_target(parts);
+        let req = self.make_req(parts.method.clone(), &target, parts.headers.clone(), &[]);
+        let result = self.put_blob_streamed(&req, next);
+        let resp = self.finish(&req, result);
+        self.rest_response(&req, resp)
+    }
+
+    /// Execute a request that [`Executor::admit_request`] admitted. Blocking: call from a
+    /// blocking thread.
+    pub fn execute_admitted(&self, req: http::Request<Bytes>) -> http::Response<Bytes> {
         let (parts, body) = req.into_parts();
-        let raw_path = parts.uri.path().to_owned();
-        let query = parts.uri.query().unwrap_or("").to_owned();
-        let target = if query.is_empty() {
-            raw_path.clone()
-        } else {
-            format!("{raw_path}?{query}")
-        };
+        let target = request_target(&parts);
         let req = self.make_req(parts.method, &target, parts.headers, &body);
-        let resp = self.run(&req);
+        let resp = self.run_admitted(&req);
+        self.rest_response(&req, resp)
+    }
+
+    fn rest_response(&self, req: &Req<'_>, resp: Resp) -> http::Response<Bytes> {
         tracing::debug!(method = %req.method, path = req.raw_path, status = resp.status.as_u16(), "executed");
         let mut headers = resp.headers;
         let body = match resp.body {
@@ -622,19 +731,35 @@ impl Executor {
         }
     }
 
-    /// Faults, auth, dispatch and the common response headers.
-    fn run(&self, req: &Req<'_>) -> Resp {
+    /// What is decided on the head alone, before a body is read: injected faults and
+    /// authentication. `Some` is the final response (a refusal).
+    fn admit(&self, req: &Req<'_>) -> Option<Resp> {
         if self.faults.active()
             && let Some(r) = self.inject_faults(req)
         {
-            return r;
+            return Some(r);
         }
+        let e = self.auth.as_ref()?.verify(req).err()?;
+        Some(self.finish(req, Err(e)))
+    }
+
+    /// Admission, then dispatch (batch sub-requests, each authenticated on its own).
+    fn run(&self, req: &Req<'_>) -> Resp {
+        match self.admit(req) {
+            Some(refused) => refused,
+            None => self.run_admitted(req),
+        }
+    }
+
+    /// Dispatch of an admitted request, and the common response headers.
+    fn run_admitted(&self, req: &Req<'_>) -> Resp {
+        self.finish(req, self.dispatch(req))
+    }
+
+    /// A result as the response: errors as Azure error documents, HEAD without a body, the
+    /// common headers.
+    fn finish(&self, req: &Req<'_>, result: Result<Resp, AzError>) -> Resp {
         let head = req.method == Method::HEAD;
-        let result = match &self.auth {
-            Some(a) => a.verify(req),
-            None => Ok(()),
-        }
-        .and_then(|()| self.dispatch(req));
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => self.error_resp(e, head),
@@ -1124,23 +1249,7 @@ impl Executor {
     }
 
     fn put_blob(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
-        match req.header("x-ms-blob-type") {
-            Some("BlockBlob") => {}
-            Some(other) => {
-                return Err(AzError::bad(
-                    "InvalidHeaderValue",
-                    format!(
-                        "x-ms-blob-type {other:?} is not supported by this host; only BlockBlob is."
-                    ),
-                ));
-            }
-            None => {
-                return Err(AzError::bad(
-                    "MissingRequiredHeader",
-                    "An HTTP header that's mandatory for this request is not specified: x-ms-blob-type.",
-                ));
-            }
-        }
+        check_block_blob(req)?;
         check_length(req, MAX_PUT_BLOB)?;
         let md5 = check_integrity(req)?;
         let cond = conditions(req)?;
@@ -1150,13 +1259,95 @@ impl Executor {
             attrs.content.content_md5 = Some(md5.clone());
         }
         let p = self.store.put_blob(c, b, req.body, attrs, &cond)?;
-        let mut r = Resp::new(201)
-            .h("etag", &p.etag)
-            .h("last-modified", http_date(p.last_modified))
-            .h("content-md5", md5)
-            .h("x-ms-request-server-encrypted", "true");
-        echo_crc(req, &mut r);
-        Ok(r)
+        Ok(put_blob_resp(req, &p, md5))
+    }
+
+    /// Put Blob with a body that arrives in pieces (`next` yields them; `Err` if reading
+    /// failed), with bounded memory: the body is staged in the store as blocks of
+    /// [`STREAM_BLOCK`] bytes under ids of its own and committed with Put Block List — the
+    /// conditions checked and the previous version replaced only then, so a failed or cut-off
+    /// upload changes nothing visible (its staged blocks are discarded by the next commit of the
+    /// blob). Content-Length, Content-MD5 and x-ms-content-crc64 are checked before the commit.
+    fn put_blob_streamed(
+        &self,
+        req: &Req<'_>,
+        next: &mut dyn FnMut() -> Option<Result<Bytes, String>>,
+    ) -> Result<Resp, AzError> {
+        let Target::Blob(c, b) = self.target(req)? else {
+            return Err(unsupported(req));
+        };
+        check_container_name(&c)?;
+        check_block_blob(req)?;
+        let cond = conditions(req)?;
+        let mut attrs = new_blob(req, true)?;
+        let declared = match req.header("content-length") {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                AzError::bad(
+                    "InvalidHeaderValue",
+                    format!("Content-Length {v} is not a number."),
+                )
+            })?),
+        };
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let (mut md5, mut crc) = (Md5::new(), crc64fast_nvme::Digest::new());
+        let mut buf: Vec<u8> = Vec::with_capacity(STREAM_BLOCK);
+        let mut refs = Vec::new();
+        let mut total = 0u64;
+        let stage = |buf: &mut Vec<u8>, refs: &mut Vec<BlockRef>| -> Result<(), AzError> {
+            let id = format!("blobring-stream-{tag}-{:08}", refs.len()).into_bytes();
+            self.store.put_block(&c, &b, &id, buf)?;
+            refs.push(BlockRef::Uncommitted(id));
+            buf.clear();
+            Ok(())
+        };
+        while let Some(piece) = next() {
+            let piece = piece.map_err(|e| {
+                AzError::bad(
+                    "InvalidInput",
+                    format!("The request body could not be read: {e}."),
+                )
+            })?;
+            total += piece.len() as u64;
+            if total > MAX_PUT_BLOB {
+                return Err(AzError::new(
+                    413,
+                    "RequestBodyTooLarge",
+                    "The request body is too large and exceeds the maximum permissible limit.",
+                ));
+            }
+            md5.update(&piece);
+            crc.write(&piece);
+            let mut rest = &piece[..];
+            while !rest.is_empty() {
+                let take = rest.len().min(STREAM_BLOCK - buf.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == STREAM_BLOCK {
+                    stage(&mut buf, &mut refs)?;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            stage(&mut buf, &mut refs)?;
+        }
+        if let Some(n) = declared
+            && n != total
+        {
+            return Err(AzError::bad(
+                "InvalidHeaderValue",
+                format!("Content-Length {n} does not match the {total} body bytes received."),
+            ));
+        }
+        let digest: [u8; 16] = md5.finalize().into();
+        let crc = crc.sum64().to_le_bytes();
+        let md5 = check_hashes(req, Some(digest), Some(crc))?
+            .unwrap_or_else(|| BASE64_STANDARD.encode(digest));
+        if attrs.content.content_md5.is_none() {
+            attrs.content.content_md5 = Some(md5.clone());
+        }
+        let p = self.store.put_block_list(&c, &b, &refs, attrs, &cond)?;
+        Ok(put_blob_resp(req, &p, md5))
     }
 
     fn put_block(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
@@ -1715,6 +1906,32 @@ fn block_id(s: &str) -> Result<Vec<u8>, AzError> {
     Ok(id)
 }
 
+/// Put Blob creates block blobs only.
+fn check_block_blob(req: &Req<'_>) -> Result<(), AzError> {
+    match req.header("x-ms-blob-type") {
+        Some("BlockBlob") => Ok(()),
+        Some(other) => Err(AzError::bad(
+            "InvalidHeaderValue",
+            format!("x-ms-blob-type {other:?} is not supported by this host; only BlockBlob is."),
+        )),
+        None => Err(AzError::bad(
+            "MissingRequiredHeader",
+            "An HTTP header that's mandatory for this request is not specified: x-ms-blob-type.",
+        )),
+    }
+}
+
+/// Put Blob's answer.
+fn put_blob_resp(req: &Req<'_>, p: &BlobProps, md5: String) -> Resp {
+    let mut r = Resp::new(201)
+        .h("etag", &p.etag)
+        .h("last-modified", http_date(p.last_modified))
+        .h("content-md5", md5)
+        .h("x-ms-request-server-encrypted", "true");
+    echo_crc(req, &mut r);
+    r
+}
+
 fn check_length(req: &Req<'_>, max: u64) -> Result<(), AzError> {
     if let Some(cl) = req.header("content-length") {
         match cl.trim().parse::<u64>() {
@@ -1742,6 +1959,20 @@ fn check_length(req: &Req<'_>, max: u64) -> Result<(), AzError> {
 
 /// Verify `Content-MD5` and `x-ms-content-crc64` against the body; returns the MD5 given.
 fn check_integrity(req: &Req<'_>) -> Result<Option<String>, AzError> {
+    let md5 = req
+        .header("content-md5")
+        .map(|_| Md5::digest(req.body).into());
+    let crc = req.header("x-ms-content-crc64").map(|_| crc64(req.body));
+    check_hashes(req, md5, crc)
+}
+
+/// Compares the body's digests (computed only when the request sent the header) with
+/// `Content-MD5` and `x-ms-content-crc64`; returns the request's Content-MD5 if it matched.
+fn check_hashes(
+    req: &Req<'_>,
+    md5: Option<[u8; 16]>,
+    crc: Option<[u8; 8]>,
+) -> Result<Option<String>, AzError> {
     let mut md5_out = None;
     if let Some(m) = req.header("content-md5") {
         let want = BASE64_STANDARD.decode(m.trim()).map_err(|_| {
@@ -1750,8 +1981,7 @@ fn check_integrity(req: &Req<'_>) -> Result<Option<String>, AzError> {
                 "The MD5 value specified in the request is invalid: it must be Base64.",
             )
         })?;
-        let got = Md5::digest(req.body);
-        if want.as_slice() != got.as_slice() {
+        if Some(want.as_slice()) != md5.as_ref().map(|d| d.as_slice()) {
             return Err(AzError::bad(
                 "Md5Mismatch",
                 "The MD5 value specified in the request did not match with the MD5 value calculated by the server.",
@@ -1766,7 +1996,7 @@ fn check_integrity(req: &Req<'_>) -> Result<Option<String>, AzError> {
                 "x-ms-content-crc64 must be Base64 of 8 bytes.",
             )
         })?;
-        if want.as_slice() != crc64(req.body).as_slice() {
+        if Some(want.as_slice()) != crc.as_ref().map(|d| d.as_slice()) {
             return Err(AzError::bad(
                 "Crc64Mismatch",
                 "The CRC64 value specified in the request did not match with the CRC64 value calculated by the server.",

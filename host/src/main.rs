@@ -70,6 +70,10 @@ struct Args {
     /// Accept requests without verifying any signature.
     #[arg(long)]
     no_auth: bool,
+    /// Largest request body the REST front end accepts, in bytes (a larger one gets 413
+    /// RequestBodyTooLarge before it is read; bodies are authenticated on the head first).
+    #[arg(long, value_name = "BYTES", default_value_t = rest::DEFAULT_MAX_BODY)]
+    max_body: u64,
     /// Create these containers at start-up if missing (repeatable).
     #[arg(long = "container", value_name = "NAME")]
     containers: Vec<String>,
@@ -262,7 +266,7 @@ fn main() -> anyhow::Result<()> {
         );
         // Machine-readable line for scripts and tests that start us with port 0.
         println!("listening on http://{local}");
-        rest::serve(listener, exec, async {
+        rest::serve(listener, exec, args.max_body, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await

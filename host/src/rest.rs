@@ -1,9 +1,19 @@
 //! HTTP REST front end: the executor behind hyper on a loopback port, with path-style URLs
 //! (`/<account>/<container>/<blob>`) as Azurite serves them.
 //!
-//! Each request body is collected, then the blocking executor runs on tokio's blocking pool
-//! (`spawn_blocking`), so store I/O never stalls the reactor. Only loopback addresses may be
-//! bound: the front end is a local comparison path, not a network service.
+//! Each request is admitted on its head first (injected faults and the SharedKey or SAS
+//! signature, [`Executor::admit_request`]): a request that will be refused is answered without
+//! reading a byte of its body. An admitted body is then collected up to `max_body` bytes — a
+//! `Content-Length` above it is refused at once with 413 `RequestBodyTooLarge` naming the
+//! limit, and a chunked body is cut off (and refused the same way) as soon as it passes it — so
+//! no client, signed or not, makes the host hold more than `max_body` bytes per request. The
+//! blocking executor runs on tokio's blocking pool (`spawn_blocking`), so store I/O never
+//! stalls the reactor. Only loopback addresses may be bound: the front end is a local
+//! comparison path, not a network service.
+//!
+//! Put Blob is the exception to the body bound: its body, when larger than 16 MiB or of unknown
+//! length, is streamed to the store in 8 MiB blocks committed at the end
+//! ([`Executor::execute_put_stream`]), up to the service's 5000 MiB limit, in bounded memory.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -50,10 +60,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RestError> {
         .map_err(|source| RestError::Bind { addr, source })
 }
 
-/// Serve `exec` on `listener` until `shutdown` completes.
+/// The default bound on a request body (`--max-body`): 256 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 256 << 20;
+
+/// Serve `exec` on `listener` until `shutdown` completes; request bodies are bounded by
+/// `max_body` bytes.
 pub async fn serve(
     listener: TcpListener,
     exec: Arc<Executor>,
+    max_body: u64,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -73,7 +88,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let exec = Arc::clone(&exec);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(Arc::clone(&exec), req));
+            let svc = service_fn(move |req| handle(Arc::clone(&exec), max_body, req));
             if let Err(e) = http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc)
@@ -91,13 +106,144 @@ fn plain(status: StatusCode, msg: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
+/// Put Blob bodies larger than this (or of unknown length) are streamed to the store.
+const STREAM_ABOVE: u64 = 16 << 20;
+
+/// Whether the request is shaped like a Put Blob (a PUT with no `comp` or `restype` and no copy
+/// source); the executor decides the rest.
+fn is_put_blob(parts: &hyper::http::request::Parts) -> bool {
+    let q = parts.uri.query().unwrap_or("");
+    parts.method == hyper::Method::PUT
+        && !q
+            .split('&')
+            .any(|kv| kv.starts_with("comp=") || kv.starts_with("restype="))
+        && !parts.headers.contains_key("x-ms-copy-source")
+}
+
+/// Streams an admitted Put Blob's body to the executor (on a blocking thread) a frame at a
+/// time through a small channel: at most a few frames and one 8 MiB staging block are in
+/// memory, whatever the body's size.
+async fn put_stream(
+    exec: Arc<Executor>,
+    parts: hyper::http::request::Parts,
+    mut body: Incoming,
+) -> Response<Full<Bytes>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
+    let task = tokio::task::spawn_blocking(move || {
+        exec.execute_put_stream(&parts, &mut || rx.blocking_recv())
+    });
+    let mut finished = true;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if tx.send(Ok(data)).await.is_err() {
+                    // The executor stopped reading (an error): the rest stays unread.
+                    finished = false;
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Err(e.to_string())).await;
+                finished = false;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    match task.await {
+        Ok(r) => {
+            let mut r = r.map(Full::new);
+            if !finished {
+                r.headers_mut()
+                    .insert("connection", "close".parse().expect("header"));
+            }
+            r
+        }
+        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "executor task failed"),
+    }
+}
+
+/// 413 with an Azure error document naming the limit.
+fn too_large(max_body: u64, what: String) -> Response<Full<Bytes>> {
+    tracing::info!(max_body, "{what}; refused with 413");
+    let doc = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>RequestBodyTooLarge</Code>\
+         <Message>{what}: the request body is larger than the limit of {max_body} bytes \
+         (blobring-host --max-body); send it in smaller blocks (Put Block).</Message>\
+         <MaxLimit>{max_body}</MaxLimit></Error>"
+    );
+    let mut r = Response::new(Full::new(Bytes::from(doc)));
+    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    let h = r.headers_mut();
+    h.insert(
+        "x-ms-error-code",
+        "RequestBodyTooLarge".parse().expect("header"),
+    );
+    h.insert("content-type", "application/xml".parse().expect("header"));
+    // The rest of the body is not read: the connection cannot be reused.
+    h.insert("connection", "close".parse().expect("header"));
+    r
+}
+
 async fn handle(
     exec: Arc<Executor>,
+    max_body: u64,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
+    let (mut parts, body) = req.into_parts();
+    // Admission on the head alone, before any body byte: inline (an HMAC), or on the
+    // blocking pool when injected faults may sleep.
+    let (parts, admitted) = if !exec.admission_blocks() {
+        let r = exec.admit_request(&mut parts);
+        (parts, r)
+    } else {
+        let exec = Arc::clone(&exec);
+        match tokio::task::spawn_blocking(move || {
+            let r = exec.admit_request(&mut parts);
+            (parts, r)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(_) => {
+                return Ok(plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "executor task failed",
+                ));
+            }
+        }
+    };
+    if let Some(refused) = admitted {
+        let mut r = refused.map(Full::new);
+        if !hyper::body::Body::is_end_stream(&body) {
+            // The unread body makes the connection unusable for another request.
+            r.headers_mut()
+                .insert("connection", "close".parse().expect("header"));
+        }
+        return Ok(r);
+    }
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if is_put_blob(&parts) && exec.streams_put_blob() && declared.is_none_or(|n| n > STREAM_ABOVE) {
+        return Ok(put_stream(exec, parts, body).await);
+    }
+    if let Some(n) = declared
+        && n > max_body
+    {
+        return Ok(too_large(max_body, format!("Content-Length {n}")));
+    }
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Ok(too_large(max_body, "a chunked body".into()));
+        }
         Err(_) => {
             return Ok(plain(
                 StatusCode::BAD_REQUEST,
@@ -106,7 +252,7 @@ async fn handle(
         }
     };
     let req = Request::from_parts(parts, body);
-    match tokio::task::spawn_blocking(move || exec.execute_request(req)).await {
+    match tokio::task::spawn_blocking(move || exec.execute_admitted(req)).await {
         Ok(r) => Ok(r.map(Full::new)),
         Err(_) => Ok(plain(
             StatusCode::INTERNAL_SERVER_ERROR,

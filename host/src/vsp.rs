@@ -12,9 +12,10 @@
 //!    and for each GPA-direct blob request: parses and validates the packet
 //!    ([`parse_blob_request`]), translates the page list through the registered guest memory
 //!    (any page outside a registered region → [`VSP_ERR_BAD_PAGE`]), copies the request head
-//!    and the `data_valid` body bytes out of guest memory **once**, and hands the request to
-//!    the session's executor pool.
-//! 3. A pool thread runs [`Executor::execute`] with a [`BodySink`] over the guest's data buffer,
+//!    out of guest memory **once**, and hands the request to the session's executor pool.
+//! 3. A pool thread runs [`Executor::execute_lazy`]: the head is admitted (faults, signature)
+//!    before the `data_valid` body bytes are copied out of guest memory (once; never for a
+//!    refused request), with a [`BodySink`] over the guest's data buffer,
 //!    so the response body lands **in place** in guest memory; for `fs` store reads of at least
 //!    [`VspConfig::fixed_min_len`] bytes the sink reads the blob file straight into the
 //!    registered guest mapping with io_uring `READ_FIXED` (each guest region is registered as a
@@ -82,18 +83,11 @@ use rand::{Rng, SeedableRng};
 use crate::executor::{ExecuteError, Executor};
 use crate::store::BodySink;
 
-/// Executed; the HTTP status is in the response head.
-pub const VSP_OK: u32 = 0;
-/// The packet is not a valid blob request.
-pub const VSP_ERR_BAD_REQUEST: u32 = 1;
-/// A buffer page is outside the registered guest memory.
-pub const VSP_ERR_BAD_PAGE: u32 = 2;
-/// The response body does not fit the data buffer; `length` carries the bytes needed.
-pub const VSP_ERR_BODY_TOO_LARGE: u32 = 3;
-/// The response head does not fit the response buffer; `response_len` carries the bytes needed.
-pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4;
-/// The host failed internally.
-pub const VSP_ERR_INTERNAL: u32 = 5;
+/// The VSP status codes, defined beside the response layout in `blobring_abi::vmbus`.
+pub use blobring_abi::vmbus::{
+    VSP_ERR_BAD_PAGE, VSP_ERR_BAD_REQUEST, VSP_ERR_BODY_TOO_LARGE, VSP_ERR_HEAD_TOO_LARGE,
+    VSP_ERR_INTERNAL, VSP_OK,
+};
 
 /// Default socket of the bus: `$XDG_RUNTIME_DIR/blobring/host.sock`, else
 /// `/run/blobring/host.sock` (the daemon's default `--host-socket`).
@@ -411,7 +405,8 @@ struct SessionState {
 struct Job {
     trans_id: u64,
     head: Vec<u8>,
-    body: Vec<u8>,
+    /// Body bytes at the start of `data` (`data_valid`).
+    body_len: usize,
     data: GuestBuffer,
     response: GuestBuffer,
     drop_completion: bool,
@@ -489,7 +484,8 @@ fn execute(
         shared,
         min_len,
     };
-    match exec.execute(&job.head, &job.body, &mut sink) {
+    let read_body = |dst: &mut [u8]| job.data.read_at(0, dst).is_ok();
+    match exec.execute_lazy(&job.head, job.body_len, read_body, &mut sink) {
         Ok(ex) => {
             let head = ex.head_bytes();
             if head.len() as u64 > job.response.len() {
@@ -930,10 +926,12 @@ fn intake(
             return Some((trans_id, vsp_error(VSP_ERR_BAD_PAGE)));
         }
     };
-    // Copy the head and the body out of guest memory once; the executor sees only the copies.
+    // Copy the head out of guest memory once; the executor sees only the copy. The body
+    // (`data_valid` bytes, within the data buffer: checked when the packet was parsed) is copied
+    // the same way, but only once the head is admitted (`Executor::execute_lazy`): a request
+    // refused on its head never has its body read.
     let mut head = vec![0u8; bufs.request.len() as usize];
-    let mut body = vec![0u8; req.vsp.data_buffer_valid as usize];
-    if bufs.request.read_at(0, &mut head).is_err() || bufs.data.read_at(0, &mut body).is_err() {
+    if bufs.request.read_at(0, &mut head).is_err() {
         return Some((trans_id, vsp_error(VSP_ERR_INTERNAL)));
     }
     let drop_completion =
@@ -941,7 +939,7 @@ fn intake(
     let job = Job {
         trans_id,
         head,
-        body,
+        body_len: req.vsp.data_buffer_valid as usize,
         data: bufs.data,
         response: bufs.response,
         drop_completion,

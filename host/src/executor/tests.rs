@@ -823,6 +823,43 @@ fn shared_key_auth() {
     assert_eq!(ex.headers["x-ms-error-code"], "NoAuthenticationInformation");
 }
 
+/// The VMBus front end's body is read only once the head is admitted: a refused request
+/// (unsigned, or signed with another key) never has its body read; an admitted one has it read
+/// once, and it is what the store gets.
+#[test]
+fn a_body_is_read_only_after_its_head_is_admitted() {
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    let e = exec_with(Some(auth.clone()), Faults::default());
+    let mut out = vec![0; 4096];
+    let reads = std::cell::Cell::new(0);
+    let read = |dst: &mut [u8]| {
+        reads.set(reads.get() + 1);
+        dst.copy_from_slice(b"hi");
+        true
+    };
+    let unsigned = "PUT /devstoreaccount1/test/lazy HTTP/1.1\r\nHost: h\r\nx-ms-blob-type: \
+                    BlockBlob\r\nContent-Length: 2\r\n\r\n";
+    let ex = e
+        .execute_lazy(unsigned.as_bytes(), 2, read, &mut SliceSink(&mut out))
+        .unwrap();
+    assert_eq!((ex.status.as_u16(), reads.get()), (401, 0));
+    let other = SharedKeyAuth::new(EMULATOR_ACCOUNT, &BASE64_STANDARD.encode([1u8; 64])).unwrap();
+    let headers = [("x-ms-blob-type", "BlockBlob"), ("content-length", "2")];
+    let forged = signed_head(&other, "PUT", "/devstoreaccount1/test/lazy", &headers);
+    let ex = e
+        .execute_lazy(forged.as_bytes(), 2, read, &mut SliceSink(&mut out))
+        .unwrap();
+    assert_eq!((ex.status.as_u16(), reads.get()), (403, 0));
+    let good = signed_head(&auth, "PUT", "/devstoreaccount1/test/lazy", &headers);
+    let ex = e
+        .execute_lazy(good.as_bytes(), 2, read, &mut SliceSink(&mut out))
+        .unwrap();
+    assert_eq!((ex.status.as_u16(), reads.get()), (201, 1));
+    let get = signed_head(&auth, "GET", "/devstoreaccount1/test/lazy", &[]);
+    let ex = e.execute_into(get.as_bytes(), b"", &mut out).unwrap();
+    assert_eq!(&out[..ex.body_len], b"hi");
+}
+
 /// A string-to-sign spelled out by hand from the Shared Key documentation, so the signer is
 /// not only checked against itself.
 #[test]
@@ -961,4 +998,78 @@ fn executor_is_shareable_across_worker_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Executor>();
     assert_send_sync::<Arc<dyn Store>>();
+}
+
+/// A streamed Put Blob (the REST front end's path for large or chunked bodies): pieces of any
+/// size across the 8 MiB staging blocks land byte-exact with the whole body's MD5; a body whose
+/// Content-MD5 or Content-Length does not match changes nothing visible; conditions hold.
+#[test]
+fn streamed_put_blob_is_byte_exact_and_all_or_nothing() {
+    let e = exec();
+    let body: Vec<u8> = (0..(20 << 20) + 12_345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let parts = |headers: &[(&str, String)]| {
+        let mut b = http::Request::builder()
+            .method("PUT")
+            .uri("/devstoreaccount1/test/streamed")
+            .header("x-ms-blob-type", "BlockBlob")
+            .header("x-ms-version", "2023-11-03");
+        for (k, v) in headers {
+            b = b.header(*k, v);
+        }
+        b.body(()).unwrap().into_parts().0
+    };
+    let stream = |e: &Executor, p: &http::request::Parts, body: &[u8]| {
+        // Pieces of uneven sizes, as frames arrive.
+        let mut at = 0;
+        let mut n = 0usize;
+        let mut next = || {
+            if at >= body.len() {
+                return None;
+            }
+            n += 1;
+            let len = (n * 977_123 % (3 << 20)).max(1).min(body.len() - at);
+            let piece = Bytes::copy_from_slice(&body[at..at + len]);
+            at += len;
+            Some(Ok(piece))
+        };
+        e.execute_put_stream(p, &mut next)
+    };
+    let md5 = BASE64_STANDARD.encode(Md5::digest(&body));
+    let r = stream(&e, &parts(&[("content-md5", md5.clone())]), &body);
+    assert_eq!(r.status(), 201, "{:?}", r.body());
+    assert_eq!(r.headers()["content-md5"], md5.as_str());
+    let get = |e: &Executor| {
+        let req = http::Request::builder()
+            .uri("/devstoreaccount1/test/streamed")
+            .header("x-ms-version", "2023-11-03")
+            .body(Bytes::new())
+            .unwrap();
+        e.execute_request(req)
+    };
+    let got = get(&e);
+    assert_eq!(got.status(), 200);
+    assert!(
+        got.body()[..] == body[..],
+        "streamed blob differs from what was sent"
+    );
+    assert_eq!(got.headers()["content-md5"], md5.as_str());
+    // Wrong Content-MD5, short Content-Length, failed condition: 4xx, the old version stays.
+    let other = vec![7u8; 9 << 20];
+    let r = stream(&e, &parts(&[("content-md5", md5.clone())]), &other);
+    assert_eq!(r.status(), 400);
+    let r = stream(&e, &parts(&[("content-length", "5".into())]), &other);
+    assert_eq!(r.status(), 400);
+    let r = stream(&e, &parts(&[("if-none-match", "*".into())]), &other);
+    assert_eq!(r.status(), 409);
+    assert!(
+        get(&e).body()[..] == body[..],
+        "a refused streamed upload changed the blob"
+    );
+    // A body that fails mid-stream commits nothing either.
+    let mut pieces = vec![Ok(Bytes::from(vec![1u8; 9 << 20])), Err("reset".to_owned())].into_iter();
+    let r = e.execute_put_stream(&parts(&[]), &mut || pieces.next());
+    assert_eq!(r.status(), 400);
+    assert!(get(&e).body()[..] == body[..]);
 }
