@@ -97,6 +97,12 @@ pub struct Config {
     /// Most SQEs taken from one client queue per worker turn (fairness).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Most requests one uid may have in flight per worker (taken from its queues and not yet
+    /// completed by the host). Entries beyond it wait in that uid's own queues, so a uid that
+    /// floods the daemon queues behind itself while every other uid keeps its share of the
+    /// host (clients are taken round-robin, within and across uids).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub uid_inflight: u32,
     /// Largest SQ size a client may ask for (and the default), a power of two.
     #[arg(long, default_value_t = 256)]
     pub queue_depth: u32,

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use blobring_abi::{
@@ -32,6 +33,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use crate::DaemonError;
 use crate::config::Config;
+use crate::fds::{Budget, Spare};
 use crate::stats::{DaemonInfo, StatsCell};
 use crate::worker::{ClientShared, ToControl, ToWorker};
 
@@ -95,6 +97,8 @@ struct PendingHello {
 const MAX_PENDING_HANDSHAKES: usize = 64;
 /// How long a connection may take to send its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most ctl replies finished for slow readers at once.
+const MAX_CTL_WRITERS: usize = 4;
 
 /// The control thread's state.
 pub struct Control {
@@ -121,6 +125,12 @@ pub struct Control {
     pending: Vec<PendingHello>,
     /// `Some` on the uio transport.
     uio: Option<UioSetup>,
+    /// Threads finishing a ctl reply for a slow reader (see `serve_ctl`).
+    ctl_writers: Arc<AtomicUsize>,
+    /// The descriptor budget (`--max-clients` already fitted to it).
+    budget: Budget,
+    /// A descriptor kept to answer a connection accepted while the table is full.
+    spare: Spare,
 }
 
 /// Binds a listening socket at `path` with exactly `mode`: the umask is narrowed around
@@ -230,6 +240,7 @@ impl Control {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
+        budget: Budget,
         bound: Bound,
         signals: SignalFd,
         wake: Arc<EventFd>,
@@ -274,6 +285,9 @@ impl Control {
             metrics_doc,
             exited,
             pending: Vec::new(),
+            ctl_writers: Arc::new(AtomicUsize::new(0)),
+            budget,
+            spare: Spare::new(),
             uio,
         })
     }
@@ -560,18 +574,7 @@ impl Control {
                         }
                     }
                 }
-                let mut per_worker: Vec<Vec<_>> =
-                    (0..self.workers.len()).map(|_| Vec::new()).collect();
-                for (i, ch) in chans.into_iter().enumerate() {
-                    per_worker[i % self.workers.len()].push(ch);
-                }
-                for (w, chs) in self.workers.iter().zip(per_worker) {
-                    let chs: Vec<Box<dyn crate::worker::WorkerChannel>> = chs
-                        .into_iter()
-                        .map(|c| Box::new(c) as Box<dyn crate::worker::WorkerChannel>)
-                        .collect();
-                    w.send(ToWorker::Channels(chs));
-                }
+                self.spread_channels(chans, |_, c| Box::new(c));
                 self.info.host_connected = true;
                 self.info.channels_open = n as u32;
                 self.info.host_connects += 1;
@@ -590,6 +593,25 @@ impl Control {
         }
     }
 
+    /// Spreads `chans` over the workers, channel `i` to worker `i % workers` (so every worker
+    /// owns at least one when there are as many channels as workers), `wrap` making each the
+    /// worker's channel type given the worker index; the same for both transports.
+    fn spread_channels<C>(
+        &self,
+        chans: Vec<C>,
+        mut wrap: impl FnMut(usize, C) -> Box<dyn crate::worker::WorkerChannel>,
+    ) {
+        let n = self.workers.len();
+        let mut per_worker: Vec<Vec<Box<dyn crate::worker::WorkerChannel>>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for (i, ch) in chans.into_iter().enumerate() {
+            per_worker[i % n].push(wrap(i % n, ch));
+        }
+        for (w, chs) in self.workers.iter().zip(per_worker) {
+            w.send(ToWorker::Channels(chs));
+        }
+    }
+
     /// Opens the uio device (binding it first if needed and allowed), opens one listener per
     /// worker and spreads the channels over the workers (see [`crate::uio`]).
     fn connect_uio(&mut self) {
@@ -597,8 +619,9 @@ impl Control {
         let n_workers = self.workers.len();
         let bind = self.cfg.bind;
         let result = (|| -> Result<_, UioError> {
-            let kernel = u.kernel.unwrap_or(KernelVersion::new(6, 12, 0));
-            let opts = UioOptions::for_kernel(kernel);
+            // Who owns interrupt_mask is probed from the driver's behaviour at open, not taken
+            // from the kernel version (UioDevice::open logs the evidence).
+            let opts = UioOptions::default();
             // Found again on every attempt: after a rescind the host re-offers the device,
             // possibly as another uioN.
             let device = blobring_vmbus::uio::sysfs::find_blob_device(&u.sysfs)
@@ -625,19 +648,13 @@ impl Control {
             Ok((chans, listeners, mode, max_pages)) => {
                 self.backoff = Duration::from_millis(100);
                 let n = chans.len();
-                let mut per_worker: Vec<Vec<Box<dyn crate::worker::WorkerChannel>>> =
-                    (0..n_workers).map(|_| Vec::new()).collect();
-                for (i, ch) in chans.into_iter().enumerate() {
-                    let w = i % n_workers;
-                    per_worker[w].push(Box::new(crate::uio::UioWorkerChannel::new(
+                self.spread_channels(chans, |w, ch| {
+                    Box::new(crate::uio::UioWorkerChannel::new(
                         ch,
                         listeners[w].clone(),
                         mode,
-                    )));
-                }
-                for (w, chs) in self.workers.iter().zip(per_worker) {
-                    w.send(ToWorker::Channels(chs));
-                }
+                    ))
+                });
                 self.info.host_connected = true;
                 self.info.channels_open = n as u32;
                 self.info.host_connects += 1;
@@ -661,11 +678,37 @@ impl Control {
         let Ok((mut s, _)) = self.ctl.accept() else {
             return;
         };
-        let doc = self.stats_json();
-        let _ = s.set_nonblocking(false);
-        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = s.write_all(doc.to_string().as_bytes());
-        let _ = s.write_all(b"\n");
+        let mut text = self.stats_json().to_string();
+        text.push('\n');
+        // The control thread never waits for a ctl reader: what the socket buffer takes now is
+        // written here; a reader too slow for the rest gets it from a short-lived thread (at
+        // most MAX_CTL_WRITERS at once, each bounded by a 1 s write timeout) or not at all.
+        let _ = s.set_nonblocking(true);
+        let sent = match s.write(text.as_bytes()) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(_) => return,
+        };
+        if sent == text.len() {
+            return;
+        }
+        if self.ctl_writers.fetch_add(1, Ordering::AcqRel) >= MAX_CTL_WRITERS {
+            self.ctl_writers.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!("too many slow ctl readers; dropping one reply");
+            return;
+        }
+        let writers = self.ctl_writers.clone();
+        let spawned = std::thread::Builder::new()
+            .name("blobring-ctl-write".into())
+            .spawn(move || {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = s.write_all(&text.as_bytes()[sent..]);
+                writers.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.ctl_writers.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn stats_json(&mut self) -> serde_json::Value {
@@ -675,6 +718,8 @@ impl Control {
         doc["process"] = crate::privs::process_json();
         // Where the metrics are served (the port bound, also when `--metrics` gave port 0).
         doc["daemon"]["metrics"] = self.cfg.metrics.map(|a| a.to_string()).into();
+        doc["daemon"]["max_clients"] = self.cfg.max_clients.into();
+        doc["daemon"]["fd_limit"] = self.budget.limit.into();
         doc
     }
 
@@ -690,6 +735,12 @@ impl Control {
             let sock = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if crate::fds::exhausted(&e) => {
+                    // The table is full: answer the connection through the spare descriptor
+                    // (else it would wait in the backlog, and poll would keep reporting it).
+                    self.refuse_for_fds();
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     return;
@@ -719,6 +770,29 @@ impl Control {
                 since: Instant::now(),
             });
         }
+    }
+
+    /// Accepts one connection through the spare descriptor and tells it the daemon is out of
+    /// descriptors (without reading its hello: the reply is what the client waits for).
+    fn refuse_for_fds(&mut self) {
+        let open = crate::fds::in_use();
+        let msg = self.budget.refusal(open);
+        let listener = &self.listener;
+        self.spare.with_free(|| {
+            if let Ok((sock, _)) = listener.accept() {
+                let mut reply = HelloReply::new_zeroed_reply();
+                reply.status = HELLO_UNAVAILABLE;
+                reply.set_message(&msg);
+                let _ = sock.set_nonblocking(true);
+                let _ = (&sock).write(reply.as_bytes());
+            }
+        });
+        self.info.refused += 1;
+        tracing::warn!(
+            open,
+            limit = self.budget.limit,
+            "handshake refused: out of file descriptors"
+        );
     }
 
     /// Reads what arrived of pending hellos (`ready` are indices into `self.pending`), runs
@@ -841,6 +915,9 @@ impl Control {
                     self.cfg.max_clients_per_uid
                 ),
             );
+        }
+        if let Err(msg) = self.budget.check(crate::fds::in_use()) {
+            return refuse(HELLO_UNAVAILABLE, msg);
         }
         let sq = if req.sq_entries == 0 {
             self.cfg.queue_depth

@@ -40,6 +40,7 @@
 
 pub mod config;
 pub mod control;
+pub mod fds;
 pub mod privs;
 pub mod stats;
 pub mod uio;
@@ -49,7 +50,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blobring_ring::{EventFd, Notifier};
 
@@ -111,6 +112,14 @@ pub fn init_logging(format: LogFormat) {
 pub fn run(mut cfg: Config) -> Result<(), DaemonError> {
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = control::block_signals()?;
+    // Every doorbell eventfd is shared with an untrusted client, which can make its description
+    // blocking: the workers drain them with per-operation non-blocking reads only.
+    EventFd::check_nowait().map_err(|e| {
+        DaemonError::Setup(format!(
+            "this kernel cannot read an eventfd without blocking per operation ({e}); \
+             blobringd needs Linux 5.12 or later"
+        ))
+    })?;
     let cpus = cpus();
     let n = cfg.workers.unwrap_or(cpus.len()).max(1);
     if let Some(addr) = cfg.metrics
@@ -163,6 +172,7 @@ pub fn run(mut cfg: Config) -> Result<(), DaemonError> {
             cpu,
             spin: Duration::from_micros(cfg.spin_us),
             batch: cfg.batch.max(1),
+            uid_inflight: cfg.uid_inflight,
             default_timeout: cfg.default_timeout(),
         };
         let (tc, db, wk, cl, ex) = (
@@ -215,8 +225,13 @@ pub fn run(mut cfg: Config) -> Result<(), DaemonError> {
             })
             .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
     }
+    let drain = Duration::from_millis(cfg.drain_timeout) + Duration::from_millis(500);
+    // After the workers exist (their rings and eventfds are the daemon's own descriptors).
+    let budget = fds::plan(cfg.max_clients, n)?;
+    cfg.max_clients = budget.max_clients;
     let ctl = control::Control::new(
         cfg,
+        budget,
         bound,
         signals,
         wake,
@@ -226,7 +241,32 @@ pub fn run(mut cfg: Config) -> Result<(), DaemonError> {
         exited,
     )?;
     let r = ctl.run();
+    // Stopped early (a worker died): the others were just told to drain; give them the drain
+    // deadline `run` would have given them. Otherwise every worker has counted its exit (or
+    // the deadline passed): a counted worker is still unwinding its stack and thread-locals
+    // after the count, so give it a moment to finish before calling it stuck.
+    let grace = if r.is_err() {
+        drain
+    } else {
+        Duration::from_millis(500)
+    };
+    let give_up = Instant::now() + grace;
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // `run` returns once every worker has exited or the drain deadline has passed. A worker
+    // still running then is stuck (it must never be, but if it is, a SIGTERM still ends the
+    // daemon): it is left behind, and ends with the process.
+    let mut stuck = None;
     for (index, t) in threads.into_iter().enumerate() {
+        if !t.is_finished() {
+            tracing::error!(
+                worker = index,
+                "worker did not stop within the drain deadline; exiting without it"
+            );
+            stuck.get_or_insert(index);
+            continue;
+        }
         match t.join() {
             Ok(Ok(())) => {}
             Ok(Err(message)) => return Err(DaemonError::Worker { index, message }),
@@ -237,6 +277,12 @@ pub fn run(mut cfg: Config) -> Result<(), DaemonError> {
                 });
             }
         }
+    }
+    if let Some(index) = stuck {
+        return Err(DaemonError::Worker {
+            index,
+            message: "did not stop within the drain deadline (--drain-timeout)".into(),
+        });
     }
     tracing::info!("stopped");
     r

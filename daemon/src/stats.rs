@@ -29,6 +29,9 @@ pub struct Errors {
     pub too_big: u64,
     /// Host completions for unknown or stale transaction ids, or with bad lengths (dropped).
     pub bad_completions: u64,
+    /// Host replies whose packet type is not a completion (0xb): still read as the driver
+    /// reads them (the response at `hv_pkt_data`), and counted here.
+    pub unexpected_reply_type: u64,
     /// Clients disconnected for corrupting their queue indices.
     pub corrupt_clients: u64,
 }
@@ -41,6 +44,7 @@ impl Errors {
             "no_device": self.no_device,
             "too_big": self.too_big,
             "bad_completions": self.bad_completions,
+            "unexpected_reply_type": self.unexpected_reply_type,
             "corrupt_clients": self.corrupt_clients,
         })
     }
@@ -67,6 +71,9 @@ pub struct ClientCounters {
     pub sq_pending: u64,
     /// Times intake stopped for lack of CQ credits.
     pub credit_stalls: u64,
+    /// Times intake left this client's entries waiting because its uid had `--uid-inflight`
+    /// requests in flight on the worker.
+    pub uid_stalls: u64,
 }
 
 /// Counters of one channel.
@@ -88,6 +95,25 @@ pub struct ChannelCounters {
     pub outstanding_bytes: u64,
     /// Times the outgoing ring was full.
     pub ring_full: u64,
+}
+
+/// One request in a worker's slab, as listed in the ctl stats (`in_flight`).
+#[derive(Debug, Clone, Copy)]
+pub struct InFlightRequest {
+    /// Daemon-assigned client id.
+    pub client: u64,
+    /// The client's `user_data`.
+    pub user_data: u64,
+    /// The VMBus transaction id lent to the host.
+    pub transaction_id: u64,
+    /// The transaction GUID sent in `az_blob_vsp_request` (the host's trace shows it).
+    pub guid: [u8; 16],
+    /// `waiting`, `sent` or `timed_out_lent`.
+    pub state: &'static str,
+    /// The channel it was sent on.
+    pub channel: Option<u32>,
+    /// Time since the worker took it.
+    pub age: Duration,
 }
 
 /// Everything one worker counts.
@@ -117,6 +143,9 @@ pub struct WorkerStats {
     pub client_wakes: u64,
     /// Doorbell (eventfd) wakeups received.
     pub doorbells: u64,
+    /// Intake passes that skipped a client with pending entries because its uid was at
+    /// `--uid-inflight`.
+    pub uid_stalls: u64,
     /// Times a client's doorbell was muted for ringing with nothing to take (see the worker's
     /// doorbell throttle).
     pub doorbell_mutes: u64,
@@ -130,6 +159,8 @@ pub struct WorkerStats {
     pub clients: BTreeMap<u64, ClientCounters>,
     /// Per owned channel.
     pub channels: Vec<ChannelCounters>,
+    /// The oldest requests in flight (at most `worker::IN_FLIGHT_LIST_MAX`).
+    pub in_flight_list: Vec<InFlightRequest>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -154,11 +185,13 @@ impl WorkerStats {
             client_wakes: 0,
             doorbells: 0,
             doorbell_mutes: 0,
+            uid_stalls: 0,
             queue_wait: histogram(),
             host_service: histogram(),
             end_to_end: histogram(),
             clients: BTreeMap::new(),
             channels: Vec::new(),
+            in_flight_list: Vec::new(),
         }
     }
 }
@@ -183,6 +216,7 @@ fn add_errors(a: &mut Errors, b: &Errors) {
     a.no_device += b.no_device;
     a.too_big += b.too_big;
     a.bad_completions += b.bad_completions;
+    a.unexpected_reply_type += b.unexpected_reply_type;
     a.corrupt_clients += b.corrupt_clients;
 }
 
@@ -202,7 +236,8 @@ pub struct DaemonInfo {
 }
 
 /// Merges worker copies into the JSON document served on the ctl socket: top-level keys
-/// `daemon`, `workers`, `channels`, `clients`, `totals` (the control thread adds `process`:
+/// `daemon`, `workers`, `channels`, `clients`, `totals`, `in_flight` (the oldest requests of
+/// each worker with their transaction GUIDs) (the control thread adds `process`:
 /// open fds, RSS and privileges, see [`crate::privs::process_json`]).
 pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
     let snaps: Vec<WorkerStats> = cells.iter().map(|c| lock(c).clone()).collect();
@@ -211,7 +246,23 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
     let mut clients: BTreeMap<u64, ClientCounters> = BTreeMap::new();
     let (mut qw, mut hs, mut e2e) = (histogram(), histogram(), histogram());
     let mut totals = (0u64, 0u64, 0u64, Errors::default());
+    let mut in_flight = Vec::new();
     for w in &snaps {
+        for r in &w.in_flight_list {
+            in_flight.push((
+                r.age,
+                json!({
+                    "worker": w.index,
+                    "client": r.client,
+                    "user_data": r.user_data,
+                    "transaction_id": r.transaction_id,
+                    "guid": blobring_vmbus::blob::guid_string(&r.guid),
+                    "state": r.state,
+                    "channel": r.channel,
+                    "age_ms": r.age.as_millis() as u64,
+                }),
+            ));
+        }
         let _ = qw.add(&w.queue_wait);
         let _ = hs.add(&w.host_service);
         let _ = e2e.add(&w.end_to_end);
@@ -233,6 +284,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
             "client_wakes": w.client_wakes,
             "doorbells": w.doorbells,
             "doorbell_mutes": w.doorbell_mutes,
+            "uid_stalls": w.uid_stalls,
             "clients": w.clients.len(),
             "channels": w.channels.iter().map(|c| c.index).collect::<Vec<_>>(),
             "queue_wait": hist_json(&w.queue_wait),
@@ -261,6 +313,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
             m.in_flight += c.in_flight;
             m.sq_pending += c.sq_pending;
             m.credit_stalls += c.credit_stalls;
+            m.uid_stalls += c.uid_stalls;
             add_errors(&mut m.errors, &c.errors);
         }
     }
@@ -277,10 +330,14 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
                 "in_flight": c.in_flight,
                 "sq_pending": c.sq_pending,
                 "credit_stalls": c.credit_stalls,
+                "uid_stalls": c.uid_stalls,
                 "errors": c.errors.json(),
             })
         })
         .collect();
+    // Oldest first; each worker lists at most its oldest few.
+    in_flight.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let in_flight: Vec<Value> = in_flight.into_iter().map(|(_, j)| j).collect();
     json!({
         "daemon": {
             "host_connected": info.host_connected,
@@ -301,6 +358,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
         "workers": workers,
         "channels": channels,
         "clients": clients,
+        "in_flight": in_flight,
     })
 }
 

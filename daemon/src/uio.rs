@@ -6,7 +6,8 @@
 //! events per open file, so every interrupt wakes every worker's multishot poll, and a worker
 //! reading its handle's count never consumes another worker's wakeup. A woken worker drains
 //! the channels it owns (as on `sim`); before sleeping it clears each RX `interrupt_mask`
-//! and, when the kernel masks on interrupt ([`InterruptMode::KernelMasks`]), writes `1` to
+//! and, when the kernel masks on interrupt ([`InterruptMode::KernelMasks`], detected from the
+//! driver's behaviour when the device is opened, not from the kernel version), writes `1` to
 //! its handle to re-enable the interrupt, then re-checks its rings (packets that arrived
 //! meanwhile were not signalled). No dispatcher thread: a spurious wakeup of a worker whose
 //! channels are idle costs one empty ring check.
@@ -29,7 +30,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use blobring_vmbus::uio::{InterruptMode, UioChannel, UioEvents};
-use blobring_vmbus::{Channel, ChannelError, Packet};
+use blobring_vmbus::{Channel, ChannelError, Packet, Reply};
 
 use crate::worker::WorkerChannel;
 
@@ -67,6 +68,9 @@ impl WorkerChannel for UioWorkerChannel {
     }
     fn recv<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Packet<'b>>, ChannelError> {
         Channel::recv(&mut self.ch, buf)
+    }
+    fn recv_reply<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Reply<'b>>, ChannelError> {
+        Channel::recv_reply(&mut self.ch, buf)
     }
     fn send_uncommitted(&mut self, packet: &[u8]) -> Result<(), ChannelError> {
         Channel::send_uncommitted(&mut self.ch, packet)

@@ -24,11 +24,11 @@ use blobring_reactor::{Event, FutexWord, MemoryRegion, OpId, Reactor, RegionWord
 use blobring_ring::{DaemonQueue, EventFd, QueueLayout, RingError, SleepCheck};
 use blobring_shm::{Region, SharedMemory};
 use blobring_vmbus::blob::{
-    BlobRequestDesc, BufferPages, encode_blob_request, parse_blob_completion,
+    BlobRequestDesc, BufferPages, encode_blob_request, guid_string, parse_blob_reply,
 };
 use blobring_vmbus::channel::{Channel, ChannelError};
 use blobring_vmbus::guest_phys::PfnTranslator;
-use blobring_vmbus::packet::Packet;
+use blobring_vmbus::packet::{Packet, Reply};
 use blobring_vmbus::sim::SimChannel;
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
@@ -124,6 +124,8 @@ pub trait WorkerChannel: Send + AsFd + std::fmt::Debug {
     fn index(&self) -> u32;
     /// [`Channel::recv`].
     fn recv<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Packet<'b>>, ChannelError>;
+    /// [`Channel::recv_reply`]: a host reply of any packet type, as the driver reads them.
+    fn recv_reply<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Reply<'b>>, ChannelError>;
     /// [`Channel::send_uncommitted`].
     fn send_uncommitted(&mut self, packet: &[u8]) -> Result<(), ChannelError>;
     /// [`Channel::flush`].
@@ -150,6 +152,9 @@ impl WorkerChannel for SimChannel {
     }
     fn recv<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Packet<'b>>, ChannelError> {
         Channel::recv(self, buf)
+    }
+    fn recv_reply<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<Reply<'b>>, ChannelError> {
+        Channel::recv_reply(self, buf)
     }
     fn send_uncommitted(&mut self, packet: &[u8]) -> Result<(), ChannelError> {
         Channel::send_uncommitted(self, packet)
@@ -182,6 +187,8 @@ pub struct WorkerSettings {
     pub spin: Duration,
     /// Most SQEs per client per turn.
     pub batch: usize,
+    /// Most requests of one uid in this worker's slab (`--uid-inflight`).
+    pub uid_inflight: u32,
     /// Deadline of SQEs with `timeout_ms == 0`.
     pub default_timeout: Duration,
 }
@@ -263,6 +270,9 @@ pub struct Req {
     sent: Instant,
     bytes: u64,
     notice_posted: bool,
+    /// The transaction GUID sent in its `az_blob_vsp_request` (unique per request; shown in
+    /// debug logs and the ctl stats' in-flight list so a host-side trace can be joined).
+    pub guid: [u8; 16],
 }
 
 /// The transaction id lent to the host for the request at slab `key` of `generation`:
@@ -280,6 +290,32 @@ pub fn transaction_id(key: usize, generation: u32) -> u64 {
 pub struct InFlight {
     slab: Slab<Req>,
     generation: u32,
+    /// First 8 bytes of every transaction GUID of this worker ([`guid_prefix`]).
+    guid_prefix: [u8; 8],
+    /// Requests inserted so far: the last 8 bytes of the next GUID.
+    sequence: u64,
+}
+
+/// The first 8 bytes of worker `index`'s transaction GUIDs: 6 random bytes drawn once per
+/// daemon start (so GUIDs differ across restarts) and the worker index. The last 8 bytes are
+/// the worker's request sequence number, so every request of a daemon run gets its own GUID
+/// without a random draw per request. Both numbers are big-endian, so the printed form
+/// ([`guid_string`], the driver's `%pUb`) reads `rrrrrrrr-rrrr-wwww-ssss-ssssssssssss`.
+#[doc(hidden)]
+pub fn guid_prefix(index: usize) -> [u8; 8] {
+    use std::io::Read as _;
+    let mut p = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut p[..6]));
+    if random.is_err() {
+        // No urandom: time and pid still tell runs apart.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 40);
+        p[..6].copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    p[6..].copy_from_slice(&(index as u16).to_be_bytes());
+    p
 }
 
 impl Deref for InFlight {
@@ -296,9 +332,17 @@ impl DerefMut for InFlight {
 }
 
 impl InFlight {
-    /// An empty slab.
+    /// An empty slab (GUID prefix zero: tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty slab whose requests get GUIDs starting with `prefix` ([`guid_prefix`]).
+    pub fn with_guid_prefix(prefix: [u8; 8]) -> Self {
+        Self {
+            guid_prefix: prefix,
+            ..Self::default()
+        }
     }
 
     /// Inserts request `sqe` of client (slab key) `client`, [`ReqState::Waiting`], under a new
@@ -312,6 +356,10 @@ impl InFlight {
     ) -> (usize, u32) {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
+        self.sequence += 1;
+        let mut guid = [0u8; 16];
+        guid[..8].copy_from_slice(&self.guid_prefix);
+        guid[8..].copy_from_slice(&self.sequence.to_be_bytes());
         let key = self.slab.insert(Req {
             client,
             generation,
@@ -321,6 +369,7 @@ impl InFlight {
             sent: now,
             bytes,
             notice_posted: false,
+            guid,
         });
         (key, generation)
     }
@@ -394,6 +443,11 @@ struct Worker {
     scratch_done: Vec<(usize, u64, AzBlobVspResponse)>,
     /// The earliest end of a doorbell mute, if any client is muted.
     next_unmute: Option<Instant>,
+    /// Requests in the slab per uid (the sum of its clients' `in_slab`), against
+    /// [`WorkerSettings::uid_inflight`].
+    uid_in_slab: HashMap<u32, u32>,
+    /// Where the next intake pass starts in the client list (round-robin).
+    intake_turn: usize,
 }
 
 /// The worker thread body: builds the reactor (on this thread: it is `!Send`) and loops until
@@ -421,7 +475,7 @@ pub fn run(
         control_fd,
         clients: Slab::new(),
         by_id: HashMap::new(),
-        reqs: InFlight::new(),
+        reqs: InFlight::with_guid_prefix(guid_prefix(s.index)),
         waiting: VecDeque::new(),
         deadlines: BinaryHeap::new(),
         chans: Slab::new(),
@@ -438,6 +492,8 @@ pub fn run(
         scratch_keys: Vec::new(),
         scratch_done: Vec::new(),
         next_unmute: None,
+        uid_in_slab: HashMap::new(),
+        intake_turn: 0,
         s,
     };
     w.main_loop()
@@ -505,11 +561,16 @@ impl Worker {
         let mut found = false;
         let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
         for k in keys {
-            let c = &mut self.clients[k];
-            if c.dead || self.shutdown.is_some() {
+            if self.clients[k].dead || self.shutdown.is_some() {
                 continue;
             }
-            match c.queue.prepare_sleep() {
+            // A uid at its budget has nothing to take until one of its requests completes,
+            // which wakes the worker through the channel: its pending entries are no reason
+            // to stay awake.
+            if self.uid_room(self.clients[k].shared.uid) == 0 {
+                continue;
+            }
+            match self.clients[k].queue.prepare_sleep() {
                 Ok(SleepCheck::Sleep) => armed.push(k),
                 Ok(SleepCheck::Work) => found = true,
                 Err(e) => self.misbehaved(k, e.to_string()),
@@ -886,12 +947,26 @@ impl Worker {
             let mut broken = None;
             {
                 let chan = &mut self.chans[ck];
+                let mut read = false;
                 for _ in 0..1024 {
-                    match chan.ch.recv(&mut self.rx_buf) {
-                        Ok(Some(p)) => match parse_blob_completion(&p) {
-                            Ok((tid, resp)) => done.push((ck, tid, resp)),
-                            Err(_) => self.stats.errors.bad_completions += 1,
-                        },
+                    // Any packet type: the driver reads az_blob_vsp_response at hv_pkt_data of
+                    // whatever the host sends; other types than 0xb are counted.
+                    match chan.ch.recv_reply(&mut self.rx_buf) {
+                        Ok(Some(r)) => {
+                            read = true;
+                            if !r.is_completion() {
+                                self.stats.errors.unexpected_reply_type += 1;
+                                tracing::debug!(
+                                    packet_type = r.packet_type(),
+                                    tid = r.trans_id(),
+                                    "host replied with a packet that is not a completion"
+                                );
+                            }
+                            match parse_blob_reply(&r) {
+                                Ok((tid, resp)) => done.push((ck, tid, resp)),
+                                Err(_) => self.stats.errors.bad_completions += 1,
+                            }
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             broken = Some(e.to_string());
@@ -899,9 +974,9 @@ impl Worker {
                         }
                     }
                 }
-                if !done.is_empty()
-                    && let Err(e) = chan.ch.release()
-                {
+                // Release the space of everything read, whether or not it matched a request:
+                // otherwise bad replies would fill the ring and stall the host.
+                if read && let Err(e) = chan.ch.release() {
                     broken = Some(e.to_string());
                 }
             }
@@ -971,6 +1046,12 @@ impl Worker {
             return;
         };
         c.in_slab -= 1;
+        if let Some(n) = self.uid_in_slab.get_mut(&c.shared.uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.uid_in_slab.remove(&c.shared.uid);
+            }
+        }
         // A notice never posted is superseded by this final completion.
         c.notices
             .retain(|(key, generation, _)| !(*key == k && *generation == r.generation));
@@ -988,6 +1069,13 @@ impl Worker {
         }
     }
 
+    /// Requests `uid` may still start in this worker (`--uid-inflight` less its requests in
+    /// the slab).
+    fn uid_room(&self, uid: u32) -> usize {
+        let used = self.uid_in_slab.get(&uid).copied().unwrap_or(0);
+        self.s.uid_inflight.saturating_sub(used) as usize
+    }
+
     fn intake(&mut self) -> bool {
         if self.shutdown.is_some() {
             return false;
@@ -996,15 +1084,33 @@ impl Worker {
         let mut keys = std::mem::take(&mut self.scratch_keys);
         keys.clear();
         keys.extend(self.clients.iter().filter(|(_, c)| !c.dead).map(|(k, _)| k));
+        // Round-robin: each pass starts one client further, so no client (and, with the uid
+        // budget, no uid) is always served first.
+        if !keys.is_empty() {
+            self.intake_turn = self.intake_turn.wrapping_add(1);
+            let at = self.intake_turn % keys.len();
+            keys.rotate_left(at);
+        }
         let now = Instant::now();
         let have_channels = !self.chans.is_empty();
         for &k in &keys {
+            // The uid's budget: what it may still start in this worker.
+            let room = self.uid_room(self.clients[k].shared.uid);
+            if room == 0 {
+                let c = &mut self.clients[k];
+                if c.queue.sq().cached_tail() != c.queue.sq().head() {
+                    c.counters.uid_stalls += 1;
+                    self.stats.uid_stalls += 1;
+                }
+                continue;
+            }
             let mut buf = std::mem::take(&mut self.sqe_buf);
             let mut verdicts = std::mem::take(&mut self.verdicts);
             let c = &mut self.clients[k];
+            let limit = room.min(buf.len());
             let taken = take_sqes(
                 &mut c.queue,
-                &mut buf,
+                &mut buf[..limit],
                 &mut verdicts,
                 &c.shared.geometry,
                 c.shared.gpa_base,
@@ -1074,6 +1180,7 @@ impl Worker {
         };
         let bytes = u64::from(sqe.request_len) + u64::from(sqe.data_valid);
         c.in_slab += 1;
+        *self.uid_in_slab.entry(c.shared.uid).or_insert(0) += 1;
         c.counters.bytes_out += bytes;
         self.stats.bytes_out += bytes;
         let deadline = now + timeout;
@@ -1103,8 +1210,17 @@ impl Worker {
         let tid = transaction_id(key, r.generation);
         let pfns = c.shared.pfns.clone();
         let sqe = r.sqe;
+        let guid = r.guid;
         let limit = self.chans[ck].ch.max_request_pages();
-        if let Err(e) = encode_request(&mut self.pkt, &mut self.pfns, &*pfns, &sqe, tid, limit) {
+        if let Err(e) = encode_request(
+            &mut self.pkt,
+            &mut self.pfns,
+            &*pfns,
+            &sqe,
+            tid,
+            &guid,
+            limit,
+        ) {
             if e == errno::E2BIG {
                 self.stats.errors.too_big += 1;
             }
@@ -1119,6 +1235,12 @@ impl Worker {
         let chan = &mut self.chans[ck];
         match chan.ch.send_uncommitted(&self.pkt) {
             Ok(()) => {
+                tracing::debug!(
+                    tid,
+                    guid = %guid_string(&guid),
+                    channel = chan.ch.index(),
+                    "blob request sent to the host"
+                );
                 chan.dirty = true;
                 chan.outstanding += 1;
                 chan.outstanding_bytes += self.reqs[key].bytes;
@@ -1311,6 +1433,7 @@ impl Worker {
     fn publish(&mut self) {
         self.last_publish = Instant::now();
         self.stats.in_flight = self.reqs.len() as u64;
+        self.publish_in_flight_list();
         self.stats.waiting = self.waiting.len() as u64;
         for (_, c) in &self.clients {
             let mut cc = c.counters;
@@ -1331,6 +1454,45 @@ impl Worker {
         cell.clone_from(&self.stats);
     }
 }
+
+impl Worker {
+    /// The oldest [`IN_FLIGHT_LIST_MAX`] requests, for the ctl stats' in-flight list (the
+    /// control thread orders them). Allocates only when more than that many are in flight.
+    fn publish_in_flight_list(&mut self) {
+        let now = self.last_publish;
+        let mut list = std::mem::take(&mut self.stats.in_flight_list);
+        list.clear();
+        let entry = |key: usize, r: &Req| {
+            let (state, chan) = match r.state {
+                ReqState::Waiting => ("waiting", None),
+                ReqState::Sent { chan } => ("sent", Some(chan)),
+                ReqState::TimedOut { chan } => ("timed_out_lent", Some(chan)),
+            };
+            crate::stats::InFlightRequest {
+                client: self.clients.get(r.client).map_or(0, |c| c.shared.id),
+                user_data: r.sqe.user_data,
+                transaction_id: transaction_id(key, r.generation),
+                guid: r.guid,
+                state,
+                channel: chan.and_then(|c| self.chans.get(c)).map(|c| c.ch.index()),
+                age: now.saturating_duration_since(r.taken),
+            }
+        };
+        if self.reqs.len() <= IN_FLIGHT_LIST_MAX {
+            list.extend(self.reqs.iter().map(|(k, r)| entry(k, r)));
+        } else {
+            let mut oldest: Vec<(Instant, usize)> =
+                self.reqs.iter().map(|(k, r)| (r.taken, k)).collect();
+            oldest.select_nth_unstable(IN_FLIGHT_LIST_MAX - 1);
+            oldest.truncate(IN_FLIGHT_LIST_MAX);
+            list.extend(oldest.iter().map(|&(_, k)| entry(k, &self.reqs[k])));
+        }
+        self.stats.in_flight_list = list;
+    }
+}
+
+/// Most in-flight requests a worker lists in the ctl stats (the oldest).
+pub const IN_FLIGHT_LIST_MAX: usize = 64;
 
 /// What intake decided for one copied SQE, before any host resource is used.
 #[doc(hidden)]
@@ -1398,8 +1560,9 @@ pub fn take_sqes<M: Deref<Target: SharedMemory> + Clone>(
 }
 
 /// Builds into `pkt` the GPA-direct packet of the admitted blob request `sqe` under
-/// transaction id `tid`, translating its buffers through `translator` (`pfns` are scratch
-/// page lists). `Err` is the errno to complete the request with: `E2BIG` when the buffers span
+/// transaction id `tid` and transaction GUID `guid` (copied into `az_blob_vsp_request`, as
+/// the driver copies the caller's), translating its buffers through `translator` (`pfns` are
+/// scratch page lists). `Err` is the errno to complete the request with: `E2BIG` when the buffers span
 /// more than `max_pages` pages (the channel's limit), `EINVAL` when they cannot be translated
 /// or encoded (not expected after [`validate_sqe`]; the request fails, not the worker).
 #[doc(hidden)]
@@ -1409,6 +1572,7 @@ pub fn encode_request(
     translator: &dyn PfnTranslator,
     sqe: &Sqe,
     tid: u64,
+    guid: &[u8; 16],
     max_pages: Option<u32>,
 ) -> Result<(), i32> {
     let [pd, pq, pr, scratch] = pfns;
@@ -1432,7 +1596,7 @@ pub fn encode_request(
     }
     let desc = BlobRequestDesc {
         timeout_ms: sqe.timeout_ms,
-        transaction_guid: [0; 16],
+        transaction_guid: *guid,
         data: d.map(|offset| BufferPages {
             offset,
             len: sqe.data_len,
