@@ -115,8 +115,29 @@ pub fn render_stats(doc: &Value) -> String {
             us(&w["end_to_end"]["p99_ns"]),
         ));
     }
+    let in_flight = doc["in_flight"].as_array().map_or(&[][..], Vec::as_slice);
+    if !in_flight.is_empty() {
+        out.push_str(&format!(
+            "\noldest in flight (transaction GUID as sent to the host):\n{:<36} {:>6} {:>6} {:>20} {:>14} {:>8}\n",
+            "guid", "worker", "client", "user_data", "state", "age ms"
+        ));
+        for r in in_flight.iter().take(IN_FLIGHT_ROWS) {
+            out.push_str(&format!(
+                "{:<36} {:>6} {:>6} {:>20} {:>14} {:>8}\n",
+                r["guid"].as_str().unwrap_or("-"),
+                n(&r["worker"]),
+                n(&r["client"]),
+                n(&r["user_data"]),
+                r["state"].as_str().unwrap_or("-"),
+                n(&r["age_ms"]),
+            ));
+        }
+    }
     out
 }
+
+/// Rows of the daemon's in-flight list `blobring stats` prints (`--json` has them all).
+const IN_FLIGHT_ROWS: usize = 10;
 
 /// `blobring clients`: one line per client.
 pub fn render_clients(doc: &Value) -> String {
@@ -267,6 +288,31 @@ mod tests {
         let ch = render_channels(&doc);
         assert_eq!(ch.lines().count(), 2);
         assert!(render_stats(&json!({})).contains("DISCONNECTED"));
+    }
+
+    #[test]
+    fn stats_lists_the_oldest_requests_in_flight_with_their_guid() {
+        let rows: Vec<_> = (0..12)
+            .map(|i| {
+                json!({"worker": 1, "client": 7, "user_data": i, "state": "sent", "age_ms": 100 - i,
+                       "guid": format!("0badcafe-0000-0001-0000-{i:012x}")})
+            })
+            .collect();
+        let s = render_stats(&json!({"in_flight": rows}));
+        let listed: Vec<&str> = s.lines().filter(|l| l.starts_with("0badcafe")).collect();
+        assert_eq!(listed.len(), IN_FLIGHT_ROWS, "{s}");
+        assert_eq!(
+            listed[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "0badcafe-0000-0001-0000-000000000000",
+                "1",
+                "7",
+                "0",
+                "sent",
+                "100"
+            ]
+        );
+        assert!(!render_stats(&json!({})).contains("oldest in flight"));
     }
 
     #[test]

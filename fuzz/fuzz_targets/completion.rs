@@ -1,8 +1,8 @@
 //! Feeds host completions to the daemon's completion handling as a hostile or buggy host could:
-//! the VMBus packet decoder and [`parse_blob_completion`] (what a worker runs on every packet it
-//! receives) and [`InFlight::match_completion`] (its matching against the in-flight slab:
+//! the reply decoder and [`parse_blob_reply`] (what a worker runs on every packet it receives:
+//! any packet type, as the `hv_azure_blob` driver reads replies) and [`InFlight::match_completion`] (its matching against the in-flight slab:
 //! unknown and stale transaction ids, requests never sent or sent on another channel, lengths
-//! larger than the buffers lent, wrong packet types).
+//! larger than the buffers lent, packet types other than a completion).
 //!
 //! Input: a sequence of operations (first byte selects, see the match below) that insert
 //! requests into the slab in any state, retire them (so ids go stale and slots are reused),
@@ -19,8 +19,8 @@ use blobring_abi::vmbus::AzBlobVspResponse;
 use blobring_abi::{FromZeros, IntoBytes, OP_BLOB, Sqe};
 use blobring_daemon::worker::{InFlight, ReqState, transaction_id};
 use blobring_fuzz::Input;
-use blobring_vmbus::blob::{encode_blob_completion, parse_blob_completion};
-use blobring_vmbus::packet::{GpaRangeRef, decode, encode_gpa_direct, encode_inband};
+use blobring_vmbus::blob::{encode_blob_completion, parse_blob_reply};
+use blobring_vmbus::packet::{GpaRangeRef, decode_reply, encode_gpa_direct, encode_inband};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_OPS: usize = 128;
@@ -53,10 +53,10 @@ fn expected(slab: &InFlight, chan: usize, tid: u64, resp: &AzBlobVspResponse) ->
         .map(|(key, _)| key)
 }
 
-/// Delivers one packet as a worker does: decode, parse as a completion, match, retire.
+/// Delivers one packet as a worker does: decode as a reply, parse the response, match, retire.
 fn deliver(slab: &mut InFlight, chan: usize, packet: &[u8]) -> Option<usize> {
-    let p = decode(packet).ok()?;
-    let (tid, resp) = parse_blob_completion(&p).ok()?;
+    let p = decode_reply(packet).ok()?;
+    let (tid, resp) = parse_blob_reply(&p).ok()?;
     let want = expected(slab, chan, tid, &resp);
     let got = slab.match_completion(chan, tid, &resp);
     assert_eq!(got, want, "tid {tid:#x} on channel {chan}: {resp:?}");
@@ -152,7 +152,8 @@ fuzz_target!(|data: &[u8]| {
                     keys.retain(|&x| x != k);
                 }
             }
-            // The right payload in the wrong packet type: never a completion.
+            // The right payload in another packet type: read as the driver reads replies (the
+            // response at hv_pkt_data of any type), so matched like a completion.
             4 => {
                 let Some(key) = pick(&mut inp, &keys) else {
                     continue;
@@ -171,12 +172,11 @@ fuzz_target!(|data: &[u8]| {
                     };
                     encode_gpa_direct(&mut pkt, tid, &[range], resp.as_bytes()).unwrap();
                 }
-                let p = decode(&pkt).unwrap();
-                assert!(
-                    parse_blob_completion(&p).is_err(),
-                    "{:?} taken as a completion",
-                    p.kind
-                );
+                let chan = usize::from(op >> 3 & 3);
+                assert!(!decode_reply(&pkt).unwrap().is_completion());
+                if let Some(k) = deliver(&mut slab, chan, &pkt) {
+                    keys.retain(|&x| x != k);
+                }
             }
             // A short completion payload (a truncated response).
             _ => {
@@ -189,10 +189,10 @@ fuzz_target!(|data: &[u8]| {
                 pkt.clear();
                 blobring_vmbus::packet::encode_completion(&mut pkt, tid, &resp.as_bytes()[..cut])
                     .unwrap();
-                let p = decode(&pkt).unwrap();
+                let p = decode_reply(&pkt).unwrap();
                 // Packets are padded to 8 bytes and only their length in 8-byte units is on
                 // the wire: a payload padded up to the response's 12 bytes reads as zeros.
-                match parse_blob_completion(&p) {
+                match parse_blob_reply(&p) {
                     Ok((t, r)) => {
                         assert!(cut.next_multiple_of(8) >= size_of::<AzBlobVspResponse>());
                         assert_eq!((t, r), (tid, resp));

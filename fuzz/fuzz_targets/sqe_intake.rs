@@ -230,7 +230,16 @@ impl Client {
         let pfns = SimPfns::new(self.gpa_base, self.g.region_len);
         let mut pkt = Vec::new();
         let mut scratch: [Vec<u64>; 4] = Default::default();
-        match encode_request(&mut pkt, &mut scratch, &pfns, sqe, tid, self.max_pages) {
+        let guid = self.inflight[key].guid;
+        match encode_request(
+            &mut pkt,
+            &mut scratch,
+            &pfns,
+            sqe,
+            tid,
+            &guid,
+            self.max_pages,
+        ) {
             Ok(()) => {}
             Err(e) => {
                 assert_eq!(e, errno::E2BIG, "an admitted SQE failed to encode");

@@ -384,6 +384,10 @@ fn response_head_larger_than_its_buffer_completes_with_head_too_large() {
     }
     let c = cq[0];
     assert_eq!(c.res, 0, "{c:?}");
-    assert_eq!(c.vsp_status, 4, "VSP_ERR_HEAD_TOO_LARGE: {c:?}");
+    assert_eq!(
+        c.vsp_status,
+        blobring_abi::vmbus::VSP_ERR_HEAD_TOO_LARGE,
+        "{c:?}"
+    );
     assert!(c.response_len > 16, "the bytes needed: {c:?}");
 }

@@ -23,6 +23,19 @@
 //!   full and never reap. [`connections`, `submitted` (max per queue), `cq_entries`,
 //!   `sq_entries`]
 //! - `eventfd-flood`: one connection rings every queue's eventfd in a tight loop. \[`rings`\]
+//! - `blocking-doorbell`: the eventfds the daemon passed are the daemon's own open file
+//!   descriptions. One connection clears `O_NONBLOCK` on every doorbell and runs a thread per
+//!   doorbell that blocks in `read` on it, stealing every ring from the daemon, while the main
+//!   thread submits NOPs and rings every ~100 µs. A daemon that drained a doorbell with a
+//!   plain `read` would block in it for good (one stuck worker per doorbell). [`rings`,
+//!   `stolen` (rings read by the attacker), `blocking` (doorbells left blocking: one per
+//!   queue), `alive` (the attacker's own NOPs still complete; rings it steals from itself may
+//!   leave them waiting, which stalls only the attacker)]
+//! - `flood`: `--connections` connections (default 16, 1 MiB arenas) each keep every queue full of valid
+//!   blob requests (GET of a missing blob, a full executor pass on the host) for the duration,
+//!   resubmitting each completion at once: the most load one uid can put on the daemon within
+//!   its limits. Started full before `attacking`. [`connections`, `submitted`, `completed`,
+//!   `queued` (entries in the queues when the attack started)]
 //! - `punch-hole`: `fallocate(PUNCH_HOLE)` on its own region (1 MiB arena; every 25 ms: the
 //!   arena while blob requests are in flight, then the queues, then everything), ring the
 //!   doorbells, and try to shrink and to grow the memfd; reconnect when the daemon hangs up. [`punches`, `shrink_refused`,
@@ -75,6 +88,12 @@ enum Attack {
     CorruptIndices,
     NeverDrain,
     EventfdFlood,
+    BlockingDoorbell,
+    Flood {
+        /// Connections to keep full.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
     PunchHole,
     CrossOffsets,
     ConnectCycles {
@@ -502,6 +521,114 @@ fn eventfd_flood(a: &Args, s: &mut Summary) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn blocking_doorbell(a: &Args, s: &mut Summary) -> anyhow::Result<()> {
+    use std::sync::atomic::AtomicU64;
+    let mut conn = Connection::connect(&a.socket)?;
+    let n = conn.n_queues();
+    let mut blocking = 0;
+    let mut thieves = Vec::new();
+    for q in 0..n {
+        let fd = conn.doorbell_fd(q)?.try_clone_to_owned()?;
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty())?;
+        if !rustix::fs::fcntl_getfl(&fd)?.contains(rustix::fs::OFlags::NONBLOCK) {
+            blocking += 1;
+        }
+        thieves.push(fd);
+    }
+    let stolen = std::sync::Arc::new(AtomicU64::new(0));
+    // The thieves block in `read` until a ring comes; they are left blocked when the attack
+    // ends (the process exits under them).
+    for fd in thieves {
+        let stolen = stolen.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 8];
+            while rustix::io::read(&fd, &mut b).is_ok() {
+                stolen.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let end = Instant::now() + Duration::from_millis(a.duration_ms);
+    attacking();
+    let mut rings = 0u64;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        for q in 0..n {
+            let nops: Vec<Sqe> = (0..8)
+                .map(|i| Sqe {
+                    opcode: OP_NOP,
+                    user_data: i,
+                    ..Sqe::new_zeroed()
+                })
+                .collect();
+            conn.submit(q, &nops)?;
+            conn.ring_doorbell(q)?;
+            rings += 1;
+        }
+        reap_all(&mut conn, &mut out);
+        out.clear();
+        // Paced: the attack is the race between the daemon's drain and the thieves, which
+        // needs rings, not a tight loop (a NOP flood is measured elsewhere).
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    s.set("rings", rings);
+    s.set("stolen", stolen.load(Ordering::Relaxed));
+    s.set("blocking", blocking);
+    s.set("alive", u8::from(still_served(&mut conn)));
+    Ok(())
+}
+
+fn flood(a: &Args, connections: usize, s: &mut Summary) -> anyhow::Result<()> {
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        let mut conn = connect_small(a)?;
+        let bufs = Bufs::new(&mut conn, GET_MISSING)?;
+        let sqe = Sqe {
+            timeout_ms: 60_000,
+            ..bufs.sqe(1, GET_MISSING.len() as u32)
+        };
+        conns.push((conn, sqe));
+    }
+    let (mut submitted, mut completed) = (0u64, 0u64);
+    let mut cq = vec![Cqe::new_zeroed(); 256];
+    let fill = |conns: &mut Vec<(Connection, Sqe)>, submitted: &mut u64| -> anyhow::Result<()> {
+        for (conn, sqe) in conns.iter_mut() {
+            for q in 0..conn.n_queues() {
+                let batch = vec![*sqe; 64];
+                loop {
+                    let n = conn.submit(q, &batch)?;
+                    *submitted += n as u64;
+                    if n < batch.len() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    fill(&mut conns, &mut submitted)?;
+    s.set("queued", submitted);
+    let end = Instant::now() + Duration::from_millis(a.duration_ms);
+    attacking();
+    while Instant::now() < end {
+        let mut got = 0;
+        for (conn, _) in conns.iter_mut() {
+            for q in 0..conn.n_queues() {
+                let n = conn.reap(q, &mut cq)?;
+                got += n;
+            }
+        }
+        completed += got as u64;
+        fill(&mut conns, &mut submitted)?;
+        if got == 0 {
+            let _ = conns[0].0.wait(0, Some(Duration::from_millis(1)));
+        }
+    }
+    s.set("connections", conns.len());
+    s.set("submitted", submitted);
+    s.set("completed", completed);
+    Ok(())
+}
+
 /// This process's memfd of `conn`'s region, reopened through `/proc/self/fd` (the connection
 /// keeps its own fd private).
 fn region_file(conn: &Connection) -> anyhow::Result<std::fs::File> {
@@ -786,6 +913,8 @@ fn main() -> anyhow::Result<()> {
         Attack::CorruptIndices => corrupt_indices(&a, &mut rng, &mut s)?,
         Attack::NeverDrain => never_drain(&a, &mut s)?,
         Attack::EventfdFlood => eventfd_flood(&a, &mut s)?,
+        Attack::BlockingDoorbell => blocking_doorbell(&a, &mut s)?,
+        Attack::Flood { connections } => flood(&a, connections, &mut s)?,
         Attack::PunchHole => punch_hole(&a, &mut rng, &mut s)?,
         Attack::CrossOffsets => cross_offsets(&a, &mut rng, &mut s)?,
         Attack::ConnectCycles { count, arena } => connect_cycles(&a, count, arena, &mut s)?,

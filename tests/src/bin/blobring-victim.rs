@@ -9,6 +9,8 @@
 //! - `run MS`: runs the workload for MS milliseconds (8 slots in flight, spread over every
 //!   queue; each slot alternates PUT `v<slot>` with new content and GET `v<slot>`), drains, and
 //!   prints `ops N bytes B` (completed requests and body bytes moved in the window);
+//! - `lat MS`: one request at a time (slot 0) for MS milliseconds; prints `lat n N p50 US p99
+//!   US max US` (microseconds per request, submit to completion);
 //! - `check`: compares the whole arena with the shadow copy, prints `check ok ARENA_BYTES`;
 //! - `quit` (or end of input): exits 0.
 //!
@@ -294,6 +296,35 @@ impl Victim {
         }
     }
 
+    /// One request at a time on slot 0 (PUT and GET of `v0` alternating) for `window`;
+    /// returns each request's latency in microseconds.
+    fn latency(&mut self, window: Duration) -> anyhow::Result<Vec<u64>> {
+        let t0 = Instant::now();
+        let q = self.slots[0].queue;
+        let mut lat = Vec::new();
+        while t0.elapsed() < window {
+            let start = Instant::now();
+            self.submit(0)?;
+            loop {
+                let n = self.conn.reap(q, &mut self.cq)?;
+                for k in 0..n {
+                    let c = self.cq[k];
+                    self.complete(c)?;
+                }
+                if n > 0 {
+                    break;
+                }
+                ensure!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "one request took more than 120 s"
+                );
+                self.conn.wait(q, Some(Duration::from_millis(1)))?;
+            }
+            lat.push(start.elapsed().as_micros() as u64);
+        }
+        Ok(lat)
+    }
+
     fn check(&self) -> anyhow::Result<u64> {
         let mut now = vec![0u8; self.shadow.len()];
         self.conn.read_buf(self.arena, &mut now)?;
@@ -369,6 +400,19 @@ fn main() -> anyhow::Result<()> {
                 let ms: u64 = words.next().context("run MS")?.parse()?;
                 let (ops, bytes) = v.run(Duration::from_millis(ms))?;
                 println!("ops {ops} bytes {bytes}");
+            }
+            Some("lat") => {
+                let ms: u64 = words.next().context("lat MS")?.parse()?;
+                let mut lat = v.latency(Duration::from_millis(ms))?;
+                lat.sort_unstable();
+                let at = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)];
+                println!(
+                    "lat n {} p50 {} p99 {} max {}",
+                    lat.len(),
+                    at(50),
+                    at(99),
+                    lat[lat.len() - 1]
+                );
             }
             Some("check") => println!("check ok {}", v.check()?),
             Some("quit") | None => break,
