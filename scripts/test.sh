@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every blobring test: formatting, lints, unit and integration tests (real processes),
 # loom models, and bounded fuzzing. Installs what it needs itself: npm's azurite into
-# target/azurite, cargo-fuzz into ~/.cargo/bin, and (Debian, as root) fonts-dejavu-core for the
-# benchmark's PNG charts when no font is present.
+# target/azurite, a Python venv (azure-storage-blob, pyarrow, pytest) into target/venv,
+# cargo-fuzz into ~/.cargo/bin, and (Debian, as root) fonts-dejavu-core for the benchmark's PNG
+# charts when no font is present.
 #
 #   ./scripts/test.sh            everything (what CI runs)
 #   FUZZ_SECONDS=5 ./scripts/test.sh   shorter fuzzing
@@ -22,6 +23,17 @@ cargo --version
 stage "peers (Azurite into target/azurite)"
 BLOBRING_AZURITE=$(./scripts/azurite.sh)
 export BLOBRING_AZURITE
+
+stage "python venv (target/venv: azure-storage-blob, pyarrow, pytest for the gateway tests)"
+# tests/tests/gateway.rs runs azure-storage-blob and pyarrow through `blobring gateway`.
+venv="$root/target/venv"
+if ! "$venv/bin/python" -c 'import azure.storage.blob, pyarrow, pytest' 2>/dev/null; then
+    python=$(command -v python3.11 || command -v python3)
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        azure-storage-blob==12.31.1 pyarrow==26.0.1 pytest==9.2.0
+fi
+export BLOBRING_VENV="$venv"
 
 stage "chart font (blobring-bench's PNG charts need a TrueType font)"
 if [ -z "${BLOBRING_BENCH_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then

@@ -49,6 +49,9 @@ enum Cmd {
     },
     /// Start a local stack: blobring-host (fs store) and blobringd, until Ctrl-C.
     Up(up::UpArgs),
+    /// Serve Azure Blob REST on loopback and carry each request over blobring, so any
+    /// unmodified Blob client works with only its endpoint changed (until SIGINT/SIGTERM).
+    Gateway(blobring_gateway::GatewayArgs),
     /// Blob data commands: cp, ls, cat, rm, mb, rb.
     #[command(flatten)]
     Data(blobring_ctl::data::DataCmd),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     }
     let r = match cli.cmd {
         Cmd::Up(a) => up::run(a),
+        Cmd::Gateway(a) => gateway(a),
         cmd => admin(cmd, cli.ctl_socket),
     };
     match r {
@@ -71,6 +75,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `gateway`: logs to stderr (`RUST_LOG`, default `info`), serves until a signal.
+fn gateway(a: blobring_gateway::GatewayArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    blobring_gateway::run(a.config())?;
+    Ok(())
 }
 
 /// `stats`, `top`, `clients`, `channels`.
@@ -102,7 +118,9 @@ fn admin(cmd: Cmd, ctl_socket: Option<PathBuf>) -> anyhow::Result<()> {
         return Ok(());
     }
     let text = match cmd {
-        Cmd::Top { .. } | Cmd::Data(_) | Cmd::Up(_) => unreachable!("handled above"),
+        Cmd::Top { .. } | Cmd::Data(_) | Cmd::Up(_) | Cmd::Gateway(_) => {
+            unreachable!("handled above")
+        }
         Cmd::Stats { json: true } => serde_json::to_string_pretty(&doc)?,
         Cmd::Clients { json: true } => serde_json::to_string_pretty(&doc["clients"])?,
         Cmd::Channels { json: true } => serde_json::to_string_pretty(&doc["channels"])?,

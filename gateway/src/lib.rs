@@ -1,0 +1,651 @@
+#![forbid(unsafe_code)]
+//! The loopback Azure Blob REST endpoint behind `blobring gateway`: any unmodified Blob client
+//! (azure-storage-blob, the Java/.NET/Go/C++ SDKs, pyarrow's `AzureFileSystem`, azcopy,
+//! object_store over HTTP) points its Blob endpoint at it and its requests travel over
+//! blobring instead of TCP and TLS (ARCHITECTURE §10).
+//!
+//! **What it owns.** An HTTP/1.1 server (hyper on tokio; keep-alive, many concurrent
+//! connections, on TCP — loopback by default — and/or a unix socket), the translation of each
+//! HTTP request into one blobring request through the SDK ([`blobring::Client`]: arena
+//! buffers, submission, completion, reconnection after a daemon restart — nothing of that is
+//! written again here), the gateway's limits and errors, and its statistics (Prometheus text
+//! and JSON on an optional loopback listener, see [`Stats`]).
+//!
+//! **Whom it trusts.** The daemon, as every SDK user does (ARCHITECTURE §8). Not its HTTP
+//! clients: it authenticates nobody and holds **no account key**. Each request goes to the host
+//! exactly as the client signed it — the request line's path and query, the `Host` header and
+//! every other end-to-end header unchanged, only hop-by-hop headers (`Connection`,
+//! `Transfer-Encoding`, `Expect`…) removed — so SharedKey and SAS signatures are verified by
+//! the host, and a request signed for another key is refused there (403), never here. Anyone
+//! who can reach the gateway's listener can use the daemon's uid's blobring session: that is
+//! why it listens on loopback unless told otherwise.
+//!
+//! **Invariants.**
+//! - Memory is bounded: a request body streams from the socket straight into the arena buffer
+//!   of its blobring request (never a heap copy of the whole body); a body announced larger
+//!   than the gateway's limit ([`Config::max_body`], at most [`blobring::MAX_REQUEST_DATA`] and
+//!   half the arena) is refused with 413 **before any of it is read** (the authenticate-
+//!   before-body rule of issue 18 applies to us too: we never buffer past the limit), and a
+//!   chunked body is cut off the moment it passes the limit. A response body is the arena
+//!   buffer itself, handed to hyper without a copy and returned to the arena when sent.
+//! - Every request gets one HTTP answer: the host's (status, headers and body as the host
+//!   wrote them), or a gateway error with an Azure-style XML body (`<Error><Code>…`) and
+//!   `x-ms-error-code` — 503 `ServerBusy` when blobringd cannot be reached or died during the
+//!   request (clients retry it), 413 naming the limit, 408 for a client too slow to send its
+//!   body, 504 on the SDK's deadline. Each gateway error is logged once, with its cause.
+//! - A slow or vanished client only holds its own connection task and its own arena buffer;
+//!   its body is read with an idle deadline ([`Config::body_idle_timeout`]).
+//!
+//! **Large GETs.** One blobring request carries at most [`blobring::MAX_REQUEST_DATA`]
+//! (32 MiB less 64 KiB). A GET whose answer is larger is refused with 413
+//! `BlobringResponseTooLarge` naming the limit: splitting it into ranged requests would need a
+//! new signature (the range is signed by SharedKey), and the gateway holds no key. Clients
+//! that download in ranges (azure-storage-blob, the Java SDK, azcopy, pyarrow, object_store's
+//! `get_range`) are unaffected as long as each range is within the limit (see the README).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use blobring::{Client, ClientError, ClientOptions};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+
+mod stats;
+pub use stats::{Op, Stats};
+
+/// Why the gateway could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}: {source} (is another gateway or Azurite running there?)")]
+    Bind {
+        /// The address or path.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Neither `--listen` nor `--unix` was given.
+    #[error("nothing to listen on: give --listen ADDR and/or --unix PATH")]
+    NoListener,
+    /// The tokio runtime or a signal handler could not be set up.
+    #[error("cannot start the gateway's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The gateway's settings (the `blobring gateway` flags, see [`GatewayArgs`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// TCP address to serve Blob REST on (`None`: no TCP listener).
+    pub listen: Option<SocketAddr>,
+    /// Unix socket to serve Blob REST on.
+    pub unix: Option<PathBuf>,
+    /// blobringd's client socket.
+    pub socket: PathBuf,
+    /// Largest request body accepted (also capped by one blobring request and half the arena).
+    pub max_body: u64,
+    /// Most connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client may leave its request head or body without sending a byte.
+    pub body_idle_timeout: Duration,
+    /// Deadline of each blobring request.
+    pub request_timeout: Duration,
+    /// Where to serve `/metrics` (Prometheus text) and `/stats` (JSON); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// Data arena to ask blobringd for (0: the daemon's default). One request carries at most
+    /// half of it, so 64 MiB or more lets each request carry the full
+    /// [`blobring::MAX_REQUEST_DATA`]. When the daemon refuses the size (its `--arena-size`
+    /// is smaller), the gateway takes the daemon's default and logs how to raise it.
+    pub arena: u64,
+}
+
+/// The `blobring gateway` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// TCP address for Blob REST (loopback unless you name another address; port 0 picks a
+    /// free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    pub listen: SocketAddr,
+    /// Also (or, with --no-tcp, only) serve on this unix socket.
+    #[arg(long)]
+    pub unix: Option<PathBuf>,
+    /// Serve no TCP listener (only --unix).
+    #[arg(long, requires = "unix")]
+    pub no_tcp: bool,
+    /// blobringd's client socket (default: $BLOBRING_SOCKET, else the daemon's default path).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Largest request body in bytes (at most one blobring request, 32 MiB less 64 KiB).
+    #[arg(long, default_value_t = blobring::MAX_REQUEST_DATA)]
+    pub max_body: u64,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client may stay silent while sending its request.
+    #[arg(long, default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+    /// Deadline of each request to the host, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub request_timeout_secs: u64,
+    /// Serve Prometheus text on http://ADDR/metrics and JSON on http://ADDR/stats.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Data arena to ask blobringd for, in MiB (its --arena-size must allow it; otherwise the
+    /// daemon's default is used). One request carries at most half of it, and at most 32 MiB.
+    #[arg(long, default_value_t = 256)]
+    pub arena_mib: u64,
+}
+
+impl GatewayArgs {
+    /// The [`Config`] these flags name.
+    pub fn config(&self) -> Config {
+        Config {
+            listen: (!self.no_tcp).then_some(self.listen),
+            unix: self.unix.clone(),
+            socket: self
+                .socket
+                .clone()
+                .unwrap_or_else(blobring::default_socket_path),
+            max_body: self.max_body,
+            max_connections: self.max_connections.max(1),
+            body_idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
+            metrics: self.metrics,
+            arena: self.arena_mib << 20,
+        }
+    }
+}
+
+/// Bytes reserved for a response body when the request says nothing about its size (listings,
+/// block lists, error bodies) — as the SDK's object_store connector does.
+const DEFAULT_RECV: u64 = 1 << 20;
+/// Response-head capacity (heads with many metadata headers fit).
+const RESPONSE_HEAD_CAP: u32 = 32 << 10;
+/// Smallest response body handed to hyper without a copy.
+const ZERO_COPY_MIN: usize = 64 << 10;
+
+/// The response body type.
+pub type Body = Full<Bytes>;
+
+/// A gateway-made error answer.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("blobringd at {socket} cannot be reached: {source}")]
+    Unreachable { socket: String, source: ClientError },
+    #[error("blobringd stopped or restarted during the request: {0}")]
+    DaemonLost(ClientError),
+    #[error("the gateway's shared-memory arena stayed full: {0}")]
+    ArenaFull(ClientError),
+    #[error("the request body is {len} bytes, more than the gateway's limit of {limit} bytes")]
+    BodyTooLarge { len: u64, limit: u64 },
+    #[error("the answer is {needed} bytes, more than one blobring request carries ({limit} bytes)")]
+    ResponseTooLarge { needed: u64, limit: u64 },
+    #[error("the client sent nothing for {0:?} while sending its body")]
+    ClientSlow(Duration),
+    #[error("the client's body could not be read: {0}")]
+    ClientBody(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("the request timed out: {0}")]
+    TimedOut(ClientError),
+    #[error("blobring failed the request: {0}")]
+    Other(ClientError),
+}
+
+impl Failure {
+    fn status_code(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Failure::Unreachable { .. } | Failure::DaemonLost(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServerBusy",
+                format!(
+                    "{self}. The blobring gateway cannot reach the storage service: start \
+                     blobringd (blobring up) or check BLOBRING_SOCKET; retry."
+                ),
+            ),
+            Failure::ArenaFull(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServerBusy",
+                format!(
+                    "{self}. Too many large requests in flight at once through the gateway: \
+                     retry, or give it a larger arena (--arena-mib, within blobringd's \
+                     --arena-size)."
+                ),
+            ),
+            Failure::BodyTooLarge { limit, .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestBodyTooLarge",
+                format!(
+                    "{self} (blobring gateway --max-body, at most one blobring request of \
+                     {limit} bytes): upload in blocks (Put Block) of at most {limit} bytes."
+                ),
+            ),
+            Failure::ResponseTooLarge { limit, .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BlobringResponseTooLarge",
+                format!(
+                    "{self}: read the blob in ranges of at most {limit} bytes (the range is \
+                     signed, so the gateway, which holds no key, cannot split it)."
+                ),
+            ),
+            Failure::ClientSlow(_) | Failure::ClientBody(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                self.to_string(),
+            ),
+            Failure::BadRequest(_) => (StatusCode::BAD_REQUEST, "InvalidInput", self.to_string()),
+            Failure::TimedOut(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "OperationTimedOut",
+                self.to_string(),
+            ),
+            Failure::Other(_) => (StatusCode::BAD_GATEWAY, "InternalError", self.to_string()),
+        }
+    }
+
+    /// The Azure-style answer: XML `Error` body (none for HEAD), `x-ms-error-code`,
+    /// `x-ms-request-id`.
+    fn response(&self, method: &Method) -> http::Response<Body> {
+        let (status, code, message) = self.status_code();
+        let id = uuid::Uuid::new_v4();
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            Bytes::from(format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{}\n\
+                 RequestId:{id}\nTime:{}</Message></Error>",
+                xml_escape(&message),
+                httpdate::fmt_http_date(std::time::SystemTime::now()),
+            ))
+        };
+        let len = body.len();
+        let mut r = http::Response::new(Full::new(body));
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert("x-ms-error-code", HeaderValue::from_static(code));
+        if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+            h.insert("x-ms-request-id", v);
+        }
+        h.insert("content-type", HeaderValue::from_static("application/xml"));
+        if method != Method::HEAD {
+            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        if matches!(
+            self,
+            Failure::BodyTooLarge { .. } | Failure::ClientSlow(_) | Failure::ClientBody(_)
+        ) {
+            // The body was not (fully) read: the connection cannot carry another request.
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Hop-by-hop headers: they describe one HTTP connection, are never part of a signature, and
+/// are not carried over blobring (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// The gateway's shared state: the SDK client (made on first use, remade after it fails to
+/// connect) and the statistics.
+#[derive(Debug)]
+pub struct Gateway {
+    cfg: Config,
+    client: Mutex<Option<Client>>,
+    /// Held while connecting, so concurrent first requests make one daemon session, not one
+    /// each.
+    connecting: tokio::sync::Mutex<()>,
+    stats: Stats,
+}
+
+impl Gateway {
+    /// A gateway with `cfg` (connects to blobringd on first request).
+    pub fn new(cfg: Config) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            client: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Its statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    async fn client(&self) -> Result<Client, Failure> {
+        let current = || {
+            self.client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        if let Some(c) = current() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = current() {
+            return Ok(c);
+        }
+        let mut opts = ClientOptions {
+            socket: self.cfg.socket.clone(),
+            default_timeout: self.cfg.request_timeout,
+            ..ClientOptions::default()
+        };
+        opts.connect.arena_len = self.cfg.arena;
+        let socket = self.cfg.socket.display().to_string();
+        // The handshake is a few blocking socket calls: off the reactor threads.
+        let c = tokio::task::spawn_blocking(move || match Client::connect_with(opts.clone()) {
+            Err(ClientError::Connect(blobring::ConnectError::Refused { message, .. }))
+                if opts.connect.arena_len != 0 && message.contains("arena") =>
+            {
+                tracing::warn!(
+                    asked = opts.connect.arena_len,
+                    %message,
+                    "blobringd refused the gateway's arena; using its default (start \
+                     blobringd with a larger --arena-size, or pass --arena-mib, so one \
+                     request can carry up to 32 MiB)"
+                );
+                opts.connect.arena_len = 0;
+                Client::connect_with(opts)
+            }
+            r => r,
+        })
+        .await
+        .map_err(|e| Failure::Other(ClientError::BadResponse(format!("connect task: {e}"))))?
+        .map_err(|source| Failure::Unreachable { socket, source })?;
+        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(slot.get_or_insert(c).clone())
+    }
+
+    /// The largest body one request may carry here.
+    fn limit(&self, client: &Client) -> u64 {
+        self.cfg
+            .max_body
+            .min(blobring::MAX_REQUEST_DATA)
+            .min(client.arena_len() / 2)
+    }
+
+    /// Serves one HTTP request: always an answer, never an error to hyper.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<Body>, Infallible> {
+        let t0 = Instant::now();
+        let method = req.method().clone();
+        let op = Op::classify(&method, req.uri().query(), req.headers());
+        let target = req.uri().to_string();
+        let mut bytes_in = 0u64;
+        let resp = match self.forward(req, &mut bytes_in).await {
+            Ok(r) => r,
+            Err(f) => {
+                // Logged once, here, with its cause.
+                tracing::warn!(%method, %target, error = %f, "blobring gateway error");
+                if matches!(f, Failure::Unreachable { .. } | Failure::DaemonLost(_)) {
+                    self.stats.daemon_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                f.response(&method)
+            }
+        };
+        let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+        self.stats.record(
+            op,
+            resp.status().as_u16(),
+            bytes_in,
+            bytes_out,
+            t0.elapsed(),
+        );
+        Ok(resp)
+    }
+
+    async fn forward(
+        &self,
+        req: http::Request<Incoming>,
+        bytes_in: &mut u64,
+    ) -> Result<http::Response<Body>, Failure> {
+        let (parts, mut body) = req.into_parts();
+        let announced = match parts.headers.get(http::header::CONTENT_LENGTH) {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or_else(|| Failure::BadRequest("invalid Content-Length".into()))?,
+            ),
+            None => body.size_hint().exact().filter(|_| body.is_end_stream()),
+        };
+        // Refuse an over-limit body before reading it, and before even connecting.
+        let static_limit = self.cfg.max_body.min(blobring::MAX_REQUEST_DATA);
+        if let Some(len) = announced
+            && len > static_limit
+        {
+            return Err(Failure::BodyTooLarge {
+                len,
+                limit: static_limit,
+            });
+        }
+        let client = self.client().await?;
+        let limit = self.limit(&client);
+        if let Some(len) = announced
+            && len > limit
+        {
+            return Err(Failure::BodyTooLarge { len, limit });
+        }
+        let is_get = parts.method == Method::GET;
+        let recv = if is_get {
+            range_len(&parts.headers).unwrap_or(limit)
+        } else if parts.method == Method::HEAD {
+            0
+        } else {
+            DEFAULT_RECV
+        };
+        let body_cap = announced.unwrap_or(limit);
+        let lease = client
+            .alloc_async(recv.min(limit).max(body_cap).max(4096))
+            .await
+            .map_err(|e| self.classify(e))?;
+        // Stream the body into the arena buffer as it arrives.
+        let mut at = 0u64;
+        loop {
+            let frame = match tokio::time::timeout(self.cfg.body_idle_timeout, body.frame()).await {
+                Err(_) => return Err(Failure::ClientSlow(self.cfg.body_idle_timeout)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(Failure::ClientBody(e.to_string())),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: not part of a Blob request
+            };
+            let end = at + data.len() as u64;
+            if end > body_cap {
+                *bytes_in = end;
+                return Err(Failure::BodyTooLarge {
+                    len: end,
+                    limit: body_cap,
+                });
+            }
+            lease.write(at as usize, &data).map_err(Failure::Other)?;
+            at = end;
+        }
+        *bytes_in = at;
+        let head = request_head(&parts, announced.is_none().then_some(at));
+        let mut r = blobring::Request::new(head);
+        r.response_cap = RESPONSE_HEAD_CAP;
+        r.data_valid = at as u32;
+        r.data = Some(lease);
+        r.timeout = Some(self.cfg.request_timeout);
+        let c = match client.execute(r).await {
+            Ok(c) => c,
+            Err(ClientError::BodyTooLarge { needed }) => {
+                return Err(Failure::ResponseTooLarge { needed, limit });
+            }
+            Err(e) => return Err(self.classify(e)),
+        };
+        let rh = blobring::blob::parse_response_head(&c.head).map_err(Failure::Other)?;
+        let n = c.data_len();
+        let data = match c.data {
+            Some(l) if n >= ZERO_COPY_MIN && n >= l.len() / 2 => l.into_bytes(n),
+            Some(l) => l.to_bytes(n),
+            None => Ok(Bytes::new()),
+        }
+        .map_err(Failure::Other)?;
+        let mut resp = http::Response::new(Full::new(data));
+        *resp.status_mut() = StatusCode::from_u16(rh.status)
+            .map_err(|e| Failure::Other(ClientError::BadResponse(e.to_string())))?;
+        let mut headers = rh.headers;
+        for h in HOP_BY_HOP {
+            headers.remove(h);
+        }
+        if parts.method != Method::HEAD && !no_body_status(rh.status) {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+
+    /// A transport error as the answer it deserves; the SDK's client is dropped when its
+    /// daemon is gone, so the next request reconnects.
+    fn classify(&self, e: ClientError) -> Failure {
+        match e {
+            ClientError::Connect(_)
+            | ClientError::ConnectionReset
+            | ClientError::Connection(blobring::Error::DaemonGone) => {
+                if matches!(e, ClientError::Connect(_)) {
+                    *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                Failure::DaemonLost(e)
+            }
+            ClientError::Errno(code, _) if code == blobring::errno::ENODEV => {
+                Failure::DaemonLost(e)
+            }
+            ClientError::ArenaBusy { .. } => Failure::ArenaFull(e),
+            ClientError::TimedOut(_) => Failure::TimedOut(e),
+            e => Failure::Other(e),
+        }
+    }
+}
+
+/// 1xx, 204 and 304 answers carry no body (and no Content-Length of ours).
+fn no_body_status(s: u16) -> bool {
+    s < 200 || s == 204 || s == 304
+}
+
+/// The request head sent over blobring: the client's request line (path and query exactly as
+/// sent) and every end-to-end header as sent, `Host` included; `content-length` added only
+/// for a chunked body (its length is known once read).
+fn request_head(parts: &http::request::Parts, chunked_len: Option<u64>) -> Vec<u8> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut h = Vec::with_capacity(1024);
+    h.extend_from_slice(parts.method.as_str().as_bytes());
+    h.push(b' ');
+    h.extend_from_slice(target.as_bytes());
+    h.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(http::header::HOST)
+        && let Some(a) = parts.uri.authority()
+    {
+        h.extend_from_slice(format!("host: {a}\r\n").as_bytes());
+    }
+    for (k, v) in &parts.headers {
+        if HOP_BY_HOP.contains(&k.as_str()) {
+            continue;
+        }
+        h.extend_from_slice(k.as_str().as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(v.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = chunked_len
+        && (n > 0 || parts.method == Method::PUT)
+    {
+        h.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    }
+    h.extend_from_slice(b"\r\n");
+    h
+}
+
+/// The length of a bounded `bytes=a-b` range (`Range` or `x-ms-range`).
+fn range_len(headers: &HeaderMap) -> Option<u64> {
+    let v = headers
+        .get("x-ms-range")
+        .or_else(|| headers.get("range"))?
+        .to_str()
+        .ok()?;
+    let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
+    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+    Some(b.checked_sub(a)? + 1)
+}
+
+pub mod server;
+pub use server::{Running, run, start};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_keeps_host_path_query_and_drops_hop_by_hop() {
+        let req = http::Request::builder()
+            .method("PUT")
+            .uri("/devstoreaccount1/c/a%20b?comp=block&blockid=QUE%3D")
+            .header("host", "127.0.0.1:10000")
+            .header("x-ms-date", "d")
+            .header("authorization", "SharedKey a:b")
+            .header("connection", "keep-alive")
+            .header("expect", "100-continue")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let h = String::from_utf8(request_head(&parts, Some(5))).unwrap();
+        assert!(
+            h.starts_with("PUT /devstoreaccount1/c/a%20b?comp=block&blockid=QUE%3D HTTP/1.1\r\n")
+        );
+        assert!(h.contains("host: 127.0.0.1:10000\r\n"));
+        assert!(h.contains("authorization: SharedKey a:b\r\n"));
+        assert!(h.contains("content-length: 5\r\n"));
+        assert!(!h.contains("connection"));
+        assert!(!h.contains("expect"));
+        assert!(!h.contains("chunked"));
+        assert!(h.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn ranges() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ms-range", HeaderValue::from_static("bytes=10-19"));
+        assert_eq!(range_len(&h), Some(10));
+        h.insert("x-ms-range", HeaderValue::from_static("bytes=10-"));
+        assert_eq!(range_len(&h), None);
+    }
+
+    #[test]
+    fn error_answers_are_azure_style() {
+        let f = Failure::BodyTooLarge { len: 9, limit: 4 };
+        let r = f.response(&Method::PUT);
+        assert_eq!(r.status(), 413);
+        assert_eq!(r.headers()["x-ms-error-code"], "RequestBodyTooLarge");
+        assert_eq!(r.headers()["connection"], "close");
+        let r = Failure::ClientSlow(Duration::from_secs(1)).response(&Method::HEAD);
+        assert_eq!(r.body().size_hint().exact(), Some(0));
+    }
+}
