@@ -163,6 +163,20 @@ pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4;
 /// VSP status: the host failed internally.
 pub const VSP_ERR_INTERNAL: u32 = 5;
 
+/// Request header (blobring's own; not an `x-ms-` header, so never part of a SharedKey
+/// signature) asking the host for one *window* of a Get Blob answer's body: `<first>-<last>`,
+/// inclusive byte offsets into the body the request would otherwise get (the whole blob, or the
+/// signed range). The answer has the status and headers of the whole answer, with this header
+/// set to `<first>/<total>` (`total`: the whole body's length) and `Content-Length` the
+/// window's length. It lets a peer that holds no account key, and so cannot sign a range of
+/// its own (`blobring gateway`), carry a body larger than one request's data buffer as several
+/// requests. A host that does not know the header answers whole (no such header in the
+/// answer).
+pub const BODY_WINDOW_HEADER: &str = "x-blobring-body-window";
+/// With [`BODY_WINDOW_HEADER`]: the ETag the blob must still have, else 412 `ConditionNotMet`,
+/// so that every window of one answer comes from one version of the blob.
+pub const BODY_WINDOW_ETAG_HEADER: &str = "x-blobring-body-window-etag";
+
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<RingControl>() == RING_CONTROL_LEN as usize);

@@ -37,6 +37,10 @@ pub enum Mode {
     Small(SmallArgs),
     /// 1 → 256 client processes on the native path: throughput, p99, daemon RSS per client.
     Scale(ScaleArgs),
+    /// The gateway issue's benchmark: P processes read 1 GiB with object_store through
+    /// `blobring gateway` (g), direct to the host's REST front end over HTTP and HTTPS (b), and
+    /// through the blobring connector (c); GB/s, CPU s/GB (gateway included), ratios.
+    Gateway(GatewayArgs),
     /// seed, small and scale with their defaults, in one report.
     All(AllArgs),
     /// (internal) a client process: reads a job on stdin.
@@ -98,7 +102,7 @@ pub struct SeedArgs {
     /// Arena bytes per blobring client.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     pub arena: u64,
-    /// Paths to run (default: all five).
+    /// Paths to run (default: all but the gateway, which `gateway` measures).
     #[arg(long, value_delimiter = ',')]
     pub paths: Vec<PathKind>,
     /// The stack.
@@ -107,6 +111,67 @@ pub struct SeedArgs {
     /// Outputs.
     #[command(flatten)]
     pub out: Output,
+}
+
+/// `gateway` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct GatewayArgs {
+    /// Client processes.
+    #[arg(long = "clients", short = 'P', default_value_t = 4)]
+    pub clients: usize,
+    /// Blobs.
+    #[arg(long = "blobs", short = 'C', default_value_t = 4)]
+    pub blobs: usize,
+    /// Bytes per blob (4 × 256 MiB: every client reads 1 GiB per path and round).
+    #[arg(long = "size", short = 'S', default_value = "256M", value_parser = parse_size)]
+    pub size: u64,
+    /// Rounds over all paths (path order alternates between rounds).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Bytes per ranged GET.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub chunk: u64,
+    /// Ranged GETs in flight per client.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Paths (default: gateway, http, https, connector).
+    #[arg(long, value_delimiter = ',')]
+    pub paths: Vec<PathKind>,
+    /// The stack.
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Outputs.
+    #[command(flatten)]
+    pub out: Output,
+}
+
+impl GatewayArgs {
+    fn options(&self) -> Result<SeedOptions> {
+        let paths = if self.paths.is_empty() {
+            vec![
+                PathKind::Gateway,
+                PathKind::Http,
+                PathKind::Https,
+                PathKind::Connector,
+            ]
+        } else {
+            self.paths.clone()
+        };
+        SeedArgs {
+            clients: self.clients,
+            blobs: self.blobs,
+            size: self.size,
+            rounds: self.rounds,
+            chunk: self.chunk,
+            parallel: self.parallel,
+            sync_chunk: self.chunk,
+            arena: 128 << 20,
+            paths,
+            stack: self.stack.clone(),
+            out: self.out.clone(),
+        }
+        .options()
+    }
 }
 
 /// `small` arguments.
@@ -204,7 +269,7 @@ impl SeedArgs {
             size: self.size,
             rounds: self.rounds,
             paths: if self.paths.is_empty() {
-                PathKind::ALL.to_vec()
+                PathKind::SEED.to_vec()
             } else {
                 self.paths.clone()
             },
@@ -227,9 +292,9 @@ impl SmallArgs {
         };
         if paths
             .iter()
-            .any(|p| matches!(p, PathKind::Pread | PathKind::Sync))
+            .any(|p| matches!(p, PathKind::Pread | PathKind::Sync | PathKind::Gateway))
         {
-            bail!("small measures http, connector and native only");
+            bail!("small measures http, https, connector and native only");
         }
         Ok(SmallOptions {
             depths: self.depths.clone(),
@@ -287,6 +352,14 @@ pub fn run(cli: Cli) -> Result<()> {
             None,
             "seed",
         ),
+        Mode::Gateway(a) => (
+            a.out.clone(),
+            a.stack.clone(),
+            Some(a.options()?),
+            None,
+            None,
+            "gateway",
+        ),
         Mode::Small(a) => (
             a.out.clone(),
             a.stack.clone(),
@@ -315,8 +388,15 @@ pub fn run(cli: Cli) -> Result<()> {
         + scale.as_ref().map_or(0, crate::scale::phases);
     let pb = progress(&out, phases);
     pb.set_message("starting blobring-host and blobringd");
+    let gateway = seed
+        .as_ref()
+        .is_some_and(|o| o.paths.contains(&PathKind::Gateway));
+    if gateway {
+        pb.set_message("starting blobring-host, blobringd and blobring gateway");
+    }
     let stack = Stack::start(&StackOptions {
         hugetlb: stack_args.hugetlb,
+        gateway,
         ..StackOptions::default()
     })?;
     let mut report = Report {

@@ -84,17 +84,36 @@ impl Reader {
         let ep = &job.endpoint;
         Ok(match job.path {
             PathKind::Pread => Reader::Pread,
-            PathKind::Http | PathKind::Connector => {
+            PathKind::Http | PathKind::Https | PathKind::Gateway | PathKind::Connector => {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .context("build a tokio runtime")?;
+                let endpoint = match job.path {
+                    PathKind::Https => ep.https.clone(),
+                    PathKind::Gateway => ep
+                        .gateway
+                        .clone()
+                        .context("the gateway path needs a stack with a gateway")?,
+                    _ => ep.http.clone(),
+                };
                 let mut b = MicrosoftAzureBuilder::new()
                     .with_account(blobring::blob::EMULATOR_ACCOUNT)
                     .with_access_key(blobring::blob::EMULATOR_KEY)
                     .with_container_name(CONTAINER)
-                    .with_endpoint(ep.http.clone())
+                    .with_endpoint(endpoint)
                     .with_allow_http(true);
+                if job.path == PathKind::Https {
+                    let pem = std::fs::read(&ep.cert)
+                        .with_context(|| format!("read the host's certificate {}", ep.cert.display()))?;
+                    let cert = object_store::Certificate::from_pem(&pem)
+                        .context("parse the host's certificate")?;
+                    b = b.with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_no_system_certificates(true)
+                            .with_root_certificate(cert),
+                    );
+                }
                 if job.path == PathKind::Connector {
                     let client = connect(&ep.socket, job.tuning.arena)?;
                     b = b.with_http_connector(blobring::connector::BlobringConnector::new(client));
@@ -457,6 +476,9 @@ mod tests {
             endpoint: Endpoint {
                 socket: dir.path().join("unused.sock"),
                 http: "http://127.0.0.1:1/devstoreaccount1".into(),
+                https: "https://127.0.0.1:1/devstoreaccount1".into(),
+                cert: dir.path().join("unused.pem"),
+                gateway: None,
             },
             tuning: Tuning {
                 chunk: 1 << 20,

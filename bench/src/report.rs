@@ -20,7 +20,7 @@ pub struct PathFigures {
     pub bytes: u64,
     /// Wall seconds (sum over rounds, from `go` to the last client done).
     pub seconds: f64,
-    /// CPU seconds per GB: (clients + daemon + host) / (bytes / 10^9).
+    /// CPU seconds per GB: (clients + daemon + host + gateway) / (bytes / 10^9).
     pub cpu_s_per_gb: f64,
     /// CPU seconds of the client processes (getrusage, summed).
     pub client_cpu_s: f64,
@@ -28,6 +28,9 @@ pub struct PathFigures {
     pub daemon_cpu_s: f64,
     /// CPU seconds of blobring-host over the same intervals.
     pub host_cpu_s: f64,
+    /// CPU seconds of `blobring gateway` over the same intervals (the gateway path's; 0 when
+    /// the stack runs none).
+    pub gateway_cpu_s: f64,
     /// Requests (or pread calls).
     pub requests: u64,
     /// Blob reads whose xxh3 matched the data written.
@@ -226,16 +229,17 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "  CPU s/GB = (client getrusage + daemon + host utime/stime) / GB; per path: \
-                 clients/daemon/host s = {}",
+                "  CPU s/GB = (client getrusage + daemon + host + gateway utime/stime) / GB; per \
+                 path: clients/daemon/host/gateway s = {}",
                 crate::worker::PathKind::ALL
                     .iter()
                     .filter_map(|k| self.paths.get(k.name()).map(|p| format!(
-                        "{} {:.1}/{:.1}/{:.1}",
+                        "{} {:.1}/{:.1}/{:.1}/{:.1}",
                         k.name(),
                         p.client_cpu_s,
                         p.daemon_cpu_s,
-                        p.host_cpu_s
+                        p.host_cpu_s,
+                        p.gateway_cpu_s
                     )))
                     .collect::<Vec<_>>()
                     .join(", ")

@@ -90,9 +90,9 @@ fn phase(
         })
         .collect();
     let fleet = Fleet::spawn(&jobs)?;
-    let (d0, h0) = stack.cpu()?;
+    let ((d0, h0), g0) = (stack.cpu()?, stack.gateway_cpu()?);
     let (outs, wall) = fleet.go()?;
-    let (d1, h1) = stack.cpu()?;
+    let ((d1, h1), g1) = (stack.cpu()?, stack.gateway_cpu()?);
     let f = report.paths.entry(path.name().into()).or_default();
     let bytes: u64 = outs.iter().map(|x| x.bytes).sum();
     f.bytes += bytes;
@@ -100,6 +100,7 @@ fn phase(
     f.client_cpu_s += outs.iter().map(|x| x.cpu_s).sum::<f64>();
     f.daemon_cpu_s += d1 - d0;
     f.host_cpu_s += h1 - h0;
+    f.gateway_cpu_s += g1 - g0;
     f.requests += outs.iter().map(|x| x.requests).sum::<u64>();
     f.verified_blobs += outs.iter().map(|x| x.verified).sum::<u64>();
     f.blob_reads += (o.clients * blobs.len()) as u64;
@@ -110,20 +111,20 @@ fn phase(
 fn finish(report: &mut Report) {
     for f in report.paths.values_mut() {
         f.gbps = f.bytes as f64 / f.seconds.max(1e-9) / 1e9;
-        let cpu = f.client_cpu_s + f.daemon_cpu_s + f.host_cpu_s;
+        let cpu = f.client_cpu_s + f.daemon_cpu_s + f.host_cpu_s + f.gateway_cpu_s;
         f.cpu_s_per_gb = cpu / (f.bytes as f64 / 1e9).max(1e-12);
         f.checksums_ok = f.verified_blobs == f.blob_reads && f.blob_reads > 0;
     }
     let g = |r: &Report, k: &str| r.paths.get(k).map(|p| p.gbps);
     let c = |r: &Report, k: &str| r.paths.get(k).map(|p| p.cpu_s_per_gb);
-    for p in ["pread", "connector", "native", "sync"] {
+    for p in ["pread", "https", "gateway", "connector", "native", "sync"] {
         let v = g(report, p);
         let h = g(report, "http");
         report.ratio(&format!("{p}_vs_http"), v, h);
         let (v, h) = (c(report, p), c(report, "http"));
         report.ratio(&format!("cpu_per_gb_{p}_vs_http"), v, h);
     }
-    for p in ["http", "connector", "native", "sync"] {
+    for p in ["http", "https", "gateway", "connector", "native", "sync"] {
         let (v, a) = (g(report, p), g(report, "pread"));
         report.ratio(&format!("{p}_vs_pread"), v, a);
         let (v, a) = (c(report, p), c(report, "pread"));
@@ -131,6 +132,11 @@ fn finish(report: &mut Report) {
     }
     let (n, cn) = (g(report, "native"), g(report, "connector"));
     report.ratio("sync_vs_native", g(report, "sync"), n);
+    let (gw, https) = (g(report, "gateway"), g(report, "https"));
+    report.ratio("gateway_vs_https", gw, https);
+    report.ratio("gateway_vs_connector", gw, cn);
+    let (cg, ch) = (c(report, "gateway"), c(report, "https"));
+    report.ratio("cpu_per_gb_gateway_vs_https", cg, ch);
     let r = |k: &str, rep: &Report| rep.ratios.get(k).copied();
     if let Some(v) = r("native_vs_http", report) {
         report.targets.push(Target::at_least(
@@ -153,6 +159,30 @@ fn finish(report: &mut Report) {
             "(c) connector throughput vs (b) HTTP",
             v,
             1.5,
+            "×",
+        ));
+    }
+    if let Some(v) = r("gateway_vs_https", report) {
+        report.targets.push(Target::at_least(
+            "(g) gateway throughput vs (b) HTTPS",
+            v,
+            1.2,
+            "×",
+        ));
+    }
+    if let Some(v) = r("cpu_per_gb_gateway_vs_https", report) {
+        report.targets.push(Target::at_most(
+            "(g) gateway CPU per GB vs (b) HTTPS",
+            v,
+            0.7,
+            "×",
+        ));
+    }
+    if let Some(v) = r("gateway_vs_connector", report) {
+        report.targets.push(Target::at_least(
+            "(g) gateway throughput vs (c) connector",
+            v,
+            0.6,
             "×",
         ));
     }

@@ -1,6 +1,7 @@
 //! The system under test: a real `blobring-host` (fs store in a temp dir, VMBus sim socket and
-//! REST front end on `127.0.0.1:0`) and a real `blobringd` connected to it. Both are killed and
-//! reaped when the [`Stack`] is dropped.
+//! REST front end on `127.0.0.1:0`, over HTTP and over HTTPS with a certificate generated at
+//! start) and a real `blobringd` connected to it, plus, when asked, a `blobring gateway` in
+//! front of the daemon. All are killed and reaped when the [`Stack`] is dropped.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
@@ -52,6 +53,8 @@ pub struct StackOptions {
     pub max_clients: u32,
     /// Client regions on hugetlb pages (`--hugetlb`).
     pub hugetlb: bool,
+    /// Also start `blobring gateway` (found next to this executable, or `$BLOBRING_BIN`).
+    pub gateway: bool,
 }
 
 impl Default for StackOptions {
@@ -60,6 +63,7 @@ impl Default for StackOptions {
             max_arena: 128 << 20,
             max_clients: 1024,
             hugetlb: false,
+            gateway: false,
         }
     }
 }
@@ -76,6 +80,12 @@ pub struct Stack {
     pub ctl: PathBuf,
     /// REST endpoint including the account: `http://127.0.0.1:PORT/devstoreaccount1`.
     pub endpoint: String,
+    /// The same over TLS: `https://127.0.0.1:PORT/devstoreaccount1`.
+    pub https_endpoint: String,
+    /// The host's generated TLS certificate (PEM).
+    pub cert: PathBuf,
+    /// The gateway and its endpoint (with the account), when started.
+    gateway: Option<(Child, String)>,
     daemon_log: PathBuf,
     // Last: removed after the processes are gone.
     _dir: tempfile::TempDir,
@@ -99,29 +109,41 @@ impl Stack {
             .arg(&host_sock)
             .arg("--store")
             .arg(format!("fs:{}", store.display()))
-            .args(["--http", "127.0.0.1:0", "--container", CONTAINER])
+            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .arg("--tls-cert-out")
+            .arg(dir.path().join("host.pem"))
+            .args(["--container", CONTAINER])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("start {}", host_bin.display()))?;
-        // Read the `listening on` line; keep draining stdout afterwards.
+        // Read the `listening on` lines and the certificate's; keep draining stdout afterwards.
         let out = host.stdout.take().context("host stdout")?;
         let mut lines = BufReader::new(out).lines();
-        let mut url = None;
+        let (mut url, mut https, mut cert) = (None, None, None);
         for line in lines.by_ref() {
             let line = line.context("read the host's stdout")?;
-            if let Some(u) = line.strip_prefix("listening on ") {
-                url = Some(u.trim().to_owned());
+            if let Some(u) = line.strip_prefix("listening on http://") {
+                url = Some(format!("http://{}", u.trim()));
+            } else if let Some(u) = line.strip_prefix("listening on https://") {
+                https = Some(format!("https://{}", u.trim()));
+            } else if let Some(p) = line.strip_prefix("tls certificate ") {
+                cert = Some(PathBuf::from(p.trim()));
+            }
+            if url.is_some() && https.is_some() && cert.is_some() {
                 break;
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        let Some(url) = url else {
+        let (Some(url), Some(https), Some(cert)) = (url, https, cert) else {
             let _ = host.kill();
             let st = host.wait();
-            bail!("blobring-host exited ({st:?}) without printing its `listening on` address");
+            bail!(
+                "blobring-host exited ({st:?}) without printing its `listening on` addresses and \
+                 certificate (is it older than --https?)"
+            );
         };
         let daemon_log = dir.path().join("daemon.log");
         let log = std::fs::File::create(&daemon_log).context("create the daemon log")?;
@@ -159,6 +181,9 @@ impl Stack {
             socket,
             ctl,
             endpoint: format!("{url}/{}", blobring::blob::EMULATOR_ACCOUNT),
+            https_endpoint: format!("{https}/{}", blobring::blob::EMULATOR_ACCOUNT),
+            cert,
+            gateway: None,
             daemon_log,
             _dir: dir,
         };
@@ -176,6 +201,10 @@ impl Stack {
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut stack = stack;
+        if opts.gateway {
+            stack.gateway = Some(start_gateway(&stack.socket, opts.max_arena)?);
         }
         Ok(stack)
     }
@@ -217,6 +246,9 @@ impl Stack {
         crate::worker::Endpoint {
             socket: self.socket.clone(),
             http: self.endpoint.clone(),
+            https: self.https_endpoint.clone(),
+            cert: self.cert.clone(),
+            gateway: self.gateway.as_ref().map(|g| g.1.clone()),
         }
     }
 
@@ -228,9 +260,58 @@ impl Stack {
         ))
     }
 
+    /// CPU seconds of the gateway so far (0 without one).
+    pub fn gateway_cpu(&self) -> Result<f64> {
+        match &self.gateway {
+            Some((g, _)) => crate::machine::proc_cpu_seconds(g.id()),
+            None => Ok(0.0),
+        }
+    }
+
     /// Directory of the fs store (for the `pread` path).
     pub fn store_dir(&self) -> &Path {
         &self.store
+    }
+}
+
+/// Starts `blobring gateway` on a free loopback port for the daemon at `socket` and returns
+/// it with its endpoint (account included) once it prints `listening on` (≤ 20 s). It asks for
+/// an `arena`-byte arena, so each of its requests can carry up to half of it.
+fn start_gateway(socket: &Path, arena: u64) -> Result<(Child, String)> {
+    let bin = sibling_bin("blobring", "BLOBRING_BIN")?;
+    let mut child = Command::new(&bin)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--socket"])
+        .arg(socket)
+        .args(["--arena-mib", &(arena >> 20).to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {} gateway", bin.display()))?;
+    let out = child.stdout.take().context("gateway stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                if let Some(u) = l.strip_prefix("blobring gateway: listening on http://") {
+                    let url = format!("http://{}/{}", u.trim(), blobring::blob::EMULATOR_ACCOUNT);
+                    return Ok((child, url));
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let st = child.wait();
+                bail!("blobring gateway ({st:?}) printed no `listening on` line within 20 s");
+            }
+        }
     }
 }
 
@@ -253,7 +334,8 @@ fn strip_ansi(s: &str) -> String {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for c in [&mut self.daemon, &mut self.host] {
+        let gateway = self.gateway.as_mut().map(|g| &mut g.0);
+        for c in gateway.into_iter().chain([&mut self.daemon, &mut self.host]) {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -41,6 +41,10 @@ pub enum PathKind {
     Pread,
     /// (b) object_store's Azure client over HTTP on loopback to the host's REST front end.
     Http,
+    /// (b) over HTTPS (rustls, as Azure Blob is served): what an HTTP client really pays.
+    Https,
+    /// (g) object_store over HTTP to `blobring gateway`, which carries it over blobring.
+    Gateway,
     /// (c) object_store through the blobring connector.
     Connector,
     /// (d) the native SDK's striped download into arena leases.
@@ -51,9 +55,22 @@ pub enum PathKind {
 
 impl PathKind {
     /// All paths, in table order.
-    pub const ALL: [PathKind; 5] = [
+    pub const ALL: [PathKind; 7] = [
         PathKind::Pread,
         PathKind::Http,
+        PathKind::Https,
+        PathKind::Gateway,
+        PathKind::Connector,
+        PathKind::Native,
+        PathKind::Sync,
+    ];
+
+    /// What `seed` runs by default: every path but the gateway (`blobring-bench gateway`
+    /// measures that one beside (b) and (c)).
+    pub const SEED: [PathKind; 6] = [
+        PathKind::Pread,
+        PathKind::Http,
+        PathKind::Https,
         PathKind::Connector,
         PathKind::Native,
         PathKind::Sync,
@@ -64,6 +81,8 @@ impl PathKind {
         match self {
             PathKind::Pread => "pread",
             PathKind::Http => "http",
+            PathKind::Https => "https",
+            PathKind::Gateway => "gateway",
             PathKind::Connector => "connector",
             PathKind::Native => "native",
             PathKind::Sync => "sync",
@@ -75,6 +94,8 @@ impl PathKind {
         match self {
             PathKind::Pread => "(a) pread of the store's files",
             PathKind::Http => "(b) object_store HTTP (loopback REST)",
+            PathKind::Https => "(b) object_store HTTPS (loopback REST)",
+            PathKind::Gateway => "(g) object_store HTTP via blobring gateway",
             PathKind::Connector => "(c) object_store via blobring connector",
             PathKind::Native => "(d) blobring striped download",
             PathKind::Sync => "(e) blobring, 1 sync request at a time",
@@ -89,6 +110,13 @@ pub struct Endpoint {
     pub socket: PathBuf,
     /// REST endpoint with the account (`http://127.0.0.1:PORT/devstoreaccount1`).
     pub http: String,
+    /// The same over TLS (`https://127.0.0.1:PORT/devstoreaccount1`).
+    pub https: String,
+    /// The host's TLS certificate (PEM), the only one (b) over HTTPS trusts.
+    pub cert: PathBuf,
+    /// `blobring gateway` with the account (`http://127.0.0.1:PORT/devstoreaccount1`), when
+    /// the stack runs one.
+    pub gateway: Option<String>,
 }
 
 /// Request shapes.

@@ -37,11 +37,19 @@
 //!   its body is read with an idle deadline ([`Config::body_idle_timeout`]).
 //!
 //! **Large GETs.** One blobring request carries at most [`blobring::MAX_REQUEST_DATA`]
-//! (32 MiB less 64 KiB). A GET whose answer is larger is refused with 413
-//! `BlobringResponseTooLarge` naming the limit: splitting it into ranged requests would need a
-//! new signature (the range is signed by SharedKey), and the gateway holds no key. Clients
-//! that download in ranges (azure-storage-blob, the Java SDK, azcopy, pyarrow, object_store's
-//! `get_range`) are unaffected as long as each range is within the limit (see the README).
+//! (32 MiB less 64 KiB). A GET whose answer may be larger (no range, or a range larger than
+//! one request) is carried as *body windows*: the request goes to the host as signed, with
+//! blobring's own window header added ([`BODY_WINDOW_HEADER`]: not an `x-ms-` header, so the
+//! signature still verifies; the gateway still signs nothing), and the host answers the first
+//! window with the status and headers of the whole answer. If the body is longer, the client
+//! gets that head at once (with the whole body's `Content-Length`) and the rest of the body
+//! streams in windows of [`STRIPE`] bytes, [`STRIPES_IN_FLIGHT`] at a time, each pinned to the
+//! first answer's ETag ([`BODY_WINDOW_ETAG_HEADER`]) so that all come from one version of the
+//! blob. Memory stays bounded by the windows in flight. A window that fails after the head was
+//! sent (the blob changed, blobringd died, a deadline) cuts the connection off mid-body, as any
+//! server failing mid-transfer does; the client sees a short body, never mixed versions. A
+//! host without windows (a passthrough store) answers whole, and an answer larger than one
+//! request is then 413 `BlobringResponseTooLarge` naming the limit.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,11 +58,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blobring_abi::vmbus::{BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
 use blobring::{Client, ClientError, ClientOptions};
 use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body::Body as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body::{Body as _, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::Incoming;
 
 mod stats;
@@ -170,8 +181,20 @@ const RESPONSE_HEAD_CAP: u32 = 32 << 10;
 /// Smallest response body handed to hyper without a copy.
 const ZERO_COPY_MIN: usize = 64 << 10;
 
-/// The response body type.
-pub type Body = Full<Bytes>;
+/// Body windows after the first: bytes per window.
+pub const STRIPE: u64 = 8 << 20;
+/// Body windows after the first: how many are in flight at once (memory per large GET is at
+/// most this many windows, plus the one being written to the client).
+pub const STRIPES_IN_FLIGHT: usize = 4;
+
+/// The error type of a streamed response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type: one buffer, or a body streamed in windows.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
 
 /// A gateway-made error answer.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +288,7 @@ impl Failure {
             ))
         };
         let len = body.len();
-        let mut r = http::Response::new(Full::new(body));
+        let mut r = http::Response::new(full(body));
         *r.status_mut() = status;
         let h = r.headers_mut();
         h.insert("x-ms-error-code", HeaderValue::from_static(code));
@@ -315,7 +338,7 @@ pub struct Gateway {
     /// Held while connecting, so concurrent first requests make one daemon session, not one
     /// each.
     connecting: tokio::sync::Mutex<()>,
-    stats: Stats,
+    stats: Arc<Stats>,
 }
 
 impl Gateway {
@@ -325,7 +348,7 @@ impl Gateway {
             cfg,
             client: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            stats: Stats::default(),
+            stats: Arc::new(Stats::default()),
         })
     }
 
@@ -408,7 +431,13 @@ impl Gateway {
                 f.response(&method)
             }
         };
-        let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+        // The whole body's length (a windowed body's size is not known to hyper up front).
+        let bytes_out = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| resp.body().size_hint().exact())
+            .unwrap_or(0);
         self.stats.record(
             op,
             resp.status().as_u16(),
@@ -452,8 +481,11 @@ impl Gateway {
             return Err(Failure::BodyTooLarge { len, limit });
         }
         let is_get = parts.method == Method::GET;
+        // A GET whose answer may not fit one request asks for its first window.
+        let asked = range_len(&parts.headers);
+        let windowed = is_get && asked.is_none_or(|n| n > limit);
         let recv = if is_get {
-            range_len(&parts.headers).unwrap_or(limit)
+            asked.unwrap_or(limit).min(limit)
         } else if parts.method == Method::HEAD {
             0
         } else {
@@ -488,7 +520,12 @@ impl Gateway {
             at = end;
         }
         *bytes_in = at;
-        let head = request_head(&parts, announced.is_none().then_some(at));
+        let base = request_head(&parts, announced.is_none().then_some(at));
+        let head = if windowed {
+            windowed_head(&base, 0, limit - 1, None)
+        } else {
+            base.clone()
+        };
         let mut r = blobring::Request::new(head);
         r.response_cap = RESPONSE_HEAD_CAP;
         r.data_valid = at as u32;
@@ -509,15 +546,47 @@ impl Gateway {
             None => Ok(Bytes::new()),
         }
         .map_err(Failure::Other)?;
-        let mut resp = http::Response::new(Full::new(data));
-        *resp.status_mut() = StatusCode::from_u16(rh.status)
-            .map_err(|e| Failure::Other(ClientError::BadResponse(e.to_string())))?;
         let mut headers = rh.headers;
         for h in HOP_BY_HOP {
             headers.remove(h);
         }
+        // The whole body's length: more than this window when the host windowed the answer.
+        let n = n as u64;
+        let total = match headers.remove(BODY_WINDOW_HEADER) {
+            Some(w) => parse_window_answer(&w)
+                .filter(|&(first, total)| first == 0 && total >= n)
+                .map(|(_, total)| total)
+                .ok_or_else(|| {
+                    Failure::Other(ClientError::BadResponse(format!(
+                        "the host answered body window {w:?} to a request for 0-{}",
+                        limit - 1
+                    )))
+                })?,
+            None => n,
+        };
+        let body = if total > n {
+            self.stats.windowed_gets.fetch_add(1, Ordering::Relaxed);
+            let rest = Windows {
+                client: client.clone(),
+                base: Arc::new(base),
+                etag: headers.get(http::header::ETAG).cloned(),
+                status: rh.status,
+                total,
+                timeout: self.cfg.request_timeout,
+                stats: self.stats.clone(),
+                failed: false.into(),
+            };
+            let first = futures_util::stream::once(std::future::ready(Ok(data)));
+            let stream = first.chain(rest.stream(n, STRIPE.min(limit)));
+            StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
+        } else {
+            full(data)
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = StatusCode::from_u16(rh.status)
+            .map_err(|e| Failure::Other(ClientError::BadResponse(e.to_string())))?;
         if parts.method != Method::HEAD && !no_body_status(rh.status) {
-            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(total));
         }
         *resp.headers_mut() = headers;
         Ok(resp)
@@ -543,6 +612,109 @@ impl Gateway {
             e => Failure::Other(e),
         }
     }
+}
+
+/// The rest of a windowed GET's body: the request as the client signed it (`base`), asked for
+/// window after window and pinned to the first answer's ETag.
+struct Windows {
+    client: Client,
+    base: Arc<Vec<u8>>,
+    etag: Option<HeaderValue>,
+    /// The first answer's status: every window must have it.
+    status: u16,
+    total: u64,
+    timeout: Duration,
+    stats: Arc<Stats>,
+    /// Set by the first window that fails: the answer is cut off once, counted and logged
+    /// once (the windows in flight beside it fail too).
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Windows {
+    /// Windows of `stripe` bytes from `from` to the end, [`STRIPES_IN_FLIGHT`] at a time, in
+    /// order. The first failure ends the stream with an error (hyper then cuts the connection
+    /// off), logged once here.
+    fn stream(
+        self,
+        from: u64,
+        stripe: u64,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, BoxError>> + Send + 'static {
+        let this = Arc::new(self);
+        let starts = (from..this.total).step_by(stripe as usize);
+        futures_util::stream::iter(starts)
+            .map(move |first| {
+                let this = this.clone();
+                async move {
+                    let n = stripe.min(this.total - first);
+                    this.stats.extra_windows.fetch_add(1, Ordering::Relaxed);
+                    this.fetch(first, n).await.map_err(|e| {
+                        if this.failed.swap(true, Ordering::Relaxed) {
+                            return BoxError::from(e);
+                        }
+                        this.stats.aborted_bodies.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            window = %format!("{first}-{}", first + n - 1),
+                            total = this.total,
+                            error = %e,
+                            "blobring gateway error: a body window failed after the answer's \
+                             head was sent; the client's connection is cut off"
+                        );
+                        BoxError::from(e)
+                    })
+                }
+            })
+            .buffered(STRIPES_IN_FLIGHT)
+    }
+
+    async fn fetch(&self, first: u64, n: u64) -> Result<Bytes, ClientError> {
+        let head = windowed_head(&self.base, first, first + n - 1, self.etag.as_ref());
+        let lease = self.client.alloc_async(n).await?;
+        let mut r = blobring::Request::new(head);
+        r.response_cap = RESPONSE_HEAD_CAP;
+        r.data = Some(lease);
+        r.timeout = Some(self.timeout);
+        let c = self.client.execute(r).await?;
+        let rh = blobring::blob::parse_response_head(&c.head)?;
+        let window = rh.headers.get(BODY_WINDOW_HEADER).and_then(parse_window_answer);
+        let got = c.data_len();
+        if rh.status != self.status || window != Some((first, self.total)) || got as u64 != n {
+            let code = rh.headers.get("x-ms-error-code");
+            return Err(ClientError::BadResponse(format!(
+                "window {first}-{} of a {} byte answer came back as status {} ({code:?}), \
+                 window {window:?}, {got} bytes (the blob changed during the read?)",
+                first + n - 1,
+                self.total,
+                rh.status,
+            )));
+        }
+        match c.data {
+            Some(l) => l.into_bytes(got),
+            None => Ok(Bytes::new()),
+        }
+    }
+}
+
+/// `request` (a whole head, ending with the empty line) with the body-window headers added:
+/// bytes `first..=last` of the answer's body, pinned to `etag` when given.
+fn windowed_head(request: &[u8], first: u64, last: u64, etag: Option<&HeaderValue>) -> Vec<u8> {
+    let end = request.len().saturating_sub(2); // before the empty line's CRLF
+    let mut h = Vec::with_capacity(request.len() + 128);
+    h.extend_from_slice(&request[..end]);
+    h.extend_from_slice(format!("{BODY_WINDOW_HEADER}: {first}-{last}\r\n").as_bytes());
+    if let Some(e) = etag {
+        h.extend_from_slice(BODY_WINDOW_ETAG_HEADER.as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(e.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    h.extend_from_slice(b"\r\n");
+    h
+}
+
+/// The host's `<first>/<total>` window answer.
+fn parse_window_answer(v: &HeaderValue) -> Option<(u64, u64)> {
+    let (a, b) = v.to_str().ok()?.split_once('/')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
 }
 
 /// 1xx, 204 and 304 answers carry no body (and no Content-Length of ours).

@@ -123,6 +123,13 @@ pub struct Stats {
     pub connections_open: AtomicU64,
     /// Requests answered 503 because blobringd was unreachable or died.
     pub daemon_errors: AtomicU64,
+    /// GET answers carried in more than one blobring request (body windows).
+    pub windowed_gets: AtomicU64,
+    /// Body windows fetched after the first, over all windowed GETs.
+    pub extra_windows: AtomicU64,
+    /// Answers cut off after their head was sent (a later window failed: the blob changed,
+    /// blobringd died, a deadline passed); the client sees a truncated body.
+    pub aborted_bodies: AtomicU64,
     ops: [OpStats; Op::ALL.len()],
 }
 
@@ -166,10 +173,22 @@ impl Stats {
              blobring_gateway_connections_open {}\n\
              # HELP blobring_gateway_daemon_errors_total Requests answered 503 because blobringd was unreachable or died.\n\
              # TYPE blobring_gateway_daemon_errors_total counter\n\
-             blobring_gateway_daemon_errors_total {}",
+             blobring_gateway_daemon_errors_total {}\n\
+             # HELP blobring_gateway_windowed_gets_total GET answers carried in more than one blobring request.\n\
+             # TYPE blobring_gateway_windowed_gets_total counter\n\
+             blobring_gateway_windowed_gets_total {}\n\
+             # HELP blobring_gateway_extra_windows_total Body windows fetched after the first.\n\
+             # TYPE blobring_gateway_extra_windows_total counter\n\
+             blobring_gateway_extra_windows_total {}\n\
+             # HELP blobring_gateway_aborted_bodies_total Answers cut off after their head was sent.\n\
+             # TYPE blobring_gateway_aborted_bodies_total counter\n\
+             blobring_gateway_aborted_bodies_total {}",
             g(&self.connections_total),
             g(&self.connections_open),
-            g(&self.daemon_errors)
+            g(&self.daemon_errors),
+            g(&self.windowed_gets),
+            g(&self.extra_windows),
+            g(&self.aborted_bodies),
         );
         for (name, help, f) in [
             (
@@ -234,7 +253,8 @@ impl Stats {
         o
     }
 
-    /// The same figures as JSON (`connections`, `daemon_errors`, `ops.<op>.{requests, errors,
+    /// The same figures as JSON (`connections`, `daemon_errors`, `windowed_gets`,
+    /// `extra_windows`, `aborted_bodies`, `ops.<op>.{requests, errors,
     /// request_bytes, response_bytes, latency_mean_us}`).
     pub fn json(&self) -> serde_json::Value {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -259,6 +279,9 @@ impl Stats {
             },
             "requests": self.requests(),
             "daemon_errors": g(&self.daemon_errors),
+            "windowed_gets": g(&self.windowed_gets),
+            "extra_windows": g(&self.extra_windows),
+            "aborted_bodies": g(&self.aborted_bodies),
             "ops": ops,
         })
     }

@@ -31,6 +31,8 @@ use md5::{Digest, Md5};
 use percent_encoding::percent_decode_str;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+use blobring_abi::vmbus::{BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
+
 use crate::auth::SharedKeyAuth;
 use crate::store::{
     BlobProps, BlobReader, BlockRef, BodySink, Conditions, ContentHeaders, NewBlob,
@@ -1238,6 +1240,20 @@ impl Executor {
             r.head_only = true;
             return Ok(r);
         }
+        let (offset, len) = match body_window(req, &p, len)? {
+            None => (offset, len),
+            Some((first, n)) => {
+                if (want_md5 || want_crc) && n != len {
+                    return Err(AzError::bad(
+                        "InvalidHeaderValue",
+                        "A body window must cover the whole range when \
+                         x-ms-range-get-content-md5/crc64 is asked for.",
+                    ));
+                }
+                set(&mut r.headers, BODY_WINDOW_HEADER, &format!("{first}/{len}"));
+                (offset + first, n)
+            }
+        };
         r.body = Body::Blob {
             reader,
             offset,
@@ -1786,6 +1802,41 @@ fn max_results(req: &Req<'_>) -> Result<usize, AzError> {
             )),
         },
     }
+}
+
+/// The body window a Get Blob asks for ([`BODY_WINDOW_HEADER`]) of a body of `len` bytes:
+/// `(first, length)`, clipped to the body (a window past its end is empty), or `None` when the
+/// request asks for none. A window pinned to another ETag than the blob's is 412.
+fn body_window(req: &Req<'_>, p: &BlobProps, len: u64) -> Result<Option<(u64, u64)>, AzError> {
+    let Some(w) = req.header(BODY_WINDOW_HEADER) else {
+        return Ok(None);
+    };
+    let bad = || {
+        AzError::bad(
+            "InvalidHeaderValue",
+            format!("{BODY_WINDOW_HEADER}: {w} is not <first>-<last> with first <= last."),
+        )
+    };
+    let (a, b) = w.trim().split_once('-').ok_or_else(bad)?;
+    let (first, last): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if last < first {
+        return Err(bad());
+    }
+    if let Some(etag) = req.header(BODY_WINDOW_ETAG_HEADER)
+        && etag.trim() != p.etag
+    {
+        return Err(AzError::new(
+            412,
+            "ConditionNotMet",
+            "The blob changed while its body was read in windows (its ETag is no longer the \
+             one pinned by x-blobring-body-window-etag); read it again.",
+        ));
+    }
+    let first = first.min(len);
+    Ok(Some((first, (last.saturating_add(1)).min(len) - first)))
 }
 
 /// Parse `bytes=a-b` / `bytes=a-`; anything else (suffix ranges, lists) means "no range".

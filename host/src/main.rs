@@ -21,8 +21,8 @@ enum LogFormat {
 
 /// The emulated Azure host: executes Azure Blob requests on a local store and serves them over
 /// the emulated VMBus (the `sim` bus socket the daemon connects to) and/or HTTP REST on
-/// loopback. Without --http the VMBus socket is served at its default path; with --http, only
-/// when --socket is given too.
+/// loopback (plain and/or TLS). Without --http or --https the VMBus socket is served at its
+/// default path; with either, only when --socket is given too.
 #[derive(Debug, Parser)]
 #[command(name = "blobring-host", version)]
 struct Args {
@@ -42,6 +42,22 @@ struct Args {
     /// e.g. 127.0.0.1:10000. Port 0 picks a free port; the chosen address is printed.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// Serve the same Blob REST API over HTTPS (rustls) on this loopback address — Azure Blob
+    /// is served over HTTPS only, so this is what a real HTTP client pays. Port 0 picks a free
+    /// port; the chosen address and the certificate to trust are printed.
+    #[arg(long, value_name = "ADDR")]
+    https: Option<SocketAddr>,
+    /// PEM certificate chain for --https (with --tls-key). Without both, a self-signed
+    /// certificate for localhost, 127.0.0.1 and ::1 is generated at start.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Where to write the generated certificate (PEM) for clients to trust
+    /// [default: blobring-host-<pid>.pem in the temporary directory].
+    #[arg(long, value_name = "PATH", conflicts_with = "tls_cert")]
+    tls_cert_out: Option<PathBuf>,
     /// VMBus bus socket (unix SOCK_SEQPACKET) the guest daemon connects to
     /// [default: $XDG_RUNTIME_DIR/blobring/host.sock, else /run/blobring/host.sock].
     #[arg(long, value_name = "PATH")]
@@ -206,7 +222,8 @@ fn main() -> anyhow::Result<()> {
             faults,
         },
     ));
-    let vmbus = if args.socket.is_some() || args.http.is_none() {
+    let serves_rest = args.http.is_some() || args.https.is_some();
+    let vmbus = if args.socket.is_some() || !serves_rest {
         let path = args.socket.clone().unwrap_or_else(vsp::default_socket_path);
         let cfg = vsp::VspConfig {
             channels: args.channels,
@@ -241,7 +258,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let Some(addr) = args.http else {
+    if !serves_rest {
         if let Some((_, thread)) = vmbus {
             return match thread.join() {
                 Ok(r) => r.context("serving VMBus"),
@@ -249,28 +266,56 @@ fn main() -> anyhow::Result<()> {
             };
         }
         return Ok(());
+    }
+    let tls = match (&args.https, &args.tls_cert, &args.tls_key) {
+        (None, _, _) => None,
+        (Some(_), Some(cert), Some(key)) => Some(rest::Tls::from_pem_files(cert, key)?),
+        (Some(_), _, _) => {
+            let out = args.tls_cert_out.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("blobring-host-{}.pem", std::process::id()))
+            });
+            Some(rest::Tls::self_signed(&out)?)
+        }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let listener = rest::bind(addr).await?;
-        let local = listener.local_addr().context("reading the bound address")?;
-        tracing::info!(
-            store = %exec.store().describe(),
-            account = %args.account,
-            auth = !args.no_auth,
-            "serving Blob REST on http://{local}/{}",
-            args.account
-        );
-        // Machine-readable line for scripts and tests that start us with port 0.
-        println!("listening on http://{local}");
-        rest::serve(listener, exec, args.max_body, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("serving REST")?;
+        let mut servers = tokio::task::JoinSet::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        for (addr, tls) in [(args.http, None), (args.https, tls)] {
+            let Some(addr) = addr else { continue };
+            let listener = rest::bind(addr).await?;
+            let local = listener.local_addr().context("reading the bound address")?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(
+                store = %exec.store().describe(),
+                account = %args.account,
+                auth = !args.no_auth,
+                "serving Blob REST on {scheme}://{local}/{}",
+                args.account
+            );
+            // Machine-readable lines for scripts and tests that start us with port 0.
+            println!("listening on {scheme}://{local}");
+            if let Some(t) = &tls {
+                println!("tls certificate {}", t.cert_path.display());
+            }
+            let (exec, mut stop) = (exec.clone(), stop_rx.clone());
+            servers.spawn(rest::serve(listener, tls, exec, args.max_body, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(r) = servers.join_next() => {
+                r.context("the REST server task failed")?.context("serving REST")?;
+            }
+        }
+        let _ = stop_tx.send(true);
+        while let Some(r) = servers.join_next().await {
+            r.context("the REST server task failed")?.context("serving REST")?;
+        }
         tracing::info!("shutting down");
         anyhow::Ok(())
     })?;

@@ -1,5 +1,7 @@
 //! HTTP REST front end: the executor behind hyper on a loopback port, with path-style URLs
-//! (`/<account>/<container>/<blob>`) as Azurite serves them.
+//! (`/<account>/<container>/<blob>`) as Azurite serves them; over plain HTTP and, with
+//! [`Tls`], over HTTPS (rustls), as Azure Blob itself is served — the honest baseline for
+//! what an HTTP client pays.
 //!
 //! Each request is admitted on its head first (injected faults and the SharedKey or SAS
 //! signature, [`Executor::admit_request`]): a request that will be refused is answered without
@@ -18,6 +20,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -63,10 +66,106 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RestError> {
 /// The default bound on a request body (`--max-body`): 256 MiB.
 pub const DEFAULT_MAX_BODY: u64 = 256 << 20;
 
+/// Errors setting up TLS for `--https`.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds no usable certificate or key.
+    #[error("cannot use {path} for --https: {why}; give a PEM certificate chain (--tls-cert) and its PEM private key (--tls-key), or neither to have one generated")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
+    /// Generating the self-signed certificate failed.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    /// The generated certificate could not be written.
+    #[error("cannot write the generated certificate to {path}: {source}; pick another --tls-cert-out")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// rustls refused the certificate and key.
+    #[error("the TLS certificate and key do not form a valid server identity: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// TLS for the REST front end (`--https`): rustls with the aws-lc-rs provider (the same TLS
+/// stack object_store and reqwest use), HTTP/1.1 only.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The certificate clients should trust (PEM): the one given, or the generated one.
+    pub cert_path: PathBuf,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("cert_path", &self.cert_path).finish()
+    }
+}
+
+impl Tls {
+    /// TLS from a PEM certificate chain and private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let pem = |path: &Path, why: String| TlsError::Pem {
+            path: path.to_owned(),
+            why,
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| pem(cert, e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem(cert, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(pem(cert, "no CERTIFICATE block".into()));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, e.to_string()))?;
+        Tls::new(certs, key_der, cert.to_owned())
+    }
+
+    /// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`, generated now; its PEM
+    /// is written to `cert_out` for clients to trust (the key stays in memory).
+    pub fn self_signed(cert_out: &Path) -> Result<Tls, TlsError> {
+        let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        let ck = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        std::fs::write(cert_out, ck.cert.pem()).map_err(|source| TlsError::Write {
+            path: cert_out.to_owned(),
+            source,
+        })?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        Tls::new(vec![ck.cert.der().clone()], key, cert_out.to_owned())
+    }
+
+    fn new(
+        certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+        cert_path: PathBuf,
+    ) -> Result<Tls, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            cert_path,
+        })
+    }
+}
+
 /// Serve `exec` on `listener` until `shutdown` completes; request bodies are bounded by
-/// `max_body` bytes.
+/// `max_body` bytes. With `tls`, every connection is TLS (a failed handshake closes it).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Tls>,
     exec: Arc<Executor>,
     max_body: u64,
     shutdown: impl Future<Output = ()>,
@@ -87,13 +186,29 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let exec = Arc::clone(&exec);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(Arc::clone(&exec), max_body, req));
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let mut http = http1::Builder::new();
+            let r = match tls {
+                None => {
+                    http.keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                }
+                Some(tls) => match tls.acceptor.accept(stream).await {
+                    Ok(s) => {
+                        http.keep_alive(true)
+                            .serve_connection(TokioIo::new(s), svc)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -185,12 +185,25 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 /// A SharedKey-signed raw request head for `method /devstoreaccount1/test/<blob>` with
 /// `len` body bytes, signed with `key`.
 fn signed_head(addr: &str, method: &str, blob: &str, len: usize, key: &[u8]) -> String {
+    signed_head_with(addr, method, blob, len, key, &[])
+}
+
+/// [`signed_head`] with `extra` `x-ms-` headers (signed with the rest).
+fn signed_head_with(
+    addr: &str,
+    method: &str,
+    blob: &str,
+    len: usize,
+    key: &[u8],
+    extra: &[(&str, &str)],
+) -> String {
     let path = format!("/{EMULATOR_ACCOUNT}/test/{blob}");
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let mut h: Vec<(String, String)> = vec![
         ("x-ms-date".into(), date),
         ("x-ms-version".into(), API_VERSION.into()),
     ];
+    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     if method == "PUT" {
         h.push(("x-ms-blob-type".into(), "BlockBlob".into()));
         h.push(("content-length".into(), len.to_string()));
@@ -546,6 +559,87 @@ fn clients_vanishing_mid_body_leak_nothing_and_slow_clients_block_no_one() {
 
 /// The Python venv ./scripts/test.sh fills: `$BLOBRING_VENV`, else `target/venv`. Panics with
 /// what to do when it is missing.
+/// A GET whose answer is larger than one blobring request — no range, or a signed range over
+/// the limit — is carried in body windows and answered exactly as the host's REST front end
+/// answers the same GET in one piece: status, the headers that matter, every byte. A blob
+/// overwritten while its answer streams cuts the answer short (a prefix of the old version,
+/// never a mix), and the gateway counts and logs it.
+#[test]
+fn gets_larger_than_one_request_stream_in_windows_exactly_like_a_single_get() {
+    let dir = scratch();
+    let s = stack(dir.path(), &["--http", "127.0.0.1:0"]);
+    let gw = Gateway::start(dir.path(), &s.daemon.socket, &[]);
+    let host_url = s.http_url.clone().expect("the host's REST front end");
+    let host_addr = host_url.trim_start_matches("http://").to_owned();
+    let key = emulator_key();
+    let total = (80 << 20) + 12_345;
+    let v1 = blobring_tests::XorShift::new(18).bytes(total);
+    let direct = store(&host_url, EMULATOR_KEY);
+    rt().block_on(direct.put(&Path::from("big"), PutPayload::from(v1.clone())))
+        .expect("put the blob through the host's REST front end");
+    let ranged = [("x-ms-range", "bytes=1000-50000999")];
+    for (what, extra) in [("whole", &[][..]), ("ranged", &ranged[..])] {
+        let (st_gw, head_gw, body_gw) =
+            raw(&gw.addr, &signed_head_with(&gw.addr, "GET", "big", 0, &key, extra));
+        let (st_h, head_h, body_h) =
+            raw(&host_addr, &signed_head_with(&host_addr, "GET", "big", 0, &key, extra));
+        assert_eq!(st_h, if extra.is_empty() { 200 } else { 206 }, "{head_h}");
+        assert_eq!(st_gw, st_h, "{what}: {head_gw}");
+        for h in [
+            "content-length",
+            "content-range",
+            "etag",
+            "last-modified",
+            "content-md5",
+            "x-ms-blob-content-md5",
+            "content-type",
+            "x-ms-blob-type",
+            "accept-ranges",
+        ] {
+            assert_eq!(header(&head_gw, h), header(&head_h, h), "{what}: {h}\n{head_gw}");
+        }
+        assert_eq!(header(&head_gw, "x-blobring-body-window"), None, "{head_gw}");
+        assert_eq!(body_gw.len(), body_h.len(), "{what}");
+        assert!(body_gw == body_h, "{what}: the bodies differ");
+    }
+    let whole = signed_head(&gw.addr, "GET", "big", 0, &key);
+    assert!(raw(&gw.addr, &whole).2 == v1, "a whole GET differs from what was put");
+    assert_eq!(gw.metric("blobring_gateway_windowed_gets_total"), 3);
+    // 80 MiB: one window of the request limit (32 MiB less 64 KiB), the rest in 8 MiB ones.
+    let limit = blobring::MAX_REQUEST_DATA as usize;
+    let extra_whole = (total - limit).div_ceil(8 << 20) as u64;
+    assert_eq!(
+        gw.metric("blobring_gateway_extra_windows_total"),
+        2 * extra_whole + (50_000_000 - limit).div_ceil(8 << 20) as u64
+    );
+    assert_eq!(gw.metric("blobring_gateway_aborted_bodies_total"), 0);
+    // Overwritten mid-answer: the client reads the head and a little, the blob changes, the
+    // client reads on. It gets a prefix of the old version and a cut-off connection.
+    let mut c = TcpStream::connect(&gw.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(signed_head(&gw.addr, "GET", "big", 0, &key).as_bytes())
+        .unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    c.read_exact(&mut first).unwrap();
+    rt().block_on(direct.put(&Path::from("big"), PutPayload::from(vec![7u8; 4096])))
+        .expect("overwrite the blob");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest); // ends with EOF or a reset
+    first.extend_from_slice(&rest);
+    let (st, h, body) = parse_answer(first);
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(header(&h, "content-length"), Some(&*total.to_string()));
+    assert!(
+        body.len() >= limit && body.len() < total,
+        "{} bytes of a {total} byte answer whose blob changed after the first window",
+        body.len()
+    );
+    assert!(body == v1[..body.len()], "not a prefix of the version the answer began with");
+    assert_eq!(gw.metric("blobring_gateway_aborted_bodies_total"), 1);
+    let log = Gateway::log(dir.path());
+    assert!(log.contains("a body window failed"), "{log}");
+}
+
 fn venv_python() -> std::path::PathBuf {
     let venv = std::env::var_os("BLOBRING_VENV")
         .map(std::path::PathBuf::from)
@@ -625,4 +719,7 @@ fn azure_storage_blob_and_pyarrow_through_the_gateway_match_the_host_rest_front_
     assert!(gw.metric("blobring_gateway_requests_total{op=\"put_block\"}") >= 18);
     assert!(gw.metric("blobring_gateway_requests_total{op=\"get_blob\"}") >= 20);
     assert!(gw.metric("blobring_gateway_request_bytes_total{op=\"put_block\"}") >= 70 << 20);
+    // The SDK's default first GET (32 MiB) of the 70 and 40 MiB blobs went in body windows.
+    assert!(gw.metric("blobring_gateway_windowed_gets_total") >= 2);
+    assert_eq!(gw.metric("blobring_gateway_aborted_bodies_total"), 0);
 }

@@ -235,6 +235,85 @@ fn ranges() {
     );
 }
 
+/// A body window carries part of the body of the answer the request would get, with that
+/// answer's status and headers; pinned to an ETag, a changed blob is 412; a signed request
+/// still verifies with the (unsigned) window headers added.
+#[test]
+fn body_windows_of_whole_and_ranged_answers() {
+    let e = exec();
+    let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    put(&e, "/w", &data, &["x-ms-blob-content-type: text/plain"]);
+    let whole = run(&e, "GET", "/w", &[], b"");
+    let w = run(&e, "GET", "/w", &["x-blobring-body-window: 100-299"], b"");
+    assert_eq!((w.status, &w.body[..]), (200, &data[100..300]));
+    assert_eq!(w.h("x-blobring-body-window"), Some("100/1000"));
+    assert_eq!(w.h("content-length"), Some("200"));
+    for h in ["etag", "content-md5", "content-type", "last-modified"] {
+        assert_eq!(w.h(h), whole.h(h), "{h}");
+    }
+    // Past the end: clipped, then empty.
+    let w = run(&e, "GET", "/w", &["x-blobring-body-window: 900-5000"], b"");
+    assert_eq!(&w.body[..], &data[900..]);
+    let w = run(&e, "GET", "/w", &["x-blobring-body-window: 1000-1999"], b"");
+    assert_eq!((w.body.len(), w.h("x-blobring-body-window")), (0, Some("1000/1000")));
+    // Within a signed range: offsets are into the range's body, the 206 and Content-Range kept.
+    let w = run(
+        &e,
+        "GET",
+        "/w",
+        &["x-ms-range: bytes=500-899", "x-blobring-body-window: 10-19"],
+        b"",
+    );
+    assert_eq!((w.status, &w.body[..]), (206, &data[510..520]));
+    assert_eq!(w.h("content-range"), Some("bytes 500-899/1000"));
+    assert_eq!(w.h("x-blobring-body-window"), Some("10/400"));
+    // Pinned to the current ETag: served; after an overwrite: 412.
+    let etag = whole.h("etag").unwrap().to_owned();
+    let pin = format!("x-blobring-body-window-etag: {etag}");
+    let w = run(&e, "GET", "/w", &["x-blobring-body-window: 0-9", &pin], b"");
+    assert_eq!((w.status, &w.body[..]), (200, &data[..10]));
+    put(&e, "/w", b"changed", &[]);
+    let w = run(&e, "GET", "/w", &["x-blobring-body-window: 0-9", &pin], b"");
+    assert_eq!((w.status, w.code()), (412, Some("ConditionNotMet")));
+    // Malformed windows, and a window that would split a transactional hash.
+    for bad in ["9-0", "a-b", "10"] {
+        let w = run(&e, "GET", "/w", &[&format!("x-blobring-body-window: {bad}")], b"");
+        assert_eq!((w.status, w.code()), (400, Some("InvalidHeaderValue")), "{bad}");
+    }
+    let w = run(
+        &e,
+        "GET",
+        "/w",
+        &[
+            "x-ms-range: bytes=0-5",
+            "x-ms-range-get-content-md5: true",
+            "x-blobring-body-window: 0-1",
+        ],
+        b"",
+    );
+    assert_eq!(w.status, 400);
+    // HEAD ignores it.
+    let h = run(&e, "HEAD", "/w", &["x-blobring-body-window: 0-1"], b"");
+    assert_eq!((h.status, h.h("x-blobring-body-window")), (200, None));
+    // The window is not signed: a SharedKey request verifies with it added.
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    let e = exec_with(Some(auth.clone()), Faults::default());
+    let mut out = vec![0; 4096];
+    let h = signed_head(
+        &auth,
+        "PUT",
+        "/devstoreaccount1/test/s",
+        &[("x-ms-blob-type", "BlockBlob"), ("content-length", "4")],
+    );
+    assert_eq!(e.execute_into(h.as_bytes(), b"abcd", &mut out).unwrap().status, 201);
+    let h = signed_head(&auth, "GET", "/devstoreaccount1/test/s", &[]).replace(
+        "\r\n\r\n",
+        "\r\nx-blobring-body-window: 1-2\r\n\r\n",
+    );
+    let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
+    assert_eq!((ex.status.as_u16(), &out[..ex.body_len]), (200, &b"bc"[..]));
+}
+
 #[test]
 fn body_larger_than_buffer_is_a_transport_error() {
     let e = exec();

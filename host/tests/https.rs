@@ -1,0 +1,137 @@
+//! The REST front end over HTTPS (`--https`): object_store, trusting only the host's
+//! certificate, runs object_store's own basic suite over TLS, with a generated certificate and
+//! with one given by `--tls-cert`/`--tls-key`; plain HTTP on the TLS port gets no answer; a
+//! bad key file stops the host with an error that names it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::integration::*;
+use object_store::{Certificate, ClientOptions};
+
+/// A host serving HTTPS only (killed on drop), its `https://` URL and certificate path.
+struct TlsHost {
+    child: Child,
+    url: String,
+    cert: std::path::PathBuf,
+}
+
+impl Drop for TlsHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra: &[&str]) -> TlsHost {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
+        .args(["--store", "mem", "--https", "127.0.0.1:0", "--container", "test"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn blobring-host");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut host = TlsHost {
+        child,
+        url: String::new(),
+        cert: Default::default(),
+    };
+    while host.url.is_empty() || host.cert.as_os_str().is_empty() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("blobring-host printed no `listening on https://` and certificate lines");
+        if let Some(u) = line.strip_prefix("listening on ") {
+            host.url = u.trim().to_owned();
+        } else if let Some(p) = line.strip_prefix("tls certificate ") {
+            host.cert = p.trim().into();
+        }
+    }
+    assert!(host.url.starts_with("https://127.0.0.1:"), "{}", host.url);
+    host
+}
+
+fn store(host: &TlsHost) -> object_store::azure::MicrosoftAzure {
+    let pem = std::fs::read(&host.cert).expect("read the host's certificate");
+    let opts = ClientOptions::new()
+        .with_no_system_certificates(true)
+        .with_root_certificate(Certificate::from_pem(&pem).expect("a PEM certificate"));
+    MicrosoftAzureBuilder::new()
+        .with_account(EMULATOR_ACCOUNT)
+        .with_access_key(EMULATOR_KEY)
+        .with_container_name("test")
+        .with_endpoint(format!("{}/{EMULATOR_ACCOUNT}", host.url))
+        .with_client_options(opts)
+        .build()
+        .expect("object_store builder")
+}
+
+fn suite(host: &TlsHost) {
+    let s = store(host);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(120), async {
+                put_get_delete_list(&s).await;
+                get_opts(&s).await;
+                list_with_delimiter(&s).await;
+                stream_get(&s).await;
+            })
+            .await
+            .expect("the suite over HTTPS hung")
+        });
+}
+
+#[test]
+fn object_store_over_https_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("host.pem");
+    let host = start(&["--tls-cert-out", out.to_str().unwrap()]);
+    assert_eq!(host.cert, out);
+    suite(&host);
+    // Plain HTTP on the TLS port: no HTTP answer, the connection is closed.
+    let addr = host.url.trim_start_matches("https://");
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /devstoreaccount1/test HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(!got.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&got));
+}
+
+#[test]
+fn object_store_over_https_with_a_given_certificate_and_bad_key_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let host = start(&["--tls-cert", c, "--tls-key", k]);
+    assert_eq!(host.cert, cert);
+    suite(&host);
+    // A key file that holds no key: the host exits at once and names the file.
+    std::fs::write(&key, "not a key").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
+        .args(["--store", "mem", "--https", "127.0.0.1:0", "--tls-cert", c, "--tls-key", k])
+        .output()
+        .expect("run blobring-host");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("k.pem") && err.contains("--tls-key"), "{err}");
+}
