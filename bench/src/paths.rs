@@ -104,8 +104,9 @@ impl Reader {
                     .with_endpoint(endpoint)
                     .with_allow_http(true);
                 if job.path == PathKind::Https {
-                    let pem = std::fs::read(&ep.cert)
-                        .with_context(|| format!("read the host's certificate {}", ep.cert.display()))?;
+                    let pem = std::fs::read(&ep.cert).with_context(|| {
+                        format!("read the host's certificate {}", ep.cert.display())
+                    })?;
                     let cert = object_store::Certificate::from_pem(&pem)
                         .context("parse the host's certificate")?;
                     b = b.with_client_options(

@@ -335,7 +335,10 @@ fn strip_ansi(s: &str) -> String {
 impl Drop for Stack {
     fn drop(&mut self) {
         let gateway = self.gateway.as_mut().map(|g| &mut g.0);
-        for c in gateway.into_iter().chain([&mut self.daemon, &mut self.host]) {
+        for c in gateway
+            .into_iter()
+            .chain([&mut self.daemon, &mut self.host])
+        {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -58,8 +58,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blobring_abi::vmbus::{BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
 use blobring::{Client, ClientError, ClientOptions};
+use blobring_abi::vmbus::{BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -675,7 +675,10 @@ impl Windows {
         r.timeout = Some(self.timeout);
         let c = self.client.execute(r).await?;
         let rh = blobring::blob::parse_response_head(&c.head)?;
-        let window = rh.headers.get(BODY_WINDOW_HEADER).and_then(parse_window_answer);
+        let window = rh
+            .headers
+            .get(BODY_WINDOW_HEADER)
+            .and_then(parse_window_answer);
         let got = c.data_len();
         if rh.status != self.status || window != Some((first, self.total)) || got as u64 != n {
             let code = rh.headers.get("x-ms-error-code");

@@ -1250,7 +1250,11 @@ impl Executor {
                          x-ms-range-get-content-md5/crc64 is asked for.",
                     ));
                 }
-                set(&mut r.headers, BODY_WINDOW_HEADER, &format!("{first}/{len}"));
+                set(
+                    &mut r.headers,
+                    BODY_WINDOW_HEADER,
+                    &format!("{first}/{len}"),
+                );
                 (offset + first, n)
             }
         };

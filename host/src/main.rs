@@ -302,9 +302,15 @@ fn main() -> anyhow::Result<()> {
                 println!("tls certificate {}", t.cert_path.display());
             }
             let (exec, mut stop) = (exec.clone(), stop_rx.clone());
-            servers.spawn(rest::serve(listener, tls, exec, args.max_body, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }));
+            servers.spawn(rest::serve(
+                listener,
+                tls,
+                exec,
+                args.max_body,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
         }
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -314,7 +320,8 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
         while let Some(r) = servers.join_next().await {
-            r.context("the REST server task failed")?.context("serving REST")?;
+            r.context("the REST server task failed")?
+                .context("serving REST")?;
         }
         tracing::info!("shutting down");
         anyhow::Ok(())

@@ -70,7 +70,9 @@ pub const DEFAULT_MAX_BODY: u64 = 256 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or holds no usable certificate or key.
-    #[error("cannot use {path} for --https: {why}; give a PEM certificate chain (--tls-cert) and its PEM private key (--tls-key), or neither to have one generated")]
+    #[error(
+        "cannot use {path} for --https: {why}; give a PEM certificate chain (--tls-cert) and its PEM private key (--tls-key), or neither to have one generated"
+    )]
     Pem {
         /// The file.
         path: PathBuf,
@@ -81,7 +83,9 @@ pub enum TlsError {
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(String),
     /// The generated certificate could not be written.
-    #[error("cannot write the generated certificate to {path}: {source}; pick another --tls-cert-out")]
+    #[error(
+        "cannot write the generated certificate to {path}: {source}; pick another --tls-cert-out"
+    )]
     Write {
         /// The file.
         path: PathBuf,
@@ -105,7 +109,9 @@ pub struct Tls {
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("cert_path", &self.cert_path).finish()
+        f.debug_struct("Tls")
+            .field("cert_path", &self.cert_path)
+            .finish()
     }
 }
 

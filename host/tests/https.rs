@@ -30,7 +30,14 @@ impl Drop for TlsHost {
 
 fn start(extra: &[&str]) -> TlsHost {
     let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-        .args(["--store", "mem", "--https", "127.0.0.1:0", "--container", "test"])
+        .args([
+            "--store",
+            "mem",
+            "--https",
+            "127.0.0.1:0",
+            "--container",
+            "test",
+        ])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -111,7 +118,11 @@ fn object_store_over_https_with_a_generated_certificate() {
         .unwrap();
     let mut got = Vec::new();
     let _ = c.read_to_end(&mut got);
-    assert!(!got.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[test]
@@ -128,7 +139,16 @@ fn object_store_over_https_with_a_given_certificate_and_bad_key_files_are_named(
     // A key file that holds no key: the host exits at once and names the file.
     std::fs::write(&key, "not a key").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-        .args(["--store", "mem", "--https", "127.0.0.1:0", "--tls-cert", c, "--tls-key", k])
+        .args([
+            "--store",
+            "mem",
+            "--https",
+            "127.0.0.1:0",
+            "--tls-cert",
+            c,
+            "--tls-key",
+            k,
+        ])
         .output()
         .expect("run blobring-host");
     let err = String::from_utf8_lossy(&out.stderr);

@@ -579,10 +579,14 @@ fn gets_larger_than_one_request_stream_in_windows_exactly_like_a_single_get() {
         .expect("put the blob through the host's REST front end");
     let ranged = [("x-ms-range", "bytes=1000-50000999")];
     for (what, extra) in [("whole", &[][..]), ("ranged", &ranged[..])] {
-        let (st_gw, head_gw, body_gw) =
-            raw(&gw.addr, &signed_head_with(&gw.addr, "GET", "big", 0, &key, extra));
-        let (st_h, head_h, body_h) =
-            raw(&host_addr, &signed_head_with(&host_addr, "GET", "big", 0, &key, extra));
+        let (st_gw, head_gw, body_gw) = raw(
+            &gw.addr,
+            &signed_head_with(&gw.addr, "GET", "big", 0, &key, extra),
+        );
+        let (st_h, head_h, body_h) = raw(
+            &host_addr,
+            &signed_head_with(&host_addr, "GET", "big", 0, &key, extra),
+        );
         assert_eq!(st_h, if extra.is_empty() { 200 } else { 206 }, "{head_h}");
         assert_eq!(st_gw, st_h, "{what}: {head_gw}");
         for h in [
@@ -596,14 +600,25 @@ fn gets_larger_than_one_request_stream_in_windows_exactly_like_a_single_get() {
             "x-ms-blob-type",
             "accept-ranges",
         ] {
-            assert_eq!(header(&head_gw, h), header(&head_h, h), "{what}: {h}\n{head_gw}");
+            assert_eq!(
+                header(&head_gw, h),
+                header(&head_h, h),
+                "{what}: {h}\n{head_gw}"
+            );
         }
-        assert_eq!(header(&head_gw, "x-blobring-body-window"), None, "{head_gw}");
+        assert_eq!(
+            header(&head_gw, "x-blobring-body-window"),
+            None,
+            "{head_gw}"
+        );
         assert_eq!(body_gw.len(), body_h.len(), "{what}");
         assert!(body_gw == body_h, "{what}: the bodies differ");
     }
     let whole = signed_head(&gw.addr, "GET", "big", 0, &key);
-    assert!(raw(&gw.addr, &whole).2 == v1, "a whole GET differs from what was put");
+    assert!(
+        raw(&gw.addr, &whole).2 == v1,
+        "a whole GET differs from what was put"
+    );
     assert_eq!(gw.metric("blobring_gateway_windowed_gets_total"), 3);
     // 80 MiB: one window of the request limit (32 MiB less 64 KiB), the rest in 8 MiB ones.
     let limit = blobring::MAX_REQUEST_DATA as usize;
@@ -634,7 +649,10 @@ fn gets_larger_than_one_request_stream_in_windows_exactly_like_a_single_get() {
         "{} bytes of a {total} byte answer whose blob changed after the first window",
         body.len()
     );
-    assert!(body == v1[..body.len()], "not a prefix of the version the answer began with");
+    assert!(
+        body == v1[..body.len()],
+        "not a prefix of the version the answer began with"
+    );
     assert_eq!(gw.metric("blobring_gateway_aborted_bodies_total"), 1);
     let log = Gateway::log(dir.path());
     assert!(log.contains("a body window failed"), "{log}");

@@ -255,7 +255,10 @@ fn body_windows_of_whole_and_ranged_answers() {
     let w = run(&e, "GET", "/w", &["x-blobring-body-window: 900-5000"], b"");
     assert_eq!(&w.body[..], &data[900..]);
     let w = run(&e, "GET", "/w", &["x-blobring-body-window: 1000-1999"], b"");
-    assert_eq!((w.body.len(), w.h("x-blobring-body-window")), (0, Some("1000/1000")));
+    assert_eq!(
+        (w.body.len(), w.h("x-blobring-body-window")),
+        (0, Some("1000/1000"))
+    );
     // Within a signed range: offsets are into the range's body, the 206 and Content-Range kept.
     let w = run(
         &e,
@@ -277,8 +280,18 @@ fn body_windows_of_whole_and_ranged_answers() {
     assert_eq!((w.status, w.code()), (412, Some("ConditionNotMet")));
     // Malformed windows, and a window that would split a transactional hash.
     for bad in ["9-0", "a-b", "10"] {
-        let w = run(&e, "GET", "/w", &[&format!("x-blobring-body-window: {bad}")], b"");
-        assert_eq!((w.status, w.code()), (400, Some("InvalidHeaderValue")), "{bad}");
+        let w = run(
+            &e,
+            "GET",
+            "/w",
+            &[&format!("x-blobring-body-window: {bad}")],
+            b"",
+        );
+        assert_eq!(
+            (w.status, w.code()),
+            (400, Some("InvalidHeaderValue")),
+            "{bad}"
+        );
     }
     let w = run(
         &e,
@@ -305,11 +318,14 @@ fn body_windows_of_whole_and_ranged_answers() {
         "/devstoreaccount1/test/s",
         &[("x-ms-blob-type", "BlockBlob"), ("content-length", "4")],
     );
-    assert_eq!(e.execute_into(h.as_bytes(), b"abcd", &mut out).unwrap().status, 201);
-    let h = signed_head(&auth, "GET", "/devstoreaccount1/test/s", &[]).replace(
-        "\r\n\r\n",
-        "\r\nx-blobring-body-window: 1-2\r\n\r\n",
+    assert_eq!(
+        e.execute_into(h.as_bytes(), b"abcd", &mut out)
+            .unwrap()
+            .status,
+        201
     );
+    let h = signed_head(&auth, "GET", "/devstoreaccount1/test/s", &[])
+        .replace("\r\n\r\n", "\r\nx-blobring-body-window: 1-2\r\n\r\n");
     let ex = e.execute_into(h.as_bytes(), b"", &mut out).unwrap();
     assert_eq!((ex.status.as_u16(), &out[..ex.body_len]), (200, &b"bc"[..]));
 }
