@@ -177,6 +177,18 @@ pub const BODY_WINDOW_HEADER: &str = "x-blobring-body-window";
 /// so that every window of one answer comes from one version of the blob.
 pub const BODY_WINDOW_ETAG_HEADER: &str = "x-blobring-body-window-etag";
 
+/// Request header (blobring's own, never signed) on a Put Blob whose body is larger than one
+/// request's data buffer: `<first>/<total>` — this request carries body bytes `first..` of a
+/// `total`-byte body (the signed `Content-Length` is `total`), sent in order, each part in its
+/// own request with the same signed head. The host stages each part and answers 202 with this
+/// header set to the next offset expected (`<next>/<total>`), until the last part, whose answer
+/// is the Put Blob's own (the blob is committed, whole, only then, its length and hashes
+/// checked). Lets a peer that holds no account key (`blobring gateway`) carry a single Put Blob
+/// larger than one request.
+pub const BODY_PART_HEADER: &str = "x-blobring-body-part";
+/// With [`BODY_PART_HEADER`]: the upload's id (1–40 of `[A-Za-z0-9-]`, unique per upload).
+pub const BODY_PART_ID_HEADER: &str = "x-blobring-body-part-id";
+
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<RingControl>() == RING_CONTROL_LEN as usize);

@@ -189,7 +189,7 @@ pub struct SmallArgs {
     /// Size of the blob read from.
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub blob_size: u64,
-    /// Paths (default: http, connector, native).
+    /// Paths (default: http, https, connector, native).
     #[arg(long, value_delimiter = ',')]
     pub paths: Vec<PathKind>,
     /// The stack.
@@ -286,7 +286,12 @@ impl SeedArgs {
 impl SmallArgs {
     fn options(&self) -> Result<SmallOptions> {
         let paths = if self.paths.is_empty() {
-            vec![PathKind::Http, PathKind::Connector, PathKind::Native]
+            vec![
+                PathKind::Http,
+                PathKind::Https,
+                PathKind::Connector,
+                PathKind::Native,
+            ]
         } else {
             self.paths.clone()
         };

@@ -82,7 +82,7 @@ fn every_mode_runs_with_tiny_sizes() {
         "seed",
     );
     assert_eq!(seed["mode"], "seed");
-    for p in ["pread", "http", "connector", "native", "sync"] {
+    for p in ["pread", "http", "https", "connector", "native", "sync"] {
         let f = &seed["paths"][p];
         assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
         assert!(num(&f["cpu_s_per_gb"], p) >= 0.0, "{p}: {f}");
@@ -96,6 +96,7 @@ fn every_mode_runs_with_tiny_sizes() {
         "native_vs_http",
         "native_vs_pread",
         "connector_vs_http",
+        "https_vs_http",
         "sync_vs_http",
         "cpu_per_gb_native_vs_http",
     ] {
@@ -125,7 +126,7 @@ fn every_mode_runs_with_tiny_sizes() {
         d,
         "small",
     );
-    for p in ["http", "connector", "native"] {
+    for p in ["http", "https", "connector", "native"] {
         for depth in ["1", "4"] {
             let f = &small["small"][p][depth];
             assert!(num(&f["rps"], p) > 0.0, "{p}@{depth}: {f}");
@@ -172,6 +173,31 @@ fn every_mode_runs_with_tiny_sizes() {
         assert_eq!(s["checksums_ok"], true, "{s}");
     }
     chart(d, "scale-throughput");
+
+    // The gateway's benchmark: a `blobring gateway` in front of the daemon, beside (b) over
+    // HTTP and HTTPS and (c).
+    let gw = run(
+        &[
+            "gateway", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--chunk", "256K",
+        ],
+        d,
+        "gateway",
+    );
+    assert_eq!(gw["mode"], "gateway");
+    for p in ["gateway", "http", "https", "connector"] {
+        let f = &gw["paths"][p];
+        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
+        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
+        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+    }
+    assert!(num(&gw["paths"]["gateway"]["gateway_cpu_s"], "gateway cpu") > 0.0);
+    for r in [
+        "gateway_vs_https",
+        "gateway_vs_connector",
+        "cpu_per_gb_gateway_vs_https",
+    ] {
+        assert!(num(&gw["ratios"][r], r) > 0.0, "{r}");
+    }
 }
 
 #[test]

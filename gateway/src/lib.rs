@@ -26,7 +26,9 @@
 //!   than the gateway's limit ([`Config::max_body`], at most [`blobring::MAX_REQUEST_DATA`] and
 //!   half the arena) is refused with 413 **before any of it is read** (the authenticate-
 //!   before-body rule of issue 18 applies to us too: we never buffer past the limit), and a
-//!   chunked body is cut off the moment it passes the limit. A response body is the arena
+//!   chunked body is cut off the moment it passes the limit. The exception is a Put Blob of
+//!   announced length (up to the service's 5000 MiB): it goes in body parts, one request's
+//!   worth in memory at a time (below). A response body is the arena
 //!   buffer itself, handed to hyper without a copy and returned to the arena when sent.
 //! - Every request gets one HTTP answer: the host's (status, headers and body as the host
 //!   wrote them), or a gateway error with an Azure-style XML body (`<Error><Code>…`) and
@@ -50,6 +52,15 @@
 //! server failing mid-transfer does; the client sees a short body, never mixed versions. A
 //! host without windows (a passthrough store) answers whole, and an answer larger than one
 //! request is then 413 `BlobringResponseTooLarge` naming the limit.
+//!
+//! **Large Put Blobs.** The other direction, for the same reason: a single Put Blob whose body
+//! is larger than one request (SDKs send up to 64 or 256 MiB that way by default) is sent as
+//! *body parts* — the signed head once per part, with blobring's [`BODY_PART_HEADER`] and an
+//! upload id added — read from the client one part at a time. The host verifies each part's
+//! signature, stages it, and commits the blob whole with the last part, after checking the
+//! body's length and the client's Content-MD5 / CRC-64 over all of it; the client gets that
+//! last answer (or the first refusal, e.g. 403 for another key, with the rest of its body
+//! unread).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,7 +70,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blobring::{Client, ClientError, ClientOptions};
-use blobring_abi::vmbus::{BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
+use blobring_abi::vmbus::{
+    BODY_PART_HEADER, BODY_PART_ID_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER,
+};
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -99,7 +112,9 @@ pub struct Config {
     pub unix: Option<PathBuf>,
     /// blobringd's client socket.
     pub socket: PathBuf,
-    /// Largest request body accepted (also capped by one blobring request and half the arena).
+    /// Largest request body accepted: a Put Blob's up to it (at most the service's 5000 MiB;
+    /// larger than one request, in parts), any other body also at most one blobring request
+    /// and half the arena.
     pub max_body: u64,
     /// Most connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
@@ -132,8 +147,10 @@ pub struct GatewayArgs {
     /// blobringd's client socket (default: $BLOBRING_SOCKET, else the daemon's default path).
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Largest request body in bytes (at most one blobring request, 32 MiB less 64 KiB).
-    #[arg(long, default_value_t = blobring::MAX_REQUEST_DATA)]
+    /// Largest request body in bytes: a single Put Blob's up to it (at most the service's
+    /// 5000 MiB; above one blobring request it goes in parts), any other body also at most one
+    /// blobring request (32 MiB less 64 KiB).
+    #[arg(long, default_value_t = MAX_PUT_BLOB)]
     pub max_body: u64,
     /// Most connections served at once.
     #[arg(long, default_value_t = 1024)]
@@ -245,8 +262,9 @@ impl Failure {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestBodyTooLarge",
                 format!(
-                    "{self} (blobring gateway --max-body, at most one blobring request of \
-                     {limit} bytes): upload in blocks (Put Block) of at most {limit} bytes."
+                    "{self} (blobring gateway --max-body; a body other than a Put Blob's is \
+                     also at most one blobring request): send it in smaller pieces (Put Block \
+                     of at most {limit} bytes each)."
                 ),
             ),
             Failure::ResponseTooLarge { limit, .. } => (
@@ -402,12 +420,9 @@ impl Gateway {
         Ok(slot.get_or_insert(c).clone())
     }
 
-    /// The largest body one request may carry here.
-    fn limit(&self, client: &Client) -> u64 {
-        self.cfg
-            .max_body
-            .min(blobring::MAX_REQUEST_DATA)
-            .min(client.arena_len() / 2)
+    /// The most data (body either way) one blobring request may carry here.
+    fn limit(client: &Client) -> u64 {
+        blobring::MAX_REQUEST_DATA.min(client.arena_len() / 2)
     }
 
     /// Serves one HTTP request: always an answer, never an error to hyper.
@@ -453,7 +468,7 @@ impl Gateway {
         req: http::Request<Incoming>,
         bytes_in: &mut u64,
     ) -> Result<http::Response<Body>, Failure> {
-        let (parts, mut body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let announced = match parts.headers.get(http::header::CONTENT_LENGTH) {
             Some(v) => Some(
                 v.to_str()
@@ -463,8 +478,14 @@ impl Gateway {
             ),
             None => body.size_hint().exact().filter(|_| body.is_end_stream()),
         };
-        // Refuse an over-limit body before reading it, and before even connecting.
-        let static_limit = self.cfg.max_body.min(blobring::MAX_REQUEST_DATA);
+        // A Put Blob of announced length larger than one request goes in body parts (up to
+        // the service's Put Blob limit); any other body over the limit is refused before it
+        // is read, and before even connecting.
+        let in_parts = is_put_blob(&parts).then_some(announced).flatten();
+        let static_limit = match in_parts {
+            Some(_) => self.cfg.max_body.min(MAX_PUT_BLOB),
+            None => self.cfg.max_body.min(blobring::MAX_REQUEST_DATA),
+        };
         if let Some(len) = announced
             && len > static_limit
         {
@@ -474,11 +495,27 @@ impl Gateway {
             });
         }
         let client = self.client().await?;
-        let limit = self.limit(&client);
-        if let Some(len) = announced
-            && len > limit
+        let limit = Self::limit(&client);
+        let mut body = BodyReader {
+            body,
+            pending: None,
+            idle: self.cfg.body_idle_timeout,
+        };
+        if let Some(total) = in_parts
+            && total > limit
         {
-            return Err(Failure::BodyTooLarge { len, limit });
+            return self
+                .put_in_parts(&client, &parts, &mut body, total, limit, bytes_in)
+                .await;
+        }
+        let body_limit = limit.min(self.cfg.max_body);
+        if let Some(len) = announced
+            && len > body_limit
+        {
+            return Err(Failure::BodyTooLarge {
+                len,
+                limit: body_limit,
+            });
         }
         let is_get = parts.method == Method::GET;
         // A GET whose answer may not fit one request asks for its first window.
@@ -491,53 +528,65 @@ impl Gateway {
         } else {
             DEFAULT_RECV
         };
-        let body_cap = announced.unwrap_or(limit);
+        let body_cap = announced.unwrap_or(body_limit);
         let lease = client
             .alloc_async(recv.min(limit).max(body_cap).max(4096))
             .await
             .map_err(|e| self.classify(e))?;
         // Stream the body into the arena buffer as it arrives.
-        let mut at = 0u64;
-        loop {
-            let frame = match tokio::time::timeout(self.cfg.body_idle_timeout, body.frame()).await {
-                Err(_) => return Err(Failure::ClientSlow(self.cfg.body_idle_timeout)),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(Failure::ClientBody(e.to_string())),
-                Ok(Some(Ok(f))) => f,
-            };
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers: not part of a Blob request
-            };
-            let end = at + data.len() as u64;
-            if end > body_cap {
-                *bytes_in = end;
-                return Err(Failure::BodyTooLarge {
-                    len: end,
-                    limit: body_cap,
-                });
-            }
-            lease.write(at as usize, &data).map_err(Failure::Other)?;
-            at = end;
-        }
+        let at = body.fill(&lease, body_cap).await?;
         *bytes_in = at;
+        if !body.ended().await? {
+            *bytes_in = at + 1;
+            return Err(Failure::BodyTooLarge {
+                len: at + 1,
+                limit: body_cap,
+            });
+        }
         let base = request_head(&parts, announced.is_none().then_some(at));
         let head = if windowed {
             windowed_head(&base, 0, limit - 1, None)
         } else {
             base.clone()
         };
+        let c = self.execute(&client, head, lease, at, limit).await?;
+        self.answer(&client, &parts.method, c, windowed.then_some((base, limit)))
+    }
+
+    /// One blobring request: `head`, with `data_valid` body bytes at the start of `lease`
+    /// (which also receives the answer's body).
+    async fn execute(
+        &self,
+        client: &Client,
+        head: Vec<u8>,
+        lease: blobring::Lease,
+        data_valid: u64,
+        limit: u64,
+    ) -> Result<blobring::Completion, Failure> {
         let mut r = blobring::Request::new(head);
         r.response_cap = RESPONSE_HEAD_CAP;
-        r.data_valid = at as u32;
+        r.data_valid = data_valid as u32;
         r.data = Some(lease);
         r.timeout = Some(self.cfg.request_timeout);
-        let c = match client.execute(r).await {
-            Ok(c) => c,
+        match client.execute(r).await {
+            Ok(c) => Ok(c),
             Err(ClientError::BodyTooLarge { needed }) => {
-                return Err(Failure::ResponseTooLarge { needed, limit });
+                Err(Failure::ResponseTooLarge { needed, limit })
             }
-            Err(e) => return Err(self.classify(e)),
-        };
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    /// The HTTP answer to a completed request: the host's status, headers and body (from the
+    /// arena, without a copy when large). `windows`: the request as signed and the first
+    /// window's size, when it asked for a body window; a longer body then streams in windows.
+    fn answer(
+        &self,
+        client: &Client,
+        method: &Method,
+        c: blobring::Completion,
+        windows: Option<(Vec<u8>, u64)>,
+    ) -> Result<http::Response<Body>, Failure> {
         let rh = blobring::blob::parse_response_head(&c.head).map_err(Failure::Other)?;
         let n = c.data_len();
         let data = match c.data {
@@ -552,44 +601,100 @@ impl Gateway {
         }
         // The whole body's length: more than this window when the host windowed the answer.
         let n = n as u64;
-        let total = match headers.remove(BODY_WINDOW_HEADER) {
-            Some(w) => parse_window_answer(&w)
+        let total = match (headers.remove(BODY_WINDOW_HEADER), &windows) {
+            (Some(w), Some(_)) => parse_window_answer(&w)
                 .filter(|&(first, total)| first == 0 && total >= n)
                 .map(|(_, total)| total)
                 .ok_or_else(|| {
                     Failure::Other(ClientError::BadResponse(format!(
-                        "the host answered body window {w:?} to a request for 0-{}",
-                        limit - 1
+                        "the host answered body window {w:?} to a request for the first window"
                     )))
                 })?,
-            None => n,
+            _ => n,
         };
-        let body = if total > n {
-            self.stats.windowed_gets.fetch_add(1, Ordering::Relaxed);
-            let rest = Windows {
-                client: client.clone(),
-                base: Arc::new(base),
-                etag: headers.get(http::header::ETAG).cloned(),
-                status: rh.status,
-                total,
-                timeout: self.cfg.request_timeout,
-                stats: self.stats.clone(),
-                failed: false.into(),
-            };
-            let first = futures_util::stream::once(std::future::ready(Ok(data)));
-            let stream = first.chain(rest.stream(n, STRIPE.min(limit)));
-            StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
-        } else {
-            full(data)
+        let body = match windows {
+            Some((base, limit)) if total > n => {
+                self.stats.windowed_gets.fetch_add(1, Ordering::Relaxed);
+                let rest = Windows {
+                    client: client.clone(),
+                    base: Arc::new(base),
+                    etag: headers.get(http::header::ETAG).cloned(),
+                    status: rh.status,
+                    total,
+                    timeout: self.cfg.request_timeout,
+                    stats: self.stats.clone(),
+                    failed: false.into(),
+                };
+                let first = futures_util::stream::once(std::future::ready(Ok(data)));
+                let stream = first.chain(rest.stream(n, STRIPE.min(limit)));
+                StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
+            }
+            _ => full(data),
         };
         let mut resp = http::Response::new(body);
         *resp.status_mut() = StatusCode::from_u16(rh.status)
             .map_err(|e| Failure::Other(ClientError::BadResponse(e.to_string())))?;
-        if parts.method != Method::HEAD && !no_body_status(rh.status) {
+        if method != Method::HEAD && !no_body_status(rh.status) {
             headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(total));
         }
         *resp.headers_mut() = headers;
         Ok(resp)
+    }
+
+    /// A Put Blob of `total` bytes, more than one request (`limit`) carries: the signed head
+    /// goes once per part of at most `limit` bytes, each with blobring's body-part headers
+    /// ([`BODY_PART_HEADER`]; the host stages each part and commits the blob with the last).
+    /// One part in memory at a time. The answer is the last part's (the Put Blob's), or the
+    /// first refusal (a bad signature, a full host…), with the rest of the body left unread.
+    async fn put_in_parts(
+        &self,
+        client: &Client,
+        parts: &http::request::Parts,
+        body: &mut BodyReader,
+        total: u64,
+        limit: u64,
+        bytes_in: &mut u64,
+    ) -> Result<http::Response<Body>, Failure> {
+        self.stats.put_in_parts.fetch_add(1, Ordering::Relaxed);
+        let base = request_head(parts, None);
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut first = 0u64;
+        loop {
+            let n = limit.min(total - first);
+            let lease = client
+                .alloc_async(n.max(4096))
+                .await
+                .map_err(|e| self.classify(e))?;
+            let got = body.fill(&lease, n).await?;
+            *bytes_in = first + got;
+            if got < n {
+                return Err(Failure::ClientBody(format!(
+                    "the body ended after {} of the {total} bytes its Content-Length announced",
+                    first + got
+                )));
+            }
+            let head = part_head(&base, first, total, &id);
+            let c = self.execute(client, head, lease, n, limit).await?;
+            let last = first + n == total;
+            let staged = format!("{}/{total}", first + n);
+            if !last {
+                let rh = blobring::blob::parse_response_head(&c.head).map_err(Failure::Other)?;
+                let next = rh
+                    .headers
+                    .get(BODY_PART_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                if rh.status == 202 && next == Some(staged.as_str()) {
+                    first += n;
+                    continue;
+                }
+                // Refused (or a host without parts): its answer; the rest is not read.
+                let mut r = self.answer(client, &parts.method, c, None)?;
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(r);
+            }
+            return self.answer(client, &parts.method, c, None);
+        }
     }
 
     /// A transport error as the answer it deserves; the SDK's client is dropped when its
@@ -697,21 +802,119 @@ impl Windows {
     }
 }
 
-/// `request` (a whole head, ending with the empty line) with the body-window headers added:
-/// bytes `first..=last` of the answer's body, pinned to `etag` when given.
-fn windowed_head(request: &[u8], first: u64, last: u64, etag: Option<&HeaderValue>) -> Vec<u8> {
+/// A request body read from the client into arena buffers, with an idle deadline; a frame
+/// that straddles two buffers is kept for the next.
+struct BodyReader {
+    body: Incoming,
+    pending: Option<Bytes>,
+    idle: Duration,
+}
+
+impl BodyReader {
+    /// The next data of the body (`None` at its end).
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        if let Some(b) = self.pending.take() {
+            return Ok(Some(b));
+        }
+        loop {
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(Failure::ClientSlow(self.idle)),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(Failure::ClientBody(e.to_string())),
+                Ok(Some(Ok(f))) => f,
+            };
+            // Trailers are not part of a Blob request; empty frames carry nothing.
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// Reads up to `max` bytes into `lease` from offset 0; fewer only at the body's end.
+    async fn fill(&mut self, lease: &blobring::Lease, max: u64) -> Result<u64, Failure> {
+        let mut at = 0u64;
+        while at < max {
+            let Some(mut data) = self.next().await? else {
+                break;
+            };
+            let take = (max - at).min(data.len() as u64) as usize;
+            if take < data.len() {
+                self.pending = Some(data.split_off(take));
+            }
+            lease.write(at as usize, &data).map_err(Failure::Other)?;
+            at += take as u64;
+        }
+        Ok(at)
+    }
+
+    /// Whether the body has ended (reads ahead one frame, kept for later).
+    async fn ended(&mut self) -> Result<bool, Failure> {
+        match self.next().await? {
+            None => Ok(true),
+            Some(b) => {
+                self.pending = Some(b);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The service's limit on one Put Blob (5000 MiB); up to it a Put Blob goes in body parts.
+pub const MAX_PUT_BLOB: u64 = 5000 << 20;
+
+/// Whether the request is shaped like a Put Blob (a PUT with no `comp` or `restype` and no copy
+/// source); the host decides the rest.
+fn is_put_blob(parts: &http::request::Parts) -> bool {
+    let q = parts.uri.query().unwrap_or("");
+    parts.method == Method::PUT
+        && !q
+            .split('&')
+            .any(|kv| kv.starts_with("comp=") || kv.starts_with("restype="))
+        && !parts.headers.contains_key("x-ms-copy-source")
+}
+
+/// `request` with the body-part headers of part `first`/`total` of upload `id` added.
+fn part_head(request: &[u8], first: u64, total: u64, id: &str) -> Vec<u8> {
+    add_headers(
+        request,
+        &[
+            (BODY_PART_HEADER, format!("{first}/{total}").as_bytes()),
+            (BODY_PART_ID_HEADER, id.as_bytes()),
+        ],
+    )
+}
+
+/// `request` (a whole head, ending with the empty line) with `headers` added before its end.
+fn add_headers(request: &[u8], headers: &[(&str, &[u8])]) -> Vec<u8> {
     let end = request.len().saturating_sub(2); // before the empty line's CRLF
     let mut h = Vec::with_capacity(request.len() + 128);
     h.extend_from_slice(&request[..end]);
-    h.extend_from_slice(format!("{BODY_WINDOW_HEADER}: {first}-{last}\r\n").as_bytes());
-    if let Some(e) = etag {
-        h.extend_from_slice(BODY_WINDOW_ETAG_HEADER.as_bytes());
+    for (k, v) in headers {
+        h.extend_from_slice(k.as_bytes());
         h.extend_from_slice(b": ");
-        h.extend_from_slice(e.as_bytes());
+        h.extend_from_slice(v);
         h.extend_from_slice(b"\r\n");
     }
     h.extend_from_slice(b"\r\n");
     h
+}
+
+/// `request` (a whole head, ending with the empty line) with the body-window headers added:
+/// bytes `first..=last` of the answer's body, pinned to `etag` when given.
+fn windowed_head(request: &[u8], first: u64, last: u64, etag: Option<&HeaderValue>) -> Vec<u8> {
+    let window = format!("{first}-{last}");
+    match etag {
+        Some(e) => add_headers(
+            request,
+            &[
+                (BODY_WINDOW_HEADER, window.as_bytes()),
+                (BODY_WINDOW_ETAG_HEADER, e.as_bytes()),
+            ],
+        ),
+        None => add_headers(request, &[(BODY_WINDOW_HEADER, window.as_bytes())]),
+    }
 }
 
 /// The host's `<first>/<total>` window answer.

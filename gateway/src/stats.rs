@@ -127,6 +127,8 @@ pub struct Stats {
     pub windowed_gets: AtomicU64,
     /// Body windows fetched after the first, over all windowed GETs.
     pub extra_windows: AtomicU64,
+    /// Put Blobs larger than one request, carried in body parts.
+    pub put_in_parts: AtomicU64,
     /// Answers cut off after their head was sent (a later window failed: the blob changed,
     /// blobringd died, a deadline passed); the client sees a truncated body.
     pub aborted_bodies: AtomicU64,
@@ -180,6 +182,9 @@ impl Stats {
              # HELP blobring_gateway_extra_windows_total Body windows fetched after the first.\n\
              # TYPE blobring_gateway_extra_windows_total counter\n\
              blobring_gateway_extra_windows_total {}\n\
+             # HELP blobring_gateway_put_in_parts_total Put Blobs larger than one request, carried in parts.\n\
+             # TYPE blobring_gateway_put_in_parts_total counter\n\
+             blobring_gateway_put_in_parts_total {}\n\
              # HELP blobring_gateway_aborted_bodies_total Answers cut off after their head was sent.\n\
              # TYPE blobring_gateway_aborted_bodies_total counter\n\
              blobring_gateway_aborted_bodies_total {}",
@@ -188,6 +193,7 @@ impl Stats {
             g(&self.daemon_errors),
             g(&self.windowed_gets),
             g(&self.extra_windows),
+            g(&self.put_in_parts),
             g(&self.aborted_bodies),
         );
         for (name, help, f) in [
@@ -254,7 +260,7 @@ impl Stats {
     }
 
     /// The same figures as JSON (`connections`, `daemon_errors`, `windowed_gets`,
-    /// `extra_windows`, `aborted_bodies`, `ops.<op>.{requests, errors,
+    /// `extra_windows`, `put_in_parts`, `aborted_bodies`, `ops.<op>.{requests, errors,
     /// request_bytes, response_bytes, latency_mean_us}`).
     pub fn json(&self) -> serde_json::Value {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -281,6 +287,7 @@ impl Stats {
             "daemon_errors": g(&self.daemon_errors),
             "windowed_gets": g(&self.windowed_gets),
             "extra_windows": g(&self.extra_windows),
+            "put_in_parts": g(&self.put_in_parts),
             "aborted_bodies": g(&self.aborted_bodies),
             "ops": ops,
         })

@@ -31,7 +31,7 @@ use md5::{Digest, Md5};
 use percent_encoding::percent_decode_str;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use blobring_abi::vmbus::{BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
+use blobring_abi::vmbus::{BODY_PART_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
 
 use crate::auth::SharedKeyAuth;
 use crate::store::{
@@ -396,6 +396,8 @@ pub struct Executor {
     auth: Option<SharedKeyAuth>,
     faults: Faults,
     rng: Mutex<StdRng>,
+    /// Put Blobs arriving in parts ([`BODY_PART_HEADER`]).
+    parts: parts::PartUploads,
 }
 
 impl std::fmt::Debug for Executor {
@@ -418,6 +420,7 @@ impl Executor {
             auth: config.auth,
             rng: Mutex::new(StdRng::seed_from_u64(config.faults.seed)),
             faults: config.faults,
+            parts: parts::PartUploads::default(),
         }
     }
 
@@ -1269,6 +1272,9 @@ impl Executor {
     }
 
     fn put_blob(&self, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+        if let Some(part) = req.header(BODY_PART_HEADER) {
+            return self.put_blob_part(req, c, b, part);
+        }
         check_block_blob(req)?;
         check_length(req, MAX_PUT_BLOB)?;
         let md5 = check_integrity(req)?;
@@ -2133,5 +2139,6 @@ fn blob_headers(h: &mut HeaderMap, p: &BlobProps) {
 }
 
 mod forward;
+mod parts;
 #[cfg(test)]
 mod tests;

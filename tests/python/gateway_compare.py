@@ -64,13 +64,10 @@ def props(p):
 
 
 def scenario(authority, container):
-    # Downloads with the SDK's defaults (its first GET is a 32 MiB range, more than one
-    # blobring request carries: the gateway answers it in body windows). Single Put Blob up to
-    # one blobring request (32 MiB - 64 KiB; larger blobs in blocks), as the README says -- the
-    # same settings on both sides, so the calls are identical.
-    svc = BlobServiceClient.from_connection_string(
-        conn(authority), max_single_put_size=32 * MIB - 64 * 1024
-    )
+    # The SDK's defaults: its first GET of a download is a 32 MiB range and it uploads up to
+    # 64 MiB as one Put Blob, both more than one blobring request carries (the gateway uses
+    # body windows and body parts).
+    svc = BlobServiceClient.from_connection_string(conn(authority))
     c = svc.get_container_client(container)
     out = []
     rec = lambda name, f: out.append((name, outcome(f)))

@@ -658,6 +658,68 @@ fn gets_larger_than_one_request_stream_in_windows_exactly_like_a_single_get() {
     assert!(log.contains("a body window failed"), "{log}");
 }
 
+/// One request with a body on a new connection: `head` (saying `connection: close`), then
+/// `body`; status, head and body of the answer.
+fn raw_with_body(addr: &str, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    // A refusal may come (and the connection close) before the whole body is sent.
+    let _ = s.write_all(body);
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    parse_answer(all)
+}
+
+/// A single Put Blob larger than one blobring request is carried in body parts and committed
+/// whole by the host: the same blob as the same Put Blob made directly to the host's REST
+/// front end; refused by its first part when signed with another key (nothing created); a
+/// Content-MD5 that is not the body's refused at the end (the earlier version stays).
+#[test]
+fn a_put_blob_larger_than_one_request_goes_in_parts_and_commits_whole() {
+    let dir = scratch();
+    let s = stack(dir.path(), &["--http", "127.0.0.1:0"]);
+    let gw = Gateway::start(dir.path(), &s.daemon.socket, &[]);
+    use md5::Digest as _;
+    let key = emulator_key();
+    let data = blobring_tests::XorShift::new(19).bytes((70 << 20) + 999);
+    let md5 = base64_of(&md5::Md5::digest(&data));
+    let md5h = [("content-md5", md5.as_str())];
+    // `send`: the body bytes written (a refused upload is answered after its first part).
+    let put = |blob: &str, extra: &[(&str, &str)], key: &[u8], send: usize| {
+        let head = signed_head_with(&gw.addr, "PUT", blob, data.len(), key, extra);
+        raw_with_body(&gw.addr, &head, &data[..send])
+    };
+    let (st, head, b) = put("parts", &md5h, &key, data.len());
+    assert_eq!(st, 201, "{head}\n{}", String::from_utf8_lossy(&b));
+    assert_eq!(header(&head, "content-md5"), Some(md5.as_str()));
+    assert_eq!(gw.metric("blobring_gateway_put_in_parts_total"), 1);
+    let host = s.http_url.clone().unwrap();
+    let host_addr = host.trim_start_matches("http://");
+    let (st, h, got) = raw(host_addr, &signed_head(host_addr, "GET", "parts", 0, &key));
+    assert_eq!(st, 200, "{h}");
+    assert!(
+        got == data,
+        "the blob put in parts differs from the body sent"
+    );
+    assert_eq!(header(&h, "content-md5"), Some(md5.as_str()));
+    // Another key: the host refuses the first part; nothing is created.
+    let first_part = blobring::MAX_REQUEST_DATA as usize;
+    let (st, head, _) = put("foreign", &[], &[7u8; 64], first_part);
+    assert_eq!(st, 403, "{head}");
+    let (st, _, _) = raw(
+        host_addr,
+        &signed_head(host_addr, "GET", "foreign", 0, &key),
+    );
+    assert_eq!(st, 404);
+    // A Content-MD5 that is not this body's: 400 once all parts are in; "parts" unchanged.
+    let wrong = [("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")];
+    let (st, head, _) = put("parts", &wrong, &key, data.len());
+    assert_eq!(st, 400, "{head}");
+    let (_, _, got) = raw(host_addr, &signed_head(host_addr, "GET", "parts", 0, &key));
+    assert!(got == data, "a refused Put Blob in parts changed the blob");
+}
+
 fn venv_python() -> std::path::PathBuf {
     let venv = std::env::var_os("BLOBRING_VENV")
         .map(std::path::PathBuf::from)

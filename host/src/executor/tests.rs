@@ -330,6 +330,61 @@ fn body_windows_of_whole_and_ranged_answers() {
     assert_eq!((ex.status.as_u16(), &out[..ex.body_len]), (200, &b"bc"[..]));
 }
 
+/// A Put Blob carried in body parts: staged part by part (202, nothing visible), committed by
+/// the last part with the signed head's properties and the whole body's MD5 checked; parts out
+/// of order abandon the upload; a wrong MD5 leaves the previous blob as it was.
+#[test]
+fn put_blob_in_parts_commits_once_whole_and_checked() {
+    let e = exec();
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 + 5) as u8).collect();
+    let md5 = BASE64_STANDARD.encode(Md5::digest(&data));
+    let part = |first: usize, n: usize, id: &str, extra: &str| {
+        let h = format!(
+            "PUT /devstoreaccount1/test/p HTTP/1.1\r\nHost: h\r\nx-ms-version: 2023-11-03\r\n\
+             x-ms-blob-type: BlockBlob\r\nContent-Length: {}\r\n\
+             x-blobring-body-part: {first}/{}\r\nx-blobring-body-part-id: {id}\r\n{extra}\r\n",
+            data.len(),
+            data.len()
+        );
+        let mut out = vec![0u8; 4096];
+        let ex = e
+            .execute_into(h.as_bytes(), &data[first..first + n], &mut out)
+            .unwrap();
+        let text = String::from_utf8_lossy(&out[..ex.body_len]).into_owned();
+        (ex.status.as_u16(), ex.headers, text)
+    };
+    let good = format!("Content-MD5: {md5}\r\nx-ms-blob-content-type: text/csv\r\n");
+    let (st, h, _) = part(0, 4000, "u1", &good);
+    assert_eq!(
+        (st, h["x-blobring-body-part"].to_str().unwrap()),
+        (202, "4000/10000")
+    );
+    assert_eq!(
+        run(&e, "GET", "/p", &[], b"").status,
+        404,
+        "visible before the last part"
+    );
+    assert_eq!(part(4000, 4000, "u1", &good).0, 202);
+    let (st, h, text) = part(8000, 2000, "u1", &good);
+    assert_eq!(st, 201, "{text}");
+    assert_eq!(h["content-md5"].to_str().unwrap(), md5);
+    let r = run(&e, "GET", "/p", &[], b"");
+    assert!(r.body == data, "the committed blob differs");
+    assert_eq!(r.h("content-type"), Some("text/csv"));
+    assert_eq!(r.h("content-md5"), Some(&*md5));
+    // Out of order: refused, and the upload is forgotten.
+    assert_eq!(part(0, 4000, "u2", "").0, 202);
+    assert_eq!(part(8000, 2000, "u2", "").0, 400);
+    assert_eq!(part(4000, 4000, "u2", "").0, 400);
+    // A Content-MD5 that is not the whole body's: 400 at the last part, the blob unchanged.
+    let wrong = "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n";
+    assert_eq!(part(0, 4000, "u3", wrong).0, 202);
+    assert_eq!(part(4000, 6000, "u3", wrong).0, 400);
+    assert!(run(&e, "GET", "/p", &[], b"").body == data);
+    // Bad part headers.
+    assert_eq!(part(0, 10_000, "bad/id", "").0, 400);
+}
+
 #[test]
 fn body_larger_than_buffer_is_a_transport_error() {
     let e = exec();
