@@ -20,33 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import email.utils
 import errno
-import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.spec import AbstractBufferedFile
 
 from . import _blobring
+from ._threads import run
 from .exceptions import BlobNotFound, InvalidRequest
 
 __all__ = ["BlobringFileSystem", "BlobringFile"]
-
-_pool_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _executor() -> ThreadPoolExecutor:
-    """Threads that wait in native calls (GIL released); one pool per process (fork-safe)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(64, thread_name_prefix="blobring-fs"))
-        return _pool[1]
-
 
 class BlobringFileSystem(AsyncFileSystem):
     """Azure Blob storage through blobringd, as an fsspec filesystem (protocol ``blobring``).
@@ -102,11 +90,7 @@ class BlobringFileSystem(AsyncFileSystem):
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``self.client.<method>(*args, **kwargs)`` in a worker thread."""
-        loop = asyncio.get_running_loop()
-        client = self.client
-        return await loop.run_in_executor(
-            _executor(), functools.partial(getattr(client, method), *args, **kwargs)
-        )
+        return await run(getattr(self.client, method), *args, **kwargs)
 
     @classmethod
     def _strip_protocol(cls, path: str) -> str:
@@ -196,6 +180,13 @@ class BlobringFileSystem(AsyncFileSystem):
             if listing.blobs or listing.prefixes:
                 return {"name": f"{c}/{k}", "size": 0, "type": "directory"}
             raise FileNotFoundError(f"no blob or directory blobring://{c}/{k}") from None
+
+    def modified(self, path: str) -> datetime.datetime:
+        """Last modification time of a blob (its ``Last-Modified``), timezone-aware."""
+        info = self.info(path)
+        if info["type"] != "file":
+            raise IsADirectoryError(f"{path!r} is a directory: only blobs have a time")
+        return email.utils.parsedate_to_datetime(info["last_modified"])
 
     # ------------------------------------------------------------------ reads
 

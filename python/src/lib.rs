@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use blobring::blob::{
     AccountConfig, BlobError, BlobItem, BlobProperties, BlobService, BlockRef, Conditions,
-    GetOptions, ListOptions, PutOptions,
+    GetOptions, GetResult, ListOptions, PutOptions,
 };
 use blobring::transfer::{Download, TransferOptions};
 use blobring::{Client as SdkClient, ClientError, ClientOptions, MAX_REQUEST_DATA, block_on};
@@ -191,6 +191,22 @@ fn take_err(err: &Arc<Mutex<Option<PyErr>>>) -> PyResult<()> {
     }
 }
 
+/// Reads of at most this many bytes are copied out of the arena at once.
+const COPY_BELOW: usize = 64 << 10;
+
+/// The bytes of a read as Python will hold them: a zero-copy view of the lease, unless the
+/// read is small (≤ [`COPY_BELOW`]) or fills less than half its lease (a whole-blob read
+/// starts with a 4 MiB buffer): those are copied and the lease returned at once, so holding
+/// many small results does not pin the arena.
+fn settle(g: GetResult) -> Result<Bytes, BlobError> {
+    let cap = g.data.as_ref().map_or(0, |l| l.len());
+    if g.len <= COPY_BELOW || cap > 2 * g.len {
+        Ok(Bytes::from(g.to_vec()?))
+    } else {
+        g.into_bytes()
+    }
+}
+
 /// Properties of a blob (`Client.head`).
 #[pyclass(module = "blobring", frozen, get_all)]
 #[derive(Clone)]
@@ -326,12 +342,15 @@ impl Client {
     }
 
     /// One range: zero-copy if one request carries it, else striped into a fresh buffer.
+    /// `settle_small` applies [`settle`] (callers that hold many results at once pass `false`:
+    /// their leases are exactly the ranges' sizes).
     async fn read_range(
         &self,
         container: &str,
         name: &str,
         r: Range<u64>,
         opts: &GetOptions,
+        settle_small: bool,
     ) -> Result<Bytes, BlobError> {
         if r.is_empty() {
             return Ok(Bytes::new());
@@ -339,10 +358,12 @@ impl Client {
         if r.end - r.start > self.request_limit() {
             return self.read_striped(container, name, Some(r)).await;
         }
-        self.svc
-            .get_range(container, name, r, opts, None)
-            .await?
-            .into_bytes()
+        let g = self.svc.get_range(container, name, r, opts, None).await?;
+        if settle_small {
+            settle(g)
+        } else {
+            g.into_bytes()
+        }
     }
 }
 
@@ -424,8 +445,10 @@ impl Client {
     /// Reads a blob, or the bytes `range=(start, end)` of it (end exclusive), into a read-only
     /// `Bytes` buffer. When one request carries it (up to half the arena) the buffer is the
     /// shared memory itself, without a copy (`memoryview`, `numpy.frombuffer`,
-    /// `pyarrow.py_buffer` see it in place; `bytes(b)` copies); larger reads are striped over
-    /// every queue into a fresh buffer. `if_match` pins the read to an ETag
+    /// `pyarrow.py_buffer` see it in place; `bytes(b)` copies). Reads of 64 KiB or less, and
+    /// whole-blob reads that fill less than half their 4 MiB first buffer, are copied out
+    /// instead so that holding many small results never pins the arena. Reads larger than
+    /// one request are striped over every queue into a fresh buffer. `if_match` pins the read to an ETag
     /// (`ConditionNotMet` if the blob changed).
     #[pyo3(signature = (container, name, range = None, *, if_match = None))]
     fn get(
@@ -445,13 +468,13 @@ impl Client {
         let b = run(py, || {
             block_on(async {
                 match range {
-                    Some(r) => self.read_range(container, name, r, &opts).await,
+                    Some(r) => self.read_range(container, name, r, &opts, true).await,
                     None => match self.svc.get_blob(container, name, None, &opts).await {
                         // More than one request carries: striped (pinned to one ETag).
                         Err(BlobError::Config(_)) if opts.conditions.if_match.is_none() => {
                             self.read_striped(container, name, None).await
                         }
-                        r => r?.into_bytes(),
+                        r => settle(r?),
                     },
                 }
             })
@@ -506,7 +529,9 @@ impl Client {
                 let reads = merged.iter().map(|m| {
                     let opts = &opts;
                     async move {
-                        let b = self.read_range(container, name, m.clone(), opts).await?;
+                        let b = self
+                            .read_range(container, name, m.clone(), opts, false)
+                            .await?;
                         Ok::<_, BlobError>(if zero_copy {
                             b
                         } else {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -116,6 +117,10 @@ def test_ls_info_exists(bfs, client, container):
         f"{container}/d/sub/c",
     ]
     assert bfs.du(f"{container}/d") == 13
+    age = datetime.datetime.now(datetime.timezone.utc) - bfs.modified(f"{container}/top")
+    assert datetime.timedelta(seconds=-5) < age < datetime.timedelta(minutes=5)
+    with pytest.raises(IsADirectoryError):
+        bfs.modified(f"{container}/d")
 
 
 def test_cat_file_and_ranges(bfs, client, container):

@@ -172,6 +172,17 @@ def test_reads_are_zero_copy_views_of_the_arena(client, container):
     assert client.arena_free() == free_before
 
 
+def test_small_reads_are_copied_and_pin_no_arena(client, container):
+    client.put(container, "small", b"x" * 1000)
+    gc.collect()
+    free = client.arena_free()
+    held = [client.get(container, "small") for _ in range(100)]
+    assert client.arena_free() == free
+    start, length = client.region_span()
+    assert not (start <= addr(held[0]) < start + length)
+    assert all(bytes(h) == b"x" * 1000 for h in held)
+
+
 def test_get_ranges_coalesces_and_keeps_order(client, container):
     data = rnd(1 << 20, seed=5)
     client.put(container, "r", data)
