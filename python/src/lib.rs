@@ -808,6 +808,130 @@ impl Client {
         })
     }
 
+    /// Sends one HTTP/1.1 Blob request exactly as given (already signed: the azure-core
+    /// transport, `blobring.azure`) and returns `(status, reason, headers, body)`. `target`
+    /// is the path and query as sent; `recv` the bytes reserved for the response body
+    /// (default: a ranged GET's range, else up to one request's limit for GET, 1 MiB for
+    /// other methods). A body over one request's limit is refused before anything is sent.
+    #[pyo3(signature = (method, target, headers, body = None, *, recv = None))]
+    #[allow(clippy::type_complexity)]
+    fn send_raw(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        target: &str,
+        headers: Vec<(String, String)>,
+        body: Option<&Bound<'_, PyAny>>,
+        recv: Option<u64>,
+    ) -> PyResult<(u16, String, Vec<(String, String)>, PyBytes)> {
+        let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !token(method) || method.contains(['(', ')', '/']) {
+            return Err(PyValueError::new_err(format!(
+                "invalid HTTP method {method:?}"
+            )));
+        }
+        if !target.starts_with('/') || target.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(PyValueError::new_err(format!(
+                "invalid request target {target:?}: a path (and query) starting with '/', \
+                 percent-encoded"
+            )));
+        }
+        for (k, v) in &headers {
+            if !token(k) || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(PyValueError::new_err(format!(
+                    "invalid HTTP header {k:?}: {v:?}"
+                )));
+            }
+        }
+        let body = body.map(buffer).transpose()?.unwrap_or_default();
+        let limit = self.request_limit();
+        if body.len() as u64 > limit {
+            return Err(exception(
+                py,
+                "InvalidRequest",
+                format!(
+                    "a {}-byte request body is more than one blobring request carries \
+                     ({limit}); send smaller blocks (azure-storage-blob: max_single_put_size \
+                     and max_block_size) or start blobringd with a larger --arena-size",
+                    body.len()
+                ),
+                None,
+                "",
+            ));
+        }
+        let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+        let mut head = format!("{method} {target} HTTP/1.1\r\n");
+        for (k, v) in &headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !has("content-length") && (!body.is_empty() || method == "PUT" || method == "POST") {
+            head.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let range_len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-ms-range"))
+            .or_else(|| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("range"))
+            })
+            .and_then(|(_, v)| {
+                let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
+                let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+                Some(b.checked_sub(a)? + 1)
+            });
+        let recv = recv
+            .or(match method {
+                "GET" => Some(range_len.unwrap_or(limit)),
+                "HEAD" => Some(0),
+                _ => Some(1 << 20),
+            })
+            .unwrap_or(0)
+            .min(limit);
+        let client = self.svc.client();
+        let timeout = self.svc.timeout();
+        let c = run(py, || {
+            let lease = client.alloc((body.len() as u64).max(recv).max(4096))?;
+            if !body.is_empty() {
+                lease.write(0, &body)?;
+            }
+            let mut r = blobring::Request::new(head.into_bytes());
+            // As the gateway: the request and response heads fit the 64 KiB of page headroom
+            // MAX_REQUEST_DATA leaves beside a full-size body.
+            r.response_cap = 32 << 10;
+            r.data_valid = body.len() as u32;
+            r.data = Some(lease);
+            r.timeout = Some(timeout);
+            Ok(client.execute_blocking(r)?)
+        })?;
+        let rh = blobring::blob::parse_response_head(&c.head)
+            .map_err(|e| py_err(py, BlobError::Transport(e)))?;
+        let n = c.data_len();
+        let data = match c.data {
+            Some(l) if n > COPY_BELOW && n >= l.len() / 2 => l.into_bytes(n),
+            Some(l) => l.to_bytes(n),
+            None => Ok(Bytes::new()),
+        }
+        .map_err(|e| py_err(py, BlobError::Transport(e)))?;
+        let reason = http::StatusCode::from_u16(rh.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("")
+            .to_owned();
+        let headers = rh
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Ok((rh.status, reason, headers, PyBytes::new(data)))
+    }
+
     /// Stages one block of a blob (`Put Block`; `block_id` is Base64, the same length for
     /// every block of the blob). Nothing is visible until `commit_blocks`.
     fn put_block(

@@ -20,7 +20,7 @@ def snippets() -> list[str]:
 
 def test_readme_python_snippets_run(stack, client, tmp_path):
     blocks = snippets()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     out = subprocess.run(
         [sys.executable, "-c", "\n".join(blocks)],
         env={**os.environ, "BLOBRING_SOCKET": str(stack.socket)},
@@ -32,5 +32,6 @@ def test_readme_python_snippets_run(stack, client, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "missing" in out.stdout  # the BlobNotFound message names the blob
     assert "('a', 4)" in out.stdout and "('b', 2)" in out.stdout  # DuckDB's answer
+    assert "b'PAR1'" in out.stdout  # azure-storage-blob through the transport
     assert bytes(client.get("data", "hello.txt")) == b"v2"
     client.delete_container("data")
