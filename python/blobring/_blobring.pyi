@@ -190,6 +190,16 @@ class Client:
         if_match: str | None = None,
     ) -> str:
         """Replaces the blob's metadata; returns the new ETag."""
+    def send_raw(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: Buffer | None = None,
+        *,
+        recv: int | None = None,
+    ) -> tuple[int, str, list[tuple[str, str]], Bytes]:
+        """One signed HTTP/1.1 request sent as given (the azure-core transport's path)."""
     def put_block(
         self, container: str, name: str, block_id: str, data: Buffer
     ) -> None:
