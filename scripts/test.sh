@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every blobring test: formatting, lints, unit and integration tests (real processes),
-# loom models, and bounded fuzzing. Installs what it needs itself: npm's azurite into
-# target/azurite, a Python venv (azure-storage-blob, pyarrow, pytest) into target/venv,
+# loom models, the Python package's pytest suite, and bounded fuzzing. Installs what it needs
+# itself: npm's azurite into target/azurite, a Python venv (azure-storage-blob, pyarrow, pytest,
+# maturin, fsspec, pandas, numpy, polars, duckdb, dask, distributed; then the blobring wheel
+# built from python/) into target/venv,
 # cargo-fuzz into ~/.cargo/bin, and (Debian, as root) fonts-dejavu-core for the benchmark's PNG
 # charts when no font is present.
 #
@@ -24,14 +26,20 @@ stage "peers (Azurite into target/azurite)"
 BLOBRING_AZURITE=$(./scripts/azurite.sh)
 export BLOBRING_AZURITE
 
-stage "python venv (target/venv: azure-storage-blob, pyarrow, pytest for the gateway tests)"
-# tests/tests/gateway.rs runs azure-storage-blob and pyarrow through `blobring gateway`.
+stage "python venv (target/venv: the gateway tests' and the Python package's dependencies)"
+# tests/tests/gateway.rs runs azure-storage-blob and pyarrow through `blobring gateway`;
+# python/tests (the blobring package) needs maturin to build the wheel, and the engines it is
+# tested with: fsspec, pandas, numpy, polars, duckdb, dask[dataframe], distributed.
+# The check names every package, so a venv made before one was added is completed.
 venv="$root/target/venv"
-if ! "$venv/bin/python" -c 'import azure.storage.blob, pyarrow, pytest' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import azure.storage.blob, pyarrow, pytest, fsspec, pandas, numpy
+import polars, duckdb, dask.dataframe, distributed' 2>/dev/null || [ ! -x "$venv/bin/maturin" ]; then
     python=$(command -v python3.11 || command -v python3)
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        azure-storage-blob==12.31.1 pyarrow==26.0.1 pytest==9.2.0
+        azure-storage-blob==12.31.1 pyarrow==26.0.1 pytest==9.2.0 \
+        maturin==1.16.0 fsspec==2026.9.0 pandas==3.1.1 numpy==2.4.6 polars==2.1.0 duckdb==2.0.1 \
+        "dask[dataframe]==2026.8.0" distributed==2026.8.0
 fi
 export BLOBRING_VENV="$venv"
 
@@ -59,6 +67,15 @@ stage "tests (unit, property, cross-process)"
 # clients) from this target directory: build them all first.
 cargo build --workspace --release --locked --bins
 cargo test --workspace --release --locked --no-fail-fast
+
+stage "python package (wheel from python/ into target/venv, then pytest against a real stack)"
+# `pip install ./python` runs maturin (the PEP 517 backend) on the workspace's target
+# directory in release, so only the extension module itself is built here. The suite starts
+# blobring-host and blobringd from target/release (built above) and kills them at the end.
+# (--no-build-isolation: the venv's pinned maturin, which must be on PATH, builds it.)
+PATH="$venv/bin:$PATH" "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    --no-build-isolation --no-deps --force-reinstall ./python
+BLOBRING_BIN_DIR="$root/target/release" "$venv/bin/pytest" -q -p no:cacheprovider python/tests
 
 stage "loom models (ring publish/consume, sleep/wake)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" \

@@ -379,6 +379,15 @@ impl Client {
         Ok(self.inner.ensure_conn(&mut st)?.0.arena_free())
     }
 
+    /// The address range of the current connection's mapped region as numbers:
+    /// `(start, len)`. For diagnostics and for tests that show a zero-copy view
+    /// ([`Lease::into_bytes`]) lies inside the shared memory; never turn it into a pointer.
+    pub fn region_span(&self) -> Result<(usize, usize), ClientError> {
+        let mut st = lock(&self.inner.state);
+        let (ptr, len) = self.inner.ensure_conn(&mut st)?.0.region().as_raw_parts();
+        Ok((ptr as usize, len))
+    }
+
     /// Allocates a `len`-byte buffer in the arena, waiting (up to
     /// [`ClientOptions::arena_wait`]) for space held by other requests.
     pub fn alloc(&self, len: u64) -> Result<Lease, ClientError> {

@@ -356,10 +356,10 @@ impl Download {
         self.size
     }
 
-    /// Limits a download that has not started to the bytes `r` of the blob (the connector's
-    /// large ranged GETs); [`Download::size`] then reports `r.end`.
-    #[cfg(feature = "object-store")]
-    pub(crate) fn restrict(&mut self, r: std::ops::Range<u64>) {
+    /// Limits a download that has not started to the bytes `r` of the blob (large ranged
+    /// GETs: the object_store connector's and the Python package's); [`Download::size`] then
+    /// reports `r.end`.
+    pub fn restrict(&mut self, r: std::ops::Range<u64>) {
         // Part of the blob: nothing to compare its stored MD5 with.
         self.whole = None;
         self.next = r.start;

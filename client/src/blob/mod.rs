@@ -27,7 +27,7 @@ mod xml;
 /// (`fuzz/`); not part of the API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use super::xml::{parse_block_list, parse_error, parse_list};
+    pub use super::xml::{parse_block_list, parse_container_list, parse_error, parse_list};
 }
 
 use std::ops::Range;
@@ -748,6 +748,34 @@ impl BlobService {
         self.send(&s, Body::None, 0, None).await.map(drop)
     }
 
+    /// List Containers (`GET /?comp=list`): the names of every container whose name starts
+    /// with `prefix`, following `NextMarker`.
+    pub async fn list_containers(&self, prefix: Option<&str>) -> Result<Vec<String>, BlobError> {
+        let path = match self.account.path_prefix.as_str() {
+            "" => "/".to_owned(),
+            p => p.to_owned(),
+        };
+        let mut names = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut s = Spec::new("GET", path.clone()).q("comp", "list");
+            if let Some(p) = prefix {
+                s = s.q("prefix", p);
+            }
+            if let Some(m) = &marker {
+                s = s.q("marker", m.clone());
+            }
+            let cap = (5000u64 * 1024).min(self.client.arena_len() / 2);
+            let a = self.send(&s, Body::None, cap, None).await?;
+            let (page, next) = xml::parse_container_list(&a.body()?)?;
+            names.extend(page);
+            match next {
+                Some(m) => marker = Some(m),
+                None => return Ok(names),
+            }
+        }
+    }
+
     /// One page of List Blobs.
     pub async fn list_blobs_page(
         &self,
@@ -987,6 +1015,24 @@ impl BlobService {
         let mut s = Spec::new("DELETE", self.path(container, Some(blob)));
         conditions.apply(&mut s.headers);
         self.send(&s, Body::None, 0, None).await.map(drop)
+    }
+
+    /// Set Blob Metadata (`?comp=metadata`): replaces every `x-ms-meta-*` pair of the blob
+    /// with `metadata`; returns the new ETag.
+    pub async fn set_metadata(
+        &self,
+        container: &str,
+        blob: &str,
+        metadata: &[(String, String)],
+        conditions: &Conditions,
+    ) -> Result<String, BlobError> {
+        let mut s = Spec::new("PUT", self.path(container, Some(blob))).q("comp", "metadata");
+        conditions.apply(&mut s.headers);
+        for (k, v) in metadata {
+            s.headers.push((format!("x-ms-meta-{k}"), v.clone()));
+        }
+        let a = self.send(&s, Body::None, 0, None).await?;
+        Ok(etag(&a.head.headers))
     }
 
     /// Copy Blob within the account (`x-ms-copy-source`); returns `x-ms-copy-status`.

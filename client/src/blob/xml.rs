@@ -121,6 +121,22 @@ pub fn parse_list(xml: &[u8]) -> Result<ListPage, BlobError> {
     Ok(page)
 }
 
+/// The container names and `NextMarker` of a List Containers document.
+pub fn parse_container_list(xml: &[u8]) -> Result<(Vec<String>, Option<String>), BlobError> {
+    let (mut names, mut marker) = (Vec::new(), String::new());
+    walk(xml, |p, t| match (p, t) {
+        ("EnumerationResults/Containers/Container", None) => names.push(String::new()),
+        ("EnumerationResults/Containers/Container/Name", Some(t)) => {
+            if let Some(n) = names.last_mut() {
+                n.push_str(t)
+            }
+        }
+        ("EnumerationResults/NextMarker", Some(t)) => marker.push_str(t),
+        _ => {}
+    })?;
+    Ok((names, (!marker.is_empty()).then_some(marker)))
+}
+
 /// A `BlockList` document (Get Block List).
 pub fn parse_block_list(xml: &[u8]) -> Result<BlockList, BlobError> {
     let mut bl = BlockList::default();
@@ -170,5 +186,18 @@ mod tests {
         assert_eq!(b.committed.len(), 1);
         assert_eq!(b.committed[0].size, 5);
         assert!(b.uncommitted.is_empty());
+    }
+
+    #[test]
+    fn container_list_parses() {
+        let x = br#"<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint="http://h/"><Prefix></Prefix><Containers><Container><Name>a&amp;b</Name><Properties><Etag>"0x1"</Etag></Properties></Container><Container><Name>c</Name></Container></Containers><NextMarker>c</NextMarker></EnumerationResults>"#;
+        let (names, next) = parse_container_list(x).unwrap();
+        assert_eq!(names, vec!["a&b".to_string(), "c".to_string()]);
+        assert_eq!(next.as_deref(), Some("c"));
+        let (names, next) = parse_container_list(
+            b"<EnumerationResults><Containers/><NextMarker/></EnumerationResults>",
+        )
+        .unwrap();
+        assert!(names.is_empty() && next.is_none());
     }
 }
