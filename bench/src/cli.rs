@@ -35,7 +35,7 @@ pub enum Mode {
     Seed(SeedArgs),
     /// 4 KiB ranged GETs at queue depths 1, 16, 256 for (b), (c), (d): req/s and latency.
     Small(SmallArgs),
-    /// 1 → 256 client processes on the native path: throughput, p99, daemon RSS per client.
+    /// 1 → 1000 client processes on the native path: throughput, p99, daemon RSS per client.
     Scale(ScaleArgs),
     /// The gateway issue's benchmark: P processes read 1 GiB with object_store through
     /// `blobring gateway` (g), direct to the host's REST front end over HTTP and HTTPS (b), and
@@ -102,9 +102,15 @@ pub struct SeedArgs {
     /// Arena bytes per blobring client.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     pub arena: u64,
-    /// Paths to run (default: all but the gateway, which `gateway` measures).
+    /// Paths to run (default: all but the gateway, which `gateway` measures; with --write:
+    /// http, https, connector, native).
     #[arg(long, value_delimiter = ',')]
     pub paths: Vec<PathKind>,
+    /// Measure uploads instead: every client uploads its own C blobs of S bytes through each
+    /// path (Put Block + Put Block List in --chunk blocks, --parallel in flight; the SDK's
+    /// striped upload on (d)); each blob is read back and checked, untimed.
+    #[arg(long)]
+    pub write: bool,
     /// The stack.
     #[command(flatten)]
     pub stack: StackArgs,
@@ -167,6 +173,7 @@ impl GatewayArgs {
             sync_chunk: self.chunk,
             arena: 128 << 20,
             paths,
+            write: false,
             stack: self.stack.clone(),
             out: self.out.clone(),
         }
@@ -204,7 +211,7 @@ pub struct SmallArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ScaleArgs {
     /// Client counts.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256,1000")]
     pub steps: Vec<usize>,
     /// Bytes per ranged GET.
     #[arg(long, default_value = "1M", value_parser = parse_size)]
@@ -263,16 +270,32 @@ impl SeedArgs {
         if self.clients == 0 || self.blobs == 0 || self.rounds == 0 || self.parallel == 0 {
             bail!("--clients, --blobs, --rounds and --parallel must be at least 1");
         }
+        if self.write
+            && self
+                .paths
+                .iter()
+                .any(|p| matches!(p, PathKind::Pread | PathKind::Sync))
+        {
+            bail!("--write measures http, https, gateway, connector and native only");
+        }
         Ok(SeedOptions {
             clients: self.clients,
             blobs: self.blobs,
             size: self.size,
             rounds: self.rounds,
-            paths: if self.paths.is_empty() {
-                PathKind::SEED.to_vec()
-            } else {
+            paths: if !self.paths.is_empty() {
                 self.paths.clone()
+            } else if self.write {
+                vec![
+                    PathKind::Http,
+                    PathKind::Https,
+                    PathKind::Connector,
+                    PathKind::Native,
+                ]
+            } else {
+                PathKind::SEED.to_vec()
             },
+            write: self.write,
             tuning: Tuning {
                 chunk: self.chunk,
                 parallel: self.parallel,
@@ -355,7 +378,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(a.options()?),
             None,
             None,
-            "seed",
+            if a.write { "seed-write" } else { "seed" },
         ),
         Mode::Gateway(a) => (
             a.out.clone(),
@@ -408,8 +431,10 @@ pub fn run(cli: Cli) -> Result<()> {
         mode: mode.into(),
         ..Report::default()
     };
-    if let Some(o) = &seed {
-        crate::seed::run(&stack, o, &pb, &mut report)?;
+    match &seed {
+        Some(o) if o.write => crate::seed::run_write(&stack, o, &pb, &mut report)?,
+        Some(o) => crate::seed::run(&stack, o, &pb, &mut report)?,
+        None => {}
     }
     if let Some(o) = &small {
         crate::small::run(&stack, o, &pb, &mut report)?;

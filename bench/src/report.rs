@@ -203,7 +203,11 @@ impl Report {
             let _ = writeln!(
                 s,
                 "{:<42} {:>7} {:>9} {:>8} {:>8} {:>9}  checksums",
-                "seed: every client reads every blob",
+                if self.mode == "seed-write" {
+                    "seed --write: each client uploads its blobs"
+                } else {
+                    "seed: every client reads every blob"
+                },
                 "GB/s",
                 "CPU s/GB",
                 "vs (b)",
@@ -214,10 +218,16 @@ impl Report {
                 let Some(p) = self.paths.get(k.name()) else {
                     continue;
                 };
+                let label = match k {
+                    crate::worker::PathKind::Native if self.mode == "seed-write" => {
+                        "(d) blobring striped upload"
+                    }
+                    k => k.label(),
+                };
                 let _ = writeln!(
                     s,
                     "{:<42} {:>7.2} {:>9.2} {:>8} {:>8} {:>9}  {}/{} ok",
-                    k.label(),
+                    label,
                     p.gbps,
                     p.cpu_s_per_gb,
                     http.map_or("n/a".into(), |h| fmt_x(p.gbps / h)),

@@ -117,10 +117,8 @@ pub fn run(stack: &Stack, o: &ScaleOptions, pb: &ProgressBar, report: &mut Repor
                 h.add(x)?;
             }
         }
-        // Each client measures its own window (after warm-up); they run concurrently.
-        let rate = |f: fn(&crate::worker::Outcome) -> u64| -> f64 {
-            outs.iter().map(|x| f(x) as f64 / x.wall_s.max(1e-9)).sum()
-        };
+        // Each client measures its own window (after warm-up): the rate is over their union.
+        let rate = |f: fn(&crate::worker::Outcome) -> u64| crate::worker::union_rate(&outs, f);
         let requests: u64 = outs.iter().map(|x| x.requests).sum();
         let verified: u64 = outs.iter().map(|x| x.verified).sum();
         let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;

@@ -2,14 +2,14 @@
 //! blobs of S bytes in full through each path, paths in alternating order across rounds
 //! (forward on even rounds, backward on odd ones, so no path always runs first or last).
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::data::BlobRef;
 use crate::report::{Report, Target};
 use crate::stack::Stack;
-use crate::worker::{Fleet, Job, PathKind, Tuning, Work};
+use crate::worker::{Fleet, Job, PathKind, Tuning, Work, WriteSpec};
 
 /// Parameters of a seed run.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct SeedOptions {
     pub rounds: usize,
     /// Paths to run.
     pub paths: Vec<PathKind>,
+    /// Uploads instead of reads ([`run_write`]).
+    pub write: bool,
     /// Request shapes.
     pub tuning: Tuning,
 }
@@ -108,13 +110,148 @@ fn phase(
     Ok(())
 }
 
+/// `seed --write`: in each round, every client uploads its own C blobs of S bytes through
+/// each path (made in memory before the barrier); every blob is then read back through the
+/// native SDK and checked against the bytes sent, and deleted, outside the timed interval.
+pub fn run_write(
+    stack: &Stack,
+    o: &SeedOptions,
+    pb: &ProgressBar,
+    report: &mut Report,
+) -> Result<()> {
+    for (k, v) in [
+        ("clients", json!(o.clients)),
+        ("blobs_per_client", json!(o.blobs)),
+        ("blob_bytes", json!(o.size)),
+        ("rounds", json!(o.rounds)),
+        ("chunk_bytes", json!(o.tuning.chunk)),
+        ("parallel", json!(o.tuning.parallel)),
+        ("arena_bytes", json!(o.tuning.arena)),
+    ] {
+        report.config.insert(k.into(), v);
+    }
+    pb.inc(1);
+    let svc = crate::data::service(crate::data::connect(&stack.socket, 64 << 20)?);
+    for round in 0..o.rounds {
+        let order: Vec<PathKind> = if round % 2 == 0 {
+            o.paths.clone()
+        } else {
+            o.paths.iter().rev().copied().collect()
+        };
+        for path in order {
+            pb.set_message(format!(
+                "write round {}/{}: {}",
+                round + 1,
+                o.rounds,
+                path.name()
+            ));
+            write_phase(stack, &svc, o, round, path, report)?;
+            pb.inc(1);
+        }
+    }
+    finish_figures(report);
+    ratios(report);
+    Ok(())
+}
+
+fn write_phase(
+    stack: &Stack,
+    svc: &blobring::blob::BlobService,
+    o: &SeedOptions,
+    round: usize,
+    path: PathKind,
+    report: &mut Report,
+) -> Result<()> {
+    let specs: Vec<Vec<WriteSpec>> = (0..o.clients)
+        .map(|i| {
+            (0..o.blobs)
+                .map(|k| WriteSpec {
+                    name: format!("write-{}-{round}-{i}-{k}", path.name()),
+                    size: o.size,
+                    seed: 0x5eed ^ ((round as u64) << 40) ^ ((i as u64) << 20) ^ k as u64,
+                })
+                .collect()
+        })
+        .collect();
+    let jobs: Vec<Job> = specs
+        .iter()
+        .map(|blobs| Job {
+            path,
+            endpoint: stack.endpoint(),
+            tuning: o.tuning.clone(),
+            work: Work::Write {
+                blobs: blobs.clone(),
+            },
+        })
+        .collect();
+    let fleet = Fleet::spawn(&jobs)?;
+    let ((d0, h0), g0) = (stack.cpu()?, stack.gateway_cpu()?);
+    let (outs, wall) = fleet.go()?;
+    let ((d1, h1), g1) = (stack.cpu()?, stack.gateway_cpu()?);
+    // Untimed: every blob read back and compared with what was sent, then deleted.
+    let mut verified = 0;
+    let mut buf = vec![0u8; o.size as usize];
+    for b in specs.iter().flatten() {
+        crate::data::fill(&mut buf, b.seed);
+        let want = crate::data::checksum(&buf);
+        let got = blobring::block_on(async {
+            let mut d = blobring::transfer::Download::start(
+                svc,
+                crate::stack::CONTAINER,
+                &b.name,
+                &blobring::transfer::TransferOptions::default(),
+            )
+            .await?;
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            while let Some(c) = d.next_chunk().await {
+                h.update(&c?.into_bytes()?);
+            }
+            anyhow::Ok(h.digest())
+        })
+        .with_context(|| format!("read back {} written through {}", b.name, path.name()))?;
+        if got != want {
+            bail!(
+                "{} written through {} reads back as xxh3 {got:016x}, sent as {want:016x}",
+                b.name,
+                path.name()
+            );
+        }
+        verified += 1;
+        blobring::block_on(svc.delete_blob(crate::stack::CONTAINER, &b.name, &Default::default()))
+            .with_context(|| format!("delete {}", b.name))?;
+    }
+    let f = report.paths.entry(path.name().into()).or_default();
+    let bytes: u64 = outs.iter().map(|x| x.bytes).sum();
+    f.bytes += bytes;
+    f.seconds += wall;
+    f.client_cpu_s += outs.iter().map(|x| x.cpu_s).sum::<f64>();
+    f.daemon_cpu_s += d1 - d0;
+    f.host_cpu_s += h1 - h0;
+    f.gateway_cpu_s += g1 - g0;
+    f.requests += outs.iter().map(|x| x.requests).sum::<u64>();
+    f.verified_blobs += verified;
+    f.blob_reads += (o.clients * o.blobs) as u64;
+    f.rounds_gbps.push(bytes as f64 / wall / 1e9);
+    Ok(())
+}
+
 fn finish(report: &mut Report) {
+    finish_figures(report);
+    ratios(report);
+    targets(report);
+}
+
+/// GB/s, CPU s/GB and the checksum verdict of every path.
+fn finish_figures(report: &mut Report) {
     for f in report.paths.values_mut() {
         f.gbps = f.bytes as f64 / f.seconds.max(1e-9) / 1e9;
         let cpu = f.client_cpu_s + f.daemon_cpu_s + f.host_cpu_s + f.gateway_cpu_s;
         f.cpu_s_per_gb = cpu / (f.bytes as f64 / 1e9).max(1e-12);
         f.checksums_ok = f.verified_blobs == f.blob_reads && f.blob_reads > 0;
     }
+}
+
+fn ratios(report: &mut Report) {
     let g = |r: &Report, k: &str| r.paths.get(k).map(|p| p.gbps);
     let c = |r: &Report, k: &str| r.paths.get(k).map(|p| p.cpu_s_per_gb);
     for p in ["pread", "https", "gateway", "connector", "native", "sync"] {
@@ -137,6 +274,11 @@ fn finish(report: &mut Report) {
     report.ratio("gateway_vs_connector", gw, cn);
     let (cg, ch) = (c(report, "gateway"), c(report, "https"));
     report.ratio("cpu_per_gb_gateway_vs_https", cg, ch);
+}
+
+/// The read targets (issues #6 and #14) against the ratios.
+fn targets(report: &mut Report) {
+    let cn = report.paths.get("connector").map(|p| p.gbps);
     let r = |k: &str, rep: &Report| rep.ratios.get(k).copied();
     if let Some(v) = r("native_vs_http", report) {
         report.targets.push(Target::at_least(

@@ -142,6 +142,12 @@ pub enum Work {
         /// Index of the first blob (clients start at different blobs).
         first: usize,
     },
+    /// Upload each blob (Put Block + Put Block List in chunks of `tuning.chunk`, `parallel` in
+    /// flight), made in memory before the barrier.
+    Write {
+        /// The blobs, this client's own.
+        blobs: Vec<WriteSpec>,
+    },
     /// Random aligned ranged reads of `len` bytes from `blob` (which has per-block checksums)
     /// with `depth` in flight, for `millis` or at most `max` requests.
     Ranges {
@@ -158,6 +164,18 @@ pub enum Work {
         /// RNG seed for the offsets.
         seed: u64,
     },
+}
+
+/// A blob one writer uploads: its bytes are [`crate::data::fill`] of `seed`, made before the
+/// start barrier (so generating them is not timed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteSpec {
+    /// Name in the container.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Seed of its bytes.
+    pub seed: u64,
 }
 
 /// One worker's job.
@@ -189,8 +207,34 @@ pub struct Outcome {
     /// Wall seconds between `go` and the end (ranged work: of the measured window, after
     /// warm-up).
     pub wall_s: f64,
+    /// Ranged work: the measured window as wall-clock times (ns since the Unix epoch), so
+    /// that windows of many processes can be joined ([`union_rate`]).
+    #[serde(default)]
+    pub window_ns: Option<(u64, u64)>,
     /// Latency histogram in ns (ranges), V2-serialised and base64-encoded.
     pub hist: Option<String>,
+}
+
+/// Wall-clock now, in ns since the Unix epoch (comparable across the bench's processes).
+pub fn epoch_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The aggregate rate of `f` (bytes, requests) over concurrent workers: their total over the
+/// union of their measured windows (first start to last end). Summing each worker's own rate
+/// instead overstates it when windows do not overlap — with a thousand processes on two
+/// cores, some measure a window of a few milliseconds.
+pub fn union_rate(outs: &[Outcome], f: fn(&Outcome) -> u64) -> f64 {
+    let total: u64 = outs.iter().map(f).sum();
+    let windows = outs.iter().filter_map(|o| o.window_ns);
+    let start = windows.clone().map(|w| w.0).min();
+    let end = windows.map(|w| w.1).max();
+    match (start, end) {
+        (Some(a), Some(b)) if b > a => total as f64 / ((b - a) as f64 / 1e9),
+        _ => outs.iter().map(|x| f(x) as f64 / x.wall_s.max(1e-9)).sum(),
+    }
 }
 
 impl Outcome {
@@ -223,6 +267,18 @@ pub fn worker_main() -> Result<()> {
     let line = lines.next().context("no job on stdin")??;
     let job: Job = serde_json::from_str(&line).context("parse the job")?;
     let mut reader = crate::paths::Reader::new(&job)?;
+    // A writer's bytes, made before the barrier.
+    let data: Vec<Vec<u8>> = match &job.work {
+        Work::Write { blobs } => blobs
+            .iter()
+            .map(|b| {
+                let mut v = vec![0u8; b.size as usize];
+                crate::data::fill(&mut v, b.seed);
+                v
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
     out.flush()?;
@@ -231,7 +287,10 @@ pub fn worker_main() -> Result<()> {
         _ => bail!("expected `go` on stdin"),
     }
     let (t0, c0) = (Instant::now(), crate::machine::self_cpu_seconds());
-    let mut o = reader.run(&job)?;
+    let mut o = match &job.work {
+        Work::Write { blobs } => reader.write(&job, blobs, &data)?,
+        _ => reader.run(&job)?,
+    };
     if o.wall_s == 0.0 {
         // Ranged work measures its own window (after warm-up).
         o.wall_s = t0.elapsed().as_secs_f64();
@@ -240,6 +299,32 @@ pub fn worker_main() -> Result<()> {
     writeln!(out, "{}", serde_json::to_string(&o)?)?;
     out.flush()?;
     Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to at least `need` (three pipes per worker) within the hard
+/// limit, or says how to raise that.
+fn ensure_fds(need: u64) -> Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let cur = lim.current.unwrap_or(u64::MAX);
+    if cur >= need {
+        return Ok(());
+    }
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if hard < need {
+        bail!(
+            "{need} file descriptors are needed for the workers' pipes but RLIMIT_NOFILE's hard \
+             limit is {hard}: raise it (ulimit -Hn, or LimitNOFILE) or run fewer clients"
+        );
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(need),
+            maximum: lim.maximum,
+        },
+    )
+    .with_context(|| format!("raise RLIMIT_NOFILE to {need}"))
 }
 
 /// Worker processes started and waiting at the barrier; killed and reaped on drop.
@@ -251,6 +336,7 @@ impl Fleet {
     /// Starts one worker per job and waits until every one is `ready` (connected).
     pub fn spawn(jobs: &[Job]) -> Result<Fleet> {
         let exe = std::env::current_exe().context("locate the bench executable")?;
+        ensure_fds(3 * jobs.len() as u64 + 256)?;
         let mut fleet = Fleet {
             children: Vec::with_capacity(jobs.len()),
         };

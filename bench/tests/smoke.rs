@@ -174,6 +174,23 @@ fn every_mode_runs_with_tiny_sizes() {
     }
     chart(d, "scale-throughput");
 
+    // Uploads: every blob read back and checked by the bench itself.
+    let w = run(
+        &[
+            "seed", "--write", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--chunk", "256K",
+        ],
+        d,
+        "write",
+    );
+    assert_eq!(w["mode"], "seed-write");
+    for p in ["http", "https", "connector", "native"] {
+        let f = &w["paths"][p];
+        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
+        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
+        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+        assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
+    }
+
     // The gateway's benchmark: a `blobring gateway` in front of the daemon, beside (b) over
     // HTTP and HTTPS and (c).
     let gw = run(
