@@ -104,6 +104,7 @@ impl SharedKeyAuth {
             query: crate::executor::decode_query(q),
             headers: headers.clone(),
             body: &[],
+            body_limit: None,
         };
         let date = req.header("date").unwrap_or("");
         format!(

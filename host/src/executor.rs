@@ -262,6 +262,10 @@ pub(crate) struct Req<'a> {
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub body: &'a [u8],
+    /// The largest success body the caller can take (the VMBus data buffer's capacity;
+    /// `None`: any, as on the REST path). A passthrough store reports a larger upstream body
+    /// from its `Content-Length` without fetching it.
+    pub body_limit: Option<u64>,
 }
 
 impl Req<'_> {
@@ -476,10 +480,12 @@ impl Executor {
                     None => {
                         let mut body = vec![0u8; body_len];
                         if read_body(&mut body) {
-                            let req = Req { body: &body, ..req };
-                            let r = forward::with_body_limit(out.capacity(), || {
-                                self.run_admitted(&req)
-                            });
+                            let req = Req {
+                                body: &body,
+                                body_limit: Some(out.capacity()),
+                                ..req
+                            };
+                            let r = self.run_admitted(&req);
                             tracing::debug!(method = %req.method, path = req.raw_path, status = r.status.as_u16(), "executed");
                             r
                         } else {
@@ -733,6 +739,7 @@ impl Executor {
             query: decode_query(q),
             headers,
             body,
+            body_limit: None,
         }
     }
 

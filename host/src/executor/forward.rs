@@ -1,8 +1,6 @@
 //! The executor's side of the `passthrough:<url>` store: hand a verified request to the
 //! upstream and turn its answer into a response (see `store::passthrough` for the design).
 
-use std::cell::Cell;
-
 #[cfg(feature = "passthrough")]
 use bytes::Bytes;
 #[cfg(feature = "passthrough")]
@@ -12,25 +10,6 @@ use http::header::HeaderValue;
 use super::{AzError, Body, Executor, Req, Resp};
 #[cfg(feature = "passthrough")]
 use crate::store::PassthroughStore;
-
-thread_local! {
-    /// Capacity of the data buffer of the [`Executor::execute`] call running on this thread.
-    static BODY_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
-}
-
-/// Run `f` with `limit` as the largest success body a forwarded request may download: a
-/// larger one is reported as `BodyTooLarge` from its `Content-Length` without fetching it, so
-/// a client cannot make the host buffer a body its data buffer could never take.
-pub(super) fn with_body_limit<T>(limit: u64, f: impl FnOnce() -> T) -> T {
-    struct Reset(Option<u64>);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            BODY_LIMIT.with(|l| l.set(self.0));
-        }
-    }
-    let _reset = Reset(BODY_LIMIT.with(|l| l.replace(Some(limit))));
-    f()
-}
 
 #[cfg(feature = "passthrough")]
 impl Executor {
@@ -56,7 +35,7 @@ impl Executor {
             &req.query,
             &headers,
             Bytes::copy_from_slice(req.body),
-            BODY_LIMIT.with(Cell::get),
+            req.body_limit,
         )?;
         let mut r = Resp::new(f.status.as_u16());
         r.status = f.status;
