@@ -13,7 +13,7 @@ use base64::prelude::BASE64_STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::executor::{AzError, Req};
+use crate::request::{AzError, Req, decode_query};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -101,7 +101,7 @@ impl SharedKeyAuth {
             method: method.clone(),
             raw_path,
             path_has_account: first == Some(self.account.as_str()),
-            query: crate::executor::decode_query(q),
+            query: decode_query(q),
             headers: headers.clone(),
             body: &[],
             body_limit: None,

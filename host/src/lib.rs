@@ -111,6 +111,7 @@
 
 pub mod auth;
 pub mod executor;
+mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
 pub mod store;
