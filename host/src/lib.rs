@@ -4,7 +4,10 @@
 //! **Owns:** the Blob executor ([`executor`]), its stores ([`store`]: `fs:<dir>`, `mem`, and
 //! `passthrough:<url>` behind the default `passthrough` feature), SharedKey and service-SAS
 //! verification ([`auth`]), fault injection ([`executor::Faults`]), the HTTP REST front end
-//! (`rest`, default feature `rest`), and the VMBus path ([`vsp`]). The `fs` store keeps up to
+//! (`rest`, default feature `rest`; over TLS too with `--https`), and the VMBus path ([`vsp`]).
+//! Below them all, `request` holds the request view, the response being built, `AzError` and
+//! query decoding, so `auth`, the executor and the stores import downwards only. The `fs`
+//! store keeps up to
 //! `--open-files` data files open between reads ([`store::DEFAULT_OPEN_FILES`] by default, 0
 //! to open the file on every read): data files are immutable once published, and a file
 //! leaves the cache when its blob version is overwritten or deleted.
