@@ -140,3 +140,36 @@ def test_send_raw_refuses_header_injection(client):
         client.send_raw("GET", "/a b", [])
     with pytest.raises(ValueError, match="invalid HTTP method"):
         client.send_raw("GE T", "/", [])
+
+
+def test_adlfs_on_the_transport_reads_and_lists_a_parquet_dataset(stack, client, container, tmp_path):
+    """adlfs, unchanged, on an azure-storage-blob client that uses the blobring transport (adlfs
+    takes no transport argument; its service client is the one place it talks to Blob). The
+    endpoint points where nothing listens, so every request went over blobring."""
+    import adlfs
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from azure.storage.blob.aio import BlobServiceClient as AioBlobServiceClient
+
+    df = pd.DataFrame(
+        {"k": np.arange(50_000) % 17, "v": np.arange(50_000, dtype=np.float64) * 0.5}
+    )
+    local = tmp_path / "ds.parquet"
+    pq.write_table(pa.Table.from_pandas(df), local, row_group_size=10_000)
+    client.put(container, "data/ds.parquet", local.read_bytes())
+    nowhere = conn_str("http://127.0.0.1:9")
+    fs = adlfs.AzureBlobFileSystem(connection_string=nowhere, skip_instance_cache=True)
+    fs.service_client = AioBlobServiceClient.from_connection_string(
+        nowhere,
+        transport=AsyncBlobringTransport(str(stack.socket)),
+        **AsyncBlobringTransport.client_options(),
+    )
+    assert fs.ls(f"{container}/data") == [f"{container}/data/ds.parquet"]
+    assert fs.info(f"{container}/data/ds.parquet")["size"] == local.stat().st_size
+    got = pq.read_table(f"{container}/data/ds.parquet", filesystem=fs).to_pandas()
+    pd.testing.assert_frame_equal(got, df)
+    # And a write through adlfs, read back natively.
+    with fs.open(f"{container}/data/copy.parquet", "wb") as f:
+        f.write(local.read_bytes())
+    assert bytes(client.get(container, "data/copy.parquet")) == local.read_bytes()

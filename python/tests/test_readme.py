@@ -20,7 +20,7 @@ def snippets() -> list[str]:
 
 def test_readme_python_snippets_run(stack, client, tmp_path):
     blocks = snippets()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     out = subprocess.run(
         [sys.executable, "-c", "\n".join(blocks)],
         env={**os.environ, "BLOBRING_SOCKET": str(stack.socket)},
@@ -33,5 +33,6 @@ def test_readme_python_snippets_run(stack, client, tmp_path):
     assert "missing" in out.stdout  # the BlobNotFound message names the blob
     assert "('a', 4)" in out.stdout and "('b', 2)" in out.stdout  # DuckDB's answer
     assert "b'PAR1'" in out.stdout  # azure-storage-blob through the transport
+    assert re.search(r"rows via adlfs: [1-9]", out.stdout), out.stdout  # adlfs on it
     assert bytes(client.get("data", "hello.txt")) == b"v2"
     client.delete_container("data")
