@@ -29,17 +29,18 @@ export BLOBRING_AZURITE
 stage "python venv (target/venv: the gateway tests' and the Python package's dependencies)"
 # tests/tests/gateway.rs runs azure-storage-blob and pyarrow through `blobring gateway`;
 # python/tests (the blobring package) needs maturin to build the wheel, and the engines it is
-# tested with: fsspec, pandas, numpy, polars, duckdb, dask[dataframe], distributed, adlfs.
+# tested with: fsspec, pandas, numpy, polars, duckdb, dask[dataframe], distributed, adlfs
+# (and obstore, which python/bench/bench.py compares with).
 # The check names every package, so a venv made before one was added is completed.
 venv="$root/target/venv"
 if ! "$venv/bin/python" -c 'import azure.storage.blob, pyarrow, pytest, fsspec, pandas, numpy
-import polars, duckdb, dask.dataframe, distributed, adlfs' 2>/dev/null || [ ! -x "$venv/bin/maturin" ]; then
+import polars, duckdb, dask.dataframe, distributed, adlfs, obstore' 2>/dev/null || [ ! -x "$venv/bin/maturin" ]; then
     python=$(command -v python3.11 || command -v python3)
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
         azure-storage-blob==12.31.1 pyarrow==26.0.1 pytest==9.2.0 \
         maturin==1.16.0 fsspec==2026.9.0 pandas==3.1.1 numpy==2.4.6 polars==2.1.0 duckdb==2.0.1 \
-        "dask[dataframe]==2026.8.0" distributed==2026.8.0 adlfs==2026.8.0
+        "dask[dataframe]==2026.8.0" distributed==2026.8.0 adlfs==2026.8.0 obstore==0.12.1
 fi
 export BLOBRING_VENV="$venv"
 
