@@ -503,7 +503,7 @@ impl Download {
                 && BlobService::should_retry(e)
                 && f.attempt < self.svc.retry_policy().max_retries
             {
-                let wait = self.svc.retry_policy().base * (1 << f.attempt.min(8));
+                let wait = self.svc.retry_policy().backoff(f.attempt);
                 f.attempt += 1;
                 self.backoff = Some(Box::pin(sleep(wait)));
                 continue;
@@ -722,9 +722,17 @@ pub async fn upload_from_reader(
     upload_from_stream(svc, container, blob, blocks, total, put, opts).await
 }
 
-/// A Put Block of an upload in flight: its request, completion, the bytes it carries (kept
-/// by reference in case it must be sent again) and their length.
-type InflightBlock = (crate::blob::Spec, Pending, Vec<bytes::Bytes>, usize);
+/// A Put Block of an upload in flight.
+struct InflightBlock {
+    /// Its request, to judge the completion by.
+    spec: crate::blob::Spec,
+    /// Its block id (sent again as it is if the block must be retried).
+    id: String,
+    pending: Pending,
+    /// The bytes it carries, kept by reference in case it must be sent again.
+    parts: Vec<bytes::Bytes>,
+    len: usize,
+}
 
 /// Completes one Put Block of an upload (which frees its buffers); on a retryable failure the
 /// block is sent again through the retrying path. Returns the block's length.
@@ -732,23 +740,17 @@ async fn finish_block(
     svc: &BlobService,
     container: &str,
     blob: &str,
-    (spec, p, parts, len): InflightBlock,
+    b: InflightBlock,
     check: Option<Checksum>,
 ) -> Result<u64, BlobError> {
-    if let Err(e) = svc.finish(&spec, p.await) {
+    if let Err(e) = svc.finish(&b.spec, b.pending.await) {
         if !BlobService::should_retry(&e) {
             return Err(e);
         }
-        let id = spec
-            .query
-            .iter()
-            .find(|(k, _)| k == "blockid")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        svc.put_block_with(container, blob, &id, &parts.concat(), check, None)
+        svc.put_block_with(container, blob, &b.id, &b.parts.concat(), check, None)
             .await?;
     }
-    Ok(len as u64)
+    Ok(b.len as u64)
 }
 
 /// Uploads everything `stream` yields as a block blob: the items are packed into
@@ -873,7 +875,13 @@ where
                     None => client.reserve_head_within(&mut req, svc.timeout()).await?,
                 }
             }
-            inflight.push_back((spec, client.submit(req)?, parts, filled));
+            inflight.push_back(InflightBlock {
+                spec,
+                id: id.clone(),
+                pending: client.submit(req)?,
+                parts,
+                len: filled,
+            });
             ids.push((BlockRef::Uncommitted, id));
             n += 1;
         }

@@ -171,7 +171,8 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The wait before retry `attempt + 1`: capped exponential with full jitter.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let cap = self
             .base
             .saturating_mul(1u32 << attempt.min(16))
