@@ -357,9 +357,10 @@ impl Download {
     }
 
     /// Limits a download that has not started to the bytes `r` of the blob (the connector's
-    /// large ranged GETs); [`Download::size`] then reports `r.end`.
-    #[cfg(feature = "object-store")]
-    pub(crate) fn restrict(&mut self, r: std::ops::Range<u64>) {
+    /// large ranged GETs, `blobring mount`'s prefetch from the reader's offset);
+    /// [`Download::size`] then reports `r.end`. Chunks still start at multiples of the chunk
+    /// size from `r.start`.
+    pub fn restrict(&mut self, r: std::ops::Range<u64>) {
         // Part of the blob: nothing to compare its stored MD5 with.
         self.whole = None;
         self.next = r.start;
