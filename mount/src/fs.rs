@@ -609,7 +609,21 @@ impl Filesystem for BlobFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        if mode.is_some() || uid.is_some() || gid.is_some() {
+        let (is_dir, writing) = (
+            lock(&self.inodes).path(ino.0).is_some_and(|p| p.1),
+            lock(&self.writing).contains_key(&path),
+        );
+        let perm = if is_dir && !writing {
+            self.o.dir_mode
+        } else {
+            self.o.file_mode
+        };
+        // Setting what is already there (`cp -p`, `mv` across filesystems, `tar x`) is a
+        // no-op; a change is refused.
+        let changes = mode.is_some_and(|m| m & 0o7777 != u32::from(perm))
+            || uid.is_some_and(|u| u != self.o.uid)
+            || gid.is_some_and(|g| g != self.o.gid);
+        if changes {
             return reply.error(self.refuse(
                 "chmod/chown",
                 &path,

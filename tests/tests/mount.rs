@@ -2,7 +2,7 @@
 //! process (`blobring-test-mount`, the CLI's entry points), with real FUSE mounts in temporary
 //! directories and ordinary programs (`cp`, `find`, `ls`, `tar`, `truncate`, python3) and
 //! syscalls on them:
-//! - a nested tree of mixed sizes (0 B to 48 MiB) copied in with `cp -r` and out again
+//! - a nested tree of mixed sizes (0 B to 100 MiB) copied in with `cp -r` and out again
 //!   byte-exact; `find` and `ls -l` names and sizes; `tar c` of the mount equal to `tar c` of
 //!   the source, byte for byte;
 //! - read patterns: sequential 1 MiB `read(2)` (served by prefetch, per the mount's stats),
@@ -174,7 +174,7 @@ fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
         .expect("an OS error")
 }
 
-/// The source tree: nested directories, sizes from 0 B to 48 MiB (around page and block
+/// The source tree: nested directories, sizes from 0 B to 100 MiB (around page and block
 /// edges), content from a fixed seed; files 0644, directories 0755.
 fn make_tree(root: &Path) -> Vec<(String, usize)> {
     let files: &[(&str, usize)] = &[
@@ -186,7 +186,7 @@ fn make_tree(root: &Path) -> Vec<(String, usize)> {
         ("a/b/mib+7", (1 << 20) + 7),
         ("a/b/c/three-mib", 3 << 20),
         ("a/b/c/d/e/deep", 12_345),
-        ("big/forty-eight-mib", 48 << 20),
+        ("big/hundred-mib", 100 << 20),
         ("big/eleven-mib-odd", (11 << 20) + 12_345),
         ("z with space/name.txt", 100),
     ];
@@ -368,8 +368,33 @@ fn read_patterns_sequential_random_concurrent_and_mmap() {
         dir.path(),
         "mnt",
         "blob://data/r",
-        &["--read-only", "--cache-mib", "64"],
+        &[
+            "--read-only",
+            "--cache-mib",
+            "64",
+            "--uid",
+            "1234",
+            "--gid",
+            "4321",
+            "--file-mode",
+            "640",
+            "--dir-mode",
+            "750",
+        ],
     );
+    // Owner, group and modes are the mount's.
+    use std::os::unix::fs::MetadataExt as _;
+    let md = std::fs::metadata(m.path("big")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777, md.len()),
+        (1234, 4321, 0o640, 40 << 20)
+    );
+    let md = std::fs::metadata(m.path("")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (1234, 4321, 0o750)
+    );
+    assert!(md.is_dir());
 
     // Sequential read(2) of 1 MiB.
     let before = m.stats();
@@ -651,6 +676,23 @@ fn writes_commit_on_close_and_fsync_and_refusals_have_stable_errnos() {
     // Nothing was changed by them.
     assert!(std::fs::read(b.path("w2")).unwrap() == d2);
     assert!(a.path("dir2").symlink_metadata().is_err());
+
+    // What tools do about those refusals works: `mv` of a directory copies and deletes file
+    // by file after EXDEV, and `cp -p` / `mv` set the owner and mode the mount already shows
+    // (accepted as no-ops), without a complaint.
+    let (code, _, err) = run(Command::new("mv").arg(a.path("dir1")).arg(a.path("dir3")));
+    assert!(
+        code == 0 && err.is_empty(),
+        "mv of a directory: {code} {err}"
+    );
+    assert_eq!(std::fs::read(a.path("dir3/x")).unwrap(), b"x");
+    assert!(a.path("dir1").symlink_metadata().is_err());
+    let local = dir.path().join("local");
+    std::fs::write(&local, b"kept").unwrap();
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(Command::new("cp").arg("-p").arg(&local).arg(a.path("p")));
+    assert!(code == 0 && err.is_empty(), "cp -p: {code} {err}");
+    assert_eq!(std::fs::read(a.path("p")).unwrap(), b"kept");
     assert_eq!(
         a.stats()["refused"].as_u64().unwrap(),
         a.log_text().matches("refused").count() as u64,
@@ -795,6 +837,13 @@ fn detached_mount_unmount_dead_mount_and_missing_container() {
     assert!(!mounted(&mp));
 
     // Detached (the default): returns once mounted; the mount process serves on.
+    let mut guard = Mount {
+        mp: mp.clone(),
+        child: None,
+        pid: None,
+        log: log.clone(),
+        stats: PathBuf::new(),
+    };
     let (code, _, err) = detached("blob://data");
     assert_eq!(code, 0, "{err}");
     let pid: u32 = err
@@ -803,13 +852,7 @@ fn detached_mount_unmount_dead_mount_and_missing_container() {
         .and_then(|r| r.split(',').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {err:?}"));
-    let mut guard = Mount {
-        mp: mp.clone(),
-        child: None,
-        pid: Some(pid),
-        log: log.clone(),
-        stats: PathBuf::new(),
-    };
+    guard.pid = Some(pid);
     assert!(mounted(&mp));
     std::fs::write(mp.join("hello"), b"hello").unwrap();
     assert_eq!(
