@@ -469,6 +469,7 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
             r
         })
         .map_err(io("starting the session thread"))?;
+    raise_readahead(&mountpoint);
     std::thread::Builder::new()
         .name("mount-signals".into())
         .spawn(move || {
@@ -505,6 +506,27 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// Kernel readahead for the mount: FUSE's INIT lets the kernel cap it at its default
+/// (128 KiB), so sequential readers would ask 128 KiB at a time; the mount's block device info
+/// (`/sys/class/bdi/<major>:<minor>/read_ahead_kb`, writable by root) raises it to
+/// [`fs::MAX_WRITE`] so each FUSE read carries 1 MiB. Not root: left as it is. Called once the
+/// session serves requests (the `stat` of the mount point is one).
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(md) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let (major, minor) = (
+        nix::sys::stat::major(md.dev()),
+        nix::sys::stat::minor(md.dev()),
+    );
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, (fs::MAX_WRITE / 1024).to_string()) {
+        Ok(()) => tracing::debug!("{path} set to {} KiB", fs::MAX_WRITE / 1024),
+        Err(e) => tracing::debug!("kernel readahead left as it is ({path}: {e})"),
+    }
 }
 
 /// Unmounts `mountpoint` lazily (it disappears from the namespace at once; files still open
