@@ -1207,3 +1207,57 @@ impl Filesystem for BlobFs {
         reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 30, 1 << 30, 4096, 1024, 4096);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inodes_are_stable_per_path_and_freed_when_the_kernel_forgets_them() {
+        let mut i = Inodes::new();
+        assert_eq!(i.path(1), Some((String::new(), true)));
+        let a = i.get_or_insert("a", true, true);
+        let f = i.get_or_insert("a/f", false, true);
+        assert_eq!(
+            i.get_or_insert("a/f", false, true),
+            f,
+            "same path, same inode"
+        );
+        assert_ne!(a, f);
+        // Listed by readdir only (no lookup): known, not counted.
+        let g = i.get_or_insert("a/g", false, false);
+        i.forget(f, 1);
+        assert_eq!(i.path(f), Some(("a/f".into(), false)), "one lookup left");
+        i.forget(f, 1);
+        assert_eq!(i.path(f), None);
+        let f2 = i.get_or_insert("a/f", false, true);
+        assert!(f2 > g, "numbers are never reused");
+        i.forget(1, 100);
+        assert!(i.path(1).is_some(), "the root is never forgotten");
+    }
+
+    #[test]
+    fn a_renamed_file_keeps_its_inode_and_replaces_the_target() {
+        let mut i = Inodes::new();
+        let x = i.get_or_insert("x", false, true);
+        let y = i.get_or_insert("d/y", false, true);
+        i.rename("x", "d/y");
+        assert_eq!(i.path(x), Some(("d/y".into(), false)));
+        assert_eq!(i.path(y), None);
+        assert_eq!(i.get_or_insert("d/y", false, false), x);
+        assert_ne!(i.get_or_insert("x", false, false), x);
+    }
+
+    #[test]
+    fn paths_join_and_split() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join("a/b", "c"), "a/b/c");
+        assert_eq!(parent_of("a/b/c"), "a/b");
+        assert_eq!(parent_of("a"), "");
+        assert_eq!(
+            parse_mtime("Fri, 04 Dec 2026 23:38:40 GMT"),
+            httpdate::parse_http_date("Fri, 04 Dec 2026 23:38:40 GMT").unwrap()
+        );
+        assert_eq!(parse_mtime("garbage"), SystemTime::UNIX_EPOCH);
+    }
+}

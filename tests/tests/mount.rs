@@ -6,7 +6,8 @@
 //!   byte-exact; `find` and `ls -l` names and sizes; `tar c` of the mount equal to `tar c` of
 //!   the source, byte for byte;
 //! - read patterns: sequential 1 MiB `read(2)` (served by prefetch, per the mount's stats),
-//!   4 KiB random `pread`, concurrent readers of one file and of many files, `mmap`;
+//!   4 KiB random `pread`, concurrent readers of one file and of many files, `mmap`; a
+//!   directory listed over two List Blobs pages;
 //! - writes: create, overwrite by truncating open, fsync then read from a second mount after
 //!   the metadata TTL, unlink, mkdir/rmdir, rename (copy + delete), and each refused
 //!   operation's errno and log line;
@@ -364,6 +365,16 @@ fn read_patterns_sequential_random_concurrent_and_mmap() {
             )
         })
         .collect();
+    const MANY: usize = 1205;
+    for i in 0..MANY {
+        block_on(svc.put_blob(
+            "data",
+            &format!("r/many/n{i:05}"),
+            b"abc",
+            &PutOptions::default(),
+        ))
+        .unwrap();
+    }
     let m = Mount::foreground(
         &stack,
         dir.path(),
@@ -483,6 +494,20 @@ fn read_patterns_sequential_random_concurrent_and_mmap() {
         md5_hex(&smalls[1]),
         "python open().read()"
     );
+
+    // A directory of more than one List Blobs page (1,000 names): every name, in order.
+    let listed = std::fs::read_dir(m.path("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    let mut want: Vec<String> = (0..MANY).map(|i| format!("n{i:05}")).collect();
+    want.sort();
+    let mut got = listed.clone();
+    got.sort();
+    assert_eq!(got, want, "readdir across pages");
+    assert_eq!(listed.len(), MANY, "no name twice");
+    assert!(m.stats()["list_pages"].as_u64().unwrap() >= 2);
+    assert_eq!(std::fs::metadata(m.path("many/n01204")).unwrap().len(), 3);
 
     // Read-only: writes are refused by the kernel.
     assert_eq!(errno_of(std::fs::write(m.path("new"), b"x")), EROFS);
