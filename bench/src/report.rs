@@ -207,7 +207,7 @@ impl Report {
                 "vs (a)",
                 "reqs"
             );
-            for k in crate::worker::PathKind::ALL {
+            for k in crate::worker::PathKind::TABLE {
                 let Some(p) = self.paths.get(k.name()) else {
                     continue;
                 };
@@ -228,7 +228,7 @@ impl Report {
                 s,
                 "  CPU s/GB = (client getrusage + daemon + host utime/stime) / GB; per path: \
                  clients/daemon/host s = {}",
-                crate::worker::PathKind::ALL
+                crate::worker::PathKind::TABLE
                     .iter()
                     .filter_map(|k| self.paths.get(k.name()).map(|p| format!(
                         "{} {:.1}/{:.1}/{:.1}",
@@ -253,7 +253,7 @@ impl Report {
                 "p99 µs",
                 "p999 µs"
             );
-            for k in crate::worker::PathKind::ALL {
+            for k in crate::worker::PathKind::TABLE {
                 let Some(m) = self.small.get(k.name()) else {
                     continue;
                 };

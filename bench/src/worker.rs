@@ -47,6 +47,9 @@ pub enum PathKind {
     Native,
     /// (e) the seed driver's model: one synchronous request at a time per client.
     Sync,
+    /// (m) `blobring mount`: `read(2)` of 1 MiB (streams) or 4 KiB `pread` (ranges) of the
+    /// blob's file in a FUSE mount of the container (`blobring-bench mount` only).
+    Mount,
 }
 
 impl PathKind {
@@ -59,6 +62,17 @@ impl PathKind {
         PathKind::Sync,
     ];
 
+    /// The rows of the report's tables: the five paths, then the mount (rows appear only
+    /// for paths that were measured).
+    pub const TABLE: [PathKind; 6] = [
+        PathKind::Pread,
+        PathKind::Http,
+        PathKind::Connector,
+        PathKind::Native,
+        PathKind::Sync,
+        PathKind::Mount,
+    ];
+
     /// JSON key.
     pub fn name(self) -> &'static str {
         match self {
@@ -67,6 +81,7 @@ impl PathKind {
             PathKind::Connector => "connector",
             PathKind::Native => "native",
             PathKind::Sync => "sync",
+            PathKind::Mount => "mount",
         }
     }
 
@@ -78,6 +93,7 @@ impl PathKind {
             PathKind::Connector => "(c) object_store via blobring connector",
             PathKind::Native => "(d) blobring striped download",
             PathKind::Sync => "(e) blobring, 1 sync request at a time",
+            PathKind::Mount => "(m) blobring mount (FUSE), read(2)",
         }
     }
 }
@@ -89,6 +105,9 @@ pub struct Endpoint {
     pub socket: PathBuf,
     /// REST endpoint with the account (`http://127.0.0.1:PORT/devstoreaccount1`).
     pub http: String,
+    /// Mount point of the container (`blobring-bench mount`).
+    #[serde(default)]
+    pub mount: Option<std::path::PathBuf>,
 }
 
 /// Request shapes.
