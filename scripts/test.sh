@@ -5,7 +5,7 @@
 # maturin, fsspec, pandas, numpy, polars, duckdb, dask, distributed; then the blobring wheel
 # built from python/) into target/venv,
 # cargo-fuzz into ~/.cargo/bin, and (Debian, as root) fonts-dejavu-core for the benchmark's PNG
-# charts when no font is present.
+# charts when no font is present and fuse3 (fusermount3) for the mount tests when missing.
 #
 #   ./scripts/test.sh            everything (what CI runs)
 #   FUZZ_SECONDS=5 ./scripts/test.sh   shorter fuzzing
@@ -53,6 +53,23 @@ if [ -z "${BLOBRING_BENCH_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/
         echo "no DejaVu Sans: install fonts-dejavu-core or set BLOBRING_BENCH_FONT to a .ttf file" >&2
         exit 1
     fi
+fi
+
+stage "fuse3 (tests/tests/mount.rs mounts containers through FUSE)"
+# The mount tests need /dev/fuse and fusermount3 (the tests unmount with `fusermount3 -u -z`;
+# a non-root mount also mounts through it).
+if ! command -v fusermount3 >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fuse3
+    else
+        echo "no fusermount3: install fuse3 (Debian: apt-get install fuse3)" >&2
+        exit 1
+    fi
+fi
+if [ ! -c /dev/fuse ]; then
+    echo "no /dev/fuse: load the fuse module (modprobe fuse) or run where FUSE is available" >&2
+    exit 1
 fi
 
 stage "format"

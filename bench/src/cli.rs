@@ -43,6 +43,11 @@ pub enum Mode {
     Gateway(GatewayArgs),
     /// seed, small and scale with their defaults, in one report.
     All(AllArgs),
+    /// `blobring mount` (issue #13): P processes read C blobs in full through a FUSE mount of
+    /// the container with 1 MiB read(2), beside (a) pread, (b) object_store HTTP and (d) the
+    /// native striped download of the same bytes; then 4 KiB random reads through the mount
+    /// vs (d) at depth 1. Needs /dev/fuse and the `blobring` binary next to this one.
+    Mount(MountArgs),
     /// (internal) a client process: reads a job on stdin.
     #[command(hide = true)]
     Worker,
@@ -178,6 +183,56 @@ impl GatewayArgs {
             out: self.out.clone(),
         }
         .options()
+    }
+}
+
+/// `mount` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct MountArgs {
+    /// Client processes.
+    #[arg(long = "clients", short = 'P', default_value_t = 4)]
+    pub clients: usize,
+    /// Blobs.
+    #[arg(long = "blobs", short = 'C', default_value_t = 4)]
+    pub blobs: usize,
+    /// Bytes per blob (the defaults: 4 × 256 MiB = 1 GiB, each client reads all of it).
+    #[arg(long = "size", short = 'S', default_value = "256M", value_parser = parse_size)]
+    pub size: u64,
+    /// Rounds over the four paths (order alternates between rounds).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Time of each random-read measurement, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub millis: u64,
+    /// The stack.
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Outputs.
+    #[command(flatten)]
+    pub out: Output,
+}
+
+impl MountArgs {
+    fn options(&self) -> Result<(SeedOptions, SmallOptions)> {
+        if self.clients == 0 || self.blobs == 0 || self.rounds == 0 {
+            bail!("--clients, --blobs and --rounds must be at least 1");
+        }
+        let mut seed = SeedArgs::parse_defaults().options()?;
+        seed.clients = self.clients;
+        seed.blobs = self.blobs;
+        seed.size = self.size;
+        seed.rounds = self.rounds;
+        seed.paths = vec![
+            PathKind::Pread,
+            PathKind::Http,
+            PathKind::Native,
+            PathKind::Mount,
+        ];
+        let mut small = SmallArgs::parse_defaults().options()?;
+        small.depths = vec![1];
+        small.millis = self.millis;
+        small.paths = vec![PathKind::Native, PathKind::Mount];
+        Ok((seed, small))
     }
 }
 
@@ -404,6 +459,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(a.options()?),
             "scale",
         ),
+        Mode::Mount(a) => {
+            let (seed, small) = a.options()?;
+            (a.out, a.stack, Some(seed), Some(small), None, "mount")
+        }
         Mode::All(a) => {
             let seed = SeedArgs::parse_defaults().options()?;
             let small = SmallArgs::parse_defaults().options()?;
@@ -422,11 +481,15 @@ pub fn run(cli: Cli) -> Result<()> {
     if gateway {
         pb.set_message("starting blobring-host, blobringd and blobring gateway");
     }
-    let stack = Stack::start(&StackOptions {
+    let mut stack = Stack::start(&StackOptions {
         hugetlb: stack_args.hugetlb,
         gateway,
         ..StackOptions::default()
     })?;
+    if mode == "mount" {
+        pb.set_message("mounting the container");
+        stack.mount_container()?;
+    }
     let mut report = Report {
         mode: mode.into(),
         ..Report::default()
@@ -438,6 +501,14 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     if let Some(o) = &small {
         crate::small::run(&stack, o, &pb, &mut report)?;
+        if mode == "mount" {
+            report.notes.push(
+                "small (m): one synchronous 4 KiB pread at a time through the mount, opened \
+                 O_DIRECT so every read reaches it (no page cache); its CPU column counts the \
+                 reader, daemon and host, not the mount process"
+                    .into(),
+            );
+        }
     }
     if let Some(o) = &scale {
         crate::scale::run(&stack, o, &pb, &mut report)?;

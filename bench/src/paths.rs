@@ -68,6 +68,8 @@ pub enum Reader {
     },
     /// (d): the Blob API over a client.
     Native(BlobService),
+    /// (m): files in the mount point.
+    Mount(std::path::PathBuf),
     /// (e): a client plus what signing needs.
     Sync {
         /// The client.
@@ -125,6 +127,11 @@ impl Reader {
                 Reader::Object { rt, store }
             }
             PathKind::Native => Reader::Native(service(connect(&ep.socket, job.tuning.arena)?)),
+            PathKind::Mount => Reader::Mount(
+                ep.mount
+                    .clone()
+                    .context("the mount path needs a mounted container (blobring-bench mount)")?,
+            ),
             PathKind::Sync => {
                 let client = connect(&ep.socket, job.tuning.arena)?;
                 let host = ep
@@ -205,8 +212,31 @@ impl Reader {
                             Ok(g.into_bytes()?)
                         }
                     })),
+                    Reader::Mount(dir) => {
+                        use std::os::unix::fs::FileExt;
+                        use std::os::unix::fs::OpenOptionsExt;
+                        let path = dir.join(&blob.name);
+                        // O_DIRECT: each pread reaches the mount (a ranged GET of the size
+                        // asked), instead of the page cache that the kernel's readahead would
+                        // fill around the first few reads.
+                        let f = std::fs::OpenOptions::new()
+                            .read(true)
+                            .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+                            .open(&path)
+                            .with_context(|| format!("open {} (O_DIRECT)", path.display()))?;
+                        // One synchronous pread per request: depth 1 whatever is asked.
+                        let (f, path) = (&f, &path);
+                        // The pread runs when the future is polled, inside the timed window.
+                        block_on(spec.run(|off| async move {
+                            let mut b = vec![0u8; *len as usize];
+                            f.read_exact_at(&mut b, off)
+                                .map(|()| b)
+                                .with_context(|| format!("pread {} at {off}", path.display()))
+                        }))
+                    }
                     _ => bail!(
-                        "ranged reads are measured on http, connector and native only, not {}",
+                        "ranged reads are measured on http, connector, native and mount only, \
+                         not {}",
                         job.path.name()
                     ),
                 }
@@ -273,6 +303,26 @@ impl Reader {
         let chunks = b.size.div_ceil(t.chunk);
         match self {
             Reader::Pread => Ok((pread_blob(b, &mut buf[..t.chunk as usize])?, chunks)),
+            Reader::Mount(dir) => {
+                use std::io::Read;
+                let path = dir.join(&b.name);
+                let mut f = std::fs::File::open(&path)
+                    .with_context(|| format!("open {}", path.display()))?;
+                let n = (1usize << 20).min(buf.len());
+                let buf = &mut buf[..n];
+                let (mut h, mut n) = (Xxh3::new(), 0u64);
+                loop {
+                    let k = f
+                        .read(buf)
+                        .with_context(|| format!("read {}", path.display()))?;
+                    if k == 0 {
+                        break;
+                    }
+                    h.update(&buf[..k]);
+                    n += 1;
+                }
+                Ok((h.digest(), n))
+            }
             Reader::Object { rt, store } => {
                 let path = ObjPath::from(b.name.as_str());
                 let sum = rt.block_on(async {
@@ -536,6 +586,7 @@ mod tests {
                 https: "https://127.0.0.1:1/devstoreaccount1".into(),
                 cert: dir.path().join("unused.pem"),
                 gateway: None,
+                mount: None,
             },
             tuning: Tuning {
                 chunk: 1 << 20,

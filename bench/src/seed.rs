@@ -92,14 +92,21 @@ fn phase(
         })
         .collect();
     let fleet = Fleet::spawn(&jobs)?;
+    // The mount process is part of the mount path's client side.
+    let mount_cpu = || match (path, stack.mount_pid()) {
+        (PathKind::Mount, Some(pid)) => crate::machine::proc_cpu_seconds(pid),
+        _ => Ok(0.0),
+    };
+    let m0 = mount_cpu()?;
     let ((d0, h0), g0) = (stack.cpu()?, stack.gateway_cpu()?);
     let (outs, wall) = fleet.go()?;
     let ((d1, h1), g1) = (stack.cpu()?, stack.gateway_cpu()?);
+    let m1 = mount_cpu()?;
     let f = report.paths.entry(path.name().into()).or_default();
     let bytes: u64 = outs.iter().map(|x| x.bytes).sum();
     f.bytes += bytes;
     f.seconds += wall;
-    f.client_cpu_s += outs.iter().map(|x| x.cpu_s).sum::<f64>();
+    f.client_cpu_s += outs.iter().map(|x| x.cpu_s).sum::<f64>() + (m1 - m0);
     f.daemon_cpu_s += d1 - d0;
     f.host_cpu_s += h1 - h0;
     f.gateway_cpu_s += g1 - g0;
@@ -254,20 +261,37 @@ fn finish_figures(report: &mut Report) {
 fn ratios(report: &mut Report) {
     let g = |r: &Report, k: &str| r.paths.get(k).map(|p| p.gbps);
     let c = |r: &Report, k: &str| r.paths.get(k).map(|p| p.cpu_s_per_gb);
-    for p in ["pread", "https", "gateway", "connector", "native", "sync"] {
+    for p in [
+        "pread",
+        "https",
+        "gateway",
+        "connector",
+        "native",
+        "sync",
+        "mount",
+    ] {
         let v = g(report, p);
         let h = g(report, "http");
         report.ratio(&format!("{p}_vs_http"), v, h);
         let (v, h) = (c(report, p), c(report, "http"));
         report.ratio(&format!("cpu_per_gb_{p}_vs_http"), v, h);
     }
-    for p in ["http", "https", "gateway", "connector", "native", "sync"] {
+    for p in [
+        "http",
+        "https",
+        "gateway",
+        "connector",
+        "native",
+        "sync",
+        "mount",
+    ] {
         let (v, a) = (g(report, p), g(report, "pread"));
         report.ratio(&format!("{p}_vs_pread"), v, a);
         let (v, a) = (c(report, p), c(report, "pread"));
         report.ratio(&format!("cpu_per_gb_{p}_vs_pread"), v, a);
     }
     let (n, cn) = (g(report, "native"), g(report, "connector"));
+    report.ratio("mount_vs_native", g(report, "mount"), n);
     report.ratio("sync_vs_native", g(report, "sync"), n);
     let (gw, https) = (g(report, "gateway"), g(report, "https"));
     report.ratio("gateway_vs_https", gw, https);
@@ -332,5 +356,30 @@ fn targets(report: &mut Report) {
         report
             .targets
             .push(Target::at_most("(d) CPU per GB vs (b) HTTP", v, 0.5, "×"));
+    }
+    // blobring mount (issue #13).
+    if let Some(v) = r("mount_vs_native", report) {
+        report.targets.push(Target::at_least(
+            "(m) mount throughput vs (d) native",
+            v,
+            0.6,
+            "×",
+        ));
+    }
+    if let Some(v) = r("mount_vs_http", report) {
+        report.targets.push(Target::at_least(
+            "(m) mount throughput vs (b) HTTP",
+            v,
+            2.0,
+            "×",
+        ));
+    }
+    if let Some(v) = r("cpu_per_gb_mount_vs_http", report) {
+        report.targets.push(Target::at_most(
+            "(m) mount CPU per GB vs (b) HTTP",
+            v,
+            0.5,
+            "×",
+        ));
     }
 }

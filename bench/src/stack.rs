@@ -87,6 +87,8 @@ pub struct Stack {
     /// The gateway and its endpoint (with the account), when started.
     gateway: Option<(Child, String)>,
     daemon_log: PathBuf,
+    /// `blobring mount` of [`CONTAINER`] (`blobring-bench mount`): the process and where.
+    mount: Option<(Child, PathBuf)>,
     // Last: removed after the processes are gone.
     _dir: tempfile::TempDir,
 }
@@ -185,6 +187,7 @@ impl Stack {
             cert,
             gateway: None,
             daemon_log,
+            mount: None,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -249,7 +252,53 @@ impl Stack {
             https: self.https_endpoint.clone(),
             cert: self.cert.clone(),
             gateway: self.gateway.as_ref().map(|g| g.1.clone()),
+            mount: self.mount.as_ref().map(|m| m.1.clone()),
         }
+    }
+
+    /// Mounts [`CONTAINER`] with `blobring mount --foreground` (the `blobring` binary next to
+    /// this one, or `$BLOBRING_BIN`) in the stack's directory, and waits (≤ 30 s) until it is
+    /// ready. It is unmounted and killed when the stack is dropped.
+    pub fn mount_container(&mut self) -> Result<PathBuf> {
+        let bin = sibling_bin("blobring", "BLOBRING_BIN")?;
+        let mp = self._dir.path().join("mnt");
+        std::fs::create_dir_all(&mp).context("create the mount point")?;
+        let log = self._dir.path().join("mount.log");
+        let mut child = Command::new(&bin)
+            .arg("mount")
+            .arg(format!("blob://{CONTAINER}"))
+            .arg(&mp)
+            .arg("--foreground")
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("BLOBRING_MOUNT_NOTIFY_READY", "1")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).context("create the mount's log")?)
+            .spawn()
+            .with_context(|| format!("start {} mount", bin.display()))?;
+        let out = child.stdout.take().context("the mount's stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        self.mount = Some((child, mp.clone()));
+        if line.trim() != "ready" {
+            bail!(
+                "blobring mount did not become ready: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(mp)
+    }
+
+    /// The mount process's pid, if the container is mounted.
+    pub fn mount_pid(&self) -> Option<u32> {
+        self.mount.as_ref().map(|m| m.0.id())
     }
 
     /// CPU seconds (utime + stime) of the daemon and the host so far.
@@ -334,6 +383,23 @@ fn strip_ansi(s: &str) -> String {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if let Some((mut c, mp)) = self.mount.take() {
+            // SIGTERM: the mount unmounts itself; a lazy unmount in case it cannot.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&mp)
+                .stderr(Stdio::null())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let gateway = self.gateway.as_mut().map(|g| &mut g.0);
         for c in gateway
             .into_iter()

@@ -51,11 +51,15 @@ pub enum PathKind {
     Native,
     /// (e) the seed driver's model: one synchronous request at a time per client.
     Sync,
+    /// (m) `blobring mount`: `read(2)` of 1 MiB (streams) or 4 KiB `pread` (ranges) of the
+    /// blob's file in a FUSE mount of the container (`blobring-bench mount` only).
+    Mount,
 }
 
 impl PathKind {
-    /// All paths, in table order.
-    pub const ALL: [PathKind; 7] = [
+    /// All paths, in the order of the report's tables (rows appear only for paths that were
+    /// measured).
+    pub const ALL: [PathKind; 8] = [
         PathKind::Pread,
         PathKind::Http,
         PathKind::Https,
@@ -63,6 +67,7 @@ impl PathKind {
         PathKind::Connector,
         PathKind::Native,
         PathKind::Sync,
+        PathKind::Mount,
     ];
 
     /// What `seed` runs by default: every path but the gateway (`blobring-bench gateway`
@@ -86,6 +91,7 @@ impl PathKind {
             PathKind::Connector => "connector",
             PathKind::Native => "native",
             PathKind::Sync => "sync",
+            PathKind::Mount => "mount",
         }
     }
 
@@ -99,6 +105,7 @@ impl PathKind {
             PathKind::Connector => "(c) object_store via blobring connector",
             PathKind::Native => "(d) blobring striped download",
             PathKind::Sync => "(e) blobring, 1 sync request at a time",
+            PathKind::Mount => "(m) blobring mount (FUSE), read(2)",
         }
     }
 }
@@ -117,6 +124,9 @@ pub struct Endpoint {
     /// `blobring gateway` with the account (`http://127.0.0.1:PORT/devstoreaccount1`), when
     /// the stack runs one.
     pub gateway: Option<String>,
+    /// Mount point of the container (`blobring-bench mount`).
+    #[serde(default)]
+    pub mount: Option<std::path::PathBuf>,
 }
 
 /// Request shapes.

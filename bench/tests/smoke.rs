@@ -218,6 +218,50 @@ fn every_mode_runs_with_tiny_sizes() {
 }
 
 #[test]
+fn mount_mode_runs_with_tiny_sizes() {
+    // A real FUSE mount (`blobring mount`, the CLI next to blobring-bench) beside (a), (b), (d).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let m = run(
+        &[
+            "mount", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--millis", "300",
+        ],
+        d,
+        "mount",
+    );
+    assert_eq!(m["mode"], "mount");
+    for p in ["pread", "http", "native", "mount"] {
+        let f = &m["paths"][p];
+        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
+        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
+        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+        assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
+    }
+    // The mount process's CPU is counted on the mount path.
+    assert!(num(&m["paths"]["mount"]["client_cpu_s"], "mount CPU") > 0.0);
+    for r in [
+        "mount_vs_native",
+        "mount_vs_http",
+        "cpu_per_gb_mount_vs_http",
+    ] {
+        assert!(num(&m["ratios"][r], r) > 0.0, "{r}");
+    }
+    for p in ["native", "mount"] {
+        let f = &m["small"][p]["1"];
+        assert!(num(&f["rps"], p) > 0.0, "{p}: {f}");
+        assert!(num(&f["p50_us"], p) > 0.0, "{p}: {f}");
+        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
+    }
+    let targets = m["targets"].as_array().expect("targets");
+    assert!(
+        targets.iter().any(|t| t["what"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("(m) mount"))),
+        "mount targets printed: {targets:?}"
+    );
+}
+
+#[test]
 fn bad_arguments_fail_with_a_reason() {
     let out = Command::new(BIN)
         .args(["seed", "--size", "12X"])

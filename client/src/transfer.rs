@@ -356,9 +356,11 @@ impl Download {
         self.size
     }
 
-    /// Limits a download that has not started to the bytes `r` of the blob (large ranged
-    /// GETs: the object_store connector's and the Python package's); [`Download::size`] then
-    /// reports `r.end`.
+    /// Limits a download that has not started to the bytes `r` of the blob (the connector's
+    /// and the Python package's large ranged GETs, `blobring mount`'s prefetch from the
+    /// reader's offset);
+    /// [`Download::size`] then reports `r.end`. Chunks still start at multiples of the chunk
+    /// size from `r.start`.
     pub fn restrict(&mut self, r: std::ops::Range<u64>) {
         // Part of the blob: nothing to compare its stored MD5 with.
         self.whole = None;

@@ -52,6 +52,14 @@ enum Cmd {
     /// Serve Azure Blob REST on loopback and carry each request over blobring, so any
     /// unmodified Blob client works with only its endpoint changed (until SIGINT/SIGTERM).
     Gateway(blobring_gateway::GatewayArgs),
+    /// Mount a container (or a prefix of one) as a directory through FUSE; detaches once the
+    /// mount is ready unless --foreground; SIGINT/SIGTERM unmount it.
+    Mount(blobring_mount::MountArgs),
+    /// Unmount a `blobring mount` (also one whose mount process died).
+    Unmount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// Blob data commands: cp, ls, cat, rm, mb, rb.
     #[command(flatten)]
     Data(blobring_ctl::data::DataCmd),
@@ -63,8 +71,12 @@ fn main() -> ExitCode {
         // Prints `blobring: <message>` and returns the data commands' exit status.
         return blobring_ctl::data::main(d);
     }
+    if let Cmd::Mount(a) = cli.cmd {
+        return mount(a);
+    }
     let r = match cli.cmd {
         Cmd::Up(a) => up::run(a),
+        Cmd::Unmount { mountpoint } => blobring_mount::unmount(&mountpoint).map_err(Into::into),
         Cmd::Gateway(a) => gateway(a),
         cmd => admin(cmd, cli.ctl_socket),
     };
@@ -87,6 +99,31 @@ fn gateway(a: blobring_gateway::GatewayArgs) -> anyhow::Result<()> {
         .init();
     blobring_gateway::run(a.config())?;
     Ok(())
+}
+
+/// `mount`: logs to stderr (`RUST_LOG`, default `info`; a detached mount's stderr is its log
+/// file); the exit status says what failed (2 usage, 3 no such container, 4 no daemon).
+fn mount(a: blobring_mount::MountArgs) -> ExitCode {
+    if a.foreground {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match blobring_mount::run(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ blobring_mount::MountError::Detached { .. }) => {
+            // The mount process's own `blobring: …` lines.
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code().clamp(1, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("blobring: {e}");
+            ExitCode::from(e.exit_code().clamp(1, 255) as u8)
+        }
+    }
 }
 
 /// `stats`, `top`, `clients`, `channels`.
@@ -118,7 +155,12 @@ fn admin(cmd: Cmd, ctl_socket: Option<PathBuf>) -> anyhow::Result<()> {
         return Ok(());
     }
     let text = match cmd {
-        Cmd::Top { .. } | Cmd::Data(_) | Cmd::Up(_) | Cmd::Gateway(_) => {
+        Cmd::Top { .. }
+        | Cmd::Data(_)
+        | Cmd::Up(_)
+        | Cmd::Gateway(_)
+        | Cmd::Mount(_)
+        | Cmd::Unmount { .. } => {
             unreachable!("handled above")
         }
         Cmd::Stats { json: true } => serde_json::to_string_pretty(&doc)?,
