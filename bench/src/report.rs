@@ -324,7 +324,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "{:<58} {:>10} {:>12}  status",
-                "target (issue #6)", "target", "measured"
+                "target (from the issues)", "target", "measured"
             );
             for t in &self.targets {
                 let _ = writeln!(
