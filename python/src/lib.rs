@@ -12,8 +12,9 @@
 //! **Zero copy:** a read returns a [`pyo3_bytes::PyBytes`] (Python class `Bytes`) made from
 //! the SDK's [`blobring::Lease::into_bytes`]: the buffer protocol exports the arena bytes
 //! read-only, and the lease returns to the arena when the last Python reference (and every
-//! `memoryview`, NumPy array or Arrow buffer made from it) goes. pyo3-bytes holds the only
-//! `unsafe` (the buffer-protocol export); this crate has none.
+//! `memoryview`, NumPy array or Arrow buffer made from it) goes. The buffer-protocol export,
+//! which needs code the compiler cannot check, lives in pyo3-bytes; this crate forbids such
+//! code (`forbid(unsafe_code)`).
 //!
 //! **Trusts:** what the SDK trusts (the daemon). Python callers are not trusted to pass sane
 //! ranges or names: both are checked and refused with `ValueError`-derived exceptions.
