@@ -350,6 +350,54 @@ fn a_call_waiting_for_arena_space_lent_to_a_silent_host_fails_within_its_deadlin
     }
 }
 
+/// A call that finds the arena full waits its deadline for space once and then fails with
+/// `ArenaBusy`, even with retries on: the wait for space is the retry (it used to be retried
+/// `max_retries` times, each waiting the whole deadline again).
+#[test]
+fn a_full_arena_fails_a_retrying_call_within_one_deadline() {
+    let dir = shm_dir();
+    let s = HostStack::start(
+        DAEMON,
+        dir.path(),
+        &["--fault-drop-completion-rate", "1"],
+        &[],
+    );
+    let client = Client::connect(&s.daemon.socket).expect("connect");
+    let fill = BlobService::new(client.clone(), AccountConfig::emulator())
+        .with_timeout(Duration::from_millis(200))
+        .with_retry(RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        });
+    // 4 MiB reads the host never answers: their buffers stay lent until the arena is full.
+    let full = (0..8).any(|_| {
+        matches!(
+            block_on(fill.get_range("c", "b", 0..4 << 20, &GetOptions::default(), None)),
+            Err(BlobError::Transport(ClientError::ArenaBusy { .. }))
+        )
+    });
+    assert!(
+        full,
+        "the 16 MiB arena never filled with buffers lent to a silent host"
+    );
+    let deadline = Duration::from_secs(1);
+    let retrying = BlobService::new(client, AccountConfig::emulator())
+        .with_timeout(deadline)
+        .with_retry(RetryPolicy::default());
+    assert!(RetryPolicy::default().max_retries > 0);
+    let t0 = Instant::now();
+    let r = block_on(retrying.get_range("c", "b", 0..4 << 20, &GetOptions::default(), None));
+    let took = t0.elapsed();
+    assert!(
+        matches!(r, Err(BlobError::Transport(ClientError::ArenaBusy { .. }))),
+        "{r:?}"
+    );
+    assert!(
+        took <= deadline + SLACK,
+        "a call that found the arena full took {took:?} with a {deadline:?} deadline"
+    );
+}
+
 #[test]
 fn rescind_fails_in_flight_with_enodev_then_the_daemon_reconnects_under_load() {
     let dir = shm_dir();

@@ -143,6 +143,9 @@ impl BlobError {
             BlobError::Service { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }
+            // The call already waited its whole deadline for arena space: that wait was the
+            // retry, and waiting again (max_retries times) only multiplies the deadline.
+            BlobError::Transport(ClientError::ArenaBusy { .. }) => false,
             BlobError::Transport(e) => e.is_transient(),
             _ => false,
         }
