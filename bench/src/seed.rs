@@ -52,6 +52,21 @@ pub fn run(stack: &Stack, o: &SeedOptions, pb: &ProgressBar, report: &mut Report
     ] {
         report.config.insert(k.into(), v);
     }
+    rounds(o, pb, "seed", |_, path| {
+        phase(stack, o, &blobs, path, report)
+    })?;
+    finish(report);
+    Ok(())
+}
+
+/// Runs `each(round, path)` for every round and path, in alternating order (forward on even
+/// rounds, backward on odd ones), with the progress bar saying which (`what round r/n: path`).
+fn rounds(
+    o: &SeedOptions,
+    pb: &ProgressBar,
+    what: &str,
+    mut each: impl FnMut(usize, PathKind) -> Result<()>,
+) -> Result<()> {
     for round in 0..o.rounds {
         let order: Vec<PathKind> = if round % 2 == 0 {
             o.paths.clone()
@@ -60,16 +75,15 @@ pub fn run(stack: &Stack, o: &SeedOptions, pb: &ProgressBar, report: &mut Report
         };
         for path in order {
             pb.set_message(format!(
-                "seed round {}/{}: {}",
+                "{what} round {}/{}: {}",
                 round + 1,
                 o.rounds,
                 path.name()
             ));
-            phase(stack, o, &blobs, path, report)?;
+            each(round, path)?;
             pb.inc(1);
         }
     }
-    finish(report);
     Ok(())
 }
 
@@ -152,23 +166,9 @@ pub fn run_write(
     }
     pb.inc(1);
     let svc = crate::data::service(crate::data::connect(&stack.socket, 64 << 20)?);
-    for round in 0..o.rounds {
-        let order: Vec<PathKind> = if round % 2 == 0 {
-            o.paths.clone()
-        } else {
-            o.paths.iter().rev().copied().collect()
-        };
-        for path in order {
-            pb.set_message(format!(
-                "write round {}/{}: {}",
-                round + 1,
-                o.rounds,
-                path.name()
-            ));
-            write_phase(stack, &svc, o, round, path, report)?;
-            pb.inc(1);
-        }
-    }
+    rounds(o, pb, "write", |round, path| {
+        write_phase(stack, &svc, o, round, path, report)
+    })?;
     finish_figures(report);
     ratios(report);
     Ok(())

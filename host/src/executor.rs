@@ -960,7 +960,7 @@ impl Executor {
         check_container_name(&c)?;
         check_block_blob(req)?;
         let cond = conditions(req)?;
-        let mut attrs = new_blob(req, true)?;
+        let attrs = new_blob(req, true)?;
         let declared = match req.header("content-length") {
             None => None,
             Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
@@ -1020,6 +1020,24 @@ impl Executor {
                 format!("Content-Length {n} does not match the {total} body bytes received."),
             ));
         }
+        self.commit_staged(req, (&c, &b), &refs, md5, crc, &cond, attrs)
+    }
+
+    /// The end of a Put Blob whose body was staged as the blocks `refs` (streamed, or sent in
+    /// parts): the client's Content-MD5 / x-ms-content-crc64 checked against the hashes of the
+    /// whole body, then the blocks committed with the Put Blob's conditions and properties (its
+    /// Content-MD5 the body's when the client gave none), answered as a Put Blob.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_staged(
+        &self,
+        req: &Req<'_>,
+        (c, b): (&str, &str),
+        refs: &[BlockRef],
+        md5: Md5,
+        crc: crc64fast_nvme::Digest,
+        cond: &Conditions,
+        mut attrs: NewBlob,
+    ) -> Result<Resp, AzError> {
         let digest: [u8; 16] = md5.finalize().into();
         let crc = crc.sum64().to_le_bytes();
         let md5 = check_hashes(req, Some(digest), Some(crc))?
@@ -1027,7 +1045,7 @@ impl Executor {
         if attrs.content.content_md5.is_none() {
             attrs.content.content_md5 = Some(md5.clone());
         }
-        let p = self.store.put_block_list(&c, &b, &refs, attrs, &cond)?;
+        let p = self.store.put_block_list(c, b, refs, attrs, cond)?;
         Ok(put_blob_resp(req, &p, md5))
     }
 

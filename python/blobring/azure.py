@@ -103,21 +103,28 @@ class _Stream:
         return next(self._it)
 
 
+def _response_args(
+    request: Any, status: int, reason: str, headers: list, body: Any, stream: type
+) -> dict:
+    """azure-core's response arguments for a blobring answer (sync and async alike)."""
+    h = case_insensitive_dict(headers)
+    return {
+        "request": request,
+        "internal_response": body,
+        "block_size": _BLOCK,
+        "status_code": status,
+        "reason": reason,
+        "headers": h,
+        "content_type": h.get("content-type"),
+        "stream_download_generator": stream,
+    }
+
+
 class BlobringTransportResponse(HttpResponseImpl):
     """An azure-core response whose body is a blobring buffer (zero copy until read)."""
 
     def __init__(self, request: Any, status: int, reason: str, headers: list, body: Any):
-        h = case_insensitive_dict(headers)
-        super().__init__(
-            request=request,
-            internal_response=body,
-            block_size=_BLOCK,
-            status_code=status,
-            reason=reason,
-            headers=h,
-            content_type=h.get("content-type"),
-            stream_download_generator=_Stream,
-        )
+        super().__init__(**_response_args(request, status, reason, headers, body, _Stream))
 
     def read(self) -> bytes:
         if self._content is None:
@@ -195,17 +202,7 @@ class AsyncBlobringTransportResponse(AsyncHttpResponseImpl):
     """The asyncio twin of :class:`BlobringTransportResponse`."""
 
     def __init__(self, request: Any, status: int, reason: str, headers: list, body: Any):
-        h = case_insensitive_dict(headers)
-        super().__init__(
-            request=request,
-            internal_response=body,
-            block_size=_BLOCK,
-            status_code=status,
-            reason=reason,
-            headers=h,
-            content_type=h.get("content-type"),
-            stream_download_generator=_AsyncStream,
-        )
+        super().__init__(**_response_args(request, status, reason, headers, body, _AsyncStream))
 
     async def read(self) -> bytes:
         if self._content is None:

@@ -113,6 +113,21 @@ fn conditions(if_match: Option<String>, overwrite: bool) -> Conditions {
     }
 }
 
+/// The options of a write: its conditions ([`conditions`]), Content-Type and metadata.
+fn put_options(
+    if_match: Option<String>,
+    overwrite: bool,
+    content_type: Option<String>,
+    metadata: Option<HashMap<String, String>>,
+) -> PutOptions {
+    PutOptions {
+        conditions: conditions(if_match, overwrite),
+        content_type,
+        metadata: metadata.unwrap_or_default().into_iter().collect(),
+        ..PutOptions::default()
+    }
+}
+
 fn check_name(what: &str, name: &str) -> PyResult<()> {
     if name.is_empty() {
         return Err(PyValueError::new_err(format!(
@@ -651,12 +666,7 @@ impl Client {
     ) -> PyResult<String> {
         check_name("container", container)?;
         check_name("blob", name)?;
-        let opts = PutOptions {
-            conditions: conditions(if_match, overwrite),
-            content_type,
-            metadata: metadata.unwrap_or_default().into_iter().collect(),
-            ..PutOptions::default()
-        };
+        let opts = put_options(if_match, overwrite, content_type, metadata);
         let data = buffer(data)?;
         run(py, || {
             block_on(self.svc.put_blob(container, name, &data, &opts))
@@ -682,12 +692,7 @@ impl Client {
     ) -> PyResult<String> {
         check_name("container", container)?;
         check_name("blob", name)?;
-        let put = PutOptions {
-            conditions: conditions(None, overwrite),
-            content_type,
-            metadata: metadata.unwrap_or_default().into_iter().collect(),
-            ..PutOptions::default()
-        };
+        let put = put_options(None, overwrite, content_type, metadata);
         let err = Arc::new(Mutex::new(None));
         let opts = transfer_opts(progress, chunk_size, parallelism, &err);
         let etag = run(py, || {
@@ -713,12 +718,7 @@ impl Client {
     ) -> PyResult<Writer> {
         check_name("container", container)?;
         check_name("blob", name)?;
-        let put = PutOptions {
-            conditions: conditions(None, overwrite),
-            content_type,
-            metadata: metadata.unwrap_or_default().into_iter().collect(),
-            ..PutOptions::default()
-        };
+        let put = put_options(None, overwrite, content_type, metadata);
         let (tx, rx): (SyncSender<Item>, Receiver<Item>) = sync_channel(4);
         let (svc, c, b) = (self.svc.clone(), container.to_owned(), name.to_owned());
         let thread = std::thread::Builder::new()
@@ -974,12 +974,7 @@ impl Client {
             .into_iter()
             .map(|i| (BlockRef::Uncommitted, i))
             .collect();
-        let put = PutOptions {
-            conditions: conditions(None, overwrite),
-            content_type,
-            metadata: metadata.unwrap_or_default().into_iter().collect(),
-            ..PutOptions::default()
-        };
+        let put = put_options(None, overwrite, content_type, metadata);
         run(py, || {
             block_on(self.svc.put_block_list(container, name, &ids, &put))
         })

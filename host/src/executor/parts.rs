@@ -22,8 +22,7 @@ use blobring_abi::vmbus::{BODY_PART_HEADER, BODY_PART_ID_HEADER};
 use md5::{Digest, Md5};
 
 use super::{
-    AzError, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, check_hashes, conditions,
-    new_blob, put_blob_resp, set,
+    AzError, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob, set,
 };
 use crate::store::BlockRef;
 
@@ -178,16 +177,8 @@ impl Executor {
         }
         // The last part: check the whole body, then commit.
         let cond = conditions(req)?;
-        let mut attrs = new_blob(req, true)?;
-        let digest: [u8; 16] = u.md5.finalize().into();
-        let crc = u.crc.sum64().to_le_bytes();
-        let md5 = check_hashes(req, Some(digest), Some(crc))?
-            .unwrap_or_else(|| base64::Engine::encode(&base64::prelude::BASE64_STANDARD, digest));
-        if attrs.content.content_md5.is_none() {
-            attrs.content.content_md5 = Some(md5.clone());
-        }
-        let p = self.store.put_block_list(c, b, &u.refs, attrs, &cond)?;
-        Ok(put_blob_resp(req, &p, md5))
+        let attrs = new_blob(req, true)?;
+        self.commit_staged(req, (c, b), &u.refs, u.md5, u.crc, &cond, attrs)
     }
 }
 
