@@ -423,61 +423,121 @@ fn progress(out: &Output, len: u64) -> ProgressBar {
     pb
 }
 
+/// What one invocation measures, in this order: seed reads, seed writes, small requests, scale.
+#[derive(Default)]
+struct Plan {
+    seed: Option<SeedOptions>,
+    write: Option<SeedOptions>,
+    small: Option<SmallOptions>,
+    scale: Option<ScaleOptions>,
+}
+
+impl Plan {
+    /// `all`: every mode with its defaults; the write phase smaller (2 blobs per client,
+    /// 3 rounds) so the whole run stays within a few minutes.
+    fn all() -> Result<Self> {
+        let mut write = SeedArgs::parse_defaults();
+        write.write = true;
+        write.blobs = 2;
+        write.rounds = 3;
+        Ok(Self {
+            seed: Some(SeedArgs::parse_defaults().options()?),
+            write: Some(write.options()?),
+            small: Some(SmallArgs::parse_defaults().options()?),
+            scale: Some(ScaleArgs::parse_defaults().options()?),
+        })
+    }
+
+    fn phases(&self) -> u64 {
+        self.seed.as_ref().map_or(0, crate::seed::phases)
+            + self.write.as_ref().map_or(0, crate::seed::phases)
+            + self.small.as_ref().map_or(0, crate::small::phases)
+            + self.scale.as_ref().map_or(0, crate::scale::phases)
+    }
+}
+
 /// Runs the command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let (out, stack_args, seed, small, scale, mode) = match cli.mode {
+    let (out, stack_args, plan, mode) = match cli.mode {
         Mode::Worker => return crate::worker::worker_main(),
-        Mode::Seed(a) => (
-            a.out.clone(),
-            a.stack.clone(),
-            Some(a.options()?),
-            None,
-            None,
-            if a.write { "seed-write" } else { "seed" },
-        ),
-        Mode::Gateway(a) => (
-            a.out.clone(),
-            a.stack.clone(),
-            Some(a.options()?),
-            None,
-            None,
-            "gateway",
-        ),
-        Mode::Small(a) => (
-            a.out.clone(),
-            a.stack.clone(),
-            None,
-            Some(a.options()?),
-            None,
-            "small",
-        ),
-        Mode::Scale(a) => (
-            a.out.clone(),
-            a.stack.clone(),
-            None,
-            None,
-            Some(a.options()?),
-            "scale",
-        ),
+        Mode::Seed(a) if a.write => {
+            let write = Some(a.options()?);
+            (
+                a.out,
+                a.stack,
+                Plan {
+                    write,
+                    ..Plan::default()
+                },
+                "seed-write",
+            )
+        }
+        Mode::Seed(a) => {
+            let seed = Some(a.options()?);
+            (
+                a.out,
+                a.stack,
+                Plan {
+                    seed,
+                    ..Plan::default()
+                },
+                "seed",
+            )
+        }
+        Mode::Gateway(a) => {
+            let seed = Some(a.options()?);
+            (
+                a.out,
+                a.stack,
+                Plan {
+                    seed,
+                    ..Plan::default()
+                },
+                "gateway",
+            )
+        }
+        Mode::Small(a) => {
+            let small = Some(a.options()?);
+            (
+                a.out,
+                a.stack,
+                Plan {
+                    small,
+                    ..Plan::default()
+                },
+                "small",
+            )
+        }
+        Mode::Scale(a) => {
+            let scale = Some(a.options()?);
+            (
+                a.out,
+                a.stack,
+                Plan {
+                    scale,
+                    ..Plan::default()
+                },
+                "scale",
+            )
+        }
         Mode::Mount(a) => {
             let (seed, small) = a.options()?;
-            (a.out, a.stack, Some(seed), Some(small), None, "mount")
+            let plan = Plan {
+                seed: Some(seed),
+                small: Some(small),
+                ..Plan::default()
+            };
+            (a.out, a.stack, plan, "mount")
         }
-        Mode::All(a) => {
-            let seed = SeedArgs::parse_defaults().options()?;
-            let small = SmallArgs::parse_defaults().options()?;
-            let scale = ScaleArgs::parse_defaults().options()?;
-            (a.out, a.stack, Some(seed), Some(small), Some(scale), "all")
-        }
+        Mode::All(a) => (a.out, a.stack, Plan::all()?, "all"),
     };
-    let phases = seed.as_ref().map_or(0, crate::seed::phases)
-        + small.as_ref().map_or(0, crate::small::phases)
-        + scale.as_ref().map_or(0, crate::scale::phases);
-    let pb = progress(&out, phases);
+    let pb = progress(&out, plan.phases());
     pb.set_message("starting blobring-host and blobringd");
-    let gateway = seed
-        .as_ref()
-        .is_some_and(|o| o.paths.contains(&PathKind::Gateway));
+    let gateway = plan
+        .seed
+        .iter()
+        .chain(&plan.write)
+        .any(|o| o.paths.contains(&PathKind::Gateway));
     if gateway {
         pb.set_message("starting blobring-host, blobringd and blobring gateway");
     }
@@ -494,12 +554,13 @@ pub fn run(cli: Cli) -> Result<()> {
         mode: mode.into(),
         ..Report::default()
     };
-    match &seed {
-        Some(o) if o.write => crate::seed::run_write(&stack, o, &pb, &mut report)?,
-        Some(o) => crate::seed::run(&stack, o, &pb, &mut report)?,
-        None => {}
+    if let Some(o) = &plan.seed {
+        crate::seed::run(&stack, o, &pb, &mut report)?;
     }
-    if let Some(o) = &small {
+    if let Some(o) = &plan.write {
+        crate::seed::run_write(&stack, o, &pb, &mut report)?;
+    }
+    if let Some(o) = &plan.small {
         crate::small::run(&stack, o, &pb, &mut report)?;
         if mode == "mount" {
             report.notes.push(
@@ -510,7 +571,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
     }
-    if let Some(o) = &scale {
+    if let Some(o) = &plan.scale {
         crate::scale::run(&stack, o, &pb, &mut report)?;
     }
     report.machine = Some(Machine::describe(stack.region_pages()));

@@ -1,8 +1,9 @@
 //! Figures, targets, the stdout table and the JSON document.
 //!
-//! JSON layout: `{ "mode", "machine", "config", "paths": {pread,http,connector,native,sync},
-//! "ratios": {...}, "small": {...}, "scale": {...}, "targets": [...] }` — each present when
-//! its mode ran (`all` fills every one).
+//! JSON layout: `{ "mode", "machine", "config", "paths": {pread,http,https,connector,native,
+//! sync,...}, "writes": {http,https,connector,native}, "ratios": {...}, "small": {...},
+//! "scale": {...}, "targets": [...] }` — each present when its mode ran (`all` fills every
+//! one).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -97,7 +98,7 @@ pub struct ScaleStep {
     pub checksums_ok: bool,
 }
 
-/// A target from issue #6 beside the measured figure.
+/// A target from an issue beside the measured figure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     /// What is compared.
@@ -148,7 +149,10 @@ pub struct Report {
     /// Seed figures per path.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub paths: BTreeMap<String, PathFigures>,
-    /// Ratios (throughput and CPU per GB).
+    /// Upload figures per path (`seed --write`, and `all`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub writes: BTreeMap<String, PathFigures>,
+    /// Ratios (throughput and CPU per GB; uploads prefixed `write_`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub ratios: BTreeMap<String, f64>,
     /// Small-request figures: path → depth → figures.
@@ -169,6 +173,62 @@ fn fmt_x(v: f64) -> String {
     } else {
         "n/a".into()
     }
+}
+
+/// One seed table: a row per path (throughput, CPU per GB, ratios to (b) HTTP and (a) pread,
+/// requests, checksums) and the per-process CPU split.
+fn seed_table(s: &mut String, title: &str, paths: &BTreeMap<String, PathFigures>, write: bool) {
+    use crate::worker::PathKind;
+    let http = paths.get("http").map(|p| p.gbps);
+    let pread = paths.get("pread").map(|p| p.gbps);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{title:<42} {:>7} {:>9} {:>8} {:>8} {:>9}  checksums",
+        "GB/s", "CPU s/GB", "vs (b)", "vs (a)", "reqs"
+    );
+    for k in PathKind::ALL {
+        let Some(p) = paths.get(k.name()) else {
+            continue;
+        };
+        let label = match k {
+            PathKind::Native if write => "(d) blobring striped upload",
+            k => k.label(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<42} {:>7.2} {:>9.2} {:>8} {:>8} {:>9}  {}/{} ok",
+            label,
+            p.gbps,
+            p.cpu_s_per_gb,
+            http.map_or("n/a".into(), |h| fmt_x(p.gbps / h)),
+            pread.map_or("n/a".into(), |h| fmt_x(p.gbps / h)),
+            p.requests,
+            p.verified_blobs,
+            p.blob_reads
+        );
+    }
+    let split: Vec<String> = PathKind::ALL
+        .iter()
+        .filter_map(|k| {
+            paths.get(k.name()).map(|p| {
+                format!(
+                    "{} {:.1}/{:.1}/{:.1}/{:.1}",
+                    k.name(),
+                    p.client_cpu_s,
+                    p.daemon_cpu_s,
+                    p.host_cpu_s,
+                    p.gateway_cpu_s
+                )
+            })
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "  CPU s/GB = (client getrusage + daemon + host + gateway utime/stime) / GB; per path: \
+         clients/daemon/host/gateway s = {}",
+        split.join(", ")
+    );
 }
 
 impl Report {
@@ -197,63 +257,16 @@ impl Report {
             let _ = writeln!(s, "config: {}", cfg.join(" "));
         }
         if !self.paths.is_empty() {
-            let http = self.paths.get("http").map(|p| p.gbps);
-            let pread = self.paths.get("pread").map(|p| p.gbps);
-            let _ = writeln!(s);
-            let _ = writeln!(
-                s,
-                "{:<42} {:>7} {:>9} {:>8} {:>8} {:>9}  checksums",
-                if self.mode == "seed-write" {
-                    "seed --write: each client uploads its blobs"
-                } else {
-                    "seed: every client reads every blob"
-                },
-                "GB/s",
-                "CPU s/GB",
-                "vs (b)",
-                "vs (a)",
-                "reqs"
+            seed_table(
+                &mut s,
+                "seed: every client reads every blob",
+                &self.paths,
+                false,
             );
-            for k in crate::worker::PathKind::ALL {
-                let Some(p) = self.paths.get(k.name()) else {
-                    continue;
-                };
-                let label = match k {
-                    crate::worker::PathKind::Native if self.mode == "seed-write" => {
-                        "(d) blobring striped upload"
-                    }
-                    k => k.label(),
-                };
-                let _ = writeln!(
-                    s,
-                    "{:<42} {:>7.2} {:>9.2} {:>8} {:>8} {:>9}  {}/{} ok",
-                    label,
-                    p.gbps,
-                    p.cpu_s_per_gb,
-                    http.map_or("n/a".into(), |h| fmt_x(p.gbps / h)),
-                    pread.map_or("n/a".into(), |h| fmt_x(p.gbps / h)),
-                    p.requests,
-                    p.verified_blobs,
-                    p.blob_reads
-                );
-            }
-            let _ = writeln!(
-                s,
-                "  CPU s/GB = (client getrusage + daemon + host + gateway utime/stime) / GB; per \
-                 path: clients/daemon/host/gateway s = {}",
-                crate::worker::PathKind::ALL
-                    .iter()
-                    .filter_map(|k| self.paths.get(k.name()).map(|p| format!(
-                        "{} {:.1}/{:.1}/{:.1}/{:.1}",
-                        k.name(),
-                        p.client_cpu_s,
-                        p.daemon_cpu_s,
-                        p.host_cpu_s,
-                        p.gateway_cpu_s
-                    )))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        }
+        if !self.writes.is_empty() {
+            let title = "seed --write: each client uploads its blobs";
+            seed_table(&mut s, title, &self.writes, true);
         }
         if !self.small.is_empty() {
             let _ = writeln!(s);

@@ -159,13 +159,53 @@ fn targets(report: &mut Report) {
         ),
     ];
     // The other reading of the latency target: like for like, one request at a time.
-    if let Some(n1) = n1 {
+    if let Some(n1) = &n1 {
         found.push((
             "small_native_p99_d1_vs_http_p99_d1",
             Target::at_most(
                 "(d) p99 at depth 1 vs (b) p99 at depth 1",
                 ratio(n1.p99_us, h1.p99_us),
                 0.5,
+                "×",
+            ),
+        ));
+        found.push((
+            "small_native_p50_d1_vs_http_p50_d1",
+            Target::at_most(
+                "#15 (d) p50 at depth 1 vs (b) p50 at depth 1",
+                ratio(n1.p50_us, h1.p50_us),
+                0.5,
+                "×",
+            ),
+        ));
+    }
+    // #15: the VM side of a 4 KiB GET (client + daemon; the host stands for Azure's servers).
+    let vm_side = n256.client_cpu_us_per_req + n256.daemon_cpu_us_per_req;
+    found.push((
+        "small_native_vm_cpu_us_per_req_depth256",
+        Target::at_most(
+            "#15 (d) VM-side CPU per 4 KiB GET, depth 256",
+            vm_side,
+            4.0,
+            " µs",
+        ),
+    ));
+    found.push((
+        "small_native_vm_cpu_vs_http_client_cpu_depth256",
+        Target::at_most(
+            "#15 (d) VM-side CPU per GET vs (b) client CPU, d. 256",
+            ratio(vm_side, h256.client_cpu_us_per_req),
+            0.15,
+            "×",
+        ),
+    ));
+    if let Some(s256) = get("https", "256") {
+        found.push((
+            "small_native_vs_https_rps_depth256",
+            Target::at_least(
+                "#15 (d) small req/s at depth 256 vs (b) HTTPS",
+                ratio(n256.rps, s256.rps),
+                5.0,
                 "×",
             ),
         ));

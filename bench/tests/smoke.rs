@@ -184,12 +184,23 @@ fn every_mode_runs_with_tiny_sizes() {
     );
     assert_eq!(w["mode"], "seed-write");
     for p in ["http", "https", "connector", "native"] {
-        let f = &w["paths"][p];
+        let f = &w["writes"][p];
         assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
         assert_eq!(f["checksums_ok"], true, "{p}: {f}");
         assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
         assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
     }
+    assert!(w["paths"].is_null(), "uploads are not read figures: {}", w["paths"]);
+    for r in ["write_native_vs_https", "cpu_per_gb_write_native_vs_https"] {
+        assert!(num(&w["ratios"][r], r) > 0.0, "{r}");
+    }
+    let targets = w["targets"].as_array().expect("targets");
+    assert!(
+        targets.iter().any(|t| t["what"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("#15 writes"))),
+        "the write target printed: {targets:?}"
+    );
 
     // The gateway's benchmark: a `blobring gateway` in front of the daemon, beside (b) over
     // HTTP and HTTPS and (c).
