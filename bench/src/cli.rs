@@ -433,6 +433,34 @@ struct Plan {
 }
 
 impl Plan {
+    fn seed(o: SeedOptions) -> Self {
+        Self {
+            seed: Some(o),
+            ..Self::default()
+        }
+    }
+
+    fn write(o: SeedOptions) -> Self {
+        Self {
+            write: Some(o),
+            ..Self::default()
+        }
+    }
+
+    fn small(o: SmallOptions) -> Self {
+        Self {
+            small: Some(o),
+            ..Self::default()
+        }
+    }
+
+    fn scale(o: ScaleOptions) -> Self {
+        Self {
+            scale: Some(o),
+            ..Self::default()
+        }
+    }
+
     /// `all`: every mode with its defaults; the write phase smaller (2 blobs per client,
     /// 3 rounds) so the whole run stays within a few minutes.
     fn all() -> Result<Self> {
@@ -458,78 +486,22 @@ impl Plan {
 
 /// Runs the command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let (out, stack_args, plan, mode) = match cli.mode {
+    let (plan, out, stack_args, mode) = match cli.mode {
         Mode::Worker => return crate::worker::worker_main(),
-        Mode::Seed(a) if a.write => {
-            let write = Some(a.options()?);
-            (
-                a.out,
-                a.stack,
-                Plan {
-                    write,
-                    ..Plan::default()
-                },
-                "seed-write",
-            )
-        }
-        Mode::Seed(a) => {
-            let seed = Some(a.options()?);
-            (
-                a.out,
-                a.stack,
-                Plan {
-                    seed,
-                    ..Plan::default()
-                },
-                "seed",
-            )
-        }
-        Mode::Gateway(a) => {
-            let seed = Some(a.options()?);
-            (
-                a.out,
-                a.stack,
-                Plan {
-                    seed,
-                    ..Plan::default()
-                },
-                "gateway",
-            )
-        }
-        Mode::Small(a) => {
-            let small = Some(a.options()?);
-            (
-                a.out,
-                a.stack,
-                Plan {
-                    small,
-                    ..Plan::default()
-                },
-                "small",
-            )
-        }
-        Mode::Scale(a) => {
-            let scale = Some(a.options()?);
-            (
-                a.out,
-                a.stack,
-                Plan {
-                    scale,
-                    ..Plan::default()
-                },
-                "scale",
-            )
-        }
+        Mode::Seed(a) if a.write => (Plan::write(a.options()?), a.out, a.stack, "seed-write"),
+        Mode::Seed(a) => (Plan::seed(a.options()?), a.out, a.stack, "seed"),
+        Mode::Gateway(a) => (Plan::seed(a.options()?), a.out, a.stack, "gateway"),
+        Mode::Small(a) => (Plan::small(a.options()?), a.out, a.stack, "small"),
+        Mode::Scale(a) => (Plan::scale(a.options()?), a.out, a.stack, "scale"),
         Mode::Mount(a) => {
             let (seed, small) = a.options()?;
             let plan = Plan {
-                seed: Some(seed),
                 small: Some(small),
-                ..Plan::default()
+                ..Plan::seed(seed)
             };
-            (a.out, a.stack, plan, "mount")
+            (plan, a.out, a.stack, "mount")
         }
-        Mode::All(a) => (a.out, a.stack, Plan::all()?, "all"),
+        Mode::All(a) => (Plan::all()?, a.out, a.stack, "all"),
     };
     let pb = progress(&out, plan.phases());
     pb.set_message("starting blobring-host and blobringd");

@@ -190,7 +190,11 @@ fn every_mode_runs_with_tiny_sizes() {
         assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
         assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
     }
-    assert!(w["paths"].is_null(), "uploads are not read figures: {}", w["paths"]);
+    assert!(
+        w["paths"].is_null(),
+        "uploads are not read figures: {}",
+        w["paths"]
+    );
     for r in ["write_native_vs_https", "cpu_per_gb_write_native_vs_https"] {
         assert!(num(&w["ratios"][r], r) > 0.0, "{r}");
     }
