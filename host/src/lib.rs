@@ -113,7 +113,10 @@
 //! (the multi-consumer job queue of the executor pool) and `rustix` (eventfds).
 
 pub mod auth;
+pub mod backend;
 pub mod executor;
+#[cfg(feature = "passthrough")]
+pub mod passthrough;
 mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
@@ -122,7 +125,6 @@ pub mod vsp;
 mod xml;
 
 pub use auth::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
+pub use backend::{Backend, open_store, open_store_with};
 pub use executor::{ExecuteError, Executed, Executor, ExecutorConfig, Faults};
-pub use store::{
-    BlobReader, BodySink, SliceSink, Store, StoreError, StoreOptions, open_store, open_store_with,
-};
+pub use store::{BlobReader, BodySink, SliceSink, Store, StoreError, StoreOptions};

@@ -198,7 +198,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         match store.create_container(c, Vec::new()) {
-            Ok(_) | Err(blobring_host::StoreError::ContainerAlreadyExists(_)) => {}
+            Ok(()) | Err(blobring_host::StoreError::ContainerAlreadyExists(_)) => {}
             Err(e) => return Err(e).with_context(|| format!("creating container {c}")),
         }
     }
@@ -243,7 +243,7 @@ fn main() -> anyhow::Result<()> {
             socket = %path.display(),
             channels = args.channels,
             ring_size = args.ring_size,
-            store = %exec.store().describe(),
+            store = %exec.backend().describe(),
             "serving the Azure Blob device over VMBus"
         );
         // Machine-readable line for scripts and tests.
@@ -290,7 +290,7 @@ fn main() -> anyhow::Result<()> {
             let local = listener.local_addr().context("reading the bound address")?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::info!(
-                store = %exec.store().describe(),
+                store = %exec.backend().describe(),
                 account = %args.account,
                 auth = !args.no_auth,
                 "serving Blob REST on {scheme}://{local}/{}",

@@ -4,11 +4,11 @@
 use super::*;
 
 impl Executor {
-    pub(super) fn list_containers(&self, req: &Req<'_>) -> Result<Resp, AzError> {
+    pub(super) fn list_containers(&self, st: &dyn Store, req: &Req<'_>) -> Result<Resp, AzError> {
         let prefix = req.query("prefix").unwrap_or("");
         let marker = req.query("marker").unwrap_or("");
         let max = max_results(req)?;
-        let all = self.store.list_containers(prefix)?;
+        let all = st.list_containers(prefix)?;
         let mut items: Vec<_> = all
             .into_iter()
             .filter(|c| marker.is_empty() || c.name.as_str() > marker)
@@ -51,7 +51,12 @@ impl Executor {
         }
     }
 
-    pub(super) fn list_blobs(&self, req: &Req<'_>, c: &str) -> Result<Resp, AzError> {
+    pub(super) fn list_blobs(
+        &self,
+        st: &dyn Store,
+        req: &Req<'_>,
+        c: &str,
+    ) -> Result<Resp, AzError> {
         let prefix = req.query("prefix").unwrap_or("");
         let delimiter = req.query("delimiter").unwrap_or("");
         let marker = req.query("marker").unwrap_or("");
@@ -74,43 +79,42 @@ impl Executor {
         let mut items: Vec<Item> = Vec::new();
         let mut last_prefix: Option<String> = None;
         let mut more = false;
-        self.store
-            .list_blobs(c, prefix, from, &mut |p: &BlobProps| {
-                let name = p.name.as_str();
-                if !marker.is_empty()
-                    && (name <= marker || (marker_is_prefix && name.starts_with(marker)))
-                {
-                    return true;
-                }
-                let item = if delimiter.is_empty() {
-                    None
-                } else {
-                    name[prefix.len()..]
-                        .find(delimiter)
-                        .map(|i| name[..prefix.len() + i + delimiter.len()].to_owned())
-                };
-                match item {
-                    Some(pre) => {
-                        if last_prefix.as_deref() == Some(pre.as_str()) {
-                            return true;
-                        }
-                        if items.len() == max {
-                            more = true;
-                            return false;
-                        }
-                        last_prefix = Some(pre.clone());
-                        items.push(Item::Prefix(pre));
+        st.list_blobs(c, prefix, from, &mut |p: &BlobProps| {
+            let name = p.name.as_str();
+            if !marker.is_empty()
+                && (name <= marker || (marker_is_prefix && name.starts_with(marker)))
+            {
+                return true;
+            }
+            let item = if delimiter.is_empty() {
+                None
+            } else {
+                name[prefix.len()..]
+                    .find(delimiter)
+                    .map(|i| name[..prefix.len() + i + delimiter.len()].to_owned())
+            };
+            match item {
+                Some(pre) => {
+                    if last_prefix.as_deref() == Some(pre.as_str()) {
+                        return true;
                     }
-                    None => {
-                        if items.len() == max {
-                            more = true;
-                            return false;
-                        }
-                        items.push(Item::Blob(Box::new(p.clone())));
+                    if items.len() == max {
+                        more = true;
+                        return false;
                     }
+                    last_prefix = Some(pre.clone());
+                    items.push(Item::Prefix(pre));
                 }
-                true
-            })?;
+                None => {
+                    if items.len() == max {
+                        more = true;
+                        return false;
+                    }
+                    items.push(Item::Blob(Box::new(p.clone())));
+                }
+            }
+            true
+        })?;
         let next = if more {
             items.last().map(|i| match i {
                 Item::Blob(p) => p.name.clone(),

@@ -19,7 +19,7 @@ fn exec_with(auth: Option<SharedKeyAuth>, faults: Faults) -> Executor {
             faults,
         },
     );
-    e.store().create_container("test", Vec::new()).unwrap();
+    e.backend().create_container("test", Vec::new()).unwrap();
     e
 }
 
@@ -1119,7 +1119,7 @@ fn sinks_and_fs_store() {
             faults: Faults::default(),
         },
     );
-    e.store().create_container("test", Vec::new()).unwrap();
+    e.backend().create_container("test", Vec::new()).unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
     assert_eq!(put(&e, "/big", &data, &[]).status, 201);
     let h = head("GET", "/big", &["x-ms-range: bytes=5-2999999"], 0);
