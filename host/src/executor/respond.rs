@@ -72,16 +72,19 @@ impl Executed {
 struct VecSink<'a>(&'a mut Vec<u8>);
 
 impl VecSink<'_> {
-    fn range(&mut self, offset: u64, len: u64) -> std::io::Result<&mut [u8]> {
-        let too_big = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "body too large");
-        let start = usize::try_from(offset).map_err(|_| too_big())?;
-        let end = start
-            .checked_add(usize::try_from(len).map_err(|_| too_big())?)
-            .ok_or_else(too_big)?;
+    /// Grow the buffer to hold `len` bytes at `offset`.
+    fn grow(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        let end = offset.checked_add(len).and_then(|e| usize::try_from(e).ok());
+        let end = end.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{len} bytes at {offset} do not fit in memory"),
+            )
+        })?;
         if self.0.len() < end {
             self.0.resize(end, 0);
         }
-        Ok(&mut self.0[start..end])
+        Ok(())
     }
 }
 
@@ -90,8 +93,8 @@ impl BodySink for VecSink<'_> {
         u64::MAX
     }
     fn write_at(&mut self, offset: u64, src: &[u8]) -> std::io::Result<()> {
-        self.range(offset, src.len() as u64)?.copy_from_slice(src);
-        Ok(())
+        self.grow(offset, src.len() as u64)?;
+        SliceSink(self.0).write_at(offset, src)
     }
     fn fill_from_file(
         &mut self,
@@ -100,9 +103,8 @@ impl BodySink for VecSink<'_> {
         file_offset: u64,
         len: u64,
     ) -> std::io::Result<bool> {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(self.range(offset, len)?, file_offset)?;
-        Ok(true)
+        self.grow(offset, len)?;
+        SliceSink(self.0).fill_from_file(offset, file, file_offset, len)
     }
 }
 
