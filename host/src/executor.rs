@@ -1316,37 +1316,55 @@ fn check_hashes(
     md5: Option<[u8; 16]>,
     crc: Option<[u8; 8]>,
 ) -> Result<Option<String>, AzError> {
-    let mut md5_out = None;
-    if let Some(m) = req.header("content-md5") {
-        let want = BASE64_STANDARD.decode(m.trim()).map_err(|_| {
-            AzError::bad(
-                "InvalidMd5",
-                "The MD5 value specified in the request is invalid: it must be Base64.",
-            )
-        })?;
-        if Some(want.as_slice()) != md5.as_ref().map(|d| d.as_slice()) {
-            return Err(AzError::bad(
-                "Md5Mismatch",
-                "The MD5 value specified in the request did not match with the MD5 value calculated by the server.",
-            ));
-        }
-        md5_out = Some(m.trim().to_owned());
+    let md5_out = check_digest(
+        req,
+        "content-md5",
+        md5.as_ref().map(|d| d.as_slice()),
+        (
+            "InvalidMd5",
+            "The MD5 value specified in the request is invalid: it must be Base64.",
+        ),
+        (
+            "Md5Mismatch",
+            "The MD5 value specified in the request did not match with the MD5 value calculated by the server.",
+        ),
+    )?;
+    check_digest(
+        req,
+        "x-ms-content-crc64",
+        crc.as_ref().map(|d| d.as_slice()),
+        (
+            "InvalidHeaderValue",
+            "x-ms-content-crc64 must be Base64 of 8 bytes.",
+        ),
+        (
+            "Crc64Mismatch",
+            "The CRC64 value specified in the request did not match with the CRC64 value calculated by the server.",
+        ),
+    )?;
+    Ok(md5_out.map(str::to_owned))
+}
+
+/// Compares the Base64 digest in header `name`, if the request sent one, with `computed`:
+/// `invalid` when it is not Base64, `mismatch` when it differs. Returns the header's value.
+fn check_digest<'r>(
+    req: &'r Req<'_>,
+    name: &str,
+    computed: Option<&[u8]>,
+    invalid: (&'static str, &'static str),
+    mismatch: (&'static str, &'static str),
+) -> Result<Option<&'r str>, AzError> {
+    let Some(v) = req.header(name) else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    let want = BASE64_STANDARD
+        .decode(v)
+        .map_err(|_| AzError::bad(invalid.0, invalid.1))?;
+    if Some(want.as_slice()) != computed {
+        return Err(AzError::bad(mismatch.0, mismatch.1));
     }
-    if let Some(c) = req.header("x-ms-content-crc64") {
-        let want = BASE64_STANDARD.decode(c.trim()).map_err(|_| {
-            AzError::bad(
-                "InvalidHeaderValue",
-                "x-ms-content-crc64 must be Base64 of 8 bytes.",
-            )
-        })?;
-        if Some(want.as_slice()) != crc.as_ref().map(|d| d.as_slice()) {
-            return Err(AzError::bad(
-                "Crc64Mismatch",
-                "The CRC64 value specified in the request did not match with the CRC64 value calculated by the server.",
-            ));
-        }
-    }
-    Ok(md5_out)
+    Ok(Some(v))
 }
 
 /// Azure's CRC64 (the NVMe polynomial), as the 8 little-endian bytes Azure Base64-encodes.

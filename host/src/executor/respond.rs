@@ -74,7 +74,9 @@ struct VecSink<'a>(&'a mut Vec<u8>);
 impl VecSink<'_> {
     /// Grow the buffer to hold `len` bytes at `offset`.
     fn grow(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        let end = offset.checked_add(len).and_then(|e| usize::try_from(e).ok());
+        let end = offset
+            .checked_add(len)
+            .and_then(|e| usize::try_from(e).ok());
         let end = end.ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
