@@ -9,6 +9,10 @@
 //!   buffer by [`Executed::write_head`], which likewise reports the size needed if it does not fit.
 //! - [`Executor::execute_request`] for the REST front end (`http::Request` in, `Response` out).
 //!
+//! Both end in the one response path (`respond`). Between the two, `dispatch` matches the
+//! [`Backend`] once: a local store runs the operation here (blob operations in this file,
+//! `listing`, `batch`, `parts`), an upstream gets the request forwarded (`forward`).
+//!
 //! **Trust:** the request bytes come from an untrusted client: every header, query parameter,
 //! range and XML body is validated and turned into an Azure error (`x-ms-error-code` + XML body)
 //! rather than a panic. Nothing here logs above `debug`.
