@@ -86,59 +86,50 @@ impl Host {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let addr = self.url.strip_prefix("http://").expect("http url");
-        let mut hm = http::HeaderMap::new();
-        for (k, v) in headers {
-            hm.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
-        hm.insert(
-            "x-ms-date",
-            http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-                .unwrap(),
-        );
-        if !body.is_empty() {
-            hm.insert("content-length", body.len().into());
-        }
-        let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-        let sig = auth.authorization(&method.parse().unwrap(), path_and_query, &hm);
-        let mut s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut head = format!(
-            "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {sig}\r\n"
-        );
-        if body.is_empty() {
-            head.push_str("Content-Length: 0\r\n");
-        }
-        for (k, v) in &hm {
-            head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap()));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).expect("read response");
-        let mut hdrs = [httparse::EMPTY_HEADER; 64];
-        let mut r = httparse::Response::new(&mut hdrs);
-        let n = match r.parse(&buf).expect("parse response") {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => panic!("partial response"),
-        };
-        let headers = r
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        (r.code.unwrap(), headers, buf[n..].to_vec())
+        signed_request(&self.url, method, path_and_query, headers, body)
     }
+}
+
+/// Send one raw request to `url` (`http://127.0.0.1:PORT`), signed with the emulator key, on a
+/// connection of its own; returns (status, headers, body).
+pub fn signed_request(
+    url: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let addr = url.strip_prefix("http://").expect("http url");
+    let mut hm = http::HeaderMap::new();
+    for (k, v) in headers {
+        hm.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
+    hm.insert(
+        "x-ms-date",
+        http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+            .unwrap(),
+    );
+    hm.insert("content-length", body.len().into());
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    let sig = auth.authorization(&method.parse().unwrap(), path_and_query, &hm);
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {sig}\r\n"
+    );
+    for (k, v) in &hm {
+        head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read response");
+    parse_response(&buf)
 }
 
 impl Drop for Host {
