@@ -471,17 +471,7 @@ async fn sas_through_passthrough_is_resigned() {
     let az = Azurite::start();
     let host = passthrough_host(&az);
     let store = azure(&host.account_url(), "test");
-    let path = Path::from("file.txt");
-    store.put(&path, "hello world".into()).await.unwrap();
-    use object_store::signer::Signer;
-    let url = store
-        .signed_url(http::Method::GET, &path, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let pq = &url.as_str()[host.url.len()..];
-    let (status, _, body) = common::unsigned_get(&host.url, pq);
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(body, b"hello world");
+    let pq = common::sas_get(&store, &host.url).await;
     let bad = pq.replace("sp=r", "sp=rw");
     let (status, _, _) = common::unsigned_get(&host.url, &bad);
     assert_eq!(status, 403, "a tampered SAS is rejected by the host");

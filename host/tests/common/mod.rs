@@ -204,6 +204,25 @@ pub fn azure(account_url: &str, container: &str) -> MicrosoftAzure {
         .expect("build MicrosoftAzure")
 }
 
+/// object_store's private `signing` check: a SAS URL from `signed_url` GETs `file.txt` (put
+/// first) from the host at `url` without any SharedKey. Returns the URL's path and query, for
+/// a tampered copy.
+pub async fn sas_get(store: &MicrosoftAzure, url: &str) -> String {
+    use object_store::signer::Signer;
+    use object_store::{ObjectStoreExt, path::Path};
+    let path = Path::from("file.txt");
+    store.put(&path, "hello world".into()).await.unwrap();
+    let signed = store
+        .signed_url(http::Method::GET, &path, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let pq = signed.as_str()[url.len()..].to_owned();
+    let (status, _, body) = unsigned_get(url, &pq);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"hello world");
+    pq
+}
+
 /// The functions of object_store's `integration` suite that object_store itself runs against
 /// Azurite (its `azure_blob_test`); callers add the ones that need more than a store.
 pub async fn azurite_suite(integration: &MicrosoftAzure) {
