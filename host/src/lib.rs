@@ -73,8 +73,9 @@
 //! `--ring-size` bytes per direction, and runs one VSP worker thread per opened channel. A
 //! worker waits in its io_uring reactor on the channel's eventfd, validates each GPA-direct
 //! request, translates its page list through the guest's registered memory (pages outside it
-//! are refused with [`vsp::VSP_ERR_BAD_PAGE`]), copies the head and body out once, and hands the
-//! request to a pool of executor threads, so requests complete out of order. The pool calls
+//! are refused with [`vsp::VSP_ERR_BAD_PAGE`]), copies the head and body out once, and runs a
+//! small request itself ([`vsp::VspConfig::inline_max`]) or hands it to a pool of executor
+//! threads, so requests complete out of order. The pool calls
 //! [`Executor::execute_lazy`] with a [`BodySink`] over the guest's data buffer: the body lands
 //! in place (for `fs` stores via io_uring fixed-buffer reads into the registered guest
 //! mapping), the head goes into the response buffer, and the worker posts the completion with

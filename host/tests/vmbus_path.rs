@@ -597,7 +597,8 @@ fn shared_key_signed_requests_over_vmbus() {
 
 /// In process, to read the server's counters: `fs` GETs of large bodies take the io_uring
 /// fixed-buffer path into guest memory (or, with it off, pread + copy), byte-exact either way,
-/// including ranges that start mid-page and a data buffer that straddles many pages.
+/// including ranges that start mid-page and a data buffer that straddles many pages; a small
+/// GET runs on the channel thread that received it (`VspConfig::inline_max`).
 #[test]
 fn fixed_buffer_body_path_is_used_and_byte_exact() {
     use blobring_host::vsp::{VspConfig, VspServer};
@@ -656,12 +657,26 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
             r.status == 206 && r.body == data[4097..=2_000_000],
             "range, fixed={fixed}"
         );
+        // A small request runs on the channel thread that received it, byte-exact; the large
+        // ones above went to the pool.
+        let r = call(
+            &mut d,
+            3,
+            &head("GET", "fixed/big", &["x-ms-range: bytes=100-4195"], 0),
+            b"",
+            4096,
+        );
+        assert!(r.status == 206 && r.body == data[100..4196], "small range");
         let st = server.stats();
         if fixed {
             assert_eq!((st.fixed_reads, st.bounce_reads), (2, 0), "{st:?}");
         } else {
             assert_eq!((st.fixed_reads, st.bounce_reads), (0, 2), "{st:?}");
         }
+        assert_eq!(
+            st.inline_requests, 1,
+            "only the small GET ran inline: {st:?}"
+        );
         assert!(st.requests >= 2 && st.completions == st.requests, "{st:?}");
         drop(d);
         stop.store(true, Ordering::Relaxed);
