@@ -16,13 +16,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-#[path = "common/vmbus.rs"]
-mod vmbus;
+mod common;
 
 use azurite::Azurite;
 use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
-use vmbus::{Resp, VmbusHost, completion_resp, parse_head};
+use common::vmbus::{Resp, VmbusHost, completion_resp, parse_head};
 
 const CHANNELS: usize = 2;
 const IO_LIMIT: Duration = Duration::from_secs(10);

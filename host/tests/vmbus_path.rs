@@ -3,8 +3,7 @@
 //! primary and three subchannels, registering a sealed memfd and running Blob requests whose
 //! bodies are read and written in place in that memory.
 
-#[path = "common/vmbus.rs"]
-mod vmbus;
+mod common;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::blob::{BlobRequestDesc, BufferPages};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
 use blobring_vmbus::sim::guest::BusEvent;
-use vmbus::{Resp, VmbusHost, completion_resp};
+use common::vmbus::{Resp, VmbusHost, completion_resp};
 
 const LIMIT: Duration = Duration::from_secs(20);
 

@@ -13,6 +13,8 @@ use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::integration::*;
 
+pub mod vmbus;
+
 /// A running host process.
 pub struct Host {
     child: Child,
@@ -173,10 +175,22 @@ pub fn unsigned_get(url: &str, pq: &str) -> (u16, Vec<(String, String)>, Vec<u8>
 
 /// Splits a whole HTTP/1.1 response into (status, lower-cased headers, body).
 pub fn parse_response(buf: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let (status, headers, n) = parse_head(buf).expect("partial response");
+    (status, headers, buf[n..].to_vec())
+}
+
+/// Parses a response head: (status, lower-cased headers, head length), `None` while the head
+/// is incomplete; panics when it is not HTTP.
+pub fn parse_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let mut r = httparse::Response::new(&mut hdrs);
-    let httparse::Status::Complete(n) = r.parse(buf).expect("parse response") else {
-        panic!("partial response")
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(e) => panic!(
+            "response head does not parse ({e}): {:?}",
+            String::from_utf8_lossy(buf)
+        ),
     };
     let h = r
         .headers
@@ -188,7 +202,7 @@ pub fn parse_response(buf: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
             )
         })
         .collect();
-    (r.code.unwrap(), h, buf[n..].to_vec())
+    Some((r.code.expect("status"), h, n))
 }
 
 /// object_store's Azure client for `container` at `account_url`, with the emulator account.

@@ -127,36 +127,16 @@ impl Resp {
 /// Parse a complete response head; returns the answer without body and the head length
 /// (`None`: the head is not complete yet).
 pub fn parse_head(buf: &[u8]) -> Option<(Resp, usize)> {
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut hdrs);
-    match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => {
-            let headers = r
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            let status = r.code.expect("status");
-            Some((
-                Resp {
-                    status,
-                    headers,
-                    body: Vec::new(),
-                },
-                n,
-            ))
-        }
-        Ok(httparse::Status::Partial) => None,
-        Err(e) => panic!(
-            "response head does not parse ({e}): {:?}",
-            String::from_utf8_lossy(buf)
-        ),
-    }
+    let (status, headers, n) = super::parse_head(buf)?;
+    let body = Vec::new();
+    Some((
+        Resp {
+            status,
+            headers,
+            body,
+        },
+        n,
+    ))
 }
 
 /// The answer a completion carries: `VSP_OK`, a response head exactly `response_len` long, and
