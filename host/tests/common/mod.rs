@@ -179,9 +179,12 @@ pub fn parse_response(buf: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
     (status, headers, buf[n..].to_vec())
 }
 
+/// Response headers, names lower-cased, in order.
+pub type Headers = Vec<(String, String)>;
+
 /// Parses a response head: (status, lower-cased headers, head length), `None` while the head
 /// is incomplete; panics when it is not HTTP.
-pub fn parse_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+pub fn parse_head(buf: &[u8]) -> Option<(u16, Headers, usize)> {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let mut r = httparse::Response::new(&mut hdrs);
     let n = match r.parse(buf) {
