@@ -45,7 +45,7 @@ use crate::store::{
     BlobProps, BlockRef, BodySink, Conditions, ContentHeaders, NewBlob, ReadConditionFailure,
     SliceSink, Store, StoreError,
 };
-use crate::xml::{esc, leaves};
+use crate::xml::{Leaf, esc, leaves};
 
 /// The service version we answer with when a request names none.
 pub const DEFAULT_VERSION: &str = "2025-11-05";
@@ -833,18 +833,7 @@ impl Executor {
         b: &str,
     ) -> Result<Resp, AzError> {
         check_integrity(req)?;
-        let (root, leaves) = leaves(req.body).map_err(|e| {
-            AzError::bad(
-                "InvalidXmlDocument",
-                format!("XML specified is not syntactically valid: {e}"),
-            )
-        })?;
-        if root != "BlockList" {
-            return Err(AzError::bad(
-                "InvalidXmlDocument",
-                "The root element must be BlockList.",
-            ));
-        }
+        let leaves = xml_leaves(req, "BlockList")?;
         let mut refs = Vec::with_capacity(leaves.len());
         for (path, text) in leaves {
             if path.len() != 2 {
@@ -947,18 +936,7 @@ impl Executor {
     }
 
     fn set_tags(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
-        let (root, leaves) = leaves(req.body).map_err(|e| {
-            AzError::bad(
-                "InvalidXmlDocument",
-                format!("XML specified is not syntactically valid: {e}"),
-            )
-        })?;
-        if root != "Tags" {
-            return Err(AzError::bad(
-                "InvalidXmlDocument",
-                "The root element must be Tags.",
-            ));
-        }
+        let leaves = xml_leaves(req, "Tags")?;
         let mut tags: Vec<(String, String)> = Vec::new();
         let mut key: Option<String> = None;
         for (path, text) in leaves {
@@ -1086,6 +1064,23 @@ fn parse_head(head: &[u8]) -> Result<(Method, &str, HeaderMap), AzError> {
 }
 
 pub use crate::store::valid_container_name;
+
+/// The leaves of the request's XML body, whose root element must be `root`.
+fn xml_leaves(req: &Req<'_>, root: &str) -> Result<Vec<Leaf>, AzError> {
+    let (found, leaves) = leaves(req.body).map_err(|e| {
+        AzError::bad(
+            "InvalidXmlDocument",
+            format!("XML specified is not syntactically valid: {e}"),
+        )
+    })?;
+    if found != root {
+        return Err(AzError::bad(
+            "InvalidXmlDocument",
+            format!("The root element must be {root}."),
+        ));
+    }
+    Ok(leaves)
+}
 
 fn check_container_name(c: &str) -> Result<(), AzError> {
     if valid_container_name(c) {
