@@ -18,51 +18,63 @@ pub mod vmbus;
 /// A running host process.
 pub struct Host {
     child: Child,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (or `https://…` with `--https`).
     pub url: String,
+    /// The lines the host prints after its address.
+    lines: mpsc::Receiver<String>,
 }
 
 impl Host {
     /// Start `blobring-host --store <store> --http 127.0.0.1:0 --container test <extra>`.
     pub fn start(store: &str, extra: &[&str]) -> Host {
+        let args = [
+            "--store",
+            store,
+            "--http",
+            "127.0.0.1:0",
+            "--container",
+            "test",
+        ];
+        Host::spawn(&[&args[..], extra].concat())
+    }
+
+    /// Start `blobring-host <args>` and wait (≤ 30 s) for its `listening on <url>` line.
+    pub fn spawn(args: &[&str]) -> Host {
         let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-            .args([
-                "--store",
-                store,
-                "--http",
-                "127.0.0.1:0",
-                "--container",
-                "test",
-            ])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn blobring-host");
         let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
+        let (tx, lines) = mpsc::channel();
+        // Keep draining, so the child never blocks on a full pipe.
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
             }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
         });
         // Guard first, so the child is killed if we panic below.
         let mut host = Host {
             child,
             url: String::new(),
+            lines,
         };
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("blobring-host did not report its address within 30 s");
-        host.url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        while host.url.is_empty() {
+            let line = host.next_line();
+            if let Some(u) = line.strip_prefix("listening on ") {
+                host.url = u.trim().to_owned();
+            }
+        }
         host
+    }
+
+    /// The next line the host prints (≤ 30 s).
+    pub fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("blobring-host printed no further line within 30 s")
     }
 
     /// Kill the host and wait for it.
