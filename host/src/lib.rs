@@ -1,16 +1,33 @@
 #![forbid(unsafe_code)]
 //! `blobring-host`: the emulated Azure host (ARCHITECTURE.md §7).
 //!
-//! **Owns:** the Blob executor ([`executor`]), its stores ([`store`]: `fs:<dir>`, `mem`, and
-//! `passthrough:<url>` behind the default `passthrough` feature), SharedKey and service-SAS
-//! verification ([`auth`]), fault injection ([`executor::Faults`]), the HTTP REST front end
-//! (`rest`, default feature `rest`; over TLS too with `--https`), and the VMBus path ([`vsp`]).
-//! Below them all, `request` holds the request view, the response being built, `AzError` and
-//! query decoding, so `auth`, the executor and the stores import downwards only. The `fs`
-//! store keeps up to
+//! **Owns:** the Blob executor ([`executor`]) and what it serves from ([`backend`]): a local
+//! store ([`store`]: `fs:<dir>`, `mem`) or a `passthrough:<url>` upstream ([`passthrough`],
+//! default feature `passthrough`); SharedKey and service-SAS verification ([`auth`]), fault
+//! injection ([`executor::Faults`]), the HTTP REST front end (`rest`, default feature `rest`;
+//! over TLS too with `--https`), and the VMBus front end ([`vsp`]). The `fs` store keeps up to
 //! `--open-files` data files open between reads ([`store::DEFAULT_OPEN_FILES`] by default, 0
 //! to open the file on every read): data files are immutable once published, and a file
 //! leaves the cache when its blob version is overwritten or deleted.
+//!
+//! # Shape
+//!
+//! - **Backend at the top.** [`Backend`] is chosen once from `--store` ([`open_store`]) and
+//!   matched once, at the top of the executor's dispatch: a local [`Store`] gets the request
+//!   mapped onto its operations, an upstream gets it forwarded whole (re-signed). The [`Store`]
+//!   trait has only real implementations; nothing downcasts.
+//! - **One response path.** Both front doors end in `executor::respond`: an Azure error
+//!   becomes its error document and the common headers in one function, and an executed
+//!   response becomes status, headers and body bytes in one function — into the VMBus data
+//!   buffer (the VSP then only frames the head into the response buffer and posts the
+//!   completion) or into a buffer for hyper (REST). The REST front end's own refusals (413
+//!   over `--max-body`, a failed task) take the same path.
+//! - **Module map, imports pointing down only** (no import circle among the files of
+//!   `host/src`): `main` (arguments) → `rest`, `vsp` (+ `vsp::fixed`, the io_uring
+//!   fixed-buffer reads into guest memory) → `executor` (dispatch, admission, blob operations;
+//!   `listing`, `batch`, `parts`, `forward` to an upstream, `respond`) → `backend` →
+//!   `passthrough`, `store` (`engine` under `mem` and `fs`) and `auth` → `request` (the
+//!   request view, the response being built, `AzError`, query decoding) and `xml`.
 //!
 //! # The bus protocol, message by message (host side)
 //!
@@ -56,12 +73,13 @@
 //! `--ring-size` bytes per direction, and runs one VSP worker thread per opened channel. A
 //! worker waits in its io_uring reactor on the channel's eventfd, validates each GPA-direct
 //! request, translates its page list through the guest's registered memory (pages outside it
-//! are refused with [`vsp::VSP_ERR_BAD_PAGE`]), copies the head and body out once, and hands the
-//! request to a pool of executor threads, so requests complete out of order. The pool calls
-//! [`Executor::execute`] with a [`BodySink`] over the guest's data buffer: the body lands in
-//! place (for `fs` stores via io_uring fixed-buffer reads into the registered guest mapping),
-//! the head goes into the response buffer, and the worker posts the completion with the
-//! [`vsp`] status codes. The same executor may serve REST at the same time.
+//! are refused with [`vsp::VSP_ERR_BAD_PAGE`]), copies the head and body out once, and runs a
+//! small request itself ([`vsp::VspConfig::inline_max`]) or hands it to a pool of executor
+//! threads, so requests complete out of order. The pool calls
+//! [`Executor::execute_lazy`] with a [`BodySink`] over the guest's data buffer: the body lands
+//! in place (for `fs` stores via io_uring fixed-buffer reads into the registered guest
+//! mapping), the head goes into the response buffer, and the worker posts the completion with
+//! the [`vsp`] status codes. The same executor may serve REST at the same time.
 //!
 //! **Trusts:** nothing in a request: heads, queries, ranges, XML and multipart bodies are
 //! validated and answered with Azure error codes; auth is verified when a key is configured.
@@ -113,7 +131,10 @@
 //! (the multi-consumer job queue of the executor pool) and `rustix` (eventfds).
 
 pub mod auth;
+pub mod backend;
 pub mod executor;
+#[cfg(feature = "passthrough")]
+pub mod passthrough;
 mod request;
 #[cfg(feature = "rest")]
 pub mod rest;
@@ -122,7 +143,6 @@ pub mod vsp;
 mod xml;
 
 pub use auth::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
+pub use backend::{Backend, open_store, open_store_with};
 pub use executor::{ExecuteError, Executed, Executor, ExecutorConfig, Faults};
-pub use store::{
-    BlobReader, BodySink, SliceSink, Store, StoreError, StoreOptions, open_store, open_store_with,
-};
+pub use store::{BlobReader, BodySink, SliceSink, Store, StoreError, StoreOptions};

@@ -163,11 +163,10 @@ fn open_files_budget(requested: usize) -> usize {
     budget
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match args.log_format {
+    match format {
         LogFormat::Human => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
@@ -178,6 +177,11 @@ fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init(),
     }
+}
+
+/// The executor the arguments describe: its backend opened (and `--container`s created), its
+/// authentication and fault injection set.
+fn executor(args: &Args) -> anyhow::Result<Executor> {
     for (name, p) in [
         ("--fault-error-rate", args.fault_error_rate),
         ("--fault-hang-rate", args.fault_hang_rate),
@@ -189,7 +193,7 @@ fn main() -> anyhow::Result<()> {
     let opts = StoreOptions {
         open_files: open_files_budget(args.open_files),
     };
-    let store = open_store_with(&args.store, &opts)
+    let backend = open_store_with(&args.store, &opts)
         .with_context(|| format!("opening store {}", args.store))?;
     for c in &args.containers {
         if !blobring_host::executor::valid_container_name(c) {
@@ -197,8 +201,8 @@ fn main() -> anyhow::Result<()> {
                 "--container {c:?} is not a valid container name: use 3-63 lower-case letters, digits and single hyphens"
             );
         }
-        match store.create_container(c, Vec::new()) {
-            Ok(_) | Err(blobring_host::StoreError::ContainerAlreadyExists(_)) => {}
+        match backend.create_container(c, Vec::new()) {
+            Ok(()) | Err(blobring_host::StoreError::ContainerAlreadyExists(_)) => {}
             Err(e) => return Err(e).with_context(|| format!("creating container {c}")),
         }
     }
@@ -214,60 +218,59 @@ fn main() -> anyhow::Result<()> {
         hang_for: Duration::from_millis(args.fault_hang_ms),
         seed: args.fault_seed,
     };
-    let exec = Arc::new(Executor::new(
-        store,
+    Ok(Executor::new(
+        backend,
         ExecutorConfig {
             account: args.account.clone(),
             auth,
             faults,
         },
-    ));
-    let serves_rest = args.http.is_some() || args.https.is_some();
-    let vmbus = if args.socket.is_some() || !serves_rest {
-        let path = args.socket.clone().unwrap_or_else(vsp::default_socket_path);
-        let cfg = vsp::VspConfig {
-            channels: args.channels,
-            ring_size: args.ring_size,
-            executor_threads: args
-                .vsp_threads
-                .unwrap_or(4 * args.channels.max(1) as usize),
-            fixed_buffers: !args.no_fixed_buffers,
-            drop_completion_rate: args.fault_drop_completion_rate,
-            rescind_after: args.fault_rescind_after,
-            seed: args.fault_seed,
-            ..vsp::VspConfig::default()
-        };
-        let server = vsp::VspServer::bind(&path, exec.clone(), cfg)
-            .with_context(|| format!("serving VMBus on {}", path.display()))?;
-        tracing::info!(
-            socket = %path.display(),
-            channels = args.channels,
-            ring_size = args.ring_size,
-            store = %exec.store().describe(),
-            "serving the Azure Blob device over VMBus"
-        );
-        // Machine-readable line for scripts and tests.
-        println!("vmbus on {}", path.display());
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("vsp-bus".into())
-            .spawn(move || server.run(&s))
-            .context("starting the VMBus thread")?;
-        Some((stop, thread))
-    } else {
-        None
+    ))
+}
+
+/// The VMBus front end, serving on its own thread until the returned flag is set.
+type VmbusThread = (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<Result<(), vsp::VspError>>,
+);
+
+fn start_vmbus(args: &Args, exec: &Arc<Executor>) -> anyhow::Result<VmbusThread> {
+    let path = args.socket.clone().unwrap_or_else(vsp::default_socket_path);
+    let cfg = vsp::VspConfig {
+        channels: args.channels,
+        ring_size: args.ring_size,
+        executor_threads: args
+            .vsp_threads
+            .unwrap_or(4 * args.channels.max(1) as usize),
+        fixed_buffers: !args.no_fixed_buffers,
+        drop_completion_rate: args.fault_drop_completion_rate,
+        rescind_after: args.fault_rescind_after,
+        seed: args.fault_seed,
+        ..vsp::VspConfig::default()
     };
-    if !serves_rest {
-        if let Some((_, thread)) = vmbus {
-            return match thread.join() {
-                Ok(r) => r.context("serving VMBus"),
-                Err(_) => bail!("the VMBus thread panicked"),
-            };
-        }
-        return Ok(());
-    }
-    let tls = match (&args.https, &args.tls_cert, &args.tls_key) {
+    let server = vsp::VspServer::bind(&path, exec.clone(), cfg)
+        .with_context(|| format!("serving VMBus on {}", path.display()))?;
+    tracing::info!(
+        socket = %path.display(),
+        channels = args.channels,
+        ring_size = args.ring_size,
+        store = %exec.backend().describe(),
+        "serving the Azure Blob device over VMBus"
+    );
+    // Machine-readable line for scripts and tests.
+    println!("vmbus on {}", path.display());
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("vsp-bus".into())
+        .spawn(move || server.run(&s))
+        .context("starting the VMBus thread")?;
+    Ok((stop, thread))
+}
+
+/// TLS for `--https`: the given certificate and key, or a generated one.
+fn tls(args: &Args) -> anyhow::Result<Option<rest::Tls>> {
+    Ok(match (&args.https, &args.tls_cert, &args.tls_key) {
         (None, _, _) => None,
         (Some(_), Some(cert), Some(key)) => Some(rest::Tls::from_pem_files(cert, key)?),
         (Some(_), _, _) => {
@@ -276,7 +279,12 @@ fn main() -> anyhow::Result<()> {
             });
             Some(rest::Tls::self_signed(&out)?)
         }
-    };
+    })
+}
+
+/// Serve REST on `--http` and/or `--https` until Ctrl-C or a server fails.
+fn serve_rest(args: &Args, exec: &Arc<Executor>) -> anyhow::Result<()> {
+    let tls = tls(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -290,7 +298,7 @@ fn main() -> anyhow::Result<()> {
             let local = listener.local_addr().context("reading the bound address")?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::info!(
-                store = %exec.store().describe(),
+                store = %exec.backend().describe(),
                 account = %args.account,
                 auth = !args.no_auth,
                 "serving Blob REST on {scheme}://{local}/{}",
@@ -325,7 +333,26 @@ fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
         anyhow::Ok(())
-    })?;
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let exec = Arc::new(executor(&args)?);
+    if args.http.is_none() && args.https.is_none() {
+        let (_, thread) = start_vmbus(&args, &exec)?;
+        return match thread.join() {
+            Ok(r) => r.context("serving VMBus"),
+            Err(_) => bail!("the VMBus thread panicked"),
+        };
+    }
+    let vmbus = args
+        .socket
+        .is_some()
+        .then(|| start_vmbus(&args, &exec))
+        .transpose()?;
+    serve_rest(&args, &exec)?;
     if let Some((stop, thread)) = vmbus {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = thread.join();

@@ -58,7 +58,6 @@ impl From<StoreError> for AzError {
             | StoreError::Corrupt { .. }
             | StoreError::BadSpec(_)
             | StoreError::BadUpstream { .. }
-            | StoreError::PassthroughOnly(_)
             | StoreError::Destination(_) => {
                 tracing::debug!(error = %e, "store failure");
                 (500, "InternalError")

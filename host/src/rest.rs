@@ -26,9 +26,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -221,9 +222,17 @@ pub async fn serve(
     }
 }
 
-fn plain(status: StatusCode, msg: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(msg.as_bytes())));
-    *r.status_mut() = status;
+/// A failed blocking task (a panic in the executor), answered by the executor's error path.
+fn task_failed(exec: &Executor, req_headers: &HeaderMap) -> Response<Full<Bytes>> {
+    let msg = "The host's executor task failed; retry the request, and report it if it persists.";
+    exec.rest_error(req_headers, 500, "InternalError", msg)
+        .map(Full::new)
+}
+
+/// Mark a response as the last on its connection (its request's body was not read to the end).
+fn close(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    r.headers_mut()
+        .insert("connection", HeaderValue::from_static("close"));
     r
 }
 
@@ -250,8 +259,10 @@ async fn put_stream(
     mut body: Incoming,
 ) -> Response<Full<Bytes>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
-    let task = tokio::task::spawn_blocking(move || {
-        exec.execute_put_stream(&parts, &mut || rx.blocking_recv())
+    let headers = parts.headers.clone();
+    let task = tokio::task::spawn_blocking({
+        let exec = Arc::clone(&exec);
+        move || exec.execute_put_stream(&parts, &mut || rx.blocking_recv())
     });
     let mut finished = true;
     loop {
@@ -275,39 +286,30 @@ async fn put_stream(
         }
     }
     drop(tx);
-    match task.await {
-        Ok(r) => {
-            let mut r = r.map(Full::new);
-            if !finished {
-                r.headers_mut()
-                    .insert("connection", "close".parse().expect("header"));
-            }
-            r
-        }
-        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "executor task failed"),
-    }
+    let r = match task.await {
+        Ok(r) => r.map(Full::new),
+        Err(_) => task_failed(&exec, &headers),
+    };
+    if finished { r } else { close(r) }
 }
 
-/// 413 with an Azure error document naming the limit.
-fn too_large(max_body: u64, what: String) -> Response<Full<Bytes>> {
+/// 413 `RequestBodyTooLarge` naming the limit, by the executor's error path; the rest of the
+/// body is not read, so the connection closes.
+fn too_large(
+    exec: &Executor,
+    req_headers: &HeaderMap,
+    max_body: u64,
+    what: String,
+) -> Response<Full<Bytes>> {
     tracing::info!(max_body, "{what}; refused with 413");
-    let doc = format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>RequestBodyTooLarge</Code>\
-         <Message>{what}: the request body is larger than the limit of {max_body} bytes \
-         (blobring-host --max-body); send it in smaller blocks (Put Block).</Message>\
-         <MaxLimit>{max_body}</MaxLimit></Error>"
+    let msg = format!(
+        "{what}: the request body is larger than the limit of {max_body} bytes \
+         (blobring-host --max-body); send it in smaller blocks (Put Block)."
     );
-    let mut r = Response::new(Full::new(Bytes::from(doc)));
-    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-    let h = r.headers_mut();
-    h.insert(
-        "x-ms-error-code",
-        "RequestBodyTooLarge".parse().expect("header"),
-    );
-    h.insert("content-type", "application/xml".parse().expect("header"));
-    // The rest of the body is not read: the connection cannot be reused.
-    h.insert("connection", "close".parse().expect("header"));
-    r
+    close(
+        exec.rest_error(req_headers, 413, "RequestBodyTooLarge", &msg)
+            .map(Full::new),
+    )
 }
 
 async fn handle(
@@ -322,30 +324,22 @@ async fn handle(
         let r = exec.admit_request(&mut parts);
         (parts, r)
     } else {
-        let exec = Arc::clone(&exec);
+        let blocking = Arc::clone(&exec);
         match tokio::task::spawn_blocking(move || {
-            let r = exec.admit_request(&mut parts);
+            let r = blocking.admit_request(&mut parts);
             (parts, r)
         })
         .await
         {
             Ok(x) => x,
-            Err(_) => {
-                return Ok(plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "executor task failed",
-                ));
-            }
+            Err(_) => return Ok(task_failed(&exec, &HeaderMap::new())),
         }
     };
     if let Some(refused) = admitted {
-        let mut r = refused.map(Full::new);
-        if !hyper::body::Body::is_end_stream(&body) {
-            // The unread body makes the connection unusable for another request.
-            r.headers_mut()
-                .insert("connection", "close".parse().expect("header"));
-        }
-        return Ok(r);
+        let r = refused.map(Full::new);
+        // An unread body makes the connection unusable for another request.
+        let ended = hyper::body::Body::is_end_stream(&body);
+        return Ok(if ended { r } else { close(r) });
     }
     let declared = parts
         .headers
@@ -357,27 +351,34 @@ async fn handle(
     if let Some(n) = declared
         && n > max_body
     {
-        return Ok(too_large(max_body, format!("Content-Length {n}")));
+        return Ok(too_large(
+            &exec,
+            &parts.headers,
+            max_body,
+            format!("Content-Length {n}"),
+        ));
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let body = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Ok(too_large(max_body, "a chunked body".into()));
+            let what = "a chunked body".into();
+            return Ok(too_large(&exec, &parts.headers, max_body, what));
         }
-        Err(_) => {
-            return Ok(plain(
-                StatusCode::BAD_REQUEST,
-                "request body could not be read",
-            ));
+        Err(e) => {
+            let msg = format!("The request body could not be read: {e}.");
+            let r = exec.rest_error(&parts.headers, 400, "InvalidInput", &msg);
+            return Ok(close(r.map(Full::new)));
         }
     };
+    let headers = parts.headers.clone();
     let req = Request::from_parts(parts, body);
-    match tokio::task::spawn_blocking(move || exec.execute_admitted(req)).await {
-        Ok(r) => Ok(r.map(Full::new)),
-        Err(_) => Ok(plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "executor task failed",
-        )),
-    }
+    let task = tokio::task::spawn_blocking({
+        let exec = Arc::clone(&exec);
+        move || exec.execute_admitted(req)
+    });
+    Ok(match task.await {
+        Ok(r) => r.map(Full::new),
+        Err(_) => task_failed(&exec, &headers),
+    })
 }

@@ -3,71 +3,46 @@
 //! with one given by `--tls-cert`/`--tls-key`; plain HTTP on the TLS port gets no answer; a
 //! bad key file stops the host with an error that names it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY};
+use common::Host;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::integration::*;
 use object_store::{Certificate, ClientOptions};
 
 /// A host serving HTTPS only (killed on drop), its `https://` URL and certificate path.
 struct TlsHost {
-    child: Child,
     url: String,
     cert: std::path::PathBuf,
-}
-
-impl Drop for TlsHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _host: Host,
 }
 
 fn start(extra: &[&str]) -> TlsHost {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-        .args([
-            "--store",
-            "mem",
-            "--https",
-            "127.0.0.1:0",
-            "--container",
-            "test",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn blobring-host");
-    let stdout = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut host = TlsHost {
-        child,
-        url: String::new(),
-        cert: Default::default(),
-    };
-    while host.url.is_empty() || host.cert.as_os_str().is_empty() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("blobring-host printed no `listening on https://` and certificate lines");
-        if let Some(u) = line.strip_prefix("listening on ") {
-            host.url = u.trim().to_owned();
-        } else if let Some(p) = line.strip_prefix("tls certificate ") {
-            host.cert = p.trim().into();
-        }
-    }
+    let args = [
+        "--store",
+        "mem",
+        "--https",
+        "127.0.0.1:0",
+        "--container",
+        "test",
+    ];
+    let host = Host::spawn(&[&args[..], extra].concat());
     assert!(host.url.starts_with("https://127.0.0.1:"), "{}", host.url);
-    host
+    let line = host.next_line();
+    let cert = line
+        .strip_prefix("tls certificate ")
+        .unwrap_or_else(|| panic!("expected the certificate line, got {line:?}"));
+    TlsHost {
+        url: host.url.clone(),
+        cert: cert.trim().into(),
+        _host: host,
+    }
 }
 
 fn store(host: &TlsHost) -> object_store::azure::MicrosoftAzure {

@@ -11,16 +11,11 @@
 mod azurite;
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use azurite::Azurite;
-use blobring_host::{
-    EMULATOR_ACCOUNT, EMULATOR_KEY, ExecuteError, Executor, ExecutorConfig, Faults, SharedKeyAuth,
-    open_store,
-};
+use blobring_host::{EMULATOR_ACCOUNT, ExecuteError, Executor, ExecutorConfig, Faults, open_store};
 use common::{Host, azure, azurite_suite, header};
 use object_store::integration::*;
 use object_store::path::Path;
@@ -33,37 +28,7 @@ type Raw = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// Send one raw request to `base` (`http://127.0.0.1:PORT`), signed with the emulator key.
 fn raw(base: &str, method: &str, pq: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
-    let addr = base.strip_prefix("http://").expect("http url");
-    let mut hm = http::HeaderMap::new();
-    for (k, v) in headers {
-        hm.append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
-    hm.insert(
-        "x-ms-date",
-        http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-            .unwrap(),
-    );
-    hm.insert("content-length", body.len().into());
-    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-    let sig = auth.authorization(&method.parse().unwrap(), pq, &hm);
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut head = format!(
-        "{method} {pq} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {sig}\r\n"
-    );
-    for (k, v) in &hm {
-        head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap()));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read response");
-    common::parse_response(&buf)
+    common::signed_request(base, method, pq, headers, body)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -506,17 +471,7 @@ async fn sas_through_passthrough_is_resigned() {
     let az = Azurite::start();
     let host = passthrough_host(&az);
     let store = azure(&host.account_url(), "test");
-    let path = Path::from("file.txt");
-    store.put(&path, "hello world".into()).await.unwrap();
-    use object_store::signer::Signer;
-    let url = store
-        .signed_url(http::Method::GET, &path, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let pq = &url.as_str()[host.url.len()..];
-    let (status, _, body) = common::unsigned_get(&host.url, pq);
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(body, b"hello world");
+    let pq = common::sas_get(&store, &host.url).await;
     let bad = pq.replace("sp=r", "sp=rw");
     let (status, _, _) = common::unsigned_get(&host.url, &bad);
     assert_eq!(status, 403, "a tampered SAS is rejected by the host");

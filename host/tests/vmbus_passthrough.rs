@@ -12,93 +12,31 @@
 #[path = "common/azurite.rs"]
 mod azurite;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use azurite::Azurite;
-use blobring_host::vsp::VSP_OK;
 use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
+use common::vmbus::{Resp, VmbusHost, completion_resp, parse_head};
 
-const HOST: &str = env!("CARGO_BIN_EXE_blobring-host");
 const CHANNELS: usize = 2;
 const IO_LIMIT: Duration = Duration::from_secs(10);
 
-/// `blobring-host --socket DIR/host.sock --store passthrough:<upstream> --channels 2` (auth on,
-/// emulator key); killed and reaped on drop.
-struct PassthroughHost {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for PassthroughHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl PassthroughHost {
-    fn start(upstream_account_url: &str) -> PassthroughHost {
-        let dir = tempfile::Builder::new()
-            .prefix("brvpt")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        let socket = dir.path().join("host.sock");
-        let child = Command::new(HOST)
-            .arg("--socket")
-            .arg(&socket)
-            .args([
-                "--store",
-                &format!("passthrough:{upstream_account_url}"),
-                "--channels",
-                &CHANNELS.to_string(),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn blobring-host");
-        let mut host = PassthroughHost {
-            child,
-            socket,
-            _dir: dir,
-        };
-        let stdout = host.child.stdout.take().expect("stdout");
-        // Keep draining stdout so the host never blocks on it.
-        std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
-        let deadline = Instant::now() + IO_LIMIT;
-        while !host.socket.exists() {
-            if let Ok(Some(st)) = host.child.try_wait() {
-                panic!("blobring-host exited early: {st}");
-            }
-            assert!(Instant::now() < deadline, "host socket did not appear");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        host
-    }
-
-    fn driver(&self) -> BlobDriver {
-        let cfg = DriverConfig {
-            timeout_ms: 10_000,
-            wait_limit: IO_LIMIT,
-            ..DriverConfig::default()
-        };
-        let deadline = Instant::now() + IO_LIMIT;
-        loop {
-            match BlobDriver::connect_with(&self.socket, CHANNELS as u32, cfg) {
-                Ok(d) => return d,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "driver connect: {e}");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
+/// `blobring-host --socket … --store passthrough:<upstream> --channels 2` (auth on, emulator
+/// key), and a driver on it whose calls wait up to [`IO_LIMIT`].
+fn passthrough_host(upstream_account_url: &str) -> (VmbusHost, BlobDriver) {
+    let store = format!("passthrough:{upstream_account_url}");
+    let host = VmbusHost::start(Some(&store), CHANNELS as u32, &[]);
+    let d = host.driver_with(DriverConfig {
+        timeout_ms: 10_000,
+        wait_limit: IO_LIMIT,
+        ..DriverConfig::default()
+    });
+    (host, d)
 }
 
 /// One request of the scenario: a head signed with the emulator key (path-style, like
@@ -140,66 +78,12 @@ fn req(method: &'static str, path: &str, extra: &[(&str, &str)], body: &[u8], ho
     }
 }
 
-/// A parsed answer: status, headers (names lower-cased) and body.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn h(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parse a complete response head; returns the answer without body and the head length.
-fn parse_head(buf: &[u8]) -> Option<(Resp, usize)> {
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut hdrs);
-    match r.parse(buf).expect("response head parses") {
-        httparse::Status::Complete(n) => {
-            let headers = r
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            Some((
-                Resp {
-                    status: r.code.expect("status"),
-                    headers,
-                    body: Vec::new(),
-                },
-                n,
-            ))
-        }
-        httparse::Status::Partial => None,
-    }
-}
-
 /// Through the host over VMBus.
 fn via_vmbus(d: &mut BlobDriver, ch: usize, r: &Req, data_cap: u32) -> Resp {
     let c: Completion = d
         .call(ch, &r.head, &r.body, 8192, data_cap)
         .expect("VMBus call");
-    assert_eq!(c.vsp.error, VSP_OK, "VSP error: {:?}", c.vsp);
-    let (mut resp, n) = parse_head(&c.response_head).expect("complete response head");
-    assert_eq!(
-        n,
-        c.response_head.len(),
-        "response_len covers exactly the head"
-    );
-    resp.body = c.body;
-    resp
+    completion_resp(&c)
 }
 
 /// Directly to Azurite: the same head and body on a fresh HTTP/1.1 connection.
@@ -390,8 +274,7 @@ fn guest_driver_scenario_through_passthrough_matches_azurite_directly() {
     // Guards first: every process is killed on drop, also when an assertion fails.
     let upstream = Azurite::start();
     let reference = Azurite::start();
-    let host = PassthroughHost::start(&upstream.account_url());
-    let mut d = host.driver();
+    let (_host, mut d) = passthrough_host(&upstream.account_url());
     assert_eq!(d.channel_count(), CHANNELS, "primary + 1 subchannel");
     let addr = reference
         .url

@@ -3,9 +3,9 @@
 //! primary and three subchannels, registering a sealed memfd and running Blob requests whose
 //! bodies are read and written in place in that memory.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use blobring_host::vsp::{
@@ -15,90 +15,13 @@ use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::blob::{BlobRequestDesc, BufferPages};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
 use blobring_vmbus::sim::guest::BusEvent;
+use common::vmbus::{Resp, VmbusHost, completion_resp};
 
-const HOST: &str = env!("CARGO_BIN_EXE_blobring-host");
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// A `blobring-host` process in a scratch directory; killed and reaped on drop.
-struct Host {
-    child: Child,
-    socket: PathBuf,
-    http: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Host {
-    /// `--socket DIR/h.sock --store fs:DIR/store --channels 4` plus `extra`; waits (≤ 10 s)
-    /// until the bus accepts a driver.
-    fn start(extra: &[&str]) -> Host {
-        let dir = tempfile::Builder::new()
-            .prefix("brh")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        let socket = dir.path().join("h.sock");
-        let store = format!("fs:{}", dir.path().join("store").display());
-        let mut child = Command::new(HOST)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--store", &store, "--channels", "4"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn blobring-host");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut host = Host {
-            child,
-            socket,
-            http: None,
-            _dir: dir,
-        };
-        let wants_http = extra.contains(&"--http");
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while wants_http && host.http.is_none() {
-            assert!(Instant::now() < deadline, "host did not print its address");
-            let line = lines.next().expect("host exited").expect("read stdout");
-            if let Some(a) = line.strip_prefix("listening on http://") {
-                host.http = Some(a.to_owned());
-            }
-        }
-        // Keep draining stdout so the host never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        while !host.socket.exists() {
-            assert!(Instant::now() < deadline, "host socket did not appear");
-            if let Ok(Some(st)) = host.child.try_wait() {
-                panic!("blobring-host exited early: {st}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        host
-    }
-
-    fn driver(&self) -> BlobDriver {
-        self.driver_with(DriverConfig::default())
-    }
-
-    fn driver_with(&self, cfg: DriverConfig) -> BlobDriver {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match BlobDriver::connect_with(&self.socket, 4, cfg) {
-                Ok(d) => return d,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "driver connect: {e}");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
+/// `blobring-host --socket … --store fs:… --channels 4` plus `extra`.
+fn start(extra: &[&str]) -> VmbusHost {
+    VmbusHost::start(None, 4, extra)
 }
 
 /// A request head for `/devstoreaccount1/<path>` with `headers` and a Content-Length.
@@ -117,53 +40,9 @@ fn head(method: &str, path: &str, headers: &[&str], body_len: usize) -> Vec<u8> 
     s.into_bytes()
 }
 
-/// Status code and headers of a response head.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn h(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
+/// The answer of a completion, whose Content-Length must be its body's length.
 fn parse(c: &Completion) -> Resp {
-    assert_eq!(c.vsp.error, VSP_OK, "VSP error for {}", c.trans_id);
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut hdrs);
-    let n = match r.parse(&c.response_head) {
-        Ok(httparse::Status::Complete(n)) => n,
-        other => panic!(
-            "response head does not parse ({other:?}): {:?}",
-            String::from_utf8_lossy(&c.response_head)
-        ),
-    };
-    assert_eq!(
-        n,
-        c.response_head.len(),
-        "response_len covers exactly the head"
-    );
-    let headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_owned(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let resp = Resp {
-        status: r.code.expect("status"),
-        headers,
-        body: c.body.clone(),
-    };
+    let resp = completion_resp(c);
     if let Some(cl) = resp.h("content-length") {
         assert_eq!(
             cl,
@@ -209,7 +88,7 @@ fn put_blob(d: &mut BlobDriver, ch: usize, path: &str, data: &[u8]) {
 
 #[test]
 fn blob_operations_round_trip_over_four_channels() {
-    let host = Host::start(&["--no-auth"]);
+    let host = start(&["--no-auth"]);
     let mut d = host.driver();
     assert_eq!(d.channel_count(), 4, "primary + 3 subchannels");
     create_container(&mut d, "data");
@@ -308,7 +187,7 @@ fn blob_operations_round_trip_over_four_channels() {
 
 #[test]
 fn completions_arrive_out_of_order_under_load() {
-    let host = Host::start(&["--no-auth"]);
+    let host = start(&["--no-auth"]);
     let mut d = host.driver_with(DriverConfig {
         region_len: 256 << 20,
         ..DriverConfig::default()
@@ -380,7 +259,7 @@ fn completions_arrive_out_of_order_under_load() {
 
 #[test]
 fn page_outside_registered_memory_is_refused_and_host_keeps_serving() {
-    let host = Host::start(&["--no-auth"]);
+    let host = start(&["--no-auth"]);
     let mut d = host.driver();
     create_container(&mut d, "pages");
     let base_pfn = d.config().gpa_base / 4096;
@@ -431,7 +310,7 @@ fn page_outside_registered_memory_is_refused_and_host_keeps_serving() {
 
 #[test]
 fn body_larger_than_data_buffer_reports_needed_size() {
-    let host = Host::start(&["--no-auth"]);
+    let host = start(&["--no-auth"]);
     let mut d = host.driver();
     create_container(&mut d, "size");
     let data = pattern(10_000, 9);
@@ -457,7 +336,7 @@ fn body_larger_than_data_buffer_reports_needed_size() {
 
 #[test]
 fn head_larger_than_response_buffer_is_completed_with_needed_size() {
-    let host = Host::start(&["--no-auth"]);
+    let host = start(&["--no-auth"]);
     let mut d = host.driver();
     create_container(&mut d, "heads");
     put_blob(&mut d, 0, "heads/x", b"0123456789");
@@ -480,7 +359,7 @@ fn head_larger_than_response_buffer_is_completed_with_needed_size() {
 
 #[test]
 fn fault_latency_delays_every_request() {
-    let host = Host::start(&["--no-auth", "--fault-latency-ms", "300"]);
+    let host = start(&["--no-auth", "--fault-latency-ms", "300"]);
     let mut d = host.driver();
     let t = Instant::now();
     create_container(&mut d, "lat");
@@ -512,7 +391,7 @@ fn fault_latency_delays_every_request() {
 
 #[test]
 fn fault_error_rate_answers_server_busy() {
-    let host = Host::start(&["--no-auth", "--fault-error-rate", "1"]);
+    let host = start(&["--no-auth", "--fault-error-rate", "1"]);
     let mut d = host.driver();
     for ch in 0..4 {
         let r = call(
@@ -529,7 +408,7 @@ fn fault_error_rate_answers_server_busy() {
 
 #[test]
 fn fault_hang_holds_only_the_hung_requests() {
-    let host = Host::start(&[
+    let host = start(&[
         "--no-auth",
         "--fault-hang-rate",
         "0.5",
@@ -584,7 +463,7 @@ fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
 
 #[test]
 fn dropped_completion_never_arrives_but_the_request_ran() {
-    let host = Host::start(&[
+    let host = start(&[
         "--no-auth",
         "--http",
         "127.0.0.1:0",
@@ -624,7 +503,7 @@ fn dropped_completion_never_arrives_but_the_request_ran() {
 
 #[test]
 fn rescind_after_n_requests_then_offer_again() {
-    let host = Host::start(&["--no-auth", "--fault-rescind-after", "3"]);
+    let host = start(&["--no-auth", "--fault-rescind-after", "3"]);
     let mut d = host.driver();
     create_container(&mut d, "res"); // 1
     put_blob(&mut d, 1, "res/a", b"abc"); // 2
@@ -656,7 +535,7 @@ fn rescind_after_n_requests_then_offer_again() {
 
 #[test]
 fn shared_key_signed_requests_over_vmbus() {
-    let host = Host::start(&[]); // auth on, emulator key
+    let host = start(&[]); // auth on, emulator key
     let mut d = host.driver();
     let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
     let signed = |method: &str, path: &str, extra: &[(&str, String)], body_len: usize| {
@@ -717,7 +596,8 @@ fn shared_key_signed_requests_over_vmbus() {
 
 /// In process, to read the server's counters: `fs` GETs of large bodies take the io_uring
 /// fixed-buffer path into guest memory (or, with it off, pread + copy), byte-exact either way,
-/// including ranges that start mid-page and a data buffer that straddles many pages.
+/// including ranges that start mid-page and a data buffer that straddles many pages; a small
+/// GET runs on the channel thread that received it (`VspConfig::inline_max`).
 #[test]
 fn fixed_buffer_body_path_is_used_and_byte_exact() {
     use blobring_host::vsp::{VspConfig, VspServer};
@@ -776,12 +656,26 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
             r.status == 206 && r.body == data[4097..=2_000_000],
             "range, fixed={fixed}"
         );
+        // A small request runs on the channel thread that received it, byte-exact; the large
+        // ones above went to the pool.
+        let r = call(
+            &mut d,
+            3,
+            &head("GET", "fixed/big", &["x-ms-range: bytes=100-4195"], 0),
+            b"",
+            4096,
+        );
+        assert!(r.status == 206 && r.body == data[100..4196], "small range");
         let st = server.stats();
         if fixed {
             assert_eq!((st.fixed_reads, st.bounce_reads), (2, 0), "{st:?}");
         } else {
             assert_eq!((st.fixed_reads, st.bounce_reads), (0, 2), "{st:?}");
         }
+        assert_eq!(
+            st.inline_requests, 1,
+            "only the small GET ran inline: {st:?}"
+        );
         assert!(st.requests >= 2 && st.completions == st.requests, "{st:?}");
         drop(d);
         stop.store(true, Ordering::Relaxed);
@@ -793,7 +687,7 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
 /// for space (pending_send_sz) and loses no completion.
 #[test]
 fn full_completion_ring_loses_nothing() {
-    let host = Host::start(&["--no-auth", "--ring-size", "8192"]);
+    let host = start(&["--no-auth", "--ring-size", "8192"]);
     let mut d = host.driver();
     create_container(&mut d, "full");
     put_blob(&mut d, 0, "full/x", b"xyz");

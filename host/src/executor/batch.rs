@@ -4,8 +4,8 @@
 use super::*;
 
 impl Executor {
-    pub(super) fn batch(&self, req: &Req<'_>, c: &str) -> Result<Resp, AzError> {
-        self.store.container(c)?;
+    /// A Blob Batch on a container the caller has checked exists.
+    pub(super) fn batch(&self, req: &Req<'_>) -> Result<Resp, AzError> {
         let ct = req.header("content-type").unwrap_or("");
         let boundary = ct
             .split(';')

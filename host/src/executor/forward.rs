@@ -1,5 +1,5 @@
 //! The executor's side of the `passthrough:<url>` store: hand a verified request to the
-//! upstream and turn its answer into a response (see `store::passthrough` for the design).
+//! upstream and turn its answer into a response (see [`crate::passthrough`] for the design).
 
 #[cfg(feature = "passthrough")]
 use bytes::Bytes;
@@ -9,12 +9,12 @@ use http::header::HeaderValue;
 #[cfg(feature = "passthrough")]
 use super::{AzError, Body, Executor, Req, Resp};
 #[cfg(feature = "passthrough")]
-use crate::store::PassthroughStore;
+use crate::passthrough::Passthrough;
 
 #[cfg(feature = "passthrough")]
 impl Executor {
     /// Forward `req` (already fault-injected and auth-verified by [`Executor::run`]) upstream.
-    pub(super) fn forward(&self, up: &PassthroughStore, req: &Req<'_>) -> Result<Resp, AzError> {
+    pub(super) fn forward(&self, up: &Passthrough, req: &Req<'_>) -> Result<Resp, AzError> {
         let mut path = req.raw_path;
         if req.path_has_account {
             let p = path.trim_start_matches('/');

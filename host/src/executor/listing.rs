@@ -4,11 +4,11 @@
 use super::*;
 
 impl Executor {
-    pub(super) fn list_containers(&self, req: &Req<'_>) -> Result<Resp, AzError> {
+    pub(super) fn list_containers(&self, st: &dyn Store, req: &Req<'_>) -> Result<Resp, AzError> {
         let prefix = req.query("prefix").unwrap_or("");
         let marker = req.query("marker").unwrap_or("");
         let max = max_results(req)?;
-        let all = self.store.list_containers(prefix)?;
+        let all = st.list_containers(prefix)?;
         let mut items: Vec<_> = all
             .into_iter()
             .filter(|c| marker.is_empty() || c.name.as_str() > marker)
@@ -51,90 +51,30 @@ impl Executor {
         }
     }
 
-    pub(super) fn list_blobs(&self, req: &Req<'_>, c: &str) -> Result<Resp, AzError> {
-        let prefix = req.query("prefix").unwrap_or("");
-        let delimiter = req.query("delimiter").unwrap_or("");
-        let marker = req.query("marker").unwrap_or("");
-        let start_from = req.query("startfrom").unwrap_or("");
-        let max = max_results(req)?;
-        let include = req.query("include").unwrap_or("");
-        let with_meta = include.split(',').any(|i| i.trim() == "metadata");
-        let with_tags = include.split(',').any(|i| i.trim() == "tags");
-        let marker_is_prefix = !delimiter.is_empty() && marker.ends_with(delimiter);
-        let from = if !marker.is_empty() {
-            marker
-        } else {
-            start_from
-        };
-
-        enum Item {
-            Blob(Box<BlobProps>),
-            Prefix(String),
-        }
-        let mut items: Vec<Item> = Vec::new();
-        let mut last_prefix: Option<String> = None;
-        let mut more = false;
-        self.store
-            .list_blobs(c, prefix, from, &mut |p: &BlobProps| {
-                let name = p.name.as_str();
-                if !marker.is_empty()
-                    && (name <= marker || (marker_is_prefix && name.starts_with(marker)))
-                {
-                    return true;
-                }
-                let item = if delimiter.is_empty() {
-                    None
-                } else {
-                    name[prefix.len()..]
-                        .find(delimiter)
-                        .map(|i| name[..prefix.len() + i + delimiter.len()].to_owned())
-                };
-                match item {
-                    Some(pre) => {
-                        if last_prefix.as_deref() == Some(pre.as_str()) {
-                            return true;
-                        }
-                        if items.len() == max {
-                            more = true;
-                            return false;
-                        }
-                        last_prefix = Some(pre.clone());
-                        items.push(Item::Prefix(pre));
-                    }
-                    None => {
-                        if items.len() == max {
-                            more = true;
-                            return false;
-                        }
-                        items.push(Item::Blob(Box::new(p.clone())));
-                    }
-                }
-                true
-            })?;
-        let next = if more {
-            items.last().map(|i| match i {
-                Item::Blob(p) => p.name.clone(),
-                Item::Prefix(p) => p.clone(),
-            })
-        } else {
-            None
-        };
+    pub(super) fn list_blobs(
+        &self,
+        st: &dyn Store,
+        req: &Req<'_>,
+        c: &str,
+    ) -> Result<Resp, AzError> {
+        let q = BlobQuery::of(req)?;
+        let (items, next) = q.page(st, c)?;
         let mut x = format!(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults ServiceEndpoint=\"{}\" ContainerName=\"{}\">",
             esc(&self.endpoint(req)),
             esc(c)
         );
-        if !prefix.is_empty() {
-            let _ = write!(x, "<Prefix>{}</Prefix>", esc(prefix));
+        if !q.prefix.is_empty() {
+            let _ = write!(x, "<Prefix>{}</Prefix>", esc(q.prefix));
         }
-        if !marker.is_empty() {
-            let _ = write!(x, "<Marker>{}</Marker>", esc(marker));
+        if !q.marker.is_empty() {
+            let _ = write!(x, "<Marker>{}</Marker>", esc(q.marker));
         }
         if req.query("maxresults").is_some() {
-            let _ = write!(x, "<MaxResults>{max}</MaxResults>");
+            let _ = write!(x, "<MaxResults>{}</MaxResults>", q.max);
         }
-        if !delimiter.is_empty() {
-            let _ = write!(x, "<Delimiter>{}</Delimiter>", esc(delimiter));
+        if !q.delimiter.is_empty() {
+            let _ = write!(x, "<Delimiter>{}</Delimiter>", esc(q.delimiter));
         }
         x.push_str("<Blobs>");
         for i in &items {
@@ -142,52 +82,7 @@ impl Executor {
                 Item::Prefix(p) => {
                     let _ = write!(x, "<BlobPrefix><Name>{}</Name></BlobPrefix>", esc(p));
                 }
-                Item::Blob(p) => {
-                    let ct = &p.content;
-                    let opt = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
-                    let _ = write!(
-                        x,
-                        "<Blob><Name>{}</Name><Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-CRC64 /><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted>",
-                        esc(&p.name),
-                        http_date(p.created),
-                        http_date(p.last_modified),
-                        esc(p.etag.trim_matches('"')),
-                        p.size,
-                        esc(ct
-                            .content_type
-                            .as_deref()
-                            .unwrap_or("application/octet-stream")),
-                        opt(&ct.content_encoding),
-                        opt(&ct.content_language),
-                        opt(&ct.content_md5),
-                        opt(&ct.cache_control),
-                        opt(&ct.content_disposition),
-                    );
-                    if !p.tags.is_empty() {
-                        let _ = write!(x, "<TagCount>{}</TagCount>", p.tags.len());
-                    }
-                    x.push_str("</Properties>");
-                    if with_meta {
-                        x.push_str("<Metadata>");
-                        for (k, v) in &p.metadata {
-                            let _ = write!(x, "<{k}>{}</{k}>", esc(v));
-                        }
-                        x.push_str("</Metadata>");
-                    }
-                    if with_tags && !p.tags.is_empty() {
-                        x.push_str("<Tags><TagSet>");
-                        for (k, v) in &p.tags {
-                            let _ = write!(
-                                x,
-                                "<Tag><Key>{}</Key><Value>{}</Value></Tag>",
-                                esc(k),
-                                esc(v)
-                            );
-                        }
-                        x.push_str("</TagSet></Tags>");
-                    }
-                    x.push_str("</Blob>");
-                }
+                Item::Blob(p) => write_blob(&mut x, p, q.with_meta, q.with_tags),
             }
         }
         let _ = write!(
@@ -197,6 +92,137 @@ impl Executor {
         );
         Ok(Resp::new(200).xml(x))
     }
+}
+
+/// One entry of a List Blobs page.
+enum Item {
+    Blob(Box<BlobProps>),
+    Prefix(String),
+}
+
+/// The query of a List Blobs request.
+struct BlobQuery<'a> {
+    prefix: &'a str,
+    delimiter: &'a str,
+    marker: &'a str,
+    /// Where the listing starts: the marker, else `startFrom`.
+    from: &'a str,
+    max: usize,
+    with_meta: bool,
+    with_tags: bool,
+}
+
+impl<'a> BlobQuery<'a> {
+    fn of(req: &'a Req<'_>) -> Result<Self, AzError> {
+        let marker = req.query("marker").unwrap_or("");
+        let include = req.query("include").unwrap_or("");
+        let included = |what: &str| include.split(',').any(|i| i.trim() == what);
+        Ok(BlobQuery {
+            prefix: req.query("prefix").unwrap_or(""),
+            delimiter: req.query("delimiter").unwrap_or(""),
+            marker,
+            from: if marker.is_empty() {
+                req.query("startfrom").unwrap_or("")
+            } else {
+                marker
+            },
+            max: max_results(req)?,
+            with_meta: included("metadata"),
+            with_tags: included("tags"),
+        })
+    }
+
+    /// The page of blobs and prefixes after the marker, and the next marker if there is more.
+    fn page(&self, st: &dyn Store, c: &str) -> Result<(Vec<Item>, Option<String>), AzError> {
+        let (prefix, delimiter, marker, max) = (self.prefix, self.delimiter, self.marker, self.max);
+        let marker_is_prefix = !delimiter.is_empty() && marker.ends_with(delimiter);
+        let mut items: Vec<Item> = Vec::new();
+        let mut last_prefix: Option<String> = None;
+        let mut more = false;
+        st.list_blobs(c, prefix, self.from, &mut |p: &BlobProps| {
+            let name = p.name.as_str();
+            if !marker.is_empty()
+                && (name <= marker || (marker_is_prefix && name.starts_with(marker)))
+            {
+                return true;
+            }
+            let pre = if delimiter.is_empty() {
+                None
+            } else {
+                name[prefix.len()..]
+                    .find(delimiter)
+                    .map(|i| &name[..prefix.len() + i + delimiter.len()])
+            };
+            if pre.is_some() && last_prefix.as_deref() == pre {
+                return true;
+            }
+            if items.len() == max {
+                more = true;
+                return false;
+            }
+            items.push(match pre {
+                Some(pre) => {
+                    last_prefix = Some(pre.to_owned());
+                    Item::Prefix(pre.to_owned())
+                }
+                None => Item::Blob(Box::new(p.clone())),
+            });
+            true
+        })?;
+        let next = more.then(|| items.last()).flatten().map(|i| match i {
+            Item::Blob(p) => p.name.clone(),
+            Item::Prefix(p) => p.clone(),
+        });
+        Ok((items, next))
+    }
+}
+
+/// One `<Blob>` of a List Blobs page.
+fn write_blob(x: &mut String, p: &BlobProps, with_meta: bool, with_tags: bool) {
+    let ct = &p.content;
+    let opt = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
+    let _ = write!(
+        x,
+        "<Blob><Name>{}</Name><Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-CRC64 /><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted>",
+        esc(&p.name),
+        http_date(p.created),
+        http_date(p.last_modified),
+        esc(p.etag.trim_matches('"')),
+        p.size,
+        esc(ct
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream")),
+        opt(&ct.content_encoding),
+        opt(&ct.content_language),
+        opt(&ct.content_md5),
+        opt(&ct.cache_control),
+        opt(&ct.content_disposition),
+    );
+    if !p.tags.is_empty() {
+        let _ = write!(x, "<TagCount>{}</TagCount>", p.tags.len());
+    }
+    x.push_str("</Properties>");
+    if with_meta {
+        x.push_str("<Metadata>");
+        for (k, v) in &p.metadata {
+            let _ = write!(x, "<{k}>{}</{k}>", esc(v));
+        }
+        x.push_str("</Metadata>");
+    }
+    if with_tags && !p.tags.is_empty() {
+        x.push_str("<Tags><TagSet>");
+        for (k, v) in &p.tags {
+            let _ = write!(
+                x,
+                "<Tag><Key>{}</Key><Value>{}</Value></Tag>",
+                esc(k),
+                esc(v)
+            );
+        }
+        x.push_str("</TagSet></Tags>");
+    }
+    x.push_str("</Blob>");
 }
 
 fn max_results(req: &Req<'_>) -> Result<usize, AzError> {

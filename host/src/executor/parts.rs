@@ -24,7 +24,7 @@ use md5::{Digest, Md5};
 use super::{
     AzError, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob, set,
 };
-use crate::store::BlockRef;
+use crate::store::{BlockRef, Store};
 
 /// Uploads in progress at once.
 pub(super) const MAX_UPLOADS: usize = 1024;
@@ -104,6 +104,7 @@ impl Executor {
     /// One part of a Put Blob sent in parts (`part`: the [`BODY_PART_HEADER`] value).
     pub(super) fn put_blob_part(
         &self,
+        st: &dyn Store,
         req: &Req<'_>,
         c: &str,
         b: &str,
@@ -161,7 +162,7 @@ impl Executor {
         }
         if n > 0 {
             let block = format!("blobring-part-{id}-{:08}", u.refs.len()).into_bytes();
-            self.store.put_block(c, b, &block, req.body)?;
+            st.put_block(c, b, &block, req.body)?;
             u.refs.push(BlockRef::Uncommitted(block));
             u.md5.update(req.body);
             u.crc.write(req.body);
@@ -178,7 +179,7 @@ impl Executor {
         // The last part: check the whole body, then commit.
         let cond = conditions(req)?;
         let attrs = new_blob(req, true)?;
-        self.commit_staged(req, (c, b), &u.refs, u.md5, u.crc, &cond, attrs)
+        self.commit_staged(st, req, (c, b), &u.refs, u.md5, u.crc, &cond, attrs)
     }
 }
 

@@ -19,8 +19,14 @@ fn exec_with(auth: Option<SharedKeyAuth>, faults: Faults) -> Executor {
             faults,
         },
     );
-    e.store().create_container("test", Vec::new()).unwrap();
+    e.backend().create_container("test", Vec::new()).unwrap();
     e
+}
+
+/// An executor verifying SharedKey with the emulator key, and a signer with that key.
+fn signed_exec() -> (SharedKeyAuth, Executor) {
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    (auth.clone(), exec_with(Some(auth), Faults::default()))
 }
 
 fn exec() -> Executor {
@@ -309,8 +315,7 @@ fn body_windows_of_whole_and_ranged_answers() {
     let h = run(&e, "HEAD", "/w", &["x-blobring-body-window: 0-1"], b"");
     assert_eq!((h.status, h.h("x-blobring-body-window")), (200, None));
     // The window is not signed: a SharedKey request verifies with it added.
-    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-    let e = exec_with(Some(auth.clone()), Faults::default());
+    let (auth, e) = signed_exec();
     let mut out = vec![0; 4096];
     let h = signed_head(
         &auth,
@@ -927,8 +932,7 @@ fn signed_head(auth: &SharedKeyAuth, method: &str, pq: &str, extra: &[(&str, &st
 
 #[test]
 fn shared_key_auth() {
-    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-    let e = exec_with(Some(auth.clone()), Faults::default());
+    let (auth, e) = signed_exec();
     let mut out = vec![0; 4096];
     let h = signed_head(
         &auth,
@@ -978,8 +982,7 @@ fn shared_key_auth() {
 /// once, and it is what the store gets.
 #[test]
 fn a_body_is_read_only_after_its_head_is_admitted() {
-    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-    let e = exec_with(Some(auth.clone()), Faults::default());
+    let (auth, e) = signed_exec();
     let mut out = vec![0; 4096];
     let reads = std::cell::Cell::new(0);
     let read = |dst: &mut [u8]| {
@@ -1119,7 +1122,7 @@ fn sinks_and_fs_store() {
             faults: Faults::default(),
         },
     );
-    e.store().create_container("test", Vec::new()).unwrap();
+    e.backend().create_container("test", Vec::new()).unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
     assert_eq!(put(&e, "/big", &data, &[]).status, 201);
     let h = head("GET", "/big", &["x-ms-range: bytes=5-2999999"], 0);

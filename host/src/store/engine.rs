@@ -40,18 +40,30 @@ pub(crate) trait ReadAt: Send {
         sink: &mut dyn BodySink,
         at: u64,
     ) -> Result<(), StoreError> {
-        const CHUNK: u64 = 1 << 20;
-        let mut buf = vec![0u8; len.min(CHUNK) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(CHUNK) as usize;
-            self.read_at(offset + done, &mut buf[..n])?;
-            sink.write_at(at + done, &buf[..n])
-                .map_err(StoreError::Destination)?;
-            done += n as u64;
-        }
-        Ok(())
+        bounce_copy(|o, dst| self.read_at(o, dst), offset, len, sink, at)
     }
+}
+
+/// Copy `len` bytes at `offset` (read with `read_at`) into `sink` at `at` through a bounce
+/// buffer of at most 1 MiB: for destinations that cannot be filled straight from the data.
+pub(crate) fn bounce_copy(
+    read_at: impl Fn(u64, &mut [u8]) -> Result<(), StoreError>,
+    offset: u64,
+    len: u64,
+    sink: &mut dyn BodySink,
+    at: u64,
+) -> Result<(), StoreError> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; len.min(CHUNK) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK) as usize;
+        read_at(offset + done, &mut buf[..n])?;
+        sink.write_at(at + done, &buf[..n])
+            .map_err(StoreError::Destination)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Where the bytes live. Every method may block.

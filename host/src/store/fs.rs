@@ -306,17 +306,7 @@ impl ReadAt for FileReader {
         match sink.fill_from_file(at, &self.0, offset, len) {
             Ok(true) => Ok(()),
             Ok(false) => {
-                const CHUNK: u64 = 1 << 20;
-                let mut buf = vec![0u8; len.min(CHUNK) as usize];
-                let mut done = 0;
-                while done < len {
-                    let n = (len - done).min(CHUNK) as usize;
-                    self.read_at(offset + done, &mut buf[..n])?;
-                    sink.write_at(at + done, &buf[..n])
-                        .map_err(StoreError::Destination)?;
-                    done += n as u64;
-                }
-                Ok(())
+                super::engine::bounce_copy(|o, dst| self.read_at(o, dst), offset, len, sink, at)
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupt {
                 path: self.1.to_path_buf(),

@@ -14,15 +14,14 @@
 //!   so a second, racing commit that names discarded blocks fails with `InvalidBlockList`.
 //!
 //! Two stores live here: [`MemStore`] (`mem`) and [`FsStore`] (`fs:<dir>`), both built on one
-//! generic engine over a small data backend. A third, [`PassthroughStore`]
-//! (`passthrough:<url>`), forwards whole requests to a real Blob endpoint (see its module).
+//! generic engine over a small data backend. A `passthrough:<url>` upstream is not a store: it
+//! forwards whole requests, and the executor picks it instead of a store at the top of its
+//! dispatch ([`crate::Backend`]; see the `passthrough` module).
 
 mod engine;
 mod fs;
 mod mem;
 mod open_files;
-#[cfg(feature = "passthrough")]
-pub mod passthrough;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -34,8 +33,6 @@ use serde::{Deserialize, Serialize};
 pub use fs::FsStore;
 pub use mem::MemStore;
 pub use open_files::DEFAULT_OPEN_FILES;
-#[cfg(feature = "passthrough")]
-pub use passthrough::PassthroughStore;
 
 /// Errors a store reports. Each maps to one Azure error code in the executor.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +100,7 @@ pub enum StoreError {
     /// The store spec given on the command line is not understood.
     #[error("Unknown store {0:?}; use `mem`, `fs:<dir>` or `passthrough:<url>`")]
     BadSpec(String),
-    /// The URL of a `passthrough:<url>` store is unusable.
+    /// The URL of a `passthrough:<url>` backend is unusable.
     #[error(
         "Passthrough URL {url:?} is unusable: {reason}; use e.g. passthrough:http://127.0.0.1:10000/devstoreaccount1"
     )]
@@ -113,7 +110,7 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The upstream of a passthrough store could not be reached (or the connection failed).
+    /// The upstream of a passthrough could not be reached (or the connection failed).
     #[error("Cannot reach upstream at {url}: {reason}; is Azurite/the endpoint running?")]
     UpstreamUnreachable {
         /// The upstream URL.
@@ -121,7 +118,7 @@ pub enum StoreError {
         /// The transport error.
         reason: String,
     },
-    /// The upstream of a passthrough store did not answer in time.
+    /// The upstream of a passthrough did not answer in time.
     #[error(
         "Upstream at {url} did not answer in time: {reason}; check that the endpoint is healthy and reachable"
     )]
@@ -143,11 +140,6 @@ pub enum StoreError {
         /// `x-ms-error-code`, if any.
         code: String,
     },
-    /// A `Store` method the passthrough store does not offer (it forwards whole requests).
-    #[error(
-        "The passthrough store forwards whole HTTP requests; `{0}` is only available through the executor"
-    )]
-    PassthroughOnly(&'static str),
 }
 
 impl StoreError {
@@ -561,13 +553,6 @@ pub trait Store: Send + Sync + fmt::Debug {
         r.read_at(offset, dst)?;
         Ok(r.props().clone())
     }
-
-    #[cfg(feature = "passthrough")]
-    /// The passthrough store, when this is one: the executor then forwards whole requests to
-    /// it ([`PassthroughStore::forward`]) instead of calling the methods above.
-    fn passthrough(&self) -> Option<&PassthroughStore> {
-        None
-    }
 }
 
 /// Whether `c` is a valid container name (3-63 lower-case letters, digits and single hyphens,
@@ -582,7 +567,7 @@ pub fn valid_container_name(c: &str) -> bool {
     ok || c == "$root"
 }
 
-/// Tuning of a store opened by [`open_store_with`].
+/// Tuning of a store opened by [`crate::open_store_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// `fs` store: most data files kept open between reads (`--open-files`; least recently
@@ -596,34 +581,6 @@ impl Default for StoreOptions {
             open_files: DEFAULT_OPEN_FILES,
         }
     }
-}
-
-/// Open a store from its command-line spec: `mem`, `fs:<dir>` or `passthrough:<url>`, with
-/// default [`StoreOptions`].
-pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
-    open_store_with(spec, &StoreOptions::default())
-}
-
-/// [`open_store`] with explicit [`StoreOptions`].
-pub fn open_store_with(spec: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
-    if spec == "mem" {
-        return Ok(Arc::new(MemStore::new()));
-    }
-    if let Some(url) = spec.strip_prefix("passthrough:") {
-        #[cfg(feature = "passthrough")]
-        return Ok(Arc::new(PassthroughStore::open(url)?));
-        #[cfg(not(feature = "passthrough"))]
-        return Err(StoreError::BadSpec(format!(
-            "passthrough:{url} (this build of blobring-host lacks the `passthrough` feature)"
-        )));
-    }
-    if let Some(dir) = spec.strip_prefix("fs:") {
-        if dir.is_empty() {
-            return Err(StoreError::BadSpec(spec.to_owned()));
-        }
-        return Ok(Arc::new(FsStore::open_with(dir, opts.open_files)?));
-    }
-    Err(StoreError::BadSpec(spec.to_owned()))
 }
 
 /// A fresh, strictly increasing ETag in Azure's `"0x…"` form.

@@ -13,54 +13,68 @@ use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::integration::*;
 
+pub mod vmbus;
+
 /// A running host process.
 pub struct Host {
     child: Child,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (or `https://…` with `--https`).
     pub url: String,
+    /// The lines the host prints after its address.
+    lines: mpsc::Receiver<String>,
 }
 
 impl Host {
     /// Start `blobring-host --store <store> --http 127.0.0.1:0 --container test <extra>`.
     pub fn start(store: &str, extra: &[&str]) -> Host {
+        let args = [
+            "--store",
+            store,
+            "--http",
+            "127.0.0.1:0",
+            "--container",
+            "test",
+        ];
+        Host::spawn(&[&args[..], extra].concat())
+    }
+
+    /// Start `blobring-host <args>` and wait (≤ 30 s) for its `listening on <url>` line.
+    pub fn spawn(args: &[&str]) -> Host {
         let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-            .args([
-                "--store",
-                store,
-                "--http",
-                "127.0.0.1:0",
-                "--container",
-                "test",
-            ])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn blobring-host");
         let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
+        let (tx, lines) = mpsc::channel();
+        // Keep draining, so the child never blocks on a full pipe.
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
             }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
         });
         // Guard first, so the child is killed if we panic below.
         let mut host = Host {
             child,
             url: String::new(),
+            lines,
         };
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("blobring-host did not report its address within 30 s");
-        host.url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        while host.url.is_empty() {
+            let line = host.next_line();
+            if let Some(u) = line.strip_prefix("listening on ") {
+                host.url = u.trim().to_owned();
+            }
+        }
         host
+    }
+
+    /// The next line the host prints (≤ 30 s).
+    pub fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("blobring-host printed no further line within 30 s")
     }
 
     /// Kill the host and wait for it.
@@ -86,59 +100,50 @@ impl Host {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let addr = self.url.strip_prefix("http://").expect("http url");
-        let mut hm = http::HeaderMap::new();
-        for (k, v) in headers {
-            hm.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
-        hm.insert(
-            "x-ms-date",
-            http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-                .unwrap(),
-        );
-        if !body.is_empty() {
-            hm.insert("content-length", body.len().into());
-        }
-        let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-        let sig = auth.authorization(&method.parse().unwrap(), path_and_query, &hm);
-        let mut s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut head = format!(
-            "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {sig}\r\n"
-        );
-        if body.is_empty() {
-            head.push_str("Content-Length: 0\r\n");
-        }
-        for (k, v) in &hm {
-            head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap()));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).expect("read response");
-        let mut hdrs = [httparse::EMPTY_HEADER; 64];
-        let mut r = httparse::Response::new(&mut hdrs);
-        let n = match r.parse(&buf).expect("parse response") {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => panic!("partial response"),
-        };
-        let headers = r
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        (r.code.unwrap(), headers, buf[n..].to_vec())
+        signed_request(&self.url, method, path_and_query, headers, body)
     }
+}
+
+/// Send one raw request to `url` (`http://127.0.0.1:PORT`), signed with the emulator key, on a
+/// connection of its own; returns (status, headers, body).
+pub fn signed_request(
+    url: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let addr = url.strip_prefix("http://").expect("http url");
+    let mut hm = http::HeaderMap::new();
+    for (k, v) in headers {
+        hm.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
+    hm.insert(
+        "x-ms-date",
+        http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+            .unwrap(),
+    );
+    hm.insert("content-length", body.len().into());
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    let sig = auth.authorization(&method.parse().unwrap(), path_and_query, &hm);
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {sig}\r\n"
+    );
+    for (k, v) in &hm {
+        head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read response");
+    parse_response(&buf)
 }
 
 impl Drop for Host {
@@ -182,10 +187,25 @@ pub fn unsigned_get(url: &str, pq: &str) -> (u16, Vec<(String, String)>, Vec<u8>
 
 /// Splits a whole HTTP/1.1 response into (status, lower-cased headers, body).
 pub fn parse_response(buf: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let (status, headers, n) = parse_head(buf).expect("partial response");
+    (status, headers, buf[n..].to_vec())
+}
+
+/// Response headers, names lower-cased, in order.
+pub type Headers = Vec<(String, String)>;
+
+/// Parses a response head: (status, lower-cased headers, head length), `None` while the head
+/// is incomplete; panics when it is not HTTP.
+pub fn parse_head(buf: &[u8]) -> Option<(u16, Headers, usize)> {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let mut r = httparse::Response::new(&mut hdrs);
-    let httparse::Status::Complete(n) = r.parse(buf).expect("parse response") else {
-        panic!("partial response")
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(e) => panic!(
+            "response head does not parse ({e}): {:?}",
+            String::from_utf8_lossy(buf)
+        ),
     };
     let h = r
         .headers
@@ -197,7 +217,7 @@ pub fn parse_response(buf: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
             )
         })
         .collect();
-    (r.code.unwrap(), h, buf[n..].to_vec())
+    Some((r.code.expect("status"), h, n))
 }
 
 /// object_store's Azure client for `container` at `account_url`, with the emulator account.
@@ -211,6 +231,25 @@ pub fn azure(account_url: &str, container: &str) -> MicrosoftAzure {
         .with_http_connector(MarkerHttpConnector::default())
         .build()
         .expect("build MicrosoftAzure")
+}
+
+/// object_store's private `signing` check: a SAS URL from `signed_url` GETs `file.txt` (put
+/// first) from the host at `url` without any SharedKey. Returns the URL's path and query, for
+/// a tampered copy.
+pub async fn sas_get(store: &MicrosoftAzure, url: &str) -> String {
+    use object_store::signer::Signer;
+    use object_store::{ObjectStoreExt, path::Path};
+    let path = Path::from("file.txt");
+    store.put(&path, "hello world".into()).await.unwrap();
+    let signed = store
+        .signed_url(http::Method::GET, &path, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let pq = signed.as_str()[url.len()..].to_owned();
+    let (status, _, body) = unsigned_get(url, &pq);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"hello world");
+    pq
 }
 
 /// The functions of object_store's `integration` suite that object_store itself runs against

@@ -4,10 +4,10 @@
 //!
 //! # Design: forward HTTP requests, not `Store` calls
 //!
-//! The executor does not map requests onto [`Store`] calls when its store is a passthrough
-//! store: after its own checks (fault injection, SharedKey/SAS verification of the *client's*
+//! The executor does not map requests onto [`Store`](crate::Store) calls when its backend is
+//! an upstream: after its own checks (fault injection, SharedKey/SAS verification of the *client's*
 //! signature) it hands the request itself (method, path after the account, query, headers,
-//! body) to [`PassthroughStore::forward`], which re-signs it for the upstream and returns the
+//! body) to [`Passthrough::forward`], which re-signs it for the upstream and returns the
 //! upstream's status, headers and body unchanged. Mapping `Store` calls onto REST instead would
 //!
 //! - lose every header the trait does not model (`x-ms-range-get-content-md5`, `Content-MD5`
@@ -28,9 +28,10 @@
 //! re-signed) on its own. Copy Blob sources naming this host's account are rewritten to the
 //! upstream's URL, since the upstream cannot reach the host's loopback address.
 //!
-//! The few [`Store`] methods the host itself calls outside the executor (`create_container` for
-//! `--container`, `container` and `delete_container`) are implemented as upstream requests; the
-//! others answer [`StoreError::PassthroughOnly`].
+//! A passthrough upstream is not a [`Store`](crate::Store): the executor picks it or a local
+//! store once, at the top of its dispatch ([`Backend`](crate::Backend)). The host's own
+//! requests outside the executor (`create_container` for `--container`, and the container check
+//! of a Blob Batch) are upstream requests of their own.
 //!
 //! # Upstream, account and key
 //!
@@ -57,7 +58,6 @@
 //! (minus hop-by-hop headers); it is the service the client asked for.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -65,11 +65,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::{
-    BlobProps, BlobReader, BlockListing, BlockRef, Conditions, ContainerProps, ContentHeaders,
-    ListVisitor, NewBlob, Store, StoreError,
-};
 use crate::auth::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
+use crate::store::{StoreError, valid_container_name};
 
 /// Environment variable holding the upstream account key (Base64).
 pub const UPSTREAM_KEY_ENV: &str = "BLOBRING_UPSTREAM_KEY";
@@ -152,8 +149,8 @@ impl Drop for RuntimeGuard {
     }
 }
 
-/// A store that forwards requests to a real Blob endpoint. See the module docs.
-pub struct PassthroughStore {
+/// A real Blob endpoint that requests are forwarded to. See the module docs.
+pub struct Passthrough {
     /// The URL as configured, without a trailing `/`.
     url: String,
     /// `scheme://authority`.
@@ -167,9 +164,9 @@ pub struct PassthroughStore {
     _rt: RuntimeGuard,
 }
 
-impl std::fmt::Debug for PassthroughStore {
+impl std::fmt::Debug for Passthrough {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PassthroughStore")
+        f.debug_struct("Passthrough")
             .field("url", &self.url)
             .field("account", &self.account)
             .field("signed", &self.signer.is_some())
@@ -199,8 +196,8 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-impl PassthroughStore {
-    /// Open a passthrough store for `url`, taking the key from [`UPSTREAM_KEY_ENV`] (or the
+impl Passthrough {
+    /// A passthrough to `url`, taking the key from [`UPSTREAM_KEY_ENV`] (or the
     /// emulator key for `devstoreaccount1`).
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let key = std::env::var(UPSTREAM_KEY_ENV)
@@ -209,7 +206,7 @@ impl PassthroughStore {
         Self::with_key(url, key.as_deref())
     }
 
-    /// Open a passthrough store for `url`, signing with `key` (Base64) when given; with
+    /// A passthrough to `url`, signing with `key` (Base64) when given; with
     /// `None`, the emulator account uses the emulator key and other accounts go unsigned.
     pub fn with_key(url: &str, key: Option<&str>) -> Result<Self, StoreError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| bad_url(url, e.to_string()))?;
@@ -285,7 +282,7 @@ impl PassthroughStore {
                 .build()
                 .map_err(|e| bad_url(url, format!("cannot build the HTTP client: {}", chain(&e))))?
         };
-        Ok(PassthroughStore {
+        Ok(Passthrough {
             url: format!("{origin}{base_path}"),
             origin,
             base_path,
@@ -295,6 +292,11 @@ impl PassthroughStore {
             handle: rt.handle().clone(),
             _rt: RuntimeGuard(Some(rt)),
         })
+    }
+
+    /// Short description for logs: `passthrough:<url>`.
+    pub fn describe(&self) -> String {
+        format!("passthrough:{}", self.url)
     }
 
     /// The upstream URL (`scheme://authority[/account]`).
@@ -493,45 +495,18 @@ impl PassthroughStore {
         }
     }
 
-    fn container_props(name: &str, f: &Forwarded) -> ContainerProps {
-        let h = |n: &str| f.headers.get(n).and_then(|v| v.to_str().ok());
-        ContainerProps {
-            name: name.to_owned(),
-            etag: h("etag").unwrap_or("\"0x0\"").to_owned(),
-            last_modified: h("last-modified")
-                .and_then(|d| httpdate::parse_http_date(d).ok())
-                .unwrap_or_else(SystemTime::now),
-            metadata: f
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    let n = k.as_str().strip_prefix("x-ms-meta-")?;
-                    Some((n.to_owned(), v.to_str().ok()?.to_owned()))
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Store for PassthroughStore {
-    fn describe(&self) -> String {
-        format!("passthrough:{}", self.url)
-    }
-
-    fn passthrough(&self) -> Option<&PassthroughStore> {
-        Some(self)
-    }
-
-    fn create_container(
+    /// Create container `name` upstream (the host's `--container`), with user `metadata`.
+    /// An existing container is [`StoreError::ContainerAlreadyExists`], as for a local store.
+    pub fn create_container(
         &self,
         name: &str,
-        metadata: Vec<(String, String)>,
-    ) -> Result<ContainerProps, StoreError> {
-        if !super::valid_container_name(name) {
+        metadata: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        if !valid_container_name(name) {
             return Err(StoreError::InvalidContainerName(name.to_owned()));
         }
         let mut h = HeaderMap::new();
-        for (k, v) in &metadata {
+        for (k, v) in metadata {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes()),
                 HeaderValue::from_str(v),
@@ -541,136 +516,21 @@ impl Store for PassthroughStore {
         }
         let f = self.container_request(Method::PUT, name, h)?;
         match f.status.as_u16() {
-            201 => Ok(ContainerProps {
-                metadata,
-                ..Self::container_props(name, &f)
-            }),
+            201 => Ok(()),
             409 => Err(StoreError::ContainerAlreadyExists(name.to_owned())),
             _ => Err(self.unexpected(&format!("creating container {name:?}"), &f)),
         }
     }
 
-    fn delete_container(&self, name: &str) -> Result<(), StoreError> {
-        let f = self.container_request(Method::DELETE, name, HeaderMap::new())?;
-        match f.status.as_u16() {
-            202 | 200 => Ok(()),
-            404 => Err(StoreError::ContainerNotFound(name.to_owned())),
-            _ => Err(self.unexpected(&format!("deleting container {name:?}"), &f)),
-        }
-    }
-
-    fn container(&self, name: &str) -> Result<ContainerProps, StoreError> {
+    /// Whether container `name` exists upstream: `Ok` if so,
+    /// [`StoreError::ContainerNotFound`] if not (Blob Batch checks this before its sub-requests).
+    pub fn container(&self, name: &str) -> Result<(), StoreError> {
         let f = self.container_request(Method::GET, name, HeaderMap::new())?;
         match f.status.as_u16() {
-            200 => Ok(Self::container_props(name, &f)),
+            200 => Ok(()),
             404 => Err(StoreError::ContainerNotFound(name.to_owned())),
             _ => Err(self.unexpected(&format!("reading container {name:?}"), &f)),
         }
-    }
-
-    fn list_containers(&self, _prefix: &str) -> Result<Vec<ContainerProps>, StoreError> {
-        Err(StoreError::PassthroughOnly("list_containers"))
-    }
-
-    fn open(&self, _container: &str, _blob: &str) -> Result<Box<dyn BlobReader>, StoreError> {
-        Err(StoreError::PassthroughOnly("open"))
-    }
-
-    fn list_blobs(
-        &self,
-        _container: &str,
-        _prefix: &str,
-        _from: &str,
-        _visit: ListVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        Err(StoreError::PassthroughOnly("list_blobs"))
-    }
-
-    fn put_blob(
-        &self,
-        _container: &str,
-        _blob: &str,
-        _data: &[u8],
-        _attrs: NewBlob,
-        _cond: &Conditions,
-    ) -> Result<Arc<BlobProps>, StoreError> {
-        Err(StoreError::PassthroughOnly("put_blob"))
-    }
-
-    fn put_block(
-        &self,
-        _container: &str,
-        _blob: &str,
-        _id: &[u8],
-        _data: &[u8],
-    ) -> Result<(), StoreError> {
-        Err(StoreError::PassthroughOnly("put_block"))
-    }
-
-    fn put_block_list(
-        &self,
-        _container: &str,
-        _blob: &str,
-        _blocks: &[BlockRef],
-        _attrs: NewBlob,
-        _cond: &Conditions,
-    ) -> Result<Arc<BlobProps>, StoreError> {
-        Err(StoreError::PassthroughOnly("put_block_list"))
-    }
-
-    fn block_list(&self, _container: &str, _blob: &str) -> Result<BlockListing, StoreError> {
-        Err(StoreError::PassthroughOnly("block_list"))
-    }
-
-    fn delete_blob(
-        &self,
-        _container: &str,
-        _blob: &str,
-        _cond: &Conditions,
-    ) -> Result<(), StoreError> {
-        Err(StoreError::PassthroughOnly("delete_blob"))
-    }
-
-    fn copy_blob(
-        &self,
-        _src_container: &str,
-        _src_blob: &str,
-        _dst_container: &str,
-        _dst_blob: &str,
-        _metadata: Option<Vec<(String, String)>>,
-        _cond: &Conditions,
-    ) -> Result<Arc<BlobProps>, StoreError> {
-        Err(StoreError::PassthroughOnly("copy_blob"))
-    }
-
-    fn set_tags(
-        &self,
-        _container: &str,
-        _blob: &str,
-        _tags: Vec<(String, String)>,
-        _cond: &Conditions,
-    ) -> Result<(), StoreError> {
-        Err(StoreError::PassthroughOnly("set_tags"))
-    }
-
-    fn set_content_headers(
-        &self,
-        _container: &str,
-        _blob: &str,
-        _content: ContentHeaders,
-        _cond: &Conditions,
-    ) -> Result<Arc<BlobProps>, StoreError> {
-        Err(StoreError::PassthroughOnly("set_content_headers"))
-    }
-
-    fn set_metadata(
-        &self,
-        _container: &str,
-        _blob: &str,
-        _metadata: Vec<(String, String)>,
-        _cond: &Conditions,
-    ) -> Result<Arc<BlobProps>, StoreError> {
-        Err(StoreError::PassthroughOnly("set_metadata"))
     }
 }
 
@@ -680,8 +540,7 @@ mod tests {
 
     #[test]
     fn path_style_url_gives_account_and_base_path() {
-        let s =
-            PassthroughStore::with_key("http://127.0.0.1:10000/devstoreaccount1/", None).unwrap();
+        let s = Passthrough::with_key("http://127.0.0.1:10000/devstoreaccount1/", None).unwrap();
         assert_eq!(s.account(), EMULATOR_ACCOUNT);
         assert_eq!(s.url(), "http://127.0.0.1:10000/devstoreaccount1");
         assert!(
@@ -696,12 +555,11 @@ mod tests {
 
     #[test]
     fn production_url_gives_account_from_host() {
-        let s = PassthroughStore::with_key("https://myacct.blob.core.windows.net", None).unwrap();
+        let s = Passthrough::with_key("https://myacct.blob.core.windows.net", None).unwrap();
         assert_eq!(s.account(), "myacct");
         assert!(!s.signs(), "no key configured: anonymous");
-        let s =
-            PassthroughStore::with_key("https://myacct.blob.core.windows.net", Some(EMULATOR_KEY))
-                .unwrap();
+        let s = Passthrough::with_key("https://myacct.blob.core.windows.net", Some(EMULATOR_KEY))
+            .unwrap();
         assert!(s.signs());
     }
 
@@ -714,18 +572,18 @@ mod tests {
             "http://127.0.0.1:10000/devstoreaccount1?x=1",
             "not a url",
         ] {
-            let e = PassthroughStore::with_key(u, None).unwrap_err();
+            let e = Passthrough::with_key(u, None).unwrap_err();
             assert!(matches!(e, StoreError::BadUpstream { .. }), "{u}: {e}");
         }
-        let e = PassthroughStore::with_key("http://127.0.0.1:1/devstoreaccount1", Some("%%%"))
-            .unwrap_err();
+        let e =
+            Passthrough::with_key("http://127.0.0.1:1/devstoreaccount1", Some("%%%")).unwrap_err();
         assert!(e.to_string().contains(UPSTREAM_KEY_ENV), "{e}");
     }
 
     #[test]
     fn unreachable_upstream_names_the_url() {
         // Port 1 on loopback: nothing listens there (tcpmux needs root and is never enabled).
-        let s = PassthroughStore::with_key("http://127.0.0.1:1/devstoreaccount1", None).unwrap();
+        let s = Passthrough::with_key("http://127.0.0.1:1/devstoreaccount1", None).unwrap();
         let e = s.container("data").unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, StoreError::UpstreamUnreachable { .. }), "{msg}");
@@ -735,7 +593,7 @@ mod tests {
 
     #[test]
     fn store_can_be_dropped_inside_a_runtime() {
-        let s = PassthroughStore::with_key("http://127.0.0.1:1/devstoreaccount1", None).unwrap();
+        let s = Passthrough::with_key("http://127.0.0.1:1/devstoreaccount1", None).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
