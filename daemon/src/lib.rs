@@ -38,6 +38,7 @@
 //! `signalfd` and `sched_setaffinity` through safe wrappers; `rustix` the `SCM_RIGHTS` messages
 //! (fds become `OwnedFd` at once).
 
+pub mod admission;
 pub mod config;
 pub mod control;
 pub mod fds;
