@@ -1,5 +1,8 @@
-//! The control thread: client handshakes, policy and limits, regions, the host bus, the ctl
-//! socket, signals and shutdown. Nothing here is on the request path.
+//! The control thread: client handshakes (the decision is [`crate::admission`]'s; here the
+//! credentials and load are gathered and a grant is provisioned: region, translation,
+//! doorbells, registration, reply), regions, the host bus and its channels (spread by
+//! [`crate::spread_channels`]), the ctl socket, signals and shutdown. Nothing here is on the
+//! request path.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, Read, Write};
@@ -574,7 +577,10 @@ impl Control {
                         }
                     }
                 }
-                self.spread_channels(chans, |_, c| Box::new(c));
+                let n_workers = self.workers.len();
+                self.hand_out_channels(crate::spread_channels(chans, n_workers, |_, c| {
+                    Box::new(c) as Box<dyn crate::worker::WorkerChannel>
+                }));
                 self.info.host_connected = true;
                 self.info.channels_open = n as u32;
                 self.info.host_connects += 1;
@@ -593,20 +599,9 @@ impl Control {
         }
     }
 
-    /// Spreads `chans` over the workers, channel `i` to worker `i % workers` (so every worker
-    /// owns at least one when there are as many channels as workers), `wrap` making each the
-    /// worker's channel type given the worker index; the same for both transports.
-    fn spread_channels<C>(
-        &self,
-        chans: Vec<C>,
-        mut wrap: impl FnMut(usize, C) -> Box<dyn crate::worker::WorkerChannel>,
-    ) {
-        let n = self.workers.len();
-        let mut per_worker: Vec<Vec<Box<dyn crate::worker::WorkerChannel>>> =
-            (0..n).map(|_| Vec::new()).collect();
-        for (i, ch) in chans.into_iter().enumerate() {
-            per_worker[i % n].push(wrap(i % n, ch));
-        }
+    /// Hands each worker its share of the channels (`per_worker[w]` to worker `w`, as
+    /// [`crate::spread_channels`] made them).
+    fn hand_out_channels(&self, per_worker: Vec<Vec<Box<dyn crate::worker::WorkerChannel>>>) {
         for (w, chs) in self.workers.iter().zip(per_worker) {
             w.send(ToWorker::Channels(chs));
         }
@@ -648,13 +643,7 @@ impl Control {
             Ok((chans, listeners, mode, max_pages)) => {
                 self.backoff = Duration::from_millis(100);
                 let n = chans.len();
-                self.spread_channels(chans, |w, ch| {
-                    Box::new(crate::uio::UioWorkerChannel::new(
-                        ch,
-                        listeners[w].clone(),
-                        mode,
-                    ))
-                });
+                self.hand_out_channels(crate::uio::worker_channels(chans, &listeners, mode));
                 self.info.host_connected = true;
                 self.info.channels_open = n as u32;
                 self.info.host_connects += 1;

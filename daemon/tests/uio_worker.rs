@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use blobring_abi::vmbus::AZ_BLOB_CLASS_GUID_STR;
 use blobring_abi::{Cqe, FromZeros, OP_BLOB, RegionGeometry, Sqe};
 use blobring_daemon::stats::WorkerStats;
-use blobring_daemon::uio::UioWorkerChannel;
+use blobring_daemon::uio;
 use blobring_daemon::worker::{self, ClientShared, ToControl, ToWorker, WorkerChannel};
 use blobring_ring::{ClientQueue, EventFd, Notifier, QueueLayout};
 use blobring_shm::{PagePolicy, Region, RegionOptions, SharedMemory};
@@ -199,19 +199,13 @@ fn worker_channels(
     wrap_channels(m, open(m, mode, subs))
 }
 
-/// The channels of an opened device, wrapped as `blobringd` does.
+/// The channels of an opened device, wrapped as `blobringd` does (one worker).
 fn wrap_channels(m: &Machine, dev: UioDevice) -> (Vec<Box<dyn WorkerChannel>>, u32) {
     let max = dev.max_request_pages();
     let listener = dev.open_listener(&m.opener).unwrap();
     let mode = dev.interrupt_mode();
-    let chans = dev
-        .into_channels()
-        .into_iter()
-        .map(|c| {
-            Box::new(UioWorkerChannel::new(c, listener.clone(), mode)) as Box<dyn WorkerChannel>
-        })
-        .collect();
-    (chans, max)
+    let mut per_worker = uio::worker_channels(dev.into_channels(), &[listener], mode);
+    (per_worker.remove(0), max)
 }
 
 #[test]
