@@ -5,8 +5,8 @@
 //! **Owns:** the client socket and handshake ([`control`]: a pure admission decision in
 //! [`admission`] — hello, peer credentials, policy and load → grant or refusal with its
 //! message — then the provisioning of a grant), every client's sealed region and doorbells,
-//! the per-core workers ([`worker`]) with their io_uring reactors, in-flight slabs and
-//! deadlines, the spreading of channels over workers (one function,
+//! the per-core workers ([`worker`]) with their io_uring reactors, in-flight slabs, adaptive
+//! spinning ([`spin`]) and deadlines, the spreading of channels over workers (one function,
 //! [`spread_channels`], for both transports), the host bus connection (reconnected with
 //! backoff), cleanup of dead clients, and statistics ([`stats`]: JSON on the ctl socket,
 //! Prometheus on loopback).
@@ -27,6 +27,8 @@
 //! - nothing on the request path logs or takes a lock; statistics are published by copying;
 //! - a client is admitted only by [`admission::decide`], and a grant never exceeds the
 //!   configured limits;
+//! - a worker spins only while no request waits on the host, for at most `--spin-us`, and
+//!   only as long as spinning finds work soon enough to pay for itself ([`spin`]);
 //! - no unchecked memory access here: that lives only in shm, ring, vmbus and reactor;
 //! - once the sockets are bound and the transport is set up, and before any other thread
 //!   exists, the daemon drops its privileges ([`privs`]): `no_new_privs`, every capability
@@ -49,6 +51,7 @@ pub mod config;
 pub mod control;
 pub mod fds;
 pub mod privs;
+pub mod spin;
 pub mod stats;
 pub mod uio;
 pub mod worker;
