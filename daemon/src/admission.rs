@@ -385,27 +385,29 @@ mod tests {
 
     #[test]
     fn refuses_beyond_the_client_limits() {
-        let l = Load {
-            live: 10,
-            ..Load::default()
-        };
-        let r = refusal(&hello(), &peer(1000), &policy(), &l);
-        assert_eq!(r.status, HELLO_LIMIT_EXCEEDED);
-        assert_eq!(
-            r.message,
-            "the daemon already serves 10 clients (--max-clients 10); retry later or raise the limit"
-        );
-        let l = Load {
-            live: 9,
-            live_for_uid: 3,
-            ..Load::default()
-        };
-        let r = refusal(&hello(), &peer(1000), &policy(), &l);
-        assert_eq!(r.status, HELLO_LIMIT_EXCEEDED);
-        assert_eq!(
-            r.message,
-            "uid 1000 already has 3 connections (--max-clients-per-uid 3); close some or raise the limit"
-        );
+        for (live, live_for_uid, message) in [
+            (
+                10,
+                0,
+                "the daemon already serves 10 clients (--max-clients 10); retry later or raise the limit",
+            ),
+            (
+                9,
+                3,
+                "uid 1000 already has 3 connections (--max-clients-per-uid 3); close some or raise the limit",
+            ),
+        ] {
+            let l = Load {
+                live,
+                live_for_uid,
+                ..Load::default()
+            };
+            let r = refusal(&hello(), &peer(1000), &policy(), &l);
+            assert_eq!(
+                (r.status, r.message.as_str()),
+                (HELLO_LIMIT_EXCEEDED, message)
+            );
+        }
         let l = Load {
             live: 9,
             live_for_uid: 2,

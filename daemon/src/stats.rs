@@ -219,14 +219,16 @@ fn hist_json(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// `a.f += b.f` for each field `f` named.
+macro_rules! add_fields {
+    ($a:expr, $b:expr; $($f:ident),+) => {
+        $($a.$f += $b.$f;)+
+    };
+}
+
 fn add_errors(a: &mut Errors, b: &Errors) {
-    a.invalid += b.invalid;
-    a.timed_out += b.timed_out;
-    a.no_device += b.no_device;
-    a.too_big += b.too_big;
-    a.bad_completions += b.bad_completions;
-    a.unexpected_reply_type += b.unexpected_reply_type;
-    a.corrupt_clients += b.corrupt_clients;
+    add_fields!(a, b; invalid, timed_out, no_device, too_big, bad_completions,
+        unexpected_reply_type, corrupt_clients);
 }
 
 /// Daemon-wide facts the control thread adds to the worker figures.
@@ -355,15 +357,9 @@ fn channel_json(c: &ChannelCounters) -> Value {
 
 /// Adds one worker's figures of a client to the client's merged figures.
 fn merge_client(m: &mut ClientCounters, c: &ClientCounters) {
-    m.uid = c.uid;
-    m.pid = c.pid;
-    m.requests += c.requests;
-    m.bytes_out += c.bytes_out;
-    m.bytes_in += c.bytes_in;
-    m.in_flight += c.in_flight;
-    m.sq_pending += c.sq_pending;
-    m.credit_stalls += c.credit_stalls;
-    m.uid_stalls += c.uid_stalls;
+    (m.uid, m.pid) = (c.uid, c.pid);
+    add_fields!(m, c; requests, bytes_out, bytes_in, in_flight, sq_pending, credit_stalls,
+        uid_stalls);
     add_errors(&mut m.errors, &c.errors);
 }
 

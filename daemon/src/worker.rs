@@ -617,17 +617,16 @@ impl Worker {
                 Err(e) => self.misbehaved(k, e.to_string()),
             }
         }
+        let mut broken = None;
         for (_, ch) in self.chans.iter_mut() {
             match ch.ch.arm() {
                 Ok(true) => found = true,
                 Ok(false) => {}
-                Err(e) => {
-                    let _ = self.tx.send(ToControl::ChannelBroken {
-                        worker: self.s.index,
-                        reason: e.to_string(),
-                    });
-                }
+                Err(e) => broken = Some(e.to_string()),
             }
+        }
+        if let Some(reason) = broken {
+            self.channel_broken(reason);
         }
         if !found {
             if let Some(Reverse((at, _, _))) = self.deadlines.peek() {
@@ -689,11 +688,7 @@ impl Worker {
                         if let Err(e) = c.ch.clear_wakeups() {
                             // uio: EIO after a rescind. The control thread fails everything
                             // in flight with ENODEV and reconnects.
-                            let _ = self.tx.send(ToControl::ChannelBroken {
-                                worker: self.s.index,
-                                reason: format!("reading the channel's interrupt: {e}"),
-                            });
-                            self.control_wake_up();
+                            self.channel_broken(format!("reading the channel's interrupt: {e}"));
                         }
                         any = true;
                     }
@@ -734,11 +729,7 @@ impl Worker {
                     self.drop_channels(errno::ENODEV);
                     for ch in chs {
                         if let Err(reason) = self.add_channel(ch) {
-                            let _ = self.tx.send(ToControl::ChannelBroken {
-                                worker: self.s.index,
-                                reason,
-                            });
-                            self.control_wake_up();
+                            self.channel_broken(reason);
                         }
                     }
                 }
@@ -758,6 +749,15 @@ impl Worker {
     fn control_wake_up(&self) {
         use blobring_ring::Notifier;
         let _ = self.control_wake.notify();
+    }
+
+    /// Tells the control thread a channel broke (it reconnects the host) and wakes it.
+    fn channel_broken(&self, reason: String) {
+        let _ = self.tx.send(ToControl::ChannelBroken {
+            worker: self.s.index,
+            reason,
+        });
+        self.control_wake_up();
     }
 
     fn add_client(&mut self, shared: Arc<ClientShared>) -> Result<(), String> {
@@ -1022,11 +1022,7 @@ impl Worker {
                 }
             }
             if let Some(reason) = broken {
-                let _ = self.tx.send(ToControl::ChannelBroken {
-                    worker: self.s.index,
-                    reason,
-                });
-                self.control_wake_up();
+                self.channel_broken(reason);
             }
         }
         self.scratch_keys = keys;
@@ -1306,11 +1302,7 @@ impl Worker {
             }
             Err(e) => {
                 chan.full = true;
-                let _ = self.tx.send(ToControl::ChannelBroken {
-                    worker: self.s.index,
-                    reason: e.to_string(),
-                });
-                self.control_wake_up();
+                self.channel_broken(e.to_string());
                 false
             }
         }
@@ -1354,11 +1346,7 @@ impl Worker {
             }
         }
         if let Some(reason) = broken {
-            let _ = self.tx.send(ToControl::ChannelBroken {
-                worker: self.s.index,
-                reason,
-            });
-            self.control_wake_up();
+            self.channel_broken(reason);
         }
     }
 

@@ -16,13 +16,12 @@
 #![no_main]
 
 use blobring_abi::{
-    ABI_VERSION, FromBytes, FromZeros, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED,
-    HELLO_NOT_PERMITTED, HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH,
-    HelloReply, HelloRequest, MAX_SQ_ENTRIES,
+    ABI_VERSION, FromZeros, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED,
+    HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, MAX_SQ_ENTRIES,
 };
 use blobring_daemon::admission::{Load, Peer, Policy, decide};
 use blobring_daemon::fds::Budget;
-use blobring_fuzz::Input;
+use blobring_fuzz::{Input, fuzzed_hello};
 use libfuzzer_sys::fuzz_target;
 
 /// A few small ids, so allowed lists and credentials collide often.
@@ -33,24 +32,8 @@ fn ids(inp: &mut Input) -> Vec<u32> {
 fuzz_target!(|data: &[u8]| {
     let mut inp = Input(data);
     let mode = inp.u8();
-    let mut raw = [0u8; 64];
-    inp.fill(&mut raw);
-    let mut hello = HelloRequest::read_from_bytes(&raw).unwrap();
     // Fixups make every check reachable from short inputs.
-    if mode & 1 != 0 {
-        hello.magic = HELLO_REQUEST_MAGIC;
-    }
-    if mode & 2 != 0 {
-        hello.abi_version = ABI_VERSION;
-    }
-    if mode & 4 != 0 {
-        hello.flags = 0;
-        hello.reserved = [0; 40];
-    }
-    if mode & 8 != 0 {
-        hello.sq_entries = 1 << (hello.sq_entries % 20);
-        hello.arena_len %= 1 << 24;
-    }
+    let hello = fuzzed_hello(&mut inp, mode, 20, 1 << 24);
     let peer = Peer {
         uid: u32::from(inp.u8() % 8),
         gid: u32::from(inp.u8() % 8),
