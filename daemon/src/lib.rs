@@ -118,6 +118,15 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// The whole of `blobringd`'s `main` (the real binary and the tests crate's copy): parses the
+/// command line (exiting with clap's usage on an error), sets up logging and [`run`]s.
+pub fn main_from_args() -> Result<(), DaemonError> {
+    use clap::Parser;
+    let cfg = Config::parse();
+    init_logging(cfg.log_format);
+    run(cfg)
+}
+
 /// Runs the daemon until SIGTERM/SIGINT; returns after draining.
 pub fn run(mut cfg: Config) -> Result<(), DaemonError> {
     // Before any thread exists, so every thread inherits the blocked mask.
