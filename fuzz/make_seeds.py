@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Writes the seed inputs of the sqe_intake, completion, handshake and xml fuzz targets into
-fuzz/seeds/<target>/, derived from the unit tests' inputs (daemon/src/worker.rs tests:
-`blob(g)` and the refused fields of `refuses_each_kind_of_bad_field`; vmbus blob completion
-tests; abi hello tests; the XML parser tests of host/src/xml.rs and client/src/blob/xml.rs).
+"""Writes the seed inputs of the sqe_intake, completion, handshake, admission and xml fuzz
+targets into fuzz/seeds/<target>/, derived from the unit tests' inputs (daemon/src/worker.rs
+tests: `blob(g)` and the refused fields of `refuses_each_kind_of_bad_field`; vmbus blob
+completion tests; abi hello tests; daemon/src/admission.rs tests; the XML parser tests of
+host/src/xml.rs and client/src/blob/xml.rs).
 Run from the repository root: python3 fuzz/make_seeds.py"""
 import os
 import struct
@@ -126,6 +127,39 @@ write("handshake", "client_truncated", b"\x01\x14\x00\x00" + struct.pack("<I", 7
 write("handshake", "client_fd_count", b"\x01\x24\x01\x00" + struct.pack("<I", 7) + REPLY
       + b"\x01")
 write("handshake", "client_no_region", b"\x01\x44\x00\x00" + struct.pack("<I", 7) + REPLY)
+
+# ---- admission -------------------------------------------------------------------------------
+# mode, 64 hello bytes, peer (uid, gid, pid, groups), allow_uid, allow_gid, n_queues - 1,
+# max_clients, fd limit, max_clients_per_uid, log2 queue depth, arena limit and its shift,
+# live clients, the uid's clients, open fds (see fuzz_targets/admission.rs)
+
+
+def ids(*v):
+    return bytes([len(v)]) + bytes(v)
+
+
+def admission(mode=0, h=None, uid=1, gid=1, groups=ids(), allow_uid=ids(1), allow_gid=ids(),
+              queues=1, max_clients=10, limit=1024, per_uid=4, depth_log2=8,
+              arena=(1 << 20, 0), live=0, uid_live=0, open_fds=100):
+    return (bytes([mode]) + (h if h is not None else hello()) + bytes([uid, gid])
+            + struct.pack("<i", 42) + groups + allow_uid + allow_gid
+            + bytes([queues, max_clients]) + struct.pack("<H", limit)
+            + bytes([per_uid, depth_log2]) + struct.pack("<QB", arena[0], arena[1])
+            + bytes([live, uid_live]) + struct.pack("<H", open_fds))
+
+
+write("admission", "grant", admission())
+write("admission", "grant_sizes", admission(h=hello(sq=16, arena=4096)))
+write("admission", "grant_by_group", admission(uid=5, gid=6, groups=ids(3, 7), allow_gid=ids(7)))
+write("admission", "bad_magic", admission(h=hello(magic=b"XXXX")))
+write("admission", "version", admission(h=hello(version=99)))
+write("admission", "not_permitted", admission(uid=5, gid=5))
+write("admission", "shutting_down", admission(mode=0x10))
+write("admission", "max_clients", admission(live=10))
+write("admission", "per_uid", admission(live=5, uid_live=4))
+write("admission", "out_of_fds", admission(open_fds=1020))
+write("admission", "odd_sq", admission(h=hello(sq=3)))
+write("admission", "big_arena", admission(h=hello(arena=(1 << 20) + 1)))
 
 # ---- xml -------------------------------------------------------------------------------------
 write("xml", "list", b"\x00" + b'<?xml version="1.0" encoding="utf-8"?><EnumerationResults '

@@ -87,11 +87,15 @@ pub struct Config {
     /// Do not pin workers to CPUs.
     #[arg(long)]
     pub no_pin: bool,
-    /// Busy-poll budget before a worker sleeps, in microseconds. Measured on a 2-vCPU VM
-    /// (NOP at depth 1 through the daemon): 0 µs → p50 32 µs, 29 k req/s; 30 µs → p50 1.3 µs,
-    /// 411 k req/s; 100 µs → no further gain. Each idle period costs up to this much CPU.
-    /// Workers spin only while no request waits on the host (a host completion wakes them
-    /// through io_uring anyway).
+    /// The most an idle worker busy-polls before it sleeps, in microseconds (0: never spin).
+    /// Measured on a 2-vCPU VM (NOP at depth 1 through the daemon): 0 µs → p50 32 µs,
+    /// 29 k req/s; 30 µs → p50 1.3 µs, 411 k req/s; 100 µs → no further gain. Workers spin
+    /// only while no request waits on the host (a host completion wakes them through io_uring
+    /// anyway), and only as long as spinning pays: each worker's budget starts here, doubles
+    /// (up to this) after a spin that found work within 10 µs and halves (to zero below 1 µs)
+    /// after one that found it later or ran out; at zero every 64th idle period spins a 10 µs
+    /// probe. The current budget and the spin hits and misses are in the ctl stats and the
+    /// metrics (`blobring_worker_spin_*`). See the daemon's `spin` module.
     #[arg(long, default_value_t = 30)]
     pub spin_us: u64,
     /// Most SQEs taken from one client queue per worker turn (fairness).

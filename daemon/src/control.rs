@@ -1,5 +1,8 @@
-//! The control thread: client handshakes, policy and limits, regions, the host bus, the ctl
-//! socket, signals and shutdown. Nothing here is on the request path.
+//! The control thread: client handshakes (the decision is [`crate::admission`]'s; here the
+//! credentials and load are gathered and a grant is provisioned: region, translation,
+//! doorbells, registration, reply), regions, the host bus and its channels (spread by
+//! [`crate::spread_channels`]), the ctl socket, signals and shutdown. Nothing here is on the
+//! request path.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, Read, Write};
@@ -13,9 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use blobring_abi::{
-    ABI_VERSION, FromBytes, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED, HELLO_OK,
-    HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply,
-    HelloRequest, IntoBytes, MAX_SQ_ENTRIES, RegionGeometry,
+    ABI_VERSION, FromBytes, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_UNAVAILABLE, HelloReply,
+    HelloRequest, IntoBytes, RegionGeometry,
 };
 use blobring_ring::{EventFd, Notifier, QueueLayout};
 use blobring_shm::Pagemap;
@@ -32,6 +34,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use crate::DaemonError;
+use crate::admission::{self, Grant, Load, Peer, Policy, Refusal};
 use crate::config::Config;
 use crate::fds::{Budget, Spare};
 use crate::stats::{DaemonInfo, StatsCell};
@@ -574,7 +577,10 @@ impl Control {
                         }
                     }
                 }
-                self.spread_channels(chans, |_, c| Box::new(c));
+                let n_workers = self.workers.len();
+                self.hand_out_channels(crate::spread_channels(chans, n_workers, |_, c| {
+                    Box::new(c) as Box<dyn crate::worker::WorkerChannel>
+                }));
                 self.info.host_connected = true;
                 self.info.channels_open = n as u32;
                 self.info.host_connects += 1;
@@ -593,20 +599,9 @@ impl Control {
         }
     }
 
-    /// Spreads `chans` over the workers, channel `i` to worker `i % workers` (so every worker
-    /// owns at least one when there are as many channels as workers), `wrap` making each the
-    /// worker's channel type given the worker index; the same for both transports.
-    fn spread_channels<C>(
-        &self,
-        chans: Vec<C>,
-        mut wrap: impl FnMut(usize, C) -> Box<dyn crate::worker::WorkerChannel>,
-    ) {
-        let n = self.workers.len();
-        let mut per_worker: Vec<Vec<Box<dyn crate::worker::WorkerChannel>>> =
-            (0..n).map(|_| Vec::new()).collect();
-        for (i, ch) in chans.into_iter().enumerate() {
-            per_worker[i % n].push(wrap(i % n, ch));
-        }
+    /// Hands each worker its share of the channels (`per_worker[w]` to worker `w`, as
+    /// [`crate::spread_channels`] made them).
+    fn hand_out_channels(&self, per_worker: Vec<Vec<Box<dyn crate::worker::WorkerChannel>>>) {
         for (w, chs) in self.workers.iter().zip(per_worker) {
             w.send(ToWorker::Channels(chs));
         }
@@ -648,13 +643,7 @@ impl Control {
             Ok((chans, listeners, mode, max_pages)) => {
                 self.backoff = Duration::from_millis(100);
                 let n = chans.len();
-                self.spread_channels(chans, |w, ch| {
-                    Box::new(crate::uio::UioWorkerChannel::new(
-                        ch,
-                        listeners[w].clone(),
-                        mode,
-                    ))
-                });
+                self.hand_out_channels(crate::uio::worker_channels(chans, &listeners, mode));
                 self.info.host_connected = true;
                 self.info.channels_open = n as u32;
                 self.info.host_connects += 1;
@@ -840,7 +829,9 @@ impl Control {
         }
     }
 
-    /// Runs one handshake. On refusal the reply has been sent and the socket is dropped.
+    /// Runs one handshake: the admission decision ([`admission::decide`], pure), then the
+    /// provisioning of a grant ([`Self::provision`]) and the hand-over ([`Self::hand_over`]).
+    /// On refusal the reply has been sent and the socket is dropped.
     fn handshake(&mut self, sock: UnixStream, buf: &[u8]) -> Result<(), String> {
         // The reply (256 bytes) goes into an empty socket buffer: it does not block; the
         // timeout only bounds a pathological case.
@@ -853,146 +844,106 @@ impl Control {
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
         let req = HelloRequest::read_from_bytes(buf)
             .map_err(|_| format!("short hello from pid {pid}"))?;
-        let refuse = |status: u32, text: String| -> Result<(), String> {
-            let mut reply = HelloReply::new_zeroed_reply();
-            reply.status = status;
-            reply.set_message(&text);
-            let _ = (&sock).write_all(reply.as_bytes());
-            Err(text)
+        let policy = Policy {
+            allow_uid: &self.allow_uid,
+            allow_gid: &self.cfg.allow_gid,
+            max_clients: self.cfg.max_clients,
+            max_clients_per_uid: self.cfg.max_clients_per_uid,
+            queue_depth: self.cfg.queue_depth,
+            arena_size: self.cfg.arena_size,
+            n_queues: self.workers.len() as u32,
+            budget: self.budget,
         };
-        if req.magic != HELLO_REQUEST_MAGIC
-            || req.flags != 0
-            || req.reserved.iter().any(|&b| b != 0)
-        {
-            return refuse(HELLO_BAD_REQUEST, "malformed hello (bad magic or non-zero reserved fields); use a matching blobring client".into());
-        }
-        if req.abi_version != ABI_VERSION {
-            return refuse(
-                HELLO_VERSION_MISMATCH,
-                format!(
-                    "client speaks ABI version {}, daemon speaks {ABI_VERSION}; upgrade the client library or the daemon so they match",
-                    req.abi_version
-                ),
-            );
-        }
-        let gid_ok = !self.cfg.allow_gid.is_empty()
-            && (self.cfg.allow_gid.contains(&gid)
-                || member_of_allowed_gid(pid, &self.cfg.allow_gid));
-        if !self.allow_uid.contains(&uid) && !gid_ok {
-            return refuse(
-                HELLO_NOT_PERMITTED,
-                format!(
-                    "uid {uid} (gid {gid}) is not allowed to use this daemon; ask the administrator to add --allow-uid {uid} or --allow-gid"
-                ),
-            );
-        }
-        if self.shutting_down.is_some() {
-            return refuse(
-                HELLO_UNAVAILABLE,
-                "the daemon is shutting down; retry when it is back".into(),
-            );
-        }
-        let live = self.clients.values().filter(|c| !c.removing).count();
-        if live >= self.cfg.max_clients {
-            return refuse(
-                HELLO_LIMIT_EXCEEDED,
-                format!(
-                    "the daemon already serves {live} clients (--max-clients {}); retry later or raise the limit",
-                    self.cfg.max_clients
-                ),
-            );
-        }
-        let per_uid = self
-            .clients
-            .values()
-            .filter(|c| !c.removing && c.shared.uid == uid)
-            .count();
-        if per_uid >= self.cfg.max_clients_per_uid {
-            return refuse(
-                HELLO_LIMIT_EXCEEDED,
-                format!(
-                    "uid {uid} already has {per_uid} connections (--max-clients-per-uid {}); close some or raise the limit",
-                    self.cfg.max_clients_per_uid
-                ),
-            );
-        }
-        if let Err(msg) = self.budget.check(crate::fds::in_use()) {
-            return refuse(HELLO_UNAVAILABLE, msg);
-        }
-        let sq = if req.sq_entries == 0 {
-            self.cfg.queue_depth
+        let groups = if policy.needs_groups(uid, gid) {
+            supplementary_groups(pid)
         } else {
-            req.sq_entries
+            Vec::new()
         };
-        if !sq.is_power_of_two() || sq > self.cfg.queue_depth || sq > MAX_SQ_ENTRIES {
-            return refuse(
-                HELLO_LIMIT_EXCEEDED,
-                format!(
-                    "sq_entries {sq} must be a power of two no larger than {} (--queue-depth)",
-                    self.cfg.queue_depth
-                ),
-            );
-        }
-        let arena = if req.arena_len == 0 {
-            self.cfg.arena_size
-        } else {
-            req.arena_len
+        let peer = Peer {
+            uid,
+            gid,
+            pid,
+            groups,
         };
-        if arena > self.cfg.arena_size {
-            return refuse(
-                HELLO_LIMIT_EXCEEDED,
-                format!(
-                    "arena of {arena} bytes exceeds the limit of {} (--arena-size); ask for less",
-                    self.cfg.arena_size
-                ),
-            );
+        let live = || self.clients.values().filter(|c| !c.removing);
+        let load = Load {
+            shutting_down: self.shutting_down.is_some(),
+            live: live().count(),
+            live_for_uid: live().filter(|c| c.shared.uid == uid).count(),
+            open_fds: crate::fds::in_use(),
+        };
+        let provisioned =
+            admission::decide(&req, &peer, &policy, &load).and_then(|g| self.provision(g, &peer));
+        match provisioned {
+            Ok(p) => self.hand_over(sock, &peer, p),
+            Err(r) => {
+                let mut reply = HelloReply::new_zeroed_reply();
+                reply.status = r.status;
+                reply.set_message(&r.message);
+                let _ = (&sock).write_all(reply.as_bytes());
+                Err(r.message)
+            }
         }
+    }
+
+    /// Creates what a grant to `peer` promises: the client's region (initialised), its translation for
+    /// the host, one doorbell eventfd per queue. Nothing is shared yet: dropping the result
+    /// undoes it.
+    fn provision(&mut self, grant: Grant, peer: &Peer) -> Result<Provisioned, Refusal> {
+        let unavailable = |message: String| Refusal {
+            status: HELLO_UNAVAILABLE,
+            message,
+        };
         let id = self.next_id;
-        let n_queues = self.workers.len() as u32;
-        let (region, geometry) = match create_region(
+        let (region, geometry) = create_region(
             id,
-            n_queues,
-            sq,
-            arena,
+            grant.n_queues,
+            grant.sq_entries,
+            grant.arena_len,
             self.cfg.hugetlb,
             self.uio.is_some(),
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                return refuse(
-                    HELLO_UNAVAILABLE,
-                    format!("cannot create the shared region: {e}"),
-                );
-            }
-        };
+        )
+        .map_err(|e| unavailable(format!("cannot create the shared region: {e}")))?;
         // uio: the host reads guest-physical pages; translate the (locked, hugetlb) region
         // once through pagemap. sim: the daemon-assigned guest-physical base.
         let gpa_base = self.next_gpa;
         let pfns: Arc<dyn PfnTranslator> = match &mut self.uio {
-            Some(u) => match PagemapPfns::for_region(&region, &mut u.pagemap) {
-                Ok(p) => Arc::new(p),
-                Err(e) => {
-                    return refuse(
-                        HELLO_UNAVAILABLE,
-                        format!("cannot translate the shared region for Hyper-V: {e}"),
-                    );
-                }
-            },
+            Some(u) => Arc::new(
+                PagemapPfns::for_region(&region, &mut u.pagemap).map_err(|e| {
+                    unavailable(format!(
+                        "cannot translate the shared region for Hyper-V: {e}"
+                    ))
+                })?,
+            ),
             None => Arc::new(SimPfns::new(gpa_base, geometry.region_len)),
         };
-        let mut doorbells = Vec::new();
-        for _ in 0..n_queues {
-            match EventFd::new() {
-                Ok(e) => doorbells.push(Arc::new(e)),
-                Err(e) => {
-                    return refuse(HELLO_UNAVAILABLE, format!("cannot create an eventfd: {e}"));
-                }
-            }
-        }
-        let region = Arc::new(region);
+        let doorbells = (0..grant.n_queues)
+            .map(|_| EventFd::new().map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| unavailable(format!("cannot create an eventfd: {e}")))?;
+        Ok(Provisioned {
+            shared: ClientShared {
+                pfns,
+                id,
+                uid: peer.uid,
+                pid: peer.pid,
+                region: Arc::new(region),
+                geometry,
+                gpa_base,
+                doorbells,
+            },
+            sq_entries: grant.sq_entries,
+        })
+    }
+
+    /// Registers a provisioned client's memory with the host (sim), sends it the reply with
+    /// its region and doorbells, and hands it to every worker.
+    fn hand_over(&mut self, sock: UnixStream, peer: &Peer, p: Provisioned) -> Result<(), String> {
+        let Provisioned { shared, sq_entries } = p;
+        let (id, len) = (shared.id, shared.geometry.region_len);
         let mut registered = false;
         if let Some(bus) = self.host.as_mut().and_then(|h| h.bus.as_mut()) {
-            match bus.register_memory(id, gpa_base, region.fd(), geometry.region_len) {
+            match bus.register_memory(id, shared.gpa_base, shared.region.fd(), len) {
                 Ok(()) => registered = true,
                 Err(e) => {
                     tracing::warn!(client = id, error = %e, "could not register client memory with the host")
@@ -1001,42 +952,33 @@ impl Control {
         }
         let mut reply = HelloReply::new_zeroed_reply();
         reply.status = HELLO_OK;
-        reply.n_queues = n_queues;
-        reply.region_len = geometry.region_len;
+        reply.n_queues = shared.doorbells.len() as u32;
+        reply.region_len = len;
         reply.client_id = id;
-        let mut fds: Vec<BorrowedFd<'_>> = vec![region.fd()];
-        fds.extend(doorbells.iter().map(|d| d.as_fd()));
+        let mut fds: Vec<BorrowedFd<'_>> = vec![shared.region.fd()];
+        fds.extend(shared.doorbells.iter().map(|d| d.as_fd()));
         if let Err(e) = send_with_fds(&sock, reply.as_bytes(), &fds) {
             if registered && let Some(bus) = self.host.as_mut().and_then(|h| h.bus.as_mut()) {
                 let _ = bus.unregister_memory(id);
             }
-            return Err(format!("sending the reply to pid {pid}: {e}"));
+            return Err(format!("sending the reply to pid {}: {e}", peer.pid));
         }
         drop(fds);
         self.next_id += 1;
         self.next_gpa = self
             .next_gpa
-            .saturating_add(geometry.region_len.div_ceil(GPA_ALIGN) * GPA_ALIGN + GPA_ALIGN);
+            .saturating_add(len.div_ceil(GPA_ALIGN) * GPA_ALIGN + GPA_ALIGN);
         let _ = sock.set_nonblocking(true);
-        let shared = Arc::new(ClientShared {
-            pfns,
-            id,
-            uid,
-            pid,
-            region,
-            geometry,
-            gpa_base,
-            doorbells,
-        });
+        let shared = Arc::new(shared);
         for w in &self.workers {
             w.send(ToWorker::AddClient(shared.clone()));
         }
         tracing::info!(
             client = id,
-            uid,
-            pid,
-            sq,
-            arena = geometry.arena_len,
+            uid = peer.uid,
+            pid = peer.pid,
+            sq = sq_entries,
+            arena = shared.geometry.arena_len,
             pages = ?shared.region.page_kind(),
             "client connected"
         );
@@ -1053,6 +995,14 @@ impl Control {
         self.info.clients = self.clients.len();
         Ok(())
     }
+}
+
+/// A granted client's resources, created but not yet shared with anyone.
+struct Provisioned {
+    /// What the workers get.
+    shared: ClientShared,
+    /// SQ entries per queue (for the log).
+    sq_entries: u32,
 }
 
 trait ZeroedReply {
@@ -1123,19 +1073,20 @@ fn select_transport(cfg: &Config, n_queues: u32) -> Result<Option<UioSetup>, Dae
     }))
 }
 
-/// Whether process `pid` has one of `gids` among its supplementary groups (`/proc/<pid>/status`).
-fn member_of_allowed_gid(pid: i32, gids: &[u32]) -> bool {
+/// The supplementary groups of process `pid` (`/proc/<pid>/status`); none when unreadable.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
+        return Vec::new();
     };
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|g| {
+        .map(|g| {
             g.split_whitespace()
                 .filter_map(|x| x.parse::<u32>().ok())
-                .any(|x| gids.contains(&x))
+                .collect()
         })
+        .unwrap_or_default()
 }
 
 /// Creates, initialises and returns a client region: THP (falling back to 4 KiB pages) by

@@ -139,6 +139,12 @@ pub struct WorkerStats {
     pub waiting: u64,
     /// Times the worker went to sleep in io_uring.
     pub sleeps: u64,
+    /// The worker's adaptive spin budget now (ns; see [`crate::spin`]).
+    pub spin_budget_ns: u64,
+    /// Idle periods in which spinning found work before the worker slept.
+    pub spin_hits: u64,
+    /// Idle periods in which the spin ran out and the worker slept.
+    pub spin_misses: u64,
     /// Futex wakes issued to sleeping clients.
     pub client_wakes: u64,
     /// Doorbell (eventfd) wakeups received.
@@ -182,6 +188,9 @@ impl WorkerStats {
             in_flight: 0,
             waiting: 0,
             sleeps: 0,
+            spin_budget_ns: 0,
+            spin_hits: 0,
+            spin_misses: 0,
             client_wakes: 0,
             doorbells: 0,
             doorbell_mutes: 0,
@@ -210,14 +219,16 @@ fn hist_json(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// `a.f += b.f` for each field `f` named.
+macro_rules! add_fields {
+    ($a:expr, $b:expr; $($f:ident),+) => {
+        $($a.$f += $b.$f;)+
+    };
+}
+
 fn add_errors(a: &mut Errors, b: &Errors) {
-    a.invalid += b.invalid;
-    a.timed_out += b.timed_out;
-    a.no_device += b.no_device;
-    a.too_big += b.too_big;
-    a.bad_completions += b.bad_completions;
-    a.unexpected_reply_type += b.unexpected_reply_type;
-    a.corrupt_clients += b.corrupt_clients;
+    add_fields!(a, b; invalid, timed_out, no_device, too_big, bad_completions,
+        unexpected_reply_type, corrupt_clients);
 }
 
 /// Daemon-wide facts the control thread adds to the worker figures.
@@ -241,28 +252,17 @@ pub struct DaemonInfo {
 /// open fds, RSS and privileges, see [`crate::privs::process_json`]).
 pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
     let snaps: Vec<WorkerStats> = cells.iter().map(|c| lock(c).clone()).collect();
-    let mut workers = Vec::new();
     let mut channels = Vec::new();
     let mut clients: BTreeMap<u64, ClientCounters> = BTreeMap::new();
     let (mut qw, mut hs, mut e2e) = (histogram(), histogram(), histogram());
     let mut totals = (0u64, 0u64, 0u64, Errors::default());
     let mut in_flight = Vec::new();
     for w in &snaps {
-        for r in &w.in_flight_list {
-            in_flight.push((
-                r.age,
-                json!({
-                    "worker": w.index,
-                    "client": r.client,
-                    "user_data": r.user_data,
-                    "transaction_id": r.transaction_id,
-                    "guid": blobring_vmbus::blob::guid_string(&r.guid),
-                    "state": r.state,
-                    "channel": r.channel,
-                    "age_ms": r.age.as_millis() as u64,
-                }),
-            ));
-        }
+        in_flight.extend(
+            w.in_flight_list
+                .iter()
+                .map(|r| (r.age, in_flight_json(w.index, r))),
+        );
         let _ = qw.add(&w.queue_wait);
         let _ = hs.add(&w.host_service);
         let _ = e2e.add(&w.end_to_end);
@@ -270,71 +270,11 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
         totals.1 += w.bytes_out;
         totals.2 += w.bytes_in;
         add_errors(&mut totals.3, &w.errors);
-        workers.push(json!({
-            "index": w.index,
-            "cpu": w.cpu,
-            "requests": w.requests,
-            "nops": w.nops,
-            "bytes_out": w.bytes_out,
-            "bytes_in": w.bytes_in,
-            "errors": w.errors.json(),
-            "in_flight": w.in_flight,
-            "waiting": w.waiting,
-            "sleeps": w.sleeps,
-            "client_wakes": w.client_wakes,
-            "doorbells": w.doorbells,
-            "doorbell_mutes": w.doorbell_mutes,
-            "uid_stalls": w.uid_stalls,
-            "clients": w.clients.len(),
-            "channels": w.channels.iter().map(|c| c.index).collect::<Vec<_>>(),
-            "queue_wait": hist_json(&w.queue_wait),
-            "host_service": hist_json(&w.host_service),
-            "end_to_end": hist_json(&w.end_to_end),
-        }));
-        for c in &w.channels {
-            channels.push(json!({
-                "index": c.index,
-                "worker": c.worker,
-                "requests": c.requests,
-                "bytes_out": c.bytes_out,
-                "bytes_in": c.bytes_in,
-                "in_flight": c.in_flight,
-                "outstanding_bytes": c.outstanding_bytes,
-                "ring_full": c.ring_full,
-            }));
-        }
+        channels.extend(w.channels.iter().map(channel_json));
         for (id, c) in &w.clients {
-            let m = clients.entry(*id).or_default();
-            m.uid = c.uid;
-            m.pid = c.pid;
-            m.requests += c.requests;
-            m.bytes_out += c.bytes_out;
-            m.bytes_in += c.bytes_in;
-            m.in_flight += c.in_flight;
-            m.sq_pending += c.sq_pending;
-            m.credit_stalls += c.credit_stalls;
-            m.uid_stalls += c.uid_stalls;
-            add_errors(&mut m.errors, &c.errors);
+            merge_client(clients.entry(*id).or_default(), c);
         }
     }
-    let clients: Vec<Value> = clients
-        .iter()
-        .map(|(id, c)| {
-            json!({
-                "id": id,
-                "uid": c.uid,
-                "pid": c.pid,
-                "requests": c.requests,
-                "bytes_out": c.bytes_out,
-                "bytes_in": c.bytes_in,
-                "in_flight": c.in_flight,
-                "sq_pending": c.sq_pending,
-                "credit_stalls": c.credit_stalls,
-                "uid_stalls": c.uid_stalls,
-                "errors": c.errors.json(),
-            })
-        })
-        .collect();
     // Oldest first; each worker lists at most its oldest few.
     in_flight.sort_by_key(|r| std::cmp::Reverse(r.0));
     let in_flight: Vec<Value> = in_flight.into_iter().map(|(_, j)| j).collect();
@@ -355,17 +295,113 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
             "host_service": hist_json(&hs),
             "end_to_end": hist_json(&e2e),
         },
-        "workers": workers,
+        "workers": snaps.iter().map(worker_json).collect::<Vec<_>>(),
         "channels": channels,
-        "clients": clients,
+        "clients": clients.iter().map(|(id, c)| client_json(*id, c)).collect::<Vec<_>>(),
         "in_flight": in_flight,
     })
+}
+
+fn worker_json(w: &WorkerStats) -> Value {
+    json!({
+        "index": w.index,
+        "cpu": w.cpu,
+        "requests": w.requests,
+        "nops": w.nops,
+        "bytes_out": w.bytes_out,
+        "bytes_in": w.bytes_in,
+        "errors": w.errors.json(),
+        "in_flight": w.in_flight,
+        "waiting": w.waiting,
+        "sleeps": w.sleeps,
+        "spin_budget_ns": w.spin_budget_ns,
+        "spin_hits": w.spin_hits,
+        "spin_misses": w.spin_misses,
+        "client_wakes": w.client_wakes,
+        "doorbells": w.doorbells,
+        "doorbell_mutes": w.doorbell_mutes,
+        "uid_stalls": w.uid_stalls,
+        "clients": w.clients.len(),
+        "channels": w.channels.iter().map(|c| c.index).collect::<Vec<_>>(),
+        "queue_wait": hist_json(&w.queue_wait),
+        "host_service": hist_json(&w.host_service),
+        "end_to_end": hist_json(&w.end_to_end),
+    })
+}
+
+fn in_flight_json(worker: usize, r: &InFlightRequest) -> Value {
+    json!({
+        "worker": worker,
+        "client": r.client,
+        "user_data": r.user_data,
+        "transaction_id": r.transaction_id,
+        "guid": blobring_vmbus::blob::guid_string(&r.guid),
+        "state": r.state,
+        "channel": r.channel,
+        "age_ms": r.age.as_millis() as u64,
+    })
+}
+
+fn channel_json(c: &ChannelCounters) -> Value {
+    json!({
+        "index": c.index,
+        "worker": c.worker,
+        "requests": c.requests,
+        "bytes_out": c.bytes_out,
+        "bytes_in": c.bytes_in,
+        "in_flight": c.in_flight,
+        "outstanding_bytes": c.outstanding_bytes,
+        "ring_full": c.ring_full,
+    })
+}
+
+/// Adds one worker's figures of a client to the client's merged figures.
+fn merge_client(m: &mut ClientCounters, c: &ClientCounters) {
+    (m.uid, m.pid) = (c.uid, c.pid);
+    add_fields!(m, c; requests, bytes_out, bytes_in, in_flight, sq_pending, credit_stalls,
+        uid_stalls);
+    add_errors(&mut m.errors, &c.errors);
+}
+
+fn client_json(id: u64, c: &ClientCounters) -> Value {
+    json!({
+        "id": id,
+        "uid": c.uid,
+        "pid": c.pid,
+        "requests": c.requests,
+        "bytes_out": c.bytes_out,
+        "bytes_in": c.bytes_in,
+        "in_flight": c.in_flight,
+        "sq_pending": c.sq_pending,
+        "credit_stalls": c.credit_stalls,
+        "uid_stalls": c.uid_stalls,
+        "errors": c.errors.json(),
+    })
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Writes the metric families `(name, key, kind)` with one sample per row of `rows` (a JSON
+/// array): labelled by `labels(row)`, valued by the row's `key`.
+fn families(
+    out: &mut String,
+    list: &[(&str, &str, &str)],
+    rows: &Value,
+    labels: impl Fn(&Value) -> String,
+) {
+    for &(name, key, kind) in list {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for r in rows.as_array().into_iter().flatten() {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(r), num(&r[key]));
+        }
+    }
 }
 
 /// Renders the JSON document as Prometheus text (counters and gauges; quantiles as summaries).
 pub fn to_prometheus(doc: &Value) -> String {
     let mut out = String::new();
-    let num = |v: &Value| v.as_u64().unwrap_or(0);
     let d = &doc["daemon"];
     let _ = writeln!(out, "# TYPE blobring_host_connected gauge");
     let _ = writeln!(
@@ -389,35 +425,47 @@ pub fn to_prometheus(doc: &Value) -> String {
         "blobring_handshakes_refused_total {}",
         num(&d["refused"])
     );
-    for (name, key, kind) in [
-        ("blobring_worker_requests_total", "requests", "counter"),
-        ("blobring_worker_bytes_out_total", "bytes_out", "counter"),
-        ("blobring_worker_bytes_in_total", "bytes_in", "counter"),
-        ("blobring_worker_in_flight", "in_flight", "gauge"),
-        ("blobring_worker_sleeps_total", "sleeps", "counter"),
-        (
-            "blobring_worker_client_wakes_total",
-            "client_wakes",
-            "counter",
-        ),
-    ] {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for w in doc["workers"].as_array().into_iter().flatten() {
-            let _ = writeln!(
-                out,
-                "{name}{{worker=\"{}\"}} {}",
-                num(&w["index"]),
-                num(&w[key])
-            );
-        }
+    let workers = &doc["workers"];
+    let worker = |w: &Value| format!("worker=\"{}\"", num(&w["index"]));
+    families(
+        &mut out,
+        &[
+            ("blobring_worker_requests_total", "requests", "counter"),
+            ("blobring_worker_bytes_out_total", "bytes_out", "counter"),
+            ("blobring_worker_bytes_in_total", "bytes_in", "counter"),
+            ("blobring_worker_in_flight", "in_flight", "gauge"),
+            ("blobring_worker_sleeps_total", "sleeps", "counter"),
+            ("blobring_worker_spin_hits_total", "spin_hits", "counter"),
+            (
+                "blobring_worker_spin_misses_total",
+                "spin_misses",
+                "counter",
+            ),
+            (
+                "blobring_worker_client_wakes_total",
+                "client_wakes",
+                "counter",
+            ),
+        ],
+        workers,
+        worker,
+    );
+    let _ = writeln!(out, "# TYPE blobring_worker_spin_budget_seconds gauge");
+    for w in workers.as_array().into_iter().flatten() {
+        let budget = num(&w["spin_budget_ns"]) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "blobring_worker_spin_budget_seconds{{{}}} {budget:.9}",
+            worker(w)
+        );
     }
     let _ = writeln!(out, "# TYPE blobring_worker_errors_total counter");
-    for w in doc["workers"].as_array().into_iter().flatten() {
+    for w in workers.as_array().into_iter().flatten() {
         for (kind, v) in w["errors"].as_object().into_iter().flatten() {
             let _ = writeln!(
                 out,
-                "blobring_worker_errors_total{{worker=\"{}\",kind=\"{kind}\"}} {}",
-                num(&w["index"]),
+                "blobring_worker_errors_total{{{},kind=\"{kind}\"}} {}",
+                worker(w),
                 num(v)
             );
         }
@@ -428,58 +476,85 @@ pub fn to_prometheus(doc: &Value) -> String {
         ("blobring_end_to_end_seconds", "end_to_end"),
     ] {
         let _ = writeln!(out, "# TYPE {name} summary");
-        for w in doc["workers"].as_array().into_iter().flatten() {
+        for w in workers.as_array().into_iter().flatten() {
             let h = &w[key];
             for (q, k) in [("0.5", "p50_ns"), ("0.99", "p99_ns"), ("0.999", "p999_ns")] {
                 let _ = writeln!(
                     out,
-                    "{name}{{worker=\"{}\",quantile=\"{q}\"}} {:.9}",
-                    num(&w["index"]),
+                    "{name}{{{},quantile=\"{q}\"}} {:.9}",
+                    worker(w),
                     num(&h[k]) as f64 / 1e9
                 );
             }
-            let _ = writeln!(
-                out,
-                "{name}_count{{worker=\"{}\"}} {}",
-                num(&w["index"]),
-                num(&h["count"])
-            );
+            let _ = writeln!(out, "{name}_count{{{}}} {}", worker(w), num(&h["count"]));
         }
     }
-    for (name, key, kind) in [
-        ("blobring_channel_requests_total", "requests", "counter"),
-        ("blobring_channel_in_flight", "in_flight", "gauge"),
-        ("blobring_channel_ring_full_total", "ring_full", "counter"),
-    ] {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for c in doc["channels"].as_array().into_iter().flatten() {
-            let _ = writeln!(
-                out,
-                "{name}{{channel=\"{}\"}} {}",
-                num(&c["index"]),
-                num(&c[key])
-            );
-        }
-    }
-    for (name, key, kind) in [
-        ("blobring_client_requests_total", "requests", "counter"),
-        ("blobring_client_in_flight", "in_flight", "gauge"),
-    ] {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for c in doc["clients"].as_array().into_iter().flatten() {
-            let _ = writeln!(
-                out,
-                "{name}{{client=\"{}\",uid=\"{}\"}} {}",
-                num(&c["id"]),
-                num(&c["uid"]),
-                num(&c[key])
-            );
-        }
-    }
+    families(
+        &mut out,
+        &[
+            ("blobring_channel_requests_total", "requests", "counter"),
+            ("blobring_channel_in_flight", "in_flight", "gauge"),
+            ("blobring_channel_ring_full_total", "ring_full", "counter"),
+        ],
+        &doc["channels"],
+        |c| format!("channel=\"{}\"", num(&c["index"])),
+    );
+    families(
+        &mut out,
+        &[
+            ("blobring_client_requests_total", "requests", "counter"),
+            ("blobring_client_in_flight", "in_flight", "gauge"),
+        ],
+        &doc["clients"],
+        |c| format!("client=\"{}\",uid=\"{}\"", num(&c["id"]), num(&c["uid"])),
+    );
     out
 }
 
 /// Locks a stats cell, tolerating a worker that panicked while holding it.
 pub fn lock(c: &StatsCell) -> std::sync::MutexGuard<'_, WorkerStats> {
     c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_figures_reach_json_and_prometheus() {
+        let mut w = WorkerStats::new(3, None);
+        (w.spin_budget_ns, w.spin_hits, w.spin_misses) = (7_500, 11, 4);
+        w.channels.push(ChannelCounters {
+            index: 2,
+            requests: 9,
+            ..ChannelCounters::default()
+        });
+        w.clients.insert(
+            5,
+            ClientCounters {
+                uid: 1000,
+                requests: 6,
+                ..ClientCounters::default()
+            },
+        );
+        let doc = to_json(&[Arc::new(Mutex::new(w))], &DaemonInfo::default());
+        let j = &doc["workers"][0];
+        assert_eq!(
+            (&j["spin_budget_ns"], &j["spin_hits"], &j["spin_misses"]),
+            (&json!(7_500), &json!(11), &json!(4))
+        );
+        let text = to_prometheus(&doc);
+        for line in [
+            "# TYPE blobring_worker_spin_hits_total counter",
+            "blobring_worker_spin_hits_total{worker=\"3\"} 11",
+            "blobring_worker_spin_misses_total{worker=\"3\"} 4",
+            "# TYPE blobring_worker_spin_budget_seconds gauge",
+            "blobring_worker_spin_budget_seconds{worker=\"3\"} 0.000007500",
+            "blobring_channel_requests_total{channel=\"2\"} 9",
+            "blobring_client_requests_total{client=\"5\",uid=\"1000\"} 6",
+            "blobring_end_to_end_seconds_count{worker=\"3\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
 }

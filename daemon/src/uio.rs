@@ -34,6 +34,18 @@ use blobring_vmbus::{Channel, ChannelError, Packet, Reply};
 
 use crate::worker::WorkerChannel;
 
+/// The device's channels spread over the workers ([`crate::spread_channels`], as on `sim`),
+/// each wrapped with its worker's own listener (`listeners[w]` for worker `w`).
+pub fn worker_channels(
+    chans: Vec<UioChannel>,
+    listeners: &[Arc<dyn UioEvents>],
+    mode: InterruptMode,
+) -> Vec<Vec<Box<dyn WorkerChannel>>> {
+    crate::spread_channels(chans, listeners.len(), |w, ch| {
+        Box::new(UioWorkerChannel::new(ch, listeners[w].clone(), mode)) as Box<dyn WorkerChannel>
+    })
+}
+
 /// A [`UioChannel`] driven by one worker through that worker's own uio listener.
 #[derive(Debug)]
 pub struct UioWorkerChannel {

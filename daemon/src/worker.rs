@@ -4,9 +4,13 @@
 //! A turn: control messages → host completions → SQ intake (≤ `batch` per client, credits
 //! permitting) → requests waiting for ring space → channel flushes → deadlines → CQ posts
 //! (one release store per client per turn) and futex wakes (batched into the next
-//! `io_uring_enter`). With nothing to do for `spin` the worker publishes `sq_need_wakeup` on
-//! every client queue, arms its channels and sleeps in `io_uring_enter` on: client doorbells,
-//! channel interrupt eventfds, its control eventfd and the nearest deadline.
+//! `io_uring_enter`). With nothing to do the worker spins — only while no request waits on the
+//! host, and only for its adaptive spin budget ([`crate::spin`]: at most `spin`, doubled
+//! after a spin that found work within 10 µs, halved after one that found it later or ran
+//! out, zero but for an occasional probe when spinning does not pay) — then publishes
+//! `sq_need_wakeup` on every client queue, arms its channels and sleeps in `io_uring_enter`
+//! on: client doorbells, channel interrupt eventfds, its control eventfd and the nearest
+//! deadline.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -33,6 +37,7 @@ use blobring_vmbus::sim::SimChannel;
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
+use crate::spin::{Spin, SpinOutcome};
 use crate::stats::{ChannelCounters, ClientCounters, PUBLISH_EVERY, StatsCell, lock};
 
 /// Linux errno values posted in CQEs.
@@ -183,7 +188,8 @@ pub struct WorkerSettings {
     pub index: usize,
     /// CPU to pin to.
     pub cpu: Option<usize>,
-    /// Busy-poll budget before sleeping.
+    /// The most an idle worker busy-polls before sleeping: the maximum of its adaptive
+    /// budget ([`crate::spin`]).
     pub spin: Duration,
     /// Most SQEs per client per turn.
     pub batch: usize,
@@ -405,6 +411,15 @@ impl InFlight {
     }
 }
 
+/// An idle period of the main loop (no work in the last turn).
+struct Idle {
+    since: Instant,
+    /// How long this period may spin, decided at its first look with nothing at the host.
+    allowance: Option<Duration>,
+    /// Whether the worker slept in it (it then spins no more).
+    slept: bool,
+}
+
 struct Chan {
     ch: Box<dyn WorkerChannel>,
     poll: Option<OpId>,
@@ -448,6 +463,8 @@ struct Worker {
     uid_in_slab: HashMap<u32, u32>,
     /// Where the next intake pass starts in the client list (round-robin).
     intake_turn: usize,
+    /// The adaptive spin budget (at most [`WorkerSettings::spin`]).
+    spin: Spin,
 }
 
 /// The worker thread body: builds the reactor (on this thread: it is `!Send`) and loops until
@@ -494,6 +511,7 @@ pub fn run(
         next_unmute: None,
         uid_in_slab: HashMap::new(),
         intake_turn: 0,
+        spin: Spin::new(s.spin),
         s,
     };
     w.main_loop()
@@ -501,7 +519,7 @@ pub fn run(
 
 impl Worker {
     fn main_loop(&mut self) -> Result<(), String> {
-        let mut idle_since: Option<Instant> = None;
+        let mut idle: Option<Idle> = None;
         let mut events = Vec::new();
         loop {
             let mut work = self.handle_control()?;
@@ -534,23 +552,46 @@ impl Worker {
                 return Ok(());
             }
             if work {
-                idle_since = None;
+                self.end_idle(idle.take());
                 continue;
             }
-            let since = *idle_since.get_or_insert_with(Instant::now);
+            let i = idle.get_or_insert_with(|| Idle {
+                since: Instant::now(),
+                allowance: None,
+                slept: false,
+            });
             // Spin only while nothing waits on the host: the next event is then a client
             // submission, which a busy client sends within microseconds. With requests at the
             // host the next event is its completion (tens of µs on the emulated host), which
             // wakes io_uring anyway; spinning then only burns CPU (measured: 4 KiB GET at
             // depth 1, daemon CPU per request 41 µs spinning vs 14 µs not, same latency).
+            // How long: the adaptive budget ([`crate::spin`]).
             let host_busy = self.reqs.len() > self.waiting.len();
-            if !host_busy && since.elapsed() < self.s.spin {
-                std::hint::spin_loop();
-                continue;
+            if !host_busy && !i.slept {
+                let allowance = *i.allowance.get_or_insert_with(|| self.spin.allowance());
+                if i.since.elapsed() < allowance {
+                    std::hint::spin_loop();
+                    continue;
+                }
             }
             if self.sleep(&mut events)? {
-                idle_since = None;
+                self.end_idle(idle.take());
+            } else {
+                if !i.slept && i.allowance.is_some_and(|a| !a.is_zero()) {
+                    self.spin.record(SpinOutcome::RanOut);
+                }
+                i.slept = true;
             }
+        }
+    }
+
+    /// An idle period ended with work found: a spin that found it adapts the budget.
+    fn end_idle(&mut self, idle: Option<Idle>) {
+        if let Some(i) = idle
+            && !i.slept
+            && i.allowance.is_some_and(|a| !a.is_zero())
+        {
+            self.spin.record(SpinOutcome::Found(i.since.elapsed()));
         }
     }
 
@@ -576,17 +617,16 @@ impl Worker {
                 Err(e) => self.misbehaved(k, e.to_string()),
             }
         }
+        let mut broken = None;
         for (_, ch) in self.chans.iter_mut() {
             match ch.ch.arm() {
                 Ok(true) => found = true,
                 Ok(false) => {}
-                Err(e) => {
-                    let _ = self.tx.send(ToControl::ChannelBroken {
-                        worker: self.s.index,
-                        reason: e.to_string(),
-                    });
-                }
+                Err(e) => broken = Some(e.to_string()),
             }
+        }
+        if let Some(reason) = broken {
+            self.channel_broken(reason);
         }
         if !found {
             if let Some(Reverse((at, _, _))) = self.deadlines.peek() {
@@ -648,11 +688,7 @@ impl Worker {
                         if let Err(e) = c.ch.clear_wakeups() {
                             // uio: EIO after a rescind. The control thread fails everything
                             // in flight with ENODEV and reconnects.
-                            let _ = self.tx.send(ToControl::ChannelBroken {
-                                worker: self.s.index,
-                                reason: format!("reading the channel's interrupt: {e}"),
-                            });
-                            self.control_wake_up();
+                            self.channel_broken(format!("reading the channel's interrupt: {e}"));
                         }
                         any = true;
                     }
@@ -693,11 +729,7 @@ impl Worker {
                     self.drop_channels(errno::ENODEV);
                     for ch in chs {
                         if let Err(reason) = self.add_channel(ch) {
-                            let _ = self.tx.send(ToControl::ChannelBroken {
-                                worker: self.s.index,
-                                reason,
-                            });
-                            self.control_wake_up();
+                            self.channel_broken(reason);
                         }
                     }
                 }
@@ -717,6 +749,15 @@ impl Worker {
     fn control_wake_up(&self) {
         use blobring_ring::Notifier;
         let _ = self.control_wake.notify();
+    }
+
+    /// Tells the control thread a channel broke (it reconnects the host) and wakes it.
+    fn channel_broken(&self, reason: String) {
+        let _ = self.tx.send(ToControl::ChannelBroken {
+            worker: self.s.index,
+            reason,
+        });
+        self.control_wake_up();
     }
 
     fn add_client(&mut self, shared: Arc<ClientShared>) -> Result<(), String> {
@@ -981,11 +1022,7 @@ impl Worker {
                 }
             }
             if let Some(reason) = broken {
-                let _ = self.tx.send(ToControl::ChannelBroken {
-                    worker: self.s.index,
-                    reason,
-                });
-                self.control_wake_up();
+                self.channel_broken(reason);
             }
         }
         self.scratch_keys = keys;
@@ -1265,11 +1302,7 @@ impl Worker {
             }
             Err(e) => {
                 chan.full = true;
-                let _ = self.tx.send(ToControl::ChannelBroken {
-                    worker: self.s.index,
-                    reason: e.to_string(),
-                });
-                self.control_wake_up();
+                self.channel_broken(e.to_string());
                 false
             }
         }
@@ -1313,11 +1346,7 @@ impl Worker {
             }
         }
         if let Some(reason) = broken {
-            let _ = self.tx.send(ToControl::ChannelBroken {
-                worker: self.s.index,
-                reason,
-            });
-            self.control_wake_up();
+            self.channel_broken(reason);
         }
     }
 
@@ -1435,6 +1464,8 @@ impl Worker {
         self.stats.in_flight = self.reqs.len() as u64;
         self.publish_in_flight_list();
         self.stats.waiting = self.waiting.len() as u64;
+        self.stats.spin_budget_ns = self.spin.budget().as_nanos() as u64;
+        (self.stats.spin_hits, self.stats.spin_misses) = (self.spin.hits, self.spin.misses);
         for (_, c) in &self.clients {
             let mut cc = c.counters;
             cc.in_flight = u64::from(c.in_slab);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use blobring_abi::vmbus::AZ_BLOB_CLASS_GUID_STR;
 use blobring_abi::{Cqe, FromZeros, OP_BLOB, RegionGeometry, Sqe};
 use blobring_daemon::stats::WorkerStats;
-use blobring_daemon::uio::UioWorkerChannel;
+use blobring_daemon::uio;
 use blobring_daemon::worker::{self, ClientShared, ToControl, ToWorker, WorkerChannel};
 use blobring_ring::{ClientQueue, EventFd, Notifier, QueueLayout};
 use blobring_shm::{PagePolicy, Region, RegionOptions, SharedMemory};
@@ -199,19 +199,31 @@ fn worker_channels(
     wrap_channels(m, open(m, mode, subs))
 }
 
-/// The channels of an opened device, wrapped as `blobringd` does.
+/// A running worker serving a new client (arena of `arena` bytes) over `chans`.
+fn serving(
+    chans: Vec<Box<dyn WorkerChannel>>,
+    arena: u64,
+) -> (
+    RunningWorker,
+    Arc<ClientShared>,
+    ClientQueue<Arc<Region>>,
+    RegionGeometry,
+) {
+    let w = RunningWorker::start();
+    let (shared, q) = client(arena);
+    let g = shared.geometry;
+    w.send(ToWorker::AddClient(shared.clone()));
+    w.send(ToWorker::Channels(chans));
+    (w, shared, q, g)
+}
+
+/// The channels of an opened device, wrapped as `blobringd` does (one worker).
 fn wrap_channels(m: &Machine, dev: UioDevice) -> (Vec<Box<dyn WorkerChannel>>, u32) {
     let max = dev.max_request_pages();
     let listener = dev.open_listener(&m.opener).unwrap();
     let mode = dev.interrupt_mode();
-    let chans = dev
-        .into_channels()
-        .into_iter()
-        .map(|c| {
-            Box::new(UioWorkerChannel::new(c, listener.clone(), mode)) as Box<dyn WorkerChannel>
-        })
-        .collect();
-    (chans, max)
+    let mut per_worker = uio::worker_channels(dev.into_channels(), &[listener], mode);
+    (per_worker.remove(0), max)
 }
 
 #[test]
@@ -243,11 +255,7 @@ fn worker_serves_requests_over_uio_channels_both_interrupt_modes() {
             m.opener.events.clone(),
             kernel_masks,
         );
-        let w = RunningWorker::start();
-        let (shared, mut q) = client(1 << 20);
-        let g = shared.geometry;
-        w.send(ToWorker::AddClient(shared.clone()));
-        w.send(ToWorker::Channels(chans));
+        let (w, shared, mut q, g) = serving(chans, 1 << 20);
         m.opener.events.clear_writes();
         // Several rounds, so the worker sleeps on its uio listener between them.
         let mut total = 0;
@@ -297,11 +305,7 @@ fn oversized_request_gets_e2big_others_still_served() {
     let (chans, max) = worker_channels(&m, InterruptMode::UserspaceMasks, 0);
     assert_eq!(max, 8179, "64 KiB data ring");
     let host = HostThread::start(std::mem::take(&mut m.host), m.opener.events.clone(), false);
-    let w = RunningWorker::start();
-    let (shared, mut q) = client(40 << 20);
-    let g = shared.geometry;
-    w.send(ToWorker::AddClient(shared.clone()));
-    w.send(ToWorker::Channels(chans));
+    let (_w, shared, mut q, g) = serving(chans, 40 << 20);
     // Request + response + data pages: exactly the limit, then one more.
     let fits = blob_sqe(&g, 1, (max - 2) * PAGE as u32);
     let too_big = blob_sqe(&g, 2, (max - 1) * PAGE as u32);
@@ -326,11 +330,7 @@ fn rescind_is_reported_and_fails_in_flight_with_enodev() {
     let (chans, _) = worker_channels(&m, InterruptMode::UserspaceMasks, 0);
     // No host thread: the request stays in flight.
     let _host = std::mem::take(&mut m.host);
-    let w = RunningWorker::start();
-    let (shared, mut q) = client(1 << 20);
-    let g = shared.geometry;
-    w.send(ToWorker::AddClient(shared.clone()));
-    w.send(ToWorker::Channels(chans));
+    let (w, shared, mut q, g) = serving(chans, 1 << 20);
     let _ = q.submit(&[blob_sqe(&g, 9, 4096)]).unwrap();
     shared.doorbells[0].notify().unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -358,11 +358,7 @@ fn rescind_is_reported_and_fails_in_flight_with_enodev() {
 fn in_flight_list_shows_the_guid_sent_on_the_wire() {
     let mut m = machine(Some(3), 0);
     let (chans, _) = worker_channels(&m, InterruptMode::UserspaceMasks, 0);
-    let w = RunningWorker::start();
-    let (shared, mut q) = client(1 << 20);
-    let g = shared.geometry;
-    w.send(ToWorker::AddClient(shared.clone()));
-    w.send(ToWorker::Channels(chans));
+    let (w, shared, mut q, g) = serving(chans, 1 << 20);
     let _ = q.submit(&[blob_sqe(&g, 77, 4096)]).unwrap();
     shared.doorbells[0].notify().unwrap();
     // The host takes the request and does not answer yet.
@@ -412,11 +408,7 @@ fn in_flight_list_shows_the_guid_sent_on_the_wire() {
 fn in_flight_list_keeps_the_oldest_when_many_are_in_flight() {
     let mut m = machine(Some(3), 0);
     let (chans, _) = worker_channels(&m, InterruptMode::UserspaceMasks, 0);
-    let w = RunningWorker::start();
-    let (shared, mut q) = client(1 << 20);
-    let g = shared.geometry;
-    w.send(ToWorker::AddClient(shared.clone()));
-    w.send(ToWorker::Channels(chans));
+    let (w, shared, mut q, g) = serving(chans, 1 << 20);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut taken = Vec::new();
     for batch in 0..2u64 {
@@ -483,11 +475,7 @@ fn in_flight_list_keeps_the_oldest_when_many_are_in_flight() {
 fn replies_of_other_packet_types_complete_and_always_free_ring_space() {
     let mut m = machine(Some(3), 0);
     let (chans, _) = worker_channels(&m, InterruptMode::UserspaceMasks, 0);
-    let w = RunningWorker::start();
-    let (shared, mut q) = client(1 << 20);
-    let g = shared.geometry;
-    w.send(ToWorker::AddClient(shared.clone()));
-    w.send(ToWorker::Channels(chans));
+    let (w, shared, mut q, g) = serving(chans, 1 << 20);
     let events = m.opener.events.clone();
     let mut host = std::mem::take(&mut m.host);
     for (i, ty) in [0x6u16, 0x7, 0xb].into_iter().enumerate() {

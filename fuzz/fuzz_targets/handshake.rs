@@ -28,7 +28,7 @@ use blobring_abi::{
     HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, HelloRequest,
     IntoBytes, RegionGeometry, qc,
 };
-use blobring_fuzz::Input;
+use blobring_fuzz::{Input, fuzzed_hello};
 use blobring_ring::{EventFd, QueueLayout};
 use blobring_shm::{PagePolicy, Region, RegionOptions, SharedMemory};
 use clap::Parser as _;
@@ -127,24 +127,8 @@ fn read_reply(sock: &UnixStream) -> (Vec<u8>, Vec<OwnedFd>) {
 fn daemon_side(mut inp: Input) {
     let socket = daemon();
     let mode = inp.u8();
-    let mut raw = [0u8; 64];
-    inp.fill(&mut raw);
-    let mut hello = HelloRequest::read_from_bytes(&raw).unwrap();
     // Fixups make every branch reachable from short inputs.
-    if mode & 1 != 0 {
-        hello.magic = HELLO_REQUEST_MAGIC;
-    }
-    if mode & 2 != 0 {
-        hello.abi_version = ABI_VERSION;
-    }
-    if mode & 4 != 0 {
-        hello.flags = 0;
-        hello.reserved = [0; 40];
-    }
-    if mode & 8 != 0 {
-        hello.sq_entries = 1 << (hello.sq_entries % 10);
-        hello.arena_len %= 2 * ARENA_LIMIT;
-    }
+    let mut hello = fuzzed_hello(&mut inp, mode, 10, 2 * ARENA_LIMIT);
     let mut bytes = hello.as_bytes().to_vec();
     // Short hellos, and bytes after the hello.
     let len = if mode & 0x10 != 0 {

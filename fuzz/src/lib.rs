@@ -80,3 +80,33 @@ pub fn mem_executor(auth: Option<SharedKeyAuth>) -> Executor {
         },
     )
 }
+
+/// A hello read from the next 64 bytes, then fixed up by the bits of `mode` so that every
+/// check of the daemon's admission is reachable from short inputs: bit 0 sets the magic, bit 1
+/// the ABI version, bit 2 zeroes the flags and reserved bytes, bit 3 makes `sq_entries` a power
+/// of two below `1 << sq_log2_below` and `arena_len` less than `arena_below`.
+pub fn fuzzed_hello(
+    inp: &mut Input,
+    mode: u8,
+    sq_log2_below: u32,
+    arena_below: u64,
+) -> blobring_abi::HelloRequest {
+    use blobring_abi::{ABI_VERSION, FromBytes, HELLO_REQUEST_MAGIC, HelloRequest};
+    let raw: [u8; 64] = inp.bytes();
+    let mut hello = HelloRequest::read_from_bytes(&raw).expect("a hello is 64 bytes");
+    if mode & 1 != 0 {
+        hello.magic = HELLO_REQUEST_MAGIC;
+    }
+    if mode & 2 != 0 {
+        hello.abi_version = ABI_VERSION;
+    }
+    if mode & 4 != 0 {
+        hello.flags = 0;
+        hello.reserved = [0; 40];
+    }
+    if mode & 8 != 0 {
+        hello.sq_entries = 1 << (hello.sq_entries % sq_log2_below);
+        hello.arena_len %= arena_below;
+    }
+    hello
+}

@@ -3,11 +3,7 @@
 //! `env!("CARGO_BIN_EXE_blobring-test-daemon")` (Cargo only exposes binaries of the crate under
 //! test). Same code as the real binary.
 
-use clap::Parser;
-
 fn main() -> anyhow::Result<()> {
-    let cfg = blobring_daemon::Config::parse();
-    blobring_daemon::init_logging(cfg.log_format);
-    blobring_daemon::run(cfg)?;
+    blobring_daemon::main_from_args()?;
     Ok(())
 }
