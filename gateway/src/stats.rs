@@ -114,6 +114,9 @@ struct OpStats {
     buckets: [AtomicU64; BUCKETS.len()],
 }
 
+/// One per-operation counter of an [`OpStats`].
+type OpCounter = fn(&OpStats) -> &AtomicU64;
+
 /// The gateway's statistics.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -217,7 +220,7 @@ impl Stats {
                 g(v)
             );
         }
-        let per_op: [(&str, &str, fn(&OpStats) -> &AtomicU64); 4] = [
+        let per_op: [(&str, &str, OpCounter); 4] = [
             (
                 "requests_total",
                 "Requests answered, by Blob operation.",
