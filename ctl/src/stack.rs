@@ -38,8 +38,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(10);
 pub enum StackError {
     /// A binary was not found.
     #[error(
-        "{name} not found ({looked}); build it with `cargo build --bins` (or --release), \
-         or set {env} to its path"
+        "{name} not found ({looked}): build it with `cargo build --workspace --release --bins` \
+         (without --release for a debug build), or set {env} to its path"
     )]
     NotFound {
         /// Binary name.
