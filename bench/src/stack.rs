@@ -1,47 +1,24 @@
 //! The system under test: a real `blobring-host` (fs store in a temp dir, VMBus sim socket and
 //! REST front end on `127.0.0.1:0`, over HTTP and over HTTPS with a certificate generated at
 //! start) and a real `blobringd` connected to it, plus, when asked, a `blobring gateway` in
-//! front of the daemon. All are killed and reaped when the [`Stack`] is dropped.
+//! front of the daemon, or a `blobring mount`. All are started by the one stack launcher,
+//! `blobring_ctl::stack`, and killed and reaped when the [`Stack`] is dropped.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::net::UnixStream;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use blobring_ctl::stack::{self, Proc, StackBuilder};
 
 /// The container every mode writes its blobs into.
 pub const CONTAINER: &str = "bench";
 
-/// Finds `name` (a workspace binary) next to the running executable, or in `$env` if set.
+/// Finds `name` (a workspace binary) in `$env` if set, else next to the running executable
+/// (or one directory up, when run from a test), else on `PATH`.
 pub fn sibling_bin(name: &str, env: &str) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!(
-                "{env}={} is not a file: build {name} with `cargo build --workspace --release \
-                 --bins` or point {env} at it",
-                p.display()
-            );
-        }
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().context("locate the running executable")?;
-    let dir = exe.parent().context("executable has no directory")?;
-    // target/release/blobring-bench, or target/release/deps/<test> when run from a test.
-    for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        let p = d.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "{name} not found next to {}: build it first with \
-         `cargo build --workspace --release --bins` (or `cargo build --release -p blobring-host \
-         -p blobring-daemon`), or set {env} to its path",
-        exe.display()
-    )
+    Ok(stack::find_bin(name, env)?)
 }
 
 /// How to start the stack.
@@ -68,10 +45,14 @@ impl Default for StackOptions {
     }
 }
 
-/// A running host + daemon pair.
+/// A running host + daemon pair, and the gateway and mount when asked for; every process is
+/// killed and reaped on drop (the mount first, the host last).
 pub struct Stack {
-    host: Child,
-    daemon: Child,
+    /// `blobring mount` of [`CONTAINER`] (`blobring-bench mount`): the process and where.
+    mount: Option<(Proc, PathBuf)>,
+    /// The gateway and its endpoint (with the account), when started.
+    gateway: Option<(Proc, String)>,
+    inner: stack::Stack,
     /// Root of the fs store (`<tmp>/store`).
     pub store: PathBuf,
     /// Daemon client socket.
@@ -84,157 +65,83 @@ pub struct Stack {
     pub https_endpoint: String,
     /// The host's generated TLS certificate (PEM).
     pub cert: PathBuf,
-    /// The gateway and its endpoint (with the account), when started.
-    gateway: Option<(Child, String)>,
-    daemon_log: PathBuf,
-    /// `blobring mount` of [`CONTAINER`] (`blobring-bench mount`): the process and where.
-    mount: Option<(Child, PathBuf)>,
     // Last: removed after the processes are gone.
     _dir: tempfile::TempDir,
 }
 
 impl Stack {
-    /// Starts `blobring-host` and `blobringd` and waits (≤ 20 s) until the daemon is connected
-    /// to the host.
+    /// Starts `blobring-host` and `blobringd` and waits (≤ 20 s each) until the daemon is
+    /// connected to the host.
     pub fn start(opts: &StackOptions) -> Result<Stack> {
-        let host_bin = sibling_bin("blobring-host", "BLOBRING_HOST_BIN")?;
-        let daemon_bin = sibling_bin("blobringd", "BLOBRINGD_BIN")?;
         let dir = tempfile::Builder::new()
             .prefix("brbench")
             .tempdir_in("/tmp")
             .context("create a temp dir under /tmp")?;
-        let store = dir.path().join("store");
-        std::fs::create_dir_all(&store).context("create the store dir")?;
-        let host_sock = dir.path().join("host.sock");
-        let mut host = Command::new(&host_bin)
-            .arg("--socket")
-            .arg(&host_sock)
-            .arg("--store")
-            .arg(format!("fs:{}", store.display()))
-            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
-            .arg("--tls-cert-out")
-            .arg(dir.path().join("host.pem"))
-            .args(["--container", CONTAINER])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("start {}", host_bin.display()))?;
-        // Read the `listening on` lines and the certificate's; keep draining stdout afterwards.
-        let out = host.stdout.take().context("host stdout")?;
-        let mut lines = BufReader::new(out).lines();
-        let (mut url, mut https, mut cert) = (None, None, None);
-        for line in lines.by_ref() {
-            let line = line.context("read the host's stdout")?;
-            if let Some(u) = line.strip_prefix("listening on http://") {
-                url = Some(format!("http://{}", u.trim()));
-            } else if let Some(u) = line.strip_prefix("listening on https://") {
-                https = Some(format!("https://{}", u.trim()));
-            } else if let Some(p) = line.strip_prefix("tls certificate ") {
-                cert = Some(PathBuf::from(p.trim()));
-            }
-            if url.is_some() && https.is_some() && cert.is_some() {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let (Some(url), Some(https), Some(cert)) = (url, https, cert) else {
-            let _ = host.kill();
-            let st = host.wait();
-            bail!(
-                "blobring-host exited ({st:?}) without printing its `listening on` addresses and \
-                 certificate (is it older than --https?)"
-            );
-        };
-        let daemon_log = dir.path().join("daemon.log");
-        let log = std::fs::File::create(&daemon_log).context("create the daemon log")?;
-        let socket = dir.path().join("d.sock");
-        let ctl = dir.path().join("d.ctl");
         let max = opts.max_clients.to_string();
-        let daemon = Command::new(&daemon_bin)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--ctl-socket")
-            .arg(&ctl)
-            .arg("--host-socket")
-            .arg(&host_sock)
-            .args(["--transport", "sim", "--no-pin"])
-            .args(["--arena-size", &opts.max_arena.to_string()])
-            .args(["--max-clients", &max, "--max-clients-per-uid", &max])
-            .args(opts.hugetlb.then_some("--hugetlb"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn();
-        let daemon = match daemon {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = host.kill();
-                let _ = host.wait();
-                return Err(e).with_context(|| format!("start {}", daemon_bin.display()));
-            }
+        let mut daemon_args = vec!["--transport", "sim", "--no-pin", "--arena-size"];
+        let arena = opts.max_arena.to_string();
+        daemon_args.extend([&arena, "--max-clients", &max, "--max-clients-per-uid", &max]);
+        daemon_args.extend(opts.hugetlb.then_some("--hugetlb"));
+        let pem = dir.path().join("host.pem");
+        let inner = StackBuilder::new(dir.path())
+            .host_args([
+                "--http",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+                "--tls-cert-out",
+            ])
+            .host_args([&pem])
+            .host_args(["--container", CONTAINER])
+            .daemon_args(daemon_args)
+            .env("RUST_LOG", "warn")
+            // The daemon logs the page kind of client regions at info (`region_pages`).
+            .daemon_env("RUST_LOG", "info")
+            .timeout(Duration::from_secs(20))
+            .start()?;
+        let host = &inner.host;
+        let (Some(url), Some(https), Some(cert)) = (&host.http_url, &host.https_url, &host.cert)
+        else {
+            bail!("blobring-host was ready without its REST addresses and certificate");
         };
-        let stack = Stack {
-            host,
-            daemon,
-            store,
-            socket,
-            ctl,
-            endpoint: format!("{url}/{}", blobring::blob::EMULATOR_ACCOUNT),
-            https_endpoint: format!("{https}/{}", blobring::blob::EMULATOR_ACCOUNT),
-            cert,
+        let account = blobring::blob::EMULATOR_ACCOUNT;
+        let mut stack = Stack {
+            store: dir.path().join("store"),
+            socket: inner.daemon.socket.clone(),
+            ctl: inner.daemon.ctl.clone(),
+            endpoint: format!("{url}/{account}"),
+            https_endpoint: format!("{https}/{account}"),
+            cert: cert.clone(),
+            inner,
             gateway: None,
-            daemon_log,
             mount: None,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(s) = stack.stats()
-                && s["daemon"]["host_connected"] == true
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "blobringd did not connect to blobring-host within 20 s; its log: {}",
-                    std::fs::read_to_string(&stack.daemon_log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut stack = stack;
         if opts.gateway {
-            stack.gateway = Some(start_gateway(&stack.socket, opts.max_arena)?);
+            stack.gateway = Some(stack.start_gateway(opts.max_arena)?);
         }
         Ok(stack)
     }
 
     /// The daemon's pid.
     pub fn daemon_pid(&self) -> u32 {
-        self.daemon.id()
+        self.inner.daemon.proc.pid()
     }
 
     /// The host's pid.
     pub fn host_pid(&self) -> u32 {
-        self.host.id()
+        self.inner.host.proc.pid()
     }
 
     /// The daemon's ctl-socket JSON document.
     pub fn stats(&self) -> Result<serde_json::Value> {
-        let mut s = UnixStream::connect(&self.ctl).context("connect the daemon's ctl socket")?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).context("read the ctl socket")?;
-        serde_json::from_str(&text).context("parse the ctl JSON")
+        Ok(self.inner.daemon.stats()?)
     }
 
     /// The page kind of the client regions as the daemon logged it (`pages=Small|Thp|Huge2M`
     /// on "client connected"), once a client has connected.
     pub fn region_pages(&self) -> Option<String> {
-        let log = std::fs::read_to_string(&self.daemon_log).ok()?;
+        let log = self.inner.daemon.proc.log_text();
         log.lines()
             .filter(|l| l.contains("client connected"))
             .find_map(|l| {
@@ -260,45 +167,66 @@ impl Stack {
     /// this one, or `$BLOBRING_BIN`) in the stack's directory, and waits (≤ 30 s) until it is
     /// ready. It is unmounted and killed when the stack is dropped.
     pub fn mount_container(&mut self) -> Result<PathBuf> {
-        let bin = sibling_bin("blobring", "BLOBRING_BIN")?;
         let mp = self._dir.path().join("mnt");
         std::fs::create_dir_all(&mp).context("create the mount point")?;
-        let log = self._dir.path().join("mount.log");
-        let mut child = Command::new(&bin)
-            .arg("mount")
-            .arg(format!("blob://{CONTAINER}"))
-            .arg(&mp)
-            .arg("--foreground")
-            .arg("--socket")
-            .arg(&self.socket)
-            .env("BLOBRING_MOUNT_NOTIFY_READY", "1")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).context("create the mount's log")?)
-            .spawn()
-            .with_context(|| format!("start {} mount", bin.display()))?;
-        let out = child.stdout.take().context("the mount's stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        self.mount = Some((child, mp.clone()));
-        if line.trim() != "ready" {
-            bail!(
-                "blobring mount did not become ready: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        let args = [
+            OsString::from("mount"),
+            format!("blob://{CONTAINER}").into(),
+            mp.clone().into(),
+            "--foreground".into(),
+            "--socket".into(),
+            self.socket.clone().into(),
+        ];
+        let env = [("BLOBRING_MOUNT_NOTIFY_READY", "1")];
+        let child = self.spawn_blobring("blobring mount", &args, &env)?;
+        let mount = self.mount.insert((child, mp.clone()));
+        mount
+            .0
+            .wait_for(&mut [], Duration::from_secs(30), "`ready`", |p| {
+                p.log_text()
+                    .lines()
+                    .any(|l| l.trim() == "ready")
+                    .then_some(())
+            })?;
         Ok(mp)
+    }
+
+    /// Starts `blobring ARGS` (`$BLOBRING_BIN`, else next to this executable) with `RUST_LOG=warn`
+    /// and `env`, logging to `<dir>/<last word of name>.log`.
+    fn spawn_blobring(&self, name: &str, args: &[OsString], env: &[(&str, &str)]) -> Result<Proc> {
+        let bin = sibling_bin("blobring", "BLOBRING_BIN")?;
+        let mut envs = vec![("RUST_LOG".to_string(), "warn".to_string())];
+        envs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let word = name.rsplit(' ').next().unwrap_or(name);
+        let log = self._dir.path().join(format!("{word}.log"));
+        Ok(Proc::spawn(name, &bin, args, &envs, &log)?)
+    }
+
+    /// Starts `blobring gateway` on a free loopback port for the daemon and returns it with its
+    /// endpoint (account included) once it prints `listening on` (≤ 20 s). It asks for an
+    /// `arena`-byte arena, so each of its requests can carry up to half of it.
+    fn start_gateway(&self, arena: u64) -> Result<(Proc, String)> {
+        let args = [
+            OsString::from("gateway"),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--socket".into(),
+            self.socket.clone().into(),
+            "--arena-mib".into(),
+            (arena >> 20).to_string().into(),
+        ];
+        let mut child = self.spawn_blobring("blobring gateway", &args, &[])?;
+        let what = "its `listening on` line";
+        let at = child.wait_for(&mut [], Duration::from_secs(20), what, |p| {
+            p.log_line("blobring gateway: listening on http://")
+        })?;
+        let url = format!("http://{at}/{}", blobring::blob::EMULATOR_ACCOUNT);
+        Ok((child, url))
     }
 
     /// The mount process's pid, if the container is mounted.
     pub fn mount_pid(&self) -> Option<u32> {
-        self.mount.as_ref().map(|m| m.0.id())
+        self.mount.as_ref().map(|m| m.0.pid())
     }
 
     /// CPU seconds (utime + stime) of the daemon and the host so far.
@@ -312,7 +240,7 @@ impl Stack {
     /// CPU seconds of the gateway so far (0 without one).
     pub fn gateway_cpu(&self) -> Result<f64> {
         match &self.gateway {
-            Some((g, _)) => crate::machine::proc_cpu_seconds(g.id()),
+            Some((g, _)) => crate::machine::proc_cpu_seconds(g.pid()),
             None => Ok(0.0),
         }
     }
@@ -320,47 +248,6 @@ impl Stack {
     /// Directory of the fs store (for the `pread` path).
     pub fn store_dir(&self) -> &Path {
         &self.store
-    }
-}
-
-/// Starts `blobring gateway` on a free loopback port for the daemon at `socket` and returns
-/// it with its endpoint (account included) once it prints `listening on` (≤ 20 s). It asks for
-/// an `arena`-byte arena, so each of its requests can carry up to half of it.
-fn start_gateway(socket: &Path, arena: u64) -> Result<(Child, String)> {
-    let bin = sibling_bin("blobring", "BLOBRING_BIN")?;
-    let mut child = Command::new(&bin)
-        .args(["gateway", "--listen", "127.0.0.1:0", "--socket"])
-        .arg(socket)
-        .args(["--arena-mib", &(arena >> 20).to_string()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("start {} gateway", bin.display()))?;
-    let out = child.stdout.take().context("gateway stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                if let Some(u) = l.strip_prefix("blobring gateway: listening on http://") {
-                    let url = format!("http://{}/{}", u.trim(), blobring::blob::EMULATOR_ACCOUNT);
-                    return Ok((child, url));
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let st = child.wait();
-                bail!("blobring gateway ({st:?}) printed no `listening on` line within 20 s");
-            }
-        }
     }
 }
 
@@ -385,29 +272,14 @@ impl Drop for Stack {
     fn drop(&mut self) {
         if let Some((mut c, mp)) = self.mount.take() {
             // SIGTERM: the mount unmounts itself; a lazy unmount in case it cannot.
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            c.stop(Duration::from_secs(10));
             let _ = Command::new("fusermount3")
                 .args(["-u", "-z"])
                 .arg(&mp)
                 .stderr(Stdio::null())
                 .status();
-            let _ = c.kill();
-            let _ = c.wait();
         }
-        let gateway = self.gateway.as_mut().map(|g| &mut g.0);
-        for c in gateway
-            .into_iter()
-            .chain([&mut self.daemon, &mut self.host])
-        {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // The gateway, then the daemon, then the host: by their drops, in field order.
     }
 }
 

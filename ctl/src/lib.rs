@@ -1,13 +1,23 @@
 #![forbid(unsafe_code)]
 //! The `blobring` command-line tool: daemon administration (`stats`, `top`, `clients`,
-//! `channels`; `up` later) and, later, blob data commands (`cp`, `ls`, `cat`, `rm`, `mb`).
+//! `channels`, `up`), blob data commands ([`data`]: `cp`, `ls`, `cat`, `rm`, `mb`, `rb`), and
+//! the entry points of `gateway` and `mount` ([`entry`]).
+//!
+//! [`stack`] is the one stack launcher: it starts `blobring-host` and `blobringd`, waits for
+//! them and kills them on drop, for `blobring up`, the cross-process tests, the benchmarks and
+//! (through the tests crate) the Python tests.
 //!
 //! **Owns:** reading `blobringd`'s ctl socket (one JSON document per connection, with the
 //! top-level keys `daemon`, `totals`, `workers`, `channels`, `clients`) and rendering it as
-//! tables. **Trusts:** the daemon's ctl socket (its JSON is still parsed defensively: missing
-//! fields render as 0). **Invariants:** read-only; never blocks longer than [`CTL_TIMEOUT`].
+//! tables; the processes a [`stack::StackBuilder`] starts. **Trusts:** the daemon's ctl socket
+//! (its JSON is still parsed defensively: missing fields render as 0) and the binaries it is
+//! told to start. **Invariants:** admin commands are read-only and never block longer than
+//! [`CTL_TIMEOUT`]; every launcher wait is bounded and every process it starts is killed and
+//! reaped on drop.
 
 pub mod data;
+pub mod entry;
+pub mod stack;
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;

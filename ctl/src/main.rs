@@ -91,12 +91,7 @@ fn main() -> ExitCode {
 
 /// `gateway`: logs to stderr (`RUST_LOG`, default `info`), serves until a signal.
 fn gateway(a: blobring_gateway::GatewayArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    blobring_ctl::entry::log_to_stderr();
     blobring_gateway::run(a.config())?;
     Ok(())
 }
@@ -105,25 +100,9 @@ fn gateway(a: blobring_gateway::GatewayArgs) -> anyhow::Result<()> {
 /// file); the exit status says what failed (2 usage, 3 no such container, 4 no daemon).
 fn mount(a: blobring_mount::MountArgs) -> ExitCode {
     if a.foreground {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        blobring_ctl::entry::log_to_stderr();
     }
-    match blobring_mount::run(a) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ blobring_mount::MountError::Detached { .. }) => {
-            // The mount process's own `blobring: …` lines.
-            eprintln!("{e}");
-            ExitCode::from(e.exit_code().clamp(1, 255) as u8)
-        }
-        Err(e) => {
-            eprintln!("blobring: {e}");
-            ExitCode::from(e.exit_code().clamp(1, 255) as u8)
-        }
-    }
+    blobring_ctl::entry::mount_exit(blobring_mount::run(a))
 }
 
 /// `stats`, `top`, `clients`, `channels`.

@@ -1,10 +1,11 @@
 //! `blobring up`: a local stack in one command — `blobring-host` (the emulated Azure host, on
 //! an `fs:` store) and `blobringd` connected to it — until Ctrl-C.
 //!
-//! Binaries are taken from the directory of the running `blobring` (a cargo target dir or an
-//! install prefix), then from `PATH`. Sockets go to `--dir` (default
+//! The stack is started by [`blobring_ctl::stack`]. Binaries are `$BLOBRING_HOST_BIN` and
+//! `$BLOBRINGD_BIN` if set, else taken from the directory of the running `blobring` (a cargo
+//! target dir or an install prefix), then from `PATH`. Sockets go to `--dir` (default
 //! `$XDG_RUNTIME_DIR/blobring`, else `/run/blobring`): `host.sock`, `blobringd.sock`,
-//! `blobringd.ctl`, and the children's logs `host.log`, `blobringd.log`.
+//! `blobringd.ctl`, and the children's logs (stdout and stderr) `host.log`, `blobringd.log`.
 //!
 //! Signals: SIGINT and SIGTERM are blocked in this process and read from a `signalfd` (no
 //! handler). A child inherits the blocked mask (`std::process::Command` does not reset it,
@@ -12,27 +13,20 @@
 //! on the default SIGTERM action, is started *before* the mask is set and before any thread
 //! exists; `blobringd` blocks both signals and reads its own signalfd anyway, so it is started
 //! after. On a signal both children get SIGTERM (SIGKILL after [`STOP_GRACE`]) and `up` exits
-//! 0. If a child exits on its own, the other is stopped and
-//! `up` fails with the dead child's stderr tail.
+//! 0. If a child exits on its own, the other is stopped and `up` fails naming the dead child's
+//! log and quoting its last lines.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::Context;
+use blobring_ctl::stack::{Daemon, Host, StackBuilder};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::Pid;
 
 /// How long a child may take to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How long each child may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Lines of a child's stderr kept for the error message.
-const TAIL_LINES: usize = 20;
 /// The account and key of the Azure storage emulator (public, well known), which
 /// `blobring-host` serves by default.
 const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
@@ -65,79 +59,6 @@ pub struct UpArgs {
     pub daemon_args: Vec<String>,
 }
 
-/// A child process with its stderr tail; killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    tail: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Proc {
-    fn tail(&self) -> String {
-        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        t.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// SIGTERM, then SIGKILL after `grace`; reaps the child.
-    fn stop(&mut self, grace: Duration) {
-        if self.exited().is_some() {
-            return;
-        }
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!(
-            "blobring up: {} did not stop within {grace:?}; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Finds `name` next to the running executable, then on `PATH`.
-fn locate(name: &str) -> anyhow::Result<PathBuf> {
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    bail!(
-        "{name} not found next to this blobring or on PATH; build them with \
-         cargo build --release -p blobring-host -p blobring-daemon"
-    )
-}
-
 /// The default socket directory.
 pub fn default_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
@@ -146,210 +67,106 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
-/// Spawns `bin args` with stderr (and stdout if `stdout`) piped.
-fn spawn(bin: &Path, args: &[String], stdout: bool) -> anyhow::Result<Child> {
-    Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(if stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
-}
-
-/// Starts the threads that copy `child`'s stderr to `log` (keeping a tail) and send its stdout
-/// lines to `lines`.
-fn attach(
-    name: &'static str,
-    mut child: Child,
-    log: &Path,
-    lines: Option<std::sync::mpsc::Sender<String>>,
-) -> anyhow::Result<Proc> {
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let mut file = match std::fs::File::create(log) {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e).with_context(|| format!("creating the log file {}", log.display()));
-        }
-    };
-    let stderr = child.stderr.take().expect("piped");
-    let t = tail.clone();
-    std::thread::Builder::new()
-        .name(format!("{name}-stderr"))
-        .spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(file, "{line}");
-                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-                if t.len() == TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        })
-        .context("starting a log thread")?;
-    if let (Some(tx), Some(stdout)) = (lines, child.stdout.take()) {
-        std::thread::Builder::new()
-            .name(format!("{name}-stdout"))
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            })
-            .context("starting a stdout thread")?;
-    }
-    Ok(Proc { name, child, tail })
-}
-
-fn died(p: &mut Proc, status: std::process::ExitStatus) -> anyhow::Error {
-    anyhow!(
-        "{} exited ({status}); last lines of its stderr:\n{}",
-        p.name,
-        p.tail()
-    )
-}
-
-/// Runs `blobring up` until SIGINT/SIGTERM (`Ok`) or until a child dies (`Err`).
-pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    let host_bin = locate("blobring-host")?;
-    let daemon_bin = locate("blobringd")?;
-    let dir = args.dir.clone().unwrap_or_else(default_dir);
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating {} (use --dir to pick another)", dir.display()))?;
-    let host_sock = dir.join("host.sock");
-    let socket = dir.join("blobringd.sock");
-    let ctl = dir.join("blobringd.ctl");
+/// The launcher of `args`' stack in `dir`: sockets `host.sock`, `blobringd.sock`,
+/// `blobringd.ctl`; logs `host.log`, `blobringd.log`.
+fn builder(args: &UpArgs, dir: &std::path::Path) -> StackBuilder {
     let store = if ["fs:", "mem", "passthrough:"]
         .iter()
         .any(|p| args.store.starts_with(p))
     {
         args.store.clone()
     } else {
-        std::fs::create_dir_all(&args.store)
-            .with_context(|| format!("creating the store directory {}", args.store))?;
         format!("fs:{}", args.store)
     };
-
-    let mut host_args = vec![
-        "--store".to_string(),
-        store.clone(),
-        "--socket".into(),
-        host_sock.display().to_string(),
-    ];
+    let mut host_args = Vec::new();
     if let Some(a) = args.http {
-        host_args.extend(["--http".into(), a.to_string()]);
+        host_args.extend(["--http".to_string(), a.to_string()]);
     }
     host_args.extend(args.host_args.iter().cloned());
-    // Before blocking the signals (see the module doc).
-    let host_child = spawn(&host_bin, &host_args, true)?;
-
-    // Before any thread exists, so every thread inherits the blocked mask.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    let signals = mask
-        .thread_block()
-        .and_then(|()| SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC))
-        .context("blocking SIGINT/SIGTERM");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut host = attach("blobring-host", host_child, &dir.join("host.log"), Some(tx))?;
-    let signals = signals?;
-
-    // The host is ready once it printed its VMBus line (and its REST address, if asked).
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut vmbus_ready = false;
-    let mut rest: Option<String> = None;
-    while !vmbus_ready || (args.http.is_some() && rest.is_none()) {
-        if let Some(s) = host.exited() {
-            return Err(died(&mut host, s));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "blobring-host was not ready within {READY_TIMEOUT:?}; its stderr:\n{}",
-                host.tail()
-            );
-        }
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-            if line.starts_with("vmbus on ") {
-                vmbus_ready = true;
-            } else if let Some(url) = line.strip_prefix("listening on ") {
-                rest = Some(url.trim().to_string());
-            }
-        }
-        if got_signal(&signals) {
-            host.stop(STOP_GRACE);
-            return Ok(());
-        }
-    }
-
-    let mut daemon_args = vec![
-        "--transport".to_string(),
-        "sim".into(),
-        "--socket".into(),
-        socket.display().to_string(),
-        "--ctl-socket".into(),
-        ctl.display().to_string(),
-        "--host-socket".into(),
-        host_sock.display().to_string(),
-    ];
+    let mut daemon_args = vec!["--transport".to_string(), "sim".into()];
     if let Some(n) = args.workers {
         daemon_args.extend(["--workers".into(), n.to_string()]);
     }
     daemon_args.extend(args.daemon_args.iter().cloned());
-    let mut daemon = attach(
-        "blobringd",
-        spawn(&daemon_bin, &daemon_args, false)?,
-        &dir.join("blobringd.log"),
-        None,
-    )?;
+    StackBuilder::new(dir)
+        .store(store)
+        .daemon_sockets(dir.join("blobringd.sock"), dir.join("blobringd.ctl"))
+        .host_args(host_args)
+        .daemon_args(daemon_args)
+}
 
-    // The daemon is ready once its ctl socket answers and it has the host's channels.
-    loop {
-        if let Some(s) = daemon.exited() {
-            host.stop(STOP_GRACE);
-            return Err(died(&mut daemon, s));
-        }
-        if let Some(s) = host.exited() {
-            daemon.stop(STOP_GRACE);
-            return Err(died(&mut host, s));
-        }
-        if got_signal(&signals) {
-            daemon.stop(STOP_GRACE);
-            host.stop(STOP_GRACE);
-            return Ok(());
-        }
-        if let Ok(doc) = blobring_ctl::fetch(&ctl)
-            && doc["daemon"]["host_connected"] == true
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            daemon.stop(STOP_GRACE);
-            host.stop(STOP_GRACE);
-            bail!(
-                "blobringd did not connect to blobring-host within {READY_TIMEOUT:?}; its stderr:\n{}",
-                daemon.tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and returns a
+/// signalfd that reads them.
+fn block_signals() -> anyhow::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block()
+        .and_then(|()| SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC))
+        .context("blocking SIGINT/SIGTERM")
+}
+
+/// Stops both (daemon first) and passes `result` on.
+fn stop_both<T>(daemon: Option<&mut Daemon>, host: &mut Host, result: T) -> T {
+    if let Some(d) = daemon {
+        d.proc.stop(STOP_GRACE);
     }
+    host.proc.stop(STOP_GRACE);
+    result
+}
 
+/// Runs `blobring up` until SIGINT/SIGTERM (`Ok`) or until a child dies (`Err`).
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(default_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {} (use --dir to pick another)", dir.display()))?;
+    let launcher = builder(&args, &dir);
+    // Before blocking the signals (see the module doc).
+    let mut host = launcher.spawn_host()?;
+    let signals = match block_signals() {
+        Ok(s) => s,
+        Err(e) => return stop_both(None, &mut host, Err(e)),
+    };
+    let timeout = launcher.ready_timeout();
+    match host.wait_ready_or(timeout, || got_signal(&signals)) {
+        Ok(true) => {}
+        Ok(false) => return stop_both(None, &mut host, Ok(())),
+        Err(e) => return stop_both(None, &mut host, Err(e.into())),
+    }
+    let mut daemon = match launcher.start_daemon() {
+        Ok(d) => d,
+        Err(e) => return stop_both(None, &mut host, Err(e.into())),
+    };
+    // The daemon is ready once it has the host's channels.
+    match daemon.wait_connected_or(&mut host.proc, timeout, || got_signal(&signals)) {
+        Ok(true) => {}
+        Ok(false) => return stop_both(Some(&mut daemon), &mut host, Ok(())),
+        Err(e) => return stop_both(Some(&mut daemon), &mut host, Err(e.into())),
+    }
+    print!("{}", banner(&launcher, &host, &daemon));
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if got_signal(&signals) {
+            eprintln!("blobring up: stopping blobringd and blobring-host");
+            return stop_both(Some(&mut daemon), &mut host, Ok(()));
+        }
+        if let Err(e) = daemon.proc.check_alive().and(host.proc.check_alive()) {
+            return stop_both(Some(&mut daemon), &mut host, Err(e.into()));
+        }
+    }
+}
+
+/// What `up` prints once both are ready.
+fn banner(launcher: &StackBuilder, host: &Host, daemon: &Daemon) -> String {
+    let socket = launcher.socket().display();
     let mut out = String::new();
     out += "blobring is up: blobring-host and blobringd are running.\n";
-    out += &format!("  client socket: {}\n", socket.display());
-    out += &format!("  export BLOBRING_SOCKET={}\n", socket.display());
+    out += &format!("  client socket: {socket}\n");
+    out += &format!("  export BLOBRING_SOCKET={socket}\n");
     out += "  then: blobring stats | blobring top | blobring clients | blobring mb blob://<container> | blobring cp <file> blob://<container>/<blob>\n";
-    out += &format!("  store: {store}\n");
-    if let Some(url) = &rest {
+    out += &format!("  store: {}\n", launcher.store_value());
+    if let Some(url) = &host.http_url {
         out += &format!("  REST endpoint: {url}/{EMULATOR_ACCOUNT}\n");
         out += &format!(
             "  connection string: DefaultEndpointsProtocol=http;AccountName={EMULATOR_ACCOUNT};AccountKey={EMULATOR_KEY};BlobEndpoint={url}/{EMULATOR_ACCOUNT};\n"
@@ -357,30 +174,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     out += &format!(
         "  logs: {} and {}\n",
-        dir.join("host.log").display(),
-        dir.join("blobringd.log").display()
+        host.proc.log().display(),
+        daemon.proc.log().display()
     );
     out += "Press Ctrl-C to stop both.\n";
-    print!("{out}");
-    let _ = std::io::stdout().flush();
-
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if got_signal(&signals) {
-            eprintln!("blobring up: stopping blobringd and blobring-host");
-            daemon.stop(STOP_GRACE);
-            host.stop(STOP_GRACE);
-            return Ok(());
-        }
-        if let Some(s) = daemon.exited() {
-            host.stop(STOP_GRACE);
-            return Err(died(&mut daemon, s));
-        }
-        if let Some(s) = host.exited() {
-            daemon.stop(STOP_GRACE);
-            return Err(died(&mut host, s));
-        }
-    }
+    out
 }
 
 fn got_signal(signals: &SignalFd) -> bool {

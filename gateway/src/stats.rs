@@ -114,6 +114,9 @@ struct OpStats {
     buckets: [AtomicU64; BUCKETS.len()],
 }
 
+/// One per-operation counter of an [`OpStats`].
+type OpCounter = fn(&OpStats) -> &AtomicU64;
+
 /// The gateway's statistics.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -165,59 +168,73 @@ impl Stats {
         use std::fmt::Write as _;
         let mut o = String::new();
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            o,
-            "# HELP blobring_gateway_connections_total Connections accepted.\n\
-             # TYPE blobring_gateway_connections_total counter\n\
-             blobring_gateway_connections_total {}\n\
-             # HELP blobring_gateway_connections_open Connections open now.\n\
-             # TYPE blobring_gateway_connections_open gauge\n\
-             blobring_gateway_connections_open {}\n\
-             # HELP blobring_gateway_daemon_errors_total Requests answered 503 because blobringd was unreachable or died.\n\
-             # TYPE blobring_gateway_daemon_errors_total counter\n\
-             blobring_gateway_daemon_errors_total {}\n\
-             # HELP blobring_gateway_windowed_gets_total GET answers carried in more than one blobring request.\n\
-             # TYPE blobring_gateway_windowed_gets_total counter\n\
-             blobring_gateway_windowed_gets_total {}\n\
-             # HELP blobring_gateway_extra_windows_total Body windows fetched after the first.\n\
-             # TYPE blobring_gateway_extra_windows_total counter\n\
-             blobring_gateway_extra_windows_total {}\n\
-             # HELP blobring_gateway_put_in_parts_total Put Blobs larger than one request, carried in parts.\n\
-             # TYPE blobring_gateway_put_in_parts_total counter\n\
-             blobring_gateway_put_in_parts_total {}\n\
-             # HELP blobring_gateway_aborted_bodies_total Answers cut off after their head was sent.\n\
-             # TYPE blobring_gateway_aborted_bodies_total counter\n\
-             blobring_gateway_aborted_bodies_total {}",
-            g(&self.connections_total),
-            g(&self.connections_open),
-            g(&self.daemon_errors),
-            g(&self.windowed_gets),
-            g(&self.extra_windows),
-            g(&self.put_in_parts),
-            g(&self.aborted_bodies),
-        );
-        for (name, help, f) in [
+        let scalars: [(&str, &str, &str, &AtomicU64); 7] = [
+            (
+                "connections_total",
+                "counter",
+                "Connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "connections_open",
+                "gauge",
+                "Connections open now.",
+                &self.connections_open,
+            ),
+            (
+                "daemon_errors_total",
+                "counter",
+                "Requests answered 503 because blobringd was unreachable or died.",
+                &self.daemon_errors,
+            ),
+            (
+                "windowed_gets_total",
+                "counter",
+                "GET answers carried in more than one blobring request.",
+                &self.windowed_gets,
+            ),
+            (
+                "extra_windows_total",
+                "counter",
+                "Body windows fetched after the first.",
+                &self.extra_windows,
+            ),
+            (
+                "put_in_parts_total",
+                "counter",
+                "Put Blobs larger than one request, carried in parts.",
+                &self.put_in_parts,
+            ),
+            (
+                "aborted_bodies_total",
+                "counter",
+                "Answers cut off after their head was sent.",
+                &self.aborted_bodies,
+            ),
+        ];
+        for (name, kind, help, v) in scalars {
+            let _ = writeln!(
+                o,
+                "# HELP blobring_gateway_{name} {help}\n# TYPE blobring_gateway_{name} {kind}\n\
+                 blobring_gateway_{name} {}",
+                g(v)
+            );
+        }
+        let per_op: [(&str, &str, OpCounter); 4] = [
             (
                 "requests_total",
                 "Requests answered, by Blob operation.",
-                (|s: &OpStats| &s.requests) as fn(&OpStats) -> &AtomicU64,
+                |s| &s.requests,
             ),
-            (
-                "errors_total",
-                "Answers with status >= 400.",
-                |s: &OpStats| &s.errors,
-            ),
-            (
-                "request_bytes_total",
-                "Request body bytes received.",
-                |s: &OpStats| &s.bytes_in,
-            ),
-            (
-                "response_bytes_total",
-                "Response body bytes sent.",
-                |s: &OpStats| &s.bytes_out,
-            ),
-        ] {
+            ("errors_total", "Answers with status >= 400.", |s| &s.errors),
+            ("request_bytes_total", "Request body bytes received.", |s| {
+                &s.bytes_in
+            }),
+            ("response_bytes_total", "Response body bytes sent.", |s| {
+                &s.bytes_out
+            }),
+        ];
+        for (name, help, f) in per_op {
             let _ = writeln!(
                 o,
                 "# HELP blobring_gateway_{name} {help}\n# TYPE blobring_gateway_{name} counter"
@@ -231,6 +248,14 @@ impl Stats {
                 );
             }
         }
+        self.latency_histogram(&mut o);
+        o
+    }
+
+    /// The `blobring_gateway_latency_seconds` histogram, by operation, appended to `o`.
+    fn latency_histogram(&self, o: &mut String) {
+        use std::fmt::Write as _;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             o,
             "# HELP blobring_gateway_latency_seconds Time from request head to answer, by Blob operation.\n\
@@ -256,7 +281,6 @@ impl Stats {
                 g(&s.latency_us_sum) as f64 / 1e6
             );
         }
-        o
     }
 
     /// The same figures as JSON (`connections`, `daemon_errors`, `windowed_gets`,
@@ -320,5 +344,26 @@ mod tests {
         assert!(
             t.contains("blobring_gateway_latency_seconds_bucket{op=\"get_blob\",le=\"0.005\"} 1")
         );
+    }
+
+    #[test]
+    fn prometheus_scalars_have_help_type_and_value() {
+        let s = Stats::default();
+        s.connections_open.store(2, Ordering::Relaxed);
+        s.aborted_bodies.store(5, Ordering::Relaxed);
+        let t = s.prometheus();
+        assert!(t.starts_with(
+            "# HELP blobring_gateway_connections_total Connections accepted.\n\
+             # TYPE blobring_gateway_connections_total counter\n\
+             blobring_gateway_connections_total 0\n\
+             # HELP blobring_gateway_connections_open Connections open now.\n\
+             # TYPE blobring_gateway_connections_open gauge\n\
+             blobring_gateway_connections_open 2\n"
+        ));
+        assert!(t.contains(
+            "# TYPE blobring_gateway_aborted_bodies_total counter\n\
+             blobring_gateway_aborted_bodies_total 5\n\
+             # HELP blobring_gateway_requests_total Requests answered, by Blob operation.\n"
+        ));
     }
 }

@@ -346,45 +346,8 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
         .thread_block()
         .map_err(|e| io("blocking signals")(e.into()))?;
 
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(blobring::default_socket_path);
-    let timeout = Duration::from_secs(args.timeout.max(1));
     let want_cache = args.cache_mib.saturating_mul(1 << 20);
-    let client = Client::connect_with(ClientOptions {
-        socket: socket.clone(),
-        // The daemon's default arena, which is also the largest it grants (--arena-size):
-        // the prefetch budget gets at most half of it, the rest is for uploads and reads.
-        connect: ConnectOptions::default(),
-        default_timeout: timeout,
-        arena_wait: timeout,
-    })
-    .map_err(|source| MountError::NoDaemon {
-        socket: socket.clone(),
-        source,
-    })?;
-    let account = AccountConfig::from_env()
-        .map_err(|e| MountError::Usage(format!("AZURE_STORAGE_CONNECTION_STRING: {e}")))?;
-    let arena = client.arena_len();
-    let svc = BlobService::new(client, account)
-        .with_timeout(timeout)
-        .with_retry(RetryPolicy {
-            max_retries: 3,
-            base: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
-        });
-    // The container must exist: a listing of at most one name.
-    let probe = ListOptions {
-        prefix: Some(prefix.clone()).filter(|p| !p.is_empty()),
-        max_results: Some(1),
-        ..ListOptions::default()
-    };
-    match block_on(svc.list_blobs_page(&container, &probe)) {
-        Ok(_) => {}
-        Err(e) if e.is_not_found() => return Err(MountError::NoContainer { container }),
-        Err(source) => return Err(MountError::Service { container, source }),
-    }
+    let (svc, arena) = connect(&args, &container, &prefix)?;
 
     let stats = Arc::new(Stats::default());
     let cache = want_cache.min(arena / 2);
@@ -412,27 +375,7 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
     };
     let source = format!("blob://{container}/{prefix}");
     let fs = fs::BlobFs::new(svc, opts, budget, stats.clone());
-    let mut mount_options = vec![
-        MountOption::FSName(source.clone()),
-        MountOption::Subtype("blobring".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    mount_options.push(if args.read_only {
-        MountOption::RO
-    } else {
-        MountOption::RW
-    });
-    let mut config = Config::default();
-    config.mount_options = mount_options;
-    config.acl = if args.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(args.threads);
+    let config = fuse_config(&args, &source);
     let mountpoint = args
         .mountpoint
         .canonicalize()
@@ -459,6 +402,105 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
         println!("ready");
     }
 
+    run_until_unmounted(session, signals, &mountpoint)?;
+    tracing::info!(
+        "unmounted {}; figures: {}",
+        mountpoint.display(),
+        stats.to_json(&source, &mountpoint)["mount"]
+    );
+    if let Some(p) = &args.stats_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+/// Connects to the daemon and checks that `container` exists (a listing of at most one name
+/// under `prefix`); returns the service and the arena's size.
+fn connect(
+    args: &MountArgs,
+    container: &str,
+    prefix: &str,
+) -> Result<(BlobService, u64), MountError> {
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(blobring::default_socket_path);
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let client = Client::connect_with(ClientOptions {
+        socket: socket.clone(),
+        // The daemon's default arena, which is also the largest it grants (--arena-size):
+        // the prefetch budget gets at most half of it, the rest is for uploads and reads.
+        connect: ConnectOptions::default(),
+        default_timeout: timeout,
+        arena_wait: timeout,
+    })
+    .map_err(|source| MountError::NoDaemon {
+        socket: socket.clone(),
+        source,
+    })?;
+    let account = AccountConfig::from_env()
+        .map_err(|e| MountError::Usage(format!("AZURE_STORAGE_CONNECTION_STRING: {e}")))?;
+    let arena = client.arena_len();
+    let svc = BlobService::new(client, account)
+        .with_timeout(timeout)
+        .with_retry(RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        });
+    // The container must exist: a listing of at most one name.
+    let probe = ListOptions {
+        prefix: Some(prefix.to_owned()).filter(|p| !p.is_empty()),
+        max_results: Some(1),
+        ..ListOptions::default()
+    };
+    match block_on(svc.list_blobs_page(container, &probe)) {
+        Err(e) if e.is_not_found() => Err(MountError::NoContainer {
+            container: container.into(),
+        }),
+        Err(source) => Err(MountError::Service {
+            container: container.into(),
+            source,
+        }),
+        Ok(_) => Ok((svc, arena)),
+    }
+}
+
+/// The FUSE session's configuration: options, access and threads.
+fn fuse_config(args: &MountArgs, source: &str) -> Config {
+    let mut mount_options = vec![
+        MountOption::FSName(source.into()),
+        MountOption::Subtype("blobring".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    mount_options.push(if args.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(args.threads);
+    config
+}
+
+/// Serves `session` on its own thread until it is unmounted or SIGINT/SIGTERM (blocked in
+/// `signals`) arrives; on a signal unmounts lazily and serves open files for [`SIGNAL_GRACE`]
+/// more.
+fn run_until_unmounted(
+    session: Session<fs::BlobFs>,
+    signals: nix::sys::signal::SigSet,
+    mountpoint: &Path,
+) -> Result<(), MountError> {
+    use nix::sys::signal::Signal;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<&'static str>();
     let session_done = done_tx.clone();
     let runner = std::thread::Builder::new()
@@ -469,7 +511,7 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
             r
         })
         .map_err(io("starting the session thread"))?;
-    raise_readahead(&mountpoint);
+    raise_readahead(mountpoint);
     std::thread::Builder::new()
         .name("mount-signals".into())
         .spawn(move || {
@@ -485,7 +527,7 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
     let why = done_rx.recv().unwrap_or("unmounted");
     if why != "unmounted" {
         tracing::info!("{why}: unmounting {}", mountpoint.display());
-        if let Err(e) = unmount(&mountpoint) {
+        if let Err(e) = unmount(mountpoint) {
             tracing::warn!("{e}");
         }
         // Open files keep a lazily detached mount alive: serve them a little longer, then go
@@ -496,14 +538,6 @@ fn serve(args: MountArgs, container: String, prefix: String) -> Result<(), Mount
         }
     } else if let Ok(Err(e)) = runner.join() {
         tracing::warn!("the FUSE session ended with an error: {e}");
-    }
-    tracing::info!(
-        "unmounted {}; figures: {}",
-        mountpoint.display(),
-        stats.to_json(&source, &mountpoint)["mount"]
-    );
-    if let Some(p) = &args.stats_socket {
-        let _ = std::fs::remove_file(p);
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 #![forbid(unsafe_code)]
 //! Cross-process integration tests for blobring: real daemon, real host, real clients.
 //! The tests live in `tests/tests/`; this library holds shared fixtures:
+//! - [`launcher`]: the tests' settings of the one stack launcher, `blobring_ctl::stack`;
 //! - [`Daemon`]: a `blobringd` process (the tests crate's copy of the binary), killed on drop;
+//! - [`HostStack`]: a real `blobring-host` plus a [`Daemon`] connected to it;
 //! - [`TestHost`]: an emulated host running in the test process on the vmbus `sim` host
 //!   helpers (until `blobring-host --socket` exists), answering blob requests:
 //!   response head = `"OK:"` + request head; data buffers of reads filled with `0xab`;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use blobring::{Connection, Cqe, OP_BLOB, OP_NOP, Sqe};
 use blobring_abi::FromZeros;
 use blobring_abi::vmbus::AzBlobVspResponse;
+use blobring_ctl::stack::{self, StackBuilder};
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
 use blobring_vmbus::channel::Channel;
 use blobring_vmbus::packet::PacketKind;
@@ -37,10 +40,20 @@ pub fn scratch() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
+/// The launcher of the tests' stacks in `dir` (sockets `host.sock`, `d.sock`, `d.ctl`, logs
+/// `host.log`, `blobringd.log`, store `fs:DIR/store`): the real `blobring-host`
+/// (`$BLOBRING_HOST_BIN`, else the Cargo target directory of the running test: build it
+/// first), `RUST_LOG=warn`, readiness bounded by 20 s.
+pub fn launcher(dir: &Path) -> StackBuilder {
+    StackBuilder::new(dir)
+        .env("RUST_LOG", "warn")
+        .timeout(Duration::from_secs(20))
+}
+
 /// A running daemon process; SIGKILLed and reaped on drop.
 pub struct Daemon {
-    /// The process.
-    pub child: Child,
+    /// The process and its sockets.
+    pub inner: stack::Daemon,
     /// Client socket.
     pub socket: PathBuf,
     /// Ctl socket.
@@ -52,39 +65,40 @@ impl Daemon {
     /// DIR/host.sock --workers 2 --no-pin` plus `extra`, and waits (≤ 10 s) until it accepts.
     /// `bin` is `env!("CARGO_BIN_EXE_blobring-test-daemon")` (only tests can name it).
     pub fn start(bin: &str, dir: &Path, extra: &[&str]) -> Daemon {
-        let socket = dir.join("d.sock");
-        let ctl = dir.join("d.ctl");
-        let host = dir.join("host.sock");
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--ctl-socket")
-            .arg(&ctl)
-            .arg("--host-socket")
-            .arg(&host)
-            .args(["--workers", "2", "--no-pin"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn blobringd");
-        let d = Daemon { child, socket, ctl };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&d.ctl).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
+        let inner = launcher(dir)
+            .daemon_bin(bin)
+            .daemon_args(["--workers", "2", "--no-pin"])
+            .daemon_args(extra)
+            .timeout(Duration::from_secs(10))
+            .start_daemon()
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}"));
+        let (socket, ctl) = (inner.socket.clone(), inner.ctl.clone());
+        Daemon { inner, socket, ctl }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.inner.proc.pid()
+    }
+
+    /// SIGKILL (if still running) and reap.
+    pub fn kill(&mut self) {
+        self.inner.proc.kill();
+    }
+
+    /// Waits until it exits (after a signal).
+    pub fn wait(&mut self) {
+        self.inner.proc.wait();
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.inner.proc.try_wait()
     }
 
     /// The ctl socket's JSON document.
     pub fn stats(&self) -> serde_json::Value {
-        use std::io::Read;
-        let mut s = std::os::unix::net::UnixStream::connect(&self.ctl).expect("ctl connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("ctl read");
-        serde_json::from_str(&text).expect("ctl json")
+        self.inner.stats().expect("ctl socket")
     }
 
     /// Waits (≤ `limit`) until `f(stats)` holds.
@@ -108,18 +122,29 @@ impl Daemon {
         }
     }
 
+    /// Waits (≤ 20 s) until the daemon reports `host_connected`.
+    pub fn wait_host_connected(&self) {
+        self.wait_stats(
+            Duration::from_secs(20),
+            "daemon connected to the host",
+            |s| s["daemon"]["host_connected"] == true,
+        );
+    }
+
     /// Sends `sig` to the daemon.
     pub fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
         rustix::process::kill_process(pid, sig).expect("kill");
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A [`TestHost`] at `DIR/host.sock` offering four channels and a [`Daemon`] (`extra` flags)
+/// connected to it.
+pub fn with_test_host(bin: &str, dir: &Path, extra: &[&str]) -> (TestHost, Daemon) {
+    let host = TestHost::start(&dir.join("host.sock"), 4);
+    let d = Daemon::start(bin, dir, extra);
+    d.wait_host_connected();
+    (host, d)
 }
 
 /// A child process killed and reaped on drop.
@@ -439,30 +464,13 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     }
 }
 
-/// The real `blobring-host` binary: `$BLOBRING_HOST_BIN`, else `blobring-host` in the Cargo
-/// target directory of the running test (`cargo test --workspace` builds it). Panics with what
-/// to do when it is missing.
-pub fn host_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BLOBRING_HOST_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = sibling_bin("blobring-host");
-    assert!(
-        p.exists(),
-        "{} not found: build it first (cargo build -p blobring-host, or cargo test --workspace) \
-         or set BLOBRING_HOST_BIN",
-        p.display()
-    );
-    p
-}
-
-/// A real `blobring-host --socket DIR/host.sock --store fs:DIR/store` process (SIGKILLed on
-/// drop), plus a daemon connected to it.
+/// A real `blobring-host --socket DIR/host.sock --store fs:DIR/store` process plus a daemon
+/// connected to it; both SIGKILLed on drop, the daemon first.
 pub struct HostStack {
-    /// The host process.
-    pub host: Reaped,
     /// The daemon.
     pub daemon: Daemon,
+    /// The host process.
+    pub host: stack::Host,
     /// The store directory.
     pub store: PathBuf,
     /// `http://127.0.0.1:PORT` when the host was started with `--http`.
@@ -473,20 +481,14 @@ impl HostStack {
     /// Starts the host (with `host_args` extra) and a daemon (`daemon_args` extra) in `dir`
     /// and waits (≤ 20 s) until the daemon has connected to the host.
     pub fn start(daemon_bin: &str, dir: &Path, host_args: &[&str], daemon_args: &[&str]) -> Self {
-        let store = dir.join("store");
-        std::fs::create_dir_all(&store).expect("store dir");
-        let (host, http_url) = spawn_host(dir, &store, host_args);
+        let host = start_host(dir, host_args);
         let daemon = Daemon::start(daemon_bin, dir, daemon_args);
-        daemon.wait_stats(
-            Duration::from_secs(20),
-            "daemon connected to the host",
-            |s| s["daemon"]["host_connected"] == true,
-        );
+        daemon.wait_host_connected();
         HostStack {
+            http_url: host.http_url.clone(),
             host,
             daemon,
-            store,
-            http_url,
+            store: dir.join("store"),
         }
     }
 
@@ -529,23 +531,16 @@ impl HostStack {
     /// `kill -9` of the host (if still running), then a new host on the same socket and store
     /// (with `host_args`), waiting until its socket exists. The daemon reconnects by itself.
     pub fn restart_host(&mut self, dir: &Path, host_args: &[&str]) {
-        let _ = self.host.0.kill();
-        let _ = self.host.0.wait();
-        let _ = std::fs::remove_file(dir.join("host.sock"));
-        self.host = spawn_host(dir, &self.store, host_args).0;
+        self.host.proc.kill();
+        self.host = start_host(dir, host_args);
     }
 
     /// `kill -9` of the daemon (if still running), then a new daemon on the same sockets
     /// (with `daemon_args`), waiting until it accepts and has connected to the host.
     pub fn restart_daemon(&mut self, daemon_bin: &str, dir: &Path, daemon_args: &[&str]) {
-        let _ = self.daemon.child.kill();
-        let _ = self.daemon.child.wait();
+        self.daemon.kill();
         self.daemon = Daemon::start(daemon_bin, dir, daemon_args);
-        self.daemon.wait_stats(
-            Duration::from_secs(20),
-            "restarted daemon connected to the host",
-            |s| s["daemon"]["host_connected"] == true,
-        );
+        self.daemon.wait_host_connected();
     }
 }
 
@@ -607,54 +602,45 @@ pub fn soak_report(
     (status, report)
 }
 
-/// Spawns `blobring-host --socket DIR/host.sock --store fs:STORE` plus `host_args` and waits
-/// (≤ 20 s) for its socket; with `--http` also returns the URL it printed.
-fn spawn_host(dir: &Path, store: &Path, host_args: &[&str]) -> (Reaped, Option<String>) {
-    let sock = dir.join("host.sock");
-    let mut child = Command::new(host_bin())
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--store")
-        .arg(format!("fs:{}", store.display()))
-        .args(host_args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn blobring-host");
-    let mut http_url = None;
-    if host_args.contains(&"--http") {
-        use std::io::BufRead;
-        let out = child.stdout.take().expect("stdout");
-        let mut lines = std::io::BufReader::new(out).lines();
-        for line in lines.by_ref() {
-            let line = line.expect("host stdout");
-            if let Some(u) = line.strip_prefix("listening on ") {
-                http_url = Some(u.trim().to_owned());
-                break;
-            }
-        }
-        assert!(
-            http_url.is_some(),
-            "blobring-host printed no `listening on` line"
+/// Starts `blobring-host --socket DIR/host.sock --store fs:DIR/store` plus `host_args` and
+/// waits (≤ 20 s) for its socket (and, with `--http`, the URL it prints).
+pub fn start_host(dir: &Path, host_args: &[&str]) -> stack::Host {
+    launcher(dir)
+        .host_args(host_args)
+        .start_host()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Asserts that the daemon's stats document `doc` counts none of the errors a healthy run
+/// never has (invalid SQEs, timeouts, missing device, bad completions, corrupt clients).
+pub fn assert_no_daemon_errors(doc: &serde_json::Value) {
+    for k in [
+        "invalid",
+        "timed_out",
+        "no_device",
+        "bad_completions",
+        "corrupt_clients",
+    ] {
+        assert_eq!(
+            doc["totals"]["errors"][k], 0,
+            "daemon error counter {k}: {doc}"
         );
-        std::thread::spawn(move || for _ in lines {});
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "blobring-host exited ({st}) before creating {}; does it support --socket?",
-                sock.display()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "blobring-host did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+}
+
+/// Asserts that a `blobring-soak` report `r` lost, corrupted, mislisted and overran nothing
+/// and saw no unexpected error (nor any of the counters in `also`).
+pub fn assert_soak_kept(r: &serde_json::Value, also: &[&str]) {
+    let kept = [
+        "lost_bytes",
+        "corrupt_bytes",
+        "list_mismatches",
+        "late_calls",
+        "unexpected_errors",
+    ];
+    for k in kept.iter().chain(also) {
+        assert_eq!(r[*k], 0, "{k} must be 0: {r}");
     }
-    (Reaped(child), http_url)
 }
 
 /// The number in kB of field `field` (e.g. `VmRSS`) of `/proc/<pid>/status`. Panics with the

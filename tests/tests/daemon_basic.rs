@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blobring::{ConnectError, ConnectOptions, Connection, Sqe};
-use blobring_tests::{Daemon, TestHost, blob_sqe, nop, reap_n, scratch};
+use blobring_tests::{Daemon, blob_sqe, nop, reap_n, scratch, with_test_host};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-test-client");
@@ -165,11 +165,7 @@ fn not_permitted_uid_is_refused() {
 #[test]
 fn blob_requests_reach_the_host_and_invalid_sqes_get_einval() {
     let dir = scratch();
-    let host = TestHost::start(&dir.path().join("host.sock"), 4);
-    let d = Daemon::start(DAEMON, dir.path(), &[]);
-    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
-        s["daemon"]["host_connected"] == true
-    });
+    let (host, d) = with_test_host(DAEMON, dir.path(), &[]);
     let mut c = Connection::connect(&d.socket).unwrap();
     for q in 0..2 {
         let good = blob_sqe(&mut c, 1, b"GET /c/b HTTP/1.1\r\n\r\n", 8192);

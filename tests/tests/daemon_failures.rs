@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use blobring::{CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Connection, Sqe, errno};
 use blobring_shm::SharedMemory;
-use blobring_tests::{Daemon, Reaped, TestHost, blob_sqe, nop, reap_n, scratch};
+use blobring_tests::{Daemon, Reaped, TestHost, blob_sqe, nop, reap_n, scratch, with_test_host};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-test-client");
@@ -42,11 +42,7 @@ fn spawn_client(
 #[test]
 fn killed_client_with_requests_in_flight_is_cleaned_up_and_others_keep_working() {
     let dir = scratch();
-    let host = TestHost::start(&dir.path().join("host.sock"), 4);
-    let d = Daemon::start(DAEMON, dir.path(), &["--default-timeout", "400"]);
-    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
-        s["daemon"]["host_connected"] == true
-    });
+    let (host, d) = with_test_host(DAEMON, dir.path(), &["--default-timeout", "400"]);
     let mut other = Connection::connect(&d.socket).unwrap();
     let (mut victim, mut out) = spawn_client(&d.socket, &["hang"]);
     let mut line = String::new();
@@ -94,11 +90,7 @@ fn killed_client_with_requests_in_flight_is_cleaned_up_and_others_keep_working()
 #[test]
 fn deadline_gives_etimedout_with_buffers_lent_then_released() {
     let dir = scratch();
-    let host = TestHost::start(&dir.path().join("host.sock"), 4);
-    let d = Daemon::start(DAEMON, dir.path(), &[]);
-    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
-        s["daemon"]["host_connected"] == true
-    });
+    let (host, d) = with_test_host(DAEMON, dir.path(), &[]);
     let mut c = Connection::connect(&d.socket).unwrap();
     let mut sqe = blob_sqe(&mut c, 77, b"HANG /slow", 4096);
     sqe.timeout_ms = 150;
@@ -231,19 +223,14 @@ fn eventfd_flood_does_not_starve_others() {
 #[test]
 fn daemon_death_fails_in_flight_requests_with_econnreset_promptly() {
     let dir = scratch();
-    let _host = TestHost::start(&dir.path().join("host.sock"), 4);
-    let mut d = Daemon::start(DAEMON, dir.path(), &[]);
-    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
-        s["daemon"]["host_connected"] == true
-    });
+    let (_host, mut d) = with_test_host(DAEMON, dir.path(), &[]);
     let (mut waiter, mut out) = spawn_client(&d.socket, &["wait"]);
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "submitted");
     std::thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();
-    d.child.kill().unwrap();
-    d.child.wait().unwrap();
+    d.kill();
     line.clear();
     out.read_line(&mut line).unwrap();
     let took = t0.elapsed();
@@ -255,11 +242,7 @@ fn daemon_death_fails_in_flight_requests_with_econnreset_promptly() {
 #[test]
 fn host_rescind_fails_in_flight_with_enodev_and_the_daemon_reconnects() {
     let dir = scratch();
-    let host = TestHost::start(&dir.path().join("host.sock"), 4);
-    let d = Daemon::start(DAEMON, dir.path(), &[]);
-    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
-        s["daemon"]["host_connected"] == true
-    });
+    let (host, d) = with_test_host(DAEMON, dir.path(), &[]);
     let mut c = Connection::connect(&d.socket).unwrap();
     let sqe = blob_sqe(&mut c, 5, b"HANG /r", 0);
     c.submit(0, &[sqe]).unwrap();
@@ -290,7 +273,7 @@ fn sigterm_drains_and_exits_zero() {
     d.signal(rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
+        if let Some(s) = d.try_wait() {
             break s;
         }
         assert!(Instant::now() < deadline, "daemon did not exit");
@@ -366,7 +349,7 @@ fn punched_region_harms_only_its_owner() {
     let mut good = Connection::connect(&d.socket).unwrap();
     nops_work(&mut bad, 3);
     let len = bad.geometry().region_len;
-    let fd = open_region_fd(d.child.id(), bad.client_id());
+    let fd = open_region_fd(d.pid(), bad.client_id());
     // Punch the whole region (header, queues, arena): the pages read back as zeroes, so the
     // daemon's view of the indices jumps backwards.
     rustix::fs::fallocate(
@@ -392,11 +375,7 @@ fn punched_region_harms_only_its_owner() {
 #[test]
 fn lying_host_completion_is_dropped_and_the_request_times_out() {
     let dir = scratch();
-    let _host = TestHost::start(&dir.path().join("host.sock"), 4);
-    let d = Daemon::start(DAEMON, dir.path(), &[]);
-    d.wait_stats(Duration::from_secs(10), "host connected", |s| {
-        s["daemon"]["host_connected"] == true
-    });
+    let (_host, d) = with_test_host(DAEMON, dir.path(), &[]);
     let mut c = Connection::connect(&d.socket).unwrap();
     let mut sqe = blob_sqe(&mut c, 8, b"BADLEN /x", 0);
     sqe.timeout_ms = 200;

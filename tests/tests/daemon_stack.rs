@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobService, GetOptions, PutOptions};
 use blobring::{Client, block_on};
-use blobring_tests::{HostStack, Reaped, host_bin};
+use blobring_tests::{HostStack, Reaped, assert_no_daemon_errors};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-stack-client");
@@ -106,16 +106,7 @@ fn sixteen_client_processes_ten_thousand_mixed_requests_each() {
     let secs = t0.elapsed().as_secs_f64();
     eprintln!("{total} mixed requests from 16 processes in {secs:.1} s");
     let doc = s.daemon.stats();
-    let errors = &doc["totals"]["errors"];
-    for k in [
-        "invalid",
-        "timed_out",
-        "no_device",
-        "bad_completions",
-        "corrupt_clients",
-    ] {
-        assert_eq!(errors[k], 0, "daemon error counter {k}: {doc}");
-    }
+    assert_no_daemon_errors(&doc);
     assert!(
         doc["totals"]["requests"].as_u64().unwrap() >= total,
         "{doc}"
@@ -177,8 +168,7 @@ fn daemon_killed_under_load_clients_fail_promptly() {
     for c in &mut busy {
         wait_line(&mut c.0, "running", Duration::from_secs(20));
     }
-    s.daemon.child.kill().expect("SIGKILL the daemon");
-    let _ = s.daemon.child.wait();
+    s.daemon.kill();
     let t0 = Instant::now();
     for c in &mut busy {
         let (ok, _, err) = finish(c, Duration::from_secs(5));
@@ -217,8 +207,7 @@ fn host_killed_and_restarted_under_load_daemon_recovers_acknowledged_writes_surv
     // Load from a second process while the host dies.
     let mut load = spawn_client(&s.daemon.socket, 5, "loop", 5);
     wait_line(&mut load.0, "running", Duration::from_secs(20));
-    s.host.0.kill().expect("SIGKILL the host");
-    let _ = s.host.0.wait();
+    s.host.proc.kill();
     // Requests fail (ENODEV) while the host is away; the daemon stays up and serves ctl.
     let mut failed = 0;
     for i in 50..60 {
@@ -240,20 +229,7 @@ fn host_killed_and_restarted_under_load_daemon_recovers_acknowledged_writes_surv
             > 0
     );
     // Restart the host on the same socket and store; the daemon reconnects by itself.
-    let sock = dir.path().join("host.sock");
-    let _ = std::fs::remove_file(&sock);
-    s.host = Reaped(
-        Command::new(host_bin())
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--store")
-            .arg(format!("fs:{}", s.store.display()))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("restart blobring-host"),
-    );
+    s.restart_host(dir.path(), &[]);
     s.daemon
         .wait_stats(Duration::from_secs(20), "daemon reconnected", |d| {
             d["daemon"]["host_connected"] == true && d["daemon"]["host_connects"] == 2

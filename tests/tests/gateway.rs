@@ -17,6 +17,8 @@
 //!
 //! Every process is killed on drop (also when an assertion fails).
 
+mod common;
+
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path as FsPath;
@@ -238,33 +240,12 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn object_store_integration_suite_through_the_gateway() {
-    use object_store::integration::*;
     let dir = scratch();
     let s = stack(dir.path(), &[]);
     let gw = Gateway::start(dir.path(), &s.daemon.socket, &[]);
     let store = store(&gw.url, EMULATOR_KEY);
     let before = s.daemon.stats()["totals"]["requests"].as_u64().unwrap_or(0);
-    rt().block_on(async {
-        tokio::time::timeout(Duration::from_secs(300), async {
-            put_get_delete_list(&store).await;
-            list_with_offset_exclusivity(&store).await;
-            get_opts(&store).await;
-            list_uses_directories_correctly(&store).await;
-            list_with_delimiter(&store).await;
-            rename_and_copy(&store).await;
-            copy_if_not_exists(&store).await;
-            copy_rename_nonexistent_object(&store).await;
-            stream_get(&store).await;
-            put_opts(&store, true).await;
-            multipart(&store, &store).await;
-            multipart_put_part_out_of_order(&store, &store).await;
-            multipart_race_condition(&store, false).await;
-            multipart_out_of_order(&store).await;
-            list_paginated(&store, &store).await;
-        })
-        .await
-        .expect("object_store suite through the gateway hung");
-    });
+    common::object_store_suite(&rt(), &store, "through the gateway ");
     // The traffic went over blobring, and the gateway counted it.
     let served = gw.metric("blobring_gateway_requests_total{op=\"get_blob\"}")
         + gw.metric("blobring_gateway_requests_total{op=\"put_blob\"}")
@@ -409,8 +390,7 @@ fn daemon_killed_mid_request_is_a_clean_503_and_the_gateway_serves_after_it_retu
         (r, t.elapsed())
     });
     std::thread::sleep(Duration::from_millis(500));
-    let _ = s.daemon.child.kill();
-    let _ = s.daemon.child.wait();
+    s.daemon.kill();
     let ((st, head, b), took) = inflight.join().unwrap();
     let text = String::from_utf8_lossy(&b);
     assert_eq!(st, 503, "{head}\n{text}");

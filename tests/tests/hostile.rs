@@ -365,7 +365,7 @@ impl Bed {
     }
 
     fn pid(&self) -> u32 {
-        self.stack.daemon.child.id()
+        self.stack.daemon.pid()
     }
 
     fn socket(&self) -> &Path {
@@ -384,15 +384,7 @@ impl Bed {
 
     /// The daemon process is alive and answers ctl.
     fn assert_up(&mut self) -> serde_json::Value {
-        assert!(
-            self.stack
-                .daemon
-                .child
-                .try_wait()
-                .expect("try_wait")
-                .is_none(),
-            "the daemon died"
-        );
+        assert!(self.stack.daemon.try_wait().is_none(), "the daemon died");
         let doc = self.stack.daemon.stats();
         assert_eq!(doc["workers"].as_array().map(Vec::len), Some(2), "{doc}");
         doc
@@ -403,7 +395,7 @@ impl Bed {
     /// window and the daemon's and the host's (as text).
     fn window_with(&mut self, args: &[&str]) -> (f64, BTreeMap<String, String>, u64, String) {
         let a = Attacker::start(self.socket(), args, WINDOW + Duration::from_millis(300));
-        let pids = [a.0.child.0.id(), self.pid(), self.stack.host.0.id()];
+        let pids = [a.0.child.0.id(), self.pid(), self.stack.host.proc.pid()];
         let cpu0 = pids.map(cpu_ms);
         let rate = self.victim.run(WINDOW);
         let cpu = pids.map(cpu_ms);
@@ -665,7 +657,7 @@ fn a_client_that_makes_its_doorbells_blocking_stalls_no_worker() {
     bed.stack.daemon.signal(rustix::process::Signal::TERM);
     let limit = Duration::from_millis(2000 + 500) + Duration::from_secs(3);
     let status = loop {
-        if let Some(st) = bed.stack.daemon.child.try_wait().expect("try_wait") {
+        if let Some(st) = bed.stack.daemon.try_wait() {
             break st;
         }
         assert!(
@@ -1008,7 +1000,7 @@ fn bodies_are_authenticated_and_bounded_before_they_are_read() {
     );
     let url = stack.http_url.clone().expect("REST url");
     let addr = url.trim_start_matches("http://").trim_end_matches('/');
-    let host = stack.host.0.id();
+    let host = stack.host.proc.pid();
     let hwm0 = proc_status_kib(host, "VmHWM");
     let key = blobring::blob::EMULATOR_KEY;
     let wrong_key = "d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXk=";

@@ -751,8 +751,7 @@ fn daemon_killed_during_a_blocked_read_fails_with_eio_then_reads_work_again() {
         });
         std::thread::sleep(Duration::from_millis(500));
         let killed = Instant::now();
-        let _ = stack.daemon.child.kill();
-        let _ = stack.daemon.child.wait();
+        stack.daemon.kill();
         let (r, done) = reader.join().unwrap();
         assert_eq!(errno_of(r), EIO, "a read whose daemon died");
         done - killed
@@ -870,14 +869,17 @@ fn detached_mount_unmount_dead_mount_and_missing_container() {
         log: log.clone(),
         stats: PathBuf::new(),
     };
-    let (code, _, err) = detached("blob://data");
-    assert_eq!(code, 0, "{err}");
-    let pid: u32 = err
-        .split("(pid ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {err:?}"));
+    // A detached mount of the container; its pid, from what it printed.
+    let mount_detached = || -> u32 {
+        let (code, _, err) = detached("blob://data");
+        assert_eq!(code, 0, "{err}");
+        err.split("(pid ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {err:?}"))
+    };
+    let pid = mount_detached();
     guard.pid = Some(pid);
     assert!(mounted(&mp));
     std::fs::write(mp.join("hello"), b"hello").unwrap();
@@ -901,14 +903,7 @@ fn detached_mount_unmount_dead_mount_and_missing_container() {
     }
 
     // A mount process that dies leaves a dead mount point that `unmount` clears.
-    let (code, _, err) = detached("blob://data");
-    assert_eq!(code, 0, "{err}");
-    let pid: u32 = err
-        .split("(pid ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let pid = mount_detached();
     guard.pid = Some(pid);
     sh(Command::new("kill").args(["-9", &pid.to_string()]));
     std::thread::sleep(Duration::from_millis(300));

@@ -2,6 +2,8 @@
 //! connector and the CLI, through a real `blobringd` and a real `blobring-host --socket` with
 //! an `fs` store.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use blobring::blob::{
@@ -446,7 +448,7 @@ fn daemon_restart_fails_in_flight_and_reconnects() {
     block_on(svc.create_container("recon")).unwrap();
     block_on(svc.put_blob("recon", "x", b"before", &PutOptions::default())).unwrap();
     s.daemon.signal(rustix::process::Signal::KILL);
-    let _ = s.daemon.child.wait();
+    s.daemon.wait();
     let e = block_on(svc.get_blob("recon", "x", None, &GetOptions::default())).unwrap_err();
     assert!(
         matches!(
@@ -459,11 +461,7 @@ fn daemon_restart_fails_in_flight_and_reconnects() {
     );
     let _ = std::fs::remove_file(&s.daemon.socket);
     let _ = std::fs::remove_file(&s.daemon.ctl);
-    s.daemon = blobring_tests::Daemon::start(DAEMON, dir.path(), &["--arena-size", ARENA]);
-    s.daemon
-        .wait_stats(Duration::from_secs(20), "host connected", |st| {
-            st["daemon"]["host_connected"] == true
-        });
+    s.restart_daemon(DAEMON, dir.path(), &["--arena-size", ARENA]);
     let g =
         block_on(svc.get_blob("recon", "x", None, &GetOptions::default())).expect("reconnected");
     assert_eq!(g.to_vec().unwrap(), b"before");
@@ -472,7 +470,6 @@ fn daemon_restart_fails_in_flight_and_reconnects() {
 #[test]
 fn object_store_integration_suite_through_the_connector() {
     use object_store::azure::MicrosoftAzureBuilder;
-    use object_store::integration::*;
     let dir = scratch();
     let s = HostStack::start(
         DAEMON,
@@ -491,27 +488,7 @@ fn object_store_integration_suite_through_the_connector() {
         .build()
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(300), async {
-            put_get_delete_list(&store).await;
-            list_with_offset_exclusivity(&store).await;
-            get_opts(&store).await;
-            list_uses_directories_correctly(&store).await;
-            list_with_delimiter(&store).await;
-            rename_and_copy(&store).await;
-            copy_if_not_exists(&store).await;
-            copy_rename_nonexistent_object(&store).await;
-            stream_get(&store).await;
-            put_opts(&store, true).await;
-            multipart(&store, &store).await;
-            multipart_put_part_out_of_order(&store, &store).await;
-            multipart_race_condition(&store, false).await;
-            multipart_out_of_order(&store).await;
-            list_paginated(&store, &store).await;
-        })
-        .await
-        .expect("object_store suite hung");
-    });
+    common::object_store_suite(&rt, &store, "");
 }
 
 fn sha_of_file(p: &std::path::Path) -> u64 {

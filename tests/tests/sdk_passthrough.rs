@@ -20,7 +20,6 @@ mod azurite;
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use azurite::Azurite;
@@ -29,7 +28,7 @@ use blobring::blob::{
     EMULATOR_KEY, GetOptions, ListOptions, PutOptions, sign, string_to_sign,
 };
 use blobring::{Client, connector::BlobringConnector};
-use blobring_tests::{Daemon, Reaped, host_bin, scratch};
+use blobring_tests::{Daemon, launcher, scratch};
 use object_store::ObjectStore as _;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
@@ -43,38 +42,17 @@ const API_VERSION: &str = "2023-11-03";
 /// blobring-host (passthrough to `upstream`) and blobringd in `dir`, killed on drop.
 struct Stack {
     daemon: Daemon,
-    _host: Reaped,
+    _host: blobring_ctl::stack::Host,
 }
 
 fn stack(dir: &FsPath, upstream: &str) -> Stack {
-    let sock = dir.join("host.sock");
-    let host = Reaped(
-        Command::new(host_bin())
-            .arg("--socket")
-            .arg(&sock)
-            .args(["--store", &format!("passthrough:{upstream}")])
-            .args(["--channels", "2"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn blobring-host"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "blobring-host did not create {}",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let host = launcher(dir)
+        .store(format!("passthrough:{upstream}"))
+        .host_args(["--channels", "2"])
+        .start_host()
+        .unwrap_or_else(|e| panic!("{e}"));
     let daemon = Daemon::start(DAEMON, dir, &["--arena-size", "67108864"]);
-    daemon.wait_stats(
-        Duration::from_secs(20),
-        "daemon connected to the host",
-        |s| s["daemon"]["host_connected"] == true,
-    );
+    daemon.wait_host_connected();
     Stack {
         daemon,
         _host: host,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobError, BlobService, GetOptions, PutOptions, RetryPolicy};
 use blobring::{Client, ClientError, block_on};
-use blobring_tests::{Daemon, HostStack, scratch};
+use blobring_tests::{HostStack, scratch};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 
@@ -48,7 +48,7 @@ fn daemon_death_fails_in_flight_requests_fast_and_the_client_reconnects() {
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     s.daemon.signal(rustix::process::Signal::KILL);
-    let _ = s.daemon.child.wait();
+    s.daemon.wait();
     println!("daemon reaped {:?} after SIGKILL", killed.elapsed());
     let errors: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -79,11 +79,7 @@ fn daemon_death_fails_in_flight_requests_fast_and_the_client_reconnects() {
 
     let _ = std::fs::remove_file(&s.daemon.socket);
     let _ = std::fs::remove_file(&s.daemon.ctl);
-    s.daemon = Daemon::start(DAEMON, dir.path(), &["--arena-size", "67108864"]);
-    s.daemon
-        .wait_stats(Duration::from_secs(20), "host connected", |st| {
-            st["daemon"]["host_connected"] == true
-        });
+    s.restart_daemon(DAEMON, dir.path(), &["--arena-size", "67108864"]);
     let g = block_on(svc.get_blob("rec", "x", None, &GetOptions::default())).expect("reconnected");
     assert_eq!(g.to_vec().unwrap(), b"before");
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobService, GetOptions, PutOptions};
 use blobring::{Client, ConnectError, Connection, block_on};
-use blobring_tests::{Daemon, HostStack, Reaped, TestHost, blob_sqe, reap_n, scratch};
+use blobring_tests::{Daemon, HostStack, Reaped, TestHost, blob_sqe, launcher, reap_n, scratch};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const SEC_CLIENT: &str = env!("CARGO_BIN_EXE_blobring-sec-client");
@@ -160,24 +160,13 @@ fn socket_file_and_directory_modes() {
     // 660), the ctl socket 600.
     let sock = dir.path().join("run/blobring/d.sock");
     let ctl = dir.path().join("run/blobring/d.ctl");
-    let child = Command::new(DAEMON)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--ctl-socket")
-        .arg(&ctl)
-        .arg("--host-socket")
-        .arg(dir.path().join("host.sock"))
-        .args(["--workers", "1", "--no-pin"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _d = Reaped(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&ctl).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _d = launcher(dir.path())
+        .daemon_bin(DAEMON)
+        .daemon_sockets(&sock, &ctl)
+        .daemon_args(["--workers", "1", "--no-pin"])
+        .timeout(Duration::from_secs(10))
+        .start_daemon()
+        .unwrap_or_else(|e| panic!("daemon did not start: {e}"));
     assert_eq!(mode(&sock), 0o660, "default --socket-mode");
     assert_eq!(mode(&ctl), 0o600, "ctl socket");
     assert_eq!(mode(&dir.path().join("run/blobring")), 0o755);
@@ -323,7 +312,7 @@ fn per_uid_limit_counts_each_uid_separately_and_max_clients_is_global() {
 
 /// The daemon's report on the ctl socket, checked against `/proc`.
 fn assert_report_matches_proc(d: &Daemon) -> serde_json::Value {
-    let pid = d.child.id();
+    let pid = d.pid();
     let s = d.stats();
     let p = &s["process"];
     assert_eq!(p["pid"], pid);
@@ -372,7 +361,7 @@ fn privileges_are_dropped_after_startup_and_the_stack_still_serves() {
     let (dir, bin) = open_scratch();
     let flags = format!("--socket-mode 666 --allow-uid 0 --allow-uid {NOBODY}");
     let s = HostStack::start(DAEMON, dir.path(), &[], &argv(&flags));
-    let pid = s.daemon.child.id();
+    let pid = s.daemon.pid();
     // Every thread (control, both workers): no capability in any set, no_new_privs.
     let threads = thread_status(pid);
     assert_eq!(threads.len(), 3, "control thread + 2 workers");
@@ -423,7 +412,7 @@ fn keep_privileges_leaves_them() {
     let d = daemon(dir.path(), "--keep-privileges");
     let (eff, bnd) = own_caps();
     assert_ne!(eff, 0, "these tests run as root with capabilities");
-    for (path, st) in thread_status(d.child.id()) {
+    for (path, st) in thread_status(d.pid()) {
         assert_eq!(hex(field(&st, "CapEff")), eff, "{path}");
         assert_eq!(hex(field(&st, "CapBnd")), bnd, "{path}");
         assert_eq!(field(&st, "NoNewPrivs"), "0", "{path}");
@@ -451,7 +440,7 @@ fn user_and_group_switch_hands_over_the_sockets_and_still_serves() {
         let meta = std::fs::metadata(p).unwrap();
         assert_eq!((meta.uid(), meta.gid(), mode(p)), (NOBODY, SHARED_GID, m));
     }
-    for (path, st) in thread_status(d.child.id()) {
+    for (path, st) in thread_status(d.pid()) {
         assert_eq!(
             field(&st, "Uid"),
             format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}"),
@@ -506,7 +495,7 @@ fn user_and_group_switch_hands_over_the_sockets_and_still_serves() {
         );
         first_line(&mut c)
     };
-    let line = peek(d.child.id());
+    let line = peek(d.pid());
     assert!(line.starts_with("peek denied:"), "{line}");
     let (holder, l) = hold_as(&bin, &d.socket, NOBODY, SHARED_GID);
     assert_ok(&l, NOBODY, SHARED_GID);

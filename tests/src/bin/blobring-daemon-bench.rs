@@ -88,33 +88,19 @@ fn main() {
         .is_none()
         .then(|| TestHost::start(&dir.path().join("host.sock"), 8));
     let _real_host = real.as_ref().map(|h| {
-        let child = std::process::Command::new(h)
-            .arg("--socket")
-            .arg(dir.path().join("host.sock"))
-            .args([
-                "--store",
-                "mem",
-                "--no-auth",
-                "--container",
-                "bench",
-                "--channels",
-                "8",
-            ])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start blobring-host");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dir.path().join("host.sock").exists() {
-            assert!(Instant::now() < deadline, "blobring-host did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        blobring_tests::Reaped(child)
+        blobring_tests::launcher(dir.path())
+            .host_bin(h)
+            .store("mem")
+            .host_args(["--no-auth", "--container", "bench", "--channels", "8"])
+            .timeout(Duration::from_secs(10))
+            .start_host()
+            .unwrap_or_else(|e| panic!("{e}"))
     });
     let d = Daemon::start(bin.to_str().unwrap(), dir.path(), &extra);
     d.wait_stats(Duration::from_secs(10), "host", |s| {
         s["daemon"]["host_connected"] == true
     });
-    let pid = d.child.id();
+    let pid = d.pid();
     let mut conn = blobring::Connection::connect_with(
         &d.socket,
         blobring::ConnectOptions {

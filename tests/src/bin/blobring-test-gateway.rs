@@ -14,12 +14,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    blobring_ctl::entry::log_to_stderr();
     blobring_gateway::run(Cli::parse().args.config())?;
     Ok(())
 }

@@ -28,29 +28,13 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let r = match Cli::parse().cmd {
+    blobring_ctl::entry::mount_exit(match Cli::parse().cmd {
         Cmd::Mount(a) => {
             if a.foreground {
-                let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-                tracing_subscriber::fmt()
-                    .with_env_filter(filter)
-                    .with_writer(std::io::stderr)
-                    .init();
+                blobring_ctl::entry::log_to_stderr();
             }
             blobring_mount::run(a)
         }
         Cmd::Unmount { mountpoint } => blobring_mount::unmount(&mountpoint),
-    };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ blobring_mount::MountError::Detached { .. }) => {
-            eprintln!("{e}");
-            ExitCode::from(e.exit_code().clamp(1, 255) as u8)
-        }
-        Err(e) => {
-            eprintln!("blobring: {e}");
-            ExitCode::from(e.exit_code().clamp(1, 255) as u8)
-        }
-    }
+    })
 }
