@@ -6,16 +6,21 @@
 //! two buffers never share one.
 //!
 //! Free space is kept twice: by start offset (for coalescing with both neighbours on free)
-//! and by (length, start) (for best fit). Allocation takes the smallest free block that fits
-//! the length and alignment, lowest offset first among equals; the leftovers on either side
-//! go back to the free lists. Freeing merges with adjacent free blocks, so once everything
-//! is freed the arena is one block again.
+//! and by (length, recency, start) (for best fit). Allocation takes the smallest free block
+//! that fits the length and alignment; among blocks of one size the most recently freed
+//! first (LIFO: its cache lines and TLB entries are the warmest), then the lowest offset.
+//! Inside the chosen block the allocation goes where space was most recently freed (the
+//! block's *warm* offset, remembered through merges) when it is aligned and fits there,
+//! else at the block's first aligned offset; the leftovers on either side go back to the free lists.
+//! Freeing merges with adjacent free blocks, so once everything is freed the arena is one
+//! block again.
 //!
 //! Cost: `alloc` is `O(log n)` for `align <= 64`; for larger alignments it also looks at the
 //! free blocks whose size lies in `[len, len + align - 64)` (those may or may not fit,
 //! depending on where they start) before the `O(log n)` guaranteed-fit look-up. `free` is
 //! `O(log n)`.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Allocation granule and minimum alignment: one cache line.
@@ -72,13 +77,25 @@ pub enum ArenaError {
 pub struct Arena {
     base: u64,
     len: u64,
-    /// Free blocks: start → length. Never two adjacent ones (they are merged).
-    free_by_start: BTreeMap<u64, u64>,
-    /// The same blocks as (length, start), for best fit.
-    free_by_size: BTreeSet<(u64, u64)>,
+    /// Free blocks: start → block. Never two adjacent ones (they are merged).
+    free_by_start: BTreeMap<u64, FreeBlock>,
+    /// The same blocks as (length, most recently freed first, start), for best fit.
+    free_by_size: BTreeSet<(u64, Reverse<u64>, u64)>,
     /// Live allocations: start → length.
     live: BTreeMap<u64, u64>,
     free_bytes: u64,
+    /// Stamps frees, so that the most recently freed space is handed out first.
+    clock: u64,
+}
+
+/// A free block's length and where its warmest space is.
+#[derive(Debug, Clone, Copy)]
+struct FreeBlock {
+    len: u64,
+    /// When space in it was last freed ([`Arena::clock`]; 0: never).
+    stamp: u64,
+    /// Where that space starts (inside the block).
+    warm: u64,
 }
 
 impl Arena {
@@ -96,8 +113,9 @@ impl Arena {
             free_by_size: BTreeSet::new(),
             live: BTreeMap::new(),
             free_bytes: 0,
+            clock: 0,
         };
-        arena.insert_free(base, usable);
+        arena.insert_free(base, usable, 0, base);
         Ok(arena)
     }
 
@@ -125,24 +143,37 @@ impl Arena {
         let len = len.checked_next_multiple_of(GRANULE).ok_or(out_of_space)?;
         // Any block at least this long fits whatever its start (starts are 64-aligned).
         let sure = len.checked_add(align - GRANULE).ok_or(out_of_space)?;
-        let fits = |&(size, start): &(u64, u64)| {
-            let aligned = start.checked_next_multiple_of(align)?;
-            (aligned - start <= size - len).then_some((size, start, aligned))
+        let fits = |&(size, Reverse(stamp), start): &(u64, Reverse<u64>, u64)| {
+            let warm = self.free_by_start.get(&start).map_or(start, |b| b.warm);
+            let fits_at = |at: u64| at - start <= size - len;
+            let aligned = if warm.is_multiple_of(align) && fits_at(warm) {
+                warm
+            } else {
+                let first = start.checked_next_multiple_of(align)?;
+                fits_at(first).then_some(first)?
+            };
+            Some((size, stamp, start, aligned))
         };
         let found = self
             .free_by_size
-            .range((len, 0)..(sure, 0))
+            .range((len, Reverse(u64::MAX), 0)..(sure, Reverse(u64::MAX), 0))
             .find_map(fits)
-            .or_else(|| self.free_by_size.range((sure, 0)..).next().and_then(fits))
+            .or_else(|| {
+                self.free_by_size
+                    .range((sure, Reverse(u64::MAX), 0)..)
+                    .next()
+                    .and_then(fits)
+            })
             .ok_or(out_of_space)?;
-        let (size, start, aligned) = found;
-        self.remove_free(start, size);
+        let (size, stamp, start, aligned) = found;
+        self.remove_free(start);
         if aligned > start {
-            self.insert_free(start, aligned - start);
+            self.insert_free(start, aligned - start, stamp, start);
         }
         let tail = start + size - (aligned + len);
         if tail > 0 {
-            self.insert_free(aligned + len, tail);
+            // What follows the warm space is as warm as the rest of what was freed there.
+            self.insert_free(aligned + len, tail, stamp, aligned + len);
         }
         self.live.insert(aligned, len);
         Ok(Allocation {
@@ -160,17 +191,17 @@ impl Arena {
             .remove(&offset)
             .ok_or(ArenaError::UnknownOffset(offset))?;
         let (mut start, mut end) = (offset, offset + len);
-        if let Some((&prev, &prev_len)) = self.free_by_start.range(..offset).next_back()
-            && prev + prev_len == offset
+        if let Some((&prev, prev_block)) = self.free_by_start.range(..offset).next_back()
+            && prev + prev_block.len == offset
         {
-            self.remove_free(prev, prev_len);
+            self.remove_free(prev);
             start = prev;
         }
-        if let Some(&next_len) = self.free_by_start.get(&end) {
-            self.remove_free(end, next_len);
-            end += next_len;
+        if self.free_by_start.contains_key(&end) {
+            end += self.remove_free(end).len;
         }
-        self.insert_free(start, end - start);
+        self.clock += 1;
+        self.insert_free(start, end - start, self.clock, offset);
         Ok(len)
     }
 
@@ -198,7 +229,7 @@ impl Arena {
 
     /// The largest free block (what one allocation with 64-byte alignment could get).
     pub fn largest_free(&self) -> u64 {
-        self.free_by_size.last().map_or(0, |&(size, _)| size)
+        self.free_by_size.last().map_or(0, |&(size, _, _)| size)
     }
 
     /// Live allocations.
@@ -211,17 +242,24 @@ impl Arena {
         self.free_by_start.len()
     }
 
-    fn insert_free(&mut self, start: u64, len: u64) {
+    fn insert_free(&mut self, start: u64, len: u64, stamp: u64, warm: u64) {
         debug_assert!(len > 0 && start.is_multiple_of(GRANULE) && len.is_multiple_of(GRANULE));
-        self.free_by_start.insert(start, len);
-        self.free_by_size.insert((len, start));
+        debug_assert!((start..start + len).contains(&warm));
+        self.free_by_start
+            .insert(start, FreeBlock { len, stamp, warm });
+        self.free_by_size.insert((len, Reverse(stamp), start));
         self.free_bytes += len;
     }
 
-    fn remove_free(&mut self, start: u64, len: u64) {
-        self.free_by_start.remove(&start);
-        self.free_by_size.remove(&(len, start));
-        self.free_bytes -= len;
+    /// Removes the free block at `start` (which must exist) and returns it.
+    fn remove_free(&mut self, start: u64) -> FreeBlock {
+        let b = self
+            .free_by_start
+            .remove(&start)
+            .expect("a free block starts here");
+        self.free_by_size.remove(&(b.len, Reverse(b.stamp), start));
+        self.free_bytes -= b.len;
+        b
     }
 }
 
@@ -340,6 +378,52 @@ mod tests {
         assert_eq!(a.alloc(1024, 1024).unwrap().offset, 4096);
         // With 64-byte alignment it is the best fit.
         assert_eq!(a.alloc(1024, 64).unwrap().offset, 64);
+    }
+
+    /// Same-size blocks come back last freed, first reused (the warmest cache lines).
+    #[test]
+    fn same_size_blocks_are_reused_most_recently_freed_first() {
+        let mut a = Arena::new(0, 64 * 64).unwrap();
+        // Three 4-granule blocks, each followed by a live 1-granule fence so none merge.
+        let blocks: Vec<_> = (0..3)
+            .map(|_| {
+                let b = a.alloc(256, 64).unwrap();
+                a.alloc(64, 64).unwrap();
+                b.offset
+            })
+            .collect();
+        for &i in &[0, 2, 1] {
+            a.free(blocks[i]).unwrap();
+        }
+        let order: Vec<u64> = (0..3).map(|_| a.alloc(256, 64).unwrap().offset).collect();
+        assert_eq!(order, vec![blocks[1], blocks[2], blocks[0]]);
+        // Smaller fits still go to the smallest hole first (best fit before recency).
+        a.free(blocks[0]).unwrap();
+        let big = a.alloc(64 * 40, 64).unwrap();
+        a.free(big.offset).unwrap();
+        assert_eq!(a.alloc(256, 64).unwrap().offset, blocks[0]);
+    }
+
+    /// Space freed last is handed out again even after it merged with older free space.
+    #[test]
+    fn the_warm_part_of_a_merged_block_is_reused_first() {
+        let mut a = Arena::new(0, 8192).unwrap();
+        let x = a.alloc(1024, 64).unwrap();
+        let y = a.alloc(1024, 64).unwrap();
+        let _fence = a.alloc(64, 64).unwrap();
+        a.free(x.offset).unwrap();
+        a.free(y.offset).unwrap(); // merges with x: one 2 KiB block, warm at y
+        assert_eq!(a.free_block_count(), 2);
+        assert_eq!(a.alloc(1024, 64).unwrap().offset, y.offset);
+        assert_eq!(a.alloc(1024, 64).unwrap().offset, x.offset);
+        // A warm offset that does not meet the alignment: the block's first aligned offset.
+        let mut b = Arena::new(0, 8192).unwrap();
+        let p = b.alloc(64, 64).unwrap();
+        let q = b.alloc(64, 64).unwrap();
+        b.free(p.offset).unwrap();
+        b.free(q.offset).unwrap();
+        assert_eq!(b.alloc(64, 4096).unwrap().offset, 0);
+        assert_eq!(b.alloc(4096, 4096).unwrap().offset, 4096);
     }
 
     #[derive(Debug, Clone)]
