@@ -446,30 +446,21 @@ fn blocking_get(client: &Client, blob: &str, off: u64, len: u64) -> Vec<u8> {
         panic!("the emulator account signs with a shared key");
     };
     let path = format!("/{}/blocking/{blob}", account.account);
-    let headers = vec![
-        (
-            "x-ms-date".to_owned(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-        ),
-        (
-            "x-ms-version".to_owned(),
-            blobring::blob::API_VERSION.to_owned(),
-        ),
-        (
-            "x-ms-range".to_owned(),
-            format!("bytes={off}-{}", off + len - 1),
-        ),
-    ];
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let range = format!("bytes={off}-{}", off + len - 1);
+    let version = blobring::blob::API_VERSION;
+    let headers = [("x-ms-date", &date), ("x-ms-range", &range)]
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .into_iter()
+        .chain([("x-ms-version".to_owned(), version.to_owned())])
+        .collect::<Vec<_>>();
     let sts = blobring::blob::string_to_sign("GET", &account.account, &path, &[], &headers);
-    let mut head = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
-    for (k, v) in &headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!(
-        "authorization: SharedKey {}:{}\r\n\r\n",
-        account.account,
-        blobring::blob::sign(key, &sts)
-    ));
+    let auth = blobring::blob::sign(key, &sts);
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-ms-date: {date}\r\nx-ms-range: {range}\r\n\
+         x-ms-version: {version}\r\nauthorization: SharedKey {}:{auth}\r\n\r\n",
+        account.account
+    );
     let mut req = blobring::Request::new(head.into_bytes());
     req.data = Some(client.alloc(len).expect("alloc"));
     req.timeout = Some(Duration::from_secs(30));
