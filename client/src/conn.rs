@@ -772,6 +772,24 @@ mod tests {
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    /// The table of requests owed: a multiset by user_data (raw users may reuse one), each
+    /// entry handed back once, and emptied by `take_any` as a dead daemon's requests are.
+    #[test]
+    fn owed_requests_are_a_multiset_handed_back_once() {
+        let mut owed = Owed::new();
+        owed.insert(7, "a");
+        owed.insert(7, "b");
+        owed.insert(9, "c");
+        assert_eq!(owed.len, 3);
+        let mut seven = [owed.take(7).unwrap(), owed.take(7).unwrap()];
+        seven.sort();
+        assert_eq!(seven, ["a", "b"]);
+        assert_eq!(owed.take(7), None);
+        assert_eq!(owed.take(8), None);
+        assert_eq!(owed.take_any(), Some((9, "c")));
+        assert_eq!((owed.take_any(), owed.len), (None, 0));
+    }
+
     /// A "daemon" that reads each hello and hangs up, as blobringd does to handshakes it
     /// sheds: the client retries within its budget, then reports the drop; a refusal-like
     /// failure (no socket) is not retried.
