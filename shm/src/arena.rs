@@ -8,10 +8,10 @@
 //! Free space is kept twice: by start offset (for coalescing with both neighbours on free)
 //! and by (length, recency, start) (for best fit). Allocation takes the smallest free block
 //! that fits the length and alignment; among blocks of one size the most recently freed
-//! first (LIFO: its cache lines and TLB entries are the warmest), then the lowest offset.
-//! Inside the chosen block the allocation goes where space was most recently freed (the
-//! block's *warm* offset, remembered through merges) when it is aligned and fits there,
-//! else at the block's first aligned offset; the leftovers on either side go back to the free lists.
+//! first (LIFO: its cache lines and TLB entries are the warmest; a block merged on free counts
+//! as freed then), then the lowest offset. The allocation takes the block's first aligned
+//! offset (the lowest address: carving at the front keeps the rest of the block in one
+//! piece); the leftovers on either side go back to the free lists.
 //! Freeing merges with adjacent free blocks, so once everything is freed the arena is one
 //! block again.
 //!
@@ -88,14 +88,12 @@ pub struct Arena {
     clock: u64,
 }
 
-/// A free block's length and where its warmest space is.
+/// A free block's length and when space in it was last freed.
 #[derive(Debug, Clone, Copy)]
 struct FreeBlock {
     len: u64,
-    /// When space in it was last freed ([`Arena::clock`]; 0: never).
+    /// [`Arena::clock`] at that free (0: never).
     stamp: u64,
-    /// Where that space starts (inside the block).
-    warm: u64,
 }
 
 impl Arena {
@@ -115,7 +113,7 @@ impl Arena {
             free_bytes: 0,
             clock: 0,
         };
-        arena.insert_free(base, usable, 0, base);
+        arena.insert_free(base, usable, 0);
         Ok(arena)
     }
 
@@ -144,15 +142,8 @@ impl Arena {
         // Any block at least this long fits whatever its start (starts are 64-aligned).
         let sure = len.checked_add(align - GRANULE).ok_or(out_of_space)?;
         let fits = |&(size, Reverse(stamp), start): &(u64, Reverse<u64>, u64)| {
-            let warm = self.free_by_start.get(&start).map_or(start, |b| b.warm);
-            let fits_at = |at: u64| at - start <= size - len;
-            let aligned = if warm.is_multiple_of(align) && fits_at(warm) {
-                warm
-            } else {
-                let first = start.checked_next_multiple_of(align)?;
-                fits_at(first).then_some(first)?
-            };
-            Some((size, stamp, start, aligned))
+            let aligned = start.checked_next_multiple_of(align)?;
+            (aligned - start <= size - len).then_some((size, stamp, start, aligned))
         };
         let found = self
             .free_by_size
@@ -168,12 +159,11 @@ impl Arena {
         let (size, stamp, start, aligned) = found;
         self.remove_free(start);
         if aligned > start {
-            self.insert_free(start, aligned - start, stamp, start);
+            self.insert_free(start, aligned - start, stamp);
         }
         let tail = start + size - (aligned + len);
         if tail > 0 {
-            // What follows the warm space is as warm as the rest of what was freed there.
-            self.insert_free(aligned + len, tail, stamp, aligned + len);
+            self.insert_free(aligned + len, tail, stamp);
         }
         self.live.insert(aligned, len);
         Ok(Allocation {
@@ -201,7 +191,7 @@ impl Arena {
             end += self.remove_free(end).len;
         }
         self.clock += 1;
-        self.insert_free(start, end - start, self.clock, offset);
+        self.insert_free(start, end - start, self.clock);
         Ok(len)
     }
 
@@ -242,11 +232,9 @@ impl Arena {
         self.free_by_start.len()
     }
 
-    fn insert_free(&mut self, start: u64, len: u64, stamp: u64, warm: u64) {
+    fn insert_free(&mut self, start: u64, len: u64, stamp: u64) {
         debug_assert!(len > 0 && start.is_multiple_of(GRANULE) && len.is_multiple_of(GRANULE));
-        debug_assert!((start..start + len).contains(&warm));
-        self.free_by_start
-            .insert(start, FreeBlock { len, stamp, warm });
+        self.free_by_start.insert(start, FreeBlock { len, stamp });
         self.free_by_size.insert((len, Reverse(stamp), start));
         self.free_bytes += len;
     }
@@ -404,26 +392,20 @@ mod tests {
         assert_eq!(a.alloc(256, 64).unwrap().offset, blocks[0]);
     }
 
-    /// Space freed last is handed out again even after it merged with older free space.
+    /// A block merged on free counts as freed then: among same-size holes it comes first.
     #[test]
-    fn the_warm_part_of_a_merged_block_is_reused_first() {
+    fn a_block_merged_on_free_is_as_recent_as_that_free() {
         let mut a = Arena::new(0, 8192).unwrap();
-        let x = a.alloc(1024, 64).unwrap();
-        let y = a.alloc(1024, 64).unwrap();
-        let _fence = a.alloc(64, 64).unwrap();
+        let x = a.alloc(128, 64).unwrap();
+        let _f1 = a.alloc(64, 64).unwrap();
+        let y1 = a.alloc(64, 64).unwrap();
+        let y2 = a.alloc(64, 64).unwrap();
+        let _f2 = a.alloc(64, 64).unwrap();
+        a.free(y1.offset).unwrap();
         a.free(x.offset).unwrap();
-        a.free(y.offset).unwrap(); // merges with x: one 2 KiB block, warm at y
-        assert_eq!(a.free_block_count(), 2);
-        assert_eq!(a.alloc(1024, 64).unwrap().offset, y.offset);
-        assert_eq!(a.alloc(1024, 64).unwrap().offset, x.offset);
-        // A warm offset that does not meet the alignment: the block's first aligned offset.
-        let mut b = Arena::new(0, 8192).unwrap();
-        let p = b.alloc(64, 64).unwrap();
-        let q = b.alloc(64, 64).unwrap();
-        b.free(p.offset).unwrap();
-        b.free(q.offset).unwrap();
-        assert_eq!(b.alloc(64, 4096).unwrap().offset, 0);
-        assert_eq!(b.alloc(4096, 4096).unwrap().offset, 4096);
+        a.free(y2.offset).unwrap(); // merges with y1: a 128-byte hole, freed after x's
+        assert_eq!(a.alloc(128, 64).unwrap().offset, y1.offset);
+        assert_eq!(a.alloc(128, 64).unwrap().offset, x.offset);
     }
 
     #[derive(Debug, Clone)]
