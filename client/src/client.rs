@@ -1,13 +1,26 @@
 //! The thread-safe request layer over [`Connection`]: [`Client`], [`Lease`], [`Request`].
 //!
-//! One background *reaper* thread per client drains every completion queue and completes the
-//! matching request, waking an async task (any executor: the future only stores a
-//! [`std::task::Waker`]) or a blocked thread. No runtime is required.
+//! Completions are reaped by whichever thread holds the *reaping role* ([`Inner::reaping`]):
+//! a thread blocked in [`Pending::wait`] takes it when it is free and reaps for everyone
+//! until its own completion arrives (no thread switch between the daemon's futex wake and
+//! the caller), then hands it to another blocked caller still waiting. One background
+//! *reaper* thread per client takes the role when no caller is blocked (async tasks on any
+//! executor: the future only stores a [`std::task::Waker`]). No runtime is required.
 //!
 //! **Invariants:**
+//! - the requests in flight are tracked in one place, the [`Connection`]'s table, each entry
+//!   holding the request's waiter and buffers; when the daemon dies (or a hung-up connection
+//!   is replaced) that table fails every entry with a synthesised `-ECONNRESET` completion,
+//!   handled like any other;
+//! - only the holder of the reaping role reaps and sleeps on the `cq_tail` futexes (the
+//!   `cq_waiting` flag has room for one sleeper), and only it completes submitted requests;
+//! - no lost wake-ups: a blocked caller registers in [`Inner::waiters`] before it tries the
+//!   role and sleeps on its slot's condvar holding the slot's lock from that try on; every
+//!   thread giving up the role then wakes a registered caller still waiting, and the last
+//!   blocked caller to leave wakes the reaper thread if anything is still owed;
 //! - arena buffers of a request are owned by the in-flight entry until its final completion;
-//!   a completion flagged [`CQE_F_BUFFERS_LENT`] fails the request at once but parks its
-//!   buffers until the matching [`CQE_F_BUFFERS_RELEASED`] completion: a lent buffer is never
+//!   a completion flagged [`CQE_F_BUFFERS_LENT`](crate::CQE_F_BUFFERS_LENT) fails the request at once but parks its
+//!   buffers until the matching [`CQE_F_BUFFERS_RELEASED`](crate::CQE_F_BUFFERS_RELEASED) completion: a lent buffer is never
 //!   reused;
 //! - every [`Lease`] remembers the connection generation it was allocated in; after a daemon
 //!   restart (new connection, new arena) a stale lease is never freed into the new arena, and
@@ -19,15 +32,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use blobring_abi::{CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, Sqe};
+use blobring_abi::{Cqe, FromZeros, OP_BLOB, Sqe};
 use blobring_shm::{Mapping, SharedMemory};
 use bytes::Bytes;
 
+use crate::conn::Settled;
 use crate::{ConnectError, ConnectOptions, Connection, Error, errno};
 
 /// Why a request through a [`Client`] failed.
@@ -230,6 +244,10 @@ struct Slot {
 }
 
 impl Slot {
+    fn done(&self) -> bool {
+        lock(&self.state).result.is_some()
+    }
+
     fn complete(&self, r: Result<Completion, ClientError>) {
         let waker = {
             let mut s = lock(&self.state);
@@ -243,8 +261,10 @@ impl Slot {
     }
 }
 
+/// What the SDK keeps of a request in flight (in the [`Connection`]'s table).
 struct InFlight {
-    slot: Arc<Slot>,
+    /// Whom to tell; `None` once told (the request failed but its buffers stay lent).
+    slot: Option<Arc<Slot>>,
     head_buf: Lease,
     response_at: usize,
     response_cap: u32,
@@ -253,18 +273,34 @@ struct InFlight {
 }
 
 struct State {
-    conn: Option<Connection>,
+    conn: Option<Connection<InFlight>>,
+    /// Connections given up on (their daemon hung up) whose requests the next reaping pass
+    /// fails.
+    retired: Vec<Connection<InFlight>>,
     generation: u64,
     next_ud: u64,
-    in_flight: HashMap<u64, InFlight>,
-    /// Buffers of timed-out requests the host may still write: (head buffer, data lease).
-    lent: HashMap<u64, (Lease, Option<Lease>)>,
+}
+
+impl State {
+    /// Whether anything waits for the reaping role: requests owed or connections to retire.
+    fn has_work(&self) -> bool {
+        !self.retired.is_empty() || self.conn.as_ref().is_some_and(|c| c.in_flight_total() > 0)
+    }
 }
 
 pub(crate) struct Inner {
     opts: ClientOptions,
     state: Mutex<State>,
-    /// Signalled when requests are submitted (wakes the idle reaper).
+    /// The reaping role (see the module doc), with its scratch space for completions. Only
+    /// ever `try_lock`ed, never waited for.
+    reaping: Mutex<Vec<Cqe>>,
+    /// Threads inside [`Pending::wait`]; while there are any, the reaper thread leaves the
+    /// role to them.
+    blocked: AtomicUsize,
+    /// The slots of those threads, for the hand-off of the role.
+    waiters: Mutex<Vec<Arc<Slot>>>,
+    /// Signalled when requests are submitted and no one else will reap (wakes the idle
+    /// reaper).
     work: Condvar,
     shutdown: AtomicBool,
     arena_len: Mutex<u64>,
@@ -329,17 +365,19 @@ impl Client {
 
     /// Connects with explicit options.
     pub fn connect_with(opts: ClientOptions) -> Result<Self, ClientError> {
-        let conn = Connection::connect_with(&opts.socket, opts.connect)?;
+        let conn = Connection::open(&opts.socket, opts.connect)?;
         let arena = conn.geometry().arena_len;
         let inner = Arc::new(Inner {
             opts,
             state: Mutex::new(State {
                 conn: Some(conn),
+                retired: Vec::new(),
                 generation: 1,
                 next_ud: 1,
-                in_flight: HashMap::new(),
-                lent: HashMap::new(),
             }),
+            reaping: Mutex::new(vec![Cqe::new_zeroed(); 256]),
+            blocked: AtomicUsize::new(0),
+            waiters: Mutex::new(Vec::new()),
             work: Condvar::new(),
             shutdown: AtomicBool::new(false),
             arena_len: Mutex::new(arena),
@@ -407,12 +445,13 @@ impl Client {
 
     /// Submits several requests with one publication per queue where possible.
     pub fn submit_batch(&self, reqs: Vec<Request>) -> Result<Vec<Pending>, ClientError> {
-        self.inner.submit_batch(reqs)
+        self.inner.submit_batch(reqs, false)
     }
 
-    /// Submits and waits (blocking the calling thread).
+    /// Submits and waits (blocking the calling thread, which reaps completions itself when no
+    /// one else does: see [`Pending::wait`]).
     pub fn execute_blocking(&self, req: Request) -> Result<Completion, ClientError> {
-        self.submit(req)?.wait()
+        self.inner.submit_batch(vec![req], true)?.remove(0).wait()
     }
 
     /// Submits and awaits. Arena space is awaited without blocking the thread.
@@ -498,16 +537,21 @@ impl Client {
 }
 
 impl Inner {
-    fn ensure_conn<'a>(&self, st: &'a mut State) -> Result<(&'a mut Connection, u64), ClientError> {
+    fn ensure_conn<'a>(
+        &self,
+        st: &'a mut State,
+    ) -> Result<(&'a mut Connection<InFlight>, u64), ClientError> {
         // A connection whose daemon is gone is replaced here, so the first request after a
         // daemon restart reconnects (requests still owed by the old one are failed by the
-        // reaper, which sees `conn` gone; leases of the old arena carry the old generation).
+        // next reaping pass, which finds it retired; leases of the old arena carry the old
+        // generation).
         if st.conn.as_ref().is_some_and(Connection::hung_up) {
-            st.conn = None;
+            let old = st.conn.take();
+            st.retired.extend(old);
             self.work.notify_all();
         }
         if st.conn.is_none() {
-            let conn = Connection::connect_with(&self.opts.socket, self.opts.connect)?;
+            let conn = Connection::open(&self.opts.socket, self.opts.connect)?;
             *lock(&self.arena_len) = conn.geometry().arena_len;
             st.generation += 1;
             st.conn = Some(conn);
@@ -555,9 +599,14 @@ impl Inner {
         }
     }
 
-    fn submit_batch(self: &Arc<Self>, reqs: Vec<Request>) -> Result<Vec<Pending>, ClientError> {
+    /// Submits `reqs`. `caller_reaps`: the caller is about to wait for them in
+    /// [`Pending::wait`] and will reap itself, so the reaper thread is not woken.
+    fn submit_batch(
+        self: &Arc<Self>,
+        reqs: Vec<Request>,
+        caller_reaps: bool,
+    ) -> Result<Vec<Pending>, ClientError> {
         let cpu = rustix::thread::sched_getcpu() as u32;
-        let mut out = Vec::with_capacity(reqs.len());
         // Prepare head buffers first (allocation may wait for space).
         let mut prepared = Vec::with_capacity(reqs.len());
         for mut r in reqs {
@@ -570,9 +619,8 @@ impl Inner {
             prepared.push((r, buf, rsp));
         }
         let mut st = lock(&self.state);
-        let (_, generation) = self.ensure_conn(&mut st)?;
-        let mut by_queue: HashMap<u32, Vec<Sqe>> = HashMap::new();
-        let n_queues = st.conn.as_ref().map_or(1, |c| c.n_queues());
+        let (conn, generation) = self.ensure_conn(&mut st)?;
+        let n_queues = conn.n_queues();
         if prepared.iter().any(|(r, buf, _)| {
             buf.generation != generation
                 || r.data.as_ref().is_some_and(|d| d.generation != generation)
@@ -582,121 +630,149 @@ impl Inner {
             drop(st);
             return Err(ClientError::ConnectionReset);
         }
+        let mut out = Vec::with_capacity(prepared.len());
+        let mut by_queue: HashMap<u32, (Vec<Sqe>, Vec<InFlight>)> = HashMap::new();
         for (r, buf, rsp) in prepared {
             let ud = st.next_ud;
             st.next_ud += 1;
-            let timeout = r.timeout.unwrap_or(self.opts.default_timeout);
-            let (data_offset, data_len) = r
-                .data
-                .as_ref()
-                .map_or((0, 0), |d| (d.offset, d.len.min(u32::MAX as u64) as u32));
-            let sqe = Sqe {
-                opcode: OP_BLOB,
-                timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
-                user_data: ud,
-                request_offset: buf.offset,
-                request_len: r.head.len() as u32,
-                response_offset: buf.offset + rsp,
-                response_len: r.response_cap,
-                data_offset,
-                data_len,
-                data_valid: r.data_valid.min(data_len),
-                ..Sqe::new_zeroed()
-            };
             let q = r.queue.unwrap_or(cpu) % n_queues;
-            let slot = Arc::new(Slot {
-                state: Mutex::new(SlotState {
-                    result: None,
-                    waker: None,
-                }),
-                cv: Condvar::new(),
+            let (sqe, f) = self.in_flight(ud, r, buf, rsp);
+            out.push(Pending {
+                slot: f.slot.clone().expect("a new request has its slot"),
+                inner: self.clone(),
             });
-            out.push(Pending { slot: slot.clone() });
-            st.in_flight.insert(
-                ud,
-                InFlight {
-                    slot,
-                    head_buf: buf,
-                    response_at: rsp as usize,
-                    response_cap: r.response_cap,
-                    data: r.data,
-                    timeout,
-                },
-            );
-            by_queue.entry(q).or_default().push(sqe);
+            let (sqes, states) = by_queue.entry(q).or_default();
+            sqes.push(sqe);
+            states.push(f);
         }
-        for (q, sqes) in by_queue {
-            let mut done = 0;
-            let mut spins = 0u32;
-            while done < sqes.len() {
-                let conn = st.conn.as_mut().ok_or(ClientError::ConnectionReset)?;
-                match conn.submit(q, &sqes[done..]) {
-                    Ok(n) => done += n,
-                    Err(e) => {
-                        let mut garbage = Vec::new();
-                        for s in &sqes[done..] {
-                            if let Some(f) = st.in_flight.remove(&s.user_data) {
-                                f.slot.complete(Err(ClientError::ConnectionReset));
-                                garbage.push(f);
-                            }
-                        }
-                        drop(st);
-                        drop(garbage);
-                        self.work.notify_all();
-                        return match e {
-                            Error::DaemonGone => Err(ClientError::ConnectionReset),
-                            e => Err(e.into()),
-                        };
-                    }
-                }
-                if done < sqes.len() {
-                    // The SQ is full: let the reaper drain completions.
-                    drop(st);
-                    self.work.notify_all();
-                    spins += 1;
-                    std::thread::sleep(Duration::from_micros(20 * u64::from(spins.min(50))));
-                    st = lock(&self.state);
-                    if st.generation != generation {
-                        return Err(ClientError::ConnectionReset);
-                    }
-                }
-            }
+        for (q, (sqes, states)) in by_queue {
+            st = self.publish(st, generation, q, &sqes, states)?;
         }
+        let wake = !caller_reaps && self.blocked.load(Ordering::SeqCst) == 0;
         drop(st);
-        self.work.notify_all();
+        if wake {
+            // No blocked caller holds (or is about to be handed) the reaping role.
+            self.work.notify_all();
+        }
         Ok(out)
     }
 
-    fn reap_loop(self: Arc<Self>) {
-        let mut cqes = vec![Cqe::new_zeroed(); 256];
-        loop {
-            let mut finished: Vec<(Arc<Slot>, Result<Completion, ClientError>)> = Vec::new();
-            let mut garbage: Vec<Lease> = Vec::new();
-            let mut st = lock(&self.state);
-            if self.shutdown.load(Ordering::Acquire) && st.in_flight.is_empty() {
-                return;
+    /// The SQE of request `r` (user_data `ud`, head in `buf`, response head at `rsp`) and what
+    /// the SDK keeps of it while it is in flight.
+    fn in_flight(&self, ud: u64, r: Request, buf: Lease, rsp: u64) -> (Sqe, InFlight) {
+        let timeout = r.timeout.unwrap_or(self.opts.default_timeout);
+        let (data_offset, data_len) = r
+            .data
+            .as_ref()
+            .map_or((0, 0), |d| (d.offset, d.len.min(u32::MAX as u64) as u32));
+        let sqe = Sqe {
+            opcode: OP_BLOB,
+            timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
+            user_data: ud,
+            request_offset: buf.offset,
+            request_len: r.head.len() as u32,
+            response_offset: buf.offset + rsp,
+            response_len: r.response_cap,
+            data_offset,
+            data_len,
+            data_valid: r.data_valid.min(data_len),
+            ..Sqe::new_zeroed()
+        };
+        let slot = Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                result: None,
+                waker: None,
+            }),
+            cv: Condvar::new(),
+        });
+        let f = InFlight {
+            slot: Some(slot),
+            head_buf: buf,
+            response_at: rsp as usize,
+            response_cap: r.response_cap,
+            data: r.data,
+            timeout,
+        };
+        (sqe, f)
+    }
+
+    /// Publishes `sqes` (with their `states`) on queue `q` of connection `generation`,
+    /// reaping while the SQ is full; gives the state lock back.
+    fn publish<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        generation: u64,
+        q: u32,
+        sqes: &[Sqe],
+        states: Vec<InFlight>,
+    ) -> Result<MutexGuard<'a, State>, ClientError> {
+        let mut states = states.into_iter();
+        let mut done = 0;
+        let mut spins = 0u32;
+        while done < sqes.len() {
+            let current = st.generation == generation;
+            let r = match st.conn.as_mut() {
+                Some(c) if current => c.submit_tracked(q, &sqes[done..], &mut states),
+                _ => Err(Error::DaemonGone),
+            };
+            match r {
+                Ok(n) => done += n,
+                Err(e) => {
+                    // The requests not published hold leases: drop them without the lock.
+                    drop(st);
+                    drop(states);
+                    return Err(match e {
+                        Error::DaemonGone => ClientError::ConnectionReset,
+                        e => e.into(),
+                    });
+                }
             }
-            if st.in_flight.is_empty() && st.lent.is_empty() {
-                let _ = self
-                    .work
-                    .wait_timeout(st, Duration::from_millis(100))
-                    .map(|(g, _)| drop(g));
-                continue;
+            if done < sqes.len() {
+                // The SQ is full: completions must be reaped before the daemon takes more.
+                drop(st);
+                self.work.notify_all();
+                if let Some(mut cqes) = self.try_reaping() {
+                    self.reap_pass(&mut cqes);
+                    drop(cqes);
+                    self.hand_off();
+                }
+                spins += 1;
+                std::thread::sleep(Duration::from_micros(20 * u64::from(spins.min(50))));
+                st = lock(&self.state);
             }
-            let mut got = 0;
-            let mut dead = false;
-            let n_queues = st.conn.as_ref().map_or(0, |c| c.n_queues());
-            for q in 0..n_queues {
-                while let Some(conn) = st.conn.as_mut() {
-                    match conn.reap(q, &mut cqes) {
+        }
+        Ok(st)
+    }
+
+    /// The reaping role, if no one holds it.
+    fn try_reaping(&self) -> Option<MutexGuard<'_, Vec<Cqe>>> {
+        match self.reaping.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// One pass of the holder of the reaping role over every completion queue: settles each
+    /// completion, and fails every request of a connection whose daemon is gone (through
+    /// [`Connection::fail_all`], like a completion the daemon posted). Returns whether
+    /// anything was settled.
+    fn reap_pass(&self, cqes: &mut [Cqe]) -> bool {
+        let mut finished = Vec::new();
+        let mut garbage = Vec::new();
+        let mut settle =
+            |c: &Cqe, s: Settled<'_, InFlight>| settle(c, s, &mut finished, &mut garbage);
+        let mut st = lock(&self.state);
+        let mut gone = std::mem::take(&mut st.retired);
+        let (mut got, mut dead) = (0, false);
+        if let Some(conn) = st.conn.as_mut() {
+            for q in 0..conn.n_queues() {
+                loop {
+                    match conn.reap_with(q, cqes, &mut settle) {
+                        Ok(n) if n == cqes.len() => got += n,
                         Ok(n) => {
                             got += n;
-                            for c in &cqes[..n] {
-                                self.on_cqe(&mut st, *c, &mut finished, &mut garbage);
-                            }
-                            if n < cqes.len() {
-                                break;
-                            }
+                            break;
                         }
                         Err(_) => {
                             dead = true;
@@ -705,112 +781,219 @@ impl Inner {
                     }
                 }
             }
-            if dead || (st.conn.is_none() && !st.in_flight.is_empty()) {
-                // Everything still owed fails; the next request reconnects.
-                for (_, f) in st.in_flight.drain() {
-                    finished.push((f.slot, Err(ClientError::ConnectionReset)));
-                    garbage.push(f.head_buf);
-                    garbage.extend(f.data);
-                }
-                for (_, (h, d)) in st.lent.drain() {
-                    garbage.push(h);
-                    garbage.extend(d);
-                }
-                st.conn = None;
+            // Every queue is drained: a daemon that hung up posts nothing more.
+            dead |= conn.hung_up();
+        }
+        if dead {
+            // The next request reconnects.
+            gone.extend(st.conn.take());
+        }
+        for c in &mut gone {
+            c.fail_all(&mut settle);
+        }
+        drop(st);
+        // Buffers (leases) and connections are dropped without the lock.
+        drop(gone);
+        drop(garbage);
+        let progressed = got > 0 || !finished.is_empty();
+        for (slot, r) in finished {
+            slot.complete(r);
+        }
+        progressed
+    }
+
+    /// Sleeps, holding the reaping role, until a completion is posted on any queue, the
+    /// daemon hangs up, or [`REAPER_SLEEP`] passes; returns at once if completions are there.
+    fn sleep_on_queues(&self) {
+        let mut st = lock(&self.state);
+        let generation = st.generation;
+        // Arm every queue's `cq_waiting` flag while holding the connection, then sleep on all
+        // `cq_tail` futexes at once without it. The daemon wakes the futex when it posts a
+        // completion; the connection's watcher thread wakes it when the daemon hangs up.
+        let sleep = match st.conn.as_mut() {
+            Some(c) => c.prepare_sleep().ok().flatten(),
+            None => {
+                // Nothing to sleep on (not reached: a request owed is owed by a connection).
+                drop(st);
+                std::thread::sleep(Duration::from_millis(1));
+                return;
             }
-            // Nothing reaped: arm every queue's `cq_waiting` flag while still holding the
-            // connection, then sleep on all `cq_tail` futexes at once without it. The daemon
-            // wakes the futex when it posts a completion; the connection's watcher thread
-            // wakes it when the daemon hangs up.
-            let sleep = if got == 0 && !dead {
-                let generation = st.generation;
-                st.conn
-                    .as_mut()
-                    .and_then(|c| c.prepare_sleep().ok().flatten())
-                    .map(|s| (s, generation))
-            } else {
-                None
-            };
-            drop(st);
-            drop(garbage);
-            for (slot, r) in finished {
-                slot.complete(r);
-            }
-            if let Some((s, generation)) = sleep {
-                // Bounded only as a safety net: a wake is never needed to notice anything.
-                let _ = s.sleep(Some(REAPER_SLEEP));
-                let mut st = lock(&self.state);
-                if st.generation == generation
-                    && let Some(c) = st.conn.as_mut()
-                {
-                    c.finish_sleep();
-                }
+        };
+        drop(st);
+        if let Some(s) = sleep {
+            // Bounded only as a safety net: a wake is never needed to notice anything.
+            let _ = s.sleep(Some(REAPER_SLEEP));
+            let mut st = lock(&self.state);
+            if st.generation == generation
+                && let Some(c) = st.conn.as_mut()
+            {
+                c.finish_sleep();
             }
         }
     }
 
-    fn on_cqe(
-        &self,
-        st: &mut State,
-        c: Cqe,
-        finished: &mut Vec<(Arc<Slot>, Result<Completion, ClientError>)>,
-        garbage: &mut Vec<Lease>,
-    ) {
-        if c.flags & CQE_F_BUFFERS_RELEASED != 0 {
-            // The host is done with a timed-out request's buffers: now they may be reused.
-            if let Some((head, data)) = st.lent.remove(&c.user_data) {
-                garbage.push(head);
-                garbage.extend(data);
+    /// Called after giving up the reaping role: wakes one blocked caller still waiting for its
+    /// completion, to take the role over.
+    fn hand_off(&self) {
+        for slot in lock(&self.waiters).iter() {
+            if lock(&slot.state).result.is_none() {
+                slot.cv.notify_all();
+                return;
+            }
+        }
+    }
+
+    /// [`Pending::wait`]: waits for `slot`, reaping for everyone while no one else does.
+    fn wait_blocking(&self, slot: &Arc<Slot>) -> Result<Completion, ClientError> {
+        let _blocked = Blocked::enter(self, slot);
+        loop {
+            let mut s = lock(&slot.state);
+            if let Some(r) = s.result.take() {
+                return r;
+            }
+            let Some(mut cqes) = self.try_reaping() else {
+                // Someone else reaps; it completes our slot or hands us the role.
+                drop(slot.cv.wait(s));
+                continue;
+            };
+            drop(s);
+            self.unregister(slot);
+            while !slot.done() {
+                if !self.reap_pass(&mut cqes) && !slot.done() {
+                    self.sleep_on_queues();
+                }
+            }
+            drop(cqes);
+            self.hand_off();
+        }
+    }
+
+    fn unregister(&self, slot: &Arc<Slot>) {
+        lock(&self.waiters).retain(|w| !Arc::ptr_eq(w, slot));
+    }
+
+    /// The reaper thread: holds the reaping role while requests are owed and no caller is
+    /// blocked in [`Pending::wait`] (async callers, and the fallback); idle otherwise.
+    fn reap_loop(self: Arc<Self>) {
+        loop {
+            let st = lock(&self.state);
+            let work = st.has_work();
+            if !work && self.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            // Tried under the state lock: a blocked caller leaving notifies `work` under it.
+            let role = if work && self.blocked.load(Ordering::SeqCst) == 0 {
+                self.try_reaping()
+            } else {
+                None
+            };
+            let Some(mut cqes) = role else {
+                drop(self.work.wait_timeout(st, Duration::from_millis(100)));
+                continue;
+            };
+            drop(st);
+            if !self.reap_pass(&mut cqes) && self.blocked.load(Ordering::SeqCst) == 0 {
+                self.sleep_on_queues();
+            }
+            drop(cqes);
+            if self.blocked.load(Ordering::SeqCst) > 0 {
+                self.hand_off();
+            }
+        }
+    }
+}
+
+/// A thread inside [`Pending::wait`]: counted in [`Inner::blocked`] and registered in
+/// [`Inner::waiters`] (before it first tries the reaping role: whoever holds the role then
+/// wakes it when leaving) until it leaves, also by unwinding.
+struct Blocked<'a> {
+    inner: &'a Inner,
+    slot: &'a Arc<Slot>,
+}
+
+impl<'a> Blocked<'a> {
+    fn enter(inner: &'a Inner, slot: &'a Arc<Slot>) -> Self {
+        inner.blocked.fetch_add(1, Ordering::SeqCst);
+        lock(&inner.waiters).push(slot.clone());
+        Self { inner, slot }
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.inner.unregister(self.slot);
+        if self.inner.blocked.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The last blocked caller leaves: the reaper thread takes over what is still owed
+            // (notified under the state lock, under which the reaper thread decides to wait).
+            let st = lock(&self.inner.state);
+            if st.has_work() {
+                self.inner.work.notify_all();
+            }
+        }
+    }
+}
+
+/// A completion (or a connection's synthesised `-ECONNRESET`) for a request in flight: its
+/// waiter is told (`finished`) and buffers no longer needed go to `garbage` (dropped without
+/// the state lock: a [`Lease`] takes it on drop).
+fn settle(
+    c: &Cqe,
+    s: Settled<'_, InFlight>,
+    finished: &mut Vec<(Arc<Slot>, Result<Completion, ClientError>)>,
+    garbage: &mut Vec<Lease>,
+) {
+    let f = match s {
+        Settled::Lent(f) => {
+            // The host may still write the buffers: fail the request now and keep them (in the
+            // connection's table) until the completion that releases them.
+            if let Some(slot) = f.slot.take() {
+                finished.push((slot, Err(ClientError::TimedOut(f.timeout))));
             }
             return;
         }
-        let Some(f) = st.in_flight.remove(&c.user_data) else {
-            return;
-        };
-        if c.flags & CQE_F_BUFFERS_LENT != 0 {
-            st.lent.insert(c.user_data, (f.head_buf, f.data));
-            finished.push((f.slot, Err(ClientError::TimedOut(f.timeout))));
-            return;
-        }
-        let r = if c.res != 0 {
-            let e = -c.res;
-            Err(match e {
-                errno::ETIMEDOUT => ClientError::TimedOut(f.timeout),
-                errno::ECONNRESET => ClientError::ConnectionReset,
-                e => ClientError::Errno(e, errno_name(e)),
-            })
-        } else if c.vsp_status == VSP_BODY_TOO_LARGE {
-            Err(ClientError::BodyTooLarge {
-                needed: c.data_len.into(),
-            })
-        } else if c.vsp_status == VSP_HEAD_TOO_LARGE {
-            Err(ClientError::HeadTooLarge {
-                needed: c.response_len,
-            })
-        } else if c.vsp_status != blobring_abi::vmbus::VSP_OK {
-            Err(ClientError::Vsp(c.vsp_status))
-        } else {
-            let n = c.response_len.min(f.response_cap) as usize;
-            let mut head = vec![0u8; n];
-            match f.head_buf.read(f.response_at, &mut head) {
-                Ok(()) => Ok(head),
-                Err(e) => Err(e),
-            }
-        };
+        Settled::Final(f) => f,
+    };
+    let Some(slot) = f.slot else {
+        // A lent request's buffers came back (or its daemon is gone): now they may be reused.
         garbage.push(f.head_buf);
-        match r {
-            Ok(head) => finished.push((
-                f.slot,
-                Ok(Completion {
-                    cqe: c,
-                    head,
-                    data: f.data,
-                }),
-            )),
-            Err(e) => {
-                garbage.extend(f.data);
-                finished.push((f.slot, Err(e)));
-            }
+        garbage.extend(f.data);
+        return;
+    };
+    let r = if c.res != 0 {
+        let e = -c.res;
+        Err(match e {
+            errno::ETIMEDOUT => ClientError::TimedOut(f.timeout),
+            errno::ECONNRESET => ClientError::ConnectionReset,
+            e => ClientError::Errno(e, errno_name(e)),
+        })
+    } else if c.vsp_status == VSP_BODY_TOO_LARGE {
+        Err(ClientError::BodyTooLarge {
+            needed: c.data_len.into(),
+        })
+    } else if c.vsp_status == VSP_HEAD_TOO_LARGE {
+        Err(ClientError::HeadTooLarge {
+            needed: c.response_len,
+        })
+    } else if c.vsp_status != blobring_abi::vmbus::VSP_OK {
+        Err(ClientError::Vsp(c.vsp_status))
+    } else {
+        let n = c.response_len.min(f.response_cap) as usize;
+        let mut head = vec![0u8; n];
+        f.head_buf.read(f.response_at, &mut head).map(|()| head)
+    };
+    garbage.push(f.head_buf);
+    match r {
+        Ok(head) => finished.push((
+            slot,
+            Ok(Completion {
+                cqe: *c,
+                head,
+                data: f.data,
+            }),
+        )),
+        Err(e) => {
+            garbage.extend(f.data);
+            finished.push((slot, Err(e)));
         }
     }
 }
@@ -819,6 +1002,7 @@ impl Inner {
 #[must_use = "a pending request does nothing unless awaited or waited for"]
 pub struct Pending {
     slot: Arc<Slot>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -828,15 +1012,11 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Pending {
-    /// Blocks the calling thread until the request completes.
+    /// Blocks the calling thread until the request completes. When no one else is reaping
+    /// completions, the calling thread does (for every request, until its own completes)
+    /// instead of waiting for the reaper thread to wake it.
     pub fn wait(self) -> Result<Completion, ClientError> {
-        let mut s = lock(&self.slot.state);
-        loop {
-            if let Some(r) = s.result.take() {
-                return r;
-            }
-            s = self.slot.cv.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
+        self.inner.wait_blocking(&self.slot)
     }
 }
 

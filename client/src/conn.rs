@@ -1,4 +1,12 @@
-//! The low-level connection: handshake, region, queues, arena.
+//! The low-level connection: handshake, region, queues, arena, and the one table of requests
+//! in flight on it.
+//!
+//! Each queue keeps the requests still owed a final completion, by `user_data`, each with its
+//! owner's state (`T`: nothing for raw users of [`Connection`], the request's waiter and
+//! buffers for [`crate::Client`]). When the daemon dies that table is how every request still
+//! owed gets its `-ECONNRESET` completion: [`Connection::reap`] synthesises them one by one,
+//! [`Connection::fail_all`] all at once; the SDK handles them exactly like completions the
+//! daemon posted.
 
 use std::collections::HashMap;
 use std::io::{IoSliceMut, Write};
@@ -71,26 +79,97 @@ pub struct ConnectOptions {
     pub handshake_retry: Option<Duration>,
 }
 
-struct Queue {
+struct Queue<T> {
     ring: ClientQueue<Arc<Mapping>>,
     doorbell: EventFd,
     futex: Arc<FutexWord>,
-    /// Final completions still owed, by user_data (a multiset), so a dead daemon's requests
-    /// can be failed with `-ECONNRESET`.
-    outstanding: HashMap<u64, u32>,
+    /// Requests still owed a final completion, so a dead daemon's requests can be failed with
+    /// `-ECONNRESET`.
+    owed: Owed<T>,
 }
 
-/// A connection to `blobringd`: the client's region, its queue pairs and its arena.
+/// Requests still owed a final completion on one queue: by `user_data` (a multiset: raw users
+/// may reuse a `user_data`), each with its owner's state.
+struct Owed<T> {
+    by_ud: HashMap<u64, OwedEntry<T>>,
+    len: usize,
+}
+
+/// The states of the requests sharing one `user_data` (almost always exactly one).
+struct OwedEntry<T> {
+    first: T,
+    more: Vec<T>,
+}
+
+impl<T> Owed<T> {
+    fn new() -> Self {
+        Self {
+            by_ud: HashMap::new(),
+            len: 0,
+        }
+    }
+
+    fn insert(&mut self, ud: u64, t: T) {
+        match self.by_ud.entry(ud) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().more.push(t),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(OwedEntry {
+                    first: t,
+                    more: Vec::new(),
+                });
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Removes one request of `ud`.
+    fn take(&mut self, ud: u64) -> Option<T> {
+        let e = self.by_ud.get_mut(&ud)?;
+        let t = match e.more.pop() {
+            Some(t) => t,
+            None => self.by_ud.remove(&ud)?.first,
+        };
+        self.len -= 1;
+        Some(t)
+    }
+
+    /// Removes any one request.
+    fn take_any(&mut self) -> Option<(u64, T)> {
+        let ud = *self.by_ud.keys().next()?;
+        self.take(ud).map(|t| (ud, t))
+    }
+}
+
+/// What a reaped completion means for the request it names ([`Connection::reap_with`]).
+pub(crate) enum Settled<'a, T> {
+    /// The final completion: the request is no longer owed; here is its state back.
+    Final(T),
+    /// A completion flagged [`CQE_F_BUFFERS_LENT`]: the request has failed but its buffers
+    /// stay lent until a later, final completion (flagged `CQE_F_BUFFERS_RELEASED`).
+    Lent(&'a mut T),
+}
+
+/// The completion a request gets when the daemon is gone.
+fn reset_cqe(user_data: u64) -> Cqe {
+    Cqe {
+        user_data,
+        res: -errno::ECONNRESET,
+        ..Cqe::new_zeroed()
+    }
+}
+
+/// A connection to `blobringd`: the client's region, its queue pairs, its arena and the
+/// requests in flight on it (each with a `T` of its owner's: see the module doc).
 ///
 /// Not `Sync`: use it from one thread (or wrap it). Each queue pair is single-producer /
 /// single-consumer.
-pub struct Connection {
+pub struct Connection<T = ()> {
     sock: UnixStream,
     map: Arc<Mapping>,
     _memfd: OwnedFd,
     geometry: RegionGeometry,
     client_id: u64,
-    queues: Vec<Queue>,
+    queues: Vec<Queue<T>>,
     arena: Arena,
     dead: bool,
     last_check: Instant,
@@ -192,7 +271,7 @@ impl SleepSet {
     }
 }
 
-impl std::fmt::Debug for Connection {
+impl<T> std::fmt::Debug for Connection<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("client_id", &self.client_id)
@@ -239,6 +318,19 @@ impl Connection {
         path: impl AsRef<Path>,
         opts: ConnectOptions,
     ) -> Result<Self, ConnectError> {
+        Self::open(path, opts)
+    }
+
+    /// Publishes as many of `sqes` as fit on queue `q` (one release store) and rings the
+    /// daemon's eventfd only if the worker sleeps. Returns how many were submitted.
+    pub fn submit(&mut self, q: u32, sqes: &[Sqe]) -> Result<usize, Error> {
+        self.submit_tracked(q, sqes, &mut std::iter::repeat(()))
+    }
+}
+
+impl<T> Connection<T> {
+    /// [`Connection::connect_with`] for a connection whose requests carry a `T` each.
+    pub(crate) fn open(path: impl AsRef<Path>, opts: ConnectOptions) -> Result<Self, ConnectError> {
         let (path, budget) = (
             path.as_ref(),
             opts.handshake_retry.unwrap_or(HANDSHAKE_RETRY),
@@ -319,7 +411,7 @@ impl Connection {
                     geometry.region_len,
                     &layout,
                 )?),
-                outstanding: HashMap::new(),
+                owed: Owed::new(),
             });
         }
         let arena = Arena::new(geometry.arena_offset, geometry.arena_len)
@@ -370,28 +462,36 @@ impl Connection {
 
     /// Completions still owed on queue `q` (requests submitted and not finally completed).
     pub fn in_flight(&self, q: u32) -> usize {
-        self.queues
-            .get(q as usize)
-            .map_or(0, |q| q.outstanding.values().map(|&n| n as usize).sum())
+        self.queues.get(q as usize).map_or(0, |q| q.owed.len)
     }
 
-    fn queue(&mut self, q: u32) -> Result<&mut Queue, Error> {
+    /// Completions still owed on all queues.
+    pub fn in_flight_total(&self) -> usize {
+        self.queues.iter().map(|q| q.owed.len).sum()
+    }
+
+    fn queue(&mut self, q: u32) -> Result<&mut Queue<T>, Error> {
         let n_queues = self.geometry.n_queues;
         self.queues
             .get_mut(q as usize)
             .ok_or(Error::NoSuchQueue { queue: q, n_queues })
     }
 
-    /// Publishes as many of `sqes` as fit on queue `q` (one release store) and rings the
-    /// daemon's eventfd only if the worker sleeps. Returns how many were submitted.
-    pub fn submit(&mut self, q: u32, sqes: &[Sqe]) -> Result<usize, Error> {
+    /// [`Connection::submit`], recording the next item of `states` for each SQE published
+    /// (handed back by [`Connection::reap_with`] or [`Connection::fail_all`]).
+    pub(crate) fn submit_tracked(
+        &mut self,
+        q: u32,
+        sqes: &[Sqe],
+        states: &mut impl Iterator<Item = T>,
+    ) -> Result<usize, Error> {
         if self.dead {
             return Err(Error::DaemonGone);
         }
         let queue = self.queue(q)?;
         let p = queue.ring.submit(sqes)?;
-        for s in &sqes[..p.count] {
-            *queue.outstanding.entry(s.user_data).or_insert(0) += 1;
+        for (s, t) in sqes[..p.count].iter().zip(states) {
+            queue.owed.insert(s.user_data, t);
         }
         if p.wake_peer {
             queue.doorbell.notify()?;
@@ -403,19 +503,29 @@ impl Connection {
     /// daemon has died, returns a `-ECONNRESET` completion for every request still owed (and
     /// [`Error::DaemonGone`] once none are left).
     pub fn reap(&mut self, q: u32, out: &mut [Cqe]) -> Result<usize, Error> {
+        self.reap_with(q, out, |_, _| {})
+    }
+
+    /// [`Connection::reap`], handing each completion of a request still owed to `settle`
+    /// with what it means for the request ([`Settled`]).
+    pub(crate) fn reap_with(
+        &mut self,
+        q: u32,
+        out: &mut [Cqe],
+        mut settle: impl FnMut(&Cqe, Settled<'_, T>),
+    ) -> Result<usize, Error> {
         if self.dead {
-            return self.fail_outstanding(q, out);
+            return self.fail_outstanding(q, out, settle);
         }
         let queue = self.queue(q)?;
         let p = queue.ring.reap(out)?;
         for c in &out[..p.count] {
-            if c.flags & CQE_F_BUFFERS_LENT == 0
-                && let Some(n) = queue.outstanding.get_mut(&c.user_data)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    queue.outstanding.remove(&c.user_data);
+            if c.flags & CQE_F_BUFFERS_LENT != 0 {
+                if let Some(t) = queue.owed.by_ud.get_mut(&c.user_data) {
+                    settle(c, Settled::Lent(&mut t.first));
                 }
+            } else if let Some(t) = queue.owed.take(c.user_data) {
+                settle(c, Settled::Final(t));
             }
         }
         if p.wake_peer {
@@ -424,39 +534,49 @@ impl Connection {
         }
         if p.count == 0 && self.hung_up.load(Ordering::Acquire) {
             self.dead = true;
-            return self.fail_outstanding(q, out);
+            return self.fail_outstanding(q, out, settle);
         }
         if p.count == 0 && self.last_check.elapsed() >= LIVENESS_SLICE {
             self.last_check = Instant::now();
             if !self.daemon_alive() {
-                return self.fail_outstanding(q, out);
+                return self.fail_outstanding(q, out, settle);
             }
         }
         Ok(p.count)
     }
 
-    fn fail_outstanding(&mut self, q: u32, out: &mut [Cqe]) -> Result<usize, Error> {
+    fn fail_outstanding(
+        &mut self,
+        q: u32,
+        out: &mut [Cqe],
+        mut settle: impl FnMut(&Cqe, Settled<'_, T>),
+    ) -> Result<usize, Error> {
         let queue = self.queue(q)?;
         let mut n = 0;
         while n < out.len() {
-            let Some((&ud, count)) = queue.outstanding.iter_mut().next() else {
+            let Some((ud, t)) = queue.owed.take_any() else {
                 break;
             };
-            out[n] = Cqe {
-                user_data: ud,
-                res: -errno::ECONNRESET,
-                ..Cqe::new_zeroed()
-            };
+            out[n] = reset_cqe(ud);
+            settle(&out[n], Settled::Final(t));
             n += 1;
-            *count -= 1;
-            if *count == 0 {
-                queue.outstanding.remove(&ud);
-            }
         }
         if n == 0 {
             return Err(Error::DaemonGone);
         }
         Ok(n)
+    }
+
+    /// Gives up on the connection (the daemon is gone, or the caller replaced it): every
+    /// request still owed on any queue gets its `-ECONNRESET` completion through `settle`, and
+    /// nothing more can be submitted.
+    pub(crate) fn fail_all(&mut self, mut settle: impl FnMut(&Cqe, Settled<'_, T>)) {
+        self.dead = true;
+        for queue in &mut self.queues {
+            while let Some((ud, t)) = queue.owed.take_any() {
+                settle(&reset_cqe(ud), Settled::Final(t));
+            }
+        }
     }
 
     /// Blocks until queue `q` has a completion, the daemon dies, or `timeout` passes (`None`:
@@ -651,6 +771,24 @@ mod tests {
     use std::io::Read as _;
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// The table of requests owed: a multiset by user_data (raw users may reuse one), each
+    /// entry handed back once, and emptied by `take_any` as a dead daemon's requests are.
+    #[test]
+    fn owed_requests_are_a_multiset_handed_back_once() {
+        let mut owed = Owed::new();
+        owed.insert(7, "a");
+        owed.insert(7, "b");
+        owed.insert(9, "c");
+        assert_eq!(owed.len, 3);
+        let mut seven = [owed.take(7).unwrap(), owed.take(7).unwrap()];
+        seven.sort();
+        assert_eq!(seven, ["a", "b"]);
+        assert_eq!(owed.take(7), None);
+        assert_eq!(owed.take(8), None);
+        assert_eq!(owed.take_any(), Some((9, "c")));
+        assert_eq!((owed.take_any(), owed.len), (None, 0));
+    }
 
     /// A "daemon" that reads each hello and hangs up, as blobringd does to handshakes it
     /// sheds: the client retries within its budget, then reports the drop; a refusal-like

@@ -2,10 +2,16 @@
 //! The blobring client SDK (ARCHITECTURE.md §3–4).
 //!
 //! **Owns:** the connection to `blobringd` ([`Connection`]: handshake, the client's mapped
-//! region, one queue pair per daemon worker, the data arena), the request layer on top of it
-//! ([`Client`]: async and blocking calls, zero-copy [`Lease`]s, reconnect), the Blob API
-//! ([`blob::BlobService`]), striped transfers ([`transfer`]) and, behind the `object-store`
-//! feature, the object_store connector (`connector`).
+//! region, one queue pair per daemon worker, the data arena, and the one table of requests in
+//! flight on it), the request layer on top of it ([`Client`]: async and blocking calls,
+//! zero-copy [`Lease`]s, reconnect, who reaps completions), the Blob API
+//! ([`blob::BlobService`]), striped transfers ([`transfer`], which also holds
+//! [`blob::BlobService::put_blob`]'s path for data too large for one request) and, behind the
+//! `object-store` feature, the object_store connector (`connector`).
+//!
+//! Layers, each using only those below it: `conn` (the ABI) ← `client` (requests) ← `blob`
+//! (HTTP heads, SharedKey, the Blob operations) ← `transfer` (striped uploads and downloads)
+//! ← `connector`.
 //!
 //! ```no_run
 //! use blobring::blob::{AccountConfig, BlobService, GetOptions, PutOptions};
@@ -26,8 +32,9 @@
 //! ```
 //!
 //! **Trusts:** the daemon — it may crash, and then every in-flight request completes with
-//! `-ECONNRESET` (synthesised here from the connection's own bookkeeping when the daemon's socket
-//! hangs up). The daemon's indices are still validated by the ring crate, and the region header
+//! `-ECONNRESET`, synthesised from the [`Connection`]'s table of requests in flight when the
+//! daemon's socket hangs up (the one failure path: the [`Client`] handles these completions
+//! like any other). The daemon's indices are still validated by the ring crate, and the region header
 //! is checked against [`RegionGeometry::from_header`] before anything is attached.
 //!
 //! **Invariants:**
@@ -37,9 +44,13 @@
 //! - a blocking [`Connection::wait`] never sleeps longer than [`LIVENESS_SLICE`] without
 //!   checking that the daemon is alive, so a dead daemon is noticed promptly;
 //! - each connection has a watcher thread blocked in `poll()` on the daemon socket and the
-//!   daemon's pidfd: on hang-up or exit it wakes every `cq_tail` futex, so the client's
-//!   reaper (asleep on all of them at once with `futex_waitv`) fails in-flight requests
+//!   daemon's pidfd: on hang-up or exit it wakes every `cq_tail` futex, so the thread that
+//!   reaps (asleep on all of them at once with `futex_waitv`) fails in-flight requests
 //!   within milliseconds;
+//! - one thread at a time reaps a [`Client`]'s completions and sleeps on its futexes: a
+//!   caller blocked in [`Pending::wait`] when no one else does (it reaps for everyone until
+//!   its own request completes, then hands the role to another blocked caller), else the
+//!   client's reaper thread (async callers, and the fallback);
 //! - a `Bytes` from [`Lease::into_bytes`] points into the arena without a copy (through
 //!   [`blobring_shm::Frozen`]): sound because the daemon is trusted and a lease in the
 //!   caller's hands is never lent to it; the `Bytes` owns the lease, so the space returns only

@@ -58,6 +58,38 @@ use crate::blob::{BlobError, BlobService, BlockRef, Body, PutOptions, block_id};
 use crate::timer::sleep;
 use crate::{Lease, Pending};
 
+impl BlobService {
+    /// Put Blob (a block blob); returns the new ETag. Data too large for one request is
+    /// staged in blocks and committed ([`upload_from_slice`]), with the same result.
+    ///
+    /// Defined here rather than in `blob`, so that the Blob layer does not depend on the
+    /// striped transfers built on top of it.
+    pub async fn put_blob(
+        &self,
+        container: &str,
+        blob: &str,
+        data: &[u8],
+        opts: &PutOptions,
+    ) -> Result<String, BlobError> {
+        if data.len() as u64 > (self.client().arena_len() / 2).min(crate::MAX_REQUEST_DATA) {
+            return Box::pin(upload_from_slice(
+                self,
+                container,
+                blob,
+                data,
+                opts,
+                &TransferOptions::default(),
+            ))
+            .await;
+        }
+        let mut s = crate::blob::Spec::new("PUT", self.path(container, Some(blob)))
+            .h("x-ms-blob-type", "BlockBlob");
+        self.put_headers(&mut s, data, opts);
+        let a = self.send(&s, Body::Bytes(data), 0, None).await?;
+        Ok(crate::blob::etag(&a.head.headers))
+    }
+}
+
 /// A progress callback: `(bytes done, total bytes)`.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -786,17 +818,19 @@ where
     S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use futures_util::StreamExt as _;
     let (chunk, parallel) = opts.fit(svc.client().arena_len());
     let chunk = chunk as usize;
     let check = opts.check();
     let mut whole = (check == Some(Checksum::Md5)).then(|| Running::new(Checksum::Md5));
     let n_queues = svc.client().n_queues()?.max(1);
     let upload = uuid::Uuid::new_v4().simple().to_string();
-    let mut stream = std::pin::pin!(stream);
+    let mut source = StreamSource {
+        stream: std::pin::pin!(stream),
+        carry: None,
+        eof: false,
+    };
     let mut ids = Vec::new();
     let mut inflight: VecDeque<InflightBlock> = VecDeque::new();
-    let mut carry: Option<bytes::Bytes> = None;
     let (mut done, mut n, mut eof) = (0u64, 0u64, false);
     let client = svc.client();
     let progress = |done: u64| {
@@ -818,41 +852,20 @@ where
                         .await?
                 }
             };
-            let mut parts = Vec::new();
             let mut sum = check.map(Running::new);
-            let mut filled = 0;
-            while filled < chunk {
-                let b = match carry.take() {
-                    Some(b) => b,
-                    None => match stream.next().await {
-                        Some(Ok(b)) => b,
-                        Some(Err(e)) => {
-                            return Err(BlobError::Io {
-                                what: format!("reading the stream uploaded to {container}/{blob}"),
-                                source: std::io::Error::other(e),
-                            });
-                        }
-                        None => {
-                            eof = true;
-                            break;
-                        }
-                    },
-                };
-                let take = b.len().min(chunk - filled);
-                lease.write(filled, &b[..take])?;
-                if let Some(s) = &mut sum {
-                    s.update(&b[..take]);
-                }
-                if let Some(w) = &mut whole {
-                    w.update(&b[..take]);
-                }
-                if take < b.len() {
-                    carry = Some(b.slice(take..));
-                }
-                // Kept (reference counts, no copy) in case the block must be sent again.
-                parts.push(b.slice(..take));
-                filled += take;
-            }
+            let mut sums = [&mut sum, &mut whole];
+            let (filled, parts) =
+                source
+                    .fill(&lease, chunk, &mut sums)
+                    .await
+                    .map_err(|e| match e {
+                        StreamFill::Stream(e) => BlobError::Io {
+                            what: format!("reading the stream uploaded to {container}/{blob}"),
+                            source: std::io::Error::other(e),
+                        },
+                        StreamFill::Lease(e) => e.into(),
+                    })?;
+            eof = source.eof;
             if filled == 0 {
                 break;
             }
@@ -893,8 +906,77 @@ where
         done += finish_block(svc, container, blob, b, check).await?;
         progress(done);
     }
+    commit_checked(svc, container, blob, &ids, put, whole).await
+}
+
+/// A stream being cut into blocks: what is left of the last item, and whether it has ended.
+struct StreamSource<'a, S> {
+    stream: Pin<&'a mut S>,
+    carry: Option<bytes::Bytes>,
+    eof: bool,
+}
+
+impl<S, E> StreamSource<'_, S>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    /// Copies up to `chunk` bytes of the stream into `lease`, feeding them to each running
+    /// checksum in `sums`; returns the bytes copied (fewer at the end of the stream) and the
+    /// items they came from, kept (reference counts, no copy) in case the block must be sent
+    /// again.
+    async fn fill(
+        &mut self,
+        lease: &Lease,
+        chunk: usize,
+        sums: &mut [&mut Option<Running>],
+    ) -> Result<(usize, Vec<bytes::Bytes>), StreamFill<E>> {
+        use futures_util::StreamExt as _;
+        let (mut filled, mut parts) = (0, Vec::new());
+        while filled < chunk {
+            let b = match self.carry.take() {
+                Some(b) => b,
+                None => match self.stream.next().await {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => return Err(StreamFill::Stream(e)),
+                    None => {
+                        self.eof = true;
+                        break;
+                    }
+                },
+            };
+            let take = b.len().min(chunk - filled);
+            lease.write(filled, &b[..take]).map_err(StreamFill::Lease)?;
+            for s in sums.iter_mut().filter_map(|s| s.as_mut()) {
+                s.update(&b[..take]);
+            }
+            if take < b.len() {
+                self.carry = Some(b.slice(take..));
+            }
+            parts.push(b.slice(..take));
+            filled += take;
+        }
+        Ok((filled, parts))
+    }
+}
+
+/// Why a block could not be filled from a stream.
+enum StreamFill<E> {
+    Stream(E),
+    Lease(crate::ClientError),
+}
+
+/// Commits the staged blocks `ids`, first checking the MD5 of the whole upload (`whole`, when
+/// one was kept) against [`PutOptions::content_md5`] and defaulting it.
+async fn commit_checked(
+    svc: &BlobService,
+    container: &str,
+    blob: &str,
+    ids: &[(BlockRef, String)],
+    put: &PutOptions,
+    whole: Option<Running>,
+) -> Result<String, BlobError> {
     let Some(w) = whole else {
-        return svc.put_block_list(container, blob, &ids, put).await;
+        return svc.put_block_list(container, blob, ids, put).await;
     };
     let actual = w.finish();
     if let Some(expected) = &put.content_md5
@@ -913,7 +995,7 @@ where
         content_md5: Some(actual),
         ..put.clone()
     };
-    svc.put_block_list(container, blob, &ids, &put).await
+    svc.put_block_list(container, blob, ids, &put).await
 }
 
 /// Uploads a buffer (see [`upload_from_reader`]).

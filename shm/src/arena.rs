@@ -6,16 +6,21 @@
 //! two buffers never share one.
 //!
 //! Free space is kept twice: by start offset (for coalescing with both neighbours on free)
-//! and by (length, start) (for best fit). Allocation takes the smallest free block that fits
-//! the length and alignment, lowest offset first among equals; the leftovers on either side
-//! go back to the free lists. Freeing merges with adjacent free blocks, so once everything
-//! is freed the arena is one block again.
+//! and by (length, recency, start) (for best fit). Allocation takes the smallest free block
+//! that fits the length and alignment; among blocks of one size the most recently freed
+//! first (LIFO: its cache lines and TLB entries are the warmest; a block merged on free counts
+//! as freed then), then the lowest offset. The allocation takes the block's first aligned
+//! offset (the lowest address: carving at the front keeps the rest of the block in one
+//! piece); the leftovers on either side go back to the free lists.
+//! Freeing merges with adjacent free blocks, so once everything is freed the arena is one
+//! block again.
 //!
 //! Cost: `alloc` is `O(log n)` for `align <= 64`; for larger alignments it also looks at the
 //! free blocks whose size lies in `[len, len + align - 64)` (those may or may not fit,
 //! depending on where they start) before the `O(log n)` guaranteed-fit look-up. `free` is
 //! `O(log n)`.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Allocation granule and minimum alignment: one cache line.
@@ -72,13 +77,23 @@ pub enum ArenaError {
 pub struct Arena {
     base: u64,
     len: u64,
-    /// Free blocks: start → length. Never two adjacent ones (they are merged).
-    free_by_start: BTreeMap<u64, u64>,
-    /// The same blocks as (length, start), for best fit.
-    free_by_size: BTreeSet<(u64, u64)>,
+    /// Free blocks: start → block. Never two adjacent ones (they are merged).
+    free_by_start: BTreeMap<u64, FreeBlock>,
+    /// The same blocks as (length, most recently freed first, start), for best fit.
+    free_by_size: BTreeSet<(u64, Reverse<u64>, u64)>,
     /// Live allocations: start → length.
     live: BTreeMap<u64, u64>,
     free_bytes: u64,
+    /// Stamps frees, so that the most recently freed space is handed out first.
+    clock: u64,
+}
+
+/// A free block's length and when space in it was last freed.
+#[derive(Debug, Clone, Copy)]
+struct FreeBlock {
+    len: u64,
+    /// [`Arena::clock`] at that free (0: never).
+    stamp: u64,
 }
 
 impl Arena {
@@ -96,8 +111,9 @@ impl Arena {
             free_by_size: BTreeSet::new(),
             live: BTreeMap::new(),
             free_bytes: 0,
+            clock: 0,
         };
-        arena.insert_free(base, usable);
+        arena.insert_free(base, usable, 0);
         Ok(arena)
     }
 
@@ -125,24 +141,29 @@ impl Arena {
         let len = len.checked_next_multiple_of(GRANULE).ok_or(out_of_space)?;
         // Any block at least this long fits whatever its start (starts are 64-aligned).
         let sure = len.checked_add(align - GRANULE).ok_or(out_of_space)?;
-        let fits = |&(size, start): &(u64, u64)| {
+        let fits = |&(size, Reverse(stamp), start): &(u64, Reverse<u64>, u64)| {
             let aligned = start.checked_next_multiple_of(align)?;
-            (aligned - start <= size - len).then_some((size, start, aligned))
+            (aligned - start <= size - len).then_some((size, stamp, start, aligned))
         };
         let found = self
             .free_by_size
-            .range((len, 0)..(sure, 0))
+            .range((len, Reverse(u64::MAX), 0)..(sure, Reverse(u64::MAX), 0))
             .find_map(fits)
-            .or_else(|| self.free_by_size.range((sure, 0)..).next().and_then(fits))
+            .or_else(|| {
+                self.free_by_size
+                    .range((sure, Reverse(u64::MAX), 0)..)
+                    .next()
+                    .and_then(fits)
+            })
             .ok_or(out_of_space)?;
-        let (size, start, aligned) = found;
-        self.remove_free(start, size);
+        let (size, stamp, start, aligned) = found;
+        self.remove_free(start);
         if aligned > start {
-            self.insert_free(start, aligned - start);
+            self.insert_free(start, aligned - start, stamp);
         }
         let tail = start + size - (aligned + len);
         if tail > 0 {
-            self.insert_free(aligned + len, tail);
+            self.insert_free(aligned + len, tail, stamp);
         }
         self.live.insert(aligned, len);
         Ok(Allocation {
@@ -160,17 +181,17 @@ impl Arena {
             .remove(&offset)
             .ok_or(ArenaError::UnknownOffset(offset))?;
         let (mut start, mut end) = (offset, offset + len);
-        if let Some((&prev, &prev_len)) = self.free_by_start.range(..offset).next_back()
-            && prev + prev_len == offset
+        if let Some((&prev, prev_block)) = self.free_by_start.range(..offset).next_back()
+            && prev + prev_block.len == offset
         {
-            self.remove_free(prev, prev_len);
+            self.remove_free(prev);
             start = prev;
         }
-        if let Some(&next_len) = self.free_by_start.get(&end) {
-            self.remove_free(end, next_len);
-            end += next_len;
+        if self.free_by_start.contains_key(&end) {
+            end += self.remove_free(end).len;
         }
-        self.insert_free(start, end - start);
+        self.clock += 1;
+        self.insert_free(start, end - start, self.clock);
         Ok(len)
     }
 
@@ -198,7 +219,7 @@ impl Arena {
 
     /// The largest free block (what one allocation with 64-byte alignment could get).
     pub fn largest_free(&self) -> u64 {
-        self.free_by_size.last().map_or(0, |&(size, _)| size)
+        self.free_by_size.last().map_or(0, |&(size, _, _)| size)
     }
 
     /// Live allocations.
@@ -211,17 +232,22 @@ impl Arena {
         self.free_by_start.len()
     }
 
-    fn insert_free(&mut self, start: u64, len: u64) {
+    fn insert_free(&mut self, start: u64, len: u64, stamp: u64) {
         debug_assert!(len > 0 && start.is_multiple_of(GRANULE) && len.is_multiple_of(GRANULE));
-        self.free_by_start.insert(start, len);
-        self.free_by_size.insert((len, start));
+        self.free_by_start.insert(start, FreeBlock { len, stamp });
+        self.free_by_size.insert((len, Reverse(stamp), start));
         self.free_bytes += len;
     }
 
-    fn remove_free(&mut self, start: u64, len: u64) {
-        self.free_by_start.remove(&start);
-        self.free_by_size.remove(&(len, start));
-        self.free_bytes -= len;
+    /// Removes the free block at `start` (which must exist) and returns it.
+    fn remove_free(&mut self, start: u64) -> FreeBlock {
+        let b = self
+            .free_by_start
+            .remove(&start)
+            .expect("a free block starts here");
+        self.free_by_size.remove(&(b.len, Reverse(b.stamp), start));
+        self.free_bytes -= b.len;
+        b
     }
 }
 
@@ -340,6 +366,46 @@ mod tests {
         assert_eq!(a.alloc(1024, 1024).unwrap().offset, 4096);
         // With 64-byte alignment it is the best fit.
         assert_eq!(a.alloc(1024, 64).unwrap().offset, 64);
+    }
+
+    /// Same-size blocks come back last freed, first reused (the warmest cache lines).
+    #[test]
+    fn same_size_blocks_are_reused_most_recently_freed_first() {
+        let mut a = Arena::new(0, 64 * 64).unwrap();
+        // Three 4-granule blocks, each followed by a live 1-granule fence so none merge.
+        let blocks: Vec<_> = (0..3)
+            .map(|_| {
+                let b = a.alloc(256, 64).unwrap();
+                a.alloc(64, 64).unwrap();
+                b.offset
+            })
+            .collect();
+        for &i in &[0, 2, 1] {
+            a.free(blocks[i]).unwrap();
+        }
+        let order: Vec<u64> = (0..3).map(|_| a.alloc(256, 64).unwrap().offset).collect();
+        assert_eq!(order, vec![blocks[1], blocks[2], blocks[0]]);
+        // Smaller fits still go to the smallest hole first (best fit before recency).
+        a.free(blocks[0]).unwrap();
+        let big = a.alloc(64 * 40, 64).unwrap();
+        a.free(big.offset).unwrap();
+        assert_eq!(a.alloc(256, 64).unwrap().offset, blocks[0]);
+    }
+
+    /// A block merged on free counts as freed then: among same-size holes it comes first.
+    #[test]
+    fn a_block_merged_on_free_is_as_recent_as_that_free() {
+        let mut a = Arena::new(0, 8192).unwrap();
+        let x = a.alloc(128, 64).unwrap();
+        let _f1 = a.alloc(64, 64).unwrap();
+        let y1 = a.alloc(64, 64).unwrap();
+        let y2 = a.alloc(64, 64).unwrap();
+        let _f2 = a.alloc(64, 64).unwrap();
+        a.free(y1.offset).unwrap();
+        a.free(x.offset).unwrap();
+        a.free(y2.offset).unwrap(); // merges with y1: a 128-byte hole, freed after x's
+        assert_eq!(a.alloc(128, 64).unwrap().offset, y1.offset);
+        assert_eq!(a.alloc(128, 64).unwrap().offset, x.offset);
     }
 
     #[derive(Debug, Clone)]

@@ -297,7 +297,7 @@ pub struct PutOptions {
 }
 
 /// The checksum that protects the bytes of a transfer
-/// ([`crate::transfer::TransferOptions::checksum`], [`BlobService::put_block_with`]).
+/// (`transfer::TransferOptions::checksum`, [`BlobService::put_block_with`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Checksum {
     /// Azure's CRC64 ([`crc64`]): `x-ms-content-crc64` on writes,
@@ -472,7 +472,7 @@ pub(crate) struct Spec {
 }
 
 impl Spec {
-    fn new(method: &'static str, path: String) -> Self {
+    pub(crate) fn new(method: &'static str, path: String) -> Self {
         Self {
             method,
             path,
@@ -487,7 +487,7 @@ impl Spec {
         self
     }
 
-    fn h(mut self, k: &str, v: impl Into<String>) -> Self {
+    pub(crate) fn h(mut self, k: &str, v: impl Into<String>) -> Self {
         self.headers.push((k.into(), v.into()));
         self
     }
@@ -663,7 +663,7 @@ impl BlobService {
         &self.account
     }
 
-    fn path(&self, container: &str, blob: Option<&str>) -> String {
+    pub(crate) fn path(&self, container: &str, blob: Option<&str>) -> String {
         encode_path(&self.account.path_prefix, container, blob)
     }
 
@@ -840,7 +840,7 @@ impl BlobService {
     }
 
     /// Ranged Get Blob into a fresh lease: `range` of `None` reads the whole blob (which must
-    /// fit the arena; use [`crate::transfer`] for large blobs).
+    /// fit the arena; use the striped downloads of `blobring::transfer` for large blobs).
     pub async fn get_blob(
         &self,
         container: &str,
@@ -953,34 +953,9 @@ impl BlobService {
         Ok(g.properties)
     }
 
-    /// Put Blob (a block blob in one request); returns the new ETag.
-    pub async fn put_blob(
-        &self,
-        container: &str,
-        blob: &str,
-        data: &[u8],
-        opts: &PutOptions,
-    ) -> Result<String, BlobError> {
-        if data.len() as u64 > (self.client.arena_len() / 2).min(crate::MAX_REQUEST_DATA) {
-            // Too large for one request: stage blocks and commit them (same result).
-            return Box::pin(crate::transfer::upload_from_slice(
-                self,
-                container,
-                blob,
-                data,
-                opts,
-                &crate::transfer::TransferOptions::default(),
-            ))
-            .await;
-        }
-        let mut s =
-            Spec::new("PUT", self.path(container, Some(blob))).h("x-ms-blob-type", "BlockBlob");
-        self.put_headers(&mut s, data, opts);
-        let a = self.send(&s, Body::Bytes(data), 0, None).await?;
-        Ok(etag(&a.head.headers))
-    }
-
-    fn put_headers(&self, s: &mut Spec, data: &[u8], opts: &PutOptions) {
+    /// The headers a Put Blob or a Put Block List takes from `opts` (`BlobService::put_blob`
+    /// lives in the transfer module, above this one).
+    pub(crate) fn put_headers(&self, s: &mut Spec, data: &[u8], opts: &PutOptions) {
         opts.conditions.apply(&mut s.headers);
         if let Some(ct) = &opts.content_type {
             s.headers
@@ -1136,7 +1111,7 @@ impl BlobService {
     }
 }
 
-fn etag(h: &HeaderMap) -> String {
+pub(crate) fn etag(h: &HeaderMap) -> String {
     h.get("etag")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
