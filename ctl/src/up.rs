@@ -23,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+// The account and key of the Azure storage emulator (public, well known), which
+// `blobring-host` serves by default.
+use blobring::blob::{EMULATOR_ACCOUNT, EMULATOR_KEY};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
@@ -33,11 +36,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of a child's stderr kept for the error message.
 const TAIL_LINES: usize = 20;
-/// The account and key of the Azure storage emulator (public, well known), which
-/// `blobring-host` serves by default.
-const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
-const EMULATOR_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// `blobring up` options.
 #[derive(Debug, Clone, clap::Args)]

@@ -60,10 +60,10 @@ pub const X_MS_COPY_STATUS: &str = "x-ms-copy-status";
 /// its own (`blobring gateway`), carry a body larger than one request's data buffer as several
 /// requests. A host that does not know the header answers whole (no such header in the
 /// answer).
-pub const BODY_WINDOW: &str = "x-blobring-body-window";
-/// With [`BODY_WINDOW`]: the ETag the blob must still have, else 412 `ConditionNotMet`, so
+pub const BODY_WINDOW_HEADER: &str = "x-blobring-body-window";
+/// With [`BODY_WINDOW_HEADER`]: the ETag the blob must still have, else 412 `ConditionNotMet`, so
 /// that every window of one answer comes from one version of the blob.
-pub const BODY_WINDOW_ETAG: &str = "x-blobring-body-window-etag";
+pub const BODY_WINDOW_ETAG_HEADER: &str = "x-blobring-body-window-etag";
 
 /// Request header (blobring's own, never signed) on a Put Blob whose body is larger than one
 /// request's data buffer: `<first>/<total>` — this request carries body bytes `first..` of a
@@ -73,6 +73,6 @@ pub const BODY_WINDOW_ETAG: &str = "x-blobring-body-window-etag";
 /// is the Put Blob's own (the blob is committed, whole, only then, its length and hashes
 /// checked). Lets a peer that holds no account key (`blobring gateway`) carry a single Put Blob
 /// larger than one request.
-pub const BODY_PART: &str = "x-blobring-body-part";
-/// With [`BODY_PART`]: the upload's id (1–40 of `[A-Za-z0-9-]`, unique per upload).
-pub const BODY_PART_ID: &str = "x-blobring-body-part-id";
+pub const BODY_PART_HEADER: &str = "x-blobring-body-part";
+/// With [`BODY_PART_HEADER`]: the upload's id (1–40 of `[A-Za-z0-9-]`, unique per upload).
+pub const BODY_PART_ID_HEADER: &str = "x-blobring-body-part-id";
