@@ -51,18 +51,13 @@ pub struct HeadBuilder {
 
 impl std::fmt::Debug for HeadBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeadBuilder")
-            .field("account", &self.account)
-            .field("host_line", &self.host_line)
-            .field(
-                "auth",
-                &match self.auth {
-                    Auth::SharedKey(_) => "SharedKey(..)",
-                    Auth::Sas(_) => "Sas(..)",
-                    Auth::Anonymous => "Anonymous",
-                },
-            )
-            .finish()
+        // The key and a SAS stay out of logs.
+        write!(
+            f,
+            "HeadBuilder({} at {:?})",
+            self.account,
+            self.host_line.trim_end()
+        )
     }
 }
 

@@ -127,29 +127,24 @@ fn x_ms_headers_merge_and_sort() {
         "{}",
         c.render()
     );
-    let c = Canonical {
-        method: "GET",
-        account: "a",
-        path: "/c",
-        date: None,
-        headers: [
-            ("x-ms-z", None),
-            ("x-ms-y", Some("v")),
-            ("x-ms-z", Some("w")),
-        ]
-        .into_iter(),
-        query: std::iter::empty(),
+    let render = |headers: &[(&'static str, Option<&'static str>)]| {
+        Canonical {
+            method: "GET",
+            account: "a",
+            path: "/c",
+            date: None,
+            headers: headers.iter().copied(),
+            query: std::iter::empty(),
+        }
+        .render()
     };
-    assert!(c.render().ends_with("\nx-ms-y:v\nx-ms-z:w\n/a/c"));
-    let c = Canonical {
-        method: "GET",
-        account: "a",
-        path: "/c",
-        date: None,
-        headers: [("x-ms-z", None)].into_iter(),
-        query: std::iter::empty(),
-    };
-    assert!(c.render().ends_with("\nx-ms-z:\n/a/c"));
+    let h = [
+        ("x-ms-z", None),
+        ("x-ms-y", Some("v")),
+        ("x-ms-z", Some("w")),
+    ];
+    assert!(render(&h).ends_with("\nx-ms-y:v\nx-ms-z:w\n/a/c"));
+    assert!(render(&[("x-ms-z", None)]).ends_with("\nx-ms-z:\n/a/c"));
 }
 
 /// Query names lower-cased (Unicode, as `str::to_lowercase`) and sorted; values of one name
