@@ -536,8 +536,8 @@ pub fn parse_response_head(head: &[u8]) -> Result<ResponseHead, ClientError> {
 pub struct BlobService {
     client: Client,
     account: AccountConfig,
-    /// The account's heads, prepared once (keyed HMAC, constant lines).
-    head: HeadBuilder,
+    /// The account's heads, prepared once (keyed HMAC, constant lines); shared by clones.
+    head: std::sync::Arc<HeadBuilder>,
     retry: RetryPolicy,
     timeout: Duration,
 }
@@ -570,7 +570,7 @@ impl BlobService {
     pub fn new(client: Client, account: AccountConfig) -> Self {
         Self {
             client,
-            head: HeadBuilder::new(&account),
+            head: std::sync::Arc::new(HeadBuilder::new(&account)),
             account,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(60),
