@@ -30,19 +30,11 @@ pub enum AuthConfigError {
 }
 
 /// A storage account and its key, used to verify SharedKey signatures and service SAS tokens.
-#[derive(Clone)]
+/// (Its `Debug` shows the account only: [`SigningKey`]'s redacts the key.)
+#[derive(Clone, Debug)]
 pub struct SharedKeyAuth {
     account: String,
     key: SigningKey,
-}
-
-impl std::fmt::Debug for SharedKeyAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedKeyAuth")
-            .field("account", &self.account)
-            .field("key", &"<redacted>")
-            .finish()
-    }
 }
 
 fn valid_account(a: &str) -> bool {

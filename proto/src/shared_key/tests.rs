@@ -9,18 +9,23 @@ const DATE: &str = "Tue, 24 Nov 2026 04:00:00 GMT";
 
 type Pairs<'a> = &'a [(&'a str, &'a str)];
 
-#[allow(clippy::type_complexity)]
+/// Headers given as text (`Some` value) and the query as it is.
+type FromPairs<'a> = Canonical<
+    'a,
+    std::iter::Map<
+        std::slice::Iter<'a, (&'a str, &'a str)>,
+        fn(&(&'a str, &'a str)) -> (&'a str, Option<&'a str>),
+    >,
+    std::iter::Copied<std::slice::Iter<'a, (&'a str, &'a str)>>,
+>;
+
 fn canonical<'a>(
     method: &'a str,
     account: &'a str,
     path: &'a str,
     headers: Pairs<'a>,
     query: Pairs<'a>,
-) -> Canonical<
-    'a,
-    impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
-    impl Iterator<Item = (&'a str, &'a str)> + Clone,
-> {
+) -> FromPairs<'a> {
     Canonical {
         method,
         account,
