@@ -163,32 +163,6 @@ pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4;
 /// VSP status: the host failed internally.
 pub const VSP_ERR_INTERNAL: u32 = 5;
 
-/// Request header (blobring's own; not an `x-ms-` header, so never part of a SharedKey
-/// signature) asking the host for one *window* of a Get Blob answer's body: `<first>-<last>`,
-/// inclusive byte offsets into the body the request would otherwise get (the whole blob, or the
-/// signed range). The answer has the status and headers of the whole answer, with this header
-/// set to `<first>/<total>` (`total`: the whole body's length) and `Content-Length` the
-/// window's length. It lets a peer that holds no account key, and so cannot sign a range of
-/// its own (`blobring gateway`), carry a body larger than one request's data buffer as several
-/// requests. A host that does not know the header answers whole (no such header in the
-/// answer).
-pub const BODY_WINDOW_HEADER: &str = "x-blobring-body-window";
-/// With [`BODY_WINDOW_HEADER`]: the ETag the blob must still have, else 412 `ConditionNotMet`,
-/// so that every window of one answer comes from one version of the blob.
-pub const BODY_WINDOW_ETAG_HEADER: &str = "x-blobring-body-window-etag";
-
-/// Request header (blobring's own, never signed) on a Put Blob whose body is larger than one
-/// request's data buffer: `<first>/<total>` — this request carries body bytes `first..` of a
-/// `total`-byte body (the signed `Content-Length` is `total`), sent in order, each part in its
-/// own request with the same signed head. The host stages each part and answers 202 with this
-/// header set to the next offset expected (`<next>/<total>`), until the last part, whose answer
-/// is the Put Blob's own (the blob is committed, whole, only then, its length and hashes
-/// checked). Lets a peer that holds no account key (`blobring gateway`) carry a single Put Blob
-/// larger than one request.
-pub const BODY_PART_HEADER: &str = "x-blobring-body-part";
-/// With [`BODY_PART_HEADER`]: the upload's id (1–40 of `[A-Za-z0-9-]`, unique per upload).
-pub const BODY_PART_ID_HEADER: &str = "x-blobring-body-part-id";
-
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<RingControl>() == RING_CONTROL_LEN as usize);

@@ -75,6 +75,9 @@ pub use blobring_abi::{
     CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
     Sqe,
 };
+/// The Blob REST names and SharedKey canonicalisation the SDK shares with the host
+/// (`blobring-proto`), for crates built on the SDK.
+pub use blobring_proto as proto;
 pub use blobring_ring::WaitOutcome;
 pub use blobring_shm::Allocation;
 pub use client::{

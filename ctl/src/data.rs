@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use blobring::blob::{
     AccountConfig, BlobError, BlobItem, BlobService, Conditions, ListOptions, PutOptions,
 };
+use blobring::proto::code as az;
 use blobring::transfer::{self, Checksum, TransferOptions};
 use blobring::{Client, ClientError, ClientOptions, ConnectError, block_on};
 use clap::{Args, Subcommand};
@@ -256,14 +257,14 @@ fn explain(e: BlobError, what: &str, container: &str) -> anyhow::Error {
     use Exit::*;
     let (status, code) = (e.status(), e.code().unwrap_or("").to_owned());
     let (exit, msg) = match (&e, status) {
-        (_, Some(404)) if code == "ContainerNotFound" => (
+        (_, Some(404)) if code == az::CONTAINER_NOT_FOUND => (
             NotFound,
             format!(
                 "{what}: container {container:?} does not exist (404 ContainerNotFound); create \
                  it first with `blobring mb blob://{container}`"
             ),
         ),
-        (_, Some(404)) if code == "BlobNotFound" => (
+        (_, Some(404)) if code == az::BLOB_NOT_FOUND => (
             NotFound,
             format!(
                 "{what}: no such blob (404 BlobNotFound); see what is there with `blobring ls \
@@ -276,14 +277,15 @@ fn explain(e: BlobError, what: &str, container: &str) -> anyhow::Error {
             format!(
                 "{what}: access denied (403 {code}: {message}); check the account name and key \
                  or SAS in AZURE_STORAGE_CONNECTION_STRING (when it is unset the emulator \
-                 account devstoreaccount1 is used)"
+                 account {} is used)",
+                blobring::blob::EMULATOR_ACCOUNT
             ),
         ),
-        (_, Some(409)) if code == "ContainerAlreadyExists" => (
+        (_, Some(409)) if code == az::CONTAINER_ALREADY_EXISTS => (
             Conflict,
             format!("{what}: container {container:?} already exists (409 ContainerAlreadyExists)"),
         ),
-        (_, Some(409)) if code == "BlobAlreadyExists" => (
+        (_, Some(409)) if code == az::BLOB_ALREADY_EXISTS => (
             Conflict,
             format!(
                 "{what}: the blob already exists (409 BlobAlreadyExists) and -n/--no-clobber is set"

@@ -21,17 +21,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+// The account and key of the Azure storage emulator (public, well known), which
+// `blobring-host` serves by default.
+use blobring::blob::{EMULATOR_ACCOUNT, EMULATOR_KEY};
 use blobring_ctl::stack::{Daemon, Host, StackBuilder};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// How long a child may take to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-/// The account and key of the Azure storage emulator (public, well known), which
-/// `blobring-host` serves by default.
-const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
-const EMULATOR_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// `blobring up` options.
 #[derive(Debug, Clone, clap::Args)]

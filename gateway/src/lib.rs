@@ -69,10 +69,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blobring::{Client, ClientError, ClientOptions};
-use blobring_abi::vmbus::{
+use blobring::proto::header::{
     BODY_PART_HEADER, BODY_PART_ID_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER,
 };
+use blobring::proto::is_put_blob;
+use blobring::{Client, ClientError, ClientOptions};
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -863,17 +864,6 @@ impl BodyReader {
 
 /// The service's limit on one Put Blob (5000 MiB); up to it a Put Blob goes in body parts.
 pub const MAX_PUT_BLOB: u64 = 5000 << 20;
-
-/// Whether the request is shaped like a Put Blob (a PUT with no `comp` or `restype` and no copy
-/// source); the host decides the rest.
-fn is_put_blob(parts: &http::request::Parts) -> bool {
-    let q = parts.uri.query().unwrap_or("");
-    parts.method == Method::PUT
-        && !q
-            .split('&')
-            .any(|kv| kv.starts_with("comp=") || kv.starts_with("restype="))
-        && !parts.headers.contains_key("x-ms-copy-source")
-}
 
 /// `request` with the body-part headers of part `first`/`total` of upload `id` added.
 fn part_head(request: &[u8], first: u64, total: u64, id: &str) -> Vec<u8> {

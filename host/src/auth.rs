@@ -1,21 +1,20 @@
 //! SharedKey and service-SAS verification for requests addressed to the emulated account.
 //!
-//! String-to-sign follows "Authorize with Shared Key" (version 2015-02-21 and later:
-//! `Content-Length` empty when 0) and "Create a service SAS" (version 2020-12-06 and later
-//! field list); see `reference/blob-api-and-peers.md` §1. The canonical resource is built from
-//! the path exactly as it appeared on the wire (object_store signs `Url::path()`), which for a
-//! path-style emulator URL puts the account in it twice.
+//! The SharedKey string-to-sign is [`blobring_proto::Canonical`], the one the SDK signs with
+//! (the request's headers and decoded query handed over as they were parsed); the SAS
+//! string-to-sign follows "Create a service SAS" (version 2020-12-06 and later field list), see
+//! `reference/blob-api-and-peers.md` §1.
 
 use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use blobring_proto::{Canonical, SigningKey, code, header};
 
 use crate::request::{AzError, Req, decode_query};
 
-type HmacSha256 = Hmac<Sha256>;
+/// The well-known emulator account and its key (defined in `blobring-proto`).
+pub use blobring_proto::{EMULATOR_ACCOUNT, EMULATOR_KEY};
 
 /// Errors in the auth configuration (not in requests).
 #[derive(Debug, thiserror::Error)]
@@ -31,26 +30,12 @@ pub enum AuthConfigError {
 }
 
 /// A storage account and its key, used to verify SharedKey signatures and service SAS tokens.
-#[derive(Clone)]
+/// (Its `Debug` shows the account only: [`SigningKey`]'s redacts the key.)
+#[derive(Clone, Debug)]
 pub struct SharedKeyAuth {
     account: String,
-    key: Vec<u8>,
+    key: SigningKey,
 }
-
-impl std::fmt::Debug for SharedKeyAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedKeyAuth")
-            .field("account", &self.account)
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
-/// The well-known emulator account.
-pub const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
-/// The well-known emulator account key (public, from the Azurite documentation).
-pub const EMULATOR_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 fn valid_account(a: &str) -> bool {
     (1..=24).contains(&a.len())
@@ -64,9 +49,7 @@ impl SharedKeyAuth {
         if !valid_account(account) {
             return Err(AuthConfigError::BadAccount(account.to_owned()));
         }
-        let key = BASE64_STANDARD
-            .decode(key_base64.trim())
-            .map_err(AuthConfigError::BadKey)?;
+        let key = SigningKey::from_base64(key_base64.trim()).map_err(AuthConfigError::BadKey)?;
         Ok(SharedKeyAuth {
             account: account.to_owned(),
             key,
@@ -80,9 +63,7 @@ impl SharedKeyAuth {
 
     /// Sign a string-to-sign with the account key (Base64 HMAC-SHA256).
     pub fn sign(&self, string_to_sign: &str) -> String {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts any key length");
-        mac.update(string_to_sign.as_bytes());
-        BASE64_STANDARD.encode(mac.finalize().into_bytes())
+        self.key.sign_str(string_to_sign).to_string()
     }
 
     /// The `Authorization` header value (`SharedKey <account>:<sig>`) for a request with
@@ -96,33 +77,38 @@ impl SharedKeyAuth {
         let (raw_path, q) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
-        let first = raw_path.trim_start_matches('/').split('/').next();
-        let req = Req {
-            method: method.clone(),
-            raw_path,
-            path_has_account: first == Some(self.account.as_str()),
-            query: decode_query(q),
-            headers: headers.clone(),
-            body: &[],
-            body_limit: None,
-        };
-        let date = req.header("date").unwrap_or("");
-        format!(
-            "SharedKey {}:{}",
-            self.account,
-            self.sign(&self.string_to_sign(&req, date))
-        )
+        let (query, headers) = (decode_query(q), header_pairs(headers));
+        let c = self.canonical(method, raw_path, &headers, &query, None);
+        format!("SharedKey {}:{}", self.account, self.key.sign(&c))
     }
 
-    fn verify_sig(&self, string_to_sign: &str, sig: &[u8]) -> bool {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts any key length");
-        mac.update(string_to_sign.as_bytes());
-        mac.verify_slice(sig).is_ok()
+    /// What a SharedKey signature of this request covers (`date`: the `Date` line, `None` for
+    /// the header's).
+    fn canonical<'r>(
+        &'r self,
+        method: &'r http::Method,
+        raw_path: &'r str,
+        headers: &'r [(&'r str, Option<&'r str>)],
+        query: &'r [(String, String)],
+        date: Option<&'r str>,
+    ) -> Canonical<
+        'r,
+        impl Iterator<Item = (&'r str, Option<&'r str>)> + Clone,
+        impl Iterator<Item = (&'r str, &'r str)> + Clone,
+    > {
+        Canonical {
+            method: method.as_str(),
+            account: &self.account,
+            path: raw_path,
+            date,
+            headers: headers.iter().copied(),
+            query: query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
     }
 
     /// Verify a request: SharedKey `Authorization` header, or a service SAS in the query.
     pub(crate) fn verify(&self, req: &Req<'_>) -> Result<(), AzError> {
-        if let Some(auth) = req.header("authorization") {
+        if let Some(auth) = req.header(header::AUTHORIZATION) {
             return self.verify_shared_key(req, auth);
         }
         if req.query("sig").is_some() {
@@ -130,7 +116,7 @@ impl SharedKeyAuth {
         }
         Err(AzError::new(
             401,
-            "NoAuthenticationInformation",
+            code::NO_AUTHENTICATION_INFORMATION,
             "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.",
         ))
     }
@@ -139,7 +125,7 @@ impl SharedKeyAuth {
         let fail = |why: &str| {
             AzError::new(
                 403,
-                "AuthenticationFailed",
+                code::AUTHENTICATION_FAILED,
                 &format!(
                     "Server failed to authenticate the request. Make sure the value of Authorization header is formed correctly including the signature. ({why})"
                 ),
@@ -159,13 +145,13 @@ impl SharedKeyAuth {
         let Ok(sig) = BASE64_STANDARD.decode(sig) else {
             return Err(fail("the signature is not Base64"));
         };
-        let date = req.header("date").unwrap_or("");
+        let date = req.header(header::DATE).unwrap_or("");
         let mut candidates = vec![self.string_to_sign(req, date)];
-        if !date.is_empty() && req.header("x-ms-date").is_some() {
+        if !date.is_empty() && req.header(header::X_MS_DATE).is_some() {
             // With x-ms-date, clients may sign an empty Date line.
             candidates.push(self.string_to_sign(req, ""));
         }
-        if candidates.iter().any(|s| self.verify_sig(s, &sig)) {
+        if candidates.iter().any(|s| self.key.verify_str(s, &sig)) {
             Ok(())
         } else {
             tracing::debug!(string_to_sign = %candidates[0], "SharedKey signature mismatch");
@@ -175,77 +161,16 @@ impl SharedKeyAuth {
 
     /// The SharedKey string-to-sign for `req` with the given `Date` line.
     pub(crate) fn string_to_sign(&self, req: &Req<'_>, date: &str) -> String {
-        let h = |n: &str| req.header(n).unwrap_or("");
-        let content_length = match h("content-length") {
-            "0" => "",
-            v => v,
-        };
-        let mut s = String::with_capacity(256);
-        for part in [
-            req.method.as_str(),
-            h("content-encoding"),
-            h("content-language"),
-            content_length,
-            h("content-md5"),
-            h("content-type"),
-            date,
-            h("if-modified-since"),
-            h("if-match"),
-            h("if-none-match"),
-            h("if-unmodified-since"),
-            h("range"),
-        ] {
-            s.push_str(part);
-            s.push('\n');
-        }
-        let mut names: Vec<&str> = req
-            .headers
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|k| k.starts_with("x-ms-"))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        for n in names {
-            let vals: Vec<&str> = req
-                .headers
-                .get_all(n)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-                .collect();
-            s.push_str(n);
-            s.push(':');
-            s.push_str(&vals.join(","));
-            s.push('\n');
-        }
-        s.push('/');
-        s.push_str(&self.account);
-        s.push_str(req.raw_path);
-        let mut names: Vec<String> = req.query.iter().map(|(k, _)| k.to_lowercase()).collect();
-        names.sort_unstable();
-        names.dedup();
-        for n in names {
-            let mut vals: Vec<&str> = req
-                .query
-                .iter()
-                .filter(|(k, _)| k.to_lowercase() == n)
-                .map(|(_, v)| v.as_str())
-                .collect();
-            vals.sort_unstable();
-            s.push('\n');
-            s.push_str(&n);
-            s.push(':');
-            s.push_str(&vals.join(","));
-        }
-        s
+        let headers = header_pairs(&req.headers);
+        self.canonical(&req.method, req.raw_path, &headers, &req.query, Some(date))
+            .render()
     }
 
     fn verify_sas(&self, req: &Req<'_>) -> Result<(), AzError> {
         let fail = |why: &str| {
             AzError::new(
                 403,
-                "AuthenticationFailed",
+                code::AUTHENTICATION_FAILED,
                 &format!(
                     "Server failed to authenticate the request. Make sure the value of the SAS is formed correctly including the signature. ({why})"
                 ),
@@ -314,12 +239,20 @@ impl SharedKeyAuth {
             ]
             .join("\n")
         };
-        if self.verify_sig(&sts(&resource), &sig) || self.verify_sig(&sts(&decoded), &sig) {
+        if self.key.verify_str(&sts(&resource), &sig) || self.key.verify_str(&sts(&decoded), &sig) {
             Ok(())
         } else {
             Err(fail("the signature does not match"))
         }
     }
+}
+
+/// The headers as the canonicaliser reads them: name and value, `None` where the value is not
+/// text.
+fn header_pairs(h: &http::HeaderMap) -> Vec<(&str, Option<&str>)> {
+    h.iter()
+        .map(|(k, v)| (k.as_str(), v.to_str().ok()))
+        .collect()
 }
 
 /// Parse an ISO 8601 UTC time as used in SAS (`2026-11-24T04:00:00Z`).

@@ -35,7 +35,7 @@ use md5::{Digest, Md5};
 use percent_encoding::percent_decode_str;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use blobring_abi::vmbus::{BODY_PART_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
+use blobring_proto::header::{BODY_PART_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
 
 use crate::auth::SharedKeyAuth;
 use crate::backend::Backend;

@@ -123,8 +123,9 @@
 //! [`ExecuteError::BodyTooLarge`] with the size needed.
 //!
 //! Dependencies: `httparse` (request heads, the same parser object_store uses for batch
-//! responses), `hyper` + `tokio` (REST front end only), `quick-xml` (request XML), `hmac` +
-//! `sha2` + `base64` (SharedKey), `md-5` and `crc64fast-nvme` (Azure's transactional hashes;
+//! responses), `hyper` + `tokio` (REST front end only), `quick-xml` (request XML),
+//! `blobring-proto` (the SharedKey canonicalisation and signing the SDK uses too) + `base64`
+//! (SAS), `sha2` (fs store names), `md-5` and `crc64fast-nvme` (Azure's transactional hashes;
 //! the latter implements the NVMe polynomial Azure's CRC64 uses), `serde_json` (fs store records),
 //! `lru` (the fs store's open-file cache, sized by `--open-files`); the VMBus path uses `blobring-vmbus` (rings, packets, bus session), `blobring-reactor`
 //! (io_uring waits and fixed-buffer reads), `blobring-shm` (guest mappings), `crossbeam-channel`

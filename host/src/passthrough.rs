@@ -80,7 +80,7 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Worker threads of the upstream runtime (I/O only; the bytes are copied by the callers).
 pub const UPSTREAM_THREADS: usize = 2;
 /// Service version sent when the client named none (SharedKey requires one).
-const UPSTREAM_VERSION: &str = "2023-11-03";
+const UPSTREAM_VERSION: &str = blobring_proto::API_VERSION;
 
 /// Query values are percent-encoded except RFC 3986 unreserved characters.
 const QUERY: &AsciiSet = &NON_ALPHANUMERIC

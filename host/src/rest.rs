@@ -239,17 +239,6 @@ fn close(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
 /// Put Blob bodies larger than this (or of unknown length) are streamed to the store.
 const STREAM_ABOVE: u64 = 16 << 20;
 
-/// Whether the request is shaped like a Put Blob (a PUT with no `comp` or `restype` and no copy
-/// source); the executor decides the rest.
-fn is_put_blob(parts: &hyper::http::request::Parts) -> bool {
-    let q = parts.uri.query().unwrap_or("");
-    parts.method == hyper::Method::PUT
-        && !q
-            .split('&')
-            .any(|kv| kv.starts_with("comp=") || kv.starts_with("restype="))
-        && !parts.headers.contains_key("x-ms-copy-source")
-}
-
 /// Streams an admitted Put Blob's body to the executor (on a blocking thread) a frame at a
 /// time through a small channel: at most a few frames and one 8 MiB staging block are in
 /// memory, whatever the body's size.
@@ -345,7 +334,10 @@ async fn handle(
         .headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if is_put_blob(&parts) && exec.streams_put_blob() && declared.is_none_or(|n| n > STREAM_ABOVE) {
+    if blobring_proto::is_put_blob(&parts)
+        && exec.streams_put_blob()
+        && declared.is_none_or(|n| n > STREAM_ABOVE)
+    {
         return Ok(put_stream(exec, parts, body).await);
     }
     if let Some(n) = declared

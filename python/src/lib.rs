@@ -62,7 +62,7 @@ fn py_err(py: Python<'_>, e: BlobError) -> PyErr {
     match &e {
         BlobError::Service { status, code, .. } => {
             let class = match status {
-                404 if code == "ContainerNotFound" => "ContainerNotFound",
+                404 if code == blobring::proto::code::CONTAINER_NOT_FOUND => "ContainerNotFound",
                 404 => "BlobNotFound",
                 403 => "AccessDenied",
                 412 | 304 => "ConditionNotMet",

@@ -316,6 +316,16 @@ fn every_blob_operation_and_typed_errors() {
         assert_eq!(e.status(), Some(404), "{e}");
         let e = svc.delete_container("nope-nope").await.unwrap_err();
         assert_eq!(status(&e), (404, "ContainerNotFound".into()), "{e}");
+
+        // Two metadata keys differing only in case are one x-ms-meta-* header name: the SDK
+        // signs them as the host verifies them, one comma-joined line (was two lines: 403).
+        let meta = [
+            ("k".to_owned(), "a".to_owned()),
+            ("K".to_owned(), "b".to_owned()),
+        ];
+        svc.set_metadata("data", "p/1", &meta, &Conditions::default())
+            .await
+            .unwrap();
         svc.delete_container("data").await.unwrap();
     });
 }

@@ -1,17 +1,15 @@
-//! Credentials, endpoints and the SharedKey signer.
+//! Credentials and endpoints, and the SharedKey string-to-sign and signature as plain
+//! functions (for tests and tools that build their own requests; the SDK's own heads are
+//! rendered by [`super::HeadBuilder`]). Both come from `blobring-proto`, which the host
+//! verifies with.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use blobring_proto::{Canonical, SigningKey};
 
 use super::BlobError;
 
-/// The well-known emulator account.
-pub const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
-/// The well-known (public) emulator account key.
-pub const EMULATOR_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub use blobring_proto::{EMULATOR_ACCOUNT, EMULATOR_KEY};
 
 /// How requests are authorised.
 #[derive(Clone)]
@@ -187,10 +185,11 @@ impl AccountConfig {
     }
 }
 
-/// The SharedKey string-to-sign of a request (the 2009-09-19+ scheme).
+/// The SharedKey string-to-sign of a request (the 2009-09-19+ scheme,
+/// [`blobring_proto::Canonical`]).
 ///
-/// `path` is the encoded request path, `query` the decoded parameters, `headers` lower-case
-/// names with their values.
+/// `path` is the encoded request path, `query` the decoded parameters, `headers` the names
+/// (case does not matter) with their values.
 pub fn string_to_sign(
     method: &str,
     account: &str,
@@ -198,72 +197,18 @@ pub fn string_to_sign(
     query: &[(String, String)],
     headers: &[(String, String)],
 ) -> String {
-    let h = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map_or("", |(_, v)| v.as_str())
-    };
-    let content_length = match h("content-length") {
-        "0" => "",
-        v => v,
-    };
-    let mut s = String::with_capacity(256);
-    for part in [
+    Canonical {
         method,
-        h("content-encoding"),
-        h("content-language"),
-        content_length,
-        h("content-md5"),
-        h("content-type"),
-        h("date"),
-        h("if-modified-since"),
-        h("if-match"),
-        h("if-none-match"),
-        h("if-unmodified-since"),
-        h("range"),
-    ] {
-        s.push_str(part);
-        s.push('\n');
+        account,
+        path,
+        date: None,
+        headers: headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+        query: query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     }
-    let mut ms: Vec<&(String, String)> = headers
-        .iter()
-        .filter(|(k, _)| k.starts_with("x-ms-"))
-        .collect();
-    ms.sort_by(|a, b| a.0.cmp(&b.0));
-    for (k, v) in ms {
-        s.push_str(k);
-        s.push(':');
-        s.push_str(v.trim());
-        s.push('\n');
-    }
-    s.push('/');
-    s.push_str(account);
-    s.push_str(path);
-    let mut q: Vec<(String, &str)> = query
-        .iter()
-        .map(|(k, v)| (k.to_lowercase(), v.as_str()))
-        .collect();
-    q.sort();
-    let mut i = 0;
-    while i < q.len() {
-        let name = q[i].0.clone();
-        let mut vals = Vec::new();
-        while i < q.len() && q[i].0 == name {
-            vals.push(q[i].1);
-            i += 1;
-        }
-        s.push('\n');
-        s.push_str(&name);
-        s.push(':');
-        s.push_str(&vals.join(","));
-    }
-    s
+    .render()
 }
 
 /// Base64(HMAC-SHA256(key, string_to_sign)).
 pub fn sign(key: &[u8], string_to_sign: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(string_to_sign.as_bytes());
-    B64.encode(mac.finalize().into_bytes())
+    SigningKey::new(key).sign_str(string_to_sign).to_string()
 }

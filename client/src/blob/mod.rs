@@ -21,6 +21,7 @@
 //! ```
 
 mod auth;
+mod head;
 mod xml;
 
 /// The parsers of the service's XML response bodies, public only for the `xml` fuzz target
@@ -39,11 +40,11 @@ use http::HeaderMap;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 pub use auth::{AccountConfig, Credentials, EMULATOR_ACCOUNT, EMULATOR_KEY, sign, string_to_sign};
+/// The `x-ms-version` sent.
+pub use blobring_proto::API_VERSION;
+pub use head::HeadBuilder;
 
 use crate::{Client, ClientError, Lease, Request};
-
-/// The `x-ms-version` sent.
-pub const API_VERSION: &str = "2023-11-03";
 
 /// Characters left unescaped in a path segment (RFC 3986 unreserved) — `/` kept separately.
 const PATH: &AsciiSet = &NON_ALPHANUMERIC
@@ -530,74 +531,13 @@ pub fn parse_response_head(head: &[u8]) -> Result<ResponseHead, ClientError> {
     })
 }
 
-/// Renders a request head for `account`: adds `Host`, `x-ms-date`, `x-ms-version`,
-/// `Content-Length` and the authorisation.
-pub(crate) fn render_head(
-    account: &AccountConfig,
-    method: &str,
-    path: &str,
-    query: &[(String, String)],
-    headers: &[(String, String)],
-    body_len: u64,
-) -> Vec<u8> {
-    let mut hs: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
-    if !hs.iter().any(|(k, _)| k == "x-ms-date") {
-        hs.push((
-            "x-ms-date".into(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-        ));
-    }
-    if !hs.iter().any(|(k, _)| k == "x-ms-version") {
-        hs.push(("x-ms-version".into(), API_VERSION.into()));
-    }
-    if !hs.iter().any(|(k, _)| k == "content-length") && (body_len > 0 || method == "PUT") {
-        hs.push(("content-length".into(), body_len.to_string()));
-    }
-    let mut target = path.to_owned();
-    let mut qs: Vec<String> = query
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(k, PATH),
-                utf8_percent_encode(v, PATH)
-            )
-        })
-        .collect();
-    match &account.credentials {
-        Credentials::SharedKey { key } => {
-            let sts = string_to_sign(method, &account.account, path, query, &hs);
-            hs.push((
-                "authorization".into(),
-                format!("SharedKey {}:{}", account.account, sign(key, &sts)),
-            ));
-        }
-        Credentials::Sas(sas) => qs.push(sas.clone()),
-        Credentials::Anonymous => {}
-    }
-    if !qs.is_empty() {
-        target.push('?');
-        target.push_str(&qs.join("&"));
-    }
-    let mut out = format!("{method} {target} HTTP/1.1\r\nhost: {}\r\n", account.host);
-    for (k, v) in &hs {
-        out.push_str(k);
-        out.push_str(": ");
-        out.push_str(v);
-        out.push_str("\r\n");
-    }
-    out.push_str("\r\n");
-    out.into_bytes()
-}
-
 /// The Blob API over one [`Client`] (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct BlobService {
     client: Client,
     account: AccountConfig,
+    /// The account's heads, prepared once (keyed HMAC, constant lines); shared by clones.
+    head: std::sync::Arc<HeadBuilder>,
     retry: RetryPolicy,
     timeout: Duration,
 }
@@ -630,6 +570,7 @@ impl BlobService {
     pub fn new(client: Client, account: AccountConfig) -> Self {
         Self {
             client,
+            head: std::sync::Arc::new(HeadBuilder::new(&account)),
             account,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(60),
@@ -1162,8 +1103,9 @@ impl BlobService {
     /// Renders `spec` (with a body of `body_len` bytes) into a request with this service's
     /// deadline and no buffers yet.
     fn request(&self, spec: &Spec, body_len: u64, queue: Option<u32>) -> Request {
-        let head = render_head(
-            &self.account,
+        let mut head = Vec::with_capacity(512);
+        self.head.render(
+            &mut head,
             spec.method,
             &spec.path,
             &spec.query,

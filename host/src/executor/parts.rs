@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use blobring_abi::vmbus::{BODY_PART_HEADER, BODY_PART_ID_HEADER};
+use blobring_proto::header::{BODY_PART_HEADER, BODY_PART_ID_HEADER};
 use md5::{Digest, Md5};
 
 use super::{
