@@ -47,6 +47,7 @@
 //! registered regions ([`GuestMemory`](crate::guest_memory::GuestMemory)). The guest trusts
 //! the host for liveness but still validates every message and every ring index.
 
+#[cfg(feature = "test-support")]
 pub mod driver;
 pub mod guest;
 pub mod host;
