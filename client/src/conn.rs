@@ -314,11 +314,7 @@ impl Connection {
             queues.push(Queue {
                 ring: ClientQueue::attach(map.clone(), &layout)?,
                 doorbell: EventFd::from_fd(efd),
-                futex: Arc::new(FutexWord::cq_tail(
-                    memfd.as_fd(),
-                    geometry.region_len,
-                    &layout,
-                )?),
+                futex: Arc::new(FutexWord::cq_tail(map.clone(), &layout)?),
                 outstanding: HashMap::new(),
             });
         }

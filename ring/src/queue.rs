@@ -7,7 +7,7 @@ use blobring_abi::{Cqe, Sqe};
 use blobring_shm::SharedMemory;
 
 use crate::{
-    CqConsumer, CqProducer, Published, QueueLayout, RingError, Sleeper, Slept, SqConsumer,
+    CqConsumer, CqProducer, Published, QueueLayout, RingError, Sleeper, SqConsumer,
     SqProducer, WaitOutcome,
 };
 
@@ -182,10 +182,7 @@ impl<M: Deref<Target: SharedMemory> + Clone> DaemonQueue<M> {
         }
         let slept = sleeper.sleep(self.sq.cached_tail(), timeout);
         self.finish_sleep()?;
-        Ok(match slept? {
-            Slept::Woken => WaitOutcome::Woken,
-            Slept::TimedOut => WaitOutcome::TimedOut,
-        })
+        Ok(slept?.into())
     }
 
     /// The submission half (e.g. to publish `sq_rejected`).
