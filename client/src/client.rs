@@ -24,7 +24,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use blobring_abi::{CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, Sqe};
+use blobring_abi::{
+    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, Sqe, SqeBuffer, SqeFields,
+};
 use blobring_shm::{Mapping, SharedMemory};
 use bytes::Bytes;
 
@@ -590,19 +592,24 @@ impl Inner {
                 .data
                 .as_ref()
                 .map_or((0, 0), |d| (d.offset, d.len.min(u32::MAX as u64) as u32));
-            let sqe = Sqe {
+            let sqe = Sqe::new(SqeFields {
                 opcode: OP_BLOB,
                 timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
                 user_data: ud,
-                request_offset: buf.offset,
-                request_len: r.head.len() as u32,
-                response_offset: buf.offset + rsp,
-                response_len: r.response_cap,
-                data_offset,
-                data_len,
+                request: SqeBuffer {
+                    offset: buf.offset,
+                    len: r.head.len() as u32,
+                },
+                response: SqeBuffer {
+                    offset: buf.offset + rsp,
+                    len: r.response_cap,
+                },
+                data: SqeBuffer {
+                    offset: data_offset,
+                    len: data_len,
+                },
                 data_valid: r.data_valid.min(data_len),
-                ..Sqe::new_zeroed()
-            };
+            });
             let q = r.queue.unwrap_or(cpu) % n_queues;
             let slot = Arc::new(Slot {
                 state: Mutex::new(SlotState {

@@ -12,10 +12,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blobring_abi::{
-    ABI_VERSION, CQE_F_BUFFERS_LENT, Cqe, FromBytes, FromZeros, HELLO_BAD_REQUEST,
-    HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC,
-    HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, HelloRequest, IntoBytes, RegionGeometry,
-    RegionHeader, Sqe,
+    ABI_VERSION, CQE_F_BUFFERS_LENT, Cqe, FromBytes, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED,
+    HELLO_NOT_PERMITTED, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE,
+    HELLO_VERSION_MISMATCH, HelloReply, HelloRequest, IntoBytes, RegionGeometry, RegionHeader, Sqe,
 };
 use blobring_ring::{
     ClientQueue, EventFd, FutexWord, Notifier, QueueLayout, Slept, WAIT_ANY_MAX, WaitOutcome,
@@ -438,11 +437,7 @@ impl Connection {
             let Some((&ud, count)) = queue.outstanding.iter_mut().next() else {
                 break;
             };
-            out[n] = Cqe {
-                user_data: ud,
-                res: -errno::ECONNRESET,
-                ..Cqe::new_zeroed()
-            };
+            out[n] = Cqe::bare(ud, -errno::ECONNRESET);
             n += 1;
             *count -= 1;
             if *count == 0 {
