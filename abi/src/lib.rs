@@ -469,23 +469,30 @@ abi_struct! {
 impl HelloReply {
     /// The refusal message as text (up to the first NUL; invalid UTF-8 replaced).
     pub fn message_text(&self) -> String {
-        let end = self
-            .message
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.message.len());
-        String::from_utf8_lossy(&self.message[..end]).into_owned()
+        nul_padded_text(&self.message)
     }
 
     /// Sets `message`, truncated at a character boundary to fit.
     pub fn set_message(&mut self, text: &str) {
-        let mut end = text.len().min(self.message.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.message = [0; 224];
-        self.message[..end].copy_from_slice(&text.as_bytes()[..end]);
+        set_nul_padded(&mut self.message, text);
     }
+}
+
+/// The text of a NUL-padded UTF-8 field (up to the first NUL; invalid UTF-8 replaced): the
+/// refusal message of [`HelloReply`], the message of [`vmbus::BusError`].
+pub fn nul_padded_text(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// Fills a NUL-padded UTF-8 field with `text`, truncated at a character boundary to fit.
+pub fn set_nul_padded(field: &mut [u8], text: &str) {
+    let mut end = text.len().min(field.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    field.fill(0);
+    field[..end].copy_from_slice(&text.as_bytes()[..end]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use blobring_abi::vmbus::*;
 use blobring_shm::{Mapping, Region, SharedMemory, Window};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use uuid::Uuid;
 use zerocopy::IntoBytes;
 
 use super::proto::{self, Message, Received};
-use super::{BusError, Side, SimChannel, check_ring_size, io_err, new_eventfd};
+use super::{BusError, Side, SimChannel, check_ring_size, io_err, new_eventfd, seqpacket_socket};
 use crate::guest_memory::GuestMemory;
 use crate::ring::init_ring;
 
@@ -76,14 +75,7 @@ impl BusListener {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let sock = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_err("socket"))?;
-        let addr = SocketAddrUnix::new(path).map_err(io_err("socket path"))?;
+        let (sock, addr) = seqpacket_socket(path)?;
         rustix::net::bind(&sock, &addr).map_err(io_err("bind"))?;
         rustix::net::listen(&sock, 16).map_err(io_err("listen"))?;
         Ok(Self {
@@ -94,7 +86,8 @@ impl BusListener {
 
     /// Waits for a guest and returns its connection.
     pub fn accept(&self) -> Result<OwnedFd, BusError> {
-        rustix::net::accept_with(&self.sock, SocketFlags::CLOEXEC).map_err(io_err("accept"))
+        rustix::net::accept_with(&self.sock, rustix::net::SocketFlags::CLOEXEC)
+            .map_err(io_err("accept"))
     }
 
     /// The socket path.

@@ -233,20 +233,11 @@ pub(crate) fn error_body(request_type: u32, code: u32, message: &str) -> BusErro
         code,
         message: [0; 120],
     };
-    let mut n = message.len().min(e.message.len());
-    while !message.is_char_boundary(n) {
-        n -= 1;
-    }
-    e.message[..n].copy_from_slice(&message.as_bytes()[..n]);
+    blobring_abi::set_nul_padded(&mut e.message, message);
     e
 }
 
 /// The text of a [`BusError_`] body (lossy, up to the first NUL).
 pub(crate) fn error_text(e: &BusError_) -> String {
-    let end = e
-        .message
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(e.message.len());
-    String::from_utf8_lossy(&e.message[..end]).into_owned()
+    blobring_abi::nul_padded_text(&e.message)
 }
