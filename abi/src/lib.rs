@@ -237,10 +237,21 @@ impl Sqe {
 
     /// The meaningful fields, as written (not validated).
     pub const fn fields(&self) -> SqeFields {
+        self.parts().0
+    }
+
+    /// Whether every reserved field (`flags`, `reserved0`, `reserved1`) is zero.
+    pub const fn reserved_is_zero(&self) -> bool {
+        let [flags, reserved0, reserved1] = self.parts().1;
+        flags == 0 && reserved0 == 0 && reserved1 == 0
+    }
+
+    /// The meaningful fields and the reserved ones, every field named.
+    const fn parts(&self) -> (SqeFields, [u64; 3]) {
         let Self {
             opcode,
-            flags: _,
-            reserved0: _,
+            flags,
+            reserved0,
             timeout_ms,
             user_data,
             request_offset,
@@ -250,9 +261,9 @@ impl Sqe {
             response_len,
             data_len,
             data_valid,
-            reserved1: _,
+            reserved1,
         } = *self;
-        SqeFields {
+        let fields = SqeFields {
             opcode,
             timeout_ms,
             user_data,
@@ -269,27 +280,8 @@ impl Sqe {
                 len: data_len,
             },
             data_valid,
-        }
-    }
-
-    /// Whether every reserved field (`flags`, `reserved0`, `reserved1`) is zero.
-    pub const fn reserved_is_zero(&self) -> bool {
-        let Self {
-            opcode: _,
-            flags,
-            reserved0,
-            timeout_ms: _,
-            user_data: _,
-            request_offset: _,
-            response_offset: _,
-            data_offset: _,
-            request_len: _,
-            response_len: _,
-            data_len: _,
-            data_valid: _,
-            reserved1,
-        } = *self;
-        flags == 0 && reserved0 == 0 && reserved1 == 0
+        };
+        (fields, [flags as u64, reserved0 as u64, reserved1])
     }
 }
 

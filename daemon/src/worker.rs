@@ -1556,13 +1556,12 @@ pub fn encode_request(
 ) -> Result<(), i32> {
     let [pd, pq, pr, scratch] = pfns;
     let SqeFields {
-        opcode: _,
         timeout_ms,
-        user_data: _,
         request,
         response,
         data,
         data_valid,
+        ..
     } = sqe.fields();
     let translated = (|| {
         let d = if data.len > 0 {

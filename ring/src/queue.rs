@@ -7,8 +7,8 @@ use blobring_abi::{Cqe, Sqe};
 use blobring_shm::SharedMemory;
 
 use crate::{
-    CqConsumer, CqProducer, Published, QueueLayout, RingError, Sleeper, SqConsumer,
-    SqProducer, WaitOutcome,
+    CqConsumer, CqProducer, Published, QueueLayout, RingError, Sleeper, SqConsumer, SqProducer,
+    WaitOutcome,
 };
 
 /// The client's side of a queue pair: an [`SqProducer`] and a [`CqConsumer`].

@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blobring::{Connection, Cqe, OP_BLOB, Sqe};
-use blobring_abi::{FromZeros, SqeBuffer, SqeFields};
 use blobring_abi::vmbus::AzBlobVspResponse;
+use blobring_abi::{FromZeros, SqeBuffer, SqeFields};
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
 use blobring_vmbus::channel::Channel;
 use blobring_vmbus::packet::PacketKind;
