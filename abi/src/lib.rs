@@ -324,17 +324,17 @@ abi_struct! {
 /// [`Cqe`] fails to compile there until it is handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CqeFields {
-    /// The SQE's `user_data`.
+    /// [`Cqe::user_data`].
     pub user_data: u64,
-    /// 0, or a negative errno for a daemon-level failure (see [`Cqe::res`]).
+    /// [`Cqe::res`].
     pub res: i32,
-    /// `CQE_F_*`.
+    /// [`Cqe::flags`].
     pub flags: u32,
-    /// The VSP status (see [`Cqe::vsp_status`]).
+    /// [`Cqe::vsp_status`].
     pub vsp_status: u32,
-    /// Bytes of response head the host wrote, or the size needed.
+    /// [`Cqe::response_len`].
     pub response_len: u32,
-    /// Bytes of body the host wrote, or the size needed.
+    /// [`Cqe::data_len`].
     pub data_len: u32,
 }
 
