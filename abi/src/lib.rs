@@ -12,6 +12,12 @@
 //! **Trusts:** nothing. A layout is only a shape: every value read from a peer must be validated
 //! by the crate that reads it (`ring`, `vmbus`, the daemon).
 //!
+//! **Building and reading [`Sqe`] and [`Cqe`]:** through [`Sqe::new`] / [`Sqe::fields`] /
+//! [`Sqe::reserved_is_zero`] and [`Cqe::new`] / [`Cqe::bare`] / [`Cqe::fields`], which name
+//! every field of the layout by destructuring, so that a field added to a layout fails to
+//! compile wherever it is not handled. (The VSP request and response are each built by
+//! complete struct literals, which have the same property.)
+//!
 //! **Invariants:** little-endian, naturally aligned fields, no implicit padding (zerocopy's
 //! `IntoBytes` derive refuses padding), fields written by different parties on separate 128-byte
 //! lines. Changing any layout means bumping [`ABI_VERSION`].
@@ -156,6 +162,129 @@ abi_struct! {
     }
 }
 
+/// One buffer of an [`Sqe`]: a region offset and a length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqeBuffer {
+    /// Region offset of the first byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u32,
+}
+
+/// The meaningful fields of an [`Sqe`] (the reserved ones are zero when built and checked by
+/// [`Sqe::reserved_is_zero`] when read). Build an SQE with [`Sqe::new`] and read one with
+/// [`Sqe::fields`]: both name every field of the layout, so a field added to [`Sqe`] fails to
+/// compile there until it is handled, and then wherever an `SqeFields` is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqeFields {
+    /// [`OP_BLOB`] or [`OP_NOP`].
+    pub opcode: u8,
+    /// Per-request deadline in milliseconds; 0 = the daemon's default.
+    pub timeout_ms: u32,
+    /// Opaque, echoed in the CQE.
+    pub user_data: u64,
+    /// The HTTP/1.1 request head.
+    pub request: SqeBuffer,
+    /// The buffer receiving the response head.
+    pub response: SqeBuffer,
+    /// The data buffer (ignored when its length is 0).
+    pub data: SqeBuffer,
+    /// Bytes of body present in the data buffer (writes); ≤ `data.len`.
+    pub data_valid: u32,
+}
+
+impl Sqe {
+    /// The SQE carrying `fields`, reserved fields zero.
+    pub const fn new(fields: SqeFields) -> Self {
+        let SqeFields {
+            opcode,
+            timeout_ms,
+            user_data,
+            request,
+            response,
+            data,
+            data_valid,
+        } = fields;
+        Self {
+            opcode,
+            flags: 0,
+            reserved0: 0,
+            timeout_ms,
+            user_data,
+            request_offset: request.offset,
+            response_offset: response.offset,
+            data_offset: data.offset,
+            request_len: request.len,
+            response_len: response.len,
+            data_len: data.len,
+            data_valid,
+            reserved1: 0,
+        }
+    }
+
+    /// An [`OP_NOP`] SQE.
+    pub const fn nop(user_data: u64) -> Self {
+        Self::new(SqeFields {
+            opcode: OP_NOP,
+            timeout_ms: 0,
+            user_data,
+            request: SqeBuffer { offset: 0, len: 0 },
+            response: SqeBuffer { offset: 0, len: 0 },
+            data: SqeBuffer { offset: 0, len: 0 },
+            data_valid: 0,
+        })
+    }
+
+    /// The meaningful fields, as written (not validated).
+    pub const fn fields(&self) -> SqeFields {
+        self.parts().0
+    }
+
+    /// Whether every reserved field (`flags`, `reserved0`, `reserved1`) is zero.
+    pub const fn reserved_is_zero(&self) -> bool {
+        let [flags, reserved0, reserved1] = self.parts().1;
+        flags == 0 && reserved0 == 0 && reserved1 == 0
+    }
+
+    /// The meaningful fields and the reserved ones, every field named.
+    const fn parts(&self) -> (SqeFields, [u64; 3]) {
+        let Self {
+            opcode,
+            flags,
+            reserved0,
+            timeout_ms,
+            user_data,
+            request_offset,
+            response_offset,
+            data_offset,
+            request_len,
+            response_len,
+            data_len,
+            data_valid,
+            reserved1,
+        } = *self;
+        let fields = SqeFields {
+            opcode,
+            timeout_ms,
+            user_data,
+            request: SqeBuffer {
+                offset: request_offset,
+                len: request_len,
+            },
+            response: SqeBuffer {
+                offset: response_offset,
+                len: response_len,
+            },
+            data: SqeBuffer {
+                offset: data_offset,
+                len: data_len,
+            },
+            data_valid,
+        };
+        (fields, [flags as u64, reserved0 as u64, reserved1])
+    }
+}
+
 /// CQE flag: the request failed (e.g. `-ETIMEDOUT`) but the host may still write into its
 /// buffers; a second CQE with [`CQE_F_BUFFERS_RELEASED`] follows.
 pub const CQE_F_BUFFERS_LENT: u32 = 1;
@@ -187,6 +316,82 @@ abi_struct! {
         pub data_len: u32,
         /// Reserved, zero.
         pub reserved: u32,
+    }
+}
+
+/// The meaningful fields of a [`Cqe`] (`reserved` is zero). Build a CQE with [`Cqe::new`] and
+/// read one with [`Cqe::fields`]: both name every field of the layout, so a field added to
+/// [`Cqe`] fails to compile there until it is handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CqeFields {
+    /// [`Cqe::user_data`].
+    pub user_data: u64,
+    /// [`Cqe::res`].
+    pub res: i32,
+    /// [`Cqe::flags`].
+    pub flags: u32,
+    /// [`Cqe::vsp_status`].
+    pub vsp_status: u32,
+    /// [`Cqe::response_len`].
+    pub response_len: u32,
+    /// [`Cqe::data_len`].
+    pub data_len: u32,
+}
+
+impl Cqe {
+    /// The CQE carrying `fields`, `reserved` zero.
+    pub const fn new(fields: CqeFields) -> Self {
+        let CqeFields {
+            user_data,
+            res,
+            flags,
+            vsp_status,
+            response_len,
+            data_len,
+        } = fields;
+        Self {
+            user_data,
+            res,
+            flags,
+            vsp_status,
+            response_len,
+            data_len,
+            reserved: 0,
+        }
+    }
+
+    /// A CQE with only `user_data` and `res`: a daemon-level failure (`res` a negative errno)
+    /// or a NOP's completion (`res` 0) — no flags, no VSP result.
+    pub const fn bare(user_data: u64, res: i32) -> Self {
+        Self::new(CqeFields {
+            user_data,
+            res,
+            flags: 0,
+            vsp_status: 0,
+            response_len: 0,
+            data_len: 0,
+        })
+    }
+
+    /// The meaningful fields, as written (not validated).
+    pub const fn fields(&self) -> CqeFields {
+        let Self {
+            user_data,
+            res,
+            flags,
+            vsp_status,
+            response_len,
+            data_len,
+            reserved: _,
+        } = *self;
+        CqeFields {
+            user_data,
+            res,
+            flags,
+            vsp_status,
+            response_len,
+            data_len,
+        }
     }
 }
 
@@ -256,23 +461,30 @@ abi_struct! {
 impl HelloReply {
     /// The refusal message as text (up to the first NUL; invalid UTF-8 replaced).
     pub fn message_text(&self) -> String {
-        let end = self
-            .message
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.message.len());
-        String::from_utf8_lossy(&self.message[..end]).into_owned()
+        nul_padded_text(&self.message)
     }
 
     /// Sets `message`, truncated at a character boundary to fit.
     pub fn set_message(&mut self, text: &str) {
-        let mut end = text.len().min(self.message.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.message = [0; 224];
-        self.message[..end].copy_from_slice(&text.as_bytes()[..end]);
+        set_nul_padded(&mut self.message, text);
     }
+}
+
+/// The text of a NUL-padded UTF-8 field (up to the first NUL; invalid UTF-8 replaced): the
+/// refusal message of [`HelloReply`], the message of [`vmbus::BusError`].
+pub fn nul_padded_text(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// Fills a NUL-padded UTF-8 field with `text`, truncated at a character boundary to fit.
+pub fn set_nul_padded(field: &mut [u8], text: &str) {
+    let mut end = text.len().min(field.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    field.fill(0);
+    field[..end].copy_from_slice(&text.as_bytes()[..end]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,4 +644,63 @@ pub fn c_header() -> String {
     emit_struct::<vmbus::AzBlobVspResponse>(&mut out);
     out.push_str("#endif /* BLOBRING_H */\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqe_and_cqe_fields_round_trip() {
+        let f = SqeFields {
+            opcode: OP_BLOB,
+            timeout_ms: 7,
+            user_data: 9,
+            request: SqeBuffer { offset: 1, len: 2 },
+            response: SqeBuffer { offset: 3, len: 4 },
+            data: SqeBuffer { offset: 5, len: 6 },
+            data_valid: 6,
+        };
+        let sqe = Sqe::new(f);
+        assert_eq!(sqe.fields(), f);
+        assert!(sqe.reserved_is_zero());
+        assert_eq!(
+            (sqe.request_offset, sqe.response_len, sqe.data_valid),
+            (1, 4, 6)
+        );
+        for bad in [
+            Sqe { flags: 1, ..sqe },
+            Sqe {
+                reserved0: 1,
+                ..sqe
+            },
+            Sqe {
+                reserved1: 1,
+                ..sqe
+            },
+        ] {
+            assert!(!bad.reserved_is_zero());
+            assert_eq!(bad.fields(), f);
+        }
+        assert_eq!(Sqe::nop(3).fields().opcode, OP_NOP);
+        let c = CqeFields {
+            user_data: 1,
+            res: -4,
+            flags: CQE_F_BUFFERS_LENT,
+            vsp_status: 3,
+            response_len: 5,
+            data_len: 6,
+        };
+        assert_eq!(Cqe::new(c).fields(), c);
+        assert_eq!(
+            Cqe::bare(1, -4).fields(),
+            CqeFields {
+                flags: 0,
+                vsp_status: 0,
+                response_len: 0,
+                data_len: 0,
+                ..c
+            }
+        );
+    }
 }

@@ -37,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use blobring_abi::{Cqe, FromZeros, OP_BLOB, Sqe};
+use blobring_abi::{Cqe, FromZeros, OP_BLOB, Sqe, SqeBuffer, SqeFields};
 use blobring_shm::{Mapping, SharedMemory};
 use bytes::Bytes;
 
@@ -665,19 +665,24 @@ impl Inner {
             .data
             .as_ref()
             .map_or((0, 0), |d| (d.offset, d.len.min(u32::MAX as u64) as u32));
-        let sqe = Sqe {
+        let sqe = Sqe::new(SqeFields {
             opcode: OP_BLOB,
             timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
             user_data: ud,
-            request_offset: buf.offset,
-            request_len: r.head.len() as u32,
-            response_offset: buf.offset + rsp,
-            response_len: r.response_cap,
-            data_offset,
-            data_len,
+            request: SqeBuffer {
+                offset: buf.offset,
+                len: r.head.len() as u32,
+            },
+            response: SqeBuffer {
+                offset: buf.offset + rsp,
+                len: r.response_cap,
+            },
+            data: SqeBuffer {
+                offset: data_offset,
+                len: data_len,
+            },
             data_valid: r.data_valid.min(data_len),
-            ..Sqe::new_zeroed()
-        };
+        });
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState {
                 result: None,

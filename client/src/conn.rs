@@ -20,10 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blobring_abi::{
-    ABI_VERSION, CQE_F_BUFFERS_LENT, Cqe, FromBytes, FromZeros, HELLO_BAD_REQUEST,
-    HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC,
-    HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, HelloRequest, IntoBytes, RegionGeometry,
-    RegionHeader, Sqe,
+    ABI_VERSION, CQE_F_BUFFERS_LENT, Cqe, FromBytes, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED,
+    HELLO_NOT_PERMITTED, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE,
+    HELLO_VERSION_MISMATCH, HelloReply, HelloRequest, IntoBytes, RegionGeometry, RegionHeader, Sqe,
 };
 use blobring_ring::{
     ClientQueue, EventFd, FutexWord, Notifier, QueueLayout, Slept, WAIT_ANY_MAX, WaitOutcome,
@@ -151,11 +150,7 @@ pub(crate) enum Settled<'a, T> {
 
 /// The completion a request gets when the daemon is gone.
 fn reset_cqe(user_data: u64) -> Cqe {
-    Cqe {
-        user_data,
-        res: -errno::ECONNRESET,
-        ..Cqe::new_zeroed()
-    }
+    Cqe::bare(user_data, -errno::ECONNRESET)
 }
 
 /// A connection to `blobringd`: the client's region, its queue pairs, its arena and the
@@ -406,11 +401,7 @@ impl<T> Connection<T> {
             queues.push(Queue {
                 ring: ClientQueue::attach(map.clone(), &layout)?,
                 doorbell: EventFd::from_fd(efd),
-                futex: Arc::new(FutexWord::cq_tail(
-                    memfd.as_fd(),
-                    geometry.region_len,
-                    &layout,
-                )?),
+                futex: Arc::new(FutexWord::cq_tail(map.clone(), &layout)?),
                 owed: Owed::new(),
             });
         }

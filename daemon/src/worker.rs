@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use blobring_abi::vmbus::{AZ_BLOB_MAX_PAGES, AzBlobVspResponse, HV_PAGE_SIZE};
 use blobring_abi::{
-    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
-    Sqe, qc,
+    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, CqeFields, FromZeros, OP_BLOB, OP_NOP,
+    RegionGeometry, Sqe, SqeBuffer, SqeFields, qc,
 };
 use blobring_reactor::{Event, FutexWord, MemoryRegion, OpId, Reactor, RegionWord};
 use blobring_ring::{DaemonQueue, EventFd, QueueLayout, RingError, SleepCheck};
@@ -877,11 +877,7 @@ impl Worker {
             .map(|(key, _)| key)
             .collect();
         for key in waiting {
-            let cqe = Cqe {
-                user_data: self.reqs[key].sqe.user_data,
-                res: -errno::ECONNRESET,
-                ..Cqe::new_zeroed()
-            };
+            let cqe = Cqe::bare(self.reqs[key].sqe.user_data, -errno::ECONNRESET);
             self.finish(key, cqe);
         }
     }
@@ -960,14 +956,12 @@ impl Worker {
         for k in keys {
             let r = &self.reqs[k];
             let cqe = Cqe {
-                user_data: r.sqe.user_data,
-                res: -res,
                 flags: if matches!(r.state, ReqState::TimedOut { .. }) {
                     CQE_F_BUFFERS_RELEASED
                 } else {
                     0
                 },
-                ..Cqe::new_zeroed()
+                ..Cqe::bare(r.sqe.user_data, -res)
             };
             if res == errno::ENODEV {
                 self.stats.errors.no_device += 1;
@@ -1051,15 +1045,14 @@ impl Worker {
             if let Some(ch) = self.chans.get_mut(ck) {
                 ch.counters.bytes_in += bytes_in;
             }
-            let cqe = Cqe {
+            let cqe = Cqe::new(CqeFields {
                 user_data: r.sqe.user_data,
                 res: if timed_out { -errno::ETIMEDOUT } else { 0 },
                 flags: if timed_out { CQE_F_BUFFERS_RELEASED } else { 0 },
                 vsp_status: resp.error,
                 response_len: resp.response_len,
                 data_len: resp.length,
-                reserved: 0,
-            };
+            });
             self.finish(key, cqe);
         }
         self.scratch_done = done;
@@ -1203,11 +1196,7 @@ impl Worker {
             if c.cqes.is_empty() {
                 self.dirty_clients.push(k);
             }
-            c.cqes.push(Cqe {
-                user_data: sqe.user_data,
-                res,
-                ..Cqe::new_zeroed()
-            });
+            c.cqes.push(Cqe::bare(sqe.user_data, res));
             return;
         }
         let timeout = if sqe.timeout_ms == 0 {
@@ -1261,11 +1250,7 @@ impl Worker {
             if e == errno::E2BIG {
                 self.stats.errors.too_big += 1;
             }
-            let cqe = Cqe {
-                user_data: sqe.user_data,
-                res: -e,
-                ..Cqe::new_zeroed()
-            };
+            let cqe = Cqe::bare(sqe.user_data, -e);
             self.finish(key, cqe);
             return true;
         }
@@ -1366,11 +1351,7 @@ impl Worker {
             let client = r.client;
             match r.state {
                 ReqState::Waiting => {
-                    let cqe = Cqe {
-                        user_data: r.sqe.user_data,
-                        res: -errno::ETIMEDOUT,
-                        ..Cqe::new_zeroed()
-                    };
+                    let cqe = Cqe::bare(r.sqe.user_data, -errno::ETIMEDOUT);
                     if let Some(c) = self.clients.get_mut(client) {
                         c.counters.errors.timed_out += 1;
                     }
@@ -1379,10 +1360,8 @@ impl Worker {
                 ReqState::Sent { chan } => {
                     r.state = ReqState::TimedOut { chan };
                     let notice = Cqe {
-                        user_data: r.sqe.user_data,
-                        res: -errno::ETIMEDOUT,
                         flags: CQE_F_BUFFERS_LENT,
-                        ..Cqe::new_zeroed()
+                        ..Cqe::bare(r.sqe.user_data, -errno::ETIMEDOUT)
                     };
                     let c = &mut self.clients[client];
                     c.counters.errors.timed_out += 1;
@@ -1607,14 +1586,22 @@ pub fn encode_request(
     max_pages: Option<u32>,
 ) -> Result<(), i32> {
     let [pd, pq, pr, scratch] = pfns;
+    let SqeFields {
+        timeout_ms,
+        request,
+        response,
+        data,
+        data_valid,
+        ..
+    } = sqe.fields();
     let translated = (|| {
-        let d = if sqe.data_len > 0 {
-            Some(translator.buffer_pfns(sqe.data_offset, sqe.data_len, pd)?)
+        let d = if data.len > 0 {
+            Some(translator.buffer_pfns(data.offset, data.len, pd)?)
         } else {
             None
         };
-        let q = translator.buffer_pfns(sqe.request_offset, sqe.request_len, pq)?;
-        let r = translator.buffer_pfns(sqe.response_offset, sqe.response_len, pr)?;
+        let q = translator.buffer_pfns(request.offset, request.len, pq)?;
+        let r = translator.buffer_pfns(response.offset, response.len, pr)?;
         Ok::<_, blobring_vmbus::guest_phys::OutOfRegion>((d, q, r))
     })();
     let Ok((d, q, rs)) = translated else {
@@ -1626,22 +1613,22 @@ pub fn encode_request(
         return Err(errno::E2BIG);
     }
     let desc = BlobRequestDesc {
-        timeout_ms: sqe.timeout_ms,
+        timeout_ms,
         transaction_guid: *guid,
         data: d.map(|offset| BufferPages {
             offset,
-            len: sqe.data_len,
+            len: data.len,
             pfns: pd,
         }),
-        data_valid: sqe.data_valid,
+        data_valid,
         request: BufferPages {
             offset: q,
-            len: sqe.request_len,
+            len: request.len,
             pfns: pq,
         },
         response: BufferPages {
             offset: rs,
-            len: sqe.response_len,
+            len: response.len,
             pfns: pr,
         },
     };
@@ -1654,17 +1641,28 @@ pub fn encode_request(
 /// [`AZ_BLOB_MAX_PAGES`] pages in the packet. [`OP_NOP`] uses no buffer, so only its reserved
 /// fields are checked.
 pub fn validate_sqe(sqe: &Sqe, g: &RegionGeometry, gpa_base: u64) -> bool {
-    let reserved_ok = sqe.flags == 0 && sqe.reserved0 == 0 && sqe.reserved1 == 0;
-    reserved_ok
-        && match sqe.opcode {
+    // Every field is named: a field added to the SQE fails to compile here until its check
+    // is written (`timeout_ms` and `user_data` take any value).
+    let SqeFields {
+        opcode,
+        timeout_ms: _,
+        user_data: _,
+        request,
+        response,
+        data,
+        data_valid,
+    } = sqe.fields();
+    let in_arena = |b: SqeBuffer| g.in_arena(b.offset, b.len.into());
+    sqe.reserved_is_zero()
+        && match opcode {
             OP_NOP => true,
             OP_BLOB => {
-                sqe.request_len > 0
-                    && sqe.response_len > 0
-                    && sqe.data_valid <= sqe.data_len
-                    && g.in_arena(sqe.request_offset, sqe.request_len.into())
-                    && g.in_arena(sqe.response_offset, sqe.response_len.into())
-                    && (sqe.data_len == 0 || g.in_arena(sqe.data_offset, sqe.data_len.into()))
+                request.len > 0
+                    && response.len > 0
+                    && data_valid <= data.len
+                    && in_arena(request)
+                    && in_arena(response)
+                    && (data.len == 0 || in_arena(data))
                     && pages(gpa_base, sqe) <= u64::from(AZ_BLOB_MAX_PAGES)
             }
             _ => false,
@@ -1673,16 +1671,15 @@ pub fn validate_sqe(sqe: &Sqe, g: &RegionGeometry, gpa_base: u64) -> bool {
 
 /// Pages the packet of `sqe` would carry.
 fn pages(base: u64, sqe: &Sqe) -> u64 {
-    let n = |off: u64, len: u32| -> u64 {
-        if len == 0 {
+    let n = |b: SqeBuffer| -> u64 {
+        if b.len == 0 {
             return 0;
         }
-        let gpa = base + off;
-        (gpa % HV_PAGE_SIZE + u64::from(len)).div_ceil(HV_PAGE_SIZE)
+        let gpa = base + b.offset;
+        (gpa % HV_PAGE_SIZE + u64::from(b.len)).div_ceil(HV_PAGE_SIZE)
     };
-    n(sqe.data_offset, sqe.data_len)
-        + n(sqe.request_offset, sqe.request_len)
-        + n(sqe.response_offset, sqe.response_len)
+    let f = sqe.fields();
+    n(f.data) + n(f.request) + n(f.response)
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
 //! Where one queue pair lives in a shared memory.
 
-use blobring_abi::{
-    Cqe, FromBytes, Immutable, IntoBytes, QUEUE_CONTROL_LEN, RegionGeometry, Sqe, qc,
-};
+use blobring_abi::{Cqe, IntoBytes, QUEUE_CONTROL_LEN, RegionGeometry, Sqe, qc};
 use blobring_shm::SharedMemory;
 use std::sync::atomic::Ordering;
 
 use crate::RingError;
+use crate::half::Entry;
 
 /// Byte offsets and sizes of one SQ/CQ pair: a [`blobring_abi::QueueControl`] block, an SQE
 /// array and a CQE array.
@@ -145,60 +144,50 @@ impl QueueLayout {
         Ok(())
     }
 
-    /// Offset of the SQE for free-running index `i`.
+    /// Offset of the entry of `E`'s queue for free-running index `i`.
     #[inline]
-    pub(crate) fn sqe_at(&self, i: u32) -> u64 {
-        self.sqes + u64::from(i & (self.sq_entries - 1)) * SQE
+    pub(crate) fn slot_at<E: Entry>(&self, i: u32) -> u64 {
+        E::array(self) + u64::from(i & (E::entries(self) - 1)) * size_of::<E>() as u64
     }
 
-    /// Offset of the CQE for free-running index `i`.
-    #[inline]
-    pub(crate) fn cqe_at(&self, i: u32) -> u64 {
-        self.cqes + u64::from(i & (self.cq_entries - 1)) * CQE
-    }
-
-    /// Copies `src` into the SQE slots from free-running index `i` on.
-    pub(crate) fn write_sqes<M: SharedMemory + ?Sized>(
+    /// Copies `src` into the slots of `E`'s queue from free-running index `i` on: the entries
+    /// up to the end of the array, then the rest from its start. At most two copies per batch,
+    /// never a reference into shared memory.
+    pub(crate) fn write_entries<M: SharedMemory + ?Sized, E: Entry>(
         &self,
         mem: &M,
         i: u32,
-        src: &[Sqe],
+        src: &[E],
     ) -> Result<(), RingError> {
-        let first = until_wrap(self.sq_entries, i, src.len());
-        write_slots(mem, self.sqe_at(i), self.sqes, first, src)
+        let (a, b) = src.split_at(self.until_wrap::<E>(i, src.len()));
+        mem.write(self.slot_at::<E>(i), a.as_bytes())?;
+        if !b.is_empty() {
+            mem.write(E::array(self), b.as_bytes())?;
+        }
+        Ok(())
     }
 
-    /// Copies the SQEs from free-running index `i` on into `dst` (private memory).
-    pub(crate) fn read_sqes<M: SharedMemory + ?Sized>(
+    /// The copy out of the slots of `E`'s queue into `dst` (private memory), split like
+    /// [`QueueLayout::write_entries`].
+    pub(crate) fn read_entries<M: SharedMemory + ?Sized, E: Entry>(
         &self,
         mem: &M,
         i: u32,
-        dst: &mut [Sqe],
+        dst: &mut [E],
     ) -> Result<(), RingError> {
-        let first = until_wrap(self.sq_entries, i, dst.len());
-        read_slots(mem, self.sqe_at(i), self.sqes, first, dst)
+        let (a, b) = dst.split_at_mut(self.until_wrap::<E>(i, dst.len()));
+        mem.read(self.slot_at::<E>(i), a.as_mut_bytes())?;
+        if !b.is_empty() {
+            mem.read(E::array(self), b.as_mut_bytes())?;
+        }
+        Ok(())
     }
 
-    /// Copies `src` into the CQE slots from free-running index `i` on.
-    pub(crate) fn write_cqes<M: SharedMemory + ?Sized>(
-        &self,
-        mem: &M,
-        i: u32,
-        src: &[Cqe],
-    ) -> Result<(), RingError> {
-        let first = until_wrap(self.cq_entries, i, src.len());
-        write_slots(mem, self.cqe_at(i), self.cqes, first, src)
-    }
-
-    /// Copies the CQEs from free-running index `i` on into `dst` (private memory).
-    pub(crate) fn read_cqes<M: SharedMemory + ?Sized>(
-        &self,
-        mem: &M,
-        i: u32,
-        dst: &mut [Cqe],
-    ) -> Result<(), RingError> {
-        let first = until_wrap(self.cq_entries, i, dst.len());
-        read_slots(mem, self.cqe_at(i), self.cqes, first, dst)
+    /// Of `n` entries starting at free-running index `i`, how many fit before the array of
+    /// `E`'s queue wraps.
+    fn until_wrap<E: Entry>(&self, i: u32, n: usize) -> usize {
+        let entries = E::entries(self);
+        n.min((entries - (i & (entries - 1))) as usize)
     }
 
     /// Offset of a `QueueControl` field (`blobring_abi::qc::*`).
@@ -206,45 +195,6 @@ impl QueueLayout {
     pub(crate) fn field(&self, off: u64) -> u64 {
         self.control + off
     }
-}
-
-/// Of `n` entries starting at free-running index `i` of a ring of `entries` slots, how many fit
-/// before the array wraps.
-fn until_wrap(entries: u32, i: u32, n: usize) -> usize {
-    n.min((entries - (i & (entries - 1))) as usize)
-}
-
-/// Copies `src` into a slot array: the first `first` entries at offset `at`, the rest from the
-/// array's start `base`. At most two copies per batch, never a reference into shared memory.
-fn write_slots<M: SharedMemory + ?Sized, E: IntoBytes + Immutable>(
-    mem: &M,
-    at: u64,
-    base: u64,
-    first: usize,
-    src: &[E],
-) -> Result<(), RingError> {
-    let (a, b) = src.split_at(first);
-    mem.write(at, a.as_bytes())?;
-    if !b.is_empty() {
-        mem.write(base, b.as_bytes())?;
-    }
-    Ok(())
-}
-
-/// The copy out of a slot array into private memory, split like [`write_slots`].
-fn read_slots<M: SharedMemory + ?Sized, E: FromBytes + IntoBytes>(
-    mem: &M,
-    at: u64,
-    base: u64,
-    first: usize,
-    dst: &mut [E],
-) -> Result<(), RingError> {
-    let (a, b) = dst.split_at_mut(first);
-    mem.read(at, a.as_mut_bytes())?;
-    if !b.is_empty() {
-        mem.read(base, b.as_mut_bytes())?;
-    }
-    Ok(())
 }
 
 fn range(start: u64, len: u64) -> Result<(u64, u64), RingError> {
@@ -277,8 +227,8 @@ mod tests {
         assert!(QueueLayout::new(u64::MAX - 127, 0, 0, 1, 1).is_err());
         let l = QueueLayout::contiguous(128, 4, 8).unwrap();
         assert_eq!(l.end(), 128 + 256 + 4 * 64 + 8 * 32);
-        assert_eq!(l.sqe_at(5), l.sqes + 64);
-        assert_eq!(l.cqe_at(u32::MAX), l.cqes + 7 * 32);
+        assert_eq!(l.slot_at::<Sqe>(5), l.sqes + 64);
+        assert_eq!(l.slot_at::<Cqe>(u32::MAX), l.cqes + 7 * 32);
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! **Owns:** the SQ/CQ protocol of one queue pair in a client region
 //! ([`blobring_abi::QueueControl`], SQE and CQE arrays; ARCHITECTURE.md §4, rings.md §1–2):
 //! the four halves [`SqProducer`] (client), [`SqConsumer`] (daemon), [`CqProducer`] (daemon)
-//! and [`CqConsumer`] (client); the per-side pairs [`ClientQueue`] and [`DaemonQueue`] (which
+//! and [`CqConsumer`] (client) — one generic producer and one generic consumer (module
+//! `half`), instantiated for [`blobring_abi::Sqe`] and [`blobring_abi::Cqe`], whose entry type
+//! names its control words; the per-side pairs [`ClientQueue`] and [`DaemonQueue`] (which
 //! adds credits); the need-wakeup handshake; and the ways to act on it ([`EventFd`],
-//! [`FutexWord`], behind the [`Sleeper`] / [`Notifier`] traits).
+//! [`FutexWord`] — the `cq_tail` word addressed inside the region mapping the queues already
+//! use — behind the [`Sleeper`] / [`Notifier`] traits).
 //!
 //! **Trusts:** the daemon side trusts nothing the client writes: every index loaded from
 //! shared memory is validated against the daemon's private state before use, and a bad one is
@@ -49,11 +52,12 @@
 //! ([`Notifier`], [`Sleeper`]), because the daemon will act through io_uring (`PollAdd` on the
 //! eventfd, `FutexWake`) rather than these blocking helpers.
 //!
-//! Dependencies: `rustix` for eventfd, poll, futex and mmap (no libc glue needed); `thiserror`
+//! Dependencies: `rustix` for eventfd, poll and futex (no libc glue needed); `thiserror`
 //! for the error enum (project standard).
 
 mod cq;
 mod error;
+mod half;
 mod layout;
 mod queue;
 mod sq;

@@ -7,8 +7,8 @@ use blobring_abi::{Cqe, Sqe};
 use blobring_shm::SharedMemory;
 
 use crate::{
-    CqConsumer, CqProducer, Published, QueueLayout, RingError, Sleeper, Slept, SqConsumer,
-    SqProducer, WaitOutcome,
+    CqConsumer, CqProducer, Published, QueueLayout, RingError, Sleeper, SqConsumer, SqProducer,
+    WaitOutcome,
 };
 
 /// The client's side of a queue pair: an [`SqProducer`] and a [`CqConsumer`].
@@ -182,10 +182,7 @@ impl<M: Deref<Target: SharedMemory> + Clone> DaemonQueue<M> {
         }
         let slept = sleeper.sleep(self.sq.cached_tail(), timeout);
         self.finish_sleep()?;
-        Ok(match slept? {
-            Slept::Woken => WaitOutcome::Woken,
-            Slept::TimedOut => WaitOutcome::TimedOut,
-        })
+        Ok(slept?.into())
     }
 
     /// The submission half (e.g. to publish `sq_rejected`).

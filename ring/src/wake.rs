@@ -7,15 +7,16 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
-use rustix::fs::SealFlags;
 use rustix::io::{Errno, ReadWriteFlags};
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
 use rustix::time::Timespec;
+
+use blobring_shm::Mapping;
 
 use crate::{QueueLayout, RingError};
 
@@ -37,6 +38,15 @@ pub enum WaitOutcome {
     Woken,
     /// Slept until the timeout.
     TimedOut,
+}
+
+impl From<Slept> for WaitOutcome {
+    fn from(s: Slept) -> Self {
+        match s {
+            Slept::Woken => Self::Woken,
+            Slept::TimedOut => Self::TimedOut,
+        }
+    }
 }
 
 /// Something that blocks until a peer signals it.
@@ -150,85 +160,45 @@ impl Sleeper for EventFd {
     }
 }
 
-/// A u32 in a shared memfd used as a futex: the client's `cq_tail` wait/wake word.
+/// A u32 in a shared memfd mapping used as a futex: the client's `cq_tail` wait/wake word.
 ///
 /// Shared futexes are keyed by (file, page, offset), so this word is woken by a
 /// `futex_wake` on the same memfd word through *any* mapping, in any process — including the
-/// daemon's io_uring `FutexWake`. The word is never dereferenced in user space here: it is
-/// only passed to the kernel, which reads it with `get_user` (a peer cannot crash us through
-/// it). It needs its own mapping because [`blobring_shm::SharedMemory`] does not expose
-/// addresses.
+/// daemon's io_uring `FutexWake`. The word addresses the mapping the queue pair is already
+/// accessed through (kept alive by the `Arc`), not a second mapping of the region. It is never
+/// dereferenced as plain memory: it is only passed to the kernel, which reads it with
+/// `get_user` (a peer cannot crash us through it).
 #[derive(Debug)]
 pub struct FutexWord {
-    base: NonNull<u8>,
-    map_len: usize,
+    /// Keeps the mapping `word` points into alive.
+    _map: Arc<Mapping>,
     word: NonNull<AtomicU32>,
 }
 
-// SAFETY: the mapping is process-wide shared memory, and the word is only used through atomic
-// futex system calls, which are safe from any thread.
+// SAFETY: the mapping is process-wide shared memory (and `Mapping` itself is Send + Sync), and
+// the word is only used through atomic futex system calls, which are safe from any thread.
 unsafe impl Send for FutexWord {}
 // SAFETY: as for Send.
 unsafe impl Sync for FutexWord {}
 
 impl FutexWord {
-    /// Maps `fd` (a memfd sealed against shrinking, at least `region_len` bytes) and addresses
-    /// the 4-byte aligned word at `offset`.
-    pub fn map(fd: BorrowedFd<'_>, region_len: u64, offset: u64) -> Result<Self, RingError> {
-        if !offset.is_multiple_of(4)
-            || offset.checked_add(4).is_none_or(|end| end > region_len)
-            || region_len > isize::MAX as u64
-        {
-            return Err(RingError::Layout(
-                "futex word outside the region or misaligned",
-            ));
+    /// Addresses the 4-byte aligned word at `offset` of `map` (a mapping made by
+    /// [`Mapping::map_peer`] or [`blobring_shm::Region`], so the memfd cannot shrink under it).
+    pub fn at(map: Arc<Mapping>, offset: u64) -> Result<Self, RingError> {
+        let outside = || RingError::Layout("futex word outside the region or misaligned");
+        if !offset.is_multiple_of(4) {
+            return Err(outside());
         }
-        let seals = rustix::fs::fcntl_get_seals(fd).map_err(wake_err("F_GET_SEALS"))?;
-        if !seals.contains(SealFlags::SHRINK) {
-            return Err(RingError::Layout(
-                "futex memfd is not sealed against shrinking",
-            ));
-        }
-        let size = rustix::fs::fstat(fd).map_err(wake_err("fstat"))?.st_size as u64;
-        if size < region_len {
-            return Err(RingError::Layout("futex memfd is smaller than the region"));
-        }
-        let map_len = region_len as usize;
-        // SAFETY: a fresh shared mapping at a kernel-chosen address (no MAP_FIXED), so it
-        // aliases no Rust object; the memfd is at least `map_len` bytes and cannot shrink
-        // (sealed, checked above). It is unmapped only in Drop.
-        let base = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .map_err(wake_err("mmap"))?;
-        let base = NonNull::new(base.cast::<u8>()).ok_or(RingError::Wake {
-            op: "mmap",
-            errno: Errno::FAULT,
-        })?;
-        // SAFETY: `offset + 4 <= map_len` (checked), so the pointer stays inside the mapping;
-        // the mapping is page aligned and `offset` 4-aligned, so it is aligned for AtomicU32.
-        let word = unsafe { base.add(offset as usize) }.cast::<AtomicU32>();
-        Ok(Self {
-            base,
-            map_len,
-            word,
-        })
+        let ptr = map.raw_addr(offset, 4).map_err(|_| outside())?;
+        // The mapping is page aligned and `offset` 4-aligned, so the word is aligned for
+        // AtomicU32; `raw_addr` checked that it lies inside the mapping.
+        let word = NonNull::new(ptr.cast::<AtomicU32>()).ok_or_else(outside)?;
+        Ok(Self { _map: map, word })
     }
 
-    /// The `cq_tail` futex word of a queue pair in a region memfd.
-    pub fn cq_tail(
-        fd: BorrowedFd<'_>,
-        region_len: u64,
-        layout: &QueueLayout,
-    ) -> Result<Self, RingError> {
-        Self::map(fd, region_len, layout.field(blobring_abi::qc::CQ_TAIL))
+    /// The `cq_tail` futex word of a queue pair in a region mapping.
+    pub fn cq_tail(map: Arc<Mapping>, layout: &QueueLayout) -> Result<Self, RingError> {
+        Self::at(map, layout.field(blobring_abi::qc::CQ_TAIL))
     }
 
     /// The word's address in this process, for kernel interfaces that take one (io_uring
@@ -238,17 +208,9 @@ impl FutexWord {
     }
 
     fn atomic(&self) -> &AtomicU32 {
-        // SAFETY: `word` points into our live mapping (unmapped only in Drop, after every
-        // borrow of self ended), aligned; AtomicU32 tolerates concurrent writes by the peer.
+        // SAFETY: `word` points into `self._map`, which stays mapped while `self` holds the
+        // Arc, and is aligned; AtomicU32 tolerates concurrent writes by the peer.
         unsafe { self.word.as_ref() }
-    }
-}
-
-impl Drop for FutexWord {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`map_len` describe the mapping made in `map`; no reference into it
-        // outlives `self`.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.map_len) };
     }
 }
 

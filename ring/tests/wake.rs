@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use blobring_abi::qc;
 use blobring_ring::{EventFd, FutexWord, Notifier, QueueLayout, Sleeper, Slept};
-use blobring_shm::{Region, SharedMemory};
+use blobring_shm::{Mapping, Region, SharedMemory};
 
 #[test]
 fn eventfd_remembers_an_early_signal_and_times_out() {
@@ -31,7 +31,8 @@ fn futex_on_a_memfd_word() {
     let layout = QueueLayout::contiguous(4096, 8, 16).unwrap();
     let region = Arc::new(Region::create("ring-futex-test", 16384).unwrap());
     let word = layout.control + qc::CQ_TAIL;
-    let f = Arc::new(FutexWord::cq_tail(region.fd(), region.len(), &layout).unwrap());
+    let map = Arc::new(Mapping::map_peer(region.fd(), region.len()).unwrap());
+    let f = Arc::new(FutexWord::cq_tail(map.clone(), &layout).unwrap());
     region.store_u32(word, 3, Release).unwrap();
     // Value differs from `seen`: returns at once.
     assert_eq!(
@@ -58,9 +59,9 @@ fn futex_on_a_memfd_word() {
     assert!(start.elapsed() < Duration::from_secs(5));
     t.join().unwrap();
     // Bad offsets are refused.
-    assert!(FutexWord::map(region.fd(), region.len(), 2).is_err());
-    assert!(FutexWord::map(region.fd(), region.len(), region.len()).is_err());
-    assert!(FutexWord::map(region.fd(), region.len() + 4096, 0).is_err());
+    assert!(FutexWord::at(map.clone(), 2).is_err());
+    assert!(FutexWord::at(map.clone(), region.len()).is_err());
+    assert!(FutexWord::at(map, u64::MAX - 3).is_err());
 }
 
 /// The client's blocking wait end to end on real kernel objects in one process: it times out
@@ -76,7 +77,8 @@ fn client_wait_times_out_then_is_woken() {
     let region = Arc::new(Region::create("ring-wait-test", g.region_len).unwrap());
     let layout = QueueLayout::from_geometry(&g, 0).unwrap();
     layout.initialize(&*region, u32::MAX).unwrap();
-    let futex = Arc::new(FutexWord::cq_tail(region.fd(), region.len(), &layout).unwrap());
+    let map = Arc::new(Mapping::map_peer(region.fd(), region.len()).unwrap());
+    let futex = Arc::new(FutexWord::cq_tail(map, &layout).unwrap());
     let mut client = ClientQueue::attach(&*region, &layout).unwrap();
 
     let t = Instant::now();
@@ -137,8 +139,9 @@ fn client_wait_times_out_then_is_woken() {
 fn wait_any_over_two_futex_words() {
     use blobring_ring::{WAIT_ANY_MAX, wait_any};
     let region = Arc::new(Region::create("ring-waitv-test", 16384).unwrap());
-    let a = Arc::new(FutexWord::map(region.fd(), region.len(), 64).unwrap());
-    let b = Arc::new(FutexWord::map(region.fd(), region.len(), 128).unwrap());
+    let map = Arc::new(Mapping::map_peer(region.fd(), region.len()).unwrap());
+    let a = Arc::new(FutexWord::at(map.clone(), 64).unwrap());
+    let b = Arc::new(FutexWord::at(map, 128).unwrap());
     region.store_u32(64, 1, Release).unwrap();
     region.store_u32(128, 7, Release).unwrap();
     let t = Some(Duration::from_secs(5));

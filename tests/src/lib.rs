@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blobring::{Connection, Cqe, OP_BLOB, OP_NOP, Sqe};
-use blobring_abi::FromZeros;
+use blobring::{Connection, Cqe, OP_BLOB, Sqe};
 use blobring_abi::vmbus::AzBlobVspResponse;
+use blobring_abi::{FromZeros, SqeBuffer, SqeFields};
 use blobring_ctl::stack::{self, StackBuilder};
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
 use blobring_vmbus::channel::Channel;
@@ -181,11 +181,7 @@ pub fn reap_n(conn: &mut Connection, q: u32, n: usize, limit: Duration) -> Vec<C
 
 /// A NOP SQE.
 pub fn nop(user_data: u64) -> Sqe {
-    Sqe {
-        opcode: OP_NOP,
-        user_data,
-        ..Sqe::new_zeroed()
-    }
+    Sqe::nop(user_data)
 }
 
 /// A blob SQE with a fresh request buffer holding `head`, a 256-byte response buffer and (if
@@ -201,17 +197,24 @@ pub fn blob_sqe(conn: &mut Connection, user_data: u64, head: &[u8], data_len: u3
     } else {
         0
     };
-    Sqe {
+    Sqe::new(SqeFields {
         opcode: OP_BLOB,
+        timeout_ms: 0,
         user_data,
-        request_offset: rq.offset,
-        request_len: head.len() as u32,
-        response_offset: rs.offset,
-        response_len: 256,
-        data_offset: data,
-        data_len,
-        ..Sqe::new_zeroed()
-    }
+        request: SqeBuffer {
+            offset: rq.offset,
+            len: head.len() as u32,
+        },
+        response: SqeBuffer {
+            offset: rs.offset,
+            len: 256,
+        },
+        data: SqeBuffer {
+            offset: data,
+            len: data_len,
+        },
+        data_valid: 0,
+    })
 }
 
 /// Control of a [`TestHost`].

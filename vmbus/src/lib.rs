@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Hyper-V VMBus for blobring: rings, packets, the Azure Blob VSP messages, channels and the
 //! simulated transport.
 //!
@@ -26,7 +27,9 @@
 //! `uio::fake`, a test fixture standing in for the kernel's uio device (a fake sysfs tree,
 //! memfds for the `/dev/uioN` maps and subchannel `ring` files, a fake uio fd implementing the
 //! [`uio::DeviceOpener`] / [`uio::UioEvents`] seams, and a fixture host answering blob
-//! packets), shared by this crate's tests and the daemon's.
+//! packets), shared by this crate's tests and the daemon's; and `sim::driver`, a small guest
+//! Azure Blob driver over the `sim` bus for the host's tests and benchmarks. The shipped
+//! binaries use only [`sim::guest`] (blobringd) and [`sim::host`] (blobring-host).
 //!
 //! **Trusts:** as the guest, the host for liveness only — every ring index, descriptor and bus
 //! message it writes is still validated, and a broken one is an error
@@ -45,11 +48,10 @@
 //!   [`ring::IncomingRing::commit_read`] (Hyper-V throttles spurious interrupts).
 //! - Transaction ids of requests are never 0.
 //!
-//! The crate contains a single `unsafe` block (taking ownership of fds received with
-//! `SCM_RIGHTS`); everything else goes through safe APIs. `nix` is used for
-//! `sendmsg`/`recvmsg` with `SCM_RIGHTS` (typed control messages), `rustix` for the other
-//! system calls, `zerocopy` for every wire layout (defined in `blobring_abi::vmbus`), `uuid`
-//! for the GUIDs of the offer.
+//! The `forbid` above holds for the whole crate: shared memory goes through `blobring_shm`,
+//! fds received with `SCM_RIGHTS` arrive as `OwnedFd` from `rustix::net::recvmsg`. `rustix`
+//! makes the system calls, `zerocopy` reads and writes every wire layout (defined in
+//! `blobring_abi::vmbus`), `uuid` holds the GUIDs of the offer.
 
 pub mod blob;
 pub mod channel;

@@ -3,7 +3,7 @@
 //! in-band packets both ways with eventfd signalling → a GPA outside registered memory is
 //! refused → rescind observed by the guest. Plus: the host survives garbage on the bus.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -345,16 +345,17 @@ fn offer_open_register_exchange_rescind() {
 }
 
 fn raw_send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(
-        sock.as_raw_fd(),
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(cmsg.push(SendAncillaryMessage::ScmRights(fds)));
+    }
+    rustix::net::sendmsg(
+        sock,
         &[std::io::IoSlice::new(bytes)],
-        cmsgs,
-        MsgFlags::empty(),
-        None,
+        &mut cmsg,
+        SendFlags::empty(),
     )
     .unwrap();
 }
@@ -461,60 +462,33 @@ fn host_survives_garbage() {
     assert_eq!((h.msg_type, h.seq), (BUS_MSG_OFFER, 8));
     raw_send(g, &message(BUS_MSG_RESCIND, 9, &[0; 8]), &[]);
     expect_error(BUS_ERR_UNEXPECTED, 9);
-    // Register memory: no fd, a non-memfd, an unsealed memfd, misaligned.
-    let reg = BusRegisterMemory {
-        region_id: 1,
-        gpa_base: 0,
-        len: 4096,
+    // Register memory: no fd, a non-memfd, an unsealed memfd, misaligned, too large.
+    let register = |seq: u32, gpa_base: u64, len: u64, fds: &[BorrowedFd<'_>]| {
+        let reg = BusRegisterMemory {
+            region_id: 1,
+            gpa_base,
+            len,
+        };
+        raw_send(
+            g,
+            &message(BUS_MSG_REGISTER_MEMORY, seq, reg.as_bytes()),
+            fds,
+        );
     };
-    raw_send(
-        g,
-        &message(BUS_MSG_REGISTER_MEMORY, 10, reg.as_bytes()),
-        &[],
-    );
+    register(10, 0, 4096, &[]);
     expect_error(BUS_ERR_MALFORMED, 10);
-    raw_send(
-        g,
-        &message(BUS_MSG_REGISTER_MEMORY, 11, reg.as_bytes()),
-        &[efd.as_fd()],
-    );
+    register(11, 0, 4096, &[efd.as_fd()]);
     expect_error(BUS_ERR_BAD_REGION, 11);
     let unsealed = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&unsealed, 4096).unwrap();
-    raw_send(
-        g,
-        &message(BUS_MSG_REGISTER_MEMORY, 12, reg.as_bytes()),
-        &[unsealed.as_fd()],
-    );
+    register(12, 0, 4096, &[unsealed.as_fd()]);
     expect_error(BUS_ERR_BAD_REGION, 12);
     let region = Region::create("ok", 8192).unwrap();
-    let bad = BusRegisterMemory {
-        region_id: 1,
-        gpa_base: 100,
-        len: 4096,
-    };
-    raw_send(
-        g,
-        &message(BUS_MSG_REGISTER_MEMORY, 13, bad.as_bytes()),
-        &[region.fd()],
-    );
+    register(13, 100, 4096, &[region.fd()]);
     expect_error(BUS_ERR_BAD_REGION, 13);
-    let big = BusRegisterMemory {
-        region_id: 1,
-        gpa_base: 0,
-        len: 1 << 30,
-    };
-    raw_send(
-        g,
-        &message(BUS_MSG_REGISTER_MEMORY, 14, big.as_bytes()),
-        &[region.fd()],
-    );
+    register(14, 0, 1 << 30, &[region.fd()]);
     expect_error(BUS_ERR_BAD_REGION, 14);
-    raw_send(
-        g,
-        &message(BUS_MSG_REGISTER_MEMORY, 15, reg.as_bytes()),
-        &[region.fd()],
-    );
+    register(15, 0, 4096, &[region.fd()]);
     let (h, _) = raw_reply(g);
     assert_eq!((h.msg_type, h.seq), (BUS_MSG_MEMORY_REGISTERED, 15));
     // The session still works: a guest client can use a fresh HELLO on it.

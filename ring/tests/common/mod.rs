@@ -8,6 +8,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blobring_abi::{Cqe, FromZeros, RegionGeometry, Sqe};
@@ -187,8 +188,9 @@ impl DaemonEnd {
             .initialize(&region, params.start)
             .map_err(|e| e.to_string())?;
         let doorbell = EventFd::new().map_err(|e| e.to_string())?;
-        let futex =
-            FutexWord::cq_tail(region.fd(), region.len(), &layout).map_err(|e| e.to_string())?;
+        // The daemon wakes the word through a mapping of its own, as the real daemon does.
+        let own = Mapping::map_peer(region.fd(), region.len()).map_err(|e| e.to_string())?;
+        let futex = FutexWord::cq_tail(Arc::new(own), &layout).map_err(|e| e.to_string())?;
         Ok(Self {
             region,
             layout,
@@ -224,7 +226,7 @@ impl DaemonEnd {
 
 /// The client's end: the peer-mapped region, the doorbell and the futex word.
 pub struct ClientEnd {
-    pub mapping: Mapping,
+    pub mapping: Arc<Mapping>,
     pub layout: QueueLayout,
     pub doorbell: EventFd,
     pub futex: FutexWord,
@@ -251,8 +253,9 @@ impl ClientEnd {
             return Err("region length mismatch".into());
         }
         let mapping = Mapping::map_peer(memfd.as_fd(), w[0]).map_err(|e| e.to_string())?;
+        let mapping = Arc::new(mapping);
         let layout = QueueLayout::from_geometry(&g, 0).map_err(|e| e.to_string())?;
-        let futex = FutexWord::cq_tail(memfd.as_fd(), w[0], &layout).map_err(|e| e.to_string())?;
+        let futex = FutexWord::cq_tail(mapping.clone(), &layout).map_err(|e| e.to_string())?;
         Ok(Self {
             mapping,
             layout,
@@ -263,7 +266,7 @@ impl ClientEnd {
     }
 
     pub fn queue(&self) -> ClientQueue<&Mapping> {
-        ClientQueue::attach(&self.mapping, &self.layout).expect("fits")
+        ClientQueue::attach(&*self.mapping, &self.layout).expect("fits")
     }
 }
 

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use blobring_abi::vmbus::*;
 use blobring_shm::{Mapping, SharedMemory};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use uuid::Uuid;
 use zerocopy::IntoBytes;
 
 use super::proto::{self, Message, Received};
-use super::{BusError, Side, SimChannel, check_ring_size, io_err, wait_readable};
+use super::{BusError, Side, SimChannel, check_ring_size, io_err, seqpacket_socket, wait_readable};
 
 /// Default time to wait for a host reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,14 +63,7 @@ impl AsFd for BusClient {
 impl BusClient {
     /// Connects to the host socket at `path` and performs `HELLO` → `OFFER`.
     pub fn connect(path: &Path) -> Result<Self, BusError> {
-        let sock = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_err("socket"))?;
-        let addr = SocketAddrUnix::new(path).map_err(io_err("socket path"))?;
+        let (sock, addr) = seqpacket_socket(path)?;
         rustix::net::connect(&sock, &addr).map_err(io_err("connect"))?;
         Self::from_socket(sock)
     }

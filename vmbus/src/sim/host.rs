@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use blobring_abi::vmbus::*;
 use blobring_shm::{Mapping, Region, SharedMemory, Window};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use uuid::Uuid;
 use zerocopy::IntoBytes;
 
 use super::proto::{self, Message, Received};
-use super::{BusError, Side, SimChannel, check_ring_size, io_err, new_eventfd};
+use super::{BusError, Side, SimChannel, check_ring_size, io_err, new_eventfd, seqpacket_socket};
 use crate::guest_memory::GuestMemory;
 use crate::ring::init_ring;
 
@@ -76,14 +75,7 @@ impl BusListener {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let sock = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_err("socket"))?;
-        let addr = SocketAddrUnix::new(path).map_err(io_err("socket path"))?;
+        let (sock, addr) = seqpacket_socket(path)?;
         rustix::net::bind(&sock, &addr).map_err(io_err("bind"))?;
         rustix::net::listen(&sock, 16).map_err(io_err("listen"))?;
         Ok(Self {
@@ -94,7 +86,8 @@ impl BusListener {
 
     /// Waits for a guest and returns its connection.
     pub fn accept(&self) -> Result<OwnedFd, BusError> {
-        rustix::net::accept_with(&self.sock, SocketFlags::CLOEXEC).map_err(io_err("accept"))
+        rustix::net::accept_with(&self.sock, rustix::net::SocketFlags::CLOEXEC)
+            .map_err(io_err("accept"))
     }
 
     /// The socket path.
@@ -363,46 +356,7 @@ impl HostSession {
                 self.reply(seq, BUS_MSG_SUBCHANNELS_OFFERED, body.as_bytes(), &[])?;
                 Ok(HostEvent::SubchannelsOffered(granted))
             }
-            Message::RegisterMemory(r, fd) => {
-                let bad = |e: String| refuse(BUS_ERR_BAD_REGION, e);
-                if r.len == 0
-                    || !r.len.is_multiple_of(HV_PAGE_SIZE)
-                    || !r.gpa_base.is_multiple_of(HV_PAGE_SIZE)
-                {
-                    return Err(bad(format!(
-                        "region {}: base {:#x} and length {:#x} must be non-zero multiples of 4096",
-                        r.region_id, r.gpa_base, r.len
-                    )));
-                }
-                let registered = self
-                    .memory
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .bytes();
-                if r.len > self.config.max_guest_memory.saturating_sub(registered) {
-                    return Err(bad(format!(
-                        "region {}: {} more bytes would exceed the host's limit of {} bytes of \
-                         registered guest memory",
-                        r.region_id, r.len, self.config.max_guest_memory
-                    )));
-                }
-                let map = Mapping::map_peer(fd.as_fd(), r.len).map_err(|e| bad(e.to_string()))?;
-                drop(fd);
-                self.memory
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .register(r.region_id, r.gpa_base, r.len, Arc::new(map))
-                    .map_err(|e| bad(e.to_string()))?;
-                let body = BusRegionId {
-                    region_id: r.region_id,
-                };
-                self.reply(seq, BUS_MSG_MEMORY_REGISTERED, body.as_bytes(), &[])?;
-                Ok(HostEvent::MemoryRegistered {
-                    region_id: r.region_id,
-                    gpa_base: r.gpa_base,
-                    len: r.len,
-                })
-            }
+            Message::RegisterMemory(r, fd) => self.register_memory(seq, r, fd),
             Message::UnregisterMemory(r) => {
                 self.memory
                     .write()
@@ -419,6 +373,54 @@ impl HostSession {
                 format!("message type {} is not a guest request", other.msg_type()),
             )),
         }
+    }
+
+    /// `REGISTER_MEMORY`: maps the guest's sealed memfd (checked by `Mapping::map_peer`) and
+    /// adds it to the guest-memory table, within the host's limit.
+    fn register_memory(
+        &mut self,
+        seq: u32,
+        r: BusRegisterMemory,
+        fd: OwnedFd,
+    ) -> Result<HostEvent, BusError> {
+        let bad = |e: String| refuse(BUS_ERR_BAD_REGION, e);
+        if r.len == 0
+            || !r.len.is_multiple_of(HV_PAGE_SIZE)
+            || !r.gpa_base.is_multiple_of(HV_PAGE_SIZE)
+        {
+            return Err(bad(format!(
+                "region {}: base {:#x} and length {:#x} must be non-zero multiples of 4096",
+                r.region_id, r.gpa_base, r.len
+            )));
+        }
+        let registered = self
+            .memory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes();
+        if r.len > self.config.max_guest_memory.saturating_sub(registered) {
+            return Err(bad(format!(
+                "region {}: {} more bytes would exceed the host's limit of {} bytes of \
+                 registered guest memory",
+                r.region_id, r.len, self.config.max_guest_memory
+            )));
+        }
+        let map = Mapping::map_peer(fd.as_fd(), r.len).map_err(|e| bad(e.to_string()))?;
+        drop(fd);
+        self.memory
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(r.region_id, r.gpa_base, r.len, Arc::new(map))
+            .map_err(|e| bad(e.to_string()))?;
+        let body = BusRegionId {
+            region_id: r.region_id,
+        };
+        self.reply(seq, BUS_MSG_MEMORY_REGISTERED, body.as_bytes(), &[])?;
+        Ok(HostEvent::MemoryRegistered {
+            region_id: r.region_id,
+            gpa_base: r.gpa_base,
+            len: r.len,
+        })
     }
 
     fn open_channel(&mut self, seq: u32, index: u32) -> Result<HostEvent, BusError> {

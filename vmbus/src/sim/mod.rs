@@ -47,6 +47,7 @@
 //! registered regions ([`GuestMemory`](crate::guest_memory::GuestMemory)). The guest trusts
 //! the host for liveness but still validates every message and every ring index.
 
+#[cfg(feature = "test-support")]
 pub mod driver;
 pub mod guest;
 pub mod host;
@@ -139,6 +140,23 @@ fn io_err(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> BusError {
 }
 
 /// A new non-blocking, close-on-exec eventfd.
+/// A close-on-exec unix `SOCK_SEQPACKET` socket and the address `path`, for the guest to
+/// connect to or the host to bind.
+pub(crate) fn seqpacket_socket(
+    path: &std::path::Path,
+) -> Result<(OwnedFd, rustix::net::SocketAddrUnix), BusError> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io_err("socket"))?;
+    let addr = SocketAddrUnix::new(path).map_err(io_err("socket path"))?;
+    Ok((sock, addr))
+}
+
 pub(crate) fn new_eventfd() -> Result<OwnedFd, BusError> {
     eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io_err("eventfd"))
 }

@@ -1,10 +1,15 @@
 //! Bus message codec: one message per `SOCK_SEQPACKET` datagram, fds with `SCM_RIGHTS`.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use blobring_abi::vmbus::*;
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::BusError;
@@ -107,15 +112,17 @@ pub(crate) fn send(
         seq,
     };
     let iov = [IoSlice::new(header.as_bytes()), IoSlice::new(payload)];
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(
-        |e| BusError::Io {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(BusError::Malformed("too many fds for one message"));
+    }
+    let sent = rustix::net::sendmsg(sock, &iov, &mut cmsg, SendFlags::NOSIGNAL).map_err(|e| {
+        BusError::Io {
             op: "sendmsg",
             source: e.into(),
-        },
-    )?;
+        }
+    })?;
     if sent != header.length as usize {
         return Err(BusError::Malformed("short send"));
     }
@@ -131,39 +138,34 @@ pub(crate) fn recv(
     nonblocking: bool,
 ) -> Result<Option<Received>, (u32, BusError)> {
     let mut buf = [0u8; BUS_MAX_MESSAGE];
-    let mut cmsg_buf = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
     if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
+        flags |= RecvFlags::DONTWAIT;
     }
     let (bytes, msg_flags, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), flags) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EAGAIN) => return Err((0, BusError::WouldBlock)),
-            Err(e) => {
-                return Err((
-                    0,
-                    BusError::Io {
-                        op: "recvmsg",
-                        source: e.into(),
-                    },
-                ));
-            }
-        };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        // With room for SCM_MAX_FD fds MSG_CTRUNC cannot come from SCM_RIGHTS; if it happens
-        // anyway, nix refuses to walk the control messages and we reject the message below.
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    for fd in raw {
-                        // SAFETY: the kernel just installed `fd` in our fd table for this
-                        // message (SCM_RIGHTS); nothing else knows it, so we are its only
-                        // owner. Wrapping it at once guarantees it is closed on every path.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let msg =
+            match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut buf)], &mut cmsg, flags) {
+                Ok(m) => m,
+                Err(Errno::AGAIN) => return Err((0, BusError::WouldBlock)),
+                Err(e) => {
+                    return Err((
+                        0,
+                        BusError::Io {
+                            op: "recvmsg",
+                            source: e.into(),
+                        },
+                    ));
                 }
+            };
+        // Take ownership of every received fd at once (rustix hands them over as `OwnedFd`),
+        // so that each is closed on every path. With room for SCM_MAX_FD fds MSG_CTRUNC cannot
+        // come from SCM_RIGHTS; if it happens anyway the message is rejected below.
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for c in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = c {
+                fds.extend(rights);
             }
         }
         (msg.bytes, msg.flags, fds)
@@ -177,10 +179,10 @@ pub(crate) fn recv(
         .map(|(h, _)| h);
     let seq = header.map_or(0, |h| h.seq);
     let fail = |why| Err((seq, BusError::Malformed(why)));
-    if msg_flags.contains(MsgFlags::MSG_TRUNC) {
+    if msg_flags.contains(ReturnFlags::TRUNC) {
         return fail("message longer than the bus maximum");
     }
-    if msg_flags.contains(MsgFlags::MSG_CTRUNC) {
+    if msg_flags.contains(ReturnFlags::CTRUNC) {
         return fail("control data truncated");
     }
     let Some(header) = header else {
@@ -231,20 +233,11 @@ pub(crate) fn error_body(request_type: u32, code: u32, message: &str) -> BusErro
         code,
         message: [0; 120],
     };
-    let mut n = message.len().min(e.message.len());
-    while !message.is_char_boundary(n) {
-        n -= 1;
-    }
-    e.message[..n].copy_from_slice(&message.as_bytes()[..n]);
+    blobring_abi::set_nul_padded(&mut e.message, message);
     e
 }
 
 /// The text of a [`BusError_`] body (lossy, up to the first NUL).
 pub(crate) fn error_text(e: &BusError_) -> String {
-    let end = e
-        .message
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(e.message.len());
-    String::from_utf8_lossy(&e.message[..end]).into_owned()
+    blobring_abi::nul_padded_text(&e.message)
 }

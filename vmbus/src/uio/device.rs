@@ -445,6 +445,72 @@ pub struct UioDevice {
     page_size: u64,
 }
 
+/// Checks uio's maps of the device against what §4.2 expects: `MAP_NAMES` in order, large
+/// enough, map 0 a whole number of guest-page-sized ring pairs, and maps 1–2 leaving a whole
+/// Hyper-V page inside their guest page.
+fn check_maps(uio: &str, maps: &[MapInfo], page: u64) -> Result<(), UioError> {
+    for (i, want) in MAP_NAMES.iter().enumerate() {
+        let bad = |problem: String| UioError::BadMap {
+            uio: uio.to_string(),
+            index: i as u32,
+            problem,
+        };
+        let Some(m) = maps.get(i) else {
+            return Err(bad(format!(
+                "missing (expected {want}); is the device bound to uio_hv_generic?"
+            )));
+        };
+        if m.name != *want {
+            return Err(bad(format!("named {:?}, expected {want}", m.name)));
+        }
+        let min = if i == 0 { 2 * (page + 64) } else { HV_PAGE };
+        if m.size < min {
+            return Err(bad(format!("{} bytes, expected at least {min}", m.size)));
+        }
+        if i == 0 && !m.size.is_multiple_of(2 * page) {
+            return Err(UioError::PageSizeMismatch {
+                what: format!("{uio} map 0 (txrx_rings)"),
+                size: m.size,
+                page_size: page,
+            });
+        }
+        // uio's `offset`: where the page starts inside the mapped guest page (non-zero
+        // when a 4 KiB Hyper-V page sits inside a 64 KiB guest page).
+        if i > 0 && (!m.offset.is_multiple_of(8) || m.offset + HV_PAGE > page) {
+            return Err(bad(format!(
+                "offset {:#x} does not leave a 4096-byte page inside a {page}-byte guest page",
+                m.offset
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Maps the interrupt page (map 1) and the monitor page (map 2), each as a 4096-byte window
+/// at uio's offset inside its guest page.
+fn map_pages(
+    opener: &dyn DeviceOpener,
+    uio: &str,
+    events: &dyn UioEvents,
+    maps: &[MapInfo],
+) -> Result<(PageMem, PageMem), UioError> {
+    let mut pages = Vec::new();
+    for (i, m) in maps.iter().enumerate().take(3).skip(1) {
+        let (fd, offset) = opener.open_map(uio, events, i as u32)?;
+        let what = format!("{uio} map {i} ({})", m.name);
+        let mapping = map_device(fd.as_fd(), offset, m.offset + HV_PAGE, what.clone())?;
+        let window = Window::new(mapping, m.offset, HV_PAGE).map_err(|e| UioError::BadMap {
+            uio: uio.to_string(),
+            index: i as u32,
+            problem: format!("{what}: {e}"),
+        })?;
+        pages.push(Arc::new(window));
+    }
+    let monitor_page = pages.pop().expect("2 pages");
+    let int_page = pages.pop().expect("2 pages");
+    Ok((int_page, monitor_page))
+}
+
 impl UioDevice {
     /// Opens `device` (bound to `uio_hv_generic`, see [`sysfs::bind`]): the uio fd, map 0
     /// (`txrx_rings`, primary TX then RX), map 1 (`int_page`), map 2 (`monitor_page`), and
@@ -466,40 +532,7 @@ impl UioDevice {
             return Err(UioError::UnsupportedPageSize { page_size: page });
         }
         let maps = sysfs::read_maps(sysfs, &uio)?;
-        for (i, want) in MAP_NAMES.iter().enumerate() {
-            let bad = |problem: String| UioError::BadMap {
-                uio: uio.clone(),
-                index: i as u32,
-                problem,
-            };
-            let Some(m) = maps.get(i) else {
-                return Err(bad(format!(
-                    "missing (expected {want}); is the device bound to uio_hv_generic?"
-                )));
-            };
-            if m.name != *want {
-                return Err(bad(format!("named {:?}, expected {want}", m.name)));
-            }
-            let min = if i == 0 { 2 * (page + 64) } else { HV_PAGE };
-            if m.size < min {
-                return Err(bad(format!("{} bytes, expected at least {min}", m.size)));
-            }
-            if i == 0 && !m.size.is_multiple_of(2 * page) {
-                return Err(UioError::PageSizeMismatch {
-                    what: format!("{uio} map 0 (txrx_rings)"),
-                    size: m.size,
-                    page_size: page,
-                });
-            }
-            // uio's `offset`: where the page starts inside the mapped guest page (non-zero
-            // when a 4 KiB Hyper-V page sits inside a 64 KiB guest page).
-            if i > 0 && (!m.offset.is_multiple_of(8) || m.offset + HV_PAGE > page) {
-                return Err(bad(format!(
-                    "offset {:#x} does not leave a 4096-byte page inside a {page}-byte guest page",
-                    m.offset
-                )));
-            }
-        }
+        check_maps(&uio, &maps, page)?;
         // Keep this open for the life of the device: the first open connects the rings. Who
         // owns interrupt_mask is decided here, from what the driver does on that open.
         let (events, rings, mode, probe) = open_rings(opener, &uio, &maps[0], opts)?;
@@ -509,20 +542,7 @@ impl UioDevice {
             evidence = %probe,
             "interrupt_mask owner decided"
         );
-        let mut pages = Vec::new();
-        for (i, m) in maps.iter().enumerate().take(3).skip(1) {
-            let (fd, offset) = opener.open_map(&uio, &*events, i as u32)?;
-            let what = format!("{uio} map {i} ({})", m.name);
-            let mapping = map_device(fd.as_fd(), offset, m.offset + HV_PAGE, what.clone())?;
-            let window = Window::new(mapping, m.offset, HV_PAGE).map_err(|e| UioError::BadMap {
-                uio: uio.clone(),
-                index: i as u32,
-                problem: format!("{what}: {e}"),
-            })?;
-            pages.push(Arc::new(window));
-        }
-        let monitor_page = pages.pop().expect("2 pages");
-        let int_page = pages.pop().expect("2 pages");
+        let (int_page, monitor_page) = map_pages(opener, &uio, &*events, &maps)?;
         let pages = (&int_page, &monitor_page);
         let mut channels = vec![UioChannel::new(
             device.relid,
