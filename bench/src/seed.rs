@@ -155,6 +155,7 @@ pub fn run_write(
     pb: &ProgressBar,
     report: &mut Report,
 ) -> Result<()> {
+    // Prefixed: `all` runs a read phase first, whose parameters differ.
     for (k, v) in [
         ("clients", json!(o.clients)),
         ("blobs_per_client", json!(o.blobs)),
@@ -164,7 +165,7 @@ pub fn run_write(
         ("parallel", json!(o.tuning.parallel)),
         ("arena_bytes", json!(o.tuning.arena)),
     ] {
-        report.config.insert(k.into(), v);
+        report.config.insert(format!("write_{k}"), v);
     }
     pb.inc(1);
     let svc = crate::data::service(crate::data::connect(&stack.socket, 64 << 20)?);
