@@ -76,6 +76,11 @@ pub struct StackArgs {
     /// report says which pages the regions got.
     #[arg(long)]
     pub hugetlb: bool,
+    /// Serve from blobring-host's in-memory store instead of its fs store: nothing waits on
+    /// the disk (the fs store fsyncs every committed blob), so uploads compare the paths
+    /// rather than the disk. The pread path (a) and the mount need the fs store.
+    #[arg(long)]
+    pub mem_store: bool,
 }
 
 /// `seed` arguments.
@@ -513,9 +518,18 @@ pub fn run(cli: Cli) -> Result<()> {
     if gateway {
         pb.set_message("starting blobring-host, blobringd and blobring gateway");
     }
+    if stack_args.mem_store
+        && (mode == "mount" || plan.seed.iter().any(|o| o.paths.contains(&PathKind::Pread)))
+    {
+        bail!(
+            "--mem-store has no files for the pread path (a) or the mount: pick --paths \
+             without pread, or measure uploads (seed --write)"
+        );
+    }
     let mut stack = Stack::start(&StackOptions {
         hugetlb: stack_args.hugetlb,
         gateway,
+        mem_store: stack_args.mem_store,
         ..StackOptions::default()
     })?;
     if mode == "mount" {

@@ -32,6 +32,8 @@ pub struct StackOptions {
     pub hugetlb: bool,
     /// Also start `blobring gateway` (found next to this executable, or `$BLOBRING_BIN`).
     pub gateway: bool,
+    /// Serve from the host's in-memory store (`--store mem`) instead of the fs store.
+    pub mem_store: bool,
 }
 
 impl Default for StackOptions {
@@ -41,6 +43,7 @@ impl Default for StackOptions {
             max_clients: 1024,
             hugetlb: false,
             gateway: false,
+            mem_store: false,
         }
     }
 }
@@ -83,7 +86,11 @@ impl Stack {
         daemon_args.extend([&arena, "--max-clients", &max, "--max-clients-per-uid", &max]);
         daemon_args.extend(opts.hugetlb.then_some("--hugetlb"));
         let pem = dir.path().join("host.pem");
-        let inner = StackBuilder::new(dir.path())
+        let mut builder = StackBuilder::new(dir.path());
+        if opts.mem_store {
+            builder = builder.store("mem");
+        }
+        let inner = builder
             .host_args([
                 "--http",
                 "127.0.0.1:0",

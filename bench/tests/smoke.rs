@@ -285,6 +285,14 @@ fn bad_arguments_fail_with_a_reason() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown unit"), "{err}");
+    // The in-memory store has no files for the pread path (refused before anything starts).
+    let out = Command::new(BIN)
+        .args(["seed", "--mem-store", "--quiet"])
+        .output()
+        .expect("run blobring-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mem-store has no files"), "{err}");
 }
 
 #[test]
