@@ -278,21 +278,22 @@ fn mount_mode_runs_with_tiny_sizes() {
 
 #[test]
 fn bad_arguments_fail_with_a_reason() {
-    let out = Command::new(BIN)
-        .args(["seed", "--size", "12X"])
-        .output()
-        .expect("run blobring-bench");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown unit"), "{err}");
-    // The in-memory store has no files for the pread path (refused before anything starts).
-    let out = Command::new(BIN)
-        .args(["seed", "--mem-store", "--quiet"])
-        .output()
-        .expect("run blobring-bench");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--mem-store has no files"), "{err}");
+    for (args, reason) in [
+        (&["seed", "--size", "12X"][..], "unknown unit"),
+        // The in-memory store has no files for the pread path (refused before anything starts).
+        (
+            &["seed", "--mem-store", "--quiet"][..],
+            "--mem-store has no files",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run blobring-bench");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
 }
 
 #[test]
