@@ -42,7 +42,7 @@ use blobring_shm::{Mapping, SharedMemory};
 use bytes::Bytes;
 
 use crate::conn::Settled;
-use crate::{ConnectError, ConnectOptions, Connection, Error, errno};
+use crate::{ConnectError, ConnectOptions, Connection, Error, SleepSet, errno};
 
 /// Why a request through a [`Client`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +133,15 @@ pub const MAX_REQUEST_DATA: u64 = (blobring_abi::vmbus::AZ_BLOB_MAX_PAGES as u64
 /// Longest single sleep of the reaper thread on the completion queues (a safety net only:
 /// completions and the daemon's death both wake it at once).
 const REAPER_SLEEP: Duration = Duration::from_secs(1);
+
+/// Most request-head buffers a [`Client`] keeps for reuse ([`Client::head_buffer`]), and the
+/// largest capacity it keeps (a bigger one is freed).
+const HEAD_POOL: usize = 64;
+const HEAD_POOL_MAX_CAP: usize = 16 << 10;
+/// Capacity of a fresh head buffer (the SDK's heads are 300–700 bytes).
+const HEAD_CAP: usize = 1024;
+/// Most completion slots a [`Client`] keeps for reuse (see [`Pending`]'s `Drop`).
+const SLOT_POOL: usize = 256;
 
 /// VSP status: the response body does not fit the data buffer (`data_len` = bytes needed).
 pub const VSP_BODY_TOO_LARGE: u32 = blobring_abi::vmbus::VSP_ERR_BODY_TOO_LARGE;
@@ -291,9 +300,9 @@ impl State {
 pub(crate) struct Inner {
     opts: ClientOptions,
     state: Mutex<State>,
-    /// The reaping role (see the module doc), with its scratch space for completions. Only
-    /// ever `try_lock`ed, never waited for.
-    reaping: Mutex<Vec<Cqe>>,
+    /// The reaping role (see the module doc), with its scratch space. Only ever `try_lock`ed,
+    /// never waited for.
+    reaping: Mutex<Reaping>,
     /// Threads inside [`Pending::wait`]; while there are any, the reaper thread leaves the
     /// role to them.
     blocked: AtomicUsize,
@@ -306,6 +315,48 @@ pub(crate) struct Inner {
     arena_len: Mutex<u64>,
     /// Tasks awaiting arena space ([`Client::alloc_async`]).
     space_waiters: Mutex<Vec<Waker>>,
+    /// Request-head buffers whose bytes are already in the arena, for the next heads
+    /// ([`Client::head_buffer`]; at most [`HEAD_POOL`]).
+    heads: Mutex<Vec<Vec<u8>>>,
+    /// Completion slots no one holds any more, emptied, for the next requests (at most
+    /// [`SLOT_POOL`]).
+    slots: Mutex<Vec<Arc<Slot>>>,
+}
+
+/// The scratch space of the reaping role, kept between passes so that reaping allocates
+/// nothing in steady state.
+struct Reaping {
+    /// Completions copied out of a completion queue.
+    cqes: Vec<Cqe>,
+    /// Waiters to tell, once the state lock is released.
+    finished: Vec<(Arc<Slot>, Result<Completion, ClientError>)>,
+    /// Buffers to return to the arena, once the state lock is released.
+    garbage: Vec<Lease>,
+    /// The futex words to sleep on.
+    sleep: SleepSet,
+}
+
+/// A request whose head is in its arena buffer, ready for its SQE.
+struct Prepared {
+    /// The request (its head buffer already recycled).
+    req: Request,
+    /// The arena buffer holding the request head, with room for the response head at `rsp`.
+    buf: Lease,
+    head_len: u32,
+    rsp: u64,
+}
+
+impl Prepared {
+    /// Whether its buffers belong to a connection older than `generation` (the daemon
+    /// restarted between allocation and submission).
+    fn stale(&self, generation: u64) -> bool {
+        self.buf.generation != generation
+            || self
+                .req
+                .data
+                .as_ref()
+                .is_some_and(|d| d.generation != generation)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -375,13 +426,20 @@ impl Client {
                 generation: 1,
                 next_ud: 1,
             }),
-            reaping: Mutex::new(vec![Cqe::new_zeroed(); 256]),
+            reaping: Mutex::new(Reaping {
+                cqes: vec![Cqe::new_zeroed(); 256],
+                finished: Vec::new(),
+                garbage: Vec::new(),
+                sleep: SleepSet::default(),
+            }),
             blocked: AtomicUsize::new(0),
             waiters: Mutex::new(Vec::new()),
             work: Condvar::new(),
             shutdown: AtomicBool::new(false),
             arena_len: Mutex::new(arena),
             space_waiters: Mutex::new(Vec::new()),
+            heads: Mutex::new(Vec::with_capacity(HEAD_POOL)),
+            slots: Mutex::new(Vec::with_capacity(SLOT_POOL)),
         });
         let reaper = inner.clone();
         std::thread::Builder::new()
@@ -440,7 +498,7 @@ impl Client {
     /// Submits a request; the returned future resolves on completion (works on any executor,
     /// or call [`Pending::wait`] from a plain thread).
     pub fn submit(&self, req: Request) -> Result<Pending, ClientError> {
-        Ok(self.submit_batch(vec![req])?.remove(0))
+        self.inner.submit_one(req, false)
     }
 
     /// Submits several requests with one publication per queue where possible.
@@ -451,12 +509,21 @@ impl Client {
     /// Submits and waits (blocking the calling thread, which reaps completions itself when no
     /// one else does: see [`Pending::wait`]).
     pub fn execute_blocking(&self, req: Request) -> Result<Completion, ClientError> {
-        self.inner.submit_batch(vec![req], true)?.remove(0).wait()
+        self.inner.submit_one(req, true)?.wait()
     }
 
     /// Submits and awaits. Arena space is awaited without blocking the thread.
     pub async fn execute(&self, req: Request) -> Result<Completion, ClientError> {
         self.start(req).await?.await
+    }
+
+    /// An empty buffer to render a request head into ([`Request::new`]): one a submitted
+    /// request left behind once its head was copied into the arena, when there is one, so
+    /// heads are rendered without allocating in steady state.
+    pub(crate) fn head_buffer(&self) -> Vec<u8> {
+        lock(&self.inner.heads)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(HEAD_CAP))
     }
 
     /// Submits once a head buffer is free, awaiting it (at most the request's deadline or
@@ -599,8 +666,91 @@ impl Inner {
         }
     }
 
-    /// Submits `reqs`. `caller_reaps`: the caller is about to wait for them in
-    /// [`Pending::wait`] and will reap itself, so the reaper thread is not woken.
+    /// Puts `r`'s head into its arena buffer (allocated now unless reserved ahead; allocation
+    /// may wait for space) and keeps the head's own buffer for the next head.
+    fn prepare(self: &Arc<Self>, mut r: Request) -> Result<Prepared, ClientError> {
+        let (rsp, total) = r.head_space();
+        let buf = match r.head_lease.take() {
+            Some(b) if b.len >= total => b,
+            _ => self.alloc(total, self.opts.arena_wait)?,
+        };
+        buf.write(0, &r.head)?;
+        let head_len = r.head.len() as u32;
+        self.recycle_head(std::mem::take(&mut r.head));
+        Ok(Prepared {
+            req: r,
+            buf,
+            head_len,
+            rsp,
+        })
+    }
+
+    /// Keeps `head` (its bytes already copied into the arena) for [`Client::head_buffer`].
+    fn recycle_head(&self, mut head: Vec<u8>) {
+        if head.capacity() == 0 || head.capacity() > HEAD_POOL_MAX_CAP {
+            return;
+        }
+        head.clear();
+        let mut pool = lock(&self.heads);
+        if pool.len() < HEAD_POOL {
+            pool.push(head);
+        }
+    }
+
+    /// Locks the state for submitting `prepared`: the current connection (reconnecting if
+    /// needed), its generation and queue count. Fails with
+    /// [`ClientError::ConnectionReset`] if the daemon restarted since their buffers were
+    /// allocated (the buffers belong to the old arena; the caller drops them after the lock).
+    fn lock_for(
+        &self,
+        prepared: &[Prepared],
+    ) -> Result<(MutexGuard<'_, State>, u64, u32), ClientError> {
+        let mut st = lock(&self.state);
+        let (conn, generation) = self.ensure_conn(&mut st)?;
+        let n_queues = conn.n_queues();
+        if prepared.iter().any(|p| p.stale(generation)) {
+            drop(st);
+            return Err(ClientError::ConnectionReset);
+        }
+        Ok((st, generation, n_queues))
+    }
+
+    /// After submitting: releases the state lock and, unless `caller_reaps` (the caller is
+    /// about to wait in [`Pending::wait`] and will reap itself) or a blocked caller holds (or
+    /// is about to be handed) the reaping role, wakes the reaper thread.
+    fn submitted(&self, st: MutexGuard<'_, State>, caller_reaps: bool) {
+        let wake = !caller_reaps && self.blocked.load(Ordering::SeqCst) == 0;
+        drop(st);
+        if wake {
+            self.work.notify_all();
+        }
+    }
+
+    /// Submits one request (see [`Inner::submit_batch`]) without a batch's bookkeeping.
+    fn submit_one(
+        self: &Arc<Self>,
+        req: Request,
+        caller_reaps: bool,
+    ) -> Result<Pending, ClientError> {
+        let cpu = rustix::thread::sched_getcpu() as u32;
+        let p = self.prepare(req)?;
+        let (mut st, generation, n_queues) = self.lock_for(std::slice::from_ref(&p))?;
+        let q = p.req.queue.unwrap_or(cpu) % n_queues;
+        let (sqe, f, pending) = self.in_flight(&mut st, p);
+        let st = self.publish(
+            st,
+            generation,
+            q,
+            std::slice::from_ref(&sqe),
+            std::iter::once(f),
+        )?;
+        self.submitted(st, caller_reaps);
+        Ok(pending)
+    }
+
+    /// Submits `reqs`, with one publication per queue. `caller_reaps`: the caller is about to
+    /// wait for them in [`Pending::wait`] and will reap itself, so the reaper thread is not
+    /// woken.
     fn submit_batch(
         self: &Arc<Self>,
         reqs: Vec<Request>,
@@ -608,58 +758,39 @@ impl Inner {
     ) -> Result<Vec<Pending>, ClientError> {
         let cpu = rustix::thread::sched_getcpu() as u32;
         // Prepare head buffers first (allocation may wait for space).
-        let mut prepared = Vec::with_capacity(reqs.len());
-        for mut r in reqs {
-            let (rsp, total) = r.head_space();
-            let buf = match r.head_lease.take() {
-                Some(b) if b.len >= total => b,
-                _ => self.alloc(total, self.opts.arena_wait)?,
-            };
-            buf.write(0, &r.head)?;
-            prepared.push((r, buf, rsp));
-        }
-        let mut st = lock(&self.state);
-        let (conn, generation) = self.ensure_conn(&mut st)?;
-        let n_queues = conn.n_queues();
-        if prepared.iter().any(|(r, buf, _)| {
-            buf.generation != generation
-                || r.data.as_ref().is_some_and(|d| d.generation != generation)
-        }) {
-            // The daemon restarted between allocation and submission; the buffers belong to
-            // the old arena (dropped after the lock is released).
-            drop(st);
-            return Err(ClientError::ConnectionReset);
-        }
+        let prepared = reqs
+            .into_iter()
+            .map(|r| self.prepare(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut st, generation, n_queues) = self.lock_for(&prepared)?;
         let mut out = Vec::with_capacity(prepared.len());
         let mut by_queue: HashMap<u32, (Vec<Sqe>, Vec<InFlight>)> = HashMap::new();
-        for (r, buf, rsp) in prepared {
-            let ud = st.next_ud;
-            st.next_ud += 1;
-            let q = r.queue.unwrap_or(cpu) % n_queues;
-            let (sqe, f) = self.in_flight(ud, r, buf, rsp);
-            out.push(Pending {
-                slot: f.slot.clone().expect("a new request has its slot"),
-                inner: self.clone(),
-            });
+        for p in prepared {
+            let q = p.req.queue.unwrap_or(cpu) % n_queues;
+            let (sqe, f, pending) = self.in_flight(&mut st, p);
+            out.push(pending);
             let (sqes, states) = by_queue.entry(q).or_default();
             sqes.push(sqe);
             states.push(f);
         }
         for (q, (sqes, states)) in by_queue {
-            st = self.publish(st, generation, q, &sqes, states)?;
+            st = self.publish(st, generation, q, &sqes, states.into_iter())?;
         }
-        let wake = !caller_reaps && self.blocked.load(Ordering::SeqCst) == 0;
-        drop(st);
-        if wake {
-            // No blocked caller holds (or is about to be handed) the reaping role.
-            self.work.notify_all();
-        }
+        self.submitted(st, caller_reaps);
         Ok(out)
     }
 
-    /// The SQE of request `r` (user_data `ud`, head in `buf`, response head at `rsp`) and what
-    /// the SDK keeps of it while it is in flight.
-    fn in_flight(&self, ud: u64, r: Request, buf: Lease, rsp: u64) -> (Sqe, InFlight) {
+    /// The SQE of `p` (with the next `user_data`), what the SDK keeps of it while it is in
+    /// flight, and its [`Pending`].
+    fn in_flight(self: &Arc<Self>, st: &mut State, p: Prepared) -> (Sqe, InFlight, Pending) {
+        let Prepared {
+            req: r,
+            buf,
+            head_len,
+            rsp,
+        } = p;
+        let ud = st.next_ud;
+        st.next_ud += 1;
         let timeout = r.timeout.unwrap_or(self.opts.default_timeout);
         let (data_offset, data_len) = r
             .data
@@ -671,7 +802,7 @@ impl Inner {
             user_data: ud,
             request: SqeBuffer {
                 offset: buf.offset,
-                len: r.head.len() as u32,
+                len: head_len,
             },
             response: SqeBuffer {
                 offset: buf.offset + rsp,
@@ -683,13 +814,19 @@ impl Inner {
             },
             data_valid: r.data_valid.min(data_len),
         });
-        let slot = Arc::new(Slot {
-            state: Mutex::new(SlotState {
-                result: None,
-                waker: None,
-            }),
-            cv: Condvar::new(),
+        let slot = lock(&self.slots).pop().unwrap_or_else(|| {
+            Arc::new(Slot {
+                state: Mutex::new(SlotState {
+                    result: None,
+                    waker: None,
+                }),
+                cv: Condvar::new(),
+            })
         });
+        let pending = Pending {
+            slot: slot.clone(),
+            inner: self.clone(),
+        };
         let f = InFlight {
             slot: Some(slot),
             head_buf: buf,
@@ -698,7 +835,7 @@ impl Inner {
             data: r.data,
             timeout,
         };
-        (sqe, f)
+        (sqe, f, pending)
     }
 
     /// Publishes `sqes` (with their `states`) on queue `q` of connection `generation`,
@@ -709,9 +846,8 @@ impl Inner {
         generation: u64,
         q: u32,
         sqes: &[Sqe],
-        states: Vec<InFlight>,
+        mut states: impl Iterator<Item = InFlight>,
     ) -> Result<MutexGuard<'a, State>, ClientError> {
-        let mut states = states.into_iter();
         let mut done = 0;
         let mut spins = 0u32;
         while done < sqes.len() {
@@ -736,9 +872,9 @@ impl Inner {
                 // The SQ is full: completions must be reaped before the daemon takes more.
                 drop(st);
                 self.work.notify_all();
-                if let Some(mut cqes) = self.try_reaping() {
-                    self.reap_pass(&mut cqes);
-                    drop(cqes);
+                if let Some(mut role) = self.try_reaping() {
+                    self.reap_pass(&mut role);
+                    drop(role);
                     self.hand_off();
                 }
                 spins += 1;
@@ -750,7 +886,7 @@ impl Inner {
     }
 
     /// The reaping role, if no one holds it.
-    fn try_reaping(&self) -> Option<MutexGuard<'_, Vec<Cqe>>> {
+    fn try_reaping(&self) -> Option<MutexGuard<'_, Reaping>> {
         match self.reaping.try_lock() {
             Ok(g) => Some(g),
             Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
@@ -762,11 +898,14 @@ impl Inner {
     /// completion, and fails every request of a connection whose daemon is gone (through
     /// [`Connection::fail_all`], like a completion the daemon posted). Returns whether
     /// anything was settled.
-    fn reap_pass(&self, cqes: &mut [Cqe]) -> bool {
-        let mut finished = Vec::new();
-        let mut garbage = Vec::new();
-        let mut settle =
-            |c: &Cqe, s: Settled<'_, InFlight>| settle(c, s, &mut finished, &mut garbage);
+    fn reap_pass(&self, r: &mut Reaping) -> bool {
+        let Reaping {
+            cqes,
+            finished,
+            garbage,
+            ..
+        } = r;
+        let mut settle = |c: &Cqe, s: Settled<'_, InFlight>| settle(c, s, finished, garbage);
         let mut st = lock(&self.state);
         let mut gone = std::mem::take(&mut st.retired);
         let (mut got, mut dead) = (0, false);
@@ -799,9 +938,9 @@ impl Inner {
         drop(st);
         // Buffers (leases) and connections are dropped without the lock.
         drop(gone);
-        drop(garbage);
+        garbage.clear();
         let progressed = got > 0 || !finished.is_empty();
-        for (slot, r) in finished {
+        for (slot, r) in finished.drain(..) {
             slot.complete(r);
         }
         progressed
@@ -809,14 +948,14 @@ impl Inner {
 
     /// Sleeps, holding the reaping role, until a completion is posted on any queue, the
     /// daemon hangs up, or [`REAPER_SLEEP`] passes; returns at once if completions are there.
-    fn sleep_on_queues(&self) {
+    fn sleep_on_queues(&self, set: &mut SleepSet) {
         let mut st = lock(&self.state);
         let generation = st.generation;
         // Arm every queue's `cq_waiting` flag while holding the connection, then sleep on all
         // `cq_tail` futexes at once without it. The daemon wakes the futex when it posts a
         // completion; the connection's watcher thread wakes it when the daemon hangs up.
         let sleep = match st.conn.as_mut() {
-            Some(c) => c.prepare_sleep().ok().flatten(),
+            Some(c) => c.prepare_sleep_in(set).unwrap_or(false),
             None => {
                 // Nothing to sleep on (not reached: a request owed is owed by a connection).
                 drop(st);
@@ -825,9 +964,9 @@ impl Inner {
             }
         };
         drop(st);
-        if let Some(s) = sleep {
+        if sleep {
             // Bounded only as a safety net: a wake is never needed to notice anything.
-            let _ = s.sleep(Some(REAPER_SLEEP));
+            let _ = set.sleep(Some(REAPER_SLEEP));
             let mut st = lock(&self.state);
             if st.generation == generation
                 && let Some(c) = st.conn.as_mut()
@@ -856,7 +995,7 @@ impl Inner {
             if let Some(r) = s.result.take() {
                 return r;
             }
-            let Some(mut cqes) = self.try_reaping() else {
+            let Some(mut role) = self.try_reaping() else {
                 // Someone else reaps; it completes our slot or hands us the role.
                 drop(slot.cv.wait(s));
                 continue;
@@ -864,11 +1003,11 @@ impl Inner {
             drop(s);
             self.unregister(slot);
             while !slot.done() {
-                if !self.reap_pass(&mut cqes) && !slot.done() {
-                    self.sleep_on_queues();
+                if !self.reap_pass(&mut role) && !slot.done() {
+                    self.sleep_on_queues(&mut role.sleep);
                 }
             }
-            drop(cqes);
+            drop(role);
             self.hand_off();
         }
     }
@@ -892,15 +1031,15 @@ impl Inner {
             } else {
                 None
             };
-            let Some(mut cqes) = role else {
+            let Some(mut role) = role else {
                 drop(self.work.wait_timeout(st, Duration::from_millis(100)));
                 continue;
             };
             drop(st);
-            if !self.reap_pass(&mut cqes) && self.blocked.load(Ordering::SeqCst) == 0 {
-                self.sleep_on_queues();
+            if !self.reap_pass(&mut role) && self.blocked.load(Ordering::SeqCst) == 0 {
+                self.sleep_on_queues(&mut role.sleep);
             }
-            drop(cqes);
+            drop(role);
             if self.blocked.load(Ordering::SeqCst) > 0 {
                 self.hand_off();
             }
@@ -1022,6 +1161,23 @@ impl Pending {
     /// instead of waiting for the reaper thread to wake it.
     pub fn wait(self) -> Result<Completion, ClientError> {
         self.inner.wait_blocking(&self.slot)
+    }
+}
+
+impl Drop for Pending {
+    /// Keeps the slot for the next request if no one else holds it any more (its request was
+    /// settled and its waiter told; a slot still held is simply freed by its last holder).
+    fn drop(&mut self) {
+        let Some(Ok(s)) = Arc::get_mut(&mut self.slot).map(|s| s.state.get_mut()) else {
+            return;
+        };
+        // Emptied before it is pooled, without holding a lock: a completion's leases take the
+        // state lock when they drop.
+        drop((s.result.take(), s.waker.take()));
+        let mut pool = lock(&self.inner.slots);
+        if pool.len() < SLOT_POOL {
+            pool.push(self.slot.clone());
+        }
     }
 }
 
@@ -1175,8 +1331,15 @@ impl std::task::Wake for ThreadWaker {
 /// assert_eq!(blobring::block_on(async { 1 + 1 }), 2);
 /// ```
 pub fn block_on<F: Future>(f: F) -> F::Output {
+    thread_local! {
+        /// This thread's waker, made once (waking it unparks the thread).
+        static WAKER: Waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    }
     let mut f = std::pin::pin!(f);
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let waker = WAKER.try_with(Waker::clone).unwrap_or_else(|_| {
+        // Called while the thread's locals are being destroyed.
+        Waker::from(Arc::new(ThreadWaker(std::thread::current())))
+    });
     let mut cx = Context::from_waker(&waker);
     loop {
         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {

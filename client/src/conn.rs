@@ -243,7 +243,7 @@ impl Drop for Watcher {
 /// The `cq_tail` futex words of every queue pair, armed by [`Connection::prepare_sleep`]:
 /// sleep on them with [`SleepSet::sleep`] *without* holding the connection, then call
 /// [`Connection::finish_sleep`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SleepSet {
     words: Vec<(Arc<FutexWord>, u32)>,
     partial: bool,
@@ -261,8 +261,16 @@ impl SleepSet {
         } else {
             timeout
         };
-        let words: Vec<(&FutexWord, u32)> = self.words.iter().map(|(w, s)| (&**w, *s)).collect();
-        Ok(blobring_ring::wait_any(&words, timeout)?)
+        let Some(first) = self.words.first() else {
+            return Ok(blobring_ring::wait_any(&[], timeout)?);
+        };
+        // On the stack (the tail past the words repeats the first): sleeping allocates nothing.
+        let words: [(&FutexWord, u32); WAIT_ANY_MAX] = std::array::from_fn(|i| {
+            let (w, seen) = self.words.get(i).unwrap_or(first);
+            (&**w, *seen)
+        });
+        let n = self.words.len().min(WAIT_ANY_MAX);
+        Ok(blobring_ring::wait_any(&words[..n], timeout)?)
     }
 }
 
@@ -606,22 +614,30 @@ impl<T> Connection<T> {
     /// reap instead. After `Some`, sleep with [`SleepSet::sleep`] and then call
     /// [`Connection::finish_sleep`] (also if the sleep failed).
     pub fn prepare_sleep(&mut self) -> Result<Option<SleepSet>, Error> {
+        let mut set = SleepSet::default();
+        Ok(self.prepare_sleep_in(&mut set)?.then_some(set))
+    }
+
+    /// [`Connection::prepare_sleep`] into `set` (reused: no allocation once it has held every
+    /// queue's word); `false` where that returns `None`.
+    pub(crate) fn prepare_sleep_in(&mut self, set: &mut SleepSet) -> Result<bool, Error> {
+        set.words.clear();
         if self.dead || self.hung_up.load(Ordering::Acquire) {
-            return Ok(None);
+            return Ok(false);
         }
-        let mut words = Vec::with_capacity(self.queues.len().min(WAIT_ANY_MAX));
-        let partial = self.queues.len() > WAIT_ANY_MAX;
+        set.partial = self.queues.len() > WAIT_ANY_MAX;
         for i in 0..self.queues.len().min(WAIT_ANY_MAX) {
             let q = &mut self.queues[i];
             match q.ring.cq.prepare_wait() {
-                Ok(Some(seen)) => words.push((q.futex.clone(), seen)),
+                Ok(Some(seen)) => set.words.push((q.futex.clone(), seen)),
                 r => {
                     self.finish_sleep();
-                    return r.map(|_| None).map_err(Into::into);
+                    set.words.clear();
+                    return r.map(|_| false).map_err(Into::into);
                 }
             }
         }
-        Ok(Some(SleepSet { words, partial }))
+        Ok(true)
     }
 
     /// Clears the `cq_waiting` flags set by [`Connection::prepare_sleep`].

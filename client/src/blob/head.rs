@@ -92,16 +92,34 @@ impl HeadBuilder {
         headers: &[(String, String)],
         body_len: u64,
     ) {
+        self.render_pairs(out, method, path, query, headers, body_len);
+    }
+
+    /// [`HeadBuilder::render`] with names and values of any string type (the SDK's requests
+    /// keep literals borrowed).
+    pub(crate) fn render_pairs<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        out: &mut Vec<u8>,
+        method: &str,
+        path: &str,
+        query: &[(K, V)],
+        headers: &[(K, V)],
+        body_len: u64,
+    ) {
         out.clear();
         self.request_line(out, method, path, query);
         out.extend_from_slice(self.host_line.as_bytes());
         for (k, v) in headers {
-            out.extend(k.bytes().map(|b| b.to_ascii_lowercase()));
+            out.extend(k.as_ref().bytes().map(|b| b.to_ascii_lowercase()));
             put(out, ": ");
-            put(out, v);
+            put(out, v.as_ref());
             put(out, "\r\n");
         }
-        let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+        let has = |n: &str| {
+            headers
+                .iter()
+                .any(|(k, _)| k.as_ref().eq_ignore_ascii_case(n))
+        };
         let date = (!has(X_MS_DATE)).then(|| {
             line(out, X_MS_DATE, |o| {
                 write!(o, "{}", httpdate::HttpDate::from(SystemTime::now()))
@@ -129,9 +147,9 @@ impl HeadBuilder {
                 date: None,
                 headers: headers
                     .iter()
-                    .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                    .map(|(k, v)| (k.as_ref(), Some(v.as_ref())))
                     .chain(added.into_iter().flatten()),
-                query: query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                query: query.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
             });
             put(out, &self.auth_prefix);
             put(out, sig.as_str());
@@ -141,12 +159,12 @@ impl HeadBuilder {
     }
 
     /// `<method> <path>?<query> HTTP/1.1\r\n`, the SAS (if any) last in the query.
-    fn request_line(
+    fn request_line<K: AsRef<str>, V: AsRef<str>>(
         &self,
         out: &mut Vec<u8>,
         method: &str,
         path: &str,
-        query: &[(String, String)],
+        query: &[(K, V)],
     ) {
         put(out, method);
         put(out, " ");
@@ -155,9 +173,9 @@ impl HeadBuilder {
         for (k, v) in query {
             put(out, sep);
             sep = "&";
-            utf8_percent_encode(k, PATH).for_each(|s| put(out, s));
+            utf8_percent_encode(k.as_ref(), PATH).for_each(|s| put(out, s));
             put(out, "=");
-            utf8_percent_encode(v, PATH).for_each(|s| put(out, s));
+            utf8_percent_encode(v.as_ref(), PATH).for_each(|s| put(out, s));
         }
         if let Auth::Sas(sas) = &self.auth {
             put(out, sep);

@@ -31,6 +31,7 @@ pub mod fuzzing {
     pub use super::xml::{parse_block_list, parse_container_list, parse_error, parse_list};
 }
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -216,7 +217,7 @@ impl Conditions {
         }
     }
 
-    fn apply(&self, h: &mut Vec<(String, String)>) {
+    fn apply(&self, h: &mut Vec<(Text, Text)>) {
         for (n, v) in [
             ("if-match", &self.if_match),
             ("if-none-match", &self.if_none_match),
@@ -224,7 +225,7 @@ impl Conditions {
             ("if-unmodified-since", &self.if_unmodified_since),
         ] {
             if let Some(v) = v {
-                h.push((n.into(), v.clone()));
+                h.push((n.into(), v.clone().into()));
             }
         }
     }
@@ -449,26 +450,28 @@ pub enum BlockRef {
 
 /// Encodes a blob path (`/<prefix>/<container>/<blob>`), escaping each segment.
 fn encode_path(prefix: &str, container: &str, blob: Option<&str>) -> String {
-    let mut p = String::from(prefix);
+    let mut p =
+        String::with_capacity(prefix.len() + container.len() + 2 + blob.map_or(0, str::len));
+    p.push_str(prefix);
     p.push('/');
-    p.push_str(&utf8_percent_encode(container, PATH).to_string());
-    if let Some(b) = blob {
-        for (i, seg) in b.split('/').enumerate() {
-            p.push('/');
-            let _ = i;
-            p.push_str(&utf8_percent_encode(seg, PATH).to_string());
-        }
+    p.extend(utf8_percent_encode(container, PATH));
+    for seg in blob.into_iter().flat_map(|b| b.split('/')) {
+        p.push('/');
+        p.extend(utf8_percent_encode(seg, PATH));
     }
     p
 }
+
+/// A query or header name or value of a [`Spec`]: a literal, or text made for the request.
+pub(crate) type Text = Cow<'static, str>;
 
 /// A request being built.
 #[derive(Debug, Clone)]
 pub(crate) struct Spec {
     pub method: &'static str,
     pub path: String,
-    pub query: Vec<(String, String)>,
-    pub headers: Vec<(String, String)>,
+    pub query: Vec<(Text, Text)>,
+    pub headers: Vec<(Text, Text)>,
     pub idempotent: bool,
 }
 
@@ -483,14 +486,22 @@ impl Spec {
         }
     }
 
-    fn q(mut self, k: &str, v: impl Into<String>) -> Self {
+    fn q(mut self, k: &'static str, v: impl Into<Text>) -> Self {
         self.query.push((k.into(), v.into()));
         self
     }
 
-    pub(crate) fn h(mut self, k: &str, v: impl Into<String>) -> Self {
+    pub(crate) fn h(mut self, k: &'static str, v: impl Into<Text>) -> Self {
         self.headers.push((k.into(), v.into()));
         self
+    }
+}
+
+/// Adds `metadata` to `s` as `x-ms-meta-*` headers.
+fn push_metadata(s: &mut Spec, metadata: &[(String, String)]) {
+    for (k, v) in metadata {
+        s.headers
+            .push((format!("x-ms-meta-{k}").into(), v.clone().into()));
     }
 }
 
@@ -705,7 +716,7 @@ impl BlobService {
         loop {
             let mut s = Spec::new("GET", path.clone()).q("comp", "list");
             if let Some(p) = prefix {
-                s = s.q("prefix", p);
+                s = s.q("prefix", p.to_owned());
             }
             if let Some(m) = &marker {
                 s = s.q("marker", m.clone());
@@ -900,22 +911,22 @@ impl BlobService {
         opts.conditions.apply(&mut s.headers);
         if let Some(ct) = &opts.content_type {
             s.headers
-                .push(("x-ms-blob-content-type".into(), ct.clone()));
+                .push(("x-ms-blob-content-type".into(), ct.clone().into()));
         }
-        for (k, v) in &opts.metadata {
-            s.headers.push((format!("x-ms-meta-{k}"), v.clone()));
-        }
+        push_metadata(s, &opts.metadata);
         if opts.crc64 {
             s.headers.push((
                 "x-ms-content-crc64".into(),
-                B64.encode(crc64(data).to_le_bytes()),
+                B64.encode(crc64(data).to_le_bytes()).into(),
             ));
         }
         if opts.md5 {
-            s.headers.push(("content-md5".into(), content_md5(data)));
+            s.headers
+                .push(("content-md5".into(), content_md5(data).into()));
         }
         if let Some(m) = &opts.content_md5 {
-            s.headers.push(("x-ms-blob-content-md5".into(), m.clone()));
+            s.headers
+                .push(("x-ms-blob-content-md5".into(), m.clone().into()));
         }
         if s.headers
             .iter()
@@ -948,9 +959,7 @@ impl BlobService {
     ) -> Result<String, BlobError> {
         let mut s = Spec::new("PUT", self.path(container, Some(blob))).q("comp", "metadata");
         conditions.apply(&mut s.headers);
-        for (k, v) in metadata {
-            s.headers.push((format!("x-ms-meta-{k}"), v.clone()));
-        }
+        push_metadata(&mut s, metadata);
         let a = self.send(&s, Body::None, 0, None).await?;
         Ok(etag(&a.head.headers))
     }
@@ -1059,6 +1068,15 @@ pub(crate) fn etag(h: &HeaderMap) -> String {
         .to_owned()
 }
 
+/// `bytes=<first>-<last>` of `range`, written into one right-sized string.
+fn range_header(range: &Range<u64>) -> String {
+    use std::fmt::Write as _;
+    // "bytes=" and two 20-digit numbers with their dash.
+    let mut v = String::with_capacity(48);
+    let _ = write!(v, "bytes={}-{}", range.start, range.end - 1);
+    v
+}
+
 /// Azure's CRC64 (the NVMe polynomial), as sent in `x-ms-content-crc64` (little-endian bytes).
 pub fn crc64(data: &[u8]) -> u64 {
     let mut d = crc64fast_nvme::Digest::new();
@@ -1087,12 +1105,10 @@ impl BlobService {
         if_match: Option<&str>,
         checksum: Option<Checksum>,
     ) -> Spec {
-        let mut s = Spec::new("GET", self.path(container, Some(blob))).h(
-            "x-ms-range",
-            format!("bytes={}-{}", range.start, range.end - 1),
-        );
+        let mut s =
+            Spec::new("GET", self.path(container, Some(blob))).h("x-ms-range", range_header(range));
         if let Some(e) = if_match {
-            s = s.h("if-match", e);
+            s = s.h("if-match", e.to_owned());
         }
         if let Some(c) = checksum {
             s = s.h(c.range_header(), "true");
@@ -1103,8 +1119,8 @@ impl BlobService {
     /// Renders `spec` (with a body of `body_len` bytes) into a request with this service's
     /// deadline and no buffers yet.
     fn request(&self, spec: &Spec, body_len: u64, queue: Option<u32>) -> Request {
-        let mut head = Vec::with_capacity(512);
-        self.head.render(
+        let mut head = self.client.head_buffer();
+        self.head.render_pairs(
             &mut head,
             spec.method,
             &spec.path,
@@ -1177,7 +1193,7 @@ impl BlobService {
     ) -> Spec {
         let s = Spec::new("PUT", self.path(container, Some(blob)))
             .q("comp", "block")
-            .q("blockid", id);
+            .q("blockid", id.to_owned());
         match checksum {
             Some((c, v)) => s.h(c.header(), v),
             None => s,
