@@ -33,7 +33,7 @@ enum Auth {
 /// use blobring::blob::{AccountConfig, HeadBuilder};
 /// let b = HeadBuilder::new(&AccountConfig::emulator());
 /// let mut head = Vec::new();
-/// let query = [("restype".to_owned(), "container".to_owned())];
+/// let query = [("restype", "container")];
 /// b.render(&mut head, "PUT", "/devstoreaccount1/data", &query, &[], 0);
 /// assert!(head.starts_with(b"PUT /devstoreaccount1/data?restype=container HTTP/1.1\r\n"));
 /// ```
@@ -82,22 +82,9 @@ impl HeadBuilder {
     /// `x-ms-date` (now), `x-ms-version` and `Content-Length` (for a body, or any PUT) unless
     /// `headers` has them, then the authorisation: a SharedKey `Authorization` line or the SAS
     /// appended to the query. `path` is already percent-encoded; query names and values are
-    /// encoded here.
-    pub fn render(
-        &self,
-        out: &mut Vec<u8>,
-        method: &str,
-        path: &str,
-        query: &[(String, String)],
-        headers: &[(String, String)],
-        body_len: u64,
-    ) {
-        self.render_pairs(out, method, path, query, headers, body_len);
-    }
-
-    /// [`HeadBuilder::render`] with names and values of any string type (the SDK's requests
-    /// keep literals borrowed).
-    pub(crate) fn render_pairs<K: AsRef<str>, V: AsRef<str>>(
+    /// encoded here. Names and values are any string type (`String`, `&str`, `Cow<str>`;
+    /// the query's and the headers' the same), so literals need not be allocated.
+    pub fn render<K: AsRef<str>, V: AsRef<str>>(
         &self,
         out: &mut Vec<u8>,
         method: &str,
@@ -282,7 +269,8 @@ mod tests {
         let acct = AccountConfig::emulator();
         let b = HeadBuilder::new(&acct);
         let mut out = Vec::new();
-        b.render(&mut out, "PUT", "/devstoreaccount1/c/b", &[], &[], 3);
+        let none: &[(&str, &str)] = &[];
+        b.render(&mut out, "PUT", "/devstoreaccount1/c/b", none, none, 3);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<(String, String)> = text
             .split("\r\n")
@@ -325,7 +313,8 @@ mod tests {
         assert!(text.starts_with("GET /devstoreaccount1?comp=list&sv=1&sig=x%2B HTTP/1.1\r\n"));
         assert!(!text.contains("authorization"));
         acct.credentials = Credentials::Anonymous;
-        HeadBuilder::new(&acct).render(&mut out, "GET", "/devstoreaccount1", &[], &[], 0);
+        let none: &[(String, String)] = &[];
+        HeadBuilder::new(&acct).render(&mut out, "GET", "/devstoreaccount1", none, none, 0);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("GET /devstoreaccount1 HTTP/1.1\r\n"));
         assert!(!text.contains("authorization") && !text.contains("content-length"));

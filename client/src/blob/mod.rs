@@ -1120,7 +1120,7 @@ impl BlobService {
     /// deadline and no buffers yet.
     fn request(&self, spec: &Spec, body_len: u64, queue: Option<u32>) -> Request {
         let mut head = self.client.head_buffer();
-        self.head.render_pairs(
+        self.head.render(
             &mut head,
             spec.method,
             &spec.path,
