@@ -703,13 +703,17 @@ pub async fn download_to_file(
     path: &Path,
     opts: &TransferOptions,
 ) -> Result<u64, BlobError> {
-    let io = |what: String| move |source| BlobError::Io { what, source };
-    let f = std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+    let f = std::fs::File::create(path).map_err(file_error("creating", path))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let n = download_to_writer(svc, container, blob, &mut w, opts).await?;
-    w.flush()
-        .map_err(io(format!("writing {}", path.display())))?;
+    w.flush().map_err(file_error("writing", path))?;
     Ok(n)
+}
+
+/// The error of `doing` (`"opening"`, …) the file at `path`.
+fn file_error(doing: &str, path: &Path) -> impl FnOnce(std::io::Error) -> BlobError {
+    let what = format!("{doing} {}", path.display());
+    move |source| BlobError::Io { what, source }
 }
 
 /// Uploads everything `r` yields as a block blob: `r` is read in `chunk_size` blocks that go
@@ -1029,8 +1033,7 @@ pub async fn upload_from_file(
     put: &PutOptions,
     opts: &TransferOptions,
 ) -> Result<String, BlobError> {
-    let io = |what: String| move |source| BlobError::Io { what, source };
-    let f = std::fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
+    let f = std::fs::File::open(path).map_err(file_error("opening", path))?;
     let total = f.metadata().map(|m| m.len()).ok();
     let mut r = std::io::BufReader::with_capacity(1 << 20, f);
     upload_from_reader(svc, container, blob, &mut r, total, put, opts).await
