@@ -967,6 +967,7 @@ impl Inner {
         if sleep {
             // Bounded only as a safety net: a wake is never needed to notice anything.
             let _ = set.sleep(Some(REAPER_SLEEP));
+            set.clear();
             let mut st = lock(&self.state);
             if st.generation == generation
                 && let Some(c) = st.conn.as_mut()

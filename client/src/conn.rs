@@ -250,6 +250,12 @@ pub struct SleepSet {
 }
 
 impl SleepSet {
+    /// Lets go of the words (and so of the mapping they live in: a replaced connection's
+    /// region is not kept mapped by a set kept for the next sleep), keeping the space.
+    pub(crate) fn clear(&mut self) {
+        self.words.clear();
+    }
+
     /// Blocks until a completion is posted on any queue, the daemon hangs up, or `timeout`
     /// passes. (With more than [`WAIT_ANY_MAX`] queues only the first ones are watched, and
     /// the sleep is capped at 1 ms.)
