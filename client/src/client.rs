@@ -134,9 +134,9 @@ pub const MAX_REQUEST_DATA: u64 = (blobring_abi::vmbus::AZ_BLOB_MAX_PAGES as u64
 /// completions and the daemon's death both wake it at once).
 const REAPER_SLEEP: Duration = Duration::from_secs(1);
 
-/// Most request-head buffers a [`Client`] keeps for reuse ([`Client::head_buffer`]), and the
-/// largest capacity it keeps (a bigger one is freed).
+/// Most request-head buffers a [`Client`] keeps for reuse ([`Client::head_buffer`]).
 const HEAD_POOL: usize = 64;
+/// The largest head buffer kept for reuse (a bigger one is freed).
 const HEAD_POOL_MAX_CAP: usize = 16 << 10;
 /// Capacity of a fresh head buffer (the SDK's heads are 300–700 bytes).
 const HEAD_CAP: usize = 1024;
