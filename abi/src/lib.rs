@@ -314,52 +314,16 @@ abi_struct! {
         /// Bytes of body the host wrote into the data buffer (`vsp_status` 0), or the size
         /// needed.
         pub data_len: u32,
+        reserved
         /// Reserved, zero.
         pub reserved: u32,
     }
-}
-
-/// The meaningful fields of a [`Cqe`] (`reserved` is zero). Build a CQE with [`Cqe::new`] and
-/// read one with [`Cqe::fields`]: both name every field of the layout, so a field added to
-/// [`Cqe`] fails to compile there until it is handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CqeFields {
-    /// [`Cqe::user_data`].
-    pub user_data: u64,
-    /// [`Cqe::res`].
-    pub res: i32,
-    /// [`Cqe::flags`].
-    pub flags: u32,
-    /// [`Cqe::vsp_status`].
-    pub vsp_status: u32,
-    /// [`Cqe::response_len`].
-    pub response_len: u32,
-    /// [`Cqe::data_len`].
-    pub data_len: u32,
+    /// The meaningful fields of a [`Cqe`] (`reserved` is zero). Build a CQE with [`Cqe::new`]
+    /// and read one with [`Cqe::fields`]; the three are declared together from one field list.
+    fields CqeFields;
 }
 
 impl Cqe {
-    /// The CQE carrying `fields`, `reserved` zero.
-    pub const fn new(fields: CqeFields) -> Self {
-        let CqeFields {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-        } = fields;
-        Self {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-            reserved: 0,
-        }
-    }
-
     /// A CQE with only `user_data` and `res`: a daemon-level failure (`res` a negative errno)
     /// or a NOP's completion (`res` 0) — no flags, no VSP result.
     pub const fn bare(user_data: u64, res: i32) -> Self {
@@ -371,27 +335,6 @@ impl Cqe {
             response_len: 0,
             data_len: 0,
         })
-    }
-
-    /// The meaningful fields, as written (not validated).
-    pub const fn fields(&self) -> CqeFields {
-        let Self {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-            reserved: _,
-        } = *self;
-        CqeFields {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-        }
     }
 }
 
