@@ -1,5 +1,5 @@
-//! C declarations generated from the same macro that declares each Rust layout, so the
-//! checked-in `include/blobring.h` can never drift from the Rust types without a test failing.
+//! C declarations generated from the same macro that declares each Rust layout, so the C
+//! header (`include/blobring.h`) can never drift from the Rust types.
 
 use std::fmt::Write as _;
 

@@ -6,8 +6,8 @@
 //! the Azure Blob VSP request/response (`reference/vmbus.md` §1–2, §6). Each type is `#[repr(C)]`
 //! with [`zerocopy`] derives, so it is read from and written to peer memory by copying bytes —
 //! never by forming a reference into memory a peer can write. Sizes and offsets are asserted at
-//! compile time, and `include/blobring.h` is generated from the same declarations (see
-//! [`c_header`]; a test fails when the checked-in header is stale).
+//! compile time, and the C header `include/blobring.h` is generated from the same declarations
+//! (see [`c_header`]; a test compiles it as C and C++, checking every size and offset again).
 //!
 //! **Trusts:** nothing. A layout is only a shape: every value read from a peer must be validated
 //! by the crate that reads it (`ring`, `vmbus`, the daemon).
@@ -475,14 +475,14 @@ pub mod qc {
 // C header
 // ---------------------------------------------------------------------------------------------
 
-/// The C header for non-Rust clients, as checked in at `abi/include/blobring.h`.
-///
-/// Regenerate with `cargo run -p blobring-abi --example gen-header`.
+/// The C header for non-Rust clients. `cargo run -p blobring-abi --example gen-header` writes
+/// it to `abi/include/blobring.h`; it is not checked in, so the Rust declarations stay its only
+/// source.
 pub fn c_header() -> String {
     use cdecl::emit_struct;
     let mut out = String::from(
         "/* blobring.h — generated from the blobring-abi crate; do not edit.\n \
-         * Regenerate: cargo run -p blobring-abi --example gen-header\n \
+         * Generate: cargo run -p blobring-abi --example gen-header\n \
          * All fields little-endian. Never read peer-written memory twice: copy, then validate. */\n\
          #ifndef BLOBRING_H\n#define BLOBRING_H\n\n#include <stddef.h>\n#include <stdint.h>\n\n\
          #if defined(__cplusplus)\n#define BLOBRING_STATIC_ASSERT static_assert\n#else\n\
