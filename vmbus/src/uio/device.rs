@@ -41,6 +41,19 @@ pub trait UioEvents: AsFd + Send + Sync + Debug {
     /// Non-blocking `read(fd, 4)`: `Some(total event count)`, or `None` if no event is
     /// pending. `EIO` means the device was rescinded.
     fn read_count(&self) -> io::Result<Option<u32>>;
+
+    /// Reads pending event counts until none is left (at most 1024 reads, so a storm cannot
+    /// hold the caller); returns how many reads succeeded. A rescind shows as an `EIO` error.
+    fn drain(&self) -> io::Result<u64> {
+        let mut n = 0;
+        while self.read_count()?.is_some() {
+            n += 1;
+            if n >= 1024 {
+                break;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// The real `/dev/uioN`, opened non-blocking.
@@ -404,17 +417,9 @@ impl Channel for UioChannel {
         Ok(())
     }
 
-    /// Reads pending event counts (all channels share the fd); returns how many reads
-    /// succeeded. A rescind shows as an `EIO` error.
+    /// Drains the pending event counts ([`UioEvents::drain`]; all channels share the fd).
     fn clear_wakeups(&self) -> io::Result<u64> {
-        let mut n = 0;
-        while self.events.read_count()?.is_some() {
-            n += 1;
-            if n >= 1024 {
-                break;
-            }
-        }
-        Ok(n)
+        self.events.drain()
     }
 }
 
