@@ -1058,6 +1058,7 @@ impl Worker {
             let timed_out = matches!(r.state, ReqState::TimedOut { .. });
             let _ = self
                 .stats
+                .latency
                 .host_service
                 .record(now.duration_since(r.sent).as_nanos() as u64);
             let bytes_in = if resp.error == 0 {
@@ -1097,6 +1098,7 @@ impl Worker {
         }
         let _ = self
             .stats
+            .latency
             .end_to_end
             .record(r.taken.elapsed().as_nanos() as u64);
         let Some(c) = self.clients.get_mut(r.client) else {
@@ -1218,6 +1220,7 @@ impl Worker {
             self.stats.requests += 1;
             let _ = self
                 .stats
+                .latency
                 .end_to_end
                 .record(now.elapsed().as_nanos() as u64);
             if c.cqes.is_empty() {
@@ -1301,6 +1304,7 @@ impl Worker {
                 r.sent = now;
                 let _ = self
                     .stats
+                    .latency
                     .queue_wait
                     .record(now.duration_since(r.taken).as_nanos() as u64);
                 true
