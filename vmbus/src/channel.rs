@@ -62,12 +62,25 @@ impl From<WriteError> for ChannelError {
 }
 
 /// The two rings of a channel, as a transport holds them.
-#[derive(Debug)]
 pub struct ChannelRings<M> {
     /// The ring we produce on.
     pub outgoing: OutgoingRing<M>,
     /// The ring we consume.
     pub incoming: IncomingRing<M>,
+}
+
+/// Shows the size of one ring (header and data area; both rings have the same), not the
+/// memory behind them.
+impl<M: SharedMemory> std::fmt::Debug for ChannelRings<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ring = &self.outgoing;
+        f.debug_struct("ChannelRings")
+            .field(
+                "ring_size",
+                &(ring.header_size() + u64::from(ring.data_size())),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// One VMBus channel as seen by one side. `AsFd` gives the fd that becomes readable when the

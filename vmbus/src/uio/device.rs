@@ -319,10 +319,7 @@ impl Debug for UioChannel {
             .field("relid", &self.relid)
             .field("subchannel_id", &self.subchannel_id)
             .field("path", &self.path)
-            .field(
-                "ring_size",
-                &(u64::from(self.rings.outgoing.data_size()) + self.rings.outgoing.header_size()),
-            )
+            .field("rings", &self.rings)
             .finish_non_exhaustive()
     }
 }
