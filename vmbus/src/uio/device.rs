@@ -303,6 +303,7 @@ fn map_device(
 
 /// One VMBus channel of the device (primary or subchannel). Implements [`Channel`]; its fd
 /// is the device's shared uio fd.
+#[derive(Debug)]
 pub struct UioChannel {
     relid: u32,
     subchannel_id: u32,
@@ -311,17 +312,6 @@ pub struct UioChannel {
     events: Arc<dyn UioEvents>,
     int_page: PageMem,
     monitor_page: PageMem,
-}
-
-impl Debug for UioChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UioChannel")
-            .field("relid", &self.relid)
-            .field("subchannel_id", &self.subchannel_id)
-            .field("path", &self.path)
-            .field("rings", &self.rings)
-            .finish_non_exhaustive()
-    }
 }
 
 impl AsFd for UioChannel {
