@@ -1,5 +1,5 @@
-//! C declarations generated from the same macro that declares each Rust layout, so the
-//! checked-in `include/blobring.h` can never drift from the Rust types without a test failing.
+//! C declarations generated from the same macro that declares each Rust layout, so the C
+//! header (`include/blobring.h`) can never drift from the Rust types.
 
 use std::fmt::Write as _;
 
@@ -40,7 +40,53 @@ pub trait CStruct {
 }
 
 /// Declares an ABI struct: the Rust type with zerocopy derives, and its [`CStruct`] description.
+///
+/// The first form is for a layout whose meaningful fields are followed by one reserved field
+/// (marked `reserved`): it also declares the `fields` struct holding the meaningful ones, and
+/// `new` (reserved zero) and `fields` on the layout, all from the one field list.
 macro_rules! abi_struct {
+    (
+        $(#[doc = $doc:literal])*
+        c $cname:literal,
+        pub struct $name:ident {
+            $( $(#[doc = $fdoc:literal])* pub $field:ident : $ty:ty, )*
+            reserved
+            $(#[doc = $rdoc:literal])*
+            pub $reserved:ident : $rty:ty $(,)?
+        }
+        $(#[doc = $fsdoc:literal])*
+        fields $fields:ident;
+    ) => {
+        $crate::cdecl::abi_struct! {
+            $(#[doc = $doc])*
+            c $cname,
+            pub struct $name {
+                $( $(#[doc = $fdoc])* pub $field: $ty, )*
+                $(#[doc = $rdoc])*
+                pub $reserved: $rty,
+            }
+        }
+
+        $(#[doc = $fsdoc])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $fields {
+            $( $(#[doc = $fdoc])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            #[doc = concat!("The layout carrying `fields`, `", stringify!($reserved), "` zero.")]
+            pub const fn new(fields: $fields) -> Self {
+                let $fields { $($field),* } = fields;
+                Self { $($field,)* $reserved: 0 }
+            }
+
+            /// The meaningful fields, as written (not validated).
+            pub const fn fields(&self) -> $fields {
+                let Self { $($field,)* $reserved: _ } = *self;
+                $fields { $($field),* }
+            }
+        }
+    };
     (
         $(#[doc = $doc:literal])*
         c $cname:literal,

@@ -6,8 +6,8 @@
 //! the Azure Blob VSP request/response (`reference/vmbus.md` §1–2, §6). Each type is `#[repr(C)]`
 //! with [`zerocopy`] derives, so it is read from and written to peer memory by copying bytes —
 //! never by forming a reference into memory a peer can write. Sizes and offsets are asserted at
-//! compile time, and `include/blobring.h` is generated from the same declarations (see
-//! [`c_header`]; a test fails when the checked-in header is stale).
+//! compile time, and the C header `include/blobring.h` is generated from the same declarations
+//! (see [`c_header`]; a test compiles it as C and C++, checking every size and offset again).
 //!
 //! **Trusts:** nothing. A layout is only a shape: every value read from a peer must be validated
 //! by the crate that reads it (`ring`, `vmbus`, the daemon).
@@ -314,52 +314,16 @@ abi_struct! {
         /// Bytes of body the host wrote into the data buffer (`vsp_status` 0), or the size
         /// needed.
         pub data_len: u32,
+        reserved
         /// Reserved, zero.
         pub reserved: u32,
     }
-}
-
-/// The meaningful fields of a [`Cqe`] (`reserved` is zero). Build a CQE with [`Cqe::new`] and
-/// read one with [`Cqe::fields`]: both name every field of the layout, so a field added to
-/// [`Cqe`] fails to compile there until it is handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CqeFields {
-    /// [`Cqe::user_data`].
-    pub user_data: u64,
-    /// [`Cqe::res`].
-    pub res: i32,
-    /// [`Cqe::flags`].
-    pub flags: u32,
-    /// [`Cqe::vsp_status`].
-    pub vsp_status: u32,
-    /// [`Cqe::response_len`].
-    pub response_len: u32,
-    /// [`Cqe::data_len`].
-    pub data_len: u32,
+    /// The meaningful fields of a [`Cqe`] (`reserved` is zero). Build a CQE with [`Cqe::new`]
+    /// and read one with [`Cqe::fields`]; the three are declared together from one field list.
+    fields CqeFields;
 }
 
 impl Cqe {
-    /// The CQE carrying `fields`, `reserved` zero.
-    pub const fn new(fields: CqeFields) -> Self {
-        let CqeFields {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-        } = fields;
-        Self {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-            reserved: 0,
-        }
-    }
-
     /// A CQE with only `user_data` and `res`: a daemon-level failure (`res` a negative errno)
     /// or a NOP's completion (`res` 0) — no flags, no VSP result.
     pub const fn bare(user_data: u64, res: i32) -> Self {
@@ -371,27 +335,6 @@ impl Cqe {
             response_len: 0,
             data_len: 0,
         })
-    }
-
-    /// The meaningful fields, as written (not validated).
-    pub const fn fields(&self) -> CqeFields {
-        let Self {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-            reserved: _,
-        } = *self;
-        CqeFields {
-            user_data,
-            res,
-            flags,
-            vsp_status,
-            response_len,
-            data_len,
-        }
     }
 }
 
@@ -532,14 +475,14 @@ pub mod qc {
 // C header
 // ---------------------------------------------------------------------------------------------
 
-/// The C header for non-Rust clients, as checked in at `abi/include/blobring.h`.
-///
-/// Regenerate with `cargo run -p blobring-abi --example gen-header`.
+/// The C header for non-Rust clients. `cargo run -p blobring-abi --example gen-header` writes
+/// it to `abi/include/blobring.h`; it is not checked in, so the Rust declarations stay its only
+/// source.
 pub fn c_header() -> String {
     use cdecl::emit_struct;
     let mut out = String::from(
         "/* blobring.h — generated from the blobring-abi crate; do not edit.\n \
-         * Regenerate: cargo run -p blobring-abi --example gen-header\n \
+         * Generate: cargo run -p blobring-abi --example gen-header\n \
          * All fields little-endian. Never read peer-written memory twice: copy, then validate. */\n\
          #ifndef BLOBRING_H\n#define BLOBRING_H\n\n#include <stddef.h>\n#include <stdint.h>\n\n\
          #if defined(__cplusplus)\n#define BLOBRING_STATIC_ASSERT static_assert\n#else\n\

@@ -1,25 +1,12 @@
-//! The checked-in C header must equal the one generated from the Rust layouts, and must compile
-//! with the machine's C compiler (its `_Static_assert`s check every size and offset).
+//! The C header generated from the Rust layouts must compile with the machine's C and C++
+//! compilers (its `_Static_assert`s check every size and offset).
 
-use std::path::Path;
 use std::process::Command;
-
-fn header_path() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("include/blobring.h")
-}
-
-#[test]
-fn checked_in_header_is_current() {
-    let on_disk = std::fs::read_to_string(header_path()).expect("read abi/include/blobring.h");
-    assert!(
-        on_disk == blobring_abi::c_header(),
-        "abi/include/blobring.h is stale: run `cargo run -p blobring-abi --example gen-header`"
-    );
-}
 
 #[test]
 fn header_compiles_as_c_and_cxx() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blobring.h"), blobring_abi::c_header()).unwrap();
     let src = dir.path().join("t.c");
     std::fs::write(
         &src,
@@ -33,7 +20,7 @@ fn header_compiles_as_c_and_cxx() {
         let out = Command::new(cc)
             .args(&extra)
             .args(["-fsyntax-only", "-Wall", "-Werror", "-I"])
-            .arg(header_path().parent().unwrap())
+            .arg(dir.path())
             .arg(&src)
             .output()
             .unwrap_or_else(|e| panic!("run {cc}: {e}"));

@@ -44,10 +44,8 @@ pub struct Plan {
     pub threads: CapabilitySet,
     /// Why each kept capability is kept.
     pub reasons: Vec<String>,
-    /// uid to switch to (`--user`).
-    pub uid: Option<u32>,
-    /// gid to switch to (`--group`, or the `--user`'s primary group).
-    pub gid: Option<u32>,
+    /// The uid and gid to switch to.
+    pub ids: Ids,
 }
 
 impl Plan {
@@ -88,8 +86,7 @@ impl Plan {
             control,
             threads,
             reasons,
-            uid,
-            gid,
+            ids,
         })
     }
 }
@@ -208,15 +205,19 @@ pub fn drop_process(plan: &Plan, own: &[PathBuf]) -> Result<(), DaemonError> {
         set_no_new_privs,
     };
     let before = capabilities(None).map_err(sys("capget"))?;
-    if plan.uid.is_some() || plan.gid.is_some() {
+    if plan.ids.uid.is_some() || plan.ids.gid.is_some() {
         for p in own {
-            rustix::fs::chown(p, plan.uid.map(Uid::from_raw), plan.gid.map(Gid::from_raw))
-                .map_err(|e| {
-                    DaemonError::Setup(format!(
-                        "handing {} to --user/--group: {e} (the daemon needs CAP_CHOWN for that)",
-                        p.display()
-                    ))
-                })?;
+            rustix::fs::chown(
+                p,
+                plan.ids.uid.map(Uid::from_raw),
+                plan.ids.gid.map(Gid::from_raw),
+            )
+            .map_err(|e| {
+                DaemonError::Setup(format!(
+                    "handing {} to --user/--group: {e} (the daemon needs CAP_CHOWN for that)",
+                    p.display()
+                ))
+            })?;
         }
     }
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
@@ -235,7 +236,7 @@ pub fn drop_process(plan: &Plan, own: &[PathBuf]) -> Result<(), DaemonError> {
         Ok(()) | Err(rustix::io::Errno::INVAL) => {}
         Err(e) => return Err(sys("clearing the ambient set")(e)),
     }
-    if let Some(gid) = plan.gid {
+    if let Some(gid) = plan.ids.gid {
         let g = nix::unistd::Gid::from_raw(gid);
         nix::unistd::setgroups(&[g]).map_err(|e| {
             DaemonError::Setup(format!("--group {gid}: setgroups: {e} (needs CAP_SETGID)"))
@@ -244,7 +245,7 @@ pub fn drop_process(plan: &Plan, own: &[PathBuf]) -> Result<(), DaemonError> {
             DaemonError::Setup(format!("--group {gid}: setresgid: {e} (needs CAP_SETGID)"))
         })?;
     }
-    if let Some(uid) = plan.uid {
+    if let Some(uid) = plan.ids.uid {
         // Keep the permitted set across the uid change only if something is to be kept.
         set_keep_capabilities(!plan.control.is_empty()).map_err(sys("PR_SET_KEEPCAPS"))?;
         let u = nix::unistd::Uid::from_raw(uid);

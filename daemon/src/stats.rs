@@ -155,12 +155,8 @@ pub struct WorkerStats {
     /// Times a client's doorbell was muted for ringing with nothing to take (see the worker's
     /// doorbell throttle).
     pub doorbell_mutes: u64,
-    /// Queue wait: SQE taken → packet on a channel (ns).
-    pub queue_wait: Histogram<u64>,
-    /// Host service time: packet sent → host completion (ns).
-    pub host_service: Histogram<u64>,
-    /// End to end inside the daemon: SQE taken → CQE posted (ns).
-    pub end_to_end: Histogram<u64>,
+    /// Request latencies.
+    pub latency: Latencies,
     /// Per client.
     pub clients: BTreeMap<u64, ClientCounters>,
     /// Per owned channel.
@@ -172,6 +168,47 @@ pub struct WorkerStats {
 fn histogram() -> Histogram<u64> {
     // 1 ns .. 1 hour, 2 significant digits: ~20 KiB per histogram.
     Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("static histogram bounds")
+}
+
+/// The request latency histograms of a worker (or merged over workers), in ns.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Queue wait: SQE taken → packet on a channel.
+    pub queue_wait: Histogram<u64>,
+    /// Host service time: packet sent → host completion.
+    pub host_service: Histogram<u64>,
+    /// End to end inside the daemon: SQE taken → CQE posted.
+    pub end_to_end: Histogram<u64>,
+}
+
+impl Latencies {
+    fn new() -> Self {
+        Self {
+            queue_wait: histogram(),
+            host_service: histogram(),
+            end_to_end: histogram(),
+        }
+    }
+
+    /// Adds `other`'s samples to these.
+    fn add(&mut self, other: &Self) {
+        let _ = self.queue_wait.add(&other.queue_wait);
+        let _ = self.host_service.add(&other.host_service);
+        let _ = self.end_to_end.add(&other.end_to_end);
+    }
+
+    /// `"queue_wait"`, `"host_service"` and `"end_to_end"`, each a [`hist_json`], added to the
+    /// JSON object `into`.
+    fn json_into(&self, into: &mut Value) {
+        let Value::Object(map) = into else { return };
+        for (key, h) in [
+            ("queue_wait", &self.queue_wait),
+            ("host_service", &self.host_service),
+            ("end_to_end", &self.end_to_end),
+        ] {
+            map.insert(key.into(), hist_json(h));
+        }
+    }
 }
 
 impl WorkerStats {
@@ -195,9 +232,7 @@ impl WorkerStats {
             doorbells: 0,
             doorbell_mutes: 0,
             uid_stalls: 0,
-            queue_wait: histogram(),
-            host_service: histogram(),
-            end_to_end: histogram(),
+            latency: Latencies::new(),
             clients: BTreeMap::new(),
             channels: Vec::new(),
             in_flight_list: Vec::new(),
@@ -254,7 +289,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
     let snaps: Vec<WorkerStats> = cells.iter().map(|c| lock(c).clone()).collect();
     let mut channels = Vec::new();
     let mut clients: BTreeMap<u64, ClientCounters> = BTreeMap::new();
-    let (mut qw, mut hs, mut e2e) = (histogram(), histogram(), histogram());
+    let mut latency = Latencies::new();
     let mut totals = (0u64, 0u64, 0u64, Errors::default());
     let mut in_flight = Vec::new();
     for w in &snaps {
@@ -263,9 +298,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
                 .iter()
                 .map(|r| (r.age, in_flight_json(w.index, r))),
         );
-        let _ = qw.add(&w.queue_wait);
-        let _ = hs.add(&w.host_service);
-        let _ = e2e.add(&w.end_to_end);
+        latency.add(&w.latency);
         totals.0 += w.requests;
         totals.1 += w.bytes_out;
         totals.2 += w.bytes_in;
@@ -278,6 +311,13 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
     // Oldest first; each worker lists at most its oldest few.
     in_flight.sort_by_key(|r| std::cmp::Reverse(r.0));
     let in_flight: Vec<Value> = in_flight.into_iter().map(|(_, j)| j).collect();
+    let mut totals = json!({
+        "requests": totals.0,
+        "bytes_out": totals.1,
+        "bytes_in": totals.2,
+        "errors": totals.3.json(),
+    });
+    latency.json_into(&mut totals);
     json!({
         "daemon": {
             "host_connected": info.host_connected,
@@ -286,15 +326,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
             "clients": info.clients,
             "refused": info.refused,
         },
-        "totals": {
-            "requests": totals.0,
-            "bytes_out": totals.1,
-            "bytes_in": totals.2,
-            "errors": totals.3.json(),
-            "queue_wait": hist_json(&qw),
-            "host_service": hist_json(&hs),
-            "end_to_end": hist_json(&e2e),
-        },
+        "totals": totals,
         "workers": snaps.iter().map(worker_json).collect::<Vec<_>>(),
         "channels": channels,
         "clients": clients.iter().map(|(id, c)| client_json(*id, c)).collect::<Vec<_>>(),
@@ -303,7 +335,7 @@ pub fn to_json(cells: &[StatsCell], info: &DaemonInfo) -> Value {
 }
 
 fn worker_json(w: &WorkerStats) -> Value {
-    json!({
+    let mut json = json!({
         "index": w.index,
         "cpu": w.cpu,
         "requests": w.requests,
@@ -323,10 +355,9 @@ fn worker_json(w: &WorkerStats) -> Value {
         "uid_stalls": w.uid_stalls,
         "clients": w.clients.len(),
         "channels": w.channels.iter().map(|c| c.index).collect::<Vec<_>>(),
-        "queue_wait": hist_json(&w.queue_wait),
-        "host_service": hist_json(&w.host_service),
-        "end_to_end": hist_json(&w.end_to_end),
-    })
+    });
+    w.latency.json_into(&mut json);
+    json
 }
 
 fn in_flight_json(worker: usize, r: &InFlightRequest) -> Value {

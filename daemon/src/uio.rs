@@ -107,14 +107,7 @@ impl WorkerChannel for UioWorkerChannel {
         Channel::wait_for_space(&mut self.ch, needed)
     }
     fn clear_wakeups(&self) -> std::io::Result<u64> {
-        let mut n = 0;
-        while self.listener.read_count()?.is_some() {
-            n += 1;
-            if n >= 1024 {
-                break;
-            }
-        }
-        Ok(n)
+        self.listener.drain()
     }
     fn max_request_pages(&self) -> Option<u32> {
         Some(self.max_pages)

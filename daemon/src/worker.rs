@@ -199,15 +199,43 @@ pub struct WorkerSettings {
     pub default_timeout: Duration,
 }
 
-const TAG_SHIFT: u32 = 56;
-const TAG_CONTROL: u64 = 1;
-const TAG_CLIENT: u64 = 2;
-const TAG_CHANNEL: u64 = 3;
-const TAG_DEADLINE: u64 = 4;
-const TAG_WAKE: u64 = 5;
+/// What a reactor token refers to: its top byte. The rest of the token is a slab key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    /// The control thread's eventfd.
+    Control = 1,
+    /// A client's doorbell (key: the client).
+    Client,
+    /// A channel's wait fd (key: the channel).
+    Channel,
+    /// The next request deadline.
+    Deadline,
+    /// A futex wake of a sleeping client.
+    Wake,
+}
 
-fn token(tag: u64, key: usize) -> u64 {
-    (tag << TAG_SHIFT) | key as u64
+const TAG_SHIFT: u32 = 56;
+
+impl Tag {
+    const ALL: [Self; 5] = [
+        Self::Control,
+        Self::Client,
+        Self::Channel,
+        Self::Deadline,
+        Self::Wake,
+    ];
+
+    /// The tag and the key of `token` (no tag if its top byte is none this worker issues).
+    fn split(token: u64) -> (Option<Self>, usize) {
+        let tag = Self::ALL
+            .into_iter()
+            .find(|&t| t as u64 == token >> TAG_SHIFT);
+        (tag, (token & ((1 << TAG_SHIFT) - 1)) as usize)
+    }
+}
+
+fn token(tag: Tag, key: usize) -> u64 {
+    ((tag as u64) << TAG_SHIFT) | key as u64
 }
 
 struct ClientQ {
@@ -481,7 +509,7 @@ pub fn run(
         Reactor::new().map_err(|e| format!("worker {}: io_uring setup: {e}", s.index))?;
     tracing::info!(worker = s.index, cpu = ?s.cpu, features = %reactor.features(), "worker started");
     reactor
-        .poll_multishot(control_fd.clone(), token(TAG_CONTROL, 0))
+        .poll_multishot(control_fd.clone(), token(Tag::Control, 0))
         .map_err(|e| e.to_string())?;
     let stats = crate::stats::WorkerStats::new(s.index, s.cpu);
     let mut w = Worker {
@@ -632,7 +660,7 @@ impl Worker {
             if let Some(Reverse((at, _, _))) = self.deadlines.peek() {
                 let at = *at;
                 self.reactor
-                    .set_deadline(at, token(TAG_DEADLINE, 0))
+                    .set_deadline(at, token(Tag::Deadline, 0))
                     .map_err(|e| e.to_string())?;
             }
             self.stats.sleeps += 1;
@@ -668,14 +696,13 @@ impl Worker {
     fn handle_events(&mut self, events: &mut Vec<(u64, Event)>) -> bool {
         let mut any = false;
         for (tok, ev) in events.drain(..) {
-            let tag = tok >> TAG_SHIFT;
-            let key = (tok & ((1 << TAG_SHIFT) - 1)) as usize;
+            let (tag, key) = Tag::split(tok);
             match (tag, ev) {
-                (TAG_CONTROL, Event::Readable { .. }) => {
+                (Some(Tag::Control), Event::Readable { .. }) => {
                     let _ = self.control_fd.drain();
                     any = true;
                 }
-                (TAG_CLIENT, Event::Readable { .. }) => {
+                (Some(Tag::Client), Event::Readable { .. }) => {
                     if let Some(c) = self.clients.get_mut(key) {
                         let _ = c.shared.doorbells[self.s.index].drain();
                         c.rang = true;
@@ -683,7 +710,7 @@ impl Worker {
                         any = true;
                     }
                 }
-                (TAG_CHANNEL, Event::Readable { .. }) => {
+                (Some(Tag::Channel), Event::Readable { .. }) => {
                     if let Some(c) = self.chans.get(key) {
                         if let Err(e) = c.ch.clear_wakeups() {
                             // uio: EIO after a rescind. The control thread fails everything
@@ -693,8 +720,8 @@ impl Worker {
                         any = true;
                     }
                 }
-                (TAG_WAKE, _) => {}
-                (TAG_DEADLINE, _) => any = true,
+                (Some(Tag::Wake), _) => {}
+                (Some(Tag::Deadline), _) => any = true,
                 _ => {}
             }
         }
@@ -774,7 +801,7 @@ impl Worker {
             .reactor
             .poll_multishot(
                 shared.doorbells[self.s.index].clone(),
-                token(TAG_CLIENT, key),
+                token(Tag::Client, key),
             )
             .map_err(|e| e.to_string())?;
         let counters = ClientCounters {
@@ -843,7 +870,7 @@ impl Worker {
             c.muted_until = None;
             match self
                 .reactor
-                .poll_multishot(c.shared.doorbells[index].clone(), token(TAG_CLIENT, k))
+                .poll_multishot(c.shared.doorbells[index].clone(), token(Tag::Client, k))
             {
                 Ok(op) => c.poll = Some(op),
                 // Without a poll the client is still served whenever the worker is awake;
@@ -920,7 +947,7 @@ impl Worker {
         let key = self.chans.vacant_key();
         let poll = self
             .reactor
-            .poll_multishot(fd, token(TAG_CHANNEL, key))
+            .poll_multishot(fd, token(Tag::Channel, key))
             .map_err(|e| e.to_string())?;
         let counters = ChannelCounters {
             index: ch.index(),
@@ -1031,6 +1058,7 @@ impl Worker {
             let timed_out = matches!(r.state, ReqState::TimedOut { .. });
             let _ = self
                 .stats
+                .latency
                 .host_service
                 .record(now.duration_since(r.sent).as_nanos() as u64);
             let bytes_in = if resp.error == 0 {
@@ -1070,6 +1098,7 @@ impl Worker {
         }
         let _ = self
             .stats
+            .latency
             .end_to_end
             .record(r.taken.elapsed().as_nanos() as u64);
         let Some(c) = self.clients.get_mut(r.client) else {
@@ -1191,6 +1220,7 @@ impl Worker {
             self.stats.requests += 1;
             let _ = self
                 .stats
+                .latency
                 .end_to_end
                 .record(now.elapsed().as_nanos() as u64);
             if c.cqes.is_empty() {
@@ -1274,6 +1304,7 @@ impl Worker {
                 r.sent = now;
                 let _ = self
                     .stats
+                    .latency
                     .queue_wait
                     .record(now.duration_since(r.taken).as_nanos() as u64);
                 true
@@ -1395,7 +1426,9 @@ impl Worker {
                     c.cqes.clear();
                     if p.wake_peer {
                         self.stats.client_wakes += 1;
-                        let _ = self.reactor.futex_wake(c.futex.clone(), token(TAG_WAKE, k));
+                        let _ = self
+                            .reactor
+                            .futex_wake(c.futex.clone(), token(Tag::Wake, k));
                     }
                 }
                 Err(e) => {
@@ -1433,7 +1466,9 @@ impl Worker {
             }
             if wake {
                 self.stats.client_wakes += 1;
-                let _ = self.reactor.futex_wake(c.futex.clone(), token(TAG_WAKE, k));
+                let _ = self
+                    .reactor
+                    .futex_wake(c.futex.clone(), token(Tag::Wake, k));
             }
         }
     }
@@ -1905,8 +1940,10 @@ mod tests {
 
     #[test]
     fn tokens_keep_tag_and_key_apart() {
-        let t = token(TAG_CLIENT, 12345);
-        assert_eq!(t >> TAG_SHIFT, TAG_CLIENT);
+        let t = token(Tag::Client, 12345);
+        assert_eq!(t >> TAG_SHIFT, Tag::Client as u64);
         assert_eq!(t & ((1 << TAG_SHIFT) - 1), 12345);
+        assert_eq!(Tag::split(t), (Some(Tag::Client), 12345));
+        assert_eq!(Tag::split(t | (9 << TAG_SHIFT)).0, None);
     }
 }

@@ -14,16 +14,28 @@ use blobring_shm::SharedMemory;
 
 use crate::{Published, QueueLayout, RingError, check_advance};
 
+/// A free-running index in the control block: where it is, and its name for
+/// [`RingError::Corrupt`].
+#[derive(Debug, Clone, Copy)]
+pub struct IndexWord {
+    /// Offset in the control block.
+    pub offset: u64,
+    /// The field's name (`sq_head`, ...).
+    pub name: &'static str,
+}
+
+impl IndexWord {
+    const fn new(offset: u64, name: &'static str) -> Self {
+        Self { offset, name }
+    }
+}
+
 /// An entry type and the control words of its queue.
 pub trait Entry: FromBytes + IntoBytes + Immutable + Copy {
-    /// Offset of the consumer's index in the control block.
-    const HEAD: u64;
-    /// Offset of the producer's index.
-    const TAIL: u64;
-    /// Names of the two indices, for [`RingError::Corrupt`].
-    const HEAD_NAME: &'static str;
-    /// See [`Entry::HEAD_NAME`].
-    const TAIL_NAME: &'static str;
+    /// The consumer's index.
+    const HEAD: IndexWord;
+    /// The producer's index.
+    const TAIL: IndexWord;
     /// The consumer's "I sleep" flag, which the producer reads after publishing its tail.
     const CONSUMER_SLEEPS: u64;
     /// The flag the consumer reads after publishing its head, if its producer may sleep
@@ -36,10 +48,8 @@ pub trait Entry: FromBytes + IntoBytes + Immutable + Copy {
 }
 
 impl Entry for Sqe {
-    const HEAD: u64 = qc::SQ_HEAD;
-    const TAIL: u64 = qc::SQ_TAIL;
-    const HEAD_NAME: &'static str = "sq_head";
-    const TAIL_NAME: &'static str = "sq_tail";
+    const HEAD: IndexWord = IndexWord::new(qc::SQ_HEAD, "sq_head");
+    const TAIL: IndexWord = IndexWord::new(qc::SQ_TAIL, "sq_tail");
     const CONSUMER_SLEEPS: u64 = qc::SQ_NEED_WAKEUP;
     const PRODUCER_SLEEPS: Option<u64> = None;
     fn entries(layout: &QueueLayout) -> u32 {
@@ -51,10 +61,8 @@ impl Entry for Sqe {
 }
 
 impl Entry for Cqe {
-    const HEAD: u64 = qc::CQ_HEAD;
-    const TAIL: u64 = qc::CQ_TAIL;
-    const HEAD_NAME: &'static str = "cq_head";
-    const TAIL_NAME: &'static str = "cq_tail";
+    const HEAD: IndexWord = IndexWord::new(qc::CQ_HEAD, "cq_head");
+    const TAIL: IndexWord = IndexWord::new(qc::CQ_TAIL, "cq_tail");
     const CONSUMER_SLEEPS: u64 = qc::CQ_WAITING;
     // A daemon out of CQ credits sleeps until `cq_head` moves, on the SQ's flag.
     const PRODUCER_SLEEPS: Option<u64> = Some(qc::SQ_NEED_WAKEUP);
@@ -122,10 +130,12 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Producer<M, E> {
     pub(crate) fn refresh(&mut self) -> Result<u32, RingError> {
         // Acquire pairs with the consumer's release store of its head, issued after it copied
         // the entries out: our later overwrites of those slots happen after its reads.
-        let head = self.mem.load_u32(self.layout.field(E::HEAD), Acquire)?;
+        let head = self
+            .mem
+            .load_u32(self.layout.field(E::HEAD.offset), Acquire)?;
         // The head may only move forward, and never past what we published
         // (`my_cq_tail - client_cq_head > cq_entries` is the classic corruption).
-        check_advance(E::HEAD_NAME, self.head, self.head, head, self.pending())?;
+        check_advance(E::HEAD.name, self.head, self.head, head, self.pending())?;
         self.head = head;
         Ok(E::entries(&self.layout) - self.pending())
     }
@@ -146,7 +156,7 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Producer<M, E> {
         // Release: the entry bytes written above become visible to a consumer that loads this
         // tail with acquire. One store per batch. (`cq_tail` is also the client's futex word.)
         self.mem
-            .store_u32(self.layout.field(E::TAIL), self.tail, Release)?;
+            .store_u32(self.layout.field(E::TAIL.offset), self.tail, Release)?;
         // Fence + load the consumer's flag: pairs with the fence in `Consumer::prepare_idle`.
         let wake_peer = peer_flag(&*self.mem, &self.layout, E::CONSUMER_SLEEPS)?;
         Ok(Published {
@@ -220,11 +230,13 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Consumer<M, E> {
     fn refresh_raw(&mut self) -> Result<(u32, u32), RingError> {
         // Acquire pairs with the producer's release store of its tail: the entry bytes it
         // wrote before publishing are visible to the copies we make after this load.
-        let tail = self.mem.load_u32(self.layout.field(E::TAIL), Acquire)?;
+        let tail = self
+            .mem
+            .load_u32(self.layout.field(E::TAIL.offset), Acquire)?;
         // A tail more than `entries` ahead of our head, or behind what it already published,
         // is corrupt: taking it would read slots twice or spin forever.
         check_advance(
-            E::TAIL_NAME,
+            E::TAIL.name,
             self.head,
             self.tail,
             tail,
@@ -251,7 +263,7 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Consumer<M, E> {
         // Release: our copies above happen before the producer sees the slots as free and
         // overwrites them (it loads the head with acquire).
         self.mem
-            .store_u32(self.layout.field(E::HEAD), self.head, Release)?;
+            .store_u32(self.layout.field(E::HEAD.offset), self.head, Release)?;
         let wake_peer = match E::PRODUCER_SLEEPS {
             // Same handshake as for the tail (fence, then read the producer's flag).
             Some(flag) => peer_flag(&*self.mem, &self.layout, flag)?,

@@ -2,6 +2,7 @@
 
 use blobring_abi::{Cqe, IntoBytes, QUEUE_CONTROL_LEN, RegionGeometry, Sqe, qc};
 use blobring_shm::SharedMemory;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use crate::RingError;
@@ -159,10 +160,10 @@ impl QueueLayout {
         i: u32,
         src: &[E],
     ) -> Result<(), RingError> {
-        let (a, b) = src.split_at(self.until_wrap::<E>(i, src.len()));
-        mem.write(self.slot_at::<E>(i), a.as_bytes())?;
-        if !b.is_empty() {
-            mem.write(E::array(self), b.as_bytes())?;
+        for (at, part) in self.pieces::<E>(i, src.len()) {
+            if !part.is_empty() {
+                mem.write(at, src[part].as_bytes())?;
+            }
         }
         Ok(())
     }
@@ -175,19 +176,21 @@ impl QueueLayout {
         i: u32,
         dst: &mut [E],
     ) -> Result<(), RingError> {
-        let (a, b) = dst.split_at_mut(self.until_wrap::<E>(i, dst.len()));
-        mem.read(self.slot_at::<E>(i), a.as_mut_bytes())?;
-        if !b.is_empty() {
-            mem.read(E::array(self), b.as_mut_bytes())?;
+        for (at, part) in self.pieces::<E>(i, dst.len()) {
+            if !part.is_empty() {
+                mem.read(at, dst[part].as_mut_bytes())?;
+            }
         }
         Ok(())
     }
 
-    /// Of `n` entries starting at free-running index `i`, how many fit before the array of
-    /// `E`'s queue wraps.
-    fn until_wrap<E: Entry>(&self, i: u32, n: usize) -> usize {
+    /// Where `n` entries starting at free-running index `i` go in the array of `E`'s queue:
+    /// `(offset, entries)` up to the end of the array, then the rest from its start (empty
+    /// when nothing wraps).
+    fn pieces<E: Entry>(&self, i: u32, n: usize) -> [(u64, Range<usize>); 2] {
         let entries = E::entries(self);
-        n.min((entries - (i & (entries - 1))) as usize)
+        let first = n.min((entries - (i & (entries - 1))) as usize);
+        [(self.slot_at::<E>(i), 0..first), (E::array(self), first..n)]
     }
 
     /// Offset of a `QueueControl` field (`blobring_abi::qc::*`).

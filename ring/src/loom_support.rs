@@ -94,16 +94,7 @@ impl SharedMemory for LoomMemory {
     fn size(&self) -> u64 {
         self.len
     }
-    fn load_u32(&self, offset: u64, order: Ordering) -> Result<u32, AccessError> {
-        Ok(self.word(offset)?.load(order))
-    }
-    fn store_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<(), AccessError> {
-        self.word(offset)?.store(value, order);
-        Ok(())
-    }
-    fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<u32, AccessError> {
-        Ok(self.word(offset)?.fetch_or(value, order))
-    }
+    blobring_shm::u32_cell_methods!(self.word);
     /// Two 32-bit loads (low word first): not single-copy atomic, which the ring never needs.
     fn load_u64(&self, offset: u64, order: Ordering) -> Result<u64, AccessError> {
         if !offset.is_multiple_of(8) {

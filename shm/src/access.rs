@@ -81,6 +81,40 @@ pub trait SharedMemory: Send + Sync {
     }
 }
 
+/// The 32-bit atomic methods of a [`SharedMemory`] impl whose memory is atomic cells:
+/// `$self.$cell(offset)` returns the bounds- and alignment-checked `AtomicU32` at `offset`
+/// (std's in [`RawMemory`], loom's in `blobring-ring`'s model-checking memory).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! u32_cell_methods {
+    ($self:ident . $cell:ident) => {
+        fn load_u32(
+            &$self,
+            offset: u64,
+            order: ::std::sync::atomic::Ordering,
+        ) -> Result<u32, $crate::AccessError> {
+            Ok($self.$cell(offset)?.load(order))
+        }
+        fn store_u32(
+            &$self,
+            offset: u64,
+            value: u32,
+            order: ::std::sync::atomic::Ordering,
+        ) -> Result<(), $crate::AccessError> {
+            $self.$cell(offset)?.store(value, order);
+            Ok(())
+        }
+        fn fetch_or_u32(
+            &$self,
+            offset: u64,
+            value: u32,
+            order: ::std::sync::atomic::Ordering,
+        ) -> Result<u32, $crate::AccessError> {
+            Ok($self.$cell(offset)?.fetch_or(value, order))
+        }
+    };
+}
+
 /// Checks `[offset, offset + len)` against `size`; returns `offset` as `usize`.
 pub(crate) fn check(offset: u64, len: u64, size: u64) -> Result<usize, AccessError> {
     match offset.checked_add(len) {
@@ -142,18 +176,7 @@ impl SharedMemory for RawMemory {
         self.len
     }
 
-    fn load_u32(&self, offset: u64, order: Ordering) -> Result<u32, AccessError> {
-        Ok(self.atomic_u32(offset)?.load(order))
-    }
-
-    fn store_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<(), AccessError> {
-        self.atomic_u32(offset)?.store(value, order);
-        Ok(())
-    }
-
-    fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<u32, AccessError> {
-        Ok(self.atomic_u32(offset)?.fetch_or(value, order))
-    }
+    crate::u32_cell_methods!(self.atomic_u32);
 
     fn load_u64(&self, offset: u64, order: Ordering) -> Result<u64, AccessError> {
         Ok(self.atomic_u64(offset)?.load(order))
@@ -227,99 +250,59 @@ impl HeapMemory {
     }
 }
 
-macro_rules! delegate_shared_memory {
-    ($t:ty, $field:ident) => {
-        impl $crate::SharedMemory for $t {
-            fn size(&self) -> u64 {
-                self.$field.size()
-            }
-            fn load_u32(
-                &self,
-                offset: u64,
-                order: std::sync::atomic::Ordering,
-            ) -> Result<u32, $crate::AccessError> {
-                self.$field.load_u32(offset, order)
-            }
-            fn store_u32(
-                &self,
-                offset: u64,
-                value: u32,
-                order: std::sync::atomic::Ordering,
-            ) -> Result<(), $crate::AccessError> {
-                self.$field.store_u32(offset, value, order)
-            }
-            fn fetch_or_u32(
-                &self,
-                offset: u64,
-                value: u32,
-                order: std::sync::atomic::Ordering,
-            ) -> Result<u32, $crate::AccessError> {
-                self.$field.fetch_or_u32(offset, value, order)
-            }
-            fn load_u64(
-                &self,
-                offset: u64,
-                order: std::sync::atomic::Ordering,
-            ) -> Result<u64, $crate::AccessError> {
-                self.$field.load_u64(offset, order)
-            }
-            fn store_u64(
-                &self,
-                offset: u64,
-                value: u64,
-                order: std::sync::atomic::Ordering,
-            ) -> Result<(), $crate::AccessError> {
-                self.$field.store_u64(offset, value, order)
-            }
-            fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), $crate::AccessError> {
-                self.$field.read(offset, dst)
-            }
-            fn write(&self, offset: u64, src: &[u8]) -> Result<(), $crate::AccessError> {
-                self.$field.write(offset, src)
-            }
-            fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), $crate::AccessError> {
-                self.$field.fill(offset, len, byte)
-            }
+/// The methods of a [`SharedMemory`] impl that forwards every call, `fence` included, to
+/// `$inner` (an expression of `$self`): for wrappers that add nothing to the access itself.
+macro_rules! forward_shared_memory {
+    ($self:ident => $inner:expr) => {
+        fn size(&$self) -> u64 {
+            $inner.size()
+        }
+        fn load_u32(&$self, offset: u64, order: ::std::sync::atomic::Ordering) -> Result<u32, $crate::AccessError> {
+            $inner.load_u32(offset, order)
+        }
+        fn store_u32(&$self, offset: u64, value: u32, order: ::std::sync::atomic::Ordering) -> Result<(), $crate::AccessError> {
+            $inner.store_u32(offset, value, order)
+        }
+        fn fetch_or_u32(&$self, offset: u64, value: u32, order: ::std::sync::atomic::Ordering) -> Result<u32, $crate::AccessError> {
+            $inner.fetch_or_u32(offset, value, order)
+        }
+        fn load_u64(&$self, offset: u64, order: ::std::sync::atomic::Ordering) -> Result<u64, $crate::AccessError> {
+            $inner.load_u64(offset, order)
+        }
+        fn store_u64(&$self, offset: u64, value: u64, order: ::std::sync::atomic::Ordering) -> Result<(), $crate::AccessError> {
+            $inner.store_u64(offset, value, order)
+        }
+        fn read(&$self, offset: u64, dst: &mut [u8]) -> Result<(), $crate::AccessError> {
+            $inner.read(offset, dst)
+        }
+        fn write(&$self, offset: u64, src: &[u8]) -> Result<(), $crate::AccessError> {
+            $inner.write(offset, src)
+        }
+        fn fill(&$self, offset: u64, len: u64, byte: u8) -> Result<(), $crate::AccessError> {
+            $inner.fill(offset, len, byte)
+        }
+        fn fence(&$self, order: ::std::sync::atomic::Ordering) {
+            $inner.fence(order)
         }
     };
 }
-pub(crate) use delegate_shared_memory;
+
+/// Implements [`SharedMemory`] for `$t` by forwarding to its field `$field`.
+macro_rules! delegate_shared_memory {
+    ($t:ty, $field:ident) => {
+        impl $crate::SharedMemory for $t {
+            $crate::access::forward_shared_memory!(self => self.$field);
+        }
+    };
+}
+pub(crate) use {delegate_shared_memory, forward_shared_memory};
 
 delegate_shared_memory!(HeapMemory, raw);
 
 /// Shared ownership of a shared memory (e.g. `Arc<Mapping>` held by a ring and by a guest
 /// memory table at once).
 impl<T: SharedMemory + ?Sized> SharedMemory for std::sync::Arc<T> {
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
-    fn load_u32(&self, offset: u64, order: Ordering) -> Result<u32, AccessError> {
-        (**self).load_u32(offset, order)
-    }
-    fn store_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<(), AccessError> {
-        (**self).store_u32(offset, value, order)
-    }
-    fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> Result<u32, AccessError> {
-        (**self).fetch_or_u32(offset, value, order)
-    }
-    fn load_u64(&self, offset: u64, order: Ordering) -> Result<u64, AccessError> {
-        (**self).load_u64(offset, order)
-    }
-    fn store_u64(&self, offset: u64, value: u64, order: Ordering) -> Result<(), AccessError> {
-        (**self).store_u64(offset, value, order)
-    }
-    fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), AccessError> {
-        (**self).read(offset, dst)
-    }
-    fn write(&self, offset: u64, src: &[u8]) -> Result<(), AccessError> {
-        (**self).write(offset, src)
-    }
-    fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), AccessError> {
-        (**self).fill(offset, len, byte)
-    }
-    fn fence(&self, order: Ordering) {
-        (**self).fence(order)
-    }
+    forward_shared_memory!(self => (**self));
 }
 
 /// A shared memory viewed through a window `[offset, offset + len)` of another; offsets are

@@ -1109,27 +1109,19 @@ mod tests {
                 .collect();
             assert_eq!(ShmemThpMode::parse(&(text.join(" ") + "\n")), Some(*mode));
         }
-        assert_eq!(
-            ShmemThpMode::parse("always within_size advise [never] deny force"),
-            Some(Never)
-        );
-        assert_eq!(
-            ShmemThpMode::parse("[always] within_size advise never"),
-            Some(Always)
-        );
-        assert_eq!(
-            ShmemThpMode::parse("always inherit within_size [advise] never"),
-            Some(Advise)
-        );
-        assert_eq!(
-            ShmemThpMode::parse("always [inherit] within_size advise never"),
-            Some(Inherit)
-        );
-        assert_eq!(ShmemThpMode::parse("always advise never"), None);
-        assert_eq!(ShmemThpMode::parse("[always] [never]"), None);
-        assert_eq!(ShmemThpMode::parse("[sometimes] never"), None);
-        assert_eq!(ShmemThpMode::parse("[never"), None);
-        assert_eq!(ShmemThpMode::parse(""), None);
+        for (text, expected) in [
+            ("always within_size advise [never] deny force", Some(Never)),
+            ("[always] within_size advise never", Some(Always)),
+            ("always inherit within_size [advise] never", Some(Advise)),
+            ("always [inherit] within_size advise never", Some(Inherit)),
+            ("always advise never", None),
+            ("[always] [never]", None),
+            ("[sometimes] never", None),
+            ("[never", None),
+            ("", None),
+        ] {
+            assert_eq!(ShmemThpMode::parse(text), expected, "{text:?}");
+        }
         assert!(
             [Always, WithinSize, Advise, Force]
                 .iter()

@@ -449,24 +449,27 @@ mod tests {
         assert_eq!(parsed.response, 0x3030..0x3030 + 1000);
     }
 
-    #[test]
-    fn request_without_data_and_one_page_each() {
-        let desc = BlobRequestDesc {
+    /// A request without data: `request_len` bytes of request head on page 1, a 10-byte
+    /// response buffer on page 2.
+    fn one_page_each(request_len: u32) -> BlobRequestDesc<'static> {
+        let page = |len, pfns| BufferPages {
+            offset: 0,
+            len,
+            pfns,
+        };
+        BlobRequestDesc {
             timeout_ms: 0,
             transaction_guid: [0; 16],
             data: None,
             data_valid: 0,
-            request: BufferPages {
-                offset: 0,
-                len: 4096,
-                pfns: &[1],
-            },
-            response: BufferPages {
-                offset: 0,
-                len: 10,
-                pfns: &[2],
-            },
-        };
+            request: page(request_len, &[1]),
+            response: page(10, &[2]),
+        }
+    }
+
+    #[test]
+    fn request_without_data_and_one_page_each() {
+        let desc = one_page_each(4096);
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         encode_blob_request(&mut out, &mut scratch, 9, &desc).unwrap();
         assert_eq!(u16_at(&out, 2), 6);
@@ -479,14 +482,7 @@ mod tests {
             encode_blob_request(&mut out, &mut scratch, 0, &desc),
             Err(BlobError::Encode(EncodeError::ZeroTransId))
         );
-        let bad = BlobRequestDesc {
-            request: BufferPages {
-                offset: 0,
-                len: 4097,
-                pfns: &[1],
-            },
-            ..desc
-        };
+        let bad = one_page_each(4097);
         assert_eq!(
             encode_blob_request(&mut out, &mut scratch, 1, &bad),
             Err(BlobError::BadPages("request"))
@@ -495,22 +491,7 @@ mod tests {
 
     #[test]
     fn host_parser_rejects_bad_requests() {
-        let desc = BlobRequestDesc {
-            timeout_ms: 0,
-            transaction_guid: [0; 16],
-            data: None,
-            data_valid: 0,
-            request: BufferPages {
-                offset: 0,
-                len: 100,
-                pfns: &[1],
-            },
-            response: BufferPages {
-                offset: 0,
-                len: 10,
-                pfns: &[2],
-            },
-        };
+        let desc = one_page_each(100);
         let (mut good, mut scratch) = (Vec::new(), Vec::new());
         encode_blob_request(&mut good, &mut scratch, 9, &desc).unwrap();
         let r = 32 + 16;

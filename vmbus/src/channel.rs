@@ -3,7 +3,7 @@
 //! A channel is a pair of rings — one we produce on, one we consume — plus a way to signal the
 //! peer and an fd that becomes readable when the peer signals us (the reactor polls it). The
 //! trait's provided methods implement the signalling discipline of `reference/vmbus.md` §1.6,
-//! §1.7 and §3.1 once, so a transport only supplies rings, `signal` and the fd.
+//! §1.7 and §3.1 once, so a transport only supplies its [`ChannelRings`], `signal` and the fd.
 //!
 //! Receiving: [`Channel::recv`] copies and decodes one packet; the space is released to the
 //! peer by [`Channel::release`] (batch several `recv`s before one `release`). Before sleeping
@@ -61,16 +61,44 @@ impl From<WriteError> for ChannelError {
     }
 }
 
+/// The two rings of a channel, as a transport holds them.
+pub struct ChannelRings<M> {
+    /// The ring we produce on.
+    pub outgoing: OutgoingRing<M>,
+    /// The ring we consume.
+    pub incoming: IncomingRing<M>,
+}
+
+/// Shows the size of one ring (header and data area; both rings have the same), not the
+/// memory behind them.
+impl<M: SharedMemory> std::fmt::Debug for ChannelRings<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ring = &self.outgoing;
+        f.debug_struct("ChannelRings")
+            .field(
+                "ring_size",
+                &(ring.header_size() + u64::from(ring.data_size())),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// One VMBus channel as seen by one side. `AsFd` gives the fd that becomes readable when the
 /// peer signals us (sim: our incoming eventfd; uio: the uio fd).
 pub trait Channel: AsFd {
     /// Memory behind the rings.
     type Mem: SharedMemory;
 
+    /// The channel's two rings.
+    fn rings(&mut self) -> &mut ChannelRings<Self::Mem>;
     /// The ring we produce on.
-    fn outgoing(&mut self) -> &mut OutgoingRing<Self::Mem>;
+    fn outgoing(&mut self) -> &mut OutgoingRing<Self::Mem> {
+        &mut self.rings().outgoing
+    }
     /// The ring we consume.
-    fn incoming(&mut self) -> &mut IncomingRing<Self::Mem>;
+    fn incoming(&mut self) -> &mut IncomingRing<Self::Mem> {
+        &mut self.rings().incoming
+    }
     /// Signals the peer once (eventfd write, or uio `write(1)`).
     fn signal(&self) -> io::Result<()>;
     /// Consumes pending wakeups on our fd without blocking; returns how many were pending.

@@ -307,21 +307,39 @@ impl<M: SharedMemory> GuestBuffer<M> {
         if offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(oob);
         }
-        let (mut skip, mut done) = (offset, 0u64);
-        for s in &self.spans {
-            if done == len {
-                break;
-            }
-            if skip >= s.len {
-                skip -= s.len;
-                continue;
-            }
-            let n = (s.len - skip).min(len - done);
-            f(s, s.offset + skip, done as usize, n as usize)?;
-            done += n;
-            skip = 0;
+        for (s, at, from, n) in self.pieces(offset, len) {
+            f(s, at, from as usize, n as usize)?;
         }
         Ok(())
+    }
+
+    /// The pieces of the guest-physical range `[offset, offset + len)`, in order: for each span
+    /// it touches, `(span, offset in the span's region, offset in the range, bytes)`. The range
+    /// must lie within [`len`](Self::len) (a range past the end yields only the pieces that
+    /// exist).
+    pub fn pieces(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Iterator<Item = (&Span<M>, u64, u64, u64)> + '_ {
+        let walked = (offset, 0u64); // (bytes still to skip, bytes of the range covered)
+        self.spans
+            .iter()
+            .scan(walked, move |(skip, done), s| {
+                if *done == len {
+                    return None;
+                }
+                if *skip >= s.len {
+                    *skip -= s.len;
+                    return Some(None);
+                }
+                let n = (s.len - *skip).min(len - *done);
+                let piece = (s, s.offset + *skip, *done, n);
+                *done += n;
+                *skip = 0;
+                Some(Some(piece))
+            })
+            .flatten()
     }
 
     /// Copies `dst.len()` bytes at `offset` out of guest memory.

@@ -587,48 +587,59 @@ mod tests {
             f(&mut b);
             decode(&b).unwrap_err()
         };
-        assert_eq!(case(&|b| set_u16(b, 2, 1)), Corruption::OffsetTooSmall(1));
-        assert_eq!(
-            case(&|b| set_u16(b, 4, 8)),
-            Corruption::LenBelowOffset {
-                len8: 8,
-                offset8: 9
-            }
-        );
+        // (offset, bytes, value) written over the good packet, and the error decode reports.
+        let cases = [
+            (2, 2, 1, Corruption::OffsetTooSmall(1)),
+            (
+                4,
+                2,
+                8,
+                Corruption::LenBelowOffset {
+                    len8: 8,
+                    offset8: 9,
+                },
+            ),
+            (6, 2, 3, Corruption::UnknownFlags(3)),
+            (0, 2, 0x7, Corruption::UnknownType(7)),
+            (0, 2, 0x1, Corruption::UnknownType(1)),
+            (20, 4, 0, Corruption::NoRanges),
+            (20, 4, 3, Corruption::RangeTruncated(2)),
+            (20, 4, u32::MAX, Corruption::RangeTruncated(2)),
+            (24, 4, 0, Corruption::ZeroByteCount(0)),
+            (
+                28,
+                4,
+                0x1000,
+                Corruption::ByteOffsetTooLarge {
+                    range: 0,
+                    byte_offset: 0x1000,
+                },
+            ),
+            // Only one range: 8 spare header bytes remain.
+            (
+                20,
+                4,
+                1,
+                Corruption::GpaLengthMismatch {
+                    header: 72,
+                    used: 56,
+                },
+            ),
+        ];
+        for (off, bytes, value, expected) in cases {
+            let le = value.to_le_bytes();
+            let got = case(&|b| b[off..off + bytes].copy_from_slice(&le[..bytes]));
+            assert_eq!(got, expected, "{value:#x} at {off}");
+        }
         assert!(matches!(
             case(&|b| set_u16(b, 4, 11)),
             Corruption::LengthMismatch { .. }
         ));
-        assert_eq!(case(&|b| set_u16(b, 6, 3)), Corruption::UnknownFlags(3));
-        assert_eq!(case(&|b| set_u16(b, 0, 0x7)), Corruption::UnknownType(7));
-        assert_eq!(case(&|b| set_u16(b, 0, 0x1)), Corruption::UnknownType(1));
-        assert_eq!(case(&|b| set_u32(b, 20, 0)), Corruption::NoRanges);
-        assert_eq!(case(&|b| set_u32(b, 20, 3)), Corruption::RangeTruncated(2));
-        assert_eq!(
-            case(&|b| set_u32(b, 20, u32::MAX)),
-            Corruption::RangeTruncated(2)
-        );
-        assert_eq!(case(&|b| set_u32(b, 24, 0)), Corruption::ZeroByteCount(0));
-        assert_eq!(
-            case(&|b| set_u32(b, 28, 0x1000)),
-            Corruption::ByteOffsetTooLarge {
-                range: 0,
-                byte_offset: 0x1000
-            }
-        );
         // First range now needs 2 PFNs instead of 3: the second range header is misparsed.
         assert!(matches!(
             case(&|b| set_u32(b, 24, 100)),
             Corruption::RangeTruncated(_) | Corruption::GpaLengthMismatch { .. }
         ));
-        // Only one range: 8 spare header bytes remain.
-        assert_eq!(
-            case(&|b| set_u32(b, 20, 1)),
-            Corruption::GpaLengthMismatch {
-                header: 72,
-                used: 56
-            }
-        );
         // A GPA header shorter than its fixed part.
         let mut short = Vec::new();
         encode_inband(&mut short, 1, true, &[0; 16]).unwrap();

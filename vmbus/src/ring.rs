@@ -326,17 +326,59 @@ fn copy_from<M: SharedMemory>(
     Ok(())
 }
 
-/// The producer half of one ring (guest TX, or host RX).
+/// What both halves of a ring keep: the memory, where its data area is, and the index this half
+/// owns (the write index for the producer, the read index for the consumer), published and
+/// private.
 #[derive(Debug)]
-pub struct OutgoingRing<M> {
+struct Half<M> {
     mem: M,
     /// Offset of the data area (the header size).
     data: u64,
     dsize: u32,
-    /// The write index last published.
+    /// Our index as last published.
     committed: u32,
-    /// The private write index: end of the packets written but not yet published.
+    /// Our private index: end of the packets written (or read) but not yet published.
     next: u32,
+}
+
+impl<M: SharedMemory> Half<M> {
+    /// Checks the geometry of `mem` with a `header`-byte header and takes the current value of
+    /// our own index (at `own`, named `field`) as both the published and the private index.
+    fn open(mem: M, header: u64, own: u64, field: &'static str) -> Result<Self, RingError> {
+        let Geo { data, dsize } = geometry(&mem, header)?;
+        let index = load_index(&mem, own, dsize, field, Ordering::Acquire)?;
+        Ok(Self {
+            mem,
+            data,
+            dsize,
+            committed: index,
+            next: index,
+        })
+    }
+
+    fn geo(&self) -> Geo {
+        Geo {
+            data: self.data,
+            dsize: self.dsize,
+        }
+    }
+
+    /// Loads and validates the index the peer owns (at `offset`, named `field`).
+    fn peer_index(
+        &self,
+        offset: u64,
+        field: &'static str,
+        order: Ordering,
+    ) -> Result<u32, Corruption> {
+        load_index(&self.mem, offset, self.dsize, field, order)
+    }
+}
+
+/// The producer half of one ring (guest TX, or host RX).
+#[derive(Debug)]
+pub struct OutgoingRing<M> {
+    /// The ring; its own index is the write index.
+    half: Half<M>,
     /// We stored a non-zero `pending_send_sz` and have not cleared it yet.
     pending_armed: bool,
 }
@@ -353,67 +395,49 @@ impl<M: SharedMemory> OutgoingRing<M> {
     /// [`new`](Self::new) for a ring whose header is `header` bytes: one guest `PAGE_SIZE`
     /// under `uio_hv_generic` (64 KiB on a 64 KiB-page kernel), the data area following it.
     pub fn with_header(mem: M, header: u64) -> Result<Self, RingError> {
-        let Geo { data, dsize } = geometry(&mem, header)?;
-        let w = load_index(
-            &mem,
-            rc::WRITE_INDEX,
-            dsize,
-            "write_index",
-            Ordering::Acquire,
-        )?;
-        mem.fetch_or_u32(
+        let half = Half::open(mem, header, rc::WRITE_INDEX, "write_index")?;
+        half.mem.fetch_or_u32(
             rc::FEATURE_BITS,
             RING_FEAT_PENDING_SEND_SZ,
             Ordering::Relaxed,
         )?;
         Ok(Self {
-            mem,
-            data,
-            dsize,
-            committed: w,
-            next: w,
+            half,
             pending_armed: false,
         })
     }
 
-    fn geo(&self) -> Geo {
-        Geo {
-            data: self.data,
-            dsize: self.dsize,
-        }
-    }
-
     /// Bytes of the header before the data area.
     pub fn header_size(&self) -> u64 {
-        self.data
+        self.half.data
     }
 
     /// Bytes of the data area.
     pub fn data_size(&self) -> u32 {
-        self.dsize
+        self.half.dsize
     }
 
     /// Largest packet (trailer excluded) this ring can ever take: `total = len + 8` must stay
     /// below `dsize` (never-full rule), and `len8` is a u16.
     pub fn max_packet_len(&self) -> u32 {
-        (self.dsize - 2 * TRAILER).min(MAX_PACKET_LEN)
+        (self.half.dsize - 2 * TRAILER).min(MAX_PACKET_LEN)
     }
 
     /// The ring memory.
     pub fn memory(&self) -> &M {
-        &self.mem
+        &self.half.mem
     }
 
     fn read_index(&self, order: Ordering) -> Result<u32, Corruption> {
-        load_index(&self.mem, rc::READ_INDEX, self.dsize, "read_index", order)
+        self.half.peer_index(rc::READ_INDEX, "read_index", order)
     }
 
     /// Bytes free now, counting packets written but not committed as used (§1.3 `avail_w`).
     pub fn available(&self) -> Result<u32, Corruption> {
         Ok(avail_write(
-            self.next,
+            self.half.next,
             self.read_index(Ordering::Acquire)?,
-            self.dsize,
+            self.half.dsize,
         ))
     }
 
@@ -439,19 +463,20 @@ impl<M: SharedMemory> OutgoingRing<M> {
         }
         if self.pending_armed {
             // §1.6 step 1: clear our pending_send_sz once we can write again.
-            self.mem
+            self.half
+                .mem
                 .store_u32(rc::PENDING_SEND_SZ, 0, Ordering::Relaxed)?;
             self.pending_armed = false;
         }
-        let start = self.next;
+        let start = self.half.next;
         let mut idx = start;
         for part in parts {
-            idx = copy_to(&self.mem, self.geo(), idx, part)?;
+            idx = copy_to(&self.half.mem, self.half.geo(), idx, part)?;
         }
-        idx = zero_at(&self.mem, self.geo(), idx, padded - len as u32)?;
+        idx = zero_at(&self.half.mem, self.half.geo(), idx, padded - len as u32)?;
         // Trailer: the u64 `start << 32` (bytes 0..3 zero, 4..7 the packet's start, §1.4).
         let trailer = (u64::from(start) << 32).to_le_bytes();
-        self.next = copy_to(&self.mem, self.geo(), idx, &trailer)?;
+        self.half.next = copy_to(&self.half.mem, self.half.geo(), idx, &trailer)?;
         Ok(())
     }
 
@@ -459,21 +484,27 @@ impl<M: SharedMemory> OutgoingRing<M> {
     /// if the peer must be signalled: the ring went from empty to non-empty and the consumer's
     /// `interrupt_mask` is clear. Signal only then (Hyper-V throttles spurious interrupts).
     pub fn commit_write(&mut self) -> Result<bool, Corruption> {
-        if self.next == self.committed {
+        if self.half.next == self.half.committed {
             return Ok(false);
         }
-        let old = self.committed;
+        let old = self.half.committed;
         // Step 3: full barrier so the packet bytes are visible before the new index; the
         // release store pairs with the consumer's acquire load of write_index.
-        self.mem.fence(Ordering::SeqCst);
-        self.mem
-            .store_u32(rc::WRITE_INDEX, self.next, Ordering::Release)?;
-        self.committed = self.next;
+        self.half.mem.fence(Ordering::SeqCst);
+        self.half
+            .mem
+            .store_u32(rc::WRITE_INDEX, self.half.next, Ordering::Release)?;
+        self.half.committed = self.half.next;
         // Step 4: store → load. Without this SeqCst fence our index store could be ordered
         // after the loads below, and a consumer that just emptied the ring and unmasked would
         // be missed (it re-checks after unmasking; we check after publishing).
-        self.mem.fence(Ordering::SeqCst);
-        if self.mem.load_u32(rc::INTERRUPT_MASK, Ordering::Relaxed)? != 0 {
+        self.half.mem.fence(Ordering::SeqCst);
+        if self
+            .half
+            .mem
+            .load_u32(rc::INTERRUPT_MASK, Ordering::Relaxed)?
+            != 0
+        {
             return Ok(false);
         }
         let r = self.read_index(Ordering::Acquire)?;
@@ -493,17 +524,19 @@ impl<M: SharedMemory> OutgoingRing<M> {
     /// successful write.
     pub fn set_pending_send_size(&mut self, needed: u32) -> Result<bool, Corruption> {
         let needed = align8(needed);
-        self.mem
+        self.half
+            .mem
             .store_u32(rc::PENDING_SEND_SZ, needed, Ordering::Relaxed)?;
         self.pending_armed = needed != 0;
         // Store → load again: the consumer reads pending_send_sz after publishing read_index.
-        self.mem.fence(Ordering::SeqCst);
+        self.half.mem.fence(Ordering::SeqCst);
         Ok(self.available()? > needed)
     }
 
     /// Clears `pending_send_sz` (e.g. when giving up on a blocked write).
     pub fn clear_pending_send_size(&mut self) -> Result<(), Corruption> {
-        self.mem
+        self.half
+            .mem
             .store_u32(rc::PENDING_SEND_SZ, 0, Ordering::Relaxed)?;
         self.pending_armed = false;
         Ok(())
@@ -511,7 +544,7 @@ impl<M: SharedMemory> OutgoingRing<M> {
 
     /// True if every committed packet has been consumed (diagnostics and tests).
     pub fn is_drained(&self) -> Result<bool, Corruption> {
-        Ok(self.read_index(Ordering::Acquire)? == self.committed)
+        Ok(self.read_index(Ordering::Acquire)? == self.half.committed)
     }
 }
 
@@ -527,14 +560,8 @@ pub struct RawPacket {
 /// The consumer half of one ring (guest RX, or host TX).
 #[derive(Debug)]
 pub struct IncomingRing<M> {
-    mem: M,
-    /// Offset of the data area (the header size).
-    data: u64,
-    dsize: u32,
-    /// The read index last published.
-    committed: u32,
-    /// The private read index: end of the packets read but not yet released.
-    next: u32,
+    /// The ring; its own index is the read index.
+    half: Half<M>,
 }
 
 impl<M: SharedMemory> IncomingRing<M> {
@@ -547,55 +574,36 @@ impl<M: SharedMemory> IncomingRing<M> {
     /// [`new`](Self::new) for a ring whose header is `header` bytes (one guest page; see
     /// [`OutgoingRing::with_header`]).
     pub fn with_header(mem: M, header: u64) -> Result<Self, RingError> {
-        let Geo { data, dsize } = geometry(&mem, header)?;
-        let r = load_index(&mem, rc::READ_INDEX, dsize, "read_index", Ordering::Acquire)?;
-        Ok(Self {
-            mem,
-            data,
-            dsize,
-            committed: r,
-            next: r,
-        })
-    }
-
-    fn geo(&self) -> Geo {
-        Geo {
-            data: self.data,
-            dsize: self.dsize,
-        }
+        let half = Half::open(mem, header, rc::READ_INDEX, "read_index")?;
+        Ok(Self { half })
     }
 
     /// Bytes of the header before the data area.
     pub fn header_size(&self) -> u64 {
-        self.data
+        self.half.data
     }
 
     /// Bytes of the data area.
     pub fn data_size(&self) -> u32 {
-        self.dsize
+        self.half.dsize
     }
 
     /// The ring memory.
     pub fn memory(&self) -> &M {
-        &self.mem
+        &self.half.mem
     }
 
     fn write_index(&self) -> Result<u32, Corruption> {
         // Acquire: pairs with the producer's release store, so the packet bytes we copy next
         // are the ones written before the index was published.
-        load_index(
-            &self.mem,
-            rc::WRITE_INDEX,
-            self.dsize,
-            "write_index",
-            Ordering::Acquire,
-        )
+        self.half
+            .peer_index(rc::WRITE_INDEX, "write_index", Ordering::Acquire)
     }
 
     /// Bytes readable from the private read index (§1.3 `avail_r`).
     pub fn readable(&self) -> Result<u32, Corruption> {
         let w = self.write_index()?;
-        Ok(self.dsize - avail_write(w, self.next, self.dsize))
+        Ok(self.half.dsize - avail_write(w, self.half.next, self.half.dsize))
     }
 
     /// Copies the next packet (`len8 * 8` bytes: descriptor, headers, payload, padding) into
@@ -614,54 +622,62 @@ impl<M: SharedMemory> IncomingRing<M> {
             return Err(Corruption::Truncated(avail).into());
         }
         let mut d = [0u8; DESC as usize];
-        copy_from(&self.mem, self.geo(), self.next, &mut d)?;
+        copy_from(&self.half.mem, self.half.geo(), self.half.next, &mut d)?;
         // Copied once; only the local copy is inspected from here on.
         let desc: PacketDescriptor = zerocopy::transmute!(d);
         let len = check_lengths(&desc, avail)?;
         buf.clear();
         buf.resize(len as usize, 0);
-        copy_from(&self.mem, self.geo(), self.next, buf)?;
-        self.next = advance(self.next, len + TRAILER, self.dsize);
+        copy_from(&self.half.mem, self.half.geo(), self.half.next, buf)?;
+        self.half.next = advance(self.half.next, len + TRAILER, self.half.dsize);
         Ok(RawPacket { desc, len })
     }
 
     /// Skips the packets read but not released, re-reading them next time (e.g. a packet the
     /// caller could not handle yet).
     pub fn rewind(&mut self) {
-        self.next = self.committed;
+        self.half.next = self.half.committed;
     }
 
     /// Publishes the read index (§1.7 steps 3–4). Returns `true` if the peer must be
     /// signalled: it set `pending_send_sz` and this batch made the free space cross it.
     pub fn commit_read(&mut self) -> Result<bool, Corruption> {
-        if self.next == self.committed {
+        if self.half.next == self.half.committed {
             return Ok(false);
         }
         // Bytes this batch released (packets and trailers), modulo the wrap.
-        let freed = if self.next >= self.committed {
-            self.next - self.committed
+        let freed = if self.half.next >= self.half.committed {
+            self.half.next - self.half.committed
         } else {
-            self.dsize - self.committed + self.next
+            self.half.dsize - self.half.committed + self.half.next
         };
         // Step 3: the release store orders our copies out of the data area before the index
         // that lets the producer overwrite them.
-        self.mem
-            .store_u32(rc::READ_INDEX, self.next, Ordering::Release)?;
-        self.committed = self.next;
+        self.half
+            .mem
+            .store_u32(rc::READ_INDEX, self.half.next, Ordering::Release)?;
+        self.half.committed = self.half.next;
         // Step 4.
-        let features = self.mem.load_u32(rc::FEATURE_BITS, Ordering::Relaxed)?;
+        let features = self
+            .half
+            .mem
+            .load_u32(rc::FEATURE_BITS, Ordering::Relaxed)?;
         if features & RING_FEAT_PENDING_SEND_SZ == 0 {
             return Ok(false);
         }
         // Store → load: a producer that stores pending_send_sz and then re-reads read_index
         // must see our index, or we must see its pending size.
-        self.mem.fence(Ordering::SeqCst);
+        self.half.mem.fence(Ordering::SeqCst);
         // Some peers set ring size − 1; only whole 8-byte units matter (OV commit_read).
-        let pend = self.mem.load_u32(rc::PENDING_SEND_SZ, Ordering::Relaxed)? & !7;
+        let pend = self
+            .half
+            .mem
+            .load_u32(rc::PENDING_SEND_SZ, Ordering::Relaxed)?
+            & !7;
         if pend == 0 {
             return Ok(false);
         }
-        let cur = avail_write(self.write_index()?, self.committed, self.dsize);
+        let cur = avail_write(self.write_index()?, self.half.committed, self.half.dsize);
         // Not enough before this batch, enough after it.
         Ok(cur.saturating_sub(freed) <= pend && cur > pend)
     }
@@ -669,11 +685,12 @@ impl<M: SharedMemory> IncomingRing<M> {
     /// Sets or clears this ring's `interrupt_mask` (consumer-owned, §3.1). After clearing it,
     /// call [`has_data`](Self::has_data) again: a packet may have arrived while masked.
     pub fn set_interrupt_mask(&self, masked: bool) -> Result<(), Corruption> {
-        self.mem
+        self.half
+            .mem
             .store_u32(rc::INTERRUPT_MASK, u32::from(masked), Ordering::Relaxed)?;
         // Store → load: our unmask must be visible before we re-check write_index, pairing
         // with the producer's fence between its index store and its mask load.
-        self.mem.fence(Ordering::SeqCst);
+        self.half.mem.fence(Ordering::SeqCst);
         Ok(())
     }
 

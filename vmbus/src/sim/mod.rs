@@ -60,7 +60,7 @@ use std::sync::Arc;
 use blobring_shm::{SharedMemory, Window};
 use rustix::event::{EventfdFlags, eventfd};
 
-use crate::channel::Channel;
+use crate::channel::{Channel, ChannelRings};
 use crate::ring::{IncomingRing, OutgoingRing, RingError};
 
 /// Smallest ring size (`S`, control page included) the bus accepts.
@@ -211,24 +211,20 @@ pub enum Side {
 }
 
 /// One open sim channel, for either side.
+#[derive(Debug)]
 pub struct SimChannel {
     index: u32,
     side: Side,
-    outgoing: OutgoingRing<RingMem>,
-    incoming: IncomingRing<RingMem>,
+    rings: ChannelRings<RingMem>,
     /// The eventfd the peer polls.
     signal_fd: OwnedFd,
     /// The eventfd we poll.
     wait_fd: OwnedFd,
 }
 
-impl std::fmt::Debug for SimChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimChannel")
-            .field("index", &self.index)
-            .field("side", &self.side)
-            .field("ring_size", &(self.outgoing.data_size() + 4096))
-            .finish_non_exhaustive()
+impl AsFd for SimChannel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wait_fd.as_fd()
     }
 }
 
@@ -253,8 +249,10 @@ impl SimChannel {
         Ok(Self {
             index,
             side,
-            outgoing: OutgoingRing::new(out_mem)?,
-            incoming: IncomingRing::new(in_mem)?,
+            rings: ChannelRings {
+                outgoing: OutgoingRing::new(out_mem)?,
+                incoming: IncomingRing::new(in_mem)?,
+            },
             signal_fd,
             wait_fd,
         })
@@ -271,21 +269,11 @@ impl SimChannel {
     }
 }
 
-impl AsFd for SimChannel {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.wait_fd.as_fd()
-    }
-}
-
 impl Channel for SimChannel {
     type Mem = RingMem;
 
-    fn outgoing(&mut self) -> &mut OutgoingRing<RingMem> {
-        &mut self.outgoing
-    }
-
-    fn incoming(&mut self) -> &mut IncomingRing<RingMem> {
-        &mut self.incoming
+    fn rings(&mut self) -> &mut ChannelRings<RingMem> {
+        &mut self.rings
     }
 
     fn signal(&self) -> io::Result<()> {

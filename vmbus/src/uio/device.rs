@@ -17,7 +17,7 @@ use rustix::fs::{Mode, OFlags};
 use super::UioError;
 use super::signal::{InterruptMode, MaskProbe, SignalPath, max_request_pages};
 use super::sysfs::{self, BlobDevice, MapInfo, Sysfs};
-use crate::channel::{Channel, ChannelError};
+use crate::channel::{Channel, ChannelError, ChannelRings};
 use crate::ring::{IncomingRing, MAX_HEADER, OutgoingRing, RingError};
 
 /// Memory behind a uio ring: a window of a device mapping.
@@ -41,6 +41,19 @@ pub trait UioEvents: AsFd + Send + Sync + Debug {
     /// Non-blocking `read(fd, 4)`: `Some(total event count)`, or `None` if no event is
     /// pending. `EIO` means the device was rescinded.
     fn read_count(&self) -> io::Result<Option<u32>>;
+
+    /// Reads pending event counts until none is left (at most 1024 reads, so a storm cannot
+    /// hold the caller); returns how many reads succeeded. A rescind shows as an `EIO` error.
+    fn drain(&self) -> io::Result<u64> {
+        let mut n = 0;
+        while self.read_count()?.is_some() {
+            n += 1;
+            if n >= 1024 {
+                break;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// The real `/dev/uioN`, opened non-blocking.
@@ -290,28 +303,20 @@ fn map_device(
 
 /// One VMBus channel of the device (primary or subchannel). Implements [`Channel`]; its fd
 /// is the device's shared uio fd.
+#[derive(Debug)]
 pub struct UioChannel {
     relid: u32,
     subchannel_id: u32,
     path: SignalPath,
-    outgoing: OutgoingRing<RingMem>,
-    incoming: IncomingRing<RingMem>,
+    rings: ChannelRings<RingMem>,
     events: Arc<dyn UioEvents>,
     int_page: PageMem,
     monitor_page: PageMem,
 }
 
-impl Debug for UioChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UioChannel")
-            .field("relid", &self.relid)
-            .field("subchannel_id", &self.subchannel_id)
-            .field("path", &self.path)
-            .field(
-                "ring_size",
-                &(u64::from(self.outgoing.data_size()) + self.outgoing.header_size()),
-            )
-            .finish_non_exhaustive()
+impl AsFd for UioChannel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
     }
 }
 
@@ -346,8 +351,10 @@ impl UioChannel {
             path: SignalPath::for_channel(relid, monitor_id)?,
             // The data area starts one guest page into each ring (Linux pads
             // struct hv_ring_buffer to PAGE_SIZE; vmbus/SOURCES.md).
-            outgoing: OutgoingRing::with_header(tx, page_size).map_err(ring_err)?,
-            incoming: IncomingRing::with_header(rx, page_size).map_err(ring_err)?,
+            rings: ChannelRings {
+                outgoing: OutgoingRing::with_header(tx, page_size).map_err(ring_err)?,
+                incoming: IncomingRing::with_header(rx, page_size).map_err(ring_err)?,
+            },
             events,
             int_page: pages.0.clone(),
             monitor_page: pages.1.clone(),
@@ -371,25 +378,15 @@ impl UioChannel {
 
     /// Pages per blob request this channel's TX ring can take ([`max_request_pages`]).
     pub fn max_request_pages(&self) -> u32 {
-        max_request_pages(self.outgoing.data_size())
-    }
-}
-
-impl AsFd for UioChannel {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.events.as_fd()
+        max_request_pages(self.rings.outgoing.data_size())
     }
 }
 
 impl Channel for UioChannel {
     type Mem = RingMem;
 
-    fn outgoing(&mut self) -> &mut OutgoingRing<RingMem> {
-        &mut self.outgoing
-    }
-
-    fn incoming(&mut self) -> &mut IncomingRing<RingMem> {
-        &mut self.incoming
+    fn rings(&mut self) -> &mut ChannelRings<RingMem> {
+        &mut self.rings
     }
 
     /// §3.2: monitor bit (no system call), or interrupt-page bit plus `write(uio_fd, 1)`.
@@ -407,17 +404,9 @@ impl Channel for UioChannel {
         Ok(())
     }
 
-    /// Reads pending event counts (all channels share the fd); returns how many reads
-    /// succeeded. A rescind shows as an `EIO` error.
+    /// Drains the pending event counts ([`UioEvents::drain`]; all channels share the fd).
     fn clear_wakeups(&self) -> io::Result<u64> {
-        let mut n = 0;
-        while self.events.read_count()?.is_some() {
-            n += 1;
-            if n >= 1024 {
-                break;
-            }
-        }
-        Ok(n)
+        self.events.drain()
     }
 }
 
@@ -584,7 +573,8 @@ impl UioDevice {
         // Interrupts on from the start on every channel: the driver before b15b7d2a1b09 masks
         // each subchannel when it opens it, and only userspace clears those masks.
         for ch in &dev.channels {
-            ch.incoming
+            ch.rings
+                .incoming
                 .set_interrupt_mask(false)
                 .map_err(|c| UioError::Channel {
                     relid: ch.relid,

@@ -19,6 +19,50 @@ pub const INT_PAGE_SEND: u64 = 2048;
 /// Bytes of each half of the interrupt page.
 const INT_PAGE_HALF: u32 = 2048;
 
+/// An array of u32 flag words in a page: flag `n` is bit `n % 32` of word `n / 32`.
+struct FlagArray {
+    /// Byte offset of word 0.
+    base: u64,
+    /// Bytes from one word to the next.
+    stride: u64,
+    /// Words in the array.
+    words: u32,
+    /// What the flag number is, and which page (for the error).
+    what: &'static str,
+    page: &'static str,
+}
+
+impl FlagArray {
+    /// `trigger_group[i].pending` of the monitor page, indexed by monitor id.
+    const MONITOR: Self = Self {
+        base: MONITOR_TRIGGER_GROUP,
+        stride: 8,
+        words: MONITOR_GROUPS,
+        what: "monitor id",
+        page: "monitor",
+    };
+    /// The send half of the interrupt page, indexed by relid.
+    const INTERRUPT: Self = Self {
+        base: INT_PAGE_SEND,
+        stride: 4,
+        words: INT_PAGE_HALF / 4,
+        what: "relid",
+        page: "interrupt",
+    };
+}
+
+/// Byte offset of the word holding flag `n` of `array`, and its bit mask.
+fn flag_bit(n: u32, array: FlagArray) -> Result<(u64, u32), UioError> {
+    if n / 32 >= array.words {
+        return Err(UioError::SignalOutOfRange {
+            what: array.what,
+            value: n,
+            page: array.page,
+        });
+    }
+    Ok((array.base + array.stride * u64::from(n / 32), 1 << (n % 32)))
+}
+
 /// How one channel tells the host "look at my TX ring" (§3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignalPath {
@@ -45,34 +89,16 @@ pub enum SignalPath {
 impl SignalPath {
     /// The path for channel `relid` with `monitor_id` (None when sysfs has no `monitor_id`).
     pub fn for_channel(relid: u32, monitor_id: Option<u32>) -> Result<Self, UioError> {
-        match monitor_id {
+        Ok(match monitor_id {
             Some(id) => {
-                if id / 32 >= MONITOR_GROUPS {
-                    return Err(UioError::SignalOutOfRange {
-                        what: "monitor id",
-                        value: id,
-                        page: "monitor",
-                    });
-                }
-                Ok(Self::Monitor {
-                    offset: MONITOR_TRIGGER_GROUP + 8 * u64::from(id / 32),
-                    bit: 1 << (id % 32),
-                })
+                let (offset, bit) = flag_bit(id, FlagArray::MONITOR)?;
+                Self::Monitor { offset, bit }
             }
             None => {
-                if relid / 32 >= INT_PAGE_HALF / 4 {
-                    return Err(UioError::SignalOutOfRange {
-                        what: "relid",
-                        value: relid,
-                        page: "interrupt",
-                    });
-                }
-                Ok(Self::Interrupt {
-                    offset: INT_PAGE_SEND + 4 * u64::from(relid / 32),
-                    bit: 1 << (relid % 32),
-                })
+                let (offset, bit) = flag_bit(relid, FlagArray::INTERRUPT)?;
+                Self::Interrupt { offset, bit }
             }
-        }
+        })
     }
 
     /// Sets the bit in the right page. Returns `true` if the caller must also `write(1)` to
