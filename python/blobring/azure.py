@@ -237,14 +237,9 @@ class AsyncBlobringTransport(AsyncHttpTransport):
     """An asyncio azure-core ``AsyncHttpTransport`` over blobringd (for
     ``azure.storage.blob.aio`` and adlfs)."""
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        *,
-        timeout: float | None = None,
-        client: _blobring.Client | None = None,
-    ) -> None:
-        self._sync = BlobringTransport(socket, timeout=timeout, client=client)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Takes the arguments of :class:`BlobringTransport` (whose connection it shares)."""
+        self._sync = BlobringTransport(*args, **kwargs)
 
     client_options = staticmethod(BlobringTransport.client_options)
 
