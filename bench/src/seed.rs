@@ -37,21 +37,31 @@ pub fn phases(o: &SeedOptions) -> u64 {
     (o.rounds * o.paths.len()) as u64 + 1
 }
 
+/// The parameters a run records in the report's `config` (`write`: an upload run's, whose
+/// blobs are per client and which has no synchronous path).
+fn config(o: &SeedOptions, write: bool) -> Vec<(&'static str, serde_json::Value)> {
+    let blobs = if write { "blobs_per_client" } else { "blobs" };
+    let mut c = vec![
+        ("clients", json!(o.clients)),
+        (blobs, json!(o.blobs)),
+        ("blob_bytes", json!(o.size)),
+        ("rounds", json!(o.rounds)),
+        ("chunk_bytes", json!(o.tuning.chunk)),
+        ("parallel", json!(o.tuning.parallel)),
+        ("arena_bytes", json!(o.tuning.arena)),
+    ];
+    if !write {
+        c.push(("sync_chunk_bytes", json!(o.tuning.sync_chunk)));
+    }
+    c
+}
+
 /// Writes the blobs and runs every round; fills `report.paths`, `ratios` and targets.
 pub fn run(stack: &Stack, o: &SeedOptions, pb: &ProgressBar, report: &mut Report) -> Result<()> {
     pb.set_message(format!("writing {} blobs of {} MiB", o.blobs, o.size >> 20));
     let blobs = crate::data::write_blobs(stack, "seed", o.blobs, o.size, false, |_| {})?;
     pb.inc(1);
-    for (k, v) in [
-        ("clients", json!(o.clients)),
-        ("blobs", json!(o.blobs)),
-        ("blob_bytes", json!(o.size)),
-        ("rounds", json!(o.rounds)),
-        ("chunk_bytes", json!(o.tuning.chunk)),
-        ("parallel", json!(o.tuning.parallel)),
-        ("sync_chunk_bytes", json!(o.tuning.sync_chunk)),
-        ("arena_bytes", json!(o.tuning.arena)),
-    ] {
+    for (k, v) in config(o, false) {
         report.config.insert(k.into(), v);
     }
     rounds(o, pb, "seed", |_, path| {
@@ -156,15 +166,7 @@ pub fn run_write(
     report: &mut Report,
 ) -> Result<()> {
     // Prefixed: `all` runs a read phase first, whose parameters differ.
-    for (k, v) in [
-        ("clients", json!(o.clients)),
-        ("blobs_per_client", json!(o.blobs)),
-        ("blob_bytes", json!(o.size)),
-        ("rounds", json!(o.rounds)),
-        ("chunk_bytes", json!(o.tuning.chunk)),
-        ("parallel", json!(o.tuning.parallel)),
-        ("arena_bytes", json!(o.tuning.arena)),
-    ] {
+    for (k, v) in config(o, true) {
         report.config.insert(format!("write_{k}"), v);
     }
     pb.inc(1);

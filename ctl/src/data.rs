@@ -47,16 +47,7 @@ pub enum DataCmd {
     },
     /// List blobs under blob://container[/prefix].
     #[command(after_help = EXIT_HELP)]
-    Ls {
-        /// blob://container[/prefix].
-        url: String,
-        /// List every blob under the prefix (no `/` grouping).
-        #[arg(short, long)]
-        recursive: bool,
-        /// Connection and transfer options.
-        #[command(flatten)]
-        common: Common,
-    },
+    Ls(Under),
     /// Write a blob to standard output.
     #[command(after_help = EXIT_HELP)]
     Cat {
@@ -68,16 +59,7 @@ pub enum DataCmd {
     },
     /// Delete a blob (or, with -r, every blob under a prefix).
     #[command(after_help = EXIT_HELP)]
-    Rm {
-        /// blob://container/path.
-        url: String,
-        /// Delete every blob under the prefix.
-        #[arg(short, long)]
-        recursive: bool,
-        /// Connection and transfer options.
-        #[command(flatten)]
-        common: Common,
-    },
+    Rm(Under),
     /// Create a container.
     #[command(after_help = EXIT_HELP)]
     Mb {
@@ -100,6 +82,19 @@ pub enum DataCmd {
 
 const EXIT_HELP: &str = "Exit status: 0 success, 1 failure, 2 usage error, 3 not found, \
                          4 blobringd unreachable, 5 access denied, 6 conflict or condition not met.";
+
+/// The arguments of `ls` and `rm`.
+#[derive(Debug, Args)]
+pub struct Under {
+    /// blob://container[/prefix] (`rm` without -r: blob://container/path).
+    url: String,
+    /// Every blob under the prefix (`ls`: without `/` grouping; `rm`: deletes them all).
+    #[arg(short, long)]
+    recursive: bool,
+    /// Connection and transfer options.
+    #[command(flatten)]
+    common: Common,
+}
 
 /// Options shared by data commands.
 #[derive(Debug, Args)]
@@ -459,24 +454,28 @@ fn summary(files: u64, bytes: u64, elapsed: Duration, what: &str) -> String {
 
 /// Runs a data command (errors carry a [`Failure`] when the cause is known; see [`report`]).
 pub fn run(cmd: DataCmd) -> Result<()> {
-    match cmd {
-        DataCmd::Mb { url, common } => {
-            let u = need_blob(&url)?;
-            block_on(service(&common)?.create_container(&u.container))
-                .map_err(|e| explain(e, &format!("creating {url}"), &u.container))
-        }
-        DataCmd::Rb { url, common } => {
-            let u = need_blob(&url)?;
-            block_on(service(&common)?.delete_container(&u.container))
-                .map_err(|e| explain(e, &format!("deleting {url}"), &u.container))
-        }
-        DataCmd::Ls {
-            url,
+    // Every command but `cp` names one blob, prefix or container.
+    let (url, common) = match &cmd {
+        DataCmd::Cp {
+            src,
+            dst,
             recursive,
             common,
-        } => {
-            let u = need_blob(&url)?;
-            let svc = service(&common)?;
+        } => return cp(src, dst, *recursive, common),
+        DataCmd::Mb { url, common }
+        | DataCmd::Rb { url, common }
+        | DataCmd::Cat { url, common }
+        | DataCmd::Ls(Under { url, common, .. })
+        | DataCmd::Rm(Under { url, common, .. }) => (url, common),
+    };
+    let u = need_blob(url)?;
+    let svc = service(common)?;
+    match &cmd {
+        DataCmd::Mb { .. } => block_on(svc.create_container(&u.container))
+            .map_err(|e| explain(e, &format!("creating {url}"), &u.container)),
+        DataCmd::Rb { .. } => block_on(svc.delete_container(&u.container))
+            .map_err(|e| explain(e, &format!("deleting {url}"), &u.container)),
+        DataCmd::Ls(Under { recursive, .. }) => {
             let page = block_on(svc.list_blobs(
                 &u.container,
                 &ListOptions {
@@ -495,9 +494,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
             }
             Ok(())
         }
-        DataCmd::Cat { url, common } => {
-            let u = need_blob(&url)?;
-            let svc = service(&common)?;
+        DataCmd::Cat { .. } => {
             let mut out = std::io::stdout();
             block_on(transfer::download_to_writer(
                 &svc,
@@ -510,13 +507,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
             out.flush()?;
             Ok(())
         }
-        DataCmd::Rm {
-            url,
-            recursive,
-            common,
-        } => {
-            let u = need_blob(&url)?;
-            let svc = service(&common)?;
+        DataCmd::Rm(Under { recursive, .. }) => {
             if !recursive {
                 return block_on(svc.delete_blob(&u.container, &u.path, &Default::default()))
                     .map_err(|e| explain(e, &format!("deleting {url}"), &u.container));
@@ -529,12 +520,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
             }
             Ok(())
         }
-        DataCmd::Cp {
-            src,
-            dst,
-            recursive,
-            common,
-        } => cp(&src, &dst, recursive, &common),
+        DataCmd::Cp { .. } => unreachable!("cp returned above"),
     }
 }
 

@@ -81,6 +81,57 @@ fn errors(v: &Value) -> u64 {
     v.as_object().map_or(0, |o| o.values().map(n).sum())
 }
 
+/// How the field `field` of a row shows in a table (a missing one as 0 or `-`).
+fn cell(row: &Value, field: &str) -> String {
+    let v = &row[field];
+    match field {
+        "errors" => errors(v).to_string(),
+        "pid" => v.as_i64().unwrap_or(0).to_string(),
+        "cpu" => v.as_u64().map_or("-".to_string(), |c| c.to_string()),
+        "end_to_end" => us(&v["p99_ns"]),
+        "guid" | "state" => v.as_str().unwrap_or("-").to_string(),
+        _ => n(v).to_string(),
+    }
+}
+
+/// The rows of a table: the elements of an array (none if it is missing).
+fn rows(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// A table: a header line of `heads` (separated by `|`), then a line a row of its `fields`
+/// (separated by spaces; shown by `show`), every cell padded to its column's width (negative:
+/// left-aligned) and separated by a space.
+fn table<'a>(
+    heads: &str,
+    widths: &[i16],
+    fields: &str,
+    rows: impl IntoIterator<Item = &'a Value>,
+    show: impl Fn(&Value, &str) -> String,
+) -> String {
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    debug_assert!(heads.split('|').count() == widths.len() && fields.len() == widths.len());
+    let line = |cells: &mut dyn Iterator<Item = String>| {
+        let padded: Vec<String> = cells
+            .zip(widths)
+            .map(|(c, &w)| {
+                let width = usize::from(w.unsigned_abs());
+                if w < 0 {
+                    format!("{c:<width$}")
+                } else {
+                    format!("{c:>width$}")
+                }
+            })
+            .collect();
+        padded.join(" ") + "\n"
+    };
+    let mut out = line(&mut heads.split('|').map(str::to_string));
+    for r in rows {
+        out.push_str(&line(&mut fields.iter().map(|f| show(r, f))));
+    }
+    out
+}
+
 /// `blobring stats`: daemon summary and one line per worker.
 pub fn render_stats(doc: &Value) -> String {
     let d = &doc["daemon"];
@@ -107,41 +158,23 @@ pub fn render_stats(doc: &Value) -> String {
         us(&t["end_to_end"]["p50_ns"]),
         us(&t["end_to_end"]["p99_ns"]),
     );
-    out.push_str(&format!(
-        "{:>6} {:>4} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>9}\n",
-        "worker", "cpu", "requests", "nops", "inflight", "waiting", "errors", "sleeps", "e2e p99µs"
+    out.push_str(&table(
+        "worker|cpu|requests|nops|inflight|waiting|errors|sleeps|e2e p99µs",
+        &[6, 4, 12, 10, 8, 8, 8, 10, 9],
+        "index cpu requests nops in_flight waiting errors sleeps end_to_end",
+        rows(&doc["workers"]),
+        cell,
     ));
-    for w in doc["workers"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:>6} {:>4} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>9}\n",
-            n(&w["index"]),
-            w["cpu"].as_u64().map_or("-".to_string(), |c| c.to_string()),
-            n(&w["requests"]),
-            n(&w["nops"]),
-            n(&w["in_flight"]),
-            n(&w["waiting"]),
-            errors(&w["errors"]),
-            n(&w["sleeps"]),
-            us(&w["end_to_end"]["p99_ns"]),
-        ));
-    }
     let in_flight = doc["in_flight"].as_array().map_or(&[][..], Vec::as_slice);
     if !in_flight.is_empty() {
-        out.push_str(&format!(
-            "\noldest in flight (transaction GUID as sent to the host):\n{:<36} {:>6} {:>6} {:>20} {:>14} {:>8}\n",
-            "guid", "worker", "client", "user_data", "state", "age ms"
+        out.push_str("\noldest in flight (transaction GUID as sent to the host):\n");
+        out.push_str(&table(
+            "guid|worker|client|user_data|state|age ms",
+            &[-36, 6, 6, 20, 14, 8],
+            "guid worker client user_data state age_ms",
+            in_flight.iter().take(IN_FLIGHT_ROWS),
+            cell,
         ));
-        for r in in_flight.iter().take(IN_FLIGHT_ROWS) {
-            out.push_str(&format!(
-                "{:<36} {:>6} {:>6} {:>20} {:>14} {:>8}\n",
-                r["guid"].as_str().unwrap_or("-"),
-                n(&r["worker"]),
-                n(&r["client"]),
-                n(&r["user_data"]),
-                r["state"].as_str().unwrap_or("-"),
-                n(&r["age_ms"]),
-            ));
-        }
     }
     out
 }
@@ -151,54 +184,24 @@ const IN_FLIGHT_ROWS: usize = 10;
 
 /// `blobring clients`: one line per client.
 pub fn render_clients(doc: &Value) -> String {
-    let mut out = format!(
-        "{:>6} {:>6} {:>8} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
-        "id", "uid", "pid", "requests", "bytes out", "bytes in", "inflight", "stalls", "errors"
-    );
-    for c in doc["clients"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:>6} {:>6} {:>8} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
-            n(&c["id"]),
-            n(&c["uid"]),
-            c["pid"].as_i64().unwrap_or(0),
-            n(&c["requests"]),
-            n(&c["bytes_out"]),
-            n(&c["bytes_in"]),
-            n(&c["in_flight"]),
-            n(&c["credit_stalls"]),
-            errors(&c["errors"]),
-        ));
-    }
-    out
+    table(
+        "id|uid|pid|requests|bytes out|bytes in|inflight|stalls|errors",
+        &[6, 6, 8, 12, 14, 14, 8, 8, 8],
+        "id uid pid requests bytes_out bytes_in in_flight credit_stalls errors",
+        rows(&doc["clients"]),
+        cell,
+    )
 }
 
 /// `blobring channels`: one line per channel.
 pub fn render_channels(doc: &Value) -> String {
-    let mut out = format!(
-        "{:>7} {:>6} {:>12} {:>14} {:>14} {:>8} {:>12} {:>9}\n",
-        "channel",
-        "worker",
-        "requests",
-        "bytes out",
-        "bytes in",
-        "inflight",
-        "outstanding",
-        "ring full"
-    );
-    for c in doc["channels"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:>7} {:>6} {:>12} {:>14} {:>14} {:>8} {:>12} {:>9}\n",
-            n(&c["index"]),
-            n(&c["worker"]),
-            n(&c["requests"]),
-            n(&c["bytes_out"]),
-            n(&c["bytes_in"]),
-            n(&c["in_flight"]),
-            n(&c["outstanding_bytes"]),
-            n(&c["ring_full"]),
-        ));
-    }
-    out
+    table(
+        "channel|worker|requests|bytes out|bytes in|inflight|outstanding|ring full",
+        &[7, 6, 12, 14, 14, 8, 12, 9],
+        "index worker requests bytes_out bytes_in in_flight outstanding_bytes ring_full",
+        rows(&doc["channels"]),
+        cell,
+    )
 }
 
 /// `blobring top`: rates between two documents taken `secs` apart, per worker and per client.
@@ -219,41 +222,39 @@ pub fn render_top(prev: &Value, cur: &Value, secs: f64) -> String {
             "DOWN"
         },
     );
-    out.push_str(&format!(
-        "{:>6} {:>12} {:>8} {:>10}\n",
-        "worker", "req/s", "inflight", "e2e p99µs"
-    ));
-    let empty = Vec::new();
-    let prev_workers = prev["workers"].as_array().unwrap_or(&empty);
-    for w in cur["workers"].as_array().into_iter().flatten() {
-        let before = prev_workers
-            .iter()
-            .find(|p| p["index"] == w["index"])
-            .unwrap_or(&Value::Null);
-        out.push_str(&format!(
-            "{:>6} {:>12.0} {:>8} {:>10}\n",
-            n(&w["index"]),
-            rate(&before["requests"], &w["requests"]),
-            n(&w["in_flight"]),
-            us(&w["end_to_end"]["p99_ns"]),
-        ));
-    }
-    out.push_str(&format!(
-        "\n{:>6} {:>8} {:>12} {:>8}\n",
-        "client", "pid", "req/s", "inflight"
-    ));
-    let prev_clients = prev["clients"].as_array().unwrap_or(&empty);
-    for c in cur["clients"].as_array().into_iter().flatten() {
-        let before = prev_clients
-            .iter()
-            .find(|p| p["id"] == c["id"])
-            .unwrap_or(&Value::Null);
-        out.push_str(&format!(
-            "{:>6} {:>8} {:>12.0} {:>8}\n",
-            n(&c["id"]),
-            c["pid"].as_i64().unwrap_or(0),
-            rate(&before["requests"], &c["requests"]),
-            n(&c["in_flight"]),
+    // Workers, then clients; a row's `requests` shows as its rate since the row of `prev`
+    // with the same id.
+    let heads = [
+        "worker|req/s|inflight|e2e p99µs",
+        "client|pid|req/s|inflight",
+    ];
+    let widths: [&[i16]; 2] = [&[6, 12, 8, 10], &[6, 8, 12, 8]];
+    let fields = [
+        "index requests in_flight end_to_end",
+        "id pid requests in_flight",
+    ];
+    for (i, (key, id)) in [("workers", "index"), ("clients", "id")]
+        .into_iter()
+        .enumerate()
+    {
+        let show = |r: &Value, field: &str| {
+            if field != "requests" {
+                return cell(r, field);
+            }
+            let before = rows(&prev[key])
+                .find(|p| p[id] == r[id])
+                .unwrap_or(&Value::Null);
+            format!("{:.0}", rate(&before["requests"], &r["requests"]))
+        };
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&table(
+            heads[i],
+            widths[i],
+            fields[i],
+            rows(&cur[key]),
+            show,
         ));
     }
     out

@@ -64,25 +64,7 @@ pub async fn start(cfg: Config) -> Result<Running, GatewayError> {
             .await
             .map_err(bind_err(a))?;
         addr = Some(l.local_addr().map_err(bind_err(a))?);
-        let (gw, sem) = (gw.clone(), sem.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok(permit) = sem.clone().acquire_owned().await else {
-                    return;
-                };
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let _ = s.set_nodelay(true);
-                        tokio::spawn(connection(gw.clone(), s, permit));
-                    }
-                    Err(e) => {
-                        // EMFILE and the like: wait a little rather than spin.
-                        tracing::warn!(error = %e, "gateway accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
+        tasks.push(serve(gw.clone(), sem.clone(), l));
     }
     if let Some(p) = &cfg.unix {
         use std::os::unix::fs::FileTypeExt as _;
@@ -90,23 +72,7 @@ pub async fn start(cfg: Config) -> Result<Running, GatewayError> {
             let _ = std::fs::remove_file(p); // a stale socket of an earlier run
         }
         let l = tokio::net::UnixListener::bind(p).map_err(bind_err(p.display()))?;
-        let (gw, sem) = (gw.clone(), sem.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok(permit) = sem.clone().acquire_owned().await else {
-                    return;
-                };
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        tokio::spawn(connection(gw.clone(), s, permit));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gateway accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
+        tasks.push(serve(gw.clone(), sem.clone(), l));
     }
     let mut metrics = None;
     if let Some(a) = cfg.metrics {
@@ -135,6 +101,51 @@ pub async fn start(cfg: Config) -> Result<Running, GatewayError> {
         metrics,
         gateway: gw,
         tasks,
+    })
+}
+
+/// A listener of Blob REST connections (TCP or unix).
+trait Accept: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection, ready to serve.
+    fn next(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        let (s, _) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+/// Accepts on `l`, each connection once a permit of `sem` is free, and serves each in its own
+/// task.
+fn serve(gw: Arc<Gateway>, sem: Arc<Semaphore>, l: impl Accept) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                return;
+            };
+            match l.next().await {
+                Ok(s) => {
+                    tokio::spawn(connection(gw.clone(), s, permit));
+                }
+                Err(e) => {
+                    // EMFILE and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
     })
 }
 

@@ -24,6 +24,49 @@ pub(crate) fn esc(s: &str) -> String {
 /// uncommitted blocks; anything deeper or longer is rejected).
 const MAX_ELEMENTS: usize = 200_000;
 
+/// The text an entity reference (`&name;`, `&#N;`, `&#xH;`) stands for.
+fn entity(name: &str) -> Result<String, String> {
+    Ok(match name {
+        "amp" => "&".to_owned(),
+        "lt" => "<".to_owned(),
+        "gt" => ">".to_owned(),
+        "quot" => "\"".to_owned(),
+        "apos" => "'".to_owned(),
+        other => {
+            let ch = other
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| other.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32)
+                .ok_or_else(|| format!("unknown entity &{other};"))?;
+            ch.to_string()
+        }
+    })
+}
+
+/// The name of element `e`, opened inside `stack`, once the document's bounds (`count`
+/// elements so far) and its single root (`root`, set by the first) are checked. An empty
+/// element (`<a/>`) counts like any other.
+fn open(
+    e: &quick_xml::events::BytesStart<'_>,
+    stack: &[String],
+    root: &mut String,
+    count: &mut usize,
+) -> Result<String, String> {
+    *count += 1;
+    if *count > MAX_ELEMENTS || stack.len() > 16 {
+        return Err("document too large or too deep".into());
+    }
+    let name = e.name().as_ref().to_owned();
+    if stack.is_empty() {
+        if !root.is_empty() {
+            return Err("more than one root element".into());
+        }
+        *root = name.clone();
+    }
+    Ok(name)
+}
+
 /// A text node: the names of its enclosing elements from the root, and its text.
 pub(crate) type Leaf = (Vec<String>, String);
 
@@ -40,87 +83,41 @@ pub(crate) fn leaves(body: &[u8]) -> Result<(String, Vec<Leaf>), String> {
     // Index of the leaf collecting text for the innermost open element, if any.
     let mut cur: Option<usize> = None;
     loop {
-        match r.read_event_into(&mut buf) {
+        // The text of a text node, an entity or a CDATA section: appended to the current leaf.
+        let text = match r.read_event_into(&mut buf) {
             Ok(Event::Start(e)) => {
-                count += 1;
-                if count > MAX_ELEMENTS || stack.len() > 16 {
-                    return Err("document too large or too deep".into());
-                }
-                let name = e.name().as_ref().to_owned();
-                if stack.is_empty() {
-                    if !root.is_empty() {
-                        return Err("more than one root element".into());
-                    }
-                    root = name.clone();
-                }
+                let name = open(&e, &stack, &mut root, &mut count)?;
                 stack.push(name);
                 cur = None;
+                None
             }
             Ok(Event::Empty(e)) => {
-                count += 1;
-                let name = e.name().as_ref().to_owned();
-                if stack.is_empty() {
-                    root = name.clone();
-                }
                 let mut path = stack.clone();
-                path.push(name);
+                path.push(open(&e, &stack, &mut root, &mut count)?);
                 out.push((path, String::new()));
                 cur = None;
+                None
             }
             Ok(Event::End(_)) => {
                 stack.pop();
                 cur = None;
+                None
             }
-            Ok(Event::Text(t)) => {
-                let text = t.xml10_content().into_owned();
-                match cur {
-                    Some(i) => out[i].1.push_str(&text),
-                    None => {
-                        cur = Some(out.len());
-                        out.push((stack.clone(), text));
-                    }
-                }
-            }
-            Ok(Event::GeneralRef(e)) => {
-                let name: &str = &e;
-                let text = match name {
-                    "amp" => "&".to_owned(),
-                    "lt" => "<".to_owned(),
-                    "gt" => ">".to_owned(),
-                    "quot" => "\"".to_owned(),
-                    "apos" => "'".to_owned(),
-                    other => {
-                        let ch = other
-                            .strip_prefix("#x")
-                            .and_then(|h| u32::from_str_radix(h, 16).ok())
-                            .or_else(|| other.strip_prefix('#').and_then(|d| d.parse().ok()))
-                            .and_then(char::from_u32)
-                            .ok_or_else(|| format!("unknown entity &{other};"))?;
-                        ch.to_string()
-                    }
-                };
-                match cur {
-                    Some(i) => out[i].1.push_str(&text),
-                    None => {
-                        cur = Some(out.len());
-                        out.push((stack.clone(), text));
-                    }
-                }
-            }
-            Ok(Event::CData(t)) => {
-                let text: &str = &t;
-                let text = text.to_owned();
-                match cur {
-                    Some(i) => out[i].1.push_str(&text),
-                    None => {
-                        cur = Some(out.len());
-                        out.push((stack.clone(), text));
-                    }
-                }
-            }
+            Ok(Event::Text(t)) => Some(t.xml10_content().into_owned()),
+            Ok(Event::GeneralRef(e)) => Some(entity(&e)?),
+            Ok(Event::CData(t)) => Some(str::to_owned(&t)),
             Ok(Event::Eof) => break,
-            Ok(_) => {}
+            Ok(_) => None,
             Err(e) => return Err(e.to_string()),
+        };
+        if let Some(text) = text {
+            match cur {
+                Some(i) => out[i].1.push_str(&text),
+                None => {
+                    cur = Some(out.len());
+                    out.push((stack.clone(), text));
+                }
+            }
         }
         buf.clear();
     }
@@ -160,5 +157,16 @@ mod tests {
             .map(|(_, t)| t.as_str())
             .collect();
         assert_eq!(ids, ["QQ==", "Qg=="]);
+    }
+
+    #[test]
+    fn empty_elements_obey_the_root_and_size_rules() {
+        assert_eq!(leaves(b"<Tags/>").unwrap().0, "Tags");
+        assert!(leaves(b"<Tags></Tags><Other/>").is_err());
+        let many = format!(
+            "<BlockList>{}</BlockList>",
+            "<Latest/>".repeat(MAX_ELEMENTS)
+        );
+        assert!(leaves(many.as_bytes()).is_err());
     }
 }

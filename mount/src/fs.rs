@@ -18,7 +18,7 @@ use fuser::{
     WriteFlags,
 };
 
-use crate::read::{Budget, ReadError, ReadHandle};
+use crate::read::{Budget, Pinned, ReadError, ReadHandle};
 use crate::stats::Stats;
 use crate::write::{Upload, WriteError};
 
@@ -916,12 +916,10 @@ impl Filesystem for BlobFs {
         }
         match self.resolve(&path) {
             Ok(Some(Meta::File { size, etag, .. })) => {
+                let blob = Pinned::new(self.o.container.clone(), self.key(&path), etag, size);
                 let h = ReadHandle::new(
                     self.svc.clone(),
-                    self.o.container.clone(),
-                    self.key(&path),
-                    etag,
-                    size,
+                    blob,
                     self.budget.clone(),
                     self.stats.clone(),
                 );

@@ -89,10 +89,7 @@ pub(crate) enum ReadError {
 /// versions).
 pub(crate) struct ReadHandle {
     svc: BlobService,
-    container: String,
-    key: String,
-    etag: String,
-    size: u64,
+    blob: Pinned,
     budget: Arc<Budget>,
     stats: Arc<Stats>,
     state: Mutex<ReadState>,
@@ -124,30 +121,43 @@ impl Prefetch {
     }
 }
 
-impl ReadHandle {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        svc: BlobService,
-        container: String,
-        key: String,
-        etag: String,
-        size: u64,
-        budget: Arc<Budget>,
-        stats: Arc<Stats>,
-    ) -> Self {
-        // A listing's ETag may come without the quotes a header's has; If-Match takes the
-        // quoted form.
+/// The blob version an open file reads: where it is, and its ETag and size at open.
+pub(crate) struct Pinned {
+    container: String,
+    key: String,
+    /// Quoted, as If-Match takes it; empty when the service gave none (reads are then not
+    /// pinned).
+    etag: String,
+    size: u64,
+}
+
+impl Pinned {
+    pub(crate) fn new(container: String, key: String, etag: String, size: u64) -> Self {
+        // A listing's ETag may come without the quotes a header's has.
         let etag = if etag.starts_with('"') || etag.is_empty() {
             etag
         } else {
             format!("\"{etag}\"")
         };
         Self {
-            svc,
             container,
             key,
             etag,
             size,
+        }
+    }
+}
+
+impl ReadHandle {
+    pub(crate) fn new(
+        svc: BlobService,
+        blob: Pinned,
+        budget: Arc<Budget>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            svc,
+            blob,
             budget,
             stats,
             state: Mutex::new(ReadState::default()),
@@ -156,7 +166,7 @@ impl ReadHandle {
 
     /// The bytes `offset..offset + len` (fewer at the end of the blob, none past it).
     pub(crate) fn read(&self, offset: u64, len: u32) -> Result<Bytes, ReadError> {
-        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        let end = offset.saturating_add(u64::from(len)).min(self.blob.size);
         if offset >= end {
             return Ok(Bytes::new());
         }
@@ -183,7 +193,7 @@ impl ReadHandle {
         }
         let sequential = st.last_end == Some(offset);
         st.last_end = Some(end);
-        if sequential && end < self.size {
+        if sequential && end < self.blob.size {
             st.prefetch = self.start_prefetch(offset);
             if st.prefetch.is_some() {
                 let r = self.serve_prefetched(&mut st, offset, end);
@@ -200,16 +210,19 @@ impl ReadHandle {
     /// A ranged GET of exactly `offset..end`.
     fn ranged(&self, offset: u64, end: u64) -> Result<Bytes, ReadError> {
         let opts = GetOptions {
-            conditions: if self.etag.is_empty() {
+            conditions: if self.blob.etag.is_empty() {
                 Conditions::default()
             } else {
-                Conditions::if_match(self.etag.clone())
+                Conditions::if_match(self.blob.etag.clone())
             },
         };
-        let g = block_on(
-            self.svc
-                .get_range(&self.container, &self.key, offset..end, &opts, None),
-        )
+        let g = block_on(self.svc.get_range(
+            &self.blob.container,
+            &self.blob.key,
+            offset..end,
+            &opts,
+            None,
+        ))
         .map_err(classify)?;
         Stats::add(&self.stats.random_reads, 1);
         Stats::add(&self.stats.random_bytes, end - offset);
@@ -227,8 +240,8 @@ impl ReadHandle {
         }
         let parallel = (reserved / unit) as usize;
         let props = blobring::blob::BlobProperties {
-            size: self.size,
-            etag: self.etag.clone(),
+            size: self.blob.size,
+            etag: self.blob.etag.clone(),
             ..Default::default()
         };
         let opts = TransferOptions {
@@ -236,9 +249,15 @@ impl ReadHandle {
             parallelism: parallel,
             ..TransferOptions::default()
         };
-        match Download::with_properties(&self.svc, &self.container, &self.key, &props, &opts) {
+        match Download::with_properties(
+            &self.svc,
+            &self.blob.container,
+            &self.blob.key,
+            &props,
+            &opts,
+        ) {
             Ok(mut dl) => {
-                dl.restrict(offset..self.size);
+                dl.restrict(offset..self.blob.size);
                 Stats::add(&self.stats.prefetch_streams, 1);
                 Some(Prefetch {
                     dl,
@@ -249,7 +268,7 @@ impl ReadHandle {
                 })
             }
             Err(e) => {
-                tracing::warn!(blob = %self.key, "prefetch not started: {e}");
+                tracing::warn!(blob = %self.blob.key, "prefetch not started: {e}");
                 self.budget.give(reserved);
                 None
             }

@@ -381,25 +381,21 @@ def main() -> None:
     print(f"{args.size_mib} MiB read by {args.procs} processes (each its part), loopback, "
           f"{os.cpu_count()} CPUs")
     print(f"  {'path':44} {'GB/s':>7} {'CPU s/GB':>9} {'client':>7} {'servers':>8}")
-    for r in large:
-        if "error" in r:
-            print(f"  {r['path']:44} error: {r['error'][:60]}")
-        else:
-            print(f"  {r['path']:44} {r['gb_per_s']:7.2f} {r['cpu_s_per_gb']:9.2f} "
-                  f"{r['client_cpu_s_per_gb']:7.2f} {r['server_cpu_s_per_gb']:8.2f}")
+    path = lambda r: f"{r['path']:44}"  # noqa: E731
+    print_rows(large, path, lambda r: f"{r['gb_per_s']:7.2f} {r['cpu_s_per_gb']:9.2f} "
+               f"{r['client_cpu_s_per_gb']:7.2f} {r['server_cpu_s_per_gb']:8.2f}")
     print("4 KiB random ranged reads, 64 in flight, one process")
-    for r in small:
-        if "error" in r:
-            print(f"  {r['path']:44} error: {r['error'][:60]}")
-        else:
-            print(f"  {r['path']:44} {r['requests_per_s']:9.0f} req/s")
+    print_rows(small, path, lambda r: f"{r['requests_per_s']:9.0f} req/s")
     print("pyarrow.parquet.read_table (best of 3)")
-    for r in pq_res:
-        if "error" in r:
-            print(f"  {r['path']:24} {r['read']:10} error: {r['error'][:60]}")
-        else:
-            print(f"  {r['path']:24} {r['read']:10} {r['seconds']:6.2f} s "
-                  f"({r['file_bytes'] / MIB:.0f} MiB file)")
+    print_rows(pq_res, lambda r: f"{r['path']:24} {r['read']:10}",
+               lambda r: f"{r['seconds']:6.2f} s ({r['file_bytes'] / MIB:.0f} MiB file)")
+
+
+def print_rows(rows: list[dict], label, figures) -> None:
+    """One line a result: its label, then its figures (or its error)."""
+    for r in rows:
+        shown = f"error: {r['error'][:60]}" if "error" in r else figures(r)
+        print(f"  {label(r)} {shown}")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,10 @@ def _chunks(body: Any, block: int) -> Iterator[bytes]:
         yield bytes(mv[at : at + block])
 
 
-class _Stream:
+class _Blocks:
     """The body in blocks (what azure-core's stream download generators are: an iterator
-    that also takes attributes, e.g. the SDK's ``properties``)."""
+    that also takes attributes, e.g. the SDK's ``properties``); :class:`_Stream` and
+    :class:`_AsyncStream` iterate it."""
 
     def __init__(self, pipeline: Any, response: Any, **kwargs: Any) -> None:
         self.response = response
@@ -96,6 +97,8 @@ class _Stream:
     def __len__(self) -> int:
         return self._len
 
+
+class _Stream(_Blocks):
     def __iter__(self) -> _Stream:
         return self
 
@@ -219,15 +222,7 @@ class AsyncBlobringTransportResponse(AsyncHttpResponseImpl):
         self._is_closed = True
 
 
-class _AsyncStream:
-    def __init__(self, pipeline: Any, response: Any, **kwargs: Any) -> None:
-        self.response = response
-        self._len = self.content_length = len(response.internal_response)
-        self._it = _chunks(response.internal_response, response._block_size)
-
-    def __len__(self) -> int:
-        return self._len
-
+class _AsyncStream(_Blocks):
     def __aiter__(self) -> _AsyncStream:
         return self
 
@@ -242,14 +237,9 @@ class AsyncBlobringTransport(AsyncHttpTransport):
     """An asyncio azure-core ``AsyncHttpTransport`` over blobringd (for
     ``azure.storage.blob.aio`` and adlfs)."""
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        *,
-        timeout: float | None = None,
-        client: _blobring.Client | None = None,
-    ) -> None:
-        self._sync = BlobringTransport(socket, timeout=timeout, client=client)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Takes the arguments of :class:`BlobringTransport` (whose connection it shares)."""
+        self._sync = BlobringTransport(*args, **kwargs)
 
     client_options = staticmethod(BlobringTransport.client_options)
 

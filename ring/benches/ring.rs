@@ -14,7 +14,7 @@ use std::hint::black_box;
 use blobring_abi::{Cqe, FromZeros, Sqe};
 use blobring_ring::{ClientQueue, DaemonQueue, QueueLayout, SqConsumer, SqProducer};
 use blobring_shm::HeapMemory;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const BATCHES: [usize; 3] = [1, 8, 64];
 
@@ -25,63 +25,61 @@ fn setup() -> (HeapMemory, QueueLayout) {
     (mem, layout)
 }
 
-fn sq_push_pop(c: &mut Criterion) {
-    let mut g = c.benchmark_group("sq_push_pop");
+/// The benchmark group `name`: `routine` once per batch size (its input: that many SQEs,
+/// numbered), throughput counted in entries.
+fn per_batch(c: &mut Criterion, name: &str, routine: fn(&mut Bencher<'_>, &[Sqe])) {
+    let mut g = c.benchmark_group(name);
     for b in BATCHES {
+        let input: Vec<Sqe> = (0..b as u64)
+            .map(|i| Sqe {
+                user_data: i,
+                ..Sqe::new_zeroed()
+            })
+            .collect();
         g.throughput(Throughput::Elements(b as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(b), &b, |bench, &b| {
-            let (mem, layout) = setup();
-            let mut prod = SqProducer::attach(&mem, &layout).unwrap();
-            let mut cons = SqConsumer::new(&mem, &layout, u32::MAX - 7).unwrap();
-            let input: Vec<Sqe> = (0..b as u64)
-                .map(|i| Sqe {
-                    user_data: i,
-                    ..Sqe::new_zeroed()
-                })
-                .collect();
-            let mut out = vec![Sqe::new_zeroed(); b];
-            bench.iter(|| {
-                let p = prod.push_batch(black_box(&input)).unwrap();
-                let n = cons.pop_batch(&mut out).unwrap();
-                assert_eq!(p.count + n, 2 * b);
-                black_box(&out);
-            });
+        g.bench_with_input(BenchmarkId::from_parameter(b), &input, |bench, input| {
+            routine(bench, input)
         });
     }
     g.finish();
 }
 
-fn queue_pair(c: &mut Criterion) {
-    let mut g = c.benchmark_group("queue_pair");
-    for b in BATCHES {
-        g.throughput(Throughput::Elements(b as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(b), &b, |bench, &b| {
-            let (mem, layout) = setup();
-            let mut client = ClientQueue::attach(&mem, &layout).unwrap();
-            let mut daemon = DaemonQueue::new(&mem, &layout, u32::MAX - 7).unwrap();
-            let input: Vec<Sqe> = (0..b as u64)
-                .map(|i| Sqe {
-                    user_data: i,
-                    ..Sqe::new_zeroed()
-                })
-                .collect();
-            let mut sqes = vec![Sqe::new_zeroed(); b];
-            let mut cqes = vec![Cqe::new_zeroed(); b];
-            bench.iter(|| {
-                let _ = client.submit(black_box(&input)).unwrap();
-                let n = daemon.take(&mut sqes).unwrap();
-                for (s, c) in sqes[..n].iter().zip(cqes.iter_mut()) {
-                    c.user_data = s.user_data;
-                }
-                let _ = daemon.complete(&cqes[..n]).unwrap();
-                let p = client.reap(&mut cqes).unwrap();
-                assert_eq!(p.count, b);
-                black_box(&cqes);
-            });
-        });
-    }
-    g.finish();
+fn sq_push_pop(bench: &mut Bencher<'_>, input: &[Sqe]) {
+    let (mem, layout) = setup();
+    let mut prod = SqProducer::attach(&mem, &layout).unwrap();
+    let mut cons = SqConsumer::new(&mem, &layout, u32::MAX - 7).unwrap();
+    let mut out = vec![Sqe::new_zeroed(); input.len()];
+    bench.iter(|| {
+        let p = prod.push_batch(black_box(input)).unwrap();
+        let n = cons.pop_batch(&mut out).unwrap();
+        assert_eq!(p.count + n, 2 * input.len());
+        black_box(&out);
+    });
 }
 
-criterion_group!(benches, sq_push_pop, queue_pair);
+fn queue_pair(bench: &mut Bencher<'_>, input: &[Sqe]) {
+    let (mem, layout) = setup();
+    let mut client = ClientQueue::attach(&mem, &layout).unwrap();
+    let mut daemon = DaemonQueue::new(&mem, &layout, u32::MAX - 7).unwrap();
+    let mut sqes = vec![Sqe::new_zeroed(); input.len()];
+    let mut cqes = vec![Cqe::new_zeroed(); input.len()];
+    bench.iter(|| {
+        let _ = client.submit(black_box(input)).unwrap();
+        let n = daemon.take(&mut sqes).unwrap();
+        for (s, c) in sqes[..n].iter().zip(cqes.iter_mut()) {
+            c.user_data = s.user_data;
+        }
+        let _ = daemon.complete(&cqes[..n]).unwrap();
+        let p = client.reap(&mut cqes).unwrap();
+        assert_eq!(p.count, input.len());
+        black_box(&cqes);
+    });
+}
+
+fn ring(c: &mut Criterion) {
+    per_batch(c, "sq_push_pop", sq_push_pop);
+    per_batch(c, "queue_pair", queue_pair);
+}
+
+criterion_group!(benches, ring);
 criterion_main!(benches);

@@ -83,44 +83,52 @@ fn machine() -> String {
     format!("{cpu}, {cores} logical CPUs, Linux {kernel}, load average {load} at start")
 }
 
-fn per_entry_sq(batch: usize, total: usize) -> f64 {
+/// A queue pair's region in process memory (256 SQ / 512 CQ entries, indices just below
+/// `u32::MAX`).
+fn region() -> (HeapMemory, QueueLayout) {
     let layout = QueueLayout::contiguous(0, 256, 512).unwrap();
     let mem = HeapMemory::new(layout.end());
     layout.initialize(&mem, u32::MAX - 7).unwrap();
-    let mut prod = SqProducer::attach(&mem, &layout).unwrap();
-    let mut cons = SqConsumer::new(&mem, &layout, u32::MAX - 7).unwrap();
+    (mem, layout)
+}
+
+/// ns per entry of `step` (one batch: the `batch` SQEs it is given) run for `total` entries.
+fn per_entry(batch: usize, total: usize, mut step: impl FnMut(&[Sqe])) -> f64 {
     let input = vec![Sqe::new_zeroed(); batch];
-    let mut out = vec![Sqe::new_zeroed(); batch];
     let rounds = total / batch;
     let t = Instant::now();
     for _ in 0..rounds {
-        let _ = prod.push_batch(std::hint::black_box(&input)).unwrap();
-        std::hint::black_box(cons.pop_batch(&mut out).unwrap());
+        step(&input);
     }
     t.elapsed().as_nanos() as f64 / (rounds * batch) as f64
 }
 
+fn per_entry_sq(batch: usize, total: usize) -> f64 {
+    let (mem, layout) = region();
+    let mut prod = SqProducer::attach(&mem, &layout).unwrap();
+    let mut cons = SqConsumer::new(&mem, &layout, u32::MAX - 7).unwrap();
+    let mut out = vec![Sqe::new_zeroed(); batch];
+    per_entry(batch, total, |input| {
+        let _ = prod.push_batch(std::hint::black_box(input)).unwrap();
+        std::hint::black_box(cons.pop_batch(&mut out).unwrap());
+    })
+}
+
 fn per_entry_pair(batch: usize, total: usize) -> f64 {
-    let layout = QueueLayout::contiguous(0, 256, 512).unwrap();
-    let mem = HeapMemory::new(layout.end());
-    layout.initialize(&mem, u32::MAX - 7).unwrap();
+    let (mem, layout) = region();
     let mut client = ClientQueue::attach(&mem, &layout).unwrap();
     let mut daemon = DaemonQueue::new(&mem, &layout, u32::MAX - 7).unwrap();
-    let input = vec![Sqe::new_zeroed(); batch];
     let mut sqes = vec![Sqe::new_zeroed(); batch];
     let mut cqes = vec![Cqe::new_zeroed(); batch];
-    let rounds = total / batch;
-    let t = Instant::now();
-    for _ in 0..rounds {
-        let _ = client.submit(std::hint::black_box(&input)).unwrap();
+    per_entry(batch, total, |input| {
+        let _ = client.submit(std::hint::black_box(input)).unwrap();
         let n = daemon.take(&mut sqes).unwrap();
         for (s, c) in sqes[..n].iter().zip(cqes.iter_mut()) {
             c.user_data = s.user_data;
         }
         let _ = daemon.complete(&cqes[..n]).unwrap();
         let _ = std::hint::black_box(client.reap(&mut cqes).unwrap());
-    }
-    t.elapsed().as_nanos() as f64 / (rounds * batch) as f64
+    })
 }
 
 fn spawn_daemon(idle: Idle, count: u64) -> Result<(common::ChildGuard, ClientEnd), String> {

@@ -12,7 +12,10 @@
 //! replaced or discarded meanwhile (only writers of that blob touch them).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
@@ -29,36 +32,66 @@ pub(crate) enum Part<'a, D> {
     Range(&'a D, u64, u64),
 }
 
-/// Random-access reads of a data object.
+/// Random-access reads of a data object. A GET copies it to its destination once: straight
+/// from the object's bytes when they are in memory ([`ReadAt::bytes`]), with one positional
+/// read into the destination when it is a file and the destination can take that
+/// ([`ReadAt::file`]), else through a bounce buffer filled by `read_at` ([`read_to`]).
 pub(crate) trait ReadAt: Send {
     fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError>;
-    /// Copy `len` bytes at `offset` into `sink` at `at`. Default: through a bounce buffer.
-    fn read_to(
-        &self,
-        offset: u64,
-        len: u64,
-        sink: &mut dyn BodySink,
-        at: u64,
-    ) -> Result<(), StoreError> {
-        bounce_copy(|o, dst| self.read_at(o, dst), offset, len, sink, at)
+    /// The object's bytes, when it is held in memory.
+    fn bytes(&self) -> Option<&[u8]> {
+        None
+    }
+    /// The object's file and its path (for errors), when it is one.
+    fn file(&self) -> Option<(&File, &Path)> {
+        None
     }
 }
 
-/// Copy `len` bytes at `offset` (read with `read_at`) into `sink` at `at` through a bounce
-/// buffer of at most 1 MiB: for destinations that cannot be filled straight from the data.
-pub(crate) fn bounce_copy(
-    read_at: impl Fn(u64, &mut [u8]) -> Result<(), StoreError>,
+/// `len` bytes at `offset` of `data` into `sink` at `at` (see [`ReadAt`]).
+fn read_to(
+    data: &dyn ReadAt,
     offset: u64,
     len: u64,
     sink: &mut dyn BodySink,
     at: u64,
 ) -> Result<(), StoreError> {
+    if let Some(bytes) = data.bytes() {
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|s| Some(s..s.checked_add(usize::try_from(len).ok()?)?));
+        let src = range
+            .and_then(|r| bytes.get(r))
+            .ok_or(StoreError::OutOfRange {
+                offset,
+                len,
+                size: bytes.len() as u64,
+            })?;
+        return sink.write_at(at, src).map_err(StoreError::Destination);
+    }
+    if let Some((file, path)) = data.file() {
+        match sink.fill_from_file(at, file, offset, len) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("data file shorter than {} bytes", offset + len),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(StoreError::Destination(e));
+            }
+            Err(e) => return Err(StoreError::io(path, e)),
+        }
+    }
+    // Through a bounce buffer of at most 1 MiB.
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; len.min(CHUNK) as usize];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(CHUNK) as usize;
-        read_at(offset + done, &mut buf[..n])?;
+        data.read_at(offset + done, &mut buf[..n])?;
         sink.write_at(at + done, &buf[..n])
             .map_err(StoreError::Destination)?;
         done += n as u64;
@@ -224,7 +257,7 @@ impl BlobReader for Reader {
                 )));
             }
         }
-        self.inner.read_to(offset, len, sink, sink_offset)
+        read_to(&*self.inner, offset, len, sink, sink_offset)
     }
 }
 

@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use super::engine::impl_store_via_engine;
 use super::engine::{Backend, Container, Engine, Entry, Part, ReadAt, Staged, State, hex};
 use super::open_files::{DEFAULT_OPEN_FILES, OpenFiles};
-use super::{BlobProps, BodySink, ContainerProps, StoreError};
+use super::{BlobProps, ContainerProps, StoreError};
 
 /// Durable filesystem store (`--store fs:<dir>`).
 pub struct FsStore {
@@ -83,6 +83,23 @@ struct BlockRecord {
 pub(crate) struct FsData {
     path: Arc<Path>,
     seq: u64,
+}
+
+impl FsData {
+    /// The data file `path`, numbered `seq`, if writing it succeeded (`res`); if not, the file
+    /// is removed so that nothing half-written stays behind.
+    fn written(path: PathBuf, seq: u64, res: Result<(), StoreError>) -> Result<FsData, StoreError> {
+        match res {
+            Ok(()) => Ok(FsData {
+                path: path.into(),
+                seq,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
 }
 
 pub(crate) struct FsBackend {
@@ -295,26 +312,8 @@ impl ReadAt for FileReader {
     fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), StoreError> {
         self.0.read_exact_at(dst, offset).map_err(io_at(&self.1))
     }
-    fn read_to(
-        &self,
-        offset: u64,
-        len: u64,
-        sink: &mut dyn BodySink,
-        at: u64,
-    ) -> Result<(), StoreError> {
-        // One copy when the destination can pread; otherwise through a bounce buffer.
-        match sink.fill_from_file(at, &self.0, offset, len) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                super::engine::bounce_copy(|o, dst| self.read_at(o, dst), offset, len, sink, at)
-            }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupt {
-                path: self.1.to_path_buf(),
-                reason: format!("data file shorter than {} bytes", offset + len),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(StoreError::Destination(e)),
-            Err(e) => Err(StoreError::io(&*self.1, e)),
-        }
+    fn file(&self) -> Option<(&File, &Path)> {
+        Some((&self.0, &self.1))
     }
 }
 
@@ -352,16 +351,7 @@ impl Backend for FsBackend {
             // The directory entry must be durable before a record can point at it.
             sync_dir(&self.cdir(container).join("data"))
         })();
-        match res {
-            Ok(()) => Ok(FsData {
-                path: path.into(),
-                seq,
-            }),
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(e)
-            }
-        }
+        FsData::written(path, seq, res)
     }
 
     fn clone_data(&self, container: &str, src: &FsData) -> Result<FsData, StoreError> {
@@ -455,16 +445,7 @@ impl Backend for FsBackend {
             })?;
             self.write_atomic(&dir.join(format!("{name}.json")), &json)
         })();
-        match res {
-            Ok(()) => Ok(FsData {
-                path: blk.into(),
-                seq,
-            }),
-            Err(e) => {
-                let _ = fs::remove_file(&blk);
-                Err(e)
-            }
-        }
+        FsData::written(blk, seq, res)
     }
 
     fn drop_block(&self, data: &FsData) {

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 
+use super::StoreError;
 use super::engine::{Backend, Engine, Part, ReadAt, State, impl_store_via_engine};
-use super::{BodySink, StoreError};
 use crate::store::{BlobProps, ContainerProps};
 
 /// In-memory store (`--store mem`).
@@ -56,24 +56,8 @@ impl ReadAt for MemReader {
         dst.copy_from_slice(src);
         Ok(())
     }
-    fn read_to(
-        &self,
-        offset: u64,
-        len: u64,
-        sink: &mut dyn BodySink,
-        at: u64,
-    ) -> Result<(), StoreError> {
-        let range = usize::try_from(offset)
-            .ok()
-            .and_then(|s| Some(s..s.checked_add(usize::try_from(len).ok()?)?));
-        let src = range
-            .and_then(|r| self.0.get(r))
-            .ok_or(StoreError::OutOfRange {
-                offset,
-                len,
-                size: self.0.len() as u64,
-            })?;
-        sink.write_at(at, src).map_err(StoreError::Destination)
+    fn bytes(&self) -> Option<&[u8]> {
+        Some(&self.0)
     }
 }
 
