@@ -23,21 +23,22 @@ fn body(rng: &mut XorShift) -> Vec<u8> {
     XorShift::new(rng.next_u64()).bytes(len)
 }
 
-/// The result `r` of a `verb` request (`what`) on a blob, with a 404 as `None`: a 404 is right
-/// only if the model does not hold the blob (`stored`); any other error fails the run.
+/// The result `r` of a `verb` request on a blob (`what` names it, in messages only), with a 404
+/// as `None`: a 404 is right only if the model does not hold the blob (`stored`); any other
+/// error fails the run.
 fn found<T>(
     r: Result<T, BlobError>,
     stored: bool,
     verb: &str,
-    what: &str,
+    what: impl Fn() -> String,
 ) -> anyhow::Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_not_found() => {
-            ensure!(!stored, "{what}: {verb} 404 for a stored blob");
+            ensure!(!stored, "{}: {verb} 404 for a stored blob", what());
             Ok(None)
         }
-        Err(e) => Err(anyhow::Error::new(e).context(what.to_owned())),
+        Err(e) => Err(anyhow::Error::new(e).context(what())),
     }
 }
 
@@ -82,7 +83,7 @@ fn main() -> anyhow::Result<()> {
                     let r = svc
                         .get_blob(&container, &name, None, &GetOptions::default())
                         .await;
-                    if let Some(g) = found(r, model.contains_key(&name), "GET", &what())? {
+                    if let Some(g) = found(r, model.contains_key(&name), "GET", what)? {
                         let Some(want) = model.get(&name) else {
                             bail!("{}: GET found a deleted blob", what());
                         };
@@ -127,7 +128,7 @@ fn main() -> anyhow::Result<()> {
                     let r = svc
                         .head_blob(&container, &name, &GetOptions::default())
                         .await;
-                    if let Some(p) = found(r, model.contains_key(&name), "HEAD", &what())? {
+                    if let Some(p) = found(r, model.contains_key(&name), "HEAD", what)? {
                         let Some(want) = model.get(&name) else {
                             bail!("{}: HEAD found a deleted blob", what());
                         };
@@ -161,7 +162,7 @@ fn main() -> anyhow::Result<()> {
                     let r = svc
                         .delete_blob(&container, &name, &Default::default())
                         .await;
-                    if found(r, model.contains_key(&name), "DELETE", &what())?.is_some() {
+                    if found(r, model.contains_key(&name), "DELETE", what)?.is_some() {
                         ensure!(
                             model.remove(&name).is_some(),
                             "{}: deleted a blob that should not exist",
