@@ -40,6 +40,14 @@ pub fn scratch() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
+/// A scratch directory in `/dev/shm`: a store there is in memory.
+pub fn shm_scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("brshm")
+        .tempdir_in("/dev/shm")
+        .expect("tempdir in /dev/shm")
+}
+
 /// The launcher of the tests' stacks in `dir` (sockets `host.sock`, `d.sock`, `d.ctl`, logs
 /// `host.log`, `blobringd.log`, store `fs:DIR/store`): the real `blobring-host`
 /// (`$BLOBRING_HOST_BIN`, else the Cargo target directory of the running test: build it
@@ -147,6 +155,15 @@ pub fn with_test_host(bin: &str, dir: &Path, extra: &[&str]) -> (TestHost, Daemo
     (host, d)
 }
 
+/// [`with_test_host`] (no extra daemon flags) in a fresh [`scratch`] directory, plus a
+/// connection to the daemon; the directory is returned too (keep it until the end).
+pub fn test_host_client(bin: &str) -> (tempfile::TempDir, TestHost, Daemon, Connection) {
+    let dir = scratch();
+    let (host, d) = with_test_host(bin, dir.path(), &[]);
+    let c = Connection::connect(&d.socket).expect("connect");
+    (dir, host, d, c)
+}
+
 /// A child process killed and reaped on drop.
 pub struct Reaped(pub Child);
 
@@ -177,6 +194,14 @@ pub fn reap_n(conn: &mut Connection, q: u32, n: usize, limit: Duration) -> Vec<C
         }
     }
     out
+}
+
+/// Submits one blob request (`head`, no data buffer) as `user_data` on queue `q` and reaps its
+/// completion (≤ 5 s).
+pub fn blob_call(conn: &mut Connection, q: u32, user_data: u64, head: &[u8]) -> Cqe {
+    let sqe = blob_sqe(conn, user_data, head, 0);
+    conn.submit(q, &[sqe]).expect("submit");
+    reap_n(conn, q, 1, Duration::from_secs(5))[0]
 }
 
 /// A NOP SQE.
@@ -290,6 +315,19 @@ impl TestHost {
         self.shared.held.load(Ordering::Relaxed)
     }
 
+    /// Waits (≤ 5 s, else fails the test) until at least `n` requests are held.
+    pub fn wait_held(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.held() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the host holds {} of the {n} requests expected",
+                self.held()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Guest memory regions registered and unregistered so far (all sessions).
     pub fn registrations(&self) -> (u64, u64) {
         (
@@ -374,21 +412,12 @@ fn vsp(mut ch: SimChannel, memory: SharedGuestMemory, stop: Arc<AtomicBool>, s: 
                 continue;
             };
             let mem = memory.read().unwrap();
+            // The guest memory of one of the request's buffers (a byte range of its pages).
+            let buffer =
+                |r: &std::ops::Range<u64>| mem.translate(&req.pfns, r.start, r.end - r.start).ok();
             let answer = (|| {
-                let rq = mem
-                    .translate(
-                        &req.pfns,
-                        req.request.start,
-                        req.request.end - req.request.start,
-                    )
-                    .ok()?;
-                let rs = mem
-                    .translate(
-                        &req.pfns,
-                        req.response.start,
-                        req.response.end - req.response.start,
-                    )
-                    .ok()?;
+                let rq = buffer(&req.request)?;
+                let rs = buffer(&req.response)?;
                 let mut head = vec![0u8; rq.len() as usize];
                 rq.read_at(0, &mut head).ok()?;
                 let mut a = b"OK:".to_vec();
@@ -397,9 +426,7 @@ fn vsp(mut ch: SimChannel, memory: SharedGuestMemory, stop: Arc<AtomicBool>, s: 
                 rs.write_at(0, &a).ok()?;
                 let mut length = 0;
                 if req.vsp.data_buffer_valid == 0 && req.data.end > req.data.start {
-                    let d = mem
-                        .translate(&req.pfns, req.data.start, req.data.end - req.data.start)
-                        .ok()?;
+                    let d = buffer(&req.data)?;
                     d.write_at(0, &vec![0xab; d.len() as usize]).ok()?;
                     length = d.len() as u32;
                 }
@@ -603,6 +630,20 @@ pub fn soak_report(
         panic!("no JSON report from blobring-soak ({e}; exit {status}): {out}\n{err}")
     });
     (status, report)
+}
+
+/// Runs the daemon `bin` (the test's `CARGO_BIN_EXE_blobring-test-daemon`) with `--socket
+/// socket` and `args`, which it must refuse: fails the test if it exits successfully, else
+/// returns what it wrote to stderr.
+pub fn daemon_refusal(bin: &str, socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run the daemon");
+    assert!(!out.status.success(), "the daemon accepted {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Starts `blobring-host --socket DIR/host.sock --store fs:DIR/store` plus `host_args` and

@@ -3,11 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blobring::{Connection, Cqe, FromZeros};
-use blobring_tests::{Daemon, TestHost, blob_sqe, nop, scratch};
+use blobring_tests::{Daemon, TestHost, blob_sqe, daemon_refusal, nop, scratch};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 
@@ -97,13 +96,11 @@ fn ctl_tables_and_prometheus_metrics_show_live_figures() {
 #[test]
 fn metrics_on_a_non_loopback_address_is_refused() {
     let dir = scratch();
-    let out = Command::new(DAEMON)
-        .arg("--socket")
-        .arg(dir.path().join("d.sock"))
-        .args(["--metrics", "0.0.0.0:9464", "--workers", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let socket = dir.path().join("d.sock");
+    let err = daemon_refusal(
+        DAEMON,
+        &socket,
+        &["--metrics", "0.0.0.0:9464", "--workers", "1"],
+    );
     assert!(err.contains("not a loopback address"), "{err}");
 }

@@ -5,10 +5,20 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blobring::{ConnectError, ConnectOptions, Connection, Sqe};
-use blobring_tests::{Daemon, blob_sqe, nop, reap_n, scratch, with_test_host};
+use blobring_tests::{Daemon, blob_sqe, nop, reap_n, scratch, test_host_client};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-test-client");
+
+/// The NOPs all the daemon's workers have completed, from its stats document `s`.
+fn worker_nops(s: &serde_json::Value) -> u64 {
+    s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["nops"].as_u64().unwrap())
+        .sum()
+}
 
 #[test]
 fn handshake_and_nop_round_trips_from_threads_and_processes() {
@@ -63,13 +73,7 @@ fn handshake_and_nop_round_trips_from_threads_and_processes() {
     let s = d.wait_stats(Duration::from_secs(5), "all clients gone", |s| {
         s["clients"].as_array().unwrap().is_empty()
     });
-    let total: u64 = s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["nops"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 3 * 2 * 200 * 8 + 2 * 5000);
+    assert_eq!(worker_nops(&s), 3 * 2 * 200 * 8 + 2 * 5000);
     assert_eq!(s["workers"].as_array().unwrap().len(), 2);
     assert!(s["channels"].is_array());
 }
@@ -164,9 +168,7 @@ fn not_permitted_uid_is_refused() {
 
 #[test]
 fn blob_requests_reach_the_host_and_invalid_sqes_get_einval() {
-    let dir = scratch();
-    let (host, d) = with_test_host(DAEMON, dir.path(), &[]);
-    let mut c = Connection::connect(&d.socket).unwrap();
+    let (_dir, host, d, mut c) = test_host_client(DAEMON);
     for q in 0..2 {
         let good = blob_sqe(&mut c, 1, b"GET /c/b HTTP/1.1\r\n\r\n", 8192);
         let mut bad_reserved = good;
@@ -266,13 +268,7 @@ fn forty_clients_at_once() {
     let s = d.wait_stats(Duration::from_secs(10), "all drained", |s| {
         s["clients"].as_array().unwrap().is_empty() && s["daemon"]["clients"].as_u64() == Some(0)
     });
-    let nops: u64 = s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["nops"].as_u64().unwrap())
-        .sum();
-    assert_eq!(nops, 40 * 50 * 4);
+    assert_eq!(worker_nops(&s), 40 * 50 * 4);
 }
 
 #[test]

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use blobring::{CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Connection, Sqe, errno};
 use blobring_shm::SharedMemory;
-use blobring_tests::{Daemon, Reaped, TestHost, blob_sqe, nop, reap_n, scratch, with_test_host};
+use blobring_tests::{
+    Daemon, Reaped, TestHost, blob_call, blob_sqe, nop, reap_n, scratch, test_host_client,
+    with_test_host,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-test-client");
@@ -48,21 +51,12 @@ fn killed_client_with_requests_in_flight_is_cleaned_up_and_others_keep_working()
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "submitted");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while host.held() < 8 {
-        assert!(
-            Instant::now() < deadline,
-            "host never saw the victim's requests"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    host.wait_held(8);
     victim.0.kill().unwrap();
     victim.0.wait().unwrap();
     // The daemon keeps serving the other client at once.
     nops_work(&mut other, 50);
-    let sqe = blob_sqe(&mut other, 9, b"GET /x", 0);
-    other.submit(1, &[sqe]).unwrap();
-    assert_eq!(reap_n(&mut other, 1, 1, Duration::from_secs(5))[0].res, 0);
+    assert_eq!(blob_call(&mut other, 1, 9, b"GET /x").res, 0);
     // The victim's requests time out, then its region is released (only one client left).
     let s = d.wait_stats(Duration::from_secs(10), "victim released", |s| {
         s["clients"].as_array().unwrap().len() == 1 && s["daemon"]["clients"].as_u64() == Some(1)
@@ -89,9 +83,7 @@ fn killed_client_with_requests_in_flight_is_cleaned_up_and_others_keep_working()
 
 #[test]
 fn deadline_gives_etimedout_with_buffers_lent_then_released() {
-    let dir = scratch();
-    let (host, d) = with_test_host(DAEMON, dir.path(), &[]);
-    let mut c = Connection::connect(&d.socket).unwrap();
+    let (_dir, host, d, mut c) = test_host_client(DAEMON);
     let mut sqe = blob_sqe(&mut c, 77, b"HANG /slow", 4096);
     sqe.timeout_ms = 150;
     let t0 = Instant::now();
@@ -152,13 +144,20 @@ fn client_that_never_drains_stalls_only_itself() {
     assert!(got.iter().all(|c| c.res == 0));
 }
 
-#[test]
-fn corrupt_indices_disconnect_only_that_client() {
+/// A daemon with two clients, `bad` (which has done `rounds` rounds of NOPs first) and `good`;
+/// with its directory (keep it until the end).
+fn bad_and_good(rounds: u64) -> (tempfile::TempDir, Daemon, Connection, Connection) {
     let dir = scratch();
     let d = Daemon::start(DAEMON, dir.path(), &[]);
     let mut bad = Connection::connect(&d.socket).unwrap();
-    let mut good = Connection::connect(&d.socket).unwrap();
-    nops_work(&mut bad, 2);
+    let good = Connection::connect(&d.socket).unwrap();
+    nops_work(&mut bad, rounds);
+    (dir, d, bad, good)
+}
+
+#[test]
+fn corrupt_indices_disconnect_only_that_client() {
+    let (_dir, d, mut bad, mut good) = bad_and_good(2);
     let g = *bad.geometry();
     // sq_tail far beyond sq_head + entries.
     bad.region()
@@ -241,16 +240,10 @@ fn daemon_death_fails_in_flight_requests_with_econnreset_promptly() {
 
 #[test]
 fn host_rescind_fails_in_flight_with_enodev_and_the_daemon_reconnects() {
-    let dir = scratch();
-    let (host, d) = with_test_host(DAEMON, dir.path(), &[]);
-    let mut c = Connection::connect(&d.socket).unwrap();
+    let (_dir, host, d, mut c) = test_host_client(DAEMON);
     let sqe = blob_sqe(&mut c, 5, b"HANG /r", 0);
     c.submit(0, &[sqe]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while host.held() < 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    host.wait_held(1);
     host.rescind();
     let got = reap_n(&mut c, 0, 1, Duration::from_secs(5))[0];
     assert_eq!(got.res, -errno::ENODEV);
@@ -258,9 +251,7 @@ fn host_rescind_fails_in_flight_with_enodev_and_the_daemon_reconnects() {
     d.wait_stats(Duration::from_secs(10), "reconnected", |s| {
         s["daemon"]["host_connected"] == true && s["daemon"]["host_connects"].as_u64() == Some(2)
     });
-    let sqe = blob_sqe(&mut c, 6, b"GET /again", 0);
-    c.submit(1, &[sqe]).unwrap();
-    let got = reap_n(&mut c, 1, 1, Duration::from_secs(5))[0];
+    let got = blob_call(&mut c, 1, 6, b"GET /again");
     assert_eq!((got.user_data, got.res), (6, 0));
 }
 
@@ -292,27 +283,16 @@ fn host_absent_at_start_then_crashing_then_back() {
     let mut c = Connection::connect(&d.socket).unwrap();
     // No host yet: NOPs work, blob requests fail fast with ENODEV.
     nops_work(&mut c, 5);
-    let sqe = blob_sqe(&mut c, 1, b"GET /early", 0);
-    c.submit(0, &[sqe]).unwrap();
-    assert_eq!(
-        reap_n(&mut c, 0, 1, Duration::from_secs(5))[0].res,
-        -errno::ENODEV
-    );
+    assert_eq!(blob_call(&mut c, 0, 1, b"GET /early").res, -errno::ENODEV);
     let host = TestHost::start(&host_path, 4);
     d.wait_stats(Duration::from_secs(10), "connected", |s| {
         s["daemon"]["host_connected"] == true
     });
-    let sqe = blob_sqe(&mut c, 2, b"GET /now", 0);
-    c.submit(0, &[sqe]).unwrap();
-    assert_eq!(reap_n(&mut c, 0, 1, Duration::from_secs(5))[0].res, 0);
+    assert_eq!(blob_call(&mut c, 0, 2, b"GET /now").res, 0);
     // The host dies with a request in flight.
     let sqe = blob_sqe(&mut c, 3, b"HANG /lost", 0);
     c.submit(1, &[sqe]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while host.held() < 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    host.wait_held(1);
     drop(host);
     let got = reap_n(&mut c, 1, 1, Duration::from_secs(5))[0];
     assert_eq!((got.user_data, got.res), (3, -errno::ENODEV));
@@ -320,9 +300,7 @@ fn host_absent_at_start_then_crashing_then_back() {
     d.wait_stats(Duration::from_secs(10), "reconnected", |s| {
         s["daemon"]["host_connected"] == true && s["daemon"]["host_connects"].as_u64() == Some(2)
     });
-    let sqe = blob_sqe(&mut c, 4, b"GET /back", 0);
-    c.submit(1, &[sqe]).unwrap();
-    assert_eq!(reap_n(&mut c, 1, 1, Duration::from_secs(5))[0].res, 0);
+    assert_eq!(blob_call(&mut c, 1, 4, b"GET /back").res, 0);
 }
 
 /// The memfd of region `client_id`, reopened through `/proc/self/fd` (the connection keeps its
@@ -343,11 +321,7 @@ fn open_region_fd(daemon_pid: u32, client_id: u64) -> std::fs::File {
 
 #[test]
 fn punched_region_harms_only_its_owner() {
-    let dir = scratch();
-    let d = Daemon::start(DAEMON, dir.path(), &[]);
-    let mut bad = Connection::connect(&d.socket).unwrap();
-    let mut good = Connection::connect(&d.socket).unwrap();
-    nops_work(&mut bad, 3);
+    let (_dir, d, mut bad, mut good) = bad_and_good(3);
     let len = bad.geometry().region_len;
     let fd = open_region_fd(d.pid(), bad.client_id());
     // Punch the whole region (header, queues, arena): the pages read back as zeroes, so the
@@ -374,9 +348,7 @@ fn punched_region_harms_only_its_owner() {
 
 #[test]
 fn lying_host_completion_is_dropped_and_the_request_times_out() {
-    let dir = scratch();
-    let (_host, d) = with_test_host(DAEMON, dir.path(), &[]);
-    let mut c = Connection::connect(&d.socket).unwrap();
+    let (_dir, _host, d, mut c) = test_host_client(DAEMON);
     let mut sqe = blob_sqe(&mut c, 8, b"BADLEN /x", 0);
     sqe.timeout_ms = 200;
     c.submit(0, &[sqe]).unwrap();
@@ -389,9 +361,7 @@ fn lying_host_completion_is_dropped_and_the_request_times_out() {
         s["totals"]["errors"]["bad_completions"].as_u64() == Some(1)
     });
     // Normal requests still work on the same queue.
-    let sqe = blob_sqe(&mut c, 9, b"GET /fine", 0);
-    c.submit(0, &[sqe]).unwrap();
-    let got = reap_n(&mut c, 0, 1, Duration::from_secs(5))[0];
+    let got = blob_call(&mut c, 0, 9, b"GET /fine");
     assert_eq!((got.user_data, got.res), (9, 0));
 }
 

@@ -5,6 +5,8 @@
 //! The store lives on tmpfs (`/dev/shm`) so the host's fsyncs do not dominate the timings;
 //! it is still the `fs` store with its temp-file + rename commit protocol.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,17 +14,10 @@ use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobService, GetOptions, PutOptions};
 use blobring::{Client, block_on};
-use blobring_tests::{HostStack, Reaped, assert_no_daemon_errors};
+use blobring_tests::{Reaped, assert_no_daemon_errors};
+use common::shm_stack;
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLIENT: &str = env!("CARGO_BIN_EXE_blobring-stack-client");
-
-fn shm_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("brstack")
-        .tempdir_in("/dev/shm")
-        .expect("tempdir in /dev/shm")
-}
 
 fn spawn_client(socket: &Path, id: u64, n: &str, seed: u64) -> Reaped {
     Reaped(
@@ -90,8 +85,7 @@ fn service(socket: &Path) -> BlobService {
 
 #[test]
 fn sixteen_client_processes_ten_thousand_mixed_requests_each() {
-    let dir = shm_dir();
-    let s = HostStack::start(DAEMON, dir.path(), &[], &[]);
+    let (_dir, s) = shm_stack(&[], &[]);
     let t0 = Instant::now();
     let mut clients: Vec<Reaped> = (0..16)
         .map(|i| spawn_client(&s.daemon.socket, i, "10000", 1000 + i))
@@ -115,8 +109,7 @@ fn sixteen_client_processes_ten_thousand_mixed_requests_each() {
 
 #[test]
 fn kill9_of_a_client_in_flight_frees_its_region_others_keep_working() {
-    let dir = shm_dir();
-    let s = HostStack::start(DAEMON, dir.path(), &[], &[]);
+    let (_dir, s) = shm_stack(&[], &[]);
     let mut busy: Vec<Reaped> = (0..4)
         .map(|i| spawn_client(&s.daemon.socket, i, "loop", 7 + i))
         .collect();
@@ -160,8 +153,7 @@ fn kill9_of_a_client_in_flight_frees_its_region_others_keep_working() {
 
 #[test]
 fn daemon_killed_under_load_clients_fail_promptly() {
-    let dir = shm_dir();
-    let mut s = HostStack::start(DAEMON, dir.path(), &[], &[]);
+    let (_dir, mut s) = shm_stack(&[], &[]);
     let mut busy: Vec<Reaped> = (0..4)
         .map(|i| spawn_client(&s.daemon.socket, i, "loop", 31 + i))
         .collect();
@@ -187,8 +179,7 @@ fn daemon_killed_under_load_clients_fail_promptly() {
 
 #[test]
 fn host_killed_and_restarted_under_load_daemon_recovers_acknowledged_writes_survive() {
-    let dir = shm_dir();
-    let mut s = HostStack::start(DAEMON, dir.path(), &[], &[]);
+    let (dir, mut s) = shm_stack(&[], &[]);
     let svc = service(&s.daemon.socket);
     let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
     block_on(svc.create_container("keep")).expect("create");
@@ -255,10 +246,7 @@ fn host_killed_and_restarted_under_load_daemon_recovers_acknowledged_writes_surv
 fn hung_host_times_out_with_buffers_lent_then_released_after_the_host_answers() {
     use blobring::{CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Connection, Cqe, FromZeros};
     const HANG_MS: u64 = 1500;
-    let dir = shm_dir();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
+    let (_dir, s) = shm_stack(
         &[
             "--no-auth",
             "--fault-hang-rate",
@@ -333,13 +321,7 @@ fn hung_host_times_out_with_buffers_lent_then_released_after_the_host_answers() 
 #[test]
 fn response_head_larger_than_its_buffer_completes_with_head_too_large() {
     use blobring::{Connection, Cqe, FromZeros};
-    let dir = shm_dir();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
-        &["--no-auth"],
-        &["--default-timeout", "20000"],
-    );
+    let (_dir, s) = shm_stack(&["--no-auth"], &["--default-timeout", "20000"]);
     let mut conn = Connection::connect(&s.daemon.socket).expect("connect");
     let head = b"GET /devstoreaccount1/c/x HTTP/1.1\r\nHost: localhost\r\nx-ms-version: 2021-08-06\r\n\r\n";
     let mut sqe = blobring_tests::blob_sqe(&mut conn, 5, head, 4096);

@@ -20,6 +20,8 @@
 //! The stores live on tmpfs (`/dev/shm`) so fsyncs do not dominate; it is still the fs store
 //! with its temp-file + rename commit protocol.
 
+mod common;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -32,18 +34,12 @@ use blobring::blob::{
 use blobring::transfer::{TransferOptions, download_to_vec};
 use blobring::{Client, ClientError, block_on};
 use blobring_tests::{HostStack, Reaped, assert_soak_kept, soak_report, spawn_soak};
+use common::{DAEMON, shm_stack};
+use tempfile::TempDir;
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const SOAK: &str = env!("CARGO_BIN_EXE_blobring-soak");
 /// What a call may take beyond its deadline (a loaded 2-core CI machine).
 const SLACK: Duration = Duration::from_secs(2);
-
-fn shm_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("brfault")
-        .tempdir_in("/dev/shm")
-        .expect("tempdir in /dev/shm")
-}
 
 /// Runs `procs` soak processes against `socket` for `secs` with `args`, calls `during` while
 /// they run (with the time they started), and returns their JSON reports.
@@ -95,6 +91,14 @@ fn assert_kept(reports: &[serde_json::Value]) {
     }
 }
 
+/// The runs saw more than `more_than` errors of kind `kind` (`errors.<kind>` of the reports),
+/// and no other error.
+fn assert_errors_only(reports: &[serde_json::Value], kind: &str, more_than: u64) {
+    let n = sum(reports, &["errors", kind]);
+    assert!(n > more_than, "{n} {kind} errors: {reports:?}");
+    assert_eq!(sum(reports, &["errors_total"]), n, "{reports:?}");
+}
+
 /// Every worker that saw an error later completed calls again.
 fn assert_recovered(reports: &[serde_json::Value]) {
     for r in reports {
@@ -105,6 +109,21 @@ fn assert_recovered(reports: &[serde_json::Value]) {
             );
         }
     }
+}
+
+/// Runs 3 soak processes for 7 s (fault arguments, 1 s deadlines) against a fresh stack and
+/// calls `restart` with the stack and its directory 2.5 s in; returns the reports with the
+/// directory and the stack.
+fn soak_across_a_restart(
+    restart: impl FnOnce(&mut HostStack, &Path),
+) -> (TempDir, HostStack, Vec<serde_json::Value>) {
+    let (dir, mut s) = shm_stack(&[], &[]);
+    let socket = s.daemon.socket.clone();
+    let reports = soak(&socket, 3, 7.0, &fault_args("1000"), |t0| {
+        std::thread::sleep(Duration::from_millis(2500).saturating_sub(t0.elapsed()));
+        restart(&mut s, dir.path());
+    });
+    (dir, s, reports)
 }
 
 /// Soak arguments of a fault run: one attempt per call with `timeout_ms`, errors expected.
@@ -127,8 +146,8 @@ fn fault_args(timeout_ms: &str) -> Vec<&str> {
 }
 
 /// A stack whose host executes every request and never answers.
-fn silent_host(dir: &Path) -> HostStack {
-    HostStack::start(DAEMON, dir, &["--fault-drop-completion-rate", "1"], &[])
+fn silent_host() -> (TempDir, HostStack) {
+    shm_stack(&["--fault-drop-completion-rate", "1"], &[])
 }
 
 fn service(socket: &Path, timeout: Duration, retries: u32) -> BlobService {
@@ -145,8 +164,7 @@ fn service(socket: &Path, timeout: Duration, retries: u32) -> BlobService {
 
 #[test]
 fn host_latency_within_the_deadline_succeeds_beyond_it_times_out_in_time() {
-    let dir = shm_dir();
-    let s = HostStack::start(DAEMON, dir.path(), &["--fault-latency-ms", "60"], &[]);
+    let (_dir, s) = shm_stack(&["--fault-latency-ms", "60"], &[]);
     // Impatient callers (deadline 20 ms < the host's 60 ms) alongside: every call ends in
     // time, with a typed timeout, or with the host's answer when the daemon saw that before
     // it got round to the deadline (allowed, but counted: it must stay rare).
@@ -212,22 +230,12 @@ fn host_latency_within_the_deadline_succeeds_beyond_it_times_out_in_time() {
 
 #[test]
 fn host_503_errors_fail_only_the_request_and_never_apply_a_write() {
-    let dir = shm_dir();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
-        &["--fault-error-rate", "0.2", "--fault-seed", "7"],
-        &[],
-    );
+    let (_dir, s) = shm_stack(&["--fault-error-rate", "0.2", "--fault-seed", "7"], &[]);
     // Strict model: a 503 write must not have run (the soak treats it as not applied, so a
     // 503 write that did run shows up as corrupt bytes).
     let mut reports = soak(&s.daemon.socket, 2, 4.0, &fault_args("2000"), |_| {});
     assert_kept(&reports);
-    assert!(sum(&reports, &["errors", "busy"]) > 20, "{reports:?}");
-    assert_eq!(
-        sum(&reports, &["errors_total"]),
-        sum(&reports, &["errors", "busy"])
-    );
+    assert_errors_only(&reports, "busy", 20);
     assert_recovered(&reports);
     // With the SDK's default retry policy the same fault rate is invisible to the caller.
     let mut args = fault_args("2000");
@@ -241,10 +249,7 @@ fn host_503_errors_fail_only_the_request_and_never_apply_a_write() {
 
 #[test]
 fn hung_host_requests_time_out_at_their_deadline_others_proceed() {
-    let dir = shm_dir();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
+    let (_dir, s) = shm_stack(
         &[
             "--fault-hang-rate",
             "0.05",
@@ -260,12 +265,7 @@ fn hung_host_requests_time_out_at_their_deadline_others_proceed() {
     args.extend(["--settle-ms", "3000"]);
     let reports = soak(&s.daemon.socket, 2, 5.0, &args, |_| {});
     assert_kept(&reports);
-    assert!(sum(&reports, &["errors", "timeout"]) > 0, "{reports:?}");
-    assert_eq!(
-        sum(&reports, &["errors_total"]),
-        sum(&reports, &["errors", "timeout"]),
-        "{reports:?}"
-    );
+    assert_errors_only(&reports, "timeout", 0);
     assert!(sum(&reports, &["ops_total"]) > 100);
     assert_recovered(&reports);
     let doc = s.daemon.stats();
@@ -277,34 +277,25 @@ fn hung_host_requests_time_out_at_their_deadline_others_proceed() {
 
 #[test]
 fn dropped_completions_time_out_and_the_write_may_or_may_not_have_run() {
-    let dir = shm_dir();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
+    // A timed-out request's buffers stay lent until the host answers, which here is never: a
+    // large arena, so the lent buffers of a few seconds do not fill it (that case is
+    // `a_call_waiting_for_arena_space_lent_to_a_silent_host_fails_within_its_deadline`).
+    let (_dir, s) = shm_stack(
         &["--fault-drop-completion-rate", "0.03", "--fault-seed", "5"],
-        // A timed-out request's buffers stay lent until the host answers, which here is never:
-        // a large arena, so the lent buffers of a few seconds do not fill it (that case is
-        // `a_call_waiting_for_arena_space_lent_to_a_silent_host_fails_within_its_deadline`).
         &["--arena-size", "268435456"],
     );
     // The host executes the request but never answers: only the deadline ends it. The soak
     // treats such writes as ambiguous (old or new content, never a mix).
     let reports = soak(&s.daemon.socket, 2, 5.0, &fault_args("400"), |_| {});
     assert_kept(&reports);
-    assert!(sum(&reports, &["errors", "timeout"]) > 0, "{reports:?}");
-    assert_eq!(
-        sum(&reports, &["errors_total"]),
-        sum(&reports, &["errors", "timeout"]),
-        "{reports:?}"
-    );
+    assert_errors_only(&reports, "timeout", 0);
     assert_recovered(&reports);
 }
 
 #[test]
 fn a_call_waiting_for_arena_space_lent_to_a_silent_host_fails_within_its_deadline() {
-    let dir = shm_dir();
     // The host executes every request and never answers.
-    let s = silent_host(dir.path());
+    let (_dir, s) = silent_host();
     let svc = service(&s.daemon.socket, Duration::from_millis(200), 0);
     // Each 4 MiB ranged read times out and leaves its 4 MiB buffer lent to the host (which may
     // still write it) in the 16 MiB arena: after a few, no buffer fits. Every call must still
@@ -347,8 +338,7 @@ fn a_call_waiting_for_arena_space_lent_to_a_silent_host_fails_within_its_deadlin
 /// `max_retries` times, each waiting the whole deadline again).
 #[test]
 fn a_full_arena_fails_a_retrying_call_within_one_deadline() {
-    let dir = shm_dir();
-    let s = silent_host(dir.path());
+    let (_dir, s) = silent_host();
     let client = Client::connect(&s.daemon.socket).expect("connect");
     let fill = BlobService::new(client.clone(), AccountConfig::emulator())
         .with_timeout(Duration::from_millis(200))
@@ -387,8 +377,7 @@ fn a_full_arena_fails_a_retrying_call_within_one_deadline() {
 
 #[test]
 fn rescind_fails_in_flight_with_enodev_then_the_daemon_reconnects_under_load() {
-    let dir = shm_dir();
-    let s = HostStack::start(DAEMON, dir.path(), &["--fault-rescind-after", "300"], &[]);
+    let (_dir, s) = shm_stack(&["--fault-rescind-after", "300"], &[]);
     let reports = soak(&s.daemon.socket, 2, 5.0, &fault_args("2000"), |_| {});
     assert_kept(&reports);
     assert!(sum(&reports, &["errors", "no_device"]) > 0, "{reports:?}");
@@ -400,14 +389,10 @@ fn rescind_fails_in_flight_with_enodev_then_the_daemon_reconnects_under_load() {
 
 #[test]
 fn daemon_kill9_and_restart_under_load_clients_error_then_reconnect() {
-    let dir = shm_dir();
-    let mut s = HostStack::start(DAEMON, dir.path(), &[], &[]);
-    let socket = s.daemon.socket.clone();
-    let reports = soak(&socket, 3, 7.0, &fault_args("1000"), |t0| {
-        std::thread::sleep(Duration::from_millis(2500).saturating_sub(t0.elapsed()));
+    let (_dir, s, reports) = soak_across_a_restart(|s, dir| {
         s.daemon.kill();
         std::thread::sleep(Duration::from_millis(500));
-        s.restart_daemon(DAEMON, dir.path(), &[]);
+        s.restart_daemon(DAEMON, dir, &[]);
     });
     assert_kept(&reports);
     assert!(sum(&reports, &["errors", "reset"]) > 0, "{reports:?}");
@@ -423,12 +408,8 @@ fn daemon_kill9_and_restart_under_load_clients_error_then_reconnect() {
 
 #[test]
 fn host_kill9_and_restart_under_load_no_acknowledged_write_lost() {
-    let dir = shm_dir();
-    let mut s = HostStack::start(DAEMON, dir.path(), &[], &[]);
-    let socket = s.daemon.socket.clone();
-    let reports = soak(&socket, 3, 7.0, &fault_args("1000"), |t0| {
-        std::thread::sleep(Duration::from_millis(2500).saturating_sub(t0.elapsed()));
-        s.restart_host(dir.path(), &[]);
+    let (_dir, _s, reports) = soak_across_a_restart(|s, dir| {
+        s.restart_host(dir, &[]);
         s.daemon
             .wait_stats(Duration::from_secs(10), "daemon reconnected", |d| {
                 d["daemon"]["host_connected"] == true && d["daemon"]["host_connects"] == 2
@@ -448,8 +429,7 @@ fn host_kill9_and_restart_under_load_no_acknowledged_write_lost() {
 fn the_soak_checker_sees_bytes_changed_behind_its_back() {
     // Not a guarantee of blobring but of this suite: the checker that every test above relies
     // on does report corruption. Zero the store's data files while a soak process runs.
-    let dir = shm_dir();
-    let s = HostStack::start(DAEMON, dir.path(), &[], &[]);
+    let (_dir, s) = shm_stack(&[], &[]);
     let data = s.store.join("containers").join("soak-checked").join("data");
     let args = [
         "--clients",
@@ -526,8 +506,7 @@ fn check_big(got: &[u8], max_v: u64, what: &str) -> u64 {
 
 #[test]
 fn partially_written_blobs_are_never_visible_not_even_across_host_kill9() {
-    let dir = shm_dir();
-    let mut s = HostStack::start(DAEMON, dir.path(), &[], &[]);
+    let (dir, mut s) = shm_stack(&[], &[]);
     let socket = s.daemon.socket.clone();
     let writer = service(&socket, Duration::from_secs(10), 0);
     block_on(writer.create_container("big")).expect("create");

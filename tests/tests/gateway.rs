@@ -30,6 +30,7 @@ use blobring_tests::{HostStack, Reaped, fd_count, proc_status_kib, scratch};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt as _, PutPayload};
+use tempfile::TempDir;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const GATEWAY: &str = env!("CARGO_BIN_EXE_blobring-test-gateway");
@@ -124,6 +125,15 @@ fn stack(dir: &FsPath, host_args: &[&str]) -> HostStack {
     let mut a = vec!["--container", "test"];
     a.extend_from_slice(host_args);
     HostStack::start(DAEMON, dir, &a, &["--arena-size", ARENA])
+}
+
+/// A [`stack`] (`host_args` extra) in a fresh [`scratch`] directory and a [`Gateway`]
+/// (`gateway_args` extra) in front of its daemon; with the directory (keep it to the end).
+fn stack_and_gateway(host_args: &[&str], gateway_args: &[&str]) -> (TempDir, HostStack, Gateway) {
+    let dir = scratch();
+    let s = stack(dir.path(), host_args);
+    let gw = Gateway::start(dir.path(), &s.daemon.socket, gateway_args);
+    (dir, s, gw)
 }
 
 fn store(url: &str, key: &str) -> MicrosoftAzure {
@@ -240,9 +250,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn object_store_integration_suite_through_the_gateway() {
-    let dir = scratch();
-    let s = stack(dir.path(), &[]);
-    let gw = Gateway::start(dir.path(), &s.daemon.socket, &[]);
+    let (_dir, s, gw) = stack_and_gateway(&[], &[]);
     let store = store(&gw.url, EMULATOR_KEY);
     let before = s.daemon.stats()["totals"]["requests"].as_u64().unwrap_or(0);
     common::object_store_suite(&rt(), &store, "through the gateway ");
@@ -333,9 +341,7 @@ fn base64_of(b: &[u8]) -> String {
 
 #[test]
 fn limits_and_an_unreachable_daemon_are_azure_style_errors() {
-    let dir = scratch();
-    let s = stack(dir.path(), &[]);
-    let gw = Gateway::start(dir.path(), &s.daemon.socket, &["--max-body", "1048576"]);
+    let (dir, _s, gw) = stack_and_gateway(&[], &["--max-body", "1048576"]);
     let key = emulator_key();
     // 2 MiB announced, none sent: refused at once, before any of the body is read.
     let t = Instant::now();
@@ -375,10 +381,8 @@ fn limits_and_an_unreachable_daemon_are_azure_style_errors() {
 
 #[test]
 fn daemon_killed_mid_request_is_a_clean_503_and_the_gateway_serves_after_it_returns() {
-    let dir = scratch();
     // Every request spends 1.5 s in the host, so the kill lands while one is in flight.
-    let mut s = stack(dir.path(), &["--fault-latency-ms", "1500"]);
-    let gw = Gateway::start(dir.path(), &s.daemon.socket, &[]);
+    let (dir, mut s, gw) = stack_and_gateway(&["--fault-latency-ms", "1500"], &[]);
     let key = emulator_key();
     let body = vec![b'z'; 1 << 20];
     let mut put = signed_head(&gw.addr, "PUT", "k", body.len(), &key).into_bytes();
@@ -415,9 +419,7 @@ fn daemon_killed_mid_request_is_a_clean_503_and_the_gateway_serves_after_it_retu
 
 #[test]
 fn clients_vanishing_mid_body_leak_nothing_and_slow_clients_block_no_one() {
-    let dir = scratch();
-    let s = stack(dir.path(), &[]);
-    let gw = Gateway::start(dir.path(), &s.daemon.socket, &["--idle-timeout-secs", "2"]);
+    let (_dir, s, gw) = stack_and_gateway(&[], &["--idle-timeout-secs", "2"]);
     let key = emulator_key();
     let pid = gw.pid();
     let cycle = |n: usize| {
@@ -546,9 +548,7 @@ fn clients_vanishing_mid_body_leak_nothing_and_slow_clients_block_no_one() {
 /// never a mix), and the gateway counts and logs it.
 #[test]
 fn gets_larger_than_one_request_stream_in_windows_exactly_like_a_single_get() {
-    let dir = scratch();
-    let s = stack(dir.path(), &["--http", "127.0.0.1:0"]);
-    let gw = Gateway::start(dir.path(), &s.daemon.socket, &[]);
+    let (dir, s, gw) = stack_and_gateway(&["--http", "127.0.0.1:0"], &[]);
     let host_url = s.http_url.clone().expect("the host's REST front end");
     let host_addr = host_url.trim_start_matches("http://").to_owned();
     let key = emulator_key();
@@ -657,9 +657,7 @@ fn raw_with_body(addr: &str, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) 
 /// Content-MD5 that is not the body's refused at the end (the earlier version stays).
 #[test]
 fn a_put_blob_larger_than_one_request_goes_in_parts_and_commits_whole() {
-    let dir = scratch();
-    let s = stack(dir.path(), &["--http", "127.0.0.1:0"]);
-    let gw = Gateway::start(dir.path(), &s.daemon.socket, &[]);
+    let (_dir, s, gw) = stack_and_gateway(&["--http", "127.0.0.1:0"], &[]);
     use md5::Digest as _;
     let key = emulator_key();
     let data = blobring_tests::XorShift::new(19).bytes((70 << 20) + 999);

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use blobring::blob::{AccountConfig, BlobService, PutOptions};
 use blobring::{Client, block_on};
 use blobring_tests::{HostStack, XorShift, scratch};
+use tempfile::TempDir;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const MOUNT: &str = env!("CARGO_BIN_EXE_blobring-test-mount");
@@ -49,6 +50,16 @@ fn stack(dir: &Path, host_args: &[&str]) -> HostStack {
 fn service(stack: &HostStack) -> BlobService {
     let client = Client::connect(&stack.daemon.socket).expect("connect to blobringd");
     BlobService::new(client, AccountConfig::emulator())
+}
+
+/// A [`stack`] (`host_args` extra) in a fresh [`scratch`] directory with container `data`
+/// created, and a service on it; with the directory (keep it to the end).
+fn data_stack(host_args: &[&str]) -> (TempDir, HostStack, BlobService) {
+    let dir = scratch();
+    let stack = stack(dir.path(), host_args);
+    let svc = service(&stack);
+    block_on(svc.create_container("data")).unwrap();
+    (dir, stack, svc)
 }
 
 /// Whether `mp` is a mount point now (from /proc/self/mountinfo).
@@ -260,10 +271,7 @@ fn tar(root: &Path) -> Vec<u8> {
 
 #[test]
 fn tree_copies_in_and_out_byte_exact_and_lists_like_the_source() {
-    let dir = scratch();
-    let stack = stack(dir.path(), &[]);
-    let svc = service(&stack);
-    block_on(svc.create_container("data")).unwrap();
+    let (dir, stack, svc) = data_stack(&[]);
     let m = Mount::foreground(&stack, dir.path(), "mnt", "blob://data", &[]);
     let src = dir.path().join("src");
     let files = make_tree(&src);
@@ -350,10 +358,7 @@ fn md5_hex(b: &[u8]) -> String {
 
 #[test]
 fn read_patterns_sequential_random_concurrent_and_mmap() {
-    let dir = scratch();
-    let stack = stack(dir.path(), &[]);
-    let svc = service(&stack);
-    block_on(svc.create_container("data")).unwrap();
+    let (dir, stack, svc) = data_stack(&[]);
     let big = put(&svc, "r/big", 40 << 20, 1);
     let smalls: Vec<Vec<u8>> = (0..6)
         .map(|i| {
@@ -520,10 +525,7 @@ fn read_patterns_sequential_random_concurrent_and_mmap() {
 
 #[test]
 fn writes_commit_on_close_and_fsync_and_refusals_have_stable_errnos() {
-    let dir = scratch();
-    let stack = stack(dir.path(), &[]);
-    let svc = service(&stack);
-    block_on(svc.create_container("data")).unwrap();
+    let (dir, stack, svc) = data_stack(&[]);
     let a = Mount::foreground(
         &stack,
         dir.path(),
@@ -728,12 +730,9 @@ fn writes_commit_on_close_and_fsync_and_refusals_have_stable_errnos() {
 
 #[test]
 fn daemon_killed_during_a_blocked_read_fails_with_eio_then_reads_work_again() {
-    let dir = scratch();
     // Every request takes 1.5 s at the host: a read is blocked long enough to kill the daemon
     // under it.
-    let mut stack = stack(dir.path(), &["--fault-latency-ms", "1500"]);
-    let svc = service(&stack);
-    block_on(svc.create_container("data")).unwrap();
+    let (dir, mut stack, svc) = data_stack(&["--fault-latency-ms", "1500"]);
     let data = put(&svc, "slow", 1 << 20, 5);
     let m = Mount::foreground(
         &stack,
@@ -778,10 +777,7 @@ fn daemon_killed_during_a_blocked_read_fails_with_eio_then_reads_work_again() {
 
 #[test]
 fn sigterm_with_open_files_unmounts_cleanly_and_commits_nothing_half_written() {
-    let dir = scratch();
-    let stack = stack(dir.path(), &[]);
-    let svc = service(&stack);
-    block_on(svc.create_container("data")).unwrap();
+    let (dir, stack, svc) = data_stack(&[]);
     put(&svc, "r", 3 << 20, 9);
     let mut m = Mount::foreground(&stack, dir.path(), "mnt", "blob://data", &[]);
     let reading = std::fs::File::open(m.path("r")).unwrap();
@@ -834,10 +830,7 @@ fn sigterm_with_open_files_unmounts_cleanly_and_commits_nothing_half_written() {
 
 #[test]
 fn detached_mount_unmount_dead_mount_and_missing_container() {
-    let dir = scratch();
-    let stack = stack(dir.path(), &[]);
-    let svc = service(&stack);
-    block_on(svc.create_container("data")).unwrap();
+    let (dir, stack, svc) = data_stack(&[]);
     let mp = dir.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
     let log = dir.path().join("mount.log");

@@ -13,8 +13,8 @@ use blobring::blob::{
 use blobring::transfer::{self, TransferOptions};
 use blobring::{Client, ClientError, block_on};
 use blobring_tests::{HostStack, XorShift, scratch};
+use common::{DAEMON, scratch_stack};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const CLI: &str = env!("CARGO_BIN_EXE_blobring-test-cli");
 
 /// Daemon arena big enough for 8 × 4 MiB stripes plus small requests.
@@ -51,11 +51,31 @@ fn every_blob_operation_and_typed_errors() {
         assert_eq!(e.status(), Some(400), "{e}");
 
         // put / get / head / range
+        const BLOB: &str = "dir/a b+c.bin";
+        // A GET of `name` in "data" (`range`: its bytes) without conditions.
+        let get = |name: &'static str, range: Option<std::ops::Range<u64>>| {
+            let svc = &svc;
+            async move {
+                svc.get_blob("data", name, range, &GetOptions::default())
+                    .await
+            }
+        };
+        // A PUT of "x" over BLOB under `conditions`.
+        let put_x_if = |conditions: Conditions| {
+            let svc = &svc;
+            async move {
+                let opts = PutOptions {
+                    conditions,
+                    ..Default::default()
+                };
+                svc.put_blob("data", BLOB, b"x", &opts).await
+            }
+        };
         let body = pattern(100_000, 1);
         let etag = svc
             .put_blob(
                 "data",
-                "dir/a b+c.bin",
+                BLOB,
                 &body,
                 &PutOptions {
                     crc64: true,
@@ -66,45 +86,25 @@ fn every_blob_operation_and_typed_errors() {
             .await
             .unwrap();
         assert!(!etag.is_empty());
-        let g = svc
-            .get_blob("data", "dir/a b+c.bin", None, &GetOptions::default())
-            .await
-            .unwrap();
+        let g = get(BLOB, None).await.unwrap();
         assert_eq!(g.to_vec().unwrap(), body);
         assert_eq!(g.properties.etag, etag);
         let p = svc
-            .head_blob("data", "dir/a b+c.bin", &GetOptions::default())
+            .head_blob("data", BLOB, &GetOptions::default())
             .await
             .unwrap();
         assert_eq!(p.size, 100_000);
-        let r = svc
-            .get_blob(
-                "data",
-                "dir/a b+c.bin",
-                Some(10..20),
-                &GetOptions::default(),
-            )
-            .await
-            .unwrap();
+        let r = get(BLOB, Some(10..20)).await.unwrap();
         assert_eq!(r.to_vec().unwrap(), &body[10..20]);
         assert_eq!(r.properties.size, 100_000);
         let mut buf = vec![0u8; 1000];
-        svc.get_range_into(
-            "data",
-            "dir/a b+c.bin",
-            5000,
-            &mut buf,
-            &GetOptions::default(),
-        )
-        .await
-        .unwrap();
+        svc.get_range_into("data", BLOB, 5000, &mut buf, &GetOptions::default())
+            .await
+            .unwrap();
         assert_eq!(buf, &body[5000..6000]);
 
         // 404 blob, 404 container, 416 range, 412 / 304 conditions
-        let e = svc
-            .get_blob("data", "missing", None, &GetOptions::default())
-            .await
-            .unwrap_err();
+        let e = get("missing", None).await.unwrap_err();
         assert_eq!(status(&e), (404, "BlobNotFound".into()), "{e}");
         assert!(e.is_not_found());
         let e = svc
@@ -117,47 +117,19 @@ fn every_blob_operation_and_typed_errors() {
             .await
             .unwrap_err();
         assert_eq!(status(&e), (404, "ContainerNotFound".into()), "{e}");
-        let e = svc
-            .get_blob(
-                "data",
-                "dir/a b+c.bin",
-                Some(200_000..200_010),
-                &GetOptions::default(),
-            )
-            .await
-            .unwrap_err();
+        let e = get(BLOB, Some(200_000..200_010)).await.unwrap_err();
         assert_eq!(status(&e), (416, "InvalidRange".into()), "{e}");
-        let e = svc
-            .put_blob(
-                "data",
-                "dir/a b+c.bin",
-                b"x",
-                &PutOptions {
-                    conditions: Conditions::if_match("\"nope\""),
-                    ..Default::default()
-                },
-            )
+        let e = put_x_if(Conditions::if_match("\"nope\""))
             .await
             .unwrap_err();
         assert_eq!(status(&e), (412, "ConditionNotMet".into()), "{e}");
         assert!(e.is_condition_not_met());
-        let e = svc
-            .put_blob(
-                "data",
-                "dir/a b+c.bin",
-                b"x",
-                &PutOptions {
-                    conditions: Conditions::create_only(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err();
+        let e = put_x_if(Conditions::create_only()).await.unwrap_err();
         assert!(e.is_already_exists() || e.status() == Some(412), "{e}");
         let e = svc
             .get_blob(
                 "data",
-                "dir/a b+c.bin",
+                BLOB,
                 Some(0..1),
                 &GetOptions {
                     conditions: Conditions {
@@ -172,7 +144,7 @@ fn every_blob_operation_and_typed_errors() {
         // If-Match with the right ETag succeeds.
         svc.put_blob(
             "data",
-            "dir/a b+c.bin",
+            BLOB,
             &body,
             &PutOptions {
                 conditions: Conditions::if_match(etag.clone()),
@@ -186,29 +158,17 @@ fn every_blob_operation_and_typed_errors() {
         svc.put_blob("data", "empty", b"", &PutOptions::default())
             .await
             .unwrap();
-        let g = svc
-            .get_blob("data", "empty", None, &GetOptions::default())
-            .await
-            .unwrap();
+        let g = get("empty", None).await.unwrap();
         assert_eq!(g.len, 0);
         assert_eq!(g.properties.size, 0);
 
         // copy
         let st = svc
-            .copy_blob(
-                "data",
-                "dir/a b+c.bin",
-                "data",
-                "copy/x.bin",
-                &Conditions::default(),
-            )
+            .copy_blob("data", BLOB, "data", "copy/x.bin", &Conditions::default())
             .await
             .unwrap();
         assert_eq!(st, "success");
-        let g = svc
-            .get_blob("data", "copy/x.bin", None, &GetOptions::default())
-            .await
-            .unwrap();
+        let g = get("copy/x.bin", None).await.unwrap();
         assert_eq!(g.to_vec().unwrap(), body);
 
         // blocks
@@ -572,13 +532,7 @@ fn daemon_restart_fails_in_flight_and_reconnects() {
 #[test]
 fn object_store_integration_suite_through_the_connector() {
     use object_store::azure::MicrosoftAzureBuilder;
-    let dir = scratch();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
-        &["--container", "test"],
-        &["--arena-size", ARENA],
-    );
+    let (_dir, s) = scratch_stack(&["--container", "test"], &["--arena-size", ARENA]);
     let client = Client::connect(&s.daemon.socket).unwrap();
     let store = MicrosoftAzureBuilder::new()
         .with_account(blobring::blob::EMULATOR_ACCOUNT)

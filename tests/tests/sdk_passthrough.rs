@@ -17,6 +17,7 @@
 
 #[path = "../../host/tests/common/azurite.rs"]
 mod azurite;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
@@ -29,6 +30,7 @@ use blobring::blob::{
 };
 use blobring::{Client, connector::BlobringConnector};
 use blobring_tests::{Daemon, launcher, scratch};
+use common::get_bytes;
 use object_store::ObjectStore as _;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
@@ -1276,7 +1278,7 @@ async fn object_store_transcript(s: &MicrosoftAzure) -> Vec<String> {
     }
     let c = Path::from("copy.txt");
     note(&mut t, format!("copy: {}", res(&s.copy(&a, &c).await)));
-    let g = s.get(&c).await.unwrap().bytes().await.unwrap();
+    let g = get_bytes(s, &c).await;
     note(&mut t, format!("copy body: {}", digest(&g)));
     note(
         &mut t,
@@ -1294,13 +1296,7 @@ async fn object_store_transcript(s: &MicrosoftAzure) -> Vec<String> {
         &mut t,
         format!("multipart: {}", res(&up.complete().await.map(|_| ()))),
     );
-    let g = s
-        .get(&Path::from("multi.bin"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let g = get_bytes(s, &Path::from("multi.bin")).await;
     note(&mut t, format!("multipart body: {}", digest(&g)));
     note(&mut t, format!("delete: {}", res(&s.delete(&c).await)));
     note(

@@ -2,18 +2,17 @@
 //! the socket hang up and wakes the reaper sleeping on the completion-queue futexes), fails
 //! every in-flight request with a clear error, and reconnects after the restart.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobError, BlobService, GetOptions, PutOptions, RetryPolicy};
 use blobring::{Client, ClientError, block_on};
-use blobring_tests::{HostStack, scratch};
-
-const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
+use common::{DAEMON, scratch_stack};
 
 #[test]
 fn daemon_death_fails_in_flight_requests_fast_and_the_client_reconnects() {
-    let dir = scratch();
-    let mut s = HostStack::start(DAEMON, dir.path(), &[], &["--arena-size", "67108864"]);
+    let (dir, mut s) = scratch_stack(&[], &["--arena-size", "67108864"]);
     let client = Client::connect(&s.daemon.socket).unwrap();
     // No retries: the point is how fast the failure itself surfaces (with the default policy,
     // an idempotent GET keeps retrying the reconnect for a few seconds before giving up).
@@ -90,10 +89,7 @@ fn daemon_death_fails_in_flight_requests_fast_and_the_client_reconnects() {
 #[test]
 fn a_connect_storm_beyond_the_daemons_pending_limit_connects_everyone() {
     const CLIENTS: usize = 256;
-    let dir = scratch();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
+    let (_dir, s) = scratch_stack(
         &[],
         &[
             "--max-clients",

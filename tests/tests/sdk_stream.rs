@@ -3,6 +3,8 @@
 //! stream, `upload_from_stream`, and object_store `get()` of a blob far larger than one
 //! request through the connector with the daemon's default arena.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobService, GetOptions, PutOptions};
@@ -10,6 +12,7 @@ use blobring::transfer::{self, Download, TransferOptions};
 use blobring::{Client, block_on};
 use blobring_tests::{HostStack, scratch};
 use bytes::Bytes;
+use common::get_bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
@@ -274,13 +277,7 @@ fn connector_gets_a_one_gib_object_with_the_default_arena() {
                 .put(&Path::from("small"), b"tiny".to_vec().into())
                 .await
                 .unwrap();
-            let b = store
-                .get(&Path::from("small"))
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let b = get_bytes(&store, &Path::from("small")).await;
             assert_eq!(&b[..], b"tiny");
             let e = plain.get(&path).await.unwrap_err().to_string();
             assert!(e.contains("with_account"), "{e}");

@@ -3,18 +3,19 @@
 //! REST front end, and object_store through the blobring connector. Asserts the bytes match;
 //! the figures are printed, not asserted (machines differ).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobService, PutOptions};
 use blobring::transfer::{self, TransferOptions};
 use blobring::{Client, block_on};
-use blobring_tests::{HostStack, scratch};
+use common::scratch_stack;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const SIZE: usize = 1 << 30;
 const CHUNK: usize = 4 << 20;
 
@@ -42,10 +43,7 @@ async fn parallel_ranges(store: Arc<dyn ObjectStore>, path: &Path, par: usize) -
 
 #[test]
 fn one_gib_download_sdk_vs_object_store() {
-    let dir = scratch();
-    let s = HostStack::start(
-        DAEMON,
-        dir.path(),
+    let (_dir, s) = scratch_stack(
         &["--http", "127.0.0.1:0", "--container", "bench"],
         &["--arena-size", "134217728"],
     );

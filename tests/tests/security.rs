@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use blobring::blob::{AccountConfig, BlobService, GetOptions, PutOptions};
 use blobring::{Client, ConnectError, Connection, block_on};
-use blobring_tests::{Daemon, HostStack, Reaped, TestHost, blob_sqe, launcher, reap_n, scratch};
+use blobring_tests::{
+    Daemon, HostStack, Reaped, TestHost, blob_sqe, daemon_refusal, launcher, reap_n, scratch,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_blobring-test-daemon");
 const SEC_CLIENT: &str = env!("CARGO_BIN_EXE_blobring-sec-client");
@@ -59,16 +61,30 @@ fn client_cmd(bin: &Path, first: &Path, uid: u32, gid: u32, mode: &str) -> Comma
     c
 }
 
-/// Runs `blobring-sec-client SOCKET once` as `uid`:`gid`; returns its first stdout line
-/// (`ok …`, `refused …` or `failed: …`), bounded by 20 s.
-fn once_as(bin: &Path, socket: &Path, uid: u32, gid: u32) -> String {
+/// Starts `blobring-sec-client SOCKET MODE` as `uid`:`gid` with `stdin`; returns it with its
+/// first stdout line.
+fn spawn_as(
+    bin: &Path,
+    socket: &Path,
+    uid: u32,
+    gid: u32,
+    mode: &str,
+    stdin: Stdio,
+) -> (Reaped, String) {
     let mut c = Reaped(
-        client_cmd(bin, socket, uid, gid, "once")
-            .stdin(Stdio::null())
+        client_cmd(bin, socket, uid, gid, mode)
+            .stdin(stdin)
             .spawn()
             .expect("spawn the client"),
     );
     let line = first_line(&mut c);
+    (c, line)
+}
+
+/// Runs `blobring-sec-client SOCKET once` as `uid`:`gid`; returns its first stdout line
+/// (`ok …`, `refused …` or `failed: …`), bounded by 20 s.
+fn once_as(bin: &Path, socket: &Path, uid: u32, gid: u32) -> String {
+    let (mut c, line) = spawn_as(bin, socket, uid, gid, "once", Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(20);
     while c.0.try_wait().expect("try_wait").is_none() {
         assert!(Instant::now() < deadline, "client did not exit: {line}");
@@ -80,14 +96,7 @@ fn once_as(bin: &Path, socket: &Path, uid: u32, gid: u32) -> String {
 /// Starts `blobring-sec-client SOCKET hold` as `uid`:`gid` and returns it with its first line;
 /// it keeps its connection until dropped.
 fn hold_as(bin: &Path, socket: &Path, uid: u32, gid: u32) -> (Reaped, String) {
-    let mut c = Reaped(
-        client_cmd(bin, socket, uid, gid, "hold")
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn the client"),
-    );
-    let line = first_line(&mut c);
-    (c, line)
+    spawn_as(bin, socket, uid, gid, "hold", Stdio::piped())
 }
 
 fn first_line(c: &mut Reaped) -> String {
@@ -115,6 +124,14 @@ fn assert_ok(line: &str, uid: u32, gid: u32) {
         line.starts_with("ok ") && line.ends_with(&format!(" {uid} {gid}")),
         "client {uid}:{gid} should have been admitted and served: {line}"
     );
+}
+
+/// `uid` is admitted and served as a member of `gid` (the socket's group), and cannot open
+/// the socket (EACCES) with only its own gid.
+fn assert_group_gate(bin: &Path, socket: &Path, uid: u32, gid: u32) {
+    assert_ok(&once_as(bin, socket, uid, gid), uid, gid);
+    let line = once_as(bin, socket, uid, uid);
+    assert!(line.contains("Permission denied"), "{line}");
 }
 
 fn mode(p: &Path) -> u32 {
@@ -174,14 +191,11 @@ fn socket_file_and_directory_modes() {
     let d = daemon(&dir.path().join("run"), "--socket-mode 604");
     assert_eq!(mode(&d.socket), 0o604, "--socket-mode honoured exactly");
     // A bad mode is refused before anything is created.
-    let out = Command::new(DAEMON)
-        .arg("--socket")
-        .arg(dir.path().join("bad/d.sock"))
-        .args(["--socket-mode", "1777"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = daemon_refusal(
+        DAEMON,
+        &dir.path().join("bad/d.sock"),
+        &["--socket-mode", "1777"],
+    );
     assert!(err.contains("1777 is not an octal file mode"), "{err}");
     assert!(!dir.path().join("bad").exists());
 }
@@ -209,13 +223,7 @@ fn socket_permissions_keep_out_uids_outside_the_sockets_group() {
     let meta = std::fs::metadata(&d.socket).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (0, SHARED_GID));
     assert_eq!(mode(&d.socket), 0o660);
-    assert_ok(
-        &once_as(&bin, &d.socket, NOBODY, SHARED_GID),
-        NOBODY,
-        SHARED_GID,
-    );
-    let line = once_as(&bin, &d.socket, NOBODY, NOBODY);
-    assert!(line.contains("Permission denied"), "{line}");
+    assert_group_gate(&bin, &d.socket, NOBODY, SHARED_GID);
     assert_eq!(
         d.stats()["daemon"]["clients"],
         0,
@@ -471,13 +479,7 @@ fn user_and_group_switch_hands_over_the_sockets_and_still_serves() {
     assert_eq!(head, b"OK:GET /sec");
     assert!(host.answered() >= 1);
     // A member of the socket's group is admitted (--allow-gid); others cannot open it.
-    assert_ok(
-        &once_as(&bin, &d.socket, OTHER_UID, SHARED_GID),
-        OTHER_UID,
-        SHARED_GID,
-    );
-    let line = once_as(&bin, &d.socket, OTHER_UID, OTHER_UID);
-    assert!(line.contains("Permission denied"), "{line}");
+    assert_group_gate(&bin, &d.socket, OTHER_UID, SHARED_GID);
     // Non-dumpable: another process of the daemon's own uid cannot look inside it, while it
     // can look inside an ordinary process of that uid (a client holding a connection).
     let peek = |pid: u32| {
@@ -510,27 +512,15 @@ fn user_and_group_switch_hands_over_the_sockets_and_still_serves() {
 #[test]
 fn unknown_user_is_refused_with_what_to_do() {
     let dir = scratch();
-    let out = Command::new(DAEMON)
-        .arg("--socket")
-        .arg(dir.path().join("d.sock"))
-        .args(["--workers", "1", "--transport", "sim"])
-        .args(["--user", "no-such-user-blobring"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refusal = |socket: &str, user: &str| {
+        let args = ["--workers", "1", "--transport", "sim", "--user", user];
+        daemon_refusal(DAEMON, &dir.path().join(socket), &args)
+    };
+    let err = refusal("d.sock", "no-such-user-blobring");
     assert!(
         err.contains("--user no-such-user-blobring: no such user"),
         "{err}"
     );
-    let out = Command::new(DAEMON)
-        .arg("--socket")
-        .arg(dir.path().join("d2.sock"))
-        .args(["--workers", "1", "--transport", "sim"])
-        .args(["--user", "54321"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal("d2.sock", "54321");
     assert!(err.contains("pass --group too"), "{err}");
 }

@@ -323,6 +323,12 @@ impl Worker {
         format!("w{}/k{k:03}", self.id)
     }
 
+    /// The service and container of this worker's calls, as copies: a call's future holds
+    /// them while [`Worker::call`] borrows the worker.
+    fn target(&self) -> (BlobService, String) {
+        (self.svc.clone(), self.container.clone())
+    }
+
     /// Budget of one request: every attempt's deadline plus the longest backoffs between.
     fn per_request(&self) -> Duration {
         let p = RetryPolicy::default();
@@ -436,8 +442,7 @@ impl Worker {
             1
         };
         let started = Instant::now();
-        let svc = self.svc.clone();
-        let container = self.container.clone();
+        let (svc, container) = self.target();
         let r = self
             .call(
                 &what,
@@ -466,8 +471,7 @@ impl Worker {
         let what = format!("block upload {name} ({len} B in {nblocks} blocks)");
         self.uploads += 1;
         let upload = format!("{:016x}", self.rng.next_u64());
-        let svc = self.svc.clone();
-        let container = self.container.clone();
+        let (svc, container) = self.target();
         let mut ids = Vec::new();
         let started = Instant::now();
         for b in 0..nblocks {
@@ -509,8 +513,7 @@ impl Worker {
     /// Reads the whole blob `k` (`None` = a transient error, already counted).
     async fn read_whole(&mut self, k: usize, what: &str) -> Option<Read> {
         let name = self.name(k);
-        let svc = self.svc.clone();
-        let container = self.container.clone();
+        let (svc, container) = self.target();
         let big = self.keys[k]
             .candidates()
             .iter()
@@ -621,8 +624,7 @@ impl Worker {
         let end = start + 1 + self.rng.below((len - start).min(1 << 20));
         let name = self.name(k);
         let what = format!("range get {name} [{start}, {end})");
-        let svc = self.svc.clone();
-        let container = self.container.clone();
+        let (svc, container) = self.target();
         let r = self
             .call(&what, 1, async {
                 let g = svc
@@ -676,8 +678,7 @@ impl Worker {
     async fn head(&mut self, k: usize) {
         let name = self.name(k);
         let what = format!("head {name}");
-        let svc = self.svc.clone();
-        let container = self.container.clone();
+        let (svc, container) = self.target();
         let r = self
             .call(
                 &what,
@@ -715,8 +716,7 @@ impl Worker {
     async fn list(&mut self) {
         let prefix = format!("w{}/", self.id);
         let what = format!("list {prefix}");
-        let svc = self.svc.clone();
-        let container = self.container.clone();
+        let (svc, container) = self.target();
         let opts = ListOptions {
             prefix: Some(prefix.clone()),
             // Small pages, so paging is exercised too.
@@ -771,8 +771,7 @@ impl Worker {
     async fn delete(&mut self, k: usize) {
         let name = self.name(k);
         let what = format!("delete {name}");
-        let svc = self.svc.clone();
-        let container = self.container.clone();
+        let (svc, container) = self.target();
         let started = Instant::now();
         let r = self
             .call(

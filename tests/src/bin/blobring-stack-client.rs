@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use blobring::blob::{AccountConfig, BlobService, GetOptions, ListOptions, PutOptions};
+use blobring::blob::{AccountConfig, BlobError, BlobService, GetOptions, ListOptions, PutOptions};
 use blobring::{Client, block_on};
 use blobring_tests::XorShift;
 
@@ -21,6 +21,25 @@ fn body(rng: &mut XorShift) -> Vec<u8> {
     let u = rng.below(1 << 20) as f64 / f64::from(1 << 20);
     let len = ((256 << 10) as f64 * u * u * u) as usize;
     XorShift::new(rng.next_u64()).bytes(len)
+}
+
+/// The result `r` of a `verb` request on a blob (`what` names it, in messages only), with a 404
+/// as `None`: a 404 is right only if the model does not hold the blob (`stored`); any other
+/// error fails the run.
+fn found<T>(
+    r: Result<T, BlobError>,
+    stored: bool,
+    verb: &str,
+    what: impl Fn() -> String,
+) -> anyhow::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => {
+            ensure!(!stored, "{}: {verb} 404 for a stored blob", what());
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(what())),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,31 +80,21 @@ fn main() -> anyhow::Result<()> {
                     counts[0] += 1;
                 }
                 30..55 => {
-                    match svc
+                    let r = svc
                         .get_blob(&container, &name, None, &GetOptions::default())
-                        .await
-                    {
-                        Ok(g) => {
-                            let Some(want) = model.get(&name) else {
-                                bail!("{}: GET found a deleted blob", what());
-                            };
-                            let got = g.to_vec().with_context(what)?;
-                            ensure!(
-                                got == *want,
-                                "{}: GET returned {} bytes, expected {} (or different bytes)",
-                                what(),
-                                got.len(),
-                                want.len()
-                            );
-                        }
-                        Err(e) if e.is_not_found() => {
-                            ensure!(
-                                !model.contains_key(&name),
-                                "{}: GET 404 for a stored blob",
-                                what()
-                            );
-                        }
-                        Err(e) => return Err(anyhow::Error::new(e).context(what())),
+                        .await;
+                    if let Some(g) = found(r, model.contains_key(&name), "GET", what)? {
+                        let Some(want) = model.get(&name) else {
+                            bail!("{}: GET found a deleted blob", what());
+                        };
+                        let got = g.to_vec().with_context(what)?;
+                        ensure!(
+                            got == *want,
+                            "{}: GET returned {} bytes, expected {} (or different bytes)",
+                            what(),
+                            got.len(),
+                            want.len()
+                        );
                     }
                     counts[1] += 1;
                 }
@@ -116,29 +125,19 @@ fn main() -> anyhow::Result<()> {
                     counts[2] += 1;
                 }
                 70..80 => {
-                    match svc
+                    let r = svc
                         .head_blob(&container, &name, &GetOptions::default())
-                        .await
-                    {
-                        Ok(p) => {
-                            let Some(want) = model.get(&name) else {
-                                bail!("{}: HEAD found a deleted blob", what());
-                            };
-                            ensure!(
-                                p.size == want.len() as u64,
-                                "{}: HEAD size {}",
-                                what(),
-                                p.size
-                            );
-                        }
-                        Err(e) if e.is_not_found() => {
-                            ensure!(
-                                !model.contains_key(&name),
-                                "{}: HEAD 404 for a stored blob",
-                                what()
-                            );
-                        }
-                        Err(e) => return Err(anyhow::Error::new(e).context(what())),
+                        .await;
+                    if let Some(p) = found(r, model.contains_key(&name), "HEAD", what)? {
+                        let Some(want) = model.get(&name) else {
+                            bail!("{}: HEAD found a deleted blob", what());
+                        };
+                        ensure!(
+                            p.size == want.len() as u64,
+                            "{}: HEAD size {}",
+                            what(),
+                            p.size
+                        );
                     }
                     counts[3] += 1;
                 }
@@ -160,25 +159,15 @@ fn main() -> anyhow::Result<()> {
                     counts[4] += 1;
                 }
                 _ => {
-                    match svc
+                    let r = svc
                         .delete_blob(&container, &name, &Default::default())
-                        .await
-                    {
-                        Ok(()) => {
-                            ensure!(
-                                model.remove(&name).is_some(),
-                                "{}: deleted a blob that should not exist",
-                                what()
-                            );
-                        }
-                        Err(e) if e.is_not_found() => {
-                            ensure!(
-                                !model.contains_key(&name),
-                                "{}: DELETE 404 for a stored blob",
-                                what()
-                            );
-                        }
-                        Err(e) => return Err(anyhow::Error::new(e).context(what())),
+                        .await;
+                    if found(r, model.contains_key(&name), "DELETE", what)?.is_some() {
+                        ensure!(
+                            model.remove(&name).is_some(),
+                            "{}: deleted a blob that should not exist",
+                            what()
+                        );
                     }
                     counts[5] += 1;
                 }
