@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use blobring_abi::vmbus::*;
 use blobring_shm::{Region, SharedMemory};
 use blobring_vmbus::blob::{
-    contiguous_pfns, encode_blob_completion, encode_blob_request, parse_blob_completion,
-    parse_blob_request,
+    BlobRequestDesc, contiguous_pfns, encode_blob_completion, encode_blob_request,
+    parse_blob_completion, parse_blob_request,
 };
 use blobring_vmbus::channel::Channel;
 use blobring_vmbus::guest_memory::GuestMemoryError;
@@ -247,12 +247,14 @@ fn offer_open_register_exchange_rescind() {
         let req_pfns: Vec<u64> = contiguous_pfns(GPA + req_off, head.len() as u32).collect();
         let resp_pfns: Vec<u64> = contiguous_pfns(GPA + resp_off, 200).collect();
         assert_eq!(resp_pfns.len(), 2);
-        let desc = without_data(
-            1000,
-            [i as u8; 16],
-            pages(100, head.len() as u32, &req_pfns),
-            pages(4000, 200, &resp_pfns),
-        );
+        let desc = BlobRequestDesc {
+            timeout_ms: 1000,
+            transaction_guid: [i as u8; 16],
+            ..without_data(
+                pages(100, head.len() as u32, &req_pfns),
+                pages(4000, 200, &resp_pfns),
+            )
+        };
         let trans_id = 100 + i as u64;
         encode_blob_request(&mut pkt, &mut scratch, trans_id, &desc).unwrap();
         ch.send(&pkt).unwrap();
@@ -278,7 +280,7 @@ fn offer_open_register_exchange_rescind() {
     let ch = &mut chans[0];
     let outside = [GPA / 4096 + 16];
     let inside = [GPA / 4096];
-    let desc = without_data(0, [0; 16], pages(0, 10, &inside), pages(0, 10, &outside));
+    let desc = without_data(pages(0, 10, &inside), pages(0, 10, &outside));
     encode_blob_request(&mut pkt, &mut scratch, 555, &desc).unwrap();
     ch.send(&pkt).unwrap();
     let reply = next_packet(ch, &mut buf);

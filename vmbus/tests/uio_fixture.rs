@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use blobring_abi::vmbus::AZ_BLOB_CLASS_GUID_STR;
 use blobring_abi::vmbus::rc;
 use blobring_shm::{Mapping, Pagemap, SharedMemory};
-use blobring_vmbus::blob::{encode_blob_request, parse_blob_completion, parse_blob_reply};
+use blobring_vmbus::blob::{
+    BlobRequestDesc, encode_blob_request, parse_blob_completion, parse_blob_reply,
+};
 use blobring_vmbus::guest_phys::{GpaRefusal, PagemapPfns, PfnTranslator, SimPfns};
 use blobring_vmbus::uio::fake::{
     FakeDriver, FakeOpener, HostChannel, INSTANCE, Machine, NEW, PAGE, PAGE_64K, PRIMARY_RING,
@@ -40,7 +42,11 @@ fn packet(trans_id: u64) -> Vec<u8> {
     let mut r = Vec::new();
     let qo = t.buffer_pfns(0, 200, &mut q).unwrap();
     let ro = t.buffer_pfns(PAGE, 4096, &mut r).unwrap();
-    let desc = without_data(1000, [7; 16], pages(qo, 200, &q), pages(ro, 4096, &r));
+    let desc = BlobRequestDesc {
+        timeout_ms: 1000,
+        transaction_guid: [7; 16],
+        ..without_data(pages(qo, 200, &q), pages(ro, 4096, &r))
+    };
     let mut pkt = Vec::new();
     encode_blob_request(&mut pkt, &mut Vec::new(), trans_id, &desc).unwrap();
     pkt

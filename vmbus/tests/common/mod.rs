@@ -12,16 +12,15 @@ pub fn pages(offset: u32, len: u32, pfns: &[u64]) -> BufferPages<'_> {
     BufferPages { offset, len, pfns }
 }
 
-/// A request without a data buffer: only the request head and the response head's buffer.
+/// A request without a data buffer, no deadline and an all-zero GUID: only the request head
+/// and the response head's buffer (override the rest with `..without_data(…)`).
 pub fn without_data<'a>(
-    timeout_ms: u32,
-    transaction_guid: [u8; 16],
     request: BufferPages<'a>,
     response: BufferPages<'a>,
 ) -> BlobRequestDesc<'a> {
     BlobRequestDesc {
-        timeout_ms,
-        transaction_guid,
+        timeout_ms: 0,
+        transaction_guid: [0; 16],
         data: None,
         data_valid: 0,
         request,
