@@ -1,5 +1,6 @@
 //! Shared helpers for host integration tests: start the real `blobring-host` binary on a free
-//! loopback port and kill it on drop (also when a test panics).
+//! loopback port and kill it on drop (also when a test panics), or check that it refuses to
+//! start; signed and unsigned raw requests; an executor without auth; object_store's suite.
 
 #![allow(dead_code)]
 
