@@ -69,39 +69,68 @@ fn num(v: &Value, what: &str) -> f64 {
         .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
 }
 
+/// The size of the throughput runs: 2 clients × 2 blobs of 1 MiB, one round.
+const TWO_BY_TWO: [&str; 8] = ["-P", "2", "-C", "2", "-S", "1M", "--rounds", "1"];
+
+/// Runs `mode` (its words, [`TWO_BY_TWO`], then `extra`), JSON as `<json_mode>.json`; the JSON
+/// must report `json_mode`.
+fn run_two_by_two(d: &Path, mode: &[&str], extra: &[&str], json_mode: &str) -> Value {
+    let v = run(&[mode, &TWO_BY_TWO, extra].concat(), d, json_mode);
+    assert_eq!(v["mode"], json_mode);
+    v
+}
+
+/// A read or write path's figures: positive throughput, checksums verified, and all 2 clients
+/// × 2 blobs verified.
+fn path_verified(f: &Value, p: &str) {
+    assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
+    assert_eq!(f["checksums_ok"], true, "{p}: {f}");
+    assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+}
+
+/// Every ratio `names` of the run `v` is positive.
+fn ratios_positive(v: &Value, names: &[&str]) {
+    for r in names {
+        assert!(num(&v["ratios"][r], r) > 0.0, "{r}");
+    }
+}
+
+/// Among the targets the run `v` printed is one whose `what` starts with `prefix`.
+fn target_printed(v: &Value, prefix: &str) {
+    let targets = v["targets"].as_array().expect("targets");
+    assert!(
+        targets
+            .iter()
+            .any(|t| t["what"].as_str().is_some_and(|w| w.starts_with(prefix))),
+        "no target {prefix:?} printed: {targets:?}"
+    );
+}
+
 #[test]
 fn every_mode_runs_with_tiny_sizes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
 
-    let seed = run(
-        &[
-            "seed", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--chunk", "256K",
-        ],
-        d,
-        "seed",
-    );
-    assert_eq!(seed["mode"], "seed");
+    let seed = run_two_by_two(d, &["seed"], &["--chunk", "256K"], "seed");
     for p in ["pread", "http", "https", "connector", "native", "sync"] {
         let f = &seed["paths"][p];
-        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
+        path_verified(f, p);
         assert!(num(&f["cpu_s_per_gb"], p) >= 0.0, "{p}: {f}");
-        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
-        // 2 clients × 2 blobs, every one verified.
+        // 2 clients × 2 blobs, every one read.
         assert_eq!(f["blob_reads"], 4, "{p}: {f}");
-        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
         assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
     }
-    for r in [
-        "native_vs_http",
-        "native_vs_pread",
-        "connector_vs_http",
-        "https_vs_http",
-        "sync_vs_http",
-        "cpu_per_gb_native_vs_http",
-    ] {
-        assert!(num(&seed["ratios"][r], r) > 0.0, "{r}");
-    }
+    ratios_positive(
+        &seed,
+        &[
+            "native_vs_http",
+            "native_vs_pread",
+            "connector_vs_http",
+            "https_vs_http",
+            "sync_vs_http",
+            "cpu_per_gb_native_vs_http",
+        ],
+    );
     let m = &seed["machine"];
     assert!(num(&m["cores"], "cores") >= 1.0);
     assert_ne!(
@@ -175,19 +204,10 @@ fn every_mode_runs_with_tiny_sizes() {
     chart(d, "scale-throughput");
 
     // Uploads: every blob read back and checked by the bench itself.
-    let w = run(
-        &[
-            "seed", "--write", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--chunk", "256K",
-        ],
-        d,
-        "write",
-    );
-    assert_eq!(w["mode"], "seed-write");
+    let w = run_two_by_two(d, &["seed", "--write"], &["--chunk", "256K"], "seed-write");
     for p in ["http", "https", "connector", "native"] {
         let f = &w["writes"][p];
-        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
-        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
-        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+        path_verified(f, p);
         assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
     }
     assert!(
@@ -195,41 +215,27 @@ fn every_mode_runs_with_tiny_sizes() {
         "uploads are not read figures: {}",
         w["paths"]
     );
-    for r in ["write_native_vs_https", "cpu_per_gb_write_native_vs_https"] {
-        assert!(num(&w["ratios"][r], r) > 0.0, "{r}");
-    }
-    let targets = w["targets"].as_array().expect("targets");
-    assert!(
-        targets.iter().any(|t| t["what"]
-            .as_str()
-            .is_some_and(|w| w.starts_with("#15 writes"))),
-        "the write target printed: {targets:?}"
+    ratios_positive(
+        &w,
+        &["write_native_vs_https", "cpu_per_gb_write_native_vs_https"],
     );
+    target_printed(&w, "#15 writes");
 
     // The gateway's benchmark: a `blobring gateway` in front of the daemon, beside (b) over
     // HTTP and HTTPS and (c).
-    let gw = run(
-        &[
-            "gateway", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--chunk", "256K",
-        ],
-        d,
-        "gateway",
-    );
-    assert_eq!(gw["mode"], "gateway");
+    let gw = run_two_by_two(d, &["gateway"], &["--chunk", "256K"], "gateway");
     for p in ["gateway", "http", "https", "connector"] {
-        let f = &gw["paths"][p];
-        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
-        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
-        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+        path_verified(&gw["paths"][p], p);
     }
     assert!(num(&gw["paths"]["gateway"]["gateway_cpu_s"], "gateway cpu") > 0.0);
-    for r in [
-        "gateway_vs_https",
-        "gateway_vs_connector",
-        "cpu_per_gb_gateway_vs_https",
-    ] {
-        assert!(num(&gw["ratios"][r], r) > 0.0, "{r}");
-    }
+    ratios_positive(
+        &gw,
+        &[
+            "gateway_vs_https",
+            "gateway_vs_connector",
+            "cpu_per_gb_gateway_vs_https",
+        ],
+    );
 }
 
 #[test]
@@ -237,43 +243,29 @@ fn mount_mode_runs_with_tiny_sizes() {
     // A real FUSE mount (`blobring mount`, the CLI next to blobring-bench) beside (a), (b), (d).
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let m = run(
-        &[
-            "mount", "-P", "2", "-C", "2", "-S", "1M", "--rounds", "1", "--millis", "300",
-        ],
-        d,
-        "mount",
-    );
-    assert_eq!(m["mode"], "mount");
+    let m = run_two_by_two(d, &["mount"], &["--millis", "300"], "mount");
     for p in ["pread", "http", "native", "mount"] {
         let f = &m["paths"][p];
-        assert!(num(&f["gbps"], p) > 0.0, "{p}: {f}");
-        assert_eq!(f["checksums_ok"], true, "{p}: {f}");
-        assert_eq!(f["verified_blobs"], 4, "{p}: {f}");
+        path_verified(f, p);
         assert_eq!(f["bytes"], 4 << 20, "{p}: {f}");
     }
     // The mount process's CPU is counted on the mount path.
     assert!(num(&m["paths"]["mount"]["client_cpu_s"], "mount CPU") > 0.0);
-    for r in [
-        "mount_vs_native",
-        "mount_vs_http",
-        "cpu_per_gb_mount_vs_http",
-    ] {
-        assert!(num(&m["ratios"][r], r) > 0.0, "{r}");
-    }
+    ratios_positive(
+        &m,
+        &[
+            "mount_vs_native",
+            "mount_vs_http",
+            "cpu_per_gb_mount_vs_http",
+        ],
+    );
     for p in ["native", "mount"] {
         let f = &m["small"][p]["1"];
         assert!(num(&f["rps"], p) > 0.0, "{p}: {f}");
         assert!(num(&f["p50_us"], p) > 0.0, "{p}: {f}");
         assert_eq!(f["checksums_ok"], true, "{p}: {f}");
     }
-    let targets = m["targets"].as_array().expect("targets");
-    assert!(
-        targets.iter().any(|t| t["what"]
-            .as_str()
-            .is_some_and(|w| w.starts_with("(m) mount"))),
-        "mount targets printed: {targets:?}"
-    );
+    target_printed(&m, "(m) mount");
 }
 
 #[test]

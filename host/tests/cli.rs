@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Host, header, unsigned_get};
+use common::{Host, header, host_fails, unsigned_get};
 
 #[test]
 fn help_documents_the_flags() {
@@ -52,12 +52,7 @@ fn refuses_non_loopback_and_bad_specs() {
             "not base64!",
         ][..],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?} should fail");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = host_fails(args);
         assert!(err.contains("Error"), "{args:?}: {err}");
     }
 }

@@ -17,9 +17,10 @@ fn fs_store_survives_restart() {
 
     let etag = {
         let host = Host::start(&spec, &[]);
-        let (s, h, _) = host.request(
+        let (h, _) = host.expect(
+            201,
             "PUT",
-            "/devstoreaccount1/test/dir/blob.bin",
+            &at("/dir/blob.bin"),
             &[
                 ("x-ms-blob-type", "BlockBlob"),
                 ("x-ms-meta-colour", "blue"),
@@ -27,62 +28,53 @@ fn fs_store_survives_restart() {
             ],
             &body,
         );
-        assert_eq!(s, 201);
         // A block list blob and one staged block that is never committed.
         for (id, data) in [(&id_a, b"AAAA".as_slice()), (&id_b, b"BB".as_slice())] {
-            let (s, _, _) = host.request(
+            host.expect(
+                201,
                 "PUT",
-                &format!(
-                    "/devstoreaccount1/test/blocks?comp=block&blockid={}",
-                    urlenc(id)
-                ),
+                &at(&format!("/blocks?comp=block&blockid={}", urlenc(id))),
                 &[],
                 data,
             );
-            assert_eq!(s, 201);
         }
         let xml = format!(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>{id_a}</Latest></BlockList>"
         );
-        let (s, _, _) = host.request(
+        host.expect(
+            201,
             "PUT",
-            "/devstoreaccount1/test/blocks?comp=blocklist",
+            &at("/blocks?comp=blocklist"),
             &[],
             xml.as_bytes(),
         );
-        assert_eq!(s, 201);
-        let (s, _, _) = host.request(
+        host.expect(
+            201,
             "PUT",
-            &format!(
-                "/devstoreaccount1/test/staged?comp=block&blockid={}",
-                urlenc(&id_b)
-            ),
+            &at(&format!("/staged?comp=block&blockid={}", urlenc(&id_b))),
             &[],
             b"staged",
         );
-        assert_eq!(s, 201);
         host.stop();
         header(&h, "etag").unwrap().to_owned()
     };
 
     let host = Host::start(&spec, &[]);
-    let (s, h, got) = host.request("GET", "/devstoreaccount1/test/dir/blob.bin", &[], &[]);
-    assert_eq!(s, 200);
+    let (h, got) = host.expect(200, "GET", &at("/dir/blob.bin"), &[], &[]);
     assert_eq!(got, body);
     assert_eq!(header(&h, "etag"), Some(etag.as_str()));
     assert_eq!(header(&h, "x-ms-meta-colour"), Some("blue"));
     assert_eq!(header(&h, "content-type"), Some("application/x-test"));
 
-    let (s, _, got) = host.request("GET", "/devstoreaccount1/test/blocks", &[], &[]);
-    assert_eq!(s, 200);
+    let (_, got) = host.expect(200, "GET", &at("/blocks"), &[], &[]);
     assert_eq!(got, b"AAAA");
-    let (s, _, xml) = host.request(
+    let (_, xml) = host.expect(
+        200,
         "GET",
-        "/devstoreaccount1/test/blocks?comp=blocklist&blocklisttype=all",
+        &at("/blocks?comp=blocklist&blocklisttype=all"),
         &[],
         &[],
     );
-    assert_eq!(s, 200);
     let xml = String::from_utf8(xml).unwrap();
     assert!(
         xml.contains(&format!(
@@ -97,38 +89,36 @@ fn fs_store_survives_restart() {
     );
 
     // The staged block of another blob survived and can be committed now.
-    let (s, _, xml) = host.request(
+    let (_, xml) = host.expect(
+        200,
         "GET",
-        "/devstoreaccount1/test/staged?comp=blocklist&blocklisttype=uncommitted",
+        &at("/staged?comp=blocklist&blocklisttype=uncommitted"),
         &[],
         &[],
     );
-    assert_eq!(s, 200);
     assert!(String::from_utf8(xml).unwrap().contains(&id_b));
     let xml = format!("<BlockList><Uncommitted>{id_b}</Uncommitted></BlockList>");
-    let (s, _, _) = host.request(
+    host.expect(
+        201,
         "PUT",
-        "/devstoreaccount1/test/staged?comp=blocklist",
+        &at("/staged?comp=blocklist"),
         &[],
         xml.as_bytes(),
     );
-    assert_eq!(s, 201);
-    let (s, _, got) = host.request("GET", "/devstoreaccount1/test/staged", &[], &[]);
-    assert_eq!(s, 200);
+    let (_, got) = host.expect(200, "GET", &at("/staged"), &[], &[]);
     assert_eq!(got, b"staged");
 
     // Listing works from the reloaded index.
-    let (s, _, xml) = host.request(
-        "GET",
-        "/devstoreaccount1/test?restype=container&comp=list",
-        &[],
-        &[],
-    );
-    assert_eq!(s, 200);
+    let (_, xml) = host.expect(200, "GET", &at("?restype=container&comp=list"), &[], &[]);
     let xml = String::from_utf8(xml).unwrap();
     for name in ["blocks", "dir/blob.bin", "staged"] {
         assert!(xml.contains(&format!("<Name>{name}</Name>")), "{xml}");
     }
+}
+
+/// The path of `rel` (`/blob` or `?query`) in the container `test`.
+fn at(rel: &str) -> String {
+    format!("/devstoreaccount1/test{rel}")
 }
 
 fn urlenc(s: &str) -> String {

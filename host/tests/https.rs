@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY};
@@ -113,20 +112,15 @@ fn object_store_over_https_with_a_given_certificate_and_bad_key_files_are_named(
     suite(&host);
     // A key file that holds no key: the host exits at once and names the file.
     std::fs::write(&key, "not a key").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-        .args([
-            "--store",
-            "mem",
-            "--https",
-            "127.0.0.1:0",
-            "--tls-cert",
-            c,
-            "--tls-key",
-            k,
-        ])
-        .output()
-        .expect("run blobring-host");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = common::host_fails(&[
+        "--store",
+        "mem",
+        "--https",
+        "127.0.0.1:0",
+        "--tls-cert",
+        c,
+        "--tls-key",
+        k,
+    ]);
     assert!(err.contains("k.pem") && err.contains("--tls-key"), "{err}");
 }

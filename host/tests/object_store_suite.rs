@@ -121,27 +121,7 @@ const CHILD_ENV: &str = "BLOBRING_SUITE_EMULATOR_CHILD";
 #[test]
 fn object_store_suite_emulator_mode() {
     if std::env::var_os(CHILD_ENV).is_some() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let url = std::env::var("BLOBRING_SUITE_HOST_URL").unwrap();
-            let host = common::HostRef::new(url);
-            let integration = MicrosoftAzureBuilder::new()
-                .with_use_emulator(true)
-                .with_container_name("test")
-                .with_http_connector(MarkerHttpConnector::default())
-                .build()
-                .unwrap();
-            tokio::time::timeout(SUITE_TIMEOUT, async {
-                azurite_suite(&integration).await;
-                signing_url_works(&integration, &host).await;
-            })
-            .await
-            .expect("suite timed out");
-        });
+        emulator_mode_child();
         return;
     }
     let host = Host::start("mem", &[]);
@@ -171,6 +151,26 @@ fn object_store_suite_emulator_mode() {
     };
     let status = status.expect("emulator-mode suite child timed out");
     assert!(status.success(), "emulator-mode suite failed: {status}");
+}
+
+/// The child's side of [`object_store_suite_emulator_mode`]: the suite through the emulator
+/// settings against the host at `BLOBRING_SUITE_HOST_URL`.
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn emulator_mode_child() {
+    let url = std::env::var("BLOBRING_SUITE_HOST_URL").unwrap();
+    let host = common::HostRef::new(url);
+    let integration = MicrosoftAzureBuilder::new()
+        .with_use_emulator(true)
+        .with_container_name("test")
+        .with_http_connector(MarkerHttpConnector::default())
+        .build()
+        .unwrap();
+    tokio::time::timeout(SUITE_TIMEOUT, async {
+        azurite_suite(&integration).await;
+        signing_url_works(&integration, &host).await;
+    })
+    .await
+    .expect("suite timed out");
 }
 
 async fn signing_url_works(store: &MicrosoftAzure, host: &common::HostRef) {

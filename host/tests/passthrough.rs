@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use azurite::Azurite;
-use blobring_host::{EMULATOR_ACCOUNT, ExecuteError, Executor, ExecutorConfig, Faults, open_store};
-use common::{Host, azure, azurite_suite, header};
+use blobring_host::{EMULATOR_ACCOUNT, ExecuteError, Executed, Executor, open_store};
+use common::{Host, azure, azurite_suite, header, plain_executor};
+use object_store::azure::MicrosoftAzure;
 use object_store::integration::*;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -55,6 +56,23 @@ fn res<T: std::fmt::Debug>(r: &Result<T, object_store::Error>) -> String {
     }
 }
 
+/// The whole body of `p`.
+async fn read(store: &MicrosoftAzure, p: &Path) -> bytes::Bytes {
+    store.get(p).await.unwrap().bytes().await.unwrap()
+}
+
+/// `exec` runs the request `head` with `body`, answering `status`, its body in `buf`.
+fn execute(exec: &Executor, head: &[u8], body: &[u8], buf: &mut [u8], status: u16) -> Executed {
+    let done = exec.execute_into(head, body, buf).unwrap();
+    assert_eq!(done.status, status);
+    done
+}
+
+/// Header `name` of an executed request.
+fn executed_header<'a>(done: &'a Executed, name: &str) -> Option<&'a str> {
+    done.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 /// Names between `<Name>` tags of a List Blobs answer, and its `NextMarker`.
 fn names_and_marker(xml: &str) -> (Vec<String>, String) {
     let names = xml
@@ -79,11 +97,16 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
     let c = format!("/{EMULATOR_ACCOUNT}/{container}");
     let mut t = Vec::new();
     let mut log = |op: &str, v: String| t.push(format!("{op}: {v}"));
+    // A raw request to `rel` below the container.
+    let req = |method: &str, rel: &str, headers: &[(&str, &str)], body: &[u8]| {
+        raw(base, method, &format!("{c}{rel}"), headers, body)
+    };
+    let get = |rel: &str| req("GET", rel, &[], &[]);
 
     // Containers (raw: object_store has no container calls).
-    let (s, _, _) = raw(base, "PUT", &format!("{c}?restype=container"), &[], &[]);
+    let (s, _, _) = req("PUT", "?restype=container", &[], &[]);
     log("create container", s.to_string());
-    let (s, h, _) = raw(base, "PUT", &format!("{c}?restype=container"), &[], &[]);
+    let (s, h, _) = req("PUT", "?restype=container", &[], &[]);
     log(
         "create container again",
         format!("{s} {:?}", header(&h, "x-ms-error-code")),
@@ -94,7 +117,7 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
     let a = Path::from("a.txt");
     let r = store.put(&a, data.clone().into()).await;
     log("put a.txt", res(&r.map(|_| ())));
-    let got = store.get(&a).await.unwrap().bytes().await.unwrap();
+    let got = read(&store, &a).await;
     log(
         "get a.txt equal",
         (got.as_ref() == data.as_slice()).to_string(),
@@ -105,24 +128,12 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
     log("head a.txt size", meta.size.to_string());
 
     // Ranged raw reads: 206 and 416.
-    let (s, h, b) = raw(
-        base,
-        "GET",
-        &format!("{c}/a.txt"),
-        &[("x-ms-range", "bytes=10-19")],
-        &[],
-    );
+    let (s, h, b) = req("GET", "/a.txt", &[("x-ms-range", "bytes=10-19")], &[]);
     log(
         "raw range 10-19",
         format!("{s} {:?} {:?}", header(&h, "content-range"), b),
     );
-    let (s, h, _) = raw(
-        base,
-        "GET",
-        &format!("{c}/a.txt"),
-        &[("x-ms-range", "bytes=2000-")],
-        &[],
-    );
+    let (s, h, _) = req("GET", "/a.txt", &[("x-ms-range", "bytes=2000-")], &[]);
     log(
         "raw range past end",
         format!(
@@ -131,7 +142,7 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
             header(&h, "x-ms-error-code")
         ),
     );
-    let (s, h, b) = raw(base, "HEAD", &format!("{c}/a.txt"), &[], &[]);
+    let (s, h, b) = req("HEAD", "/a.txt", &[], &[]);
     log(
         "raw head",
         format!(
@@ -141,7 +152,7 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
             b.len()
         ),
     );
-    let (s, h, b) = raw(base, "HEAD", &format!("{c}/missing"), &[], &[]);
+    let (s, h, b) = req("HEAD", "/missing", &[], &[]);
     log(
         "raw head missing",
         format!("{s} {:?} body {}", header(&h, "x-ms-error-code"), b.len()),
@@ -152,43 +163,24 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
     let b2 = pattern(5000, 2);
     for (id, d) in [("YmxrMQ==", &b1), ("YmxrMg==", &b2)] {
         let enc = id.replace('=', "%3D");
-        let (s, _, _) = raw(
-            base,
+        let (s, _, _) = req(
             "PUT",
-            &format!("{c}/blocks.bin?comp=block&blockid={enc}"),
+            &format!("/blocks.bin?comp=block&blockid={enc}"),
             &[],
             d,
         );
         log("put block", s.to_string());
     }
-    let (s, _, b) = raw(
-        base,
-        "GET",
-        &format!("{c}/blocks.bin?comp=blocklist&blocklisttype=all"),
-        &[],
-        &[],
-    );
+    let (s, _, b) = get("/blocks.bin?comp=blocklist&blocklisttype=all");
     let xml = String::from_utf8_lossy(&b).into_owned();
     log(
         "block list before commit",
         format!("{s} uncommitted {}", xml.matches("<Block>").count()),
     );
     let list = "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>YmxrMQ==</Latest><Latest>YmxrMg==</Latest></BlockList>";
-    let (s, _, _) = raw(
-        base,
-        "PUT",
-        &format!("{c}/blocks.bin?comp=blocklist"),
-        &[],
-        list.as_bytes(),
-    );
+    let (s, _, _) = req("PUT", "/blocks.bin?comp=blocklist", &[], list.as_bytes());
     log("put block list", s.to_string());
-    let got = store
-        .get(&Path::from("blocks.bin"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = read(&store, &Path::from("blocks.bin")).await;
     let mut want = b1.clone();
     want.extend_from_slice(&b2);
     log(
@@ -199,13 +191,7 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
     up.put_part(pattern(100_000, 3).into()).await.unwrap();
     up.put_part(pattern(50_000, 4).into()).await.unwrap();
     log("multipart complete", res(&up.complete().await.map(|_| ())));
-    let got = store
-        .get(&Path::from("multi.bin"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = read(&store, &Path::from("multi.bin")).await;
     let mut want = pattern(100_000, 3);
     want.extend_from_slice(&pattern(50_000, 4));
     log(
@@ -244,13 +230,9 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
     let mut pages = Vec::new();
     let mut marker = String::new();
     for _ in 0..20 {
-        let (s, _, b) = raw(
-            base,
-            "GET",
-            &format!("{c}?restype=container&comp=list&maxresults=3&marker={marker}"),
-            &[],
-            &[],
-        );
+        let (s, _, b) = get(&format!(
+            "?restype=container&comp=list&maxresults=3&marker={marker}"
+        ));
         assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
         let (names, next) = names_and_marker(&String::from_utf8_lossy(&b));
         pages.push(names);
@@ -260,13 +242,7 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
         marker = percent_encode(&next);
     }
     log("paginated list", format!("{pages:?}"));
-    let (s, _, b) = raw(
-        base,
-        "GET",
-        &format!("{c}?restype=container&comp=list&prefix=dir%2F&delimiter=%2F"),
-        &[],
-        &[],
-    );
+    let (s, _, b) = get("?restype=container&comp=list&prefix=dir%2F&delimiter=%2F");
     let xml = String::from_utf8_lossy(&b).into_owned();
     log(
         "raw list delimiter",
@@ -276,7 +252,7 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
     // Copy, copy-if-not-exists, delete.
     let cp = Path::from("copy.txt");
     log("copy", res(&store.copy(&a, &cp).await));
-    let got = store.get(&cp).await.unwrap().bytes().await.unwrap();
+    let got = read(&store, &cp).await;
     log("copy equal", (got.as_ref() == data.as_slice()).to_string());
     log(
         "copy_if_not_exists onto existing",
@@ -311,18 +287,11 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
         )
         .await;
     log("get if-none-match current", res(&r.map(|_| ())));
-    let (s, _, _) = raw(
-        base,
-        "GET",
-        &format!("{c}/a.txt"),
-        &[("if-none-match", &etag)],
-        &[],
-    );
+    let (s, _, _) = req("GET", "/a.txt", &[("if-none-match", &etag)], &[]);
     log("raw get if-none-match current", s.to_string());
-    let (s, h, _) = raw(
-        base,
+    let (s, h, _) = req(
         "PUT",
-        &format!("{c}/a.txt"),
+        "/a.txt",
         &[("x-ms-blob-type", "BlockBlob"), ("if-match", "\"0x1234\"")],
         b"new",
     );
@@ -352,14 +321,14 @@ async fn transcript(base: &str, container: &str) -> Vec<String> {
         )
         .await;
     log("put update stale etag", res(&r.map(|_| ())));
-    let (s, h, _) = raw(base, "DELETE", &format!("{c}/missing"), &[], &[]);
+    let (s, h, _) = req("DELETE", "/missing", &[], &[]);
     log(
         "raw delete missing",
         format!("{s} {:?}", header(&h, "x-ms-error-code")),
     );
-    let (s, _, _) = raw(base, "DELETE", &format!("{c}?restype=container"), &[], &[]);
+    let (s, _, _) = req("DELETE", "?restype=container", &[], &[]);
     log("delete container", s.to_string());
-    let (s, h, _) = raw(base, "GET", &format!("{c}/a.txt"), &[], &[]);
+    let (s, h, _) = get("/a.txt");
     log(
         "get after container delete",
         format!("{s} {:?}", header(&h, "x-ms-error-code")),
@@ -462,7 +431,7 @@ async fn object_store_suite_through_passthrough() {
     let direct = azure(&az.account_url(), "test");
     let p = Path::from("passthrough-marker");
     integration.put(&p, "via host".into()).await.unwrap();
-    let got = direct.get(&p).await.unwrap().bytes().await.unwrap();
+    let got = read(&direct, &p).await;
     assert_eq!(got.as_ref(), b"via host");
 }
 
@@ -482,18 +451,10 @@ async fn sas_through_passthrough_is_resigned() {
 fn executor_path_through_passthrough_is_byte_exact() {
     let az = Azurite::start();
     let store = open_store(&format!("passthrough:{}", az.account_url())).unwrap();
-    let exec = Executor::new(
-        store,
-        ExecutorConfig {
-            account: EMULATOR_ACCOUNT.into(),
-            auth: None,
-            faults: Faults::default(),
-        },
-    );
+    let exec = plain_executor(store);
     let mut buf = vec![0u8; 1 << 20];
     let head = b"PUT /devstoreaccount1/vsp?restype=container HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
-    let done = exec.execute_into(head, &[], &mut buf).unwrap();
-    assert_eq!(done.status, 201);
+    execute(&exec, head, &[], &mut buf, 201);
 
     let data = pattern(300_000, 9);
     let head = format!(
@@ -501,21 +462,14 @@ fn executor_path_through_passthrough_is_byte_exact() {
          Content-Length: {}\r\nx-ms-meta-k: v\r\n\r\n",
         data.len()
     );
-    let done = exec.execute_into(head.as_bytes(), &data, &mut buf).unwrap();
-    assert_eq!(done.status, 201);
+    let done = execute(&exec, head.as_bytes(), &data, &mut buf, 201);
     assert!(done.headers.contains_key("etag"));
 
     let head = b"GET /devstoreaccount1/vsp/blob%20one.bin HTTP/1.1\r\n\r\n";
-    let done = exec.execute_into(head, &[], &mut buf).unwrap();
-    assert_eq!(done.status, 200);
+    let done = execute(&exec, head, &[], &mut buf, 200);
     assert_eq!(done.body_len, data.len());
     assert_eq!(&buf[..done.body_len], &data[..], "whole GET is byte-exact");
-    assert_eq!(
-        done.headers
-            .get("x-ms-meta-k")
-            .and_then(|v| v.to_str().ok()),
-        Some("v")
-    );
+    assert_eq!(executed_header(&done, "x-ms-meta-k"), Some("v"));
     let mut resp = vec![0u8; 4096];
     let n = done.write_head(&mut resp).unwrap();
     assert!(resp[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
@@ -528,8 +482,7 @@ fn executor_path_through_passthrough_is_byte_exact() {
 
     let head =
         b"GET /devstoreaccount1/vsp/blob%20one.bin HTTP/1.1\r\nx-ms-range: bytes=1000-1999\r\n\r\n";
-    let done = exec.execute_into(head, &[], &mut buf).unwrap();
-    assert_eq!(done.status, 206);
+    let done = execute(&exec, head, &[], &mut buf, 206);
     assert_eq!(&buf[..done.body_len], &data[1000..2000]);
 
     // The same bytes as Azurite serves directly.
@@ -557,30 +510,23 @@ fn executor_path_through_passthrough_is_byte_exact() {
 
     // HEAD of the same blob is not "too large": it has no body.
     let head = b"HEAD /devstoreaccount1/vsp/blob%20one.bin HTTP/1.1\r\n\r\n";
-    let done = exec.execute_into(head, &[], &mut small).unwrap();
-    assert_eq!(done.status, 200);
+    let done = execute(&exec, head, &[], &mut small, 200);
     assert_eq!(done.body_len, 0);
     assert_eq!(
-        done.headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok()),
+        executed_header(&done, "content-length"),
         Some(data.len().to_string().as_str())
     );
     // After a refused body the executor still works (the pool drops that connection).
     let head =
         b"GET /devstoreaccount1/vsp/blob%20one.bin HTTP/1.1\r\nx-ms-range: bytes=0-99\r\n\r\n";
-    let done = exec.execute_into(head, &[], &mut small).unwrap();
-    assert_eq!(done.status, 206);
+    let done = execute(&exec, head, &[], &mut small, 206);
     assert_eq!(&small[..done.body_len], &data[..100]);
 
     // An upstream error is passed through with its code.
     let head = b"GET /devstoreaccount1/vsp/missing HTTP/1.1\r\n\r\n";
-    let done = exec.execute_into(head, &[], &mut buf).unwrap();
-    assert_eq!(done.status, 404);
+    let done = execute(&exec, head, &[], &mut buf, 404);
     assert_eq!(
-        done.headers
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok()),
+        executed_header(&done, "x-ms-error-code"),
         Some("BlobNotFound")
     );
 }
@@ -602,22 +548,12 @@ fn unreachable_upstream_answers_502_with_hint() {
         err.to_string().contains("is Azurite/the endpoint running?"),
         "{err}"
     );
-    let exec = Arc::new(Executor::new(
-        store,
-        ExecutorConfig {
-            account: EMULATOR_ACCOUNT.into(),
-            auth: None,
-            faults: Faults::default(),
-        },
-    ));
+    let exec = Arc::new(plain_executor(store));
     let mut buf = vec![0u8; 8192];
     let head = b"GET /devstoreaccount1/data/x HTTP/1.1\r\n\r\n";
-    let done = exec.execute_into(head, &[], &mut buf).unwrap();
-    assert_eq!(done.status, 502);
+    let done = execute(&exec, head, &[], &mut buf, 502);
     assert_eq!(
-        done.headers
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok()),
+        executed_header(&done, "x-ms-error-code"),
         Some("UpstreamUnreachable")
     );
     let body = String::from_utf8_lossy(&buf[..done.body_len]).into_owned();
@@ -631,12 +567,7 @@ fn unreachable_upstream_answers_502_with_hint() {
 /// The binary refuses a malformed passthrough URL at start-up with a hint.
 #[test]
 fn bad_passthrough_url_fails_at_startup() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-        .args(["--store", "passthrough:ftp://x", "--http", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::host_fails(&["--store", "passthrough:ftp://x", "--http", "127.0.0.1:0"]);
     assert!(
         err.contains("passthrough:http://127.0.0.1:10000/devstoreaccount1"),
         "{err}"

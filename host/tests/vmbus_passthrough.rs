@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 mod common;
 
 use azurite::Azurite;
-use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
-use common::vmbus::{Resp, VmbusHost, completion_resp, parse_head};
+use common::vmbus::{
+    Resp, VmbusHost, assert_ranged, block_list_xml, block_path, completion_resp, parse_head,
+    pattern, signed_head,
+};
 
 const CHANNELS: usize = 2;
 const IO_LIMIT: Duration = Duration::from_secs(10);
@@ -48,32 +50,9 @@ struct Req {
 }
 
 fn req(method: &'static str, path: &str, extra: &[(&str, &str)], body: &[u8], host: &str) -> Req {
-    let mut hm = http::HeaderMap::new();
-    hm.insert(
-        "x-ms-date",
-        httpdate::fmt_http_date(std::time::SystemTime::now())
-            .parse()
-            .unwrap(),
-    );
-    hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
-    for (k, v) in extra {
-        hm.insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    hm.insert("content-length", body.len().into());
-    let pq = format!("/{EMULATOR_ACCOUNT}/{path}");
-    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-    let sig = auth.authorization(&method.parse().unwrap(), &pq, &hm);
-    let mut s = format!("{method} {pq} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {sig}\r\n");
-    for (k, v) in &hm {
-        s.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
-    }
-    s.push_str("\r\n");
     Req {
         method,
-        head: s.into_bytes(),
+        head: signed_head(method, path, extra, Some(body.len()), host),
         body: body.to_vec(),
     }
 }
@@ -257,15 +236,10 @@ fn compare(step: &str, vm: Resp, az: &Resp) -> Resp {
     vm
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
-        .collect()
-}
-
-fn b64(s: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(s)
+/// The text of a 200 answer (a list).
+fn ok_text(r: Resp) -> String {
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).unwrap()
 }
 
 #[test]
@@ -311,10 +285,7 @@ fn guest_driver_scenario_through_passthrough_matches_azurite_directly() {
 
     let (b1, b2) = (pattern(70_000, 2), pattern(5_000, 3));
     for (id, data) in [("b1", &b1), ("b2", &b2)] {
-        let path = format!(
-            "data/blk?comp=block&blockid={}",
-            b64(id).replace('=', "%3D")
-        );
+        let path = block_path("data/blk", id);
         let r = both(
             &format!("put block {id}"),
             rq("PUT", &path, &[], data),
@@ -322,11 +293,7 @@ fn guest_driver_scenario_through_passthrough_matches_azurite_directly() {
         );
         assert_eq!(r.status, 201);
     }
-    let xml = format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>{}</Latest><Latest>{}</Latest></BlockList>",
-        b64("b2"),
-        b64("b1")
-    );
+    let xml = block_list_xml(&["b2", "b1"]);
     let r = both(
         "put block list",
         rq("PUT", "data/blk?comp=blocklist", &[], xml.as_bytes()),
@@ -355,9 +322,7 @@ fn guest_driver_scenario_through_passthrough_matches_azurite_directly() {
         ),
         128 << 10,
     );
-    assert_eq!(r.status, 206);
-    assert_eq!(r.h("content-range"), Some("bytes 1000-99999/300000"));
-    assert!(r.body == a[1000..100_000], "ranged GET is byte-exact");
+    assert_ranged(&r, &a, 1000, 99_999);
 
     // Wholly past the end (Azurite answers a start equal to the size with a 206 and
     // `bytes 300000-299999/300000`, unlike Azure).
@@ -378,24 +343,20 @@ fn guest_driver_scenario_through_passthrough_matches_azurite_directly() {
     assert_eq!(r.h("content-length"), Some("300000"));
     assert!(r.body.is_empty());
 
-    let r = both(
+    let text = ok_text(both(
         "list",
         rq("GET", "data?restype=container&comp=list", &[], b""),
         64 << 10,
-    );
-    assert_eq!(r.status, 200);
-    let text = String::from_utf8(r.body).unwrap();
+    ));
     assert!(
         text.contains("<Name>a.bin</Name>") && text.contains("<Name>blk</Name>"),
         "{text}"
     );
-    let r = both(
+    let text = ok_text(both(
         "list with prefix",
         rq("GET", "data?restype=container&comp=list&prefix=b", &[], b""),
         64 << 10,
-    );
-    assert_eq!(r.status, 200);
-    let text = String::from_utf8(r.body).unwrap();
+    ));
     assert!(
         text.contains("<Name>blk</Name>") && !text.contains("<Name>a.bin</Name>"),
         "{text}"

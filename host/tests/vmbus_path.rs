@@ -5,17 +5,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use blobring_host::vsp::{
     VSP_ERR_BAD_PAGE, VSP_ERR_BODY_TOO_LARGE, VSP_ERR_HEAD_TOO_LARGE, VSP_OK,
 };
-use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::blob::{BlobRequestDesc, BufferPages};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
 use blobring_vmbus::sim::guest::BusEvent;
-use common::vmbus::{Resp, VmbusHost, completion_resp};
+use common::vmbus::{
+    Resp, VmbusHost, assert_ranged, block_list_xml, block_path, completion_resp, pattern,
+    request_head, signed_head,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -26,18 +27,13 @@ fn start(extra: &[&str]) -> VmbusHost {
 
 /// A request head for `/devstoreaccount1/<path>` with `headers` and a Content-Length.
 fn head(method: &str, path: &str, headers: &[&str], body_len: usize) -> Vec<u8> {
-    let mut s = format!(
-        "{method} /devstoreaccount1/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-ms-version: 2023-11-03\r\n"
-    );
-    for h in headers {
-        s.push_str(h);
-        s.push_str("\r\n");
-    }
-    if body_len > 0 {
-        s.push_str(&format!("Content-Length: {body_len}\r\n"));
-    }
-    s.push_str("\r\n");
-    s.into_bytes()
+    let fixed = ["Host: 127.0.0.1", "x-ms-version: 2023-11-03"].map(str::to_owned);
+    let length = (body_len > 0).then(|| format!("Content-Length: {body_len}"));
+    let lines = fixed
+        .into_iter()
+        .chain(headers.iter().map(|h| (*h).to_owned()))
+        .chain(length);
+    request_head(method, &format!("/devstoreaccount1/{path}"), lines)
 }
 
 /// The answer of a completion, whose Content-Length must be its body's length.
@@ -58,15 +54,19 @@ fn call(d: &mut BlobDriver, ch: usize, head: &[u8], body: &[u8], data_cap: u32) 
     parse(&c)
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
-        .collect()
+/// GET `path` with `headers` on channel `ch`, with a data buffer of `data_cap` bytes.
+fn get(d: &mut BlobDriver, ch: usize, path: &str, headers: &[&str], data_cap: u32) -> Resp {
+    call(d, ch, &head("GET", path, headers, 0), b"", data_cap)
 }
 
-fn b64(s: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(s)
+/// Submits `n` GETs of `path`, round-robin over the four channels.
+fn submit_gets(d: &mut BlobDriver, n: usize, path: &str) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            d.submit(i % 4, &head("GET", path, &[], 0), b"", 4096, 4096)
+                .unwrap()
+        })
+        .collect()
 }
 
 fn create_container(d: &mut BlobDriver, name: &str) {
@@ -97,13 +97,7 @@ fn blob_operations_round_trip_over_four_channels() {
     let a = pattern(300_000, 1);
     put_blob(&mut d, 1, "data/a.bin", &a);
     for ch in 0..4 {
-        let r = call(
-            &mut d,
-            ch,
-            &head("GET", "data/a.bin", &[], 0),
-            b"",
-            512 << 10,
-        );
+        let r = get(&mut d, ch, "data/a.bin", &[], 512 << 10);
         assert_eq!(r.status, 200);
         assert!(r.body == a, "GET on channel {ch} is byte-exact");
         assert_eq!(r.h("x-ms-blob-type"), Some("BlockBlob"));
@@ -112,18 +106,11 @@ fn blob_operations_round_trip_over_four_channels() {
     // Put Block x2 on different channels + Put Block List.
     let (b1, b2) = (pattern(70_000, 2), pattern(5_000, 3));
     for (ch, id, data) in [(2, "b1", &b1), (3, "b2", &b2)] {
-        let path = format!(
-            "data/blk?comp=block&blockid={}",
-            b64(id).replace('=', "%3D")
-        );
+        let path = block_path("data/blk", id);
         let r = call(&mut d, ch, &head("PUT", &path, &[], data.len()), data, 0);
         assert_eq!(r.status, 201);
     }
-    let xml = format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>{}</Latest><Latest>{}</Latest></BlockList>",
-        b64("b2"),
-        b64("b1")
-    );
+    let xml = block_list_xml(&["b2", "b1"]);
     let r = call(
         &mut d,
         0,
@@ -133,38 +120,30 @@ fn blob_operations_round_trip_over_four_channels() {
     );
     assert_eq!(r.status, 201);
     let whole = [b2.clone(), b1.clone()].concat();
-    let r = call(&mut d, 1, &head("GET", "data/blk", &[], 0), b"", 128 << 10);
+    let r = get(&mut d, 1, "data/blk", &[], 128 << 10);
     assert_eq!((r.status, r.body.len()), (200, whole.len()));
     assert!(r.body == whole, "committed block blob is byte-exact");
 
     // Ranged GETs: 206 with Content-Range, and 416 past the end.
-    let r = call(
+    let r = get(
         &mut d,
         2,
-        &head("GET", "data/a.bin", &["x-ms-range: bytes=1000-99999"], 0),
-        b"",
+        "data/a.bin",
+        &["x-ms-range: bytes=1000-99999"],
         128 << 10,
     );
-    assert_eq!(r.status, 206);
-    assert_eq!(r.h("content-range"), Some("bytes 1000-99999/300000"));
-    assert!(r.body == a[1000..100_000], "ranged GET is byte-exact");
-    let r = call(
+    assert_ranged(&r, &a, 1000, 99_999);
+    let r = get(
         &mut d,
         3,
-        &head("GET", "data/a.bin", &["x-ms-range: bytes=300000-"], 0),
-        b"",
+        "data/a.bin",
+        &["x-ms-range: bytes=300000-"],
         4096,
     );
     assert_eq!(r.status, 416);
 
     // List.
-    let r = call(
-        &mut d,
-        0,
-        &head("GET", "data?restype=container&comp=list", &[], 0),
-        b"",
-        64 << 10,
-    );
+    let r = get(&mut d, 0, "data?restype=container&comp=list", &[], 64 << 10);
     assert_eq!(r.status, 200);
     let text = String::from_utf8(r.body).unwrap();
     assert!(
@@ -179,7 +158,7 @@ fn blob_operations_round_trip_over_four_channels() {
     // Delete, then the blob is gone.
     let r = call(&mut d, 1, &head("DELETE", "data/a.bin", &[], 0), b"", 0);
     assert_eq!(r.status, 202);
-    let r = call(&mut d, 2, &head("GET", "data/a.bin", &[], 0), b"", 4096);
+    let r = get(&mut d, 2, "data/a.bin", &[], 4096);
     assert_eq!(r.status, 404);
     assert_eq!(r.h("x-ms-error-code"), Some("BlobNotFound"));
     assert_eq!(d.in_flight(), 0);
@@ -304,7 +283,7 @@ fn page_outside_registered_memory_is_refused_and_host_keeps_serving() {
     assert_eq!(d.wait_for(id, LIMIT).unwrap().vsp.error, VSP_ERR_BAD_PAGE);
     // The channel and the host keep serving.
     put_blob(&mut d, 2, "pages/ok", b"still here");
-    let r = call(&mut d, 2, &head("GET", "pages/ok", &[], 0), b"", 4096);
+    let r = get(&mut d, 2, "pages/ok", &[], 4096);
     assert_eq!((r.status, r.body.as_slice()), (200, &b"still here"[..]));
 }
 
@@ -322,15 +301,9 @@ fn body_larger_than_data_buffer_reports_needed_size() {
     assert_eq!(c.vsp.length, 10_000, "needed size in length");
     assert!(c.body.is_empty() && c.response_head.is_empty());
     // The same GET with a big enough buffer, and a range that fits the small one.
-    let r = call(&mut d, 1, &head("GET", "size/x", &[], 0), b"", 10_000);
+    let r = get(&mut d, 1, "size/x", &[], 10_000);
     assert!(r.status == 200 && r.body == data);
-    let r = call(
-        &mut d,
-        1,
-        &head("GET", "size/x", &["x-ms-range: bytes=0-4095"], 0),
-        b"",
-        4096,
-    );
+    let r = get(&mut d, 1, "size/x", &["x-ms-range: bytes=0-4095"], 4096);
     assert!(r.status == 206 && r.body == data[..4096]);
 }
 
@@ -370,12 +343,7 @@ fn fault_latency_delays_every_request() {
     );
     // Requests run in parallel: 8 at once take far less than 8 x 300 ms.
     let t = Instant::now();
-    let ids: Vec<u64> = (0..8)
-        .map(|i| {
-            d.submit(i % 4, &head("GET", "lat/none", &[], 0), b"", 4096, 4096)
-                .unwrap()
-        })
-        .collect();
+    let ids = submit_gets(&mut d, 8, "lat/none");
     let mut n = 0;
     while n < ids.len() {
         assert!(t.elapsed() < LIMIT);
@@ -419,12 +387,7 @@ fn fault_hang_holds_only_the_hung_requests() {
     ]);
     let mut d = host.driver();
     let t = Instant::now();
-    let ids: Vec<u64> = (0..12)
-        .map(|i| {
-            d.submit(i % 4, &head("GET", "hang/none", &[], 0), b"", 4096, 4096)
-                .unwrap()
-        })
-        .collect();
+    let ids = submit_gets(&mut d, 12, "hang/none");
     let mut got: Vec<(Duration, u16)> = Vec::new();
     while got.len() < ids.len() {
         assert!(t.elapsed() < LIMIT, "hung requests never answered");
@@ -443,22 +406,6 @@ fn fault_hang_holds_only_the_hung_requests() {
         fast.iter().all(|g| g.0 < Duration::from_millis(1000)),
         "{got:?}"
     );
-}
-
-/// A plain HTTP/1.1 request to the host's REST front end.
-fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect REST");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nx-ms-version: 2023-11-03\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
-    let status = std::str::from_utf8(&all[9..12]).unwrap().parse().unwrap();
-    (status, all[split..].to_vec())
 }
 
 #[test]
@@ -485,7 +432,11 @@ fn dropped_completion_never_arrives_but_the_request_ran() {
     let addr = host.http.clone().unwrap();
     let deadline = Instant::now() + LIMIT;
     loop {
-        let (status, got) = http_get(&addr, "/devstoreaccount1/drop/x");
+        let (status, _, got) = common::unsigned_get_with(
+            &format!("http://{addr}"),
+            "/devstoreaccount1/drop/x",
+            &["x-ms-version: 2023-11-03"],
+        );
         if status == 200 {
             assert!(
                 got == body,
@@ -507,7 +458,7 @@ fn rescind_after_n_requests_then_offer_again() {
     let mut d = host.driver();
     create_container(&mut d, "res"); // 1
     put_blob(&mut d, 1, "res/a", b"abc"); // 2
-    let r = call(&mut d, 2, &head("GET", "res/a", &[], 0), b"", 4096); // 3: completed
+    let r = get(&mut d, 2, "res/a", &[], 4096); // 3: completed
     assert_eq!(r.body, b"abc");
     // The guest sees RESCIND on the bus.
     let deadline = Instant::now() + LIMIT;
@@ -528,7 +479,7 @@ fn rescind_after_n_requests_then_offer_again() {
     drop(d);
     // A new connection gets the device again and is served.
     let mut d = host.driver();
-    let r = call(&mut d, 3, &head("GET", "res/a", &[], 0), b"", 4096);
+    let r = get(&mut d, 3, "res/a", &[], 4096);
     assert_eq!((r.status, r.body.as_slice()), (200, &b"abc"[..]));
     put_blob(&mut d, 0, "res/b", b"more");
 }
@@ -537,31 +488,14 @@ fn rescind_after_n_requests_then_offer_again() {
 fn shared_key_signed_requests_over_vmbus() {
     let host = start(&[]); // auth on, emulator key
     let mut d = host.driver();
-    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
-    let signed = |method: &str, path: &str, extra: &[(&str, String)], body_len: usize| {
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        let mut hm = http::HeaderMap::new();
-        hm.insert("x-ms-date", date.parse().unwrap());
-        hm.insert("x-ms-version", "2023-11-03".parse().unwrap());
-        for (k, v) in extra {
-            hm.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        if body_len > 0 {
-            hm.insert("content-length", body_len.to_string().parse().unwrap());
-        }
-        let m = http::Method::from_bytes(method.as_bytes()).unwrap();
-        let p = format!("/{EMULATOR_ACCOUNT}/{path}");
-        let authz = auth.authorization(&m, &p, &hm);
-        let mut s =
-            format!("{method} {p} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {authz}\r\n");
-        for (k, v) in &hm {
-            s.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
-        }
-        s.push_str("\r\n");
-        s.into_bytes()
+    let signed = |method: &str, path: &str, extra: &[(&str, &str)], body_len: usize| {
+        signed_head(
+            method,
+            path,
+            extra,
+            (body_len > 0).then_some(body_len),
+            "127.0.0.1",
+        )
     };
     let r = call(
         &mut d,
@@ -575,14 +509,14 @@ fn shared_key_signed_requests_over_vmbus() {
     let h = signed(
         "PUT",
         "skey/b",
-        &[("x-ms-blob-type", "BlockBlob".into())],
+        &[("x-ms-blob-type", "BlockBlob")],
         body.len(),
     );
     assert_eq!(call(&mut d, 1, &h, &body, 0).status, 201);
     let r = call(&mut d, 2, &signed("GET", "skey/b", &[], 0), b"", 8192);
     assert!(r.status == 200 && r.body == body);
     // Unsigned, or signed with another key: refused.
-    let r = call(&mut d, 3, &head("GET", "skey/b", &[], 0), b"", 8192);
+    let r = get(&mut d, 3, "skey/b", &[], 8192);
     assert_eq!(r.status, 401);
     let mut forged = signed("GET", "skey/b", &[], 0);
     let text = String::from_utf8(forged.clone()).unwrap();
@@ -600,8 +534,8 @@ fn shared_key_signed_requests_over_vmbus() {
 /// GET runs on the channel thread that received it (`VspConfig::inline_max`).
 #[test]
 fn fixed_buffer_body_path_is_used_and_byte_exact() {
+    use blobring_host::open_store;
     use blobring_host::vsp::{VspConfig, VspServer};
-    use blobring_host::{Executor, ExecutorConfig, Faults, open_store};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -611,14 +545,7 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
         .unwrap();
     let store = open_store(&format!("fs:{}", dir.path().join("store").display())).unwrap();
     store.create_container("fixed", Vec::new()).unwrap();
-    let exec = Arc::new(Executor::new(
-        store,
-        ExecutorConfig {
-            account: EMULATOR_ACCOUNT.into(),
-            auth: None,
-            faults: Faults::default(),
-        },
-    ));
+    let exec = Arc::new(common::plain_executor(store));
     let data = pattern(3 << 20, 21);
     for fixed in [true, false] {
         let path = dir.path().join(format!("f-{fixed}.sock"));
@@ -640,16 +567,16 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
         if fixed {
             put_blob(&mut d, 0, "fixed/big", &data);
         }
-        let r = call(&mut d, 1, &head("GET", "fixed/big", &[], 0), b"", 3 << 20);
+        let r = get(&mut d, 1, "fixed/big", &[], 3 << 20);
         assert!(
             r.status == 200 && r.body == data,
             "whole body, fixed={fixed}"
         );
-        let r = call(
+        let r = get(
             &mut d,
             2,
-            &head("GET", "fixed/big", &["x-ms-range: bytes=4097-2000000"], 0),
-            b"",
+            "fixed/big",
+            &["x-ms-range: bytes=4097-2000000"],
             2 << 20,
         );
         assert!(
@@ -658,11 +585,11 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
         );
         // A small request runs on the channel thread that received it, byte-exact; the large
         // ones above went to the pool.
-        let r = call(
+        let r = get(
             &mut d,
             3,
-            &head("GET", "fixed/big", &["x-ms-range: bytes=100-4195"], 0),
-            b"",
+            "fixed/big",
+            &["x-ms-range: bytes=100-4195"],
             4096,
         );
         assert!(r.status == 206 && r.body == data[100..4196], "small range");

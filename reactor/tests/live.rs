@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use blobring_reactor::{
-    Completion, Error, Event, FixedRange, FutexWord, MemoryRegion, Reactor, ReactorConfig,
-    RegionWord, SetupFlags, TimerOutcome, Wants,
+    BufIndex, Completion, Error, Event, FixedRange, FutexWord, MemoryRegion, Reactor,
+    ReactorConfig, RegionWord, SetupFlags, TimerOutcome, Wants,
 };
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::thread::futex;
@@ -112,6 +112,14 @@ fn drain_eventfd(fd: &OwnedFd) {
     let _ = rustix::io::read(fd, &mut buf);
 }
 
+/// The default configuration with `off` applied to its wants (a feature turned off, to test
+/// its fallback).
+fn config_without(off: impl FnOnce(&mut Wants)) -> ReactorConfig {
+    let mut config = ReactorConfig::default();
+    off(&mut config.wants);
+    config
+}
+
 #[test]
 fn this_kernel_gets_every_feature() {
     let reactor = Reactor::new().unwrap();
@@ -157,13 +165,7 @@ fn multishot_poll_delivers_several_events_then_cancels() {
 
 #[test]
 fn one_shot_poll_fallback_rearms_after_every_event() {
-    let config = ReactorConfig {
-        wants: Wants {
-            multishot_poll: false,
-            ..Wants::default()
-        },
-        ..ReactorConfig::default()
-    };
+    let config = config_without(|w| w.multishot_poll = false);
     let mut reactor = Reactor::with_config(config).unwrap();
     assert!(!reactor.features().multishot_poll);
     let efd = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap());
@@ -468,13 +470,7 @@ fn many_futex_wakes_go_in_one_submit() {
 
 #[test]
 fn futex_fallback_uses_the_syscall() {
-    let config = ReactorConfig {
-        wants: Wants {
-            futex_ops: false,
-            ..Wants::default()
-        },
-        ..ReactorConfig::default()
-    };
+    let config = config_without(|w| w.futex_ops = false);
     let mut reactor = Reactor::with_config(config).unwrap();
     assert!(!reactor.features().futex_ops);
     let region = MemfdRegion::new(4096);
@@ -508,6 +504,11 @@ fn futex_word_checks_alignment_and_bounds() {
     assert!(RegionWord::new(region, usize::MAX - 1).is_err());
 }
 
+/// `len` bytes at `offset` in the registered region `index`.
+fn fixed(index: BufIndex, offset: usize, len: u32) -> FixedRange {
+    FixedRange { index, offset, len }
+}
+
 fn fixed_buffer_round_trip(config: ReactorConfig) {
     let mut reactor = Reactor::with_config(config).unwrap();
     let region = MemfdRegion::new(64 * 1024);
@@ -517,11 +518,7 @@ fn fixed_buffer_round_trip(config: ReactorConfig) {
 
     let mut file = tempfile::tempfile().unwrap();
     let fd = Arc::new(file.try_clone().unwrap());
-    let range = FixedRange {
-        index,
-        offset: 4096,
-        len: 8192,
-    };
+    let range = fixed(index, 4096, 8192);
     reactor
         .write_fixed(Arc::clone(&fd), range, 512, 21)
         .unwrap();
@@ -544,11 +541,7 @@ fn fixed_buffer_round_trip(config: ReactorConfig) {
     let fresh: Vec<u8> = (0..3000u32).map(|i| (i ^ 0x5a) as u8).collect();
     file.seek(SeekFrom::Start(100)).unwrap();
     file.write_all(&fresh).unwrap();
-    let range = FixedRange {
-        index,
-        offset: 32 * 1024,
-        len: 3000,
-    };
+    let range = fixed(index, 32 * 1024, 3000);
     reactor.read_fixed(Arc::clone(&fd), range, 100, 22).unwrap();
     let got = collect(&mut reactor, 1, LONG);
     assert_eq!(got[0].event, Event::Fixed(Ok(3000)));
@@ -557,11 +550,7 @@ fn fixed_buffer_round_trip(config: ReactorConfig) {
     assert_eq!(region.read_bytes(32 * 1024 + 3000, 16), vec![0u8; 16]);
 
     // Out of bounds and unknown indices are refused before reaching the kernel.
-    let too_far = FixedRange {
-        index,
-        offset: 64 * 1024 - 10,
-        len: 11,
-    };
+    let too_far = fixed(index, 64 * 1024 - 10, 11);
     assert!(matches!(
         reactor.read_fixed(Arc::clone(&fd), too_far, 0, 1),
         Err(Error::OutOfBounds { .. })
@@ -585,13 +574,7 @@ fn fixed_buffers_write_and_read_a_file() {
 
 #[test]
 fn fixed_buffer_fallback_uses_plain_reads_and_writes() {
-    let config = ReactorConfig {
-        wants: Wants {
-            fixed_buffers: false,
-            ..Wants::default()
-        },
-        ..ReactorConfig::default()
-    };
+    let config = config_without(|w| w.fixed_buffers = false);
     assert!(
         !Reactor::with_config(config)
             .unwrap()
@@ -625,24 +608,20 @@ fn plain_read_and_write_hand_buffers_back() {
         .write(Arc::clone(&fd), b"hello, reactor".to_vec(), 0, 1)
         .unwrap();
     let got = collect(&mut reactor, 1, LONG);
-    match &got[0].event {
-        Event::Write { buf, result } => {
-            assert_eq!(*result, Ok(14));
-            assert_eq!(buf, b"hello, reactor");
-        }
-        other => panic!("{other:?}"),
-    }
+    let want = Event::Write {
+        buf: b"hello, reactor".to_vec(),
+        result: Ok(14),
+    };
+    assert_eq!(got[0].event, want);
     let mut buf = Vec::with_capacity(64);
     buf.extend_from_slice(b">>");
     reactor.read(Arc::clone(&fd), buf, 7, 2).unwrap();
     let got = collect(&mut reactor, 1, LONG);
-    match &got[0].event {
-        Event::Read { buf, result } => {
-            assert_eq!(*result, Ok(7));
-            assert_eq!(buf, b">>reactor");
-        }
-        other => panic!("{other:?}"),
-    }
+    let want = Event::Read {
+        buf: b">>reactor".to_vec(),
+        result: Ok(7),
+    };
+    assert_eq!(got[0].event, want);
 }
 
 #[test]
@@ -726,19 +705,11 @@ fn shm_region_serves_as_fixed_buffer_and_futex_word() {
     let index = reactor.register_region(region.clone()).unwrap();
     region.mapping().write(8192, b"from shared memory").unwrap();
     let file = Arc::new(tempfile::tempfile().unwrap());
-    let range = FixedRange {
-        index,
-        offset: 8192,
-        len: 18,
-    };
+    let range = fixed(index, 8192, 18);
     reactor.write_fixed(Arc::clone(&file), range, 0, 1).unwrap();
     let got = collect(&mut reactor, 1, LONG);
     assert_eq!(got[0].event, Event::Fixed(Ok(18)));
-    let back = FixedRange {
-        index,
-        offset: 100,
-        len: 18,
-    };
+    let back = fixed(index, 100, 18);
     reactor.read_fixed(Arc::clone(&file), back, 0, 2).unwrap();
     let got = collect(&mut reactor, 1, LONG);
     assert_eq!(got[0].event, Event::Fixed(Ok(18)));

@@ -8,20 +8,19 @@ use blobring_abi::qc;
 use blobring_ring::{EventFd, FutexWord, Notifier, QueueLayout, Sleeper, Slept};
 use blobring_shm::{Mapping, Region, SharedMemory};
 
+/// What one sleep on `s` (seen value `seen`, bounded by `timeout`) ended with.
+fn slept(s: &dyn Sleeper, seen: u32, timeout: Duration) -> Slept {
+    s.sleep(seen, Some(timeout)).unwrap()
+}
+
 #[test]
 fn eventfd_remembers_an_early_signal_and_times_out() {
     let e = EventFd::new().unwrap();
-    assert_eq!(
-        e.sleep(0, Some(Duration::from_millis(10))).unwrap(),
-        Slept::TimedOut
-    );
+    assert_eq!(slept(&e, 0, Duration::from_millis(10)), Slept::TimedOut);
     e.notify().unwrap();
     e.notify().unwrap();
     let t = Instant::now();
-    assert_eq!(
-        e.sleep(0, Some(Duration::from_secs(5))).unwrap(),
-        Slept::Woken
-    );
+    assert_eq!(slept(&e, 0, Duration::from_secs(5)), Slept::Woken);
     assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(e.drain().unwrap(), 0, "sleep consumed the counter");
 }
@@ -35,15 +34,9 @@ fn futex_on_a_memfd_word() {
     let f = Arc::new(FutexWord::cq_tail(map.clone(), &layout).unwrap());
     region.store_u32(word, 3, Release).unwrap();
     // Value differs from `seen`: returns at once.
-    assert_eq!(
-        f.sleep(2, Some(Duration::from_secs(5))).unwrap(),
-        Slept::Woken
-    );
+    assert_eq!(slept(&*f, 2, Duration::from_secs(5)), Slept::Woken);
     // Value equals `seen`: times out.
-    assert_eq!(
-        f.sleep(3, Some(Duration::from_millis(10))).unwrap(),
-        Slept::TimedOut
-    );
+    assert_eq!(slept(&*f, 3, Duration::from_millis(10)), Slept::TimedOut);
     // Woken through another mapping (the Region's own) by a change + wake.
     let (r2, f2) = (region.clone(), f.clone());
     let t = std::thread::spawn(move || {
@@ -52,10 +45,7 @@ fn futex_on_a_memfd_word() {
         f2.notify().unwrap();
     });
     let start = Instant::now();
-    assert_eq!(
-        f.sleep(3, Some(Duration::from_secs(10))).unwrap(),
-        Slept::Woken
-    );
+    assert_eq!(slept(&*f, 3, Duration::from_secs(10)), Slept::Woken);
     assert!(start.elapsed() < Duration::from_secs(5));
     t.join().unwrap();
     // Bad offsets are refused.

@@ -3,6 +3,8 @@
 //! in-band packets both ways with eventfd signalling → a GPA outside registered memory is
 //! refused → rescind observed by the guest. Plus: the host survives garbage on the bus.
 
+mod common;
+
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use blobring_abi::vmbus::*;
 use blobring_shm::{Region, SharedMemory};
 use blobring_vmbus::blob::{
-    BlobRequestDesc, BufferPages, contiguous_pfns, encode_blob_completion, encode_blob_request,
+    BlobRequestDesc, contiguous_pfns, encode_blob_completion, encode_blob_request,
     parse_blob_completion, parse_blob_request,
 };
 use blobring_vmbus::channel::Channel;
@@ -24,6 +26,7 @@ use blobring_vmbus::sim::host::{
     BusListener, HostConfig, HostEvent, HostSession, SharedGuestMemory,
 };
 use blobring_vmbus::sim::{BusError, SimChannel, wait_readable};
+use common::{pages, seqpacket_pair, without_data};
 use zerocopy::{FromBytes, IntoBytes};
 
 const STEP: Duration = Duration::from_millis(20);
@@ -247,18 +250,10 @@ fn offer_open_register_exchange_rescind() {
         let desc = BlobRequestDesc {
             timeout_ms: 1000,
             transaction_guid: [i as u8; 16],
-            data: None,
-            data_valid: 0,
-            request: BufferPages {
-                offset: 100,
-                len: head.len() as u32,
-                pfns: &req_pfns,
-            },
-            response: BufferPages {
-                offset: 4000,
-                len: 200,
-                pfns: &resp_pfns,
-            },
+            ..without_data(
+                pages(100, head.len() as u32, &req_pfns),
+                pages(4000, 200, &resp_pfns),
+            )
         };
         let trans_id = 100 + i as u64;
         encode_blob_request(&mut pkt, &mut scratch, trans_id, &desc).unwrap();
@@ -285,22 +280,7 @@ fn offer_open_register_exchange_rescind() {
     let ch = &mut chans[0];
     let outside = [GPA / 4096 + 16];
     let inside = [GPA / 4096];
-    let desc = BlobRequestDesc {
-        timeout_ms: 0,
-        transaction_guid: [0; 16],
-        data: None,
-        data_valid: 0,
-        request: BufferPages {
-            offset: 0,
-            len: 10,
-            pfns: &inside,
-        },
-        response: BufferPages {
-            offset: 0,
-            len: 10,
-            pfns: &outside,
-        },
-    };
+    let desc = without_data(pages(0, 10, &inside), pages(0, 10, &outside));
     encode_blob_request(&mut pkt, &mut scratch, 555, &desc).unwrap();
     ch.send(&pkt).unwrap();
     let reply = next_packet(ch, &mut buf);
@@ -385,14 +365,7 @@ fn message(msg_type: u32, seq: u32, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn host_survives_garbage() {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType};
-    let (host_end, guest) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap();
+    let (host_end, guest) = seqpacket_pair();
     let rejected = Arc::new(Mutex::new(Vec::<String>::new()));
     let log = rejected.clone();
     let host = thread::spawn(move || {
@@ -513,7 +486,6 @@ fn generic_send<C: Channel>(c: &mut C, p: &[u8]) -> Result<(), blobring_vmbus::C
 #[test]
 fn concurrent_stream_has_no_lost_wakeups() {
     use blobring_vmbus::ChannelError;
-    use rustix::net::{AddressFamily, SocketFlags, SocketType};
     const N: u64 = 100_000;
     const WAIT: Duration = Duration::from_secs(10);
     let payload = |i: u64| -> Vec<u8> {
@@ -522,13 +494,7 @@ fn concurrent_stream_has_no_lost_wakeups() {
         v.extend((8..len).map(|j| (i as usize + j) as u8));
         v
     };
-    let (host_end, guest) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap();
+    let (host_end, guest) = seqpacket_pair();
     let host = thread::spawn(move || {
         let config = HostConfig {
             max_channels: 1,

@@ -4,6 +4,8 @@
 //!
 //! Nothing here touches real Hyper-V: the fake tree follows `reference/vmbus.md` §4.
 
+mod common;
+
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use blobring_abi::vmbus::AZ_BLOB_CLASS_GUID_STR;
 use blobring_abi::vmbus::rc;
 use blobring_shm::{Mapping, Pagemap, SharedMemory};
 use blobring_vmbus::blob::{
-    BlobRequestDesc, BufferPages, encode_blob_request, parse_blob_completion, parse_blob_reply,
+    BlobRequestDesc, encode_blob_request, parse_blob_completion, parse_blob_reply,
 };
 use blobring_vmbus::guest_phys::{GpaRefusal, PagemapPfns, PfnTranslator, SimPfns};
 use blobring_vmbus::uio::fake::{
@@ -28,6 +30,7 @@ use blobring_vmbus::uio::{
     UioDevice, UioError, UioOptions, detect_with, select,
 };
 use blobring_vmbus::{Channel, ChannelError};
+use common::{pages, without_data};
 
 const NET_CLASS: &str = "f8615163-df3e-46c5-913f-f2d2f965ed0e";
 const OLD: KernelVersion = KernelVersion::new(6, 8, 0);
@@ -42,18 +45,7 @@ fn packet(trans_id: u64) -> Vec<u8> {
     let desc = BlobRequestDesc {
         timeout_ms: 1000,
         transaction_guid: [7; 16],
-        data: None,
-        data_valid: 0,
-        request: BufferPages {
-            offset: qo,
-            len: 200,
-            pfns: &q,
-        },
-        response: BufferPages {
-            offset: ro,
-            len: 4096,
-            pfns: &r,
-        },
+        ..without_data(pages(qo, 200, &q), pages(ro, 4096, &r))
     };
     let mut pkt = Vec::new();
     encode_blob_request(&mut pkt, &mut Vec::new(), trans_id, &desc).unwrap();
@@ -300,24 +292,25 @@ fn subchannel_ring_appearing_after_a_delay_is_found() {
     drop(host_sub);
 }
 
+/// Opening the device of `m`, waiting up to `timeout` for `subchannels` subchannels, fails:
+/// the error.
+fn open_waiting_for(m: &Machine, subchannels: u32, timeout: Duration) -> UioError {
+    let dev = sysfs::find_blob_device(&m.tree.sysfs()).unwrap();
+    let opts = UioOptions {
+        subchannels,
+        subchannel_timeout: timeout,
+        interrupt_mode: Some(InterruptMode::UserspaceMasks),
+        page_size: PAGE,
+    };
+    UioDevice::open(&m.tree.sysfs(), &dev, &m.opener, &opts).unwrap_err()
+}
+
 #[test]
 fn subchannel_that_never_gets_a_ring_times_out_clearly() {
     let m = machine(Some(5), 0);
     m.tree.subchannel(INSTANCE, 21, 1, None, false);
-    let dev = sysfs::find_blob_device(&m.tree.sysfs()).unwrap();
     let t0 = Instant::now();
-    let e = UioDevice::open(
-        &m.tree.sysfs(),
-        &dev,
-        &m.opener,
-        &UioOptions {
-            subchannels: 1,
-            subchannel_timeout: Duration::from_millis(200),
-            interrupt_mode: Some(InterruptMode::UserspaceMasks),
-            page_size: PAGE,
-        },
-    )
-    .unwrap_err();
+    let e = open_waiting_for(&m, 1, Duration::from_millis(200));
     let waited = t0.elapsed();
     assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5));
     match &e {
@@ -335,19 +328,7 @@ fn subchannel_that_never_gets_a_ring_times_out_clearly() {
     assert!(e.to_string().contains("still without `ring`: [21]"), "{e}");
     // Waiting for more subchannels than the host offers: the same bounded error.
     let m = machine(Some(5), 1);
-    let dev = sysfs::find_blob_device(&m.tree.sysfs()).unwrap();
-    let e = UioDevice::open(
-        &m.tree.sysfs(),
-        &dev,
-        &m.opener,
-        &UioOptions {
-            subchannels: 3,
-            subchannel_timeout: Duration::from_millis(50),
-            interrupt_mode: Some(InterruptMode::UserspaceMasks),
-            page_size: PAGE,
-        },
-    )
-    .unwrap_err();
+    let e = open_waiting_for(&m, 3, Duration::from_millis(50));
     assert!(
         matches!(
             e,
@@ -487,19 +468,27 @@ fn max_request_pages_follows_the_running_ring_size() {
 // ---------------------------------------------------------------------------------------------
 // Signalling
 
+/// A machine with `monitor` and `subs` subchannels, its device opened with userspace masks,
+/// and the monitor page (map 2) and interrupt page (map 1); the primary signals by `primary`.
+fn signalling(
+    monitor: Option<u32>,
+    subs: u32,
+    primary: SignalPath,
+) -> (Machine, UioDevice, Arc<Mapping>, Arc<Mapping>) {
+    let m = machine(monitor, subs);
+    let dev = open(&m, InterruptMode::UserspaceMasks, subs);
+    let (mon, int) = (m.opener.map(2), m.opener.map(1));
+    assert_eq!(dev.channels()[0].signal_path(), primary);
+    (m, dev, mon, int)
+}
+
 #[test]
 fn monitored_channel_sets_its_monitor_bit_without_a_write() {
-    let m = machine(Some(37), 0);
-    let mut dev = open(&m, InterruptMode::UserspaceMasks, 0);
-    let mon = m.opener.map(2);
-    let int = m.opener.map(1);
-    assert_eq!(
-        dev.channels()[0].signal_path(),
-        SignalPath::Monitor {
-            offset: 16,
-            bit: 1 << 5
-        }
-    );
+    let monitor = SignalPath::Monitor {
+        offset: 16,
+        bit: 1 << 5,
+    };
+    let (m, mut dev, mon, int) = signalling(Some(37), 0, monitor);
     dev.channels_mut()[0].send(&packet(1)).unwrap();
     // trigger_group[1].pending, bit 5; nothing else in either page; no uio write.
     assert_eq!(load(&mon, 16), 1 << 5);
@@ -517,18 +506,12 @@ fn monitored_channel_sets_its_monitor_bit_without_a_write() {
 
 #[test]
 fn unmonitored_channel_sets_its_interrupt_page_bit_and_writes_one() {
-    let m = machine(None, 1);
-    let mut dev = open(&m, InterruptMode::UserspaceMasks, 1);
-    let mon = m.opener.map(2);
-    let int = m.opener.map(1);
     // Primary relid 14 → word 0 bit 14 of the send half; subchannel relid 15 → bit 15.
-    assert_eq!(
-        dev.channels()[0].signal_path(),
-        SignalPath::Interrupt {
-            offset: 2048,
-            bit: 1 << 14
-        }
-    );
+    let interrupt = SignalPath::Interrupt {
+        offset: 2048,
+        bit: 1 << 14,
+    };
+    let (m, mut dev, mon, int) = signalling(None, 1, interrupt);
     dev.channels_mut()[0].send(&packet(3)).unwrap();
     assert_eq!(load(&int, 2048), 1 << 14);
     assert_eq!(m.opener.events.writes(), vec![1]);

@@ -17,6 +17,13 @@ fn read_all(s: &dyn Store, c: &str, b: &str) -> Vec<u8> {
     v
 }
 
+/// Put Block List of `refs` onto `c/b` (no properties, no conditions); returns the blob's bytes.
+fn commit_and_read(s: &dyn Store, c: &str, b: &str, refs: &[BlockRef]) -> Vec<u8> {
+    s.put_block_list(c, b, refs, NewBlob::default(), &Conditions::default())
+        .unwrap();
+    read_all(s, c, b)
+}
+
 #[test]
 fn conformance() {
     for (s, _dir) in stores() {
@@ -85,18 +92,11 @@ fn conformance() {
         ));
         let l = s.block_list("con1", "m").unwrap();
         assert_eq!(l.uncommitted.len(), 2);
-        s.put_block_list(
-            "con1",
-            "m",
-            &[
-                BlockRef::Uncommitted(b"2".to_vec()),
-                BlockRef::Latest(b"1".to_vec()),
-            ],
-            NewBlob::default(),
-            &none,
-        )
-        .unwrap();
-        assert_eq!(read_all(s, "con1", "m"), b"bbAA");
+        let refs = [
+            BlockRef::Uncommitted(b"2".to_vec()),
+            BlockRef::Latest(b"1".to_vec()),
+        ];
+        assert_eq!(commit_and_read(s, "con1", "m", &refs), b"bbAA");
         let l = s.block_list("con1", "m").unwrap();
         assert_eq!(l.committed.len(), 2);
         assert!(l.uncommitted.is_empty());
@@ -110,15 +110,8 @@ fn conformance() {
             ),
             Err(StoreError::InvalidBlockList(_))
         ));
-        s.put_block_list(
-            "con1",
-            "m",
-            &[BlockRef::Committed(b"1".to_vec())],
-            NewBlob::default(),
-            &none,
-        )
-        .unwrap();
-        assert_eq!(read_all(s, "con1", "m"), b"AA");
+        let refs = [BlockRef::Committed(b"1".to_vec())];
+        assert_eq!(commit_and_read(s, "con1", "m", &refs), b"AA");
 
         // Copy, list, tags, delete.
         s.copy_blob("con1", "m", "con1", "z/copy", None, &none)
@@ -297,19 +290,23 @@ fn read_via_sink(s: &dyn Store, c: &str, b: &str) -> Vec<u8> {
     v
 }
 
+/// Put Blob of `data` as `con/<b>` (no properties, no conditions).
+fn put(s: &dyn Store, b: &str, data: &[u8]) {
+    s.put_blob("con", b, data, NewBlob::default(), &Conditions::default())
+        .unwrap();
+}
+
 /// Every write path that replaces a cached blob (Put Blob, Put Block List, Copy Blob onto it)
 /// is seen by the next read: the cache never serves the file of a replaced version.
 #[test]
 fn fs_open_files_read_after_overwrite_is_fresh() {
     let (dir, s) = fs_with_container(16);
     let none = Conditions::default();
-    s.put_blob("con", "b", b"one", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "b", b"one");
     assert_eq!(read_all(&s, "con", "b"), b"one");
     assert_eq!(s.cached_open_files(), 1);
 
-    s.put_blob("con", "b", b"two!", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "b", b"two!");
     assert_eq!(read_all(&s, "con", "b"), b"two!");
     assert_eq!(read_via_sink(&s, "con", "b"), b"two!");
     // The replaced version's file left the cache with it.
@@ -321,27 +318,21 @@ fn fs_open_files_read_after_overwrite_is_fresh() {
         BlockRef::Uncommitted(b"i1".to_vec()),
         BlockRef::Latest(b"i2".to_vec()),
     ];
-    s.put_block_list("con", "b", &refs, NewBlob::default(), &none)
-        .unwrap();
-    assert_eq!(read_all(&s, "con", "b"), b"block-list");
+    assert_eq!(commit_and_read(&s, "con", "b", &refs), b"block-list");
     // A list that reuses a committed block reads the old data while writing the new.
     s.put_block("con", "b", b"i3", b"!").unwrap();
     let refs = [
         BlockRef::Committed(b"i2".to_vec()),
         BlockRef::Uncommitted(b"i3".to_vec()),
     ];
-    s.put_block_list("con", "b", &refs, NewBlob::default(), &none)
-        .unwrap();
-    assert_eq!(read_all(&s, "con", "b"), b"list!");
+    assert_eq!(commit_and_read(&s, "con", "b", &refs), b"list!");
 
-    s.put_blob("con", "src", b"copied bytes", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "src", b"copied bytes");
     assert_eq!(read_all(&s, "con", "src"), b"copied bytes");
     s.copy_blob("con", "src", "con", "b", None, &none).unwrap();
     assert_eq!(read_all(&s, "con", "b"), b"copied bytes");
     // The copy's source is still readable after the copy was overwritten (hard link).
-    s.put_blob("con", "b", b"last", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "b", b"last");
     assert_eq!(read_all(&s, "con", "b"), b"last");
     assert_eq!(read_all(&s, "con", "src"), b"copied bytes");
     // Property updates keep the same data file, so it stays cached.
@@ -365,8 +356,7 @@ fn fs_open_files_read_after_overwrite_is_fresh() {
 fn fs_open_files_delete_closes_the_file() {
     let (dir, s) = fs_with_container(16);
     let none = Conditions::default();
-    s.put_blob("con", "b", b"doomed", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "b", b"doomed");
     let early = s.open("con", "b").unwrap();
     assert_eq!(s.cached_open_files(), 1);
     assert_eq!(fds_under(dir.path()), 1, "reader and cache share one fd");
@@ -388,11 +378,9 @@ fn fs_open_files_delete_closes_the_file() {
     );
 
     // Overwrite: the old version's file is closed as well.
-    s.put_blob("con", "c", b"v1", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "c", b"v1");
     assert_eq!(read_all(&s, "con", "c"), b"v1");
-    s.put_blob("con", "c", b"v2", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "c", b"v2");
     assert_eq!(fds_under(dir.path()), 0);
     assert_eq!(read_all(&s, "con", "c"), b"v2");
     assert_eq!(fds_under(dir.path()), 1);
@@ -418,8 +406,7 @@ fn fs_open_files_delete_closes_the_file() {
     ));
     // A new container of the same name starts clean.
     s.create_container("con", vec![]).unwrap();
-    s.put_blob("con", "c", b"new", NewBlob::default(), &none)
-        .unwrap();
+    put(&s, "c", b"new");
     assert_eq!(read_all(&s, "con", "c"), b"new");
     assert_eq!(read_all(&s, "other", "d"), b"kept");
 }

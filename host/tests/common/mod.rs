@@ -1,19 +1,59 @@
 //! Shared helpers for host integration tests: start the real `blobring-host` binary on a free
-//! loopback port and kill it on drop (also when a test panics).
+//! loopback port and kill it on drop (also when a test panics), or check that it refuses to
+//! start; signed and unsigned raw requests; an executor without auth; object_store's suite.
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
+use blobring_host::{
+    Backend, EMULATOR_ACCOUNT, EMULATOR_KEY, Executor, ExecutorConfig, Faults, SharedKeyAuth,
+};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::integration::*;
 
 pub mod vmbus;
+
+/// `blobring-host <args>` started with `RUST_LOG=warn`, no stdin, stdout piped (for the lines
+/// it prints) and stderr passed through.
+pub fn spawn_host<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_blobring-host"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn blobring-host")
+}
+
+/// Runs `blobring-host <args>`, which must fail; returns what it wrote to stderr.
+pub fn host_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
+        .args(args)
+        .output()
+        .expect("run blobring-host");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} should fail: {err}");
+    err
+}
+
+/// An executor over `store` for the emulator account, without auth or faults.
+pub fn plain_executor(store: impl Into<Backend>) -> Executor {
+    Executor::new(
+        store,
+        ExecutorConfig {
+            account: EMULATOR_ACCOUNT.into(),
+            auth: None,
+            faults: Faults::default(),
+        },
+    )
+}
 
 /// A running host process.
 pub struct Host {
@@ -40,13 +80,7 @@ impl Host {
 
     /// Start `blobring-host <args>` and wait (≤ 30 s) for its `listening on <url>` line.
     pub fn spawn(args: &[&str]) -> Host {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn blobring-host");
+        let mut child = spawn_host(args);
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, lines) = mpsc::channel();
         // Keep draining, so the child never blocks on a full pipe.
@@ -101,6 +135,25 @@ impl Host {
         body: &[u8],
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
         signed_request(&self.url, method, path_and_query, headers, body)
+    }
+
+    /// [`Host::request`] whose answer must have `status`; returns its headers and body.
+    pub fn expect(
+        &self,
+        status: u16,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (Headers, Vec<u8>) {
+        let (s, h, b) = self.request(method, path_and_query, headers, body);
+        assert_eq!(
+            s,
+            status,
+            "{method} {path_and_query}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        (h, b)
     }
 }
 
@@ -172,14 +225,21 @@ impl HostRef {
 
 /// GET `pq` without any Authorization header; returns (status, headers, body).
 pub fn unsigned_get(url: &str, pq: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    unsigned_get_with(url, pq, &[])
+}
+
+/// [`unsigned_get`] with the header `lines` (`Name: value` each) after `Host`.
+pub fn unsigned_get_with(url: &str, pq: &str, lines: &[&str]) -> (u16, Headers, Vec<u8>) {
     let addr = url.strip_prefix("http://").unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {pq} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("GET {pq} HTTP/1.1\r\nHost: {addr}\r\n");
+    for l in lines {
+        head.push_str(l);
+        head.push_str("\r\n");
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     parse_response(&buf)

@@ -6,10 +6,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use blobring_host::vsp::VSP_OK;
+use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
 
 /// How long start-up and driver connection may take.
@@ -46,16 +47,17 @@ impl VmbusHost {
             || format!("fs:{}", dir.path().join("store").display()),
             str::to_owned,
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blobring-host"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--store", &store, "--channels", &channels.to_string()])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn blobring-host");
+        let socket_arg = socket.to_str().expect("UTF-8 scratch path");
+        let channels_arg = channels.to_string();
+        let args = [
+            "--socket",
+            socket_arg,
+            "--store",
+            &store,
+            "--channels",
+            &channels_arg,
+        ];
+        let mut child = super::spawn_host(args.iter().chain(extra));
         let stdout = child.stdout.take().expect("stdout");
         let mut host = VmbusHost {
             child,
@@ -155,4 +157,87 @@ pub fn completion_resp(c: &Completion) -> Resp {
     );
     resp.body = c.body.clone();
     resp
+}
+
+/// A request head: the request line for `path_and_query`, then `lines` (`Name: value` each),
+/// then the blank line.
+pub fn request_head<L: AsRef<str>>(
+    method: &str,
+    path_and_query: &str,
+    lines: impl IntoIterator<Item = L>,
+) -> Vec<u8> {
+    let mut s = format!("{method} {path_and_query} HTTP/1.1\r\n");
+    for l in lines {
+        s.push_str(l.as_ref());
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+/// A head for `/devstoreaccount1/<path>` signed with the emulator key: `Host: <host>`,
+/// `Authorization`, then `x-ms-date`, `x-ms-version`, `extra` and (when given) `Content-Length`.
+pub fn signed_head(
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    content_length: Option<usize>,
+    host: &str,
+) -> Vec<u8> {
+    let mut hm = http::HeaderMap::new();
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    hm.insert("x-ms-date", date.parse().unwrap());
+    hm.insert("x-ms-version", http::HeaderValue::from_static("2023-11-03"));
+    for (k, v) in extra {
+        hm.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    if let Some(n) = content_length {
+        hm.insert("content-length", n.into());
+    }
+    let pq = format!("/{EMULATOR_ACCOUNT}/{path}");
+    let auth = SharedKeyAuth::new(EMULATOR_ACCOUNT, EMULATOR_KEY).unwrap();
+    let sig = auth.authorization(&method.parse().unwrap(), &pq, &hm);
+    let fixed = [format!("Host: {host}"), format!("Authorization: {sig}")];
+    let lines = hm
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()));
+    request_head(method, &pq, fixed.into_iter().chain(lines))
+}
+
+/// Bytes of a recognisable pattern (`seed` varies it).
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+/// Standard base64 of `s`.
+pub fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The Put Block path of block `id` (base64, `=` escaped) of `blob`.
+pub fn block_path(blob: &str, id: &str) -> String {
+    format!("{blob}?comp=block&blockid={}", b64(id).replace('=', "%3D"))
+}
+
+/// A Put Block List body naming the blocks `ids` (base64 of each), all `Latest`, in order.
+pub fn block_list_xml(ids: &[&str]) -> String {
+    let latest: String = ids
+        .iter()
+        .map(|id| format!("<Latest>{}</Latest>", b64(id)))
+        .collect();
+    format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>{latest}</BlockList>")
+}
+
+/// `r` is the 206 answer to `bytes=<first>-<last>` of `whole`: its Content-Range and bytes.
+pub fn assert_ranged(r: &Resp, whole: &[u8], first: usize, last: usize) {
+    assert_eq!(r.status, 206);
+    let range = format!("bytes {first}-{last}/{}", whole.len());
+    assert_eq!(r.h("content-range"), Some(range.as_str()));
+    assert!(r.body == whole[first..=last], "ranged GET is byte-exact");
 }

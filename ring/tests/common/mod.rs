@@ -302,6 +302,40 @@ fn count_wait(stats: &mut Stats, w: WaitOutcome) {
     }
 }
 
+/// Nothing to do this round: an error once `deadline` has passed, else one spin or one sleep
+/// through `wait` (given [`SLEEP_TIMEOUT`]), counted in `st`.
+fn idle_round<E: std::fmt::Display>(
+    who: &str,
+    idle: Idle,
+    deadline: Instant,
+    st: &mut Stats,
+    wait: impl FnOnce(Duration) -> Result<WaitOutcome, E>,
+) -> Result<(), String> {
+    if Instant::now() > deadline {
+        return Err(format!(
+            "{who}: deadline passed after {} entries",
+            st.entries
+        ));
+    }
+    match idle {
+        Idle::Spin => std::hint::spin_loop(),
+        Idle::Sleep => {
+            let w = wait(SLEEP_TIMEOUT).map_err(|e| e.to_string())?;
+            count_wait(st, w);
+        }
+    }
+    Ok(())
+}
+
+/// Wakes `peer` when the ring asked for it (`wake_peer`), counting the signal in `st`.
+fn signal_if(wake_peer: bool, peer: &impl Notifier, st: &mut Stats) -> Result<(), String> {
+    if wake_peer {
+        st.signals += 1;
+        peer.notify().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Echo daemon: takes SQEs (user_data must be `0, 1, 2, ...`), completes each at once with a
 /// CQE echoing it, until `count` entries were served.
 pub fn run_echo_daemon(end: &DaemonEnd, idle: Idle, deadline: Instant) -> Result<Stats, String> {
@@ -312,21 +346,9 @@ pub fn run_echo_daemon(end: &DaemonEnd, idle: Idle, deadline: Instant) -> Result
     while st.entries < end.params.count {
         let n = q.take(&mut sqes).map_err(|e| e.to_string())?;
         if n == 0 {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "daemon: deadline passed after {} entries",
-                    st.entries
-                ));
-            }
-            match idle {
-                Idle::Spin => std::hint::spin_loop(),
-                Idle::Sleep => {
-                    let w = q
-                        .wait(&end.doorbell, Some(SLEEP_TIMEOUT))
-                        .map_err(|e| e.to_string())?;
-                    count_wait(&mut st, w);
-                }
-            }
+            idle_round("daemon", idle, deadline, &mut st, |t| {
+                q.wait(&end.doorbell, Some(t))
+            })?;
             continue;
         }
         for (s, c) in sqes[..n].iter().zip(cqes.iter_mut()) {
@@ -344,10 +366,7 @@ pub fn run_echo_daemon(end: &DaemonEnd, idle: Idle, deadline: Instant) -> Result
             };
         }
         let p = q.complete(&cqes[..n]).map_err(|e| e.to_string())?;
-        if p.wake_peer {
-            st.signals += 1;
-            end.futex.notify().map_err(|e| e.to_string())?;
-        }
+        signal_if(p.wake_peer, &end.futex, &mut st)?;
     }
     Ok(st)
 }
@@ -381,16 +400,10 @@ pub fn run_stream_client(
             let p = q.submit(&sqes[..k]).map_err(|e| e.to_string())?;
             next += p.count as u64;
             progressed |= p.count > 0;
-            if p.wake_peer {
-                st.signals += 1;
-                end.doorbell.notify().map_err(|e| e.to_string())?;
-            }
+            signal_if(p.wake_peer, &end.doorbell, &mut st)?;
         }
         let p = q.reap(&mut cqes).map_err(|e| e.to_string())?;
-        if p.wake_peer {
-            st.signals += 1;
-            end.doorbell.notify().map_err(|e| e.to_string())?;
-        }
+        signal_if(p.wake_peer, &end.doorbell, &mut st)?;
         for c in &cqes[..p.count] {
             if c.user_data != st.entries || c.res != 0 {
                 return Err(format!(
@@ -402,21 +415,9 @@ pub fn run_stream_client(
         }
         progressed |= p.count > 0;
         if !progressed {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "client: deadline passed after {} entries",
-                    st.entries
-                ));
-            }
-            match idle {
-                Idle::Spin => std::hint::spin_loop(),
-                Idle::Sleep => {
-                    let w = q
-                        .wait(&end.futex, Some(SLEEP_TIMEOUT))
-                        .map_err(|e| e.to_string())?;
-                    count_wait(&mut st, w);
-                }
-            }
+            idle_round("client", idle, deadline, &mut st, |t| {
+                q.wait(&end.futex, Some(t))
+            })?;
         }
     }
     Ok(st)
