@@ -119,6 +119,33 @@ macro_rules! abi_struct {
 }
 pub(crate) use abi_struct;
 
+/// Declares constants that the C header defines too, so each is named once: the Rust `const`s,
+/// and a function `$group` listing each one's C name with its value as C spells it (`Display`,
+/// or the format given after the name, e.g. `"0x{:08x}u"`).
+macro_rules! c_consts {
+    (
+        fn $group:ident;
+        $(
+            $(#[doc = $doc:literal])*
+            pub const $name:ident : $ty:ty = $value:expr => $cname:literal $(, $fmt:literal)?;
+        )*
+    ) => {
+        $( $(#[doc = $doc])* pub const $name: $ty = $value; )*
+
+        /// The C `#define`s of these constants: name and value.
+        pub(crate) fn $group() -> Vec<(&'static str, String)> {
+            vec![$( ($cname, $crate::cdecl::c_consts!(@value $name $(, $fmt)?)) ),*]
+        }
+    };
+    (@value $name:ident) => {
+        $name.to_string()
+    };
+    (@value $name:ident, $fmt:literal) => {
+        format!($fmt, $name)
+    };
+}
+pub(crate) use c_consts;
+
 /// Emits one struct with its size and offset assertions.
 pub(crate) fn emit_struct<S: CStruct>(out: &mut String) {
     let doc = S::C_DOC.split("\n\n").next().unwrap_or("").trim();

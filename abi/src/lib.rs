@@ -33,18 +33,21 @@ pub use cdecl::{CStruct, CType};
 pub use geometry::{GeometryError, RegionGeometry};
 pub use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
-use cdecl::abi_struct;
+use cdecl::{abi_struct, c_consts};
 
-/// `"BLOBRNG1"` little-endian: first 8 bytes of every client region.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"BLOBRNG1");
-/// Version of every layout in this crate; both peers must agree exactly.
-pub const ABI_VERSION: u32 = 1;
-/// Size of the region header page. Queue pairs start right after it.
-pub const HEADER_LEN: u64 = 4096;
-/// Size of the queue-pair control block ([`QueueControl`]); the SQE array follows it.
-pub const QUEUE_CONTROL_LEN: u64 = 256;
-/// Largest SQ size a daemon accepts (entries; a power of two).
-pub const MAX_SQ_ENTRIES: u32 = 32768;
+c_consts! {
+    fn region_consts;
+    /// `"BLOBRNG1"` little-endian: first 8 bytes of every client region.
+    pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"BLOBRNG1") => "BLOBRING_REGION_MAGIC", "0x{:016x}ULL";
+    /// Version of every layout in this crate; both peers must agree exactly.
+    pub const ABI_VERSION: u32 = 1 => "BLOBRING_ABI_VERSION";
+    /// Size of the region header page. Queue pairs start right after it.
+    pub const HEADER_LEN: u64 = 4096 => "BLOBRING_HEADER_LEN";
+    /// Size of the queue-pair control block ([`QueueControl`]); the SQE array follows it.
+    pub const QUEUE_CONTROL_LEN: u64 = 256 => "BLOBRING_QUEUE_CONTROL_LEN";
+    /// Largest SQ size a daemon accepts (entries; a power of two).
+    pub const MAX_SQ_ENTRIES: u32 = 32768 => "BLOBRING_MAX_SQ_ENTRIES";
+}
 
 // ---------------------------------------------------------------------------------------------
 // Client region
@@ -119,11 +122,14 @@ abi_struct! {
     }
 }
 
-/// SQE opcode: an HTTP-modelled Azure Blob request executed by the host (the seed's
-/// `USER_REQUEST`).
-pub const OP_BLOB: u8 = 1;
-/// SQE opcode: complete at once without involving the host (ring and wakeup measurements).
-pub const OP_NOP: u8 = 2;
+c_consts! {
+    fn opcode_consts;
+    /// SQE opcode: an HTTP-modelled Azure Blob request executed by the host (the seed's
+    /// `USER_REQUEST`).
+    pub const OP_BLOB: u8 = 1 => "BLOBRING_OP_BLOB";
+    /// SQE opcode: complete at once without involving the host (ring and wakeup measurements).
+    pub const OP_NOP: u8 = 2 => "BLOBRING_OP_NOP";
+}
 
 abi_struct! {
     /// Submission queue entry (64 bytes, one cache line).
@@ -285,11 +291,14 @@ impl Sqe {
     }
 }
 
-/// CQE flag: the request failed (e.g. `-ETIMEDOUT`) but the host may still write into its
-/// buffers; a second CQE with [`CQE_F_BUFFERS_RELEASED`] follows.
-pub const CQE_F_BUFFERS_LENT: u32 = 1;
-/// CQE flag: the buffers of an earlier [`CQE_F_BUFFERS_LENT`] completion are free again.
-pub const CQE_F_BUFFERS_RELEASED: u32 = 2;
+c_consts! {
+    fn cqe_flag_consts;
+    /// CQE flag: the request failed (e.g. `-ETIMEDOUT`) but the host may still write into its
+    /// buffers; a second CQE with [`CQE_F_BUFFERS_RELEASED`] follows.
+    pub const CQE_F_BUFFERS_LENT: u32 = 1 => "BLOBRING_CQE_F_BUFFERS_LENT";
+    /// CQE flag: the buffers of an earlier [`CQE_F_BUFFERS_LENT`] completion are free again.
+    pub const CQE_F_BUFFERS_RELEASED: u32 = 2 => "BLOBRING_CQE_F_BUFFERS_RELEASED";
+}
 
 abi_struct! {
     /// Completion queue entry (32 bytes).
@@ -342,10 +351,13 @@ impl Cqe {
 // Handshake (unix stream socket)
 // ---------------------------------------------------------------------------------------------
 
-/// Magic of [`HelloRequest`] (`"BRHQ"`).
-pub const HELLO_REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"BRHQ");
-/// Magic of [`HelloReply`] (`"BRHR"`).
-pub const HELLO_REPLY_MAGIC: u32 = u32::from_le_bytes(*b"BRHR");
+c_consts! {
+    fn hello_magic_consts;
+    /// Magic of [`HelloRequest`] (`"BRHQ"`).
+    pub const HELLO_REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"BRHQ") => "BLOBRING_HELLO_REQUEST_MAGIC", "0x{:08x}u";
+    /// Magic of [`HelloReply`] (`"BRHR"`).
+    pub const HELLO_REPLY_MAGIC: u32 = u32::from_le_bytes(*b"BRHR") => "BLOBRING_HELLO_REPLY_MAGIC", "0x{:08x}u";
+}
 
 abi_struct! {
     /// First message of a client on the daemon socket (64 bytes).
@@ -366,18 +378,21 @@ abi_struct! {
     }
 }
 
-/// Handshake status: accepted; the memfd and eventfds travel with the reply.
-pub const HELLO_OK: u32 = 0;
-/// Handshake status: the daemon speaks another ABI version.
-pub const HELLO_VERSION_MISMATCH: u32 = 1;
-/// Handshake status: the peer's uid/gid is not allowed by the daemon's policy.
-pub const HELLO_NOT_PERMITTED: u32 = 2;
-/// Handshake status: a per-client or per-uid limit would be exceeded.
-pub const HELLO_LIMIT_EXCEEDED: u32 = 3;
-/// Handshake status: the request was malformed.
-pub const HELLO_BAD_REQUEST: u32 = 4;
-/// Handshake status: the daemon cannot serve now (e.g. no host channel).
-pub const HELLO_UNAVAILABLE: u32 = 5;
+c_consts! {
+    fn hello_status_consts;
+    /// Handshake status: accepted; the memfd and eventfds travel with the reply.
+    pub const HELLO_OK: u32 = 0 => "BLOBRING_HELLO_OK";
+    /// Handshake status: the daemon speaks another ABI version.
+    pub const HELLO_VERSION_MISMATCH: u32 = 1 => "BLOBRING_HELLO_VERSION_MISMATCH";
+    /// Handshake status: the peer's uid/gid is not allowed by the daemon's policy.
+    pub const HELLO_NOT_PERMITTED: u32 = 2 => "BLOBRING_HELLO_NOT_PERMITTED";
+    /// Handshake status: a per-client or per-uid limit would be exceeded.
+    pub const HELLO_LIMIT_EXCEEDED: u32 = 3 => "BLOBRING_HELLO_LIMIT_EXCEEDED";
+    /// Handshake status: the request was malformed.
+    pub const HELLO_BAD_REQUEST: u32 = 4 => "BLOBRING_HELLO_BAD_REQUEST";
+    /// Handshake status: the daemon cannot serve now (e.g. no host channel).
+    pub const HELLO_UNAVAILABLE: u32 = 5 => "BLOBRING_HELLO_UNAVAILABLE";
+}
 
 abi_struct! {
     /// The daemon's answer (256 bytes). With [`HELLO_OK`] it carries, as `SCM_RIGHTS`, the
@@ -488,88 +503,18 @@ pub fn c_header() -> String {
          #if defined(__cplusplus)\n#define BLOBRING_STATIC_ASSERT static_assert\n#else\n\
          #define BLOBRING_STATIC_ASSERT _Static_assert\n#endif\n\n",
     );
-    let consts: &[(&str, String)] = &[
-        ("BLOBRING_REGION_MAGIC", format!("0x{REGION_MAGIC:016x}ULL")),
-        ("BLOBRING_ABI_VERSION", ABI_VERSION.to_string()),
-        ("BLOBRING_HEADER_LEN", HEADER_LEN.to_string()),
-        ("BLOBRING_QUEUE_CONTROL_LEN", QUEUE_CONTROL_LEN.to_string()),
-        ("BLOBRING_MAX_SQ_ENTRIES", MAX_SQ_ENTRIES.to_string()),
-        ("BLOBRING_OP_BLOB", OP_BLOB.to_string()),
-        ("BLOBRING_OP_NOP", OP_NOP.to_string()),
-        (
-            "BLOBRING_CQE_F_BUFFERS_LENT",
-            CQE_F_BUFFERS_LENT.to_string(),
-        ),
-        (
-            "BLOBRING_CQE_F_BUFFERS_RELEASED",
-            CQE_F_BUFFERS_RELEASED.to_string(),
-        ),
-        (
-            "BLOBRING_HELLO_REQUEST_MAGIC",
-            format!("0x{HELLO_REQUEST_MAGIC:08x}u"),
-        ),
-        (
-            "BLOBRING_HELLO_REPLY_MAGIC",
-            format!("0x{HELLO_REPLY_MAGIC:08x}u"),
-        ),
-        ("BLOBRING_HELLO_OK", HELLO_OK.to_string()),
-        (
-            "BLOBRING_HELLO_VERSION_MISMATCH",
-            HELLO_VERSION_MISMATCH.to_string(),
-        ),
-        (
-            "BLOBRING_HELLO_NOT_PERMITTED",
-            HELLO_NOT_PERMITTED.to_string(),
-        ),
-        (
-            "BLOBRING_HELLO_LIMIT_EXCEEDED",
-            HELLO_LIMIT_EXCEEDED.to_string(),
-        ),
-        ("BLOBRING_HELLO_BAD_REQUEST", HELLO_BAD_REQUEST.to_string()),
-        ("BLOBRING_HELLO_UNAVAILABLE", HELLO_UNAVAILABLE.to_string()),
-        ("HV_PKT_DATA_INBAND", vmbus::PKT_DATA_INBAND.to_string()),
-        (
-            "HV_PKT_DATA_USING_GPA_DIRECT",
-            vmbus::PKT_DATA_USING_GPA_DIRECT.to_string(),
-        ),
-        ("HV_PKT_COMP", vmbus::PKT_COMP.to_string()),
-        (
-            "HV_PKT_FLAG_COMPLETION_REQUESTED",
-            vmbus::PKT_FLAG_COMPLETION_REQUESTED.to_string(),
-        ),
-        ("HV_RING_CONTROL_LEN", vmbus::RING_CONTROL_LEN.to_string()),
-        (
-            "AZ_BLOB_OP_USER_REQUEST",
-            format!("0x{:x}", vmbus::AZ_BLOB_OP_USER_REQUEST),
-        ),
-        (
-            "AZ_BLOB_VSP_PROTOCOL_VERSION",
-            vmbus::AZ_BLOB_VSP_PROTOCOL_VERSION.to_string(),
-        ),
-        ("AZ_BLOB_MAX_PAGES", vmbus::AZ_BLOB_MAX_PAGES.to_string()),
-        ("AZ_BLOB_VSP_OK", vmbus::VSP_OK.to_string()),
-        (
-            "AZ_BLOB_VSP_ERR_BAD_REQUEST",
-            vmbus::VSP_ERR_BAD_REQUEST.to_string(),
-        ),
-        (
-            "AZ_BLOB_VSP_ERR_BAD_PAGE",
-            vmbus::VSP_ERR_BAD_PAGE.to_string(),
-        ),
-        (
-            "AZ_BLOB_VSP_ERR_BODY_TOO_LARGE",
-            vmbus::VSP_ERR_BODY_TOO_LARGE.to_string(),
-        ),
-        (
-            "AZ_BLOB_VSP_ERR_HEAD_TOO_LARGE",
-            vmbus::VSP_ERR_HEAD_TOO_LARGE.to_string(),
-        ),
-        (
-            "AZ_BLOB_VSP_ERR_INTERNAL",
-            vmbus::VSP_ERR_INTERNAL.to_string(),
-        ),
+    let consts = [
+        region_consts(),
+        opcode_consts(),
+        cqe_flag_consts(),
+        hello_magic_consts(),
+        hello_status_consts(),
+        vmbus::ring_consts(),
+        vmbus::packet_consts(),
+        vmbus::vsp_consts(),
+        vmbus::vsp_status_consts(),
     ];
-    for (name, value) in consts {
+    for (name, value) in consts.iter().flatten() {
         out.push_str(&format!("#define {name} {value}\n"));
     }
     out.push('\n');

@@ -3,25 +3,31 @@
 //! These are the exact wire shapes; validation of values read from a ring is the `vmbus`
 //! crate's job.
 
-use crate::cdecl::abi_struct;
+use crate::cdecl::{abi_struct, c_consts};
 
-/// Bytes of a ring's control page; the data area starts right after it.
-pub const RING_CONTROL_LEN: u64 = 4096;
-/// `feature_bits` bit 0: the sender honours and fills `pending_send_sz`.
-pub const RING_FEAT_PENDING_SEND_SZ: u32 = 1;
-/// Bytes of the trailer after every packet (`u64` = old write index `<< 32`).
-pub const PACKET_TRAILER_LEN: u64 = 8;
+c_consts! {
+    fn ring_consts;
+    /// Bytes of a ring's control page; the data area starts right after it.
+    pub const RING_CONTROL_LEN: u64 = 4096 => "HV_RING_CONTROL_LEN";
+    /// `feature_bits` bit 0: the sender honours and fills `pending_send_sz`.
+    pub const RING_FEAT_PENDING_SEND_SZ: u32 = 1 => "HV_RING_FEAT_PENDING_SEND_SZ";
+    /// Bytes of the trailer after every packet (`u64` = old write index `<< 32`).
+    pub const PACKET_TRAILER_LEN: u64 = 8 => "HV_PACKET_TRAILER_LEN";
+}
 
-/// Packet type: in-band data, payload at offset 16.
-pub const PKT_DATA_INBAND: u16 = 0x6;
-/// Packet type: data using transfer pages (host → guest; not used by the blob device).
-pub const PKT_DATA_USING_XFER_PAGES: u16 = 0x7;
-/// Packet type: data described by guest-physical page ranges.
-pub const PKT_DATA_USING_GPA_DIRECT: u16 = 0x9;
-/// Packet type: completion of the request with the same `trans_id`.
-pub const PKT_COMP: u16 = 0xb;
-/// Descriptor flag: the sender wants a completion packet.
-pub const PKT_FLAG_COMPLETION_REQUESTED: u16 = 1;
+c_consts! {
+    fn packet_consts;
+    /// Packet type: in-band data, payload at offset 16.
+    pub const PKT_DATA_INBAND: u16 = 0x6 => "HV_PKT_DATA_INBAND";
+    /// Packet type: data using transfer pages (host → guest; not used by the blob device).
+    pub const PKT_DATA_USING_XFER_PAGES: u16 = 0x7 => "HV_PKT_DATA_USING_XFER_PAGES";
+    /// Packet type: data described by guest-physical page ranges.
+    pub const PKT_DATA_USING_GPA_DIRECT: u16 = 0x9 => "HV_PKT_DATA_USING_GPA_DIRECT";
+    /// Packet type: completion of the request with the same `trans_id`.
+    pub const PKT_COMP: u16 = 0xb => "HV_PKT_COMP";
+    /// Descriptor flag: the sender wants a completion packet.
+    pub const PKT_FLAG_COMPLETION_REQUESTED: u16 = 1 => "HV_PKT_FLAG_COMPLETION_REQUESTED";
+}
 
 /// Class GUID of the Azure Blob device, `{0590b792-db64-45cc-81db-b8d70c577c9e}`, in the
 /// little-endian (Windows `GUID`) byte order used on the wire and in sysfs `class_id` parsing.
@@ -30,14 +36,18 @@ pub const AZ_BLOB_CLASS_GUID: [u8; 16] = [
 ];
 /// The class GUID as text, as sysfs prints it.
 pub const AZ_BLOB_CLASS_GUID_STR: &str = "0590b792-db64-45cc-81db-b8d70c577c9e";
-/// `operation_type` of a user request.
-pub const AZ_BLOB_OP_USER_REQUEST: u32 = 0x100;
-/// `version` of [`AzBlobVspRequest`] (`VSP_PROTOCOL_VERSION_V1` = 0).
-pub const AZ_BLOB_VSP_PROTOCOL_VERSION: u32 = 0;
-/// Most pages (data + request + response) one request may name.
-pub const AZ_BLOB_MAX_PAGES: u32 = 8192;
-/// Hyper-V page size; PFNs in packets count these.
-pub const HV_PAGE_SIZE: u64 = 4096;
+
+c_consts! {
+    fn vsp_consts;
+    /// `operation_type` of a user request.
+    pub const AZ_BLOB_OP_USER_REQUEST: u32 = 0x100 => "AZ_BLOB_OP_USER_REQUEST", "0x{:x}";
+    /// `version` of [`AzBlobVspRequest`] (`VSP_PROTOCOL_VERSION_V1` = 0).
+    pub const AZ_BLOB_VSP_PROTOCOL_VERSION: u32 = 0 => "AZ_BLOB_VSP_PROTOCOL_VERSION";
+    /// Most pages (data + request + response) one request may name.
+    pub const AZ_BLOB_MAX_PAGES: u32 = 8192 => "AZ_BLOB_MAX_PAGES";
+    /// Hyper-V page size; PFNs in packets count these.
+    pub const HV_PAGE_SIZE: u64 = 4096 => "HV_PAGE_SIZE";
+}
 
 abi_struct! {
     /// Ring control page (`hv_ring_buffer`), 4096 bytes at the start of each ring.
@@ -147,21 +157,24 @@ abi_struct! {
     }
 }
 
-/// VSP status ([`AzBlobVspResponse::error`]): executed; the HTTP status is in the response
-/// head.
-pub const VSP_OK: u32 = 0;
-/// VSP status: the packet is not a valid blob request.
-pub const VSP_ERR_BAD_REQUEST: u32 = 1;
-/// VSP status: a buffer page is outside the registered guest memory.
-pub const VSP_ERR_BAD_PAGE: u32 = 2;
-/// VSP status: the response body does not fit the data buffer; `length` carries the bytes
-/// needed (saturated at `u32::MAX`); nothing was written.
-pub const VSP_ERR_BODY_TOO_LARGE: u32 = 3;
-/// VSP status: the response head does not fit the response buffer; `response_len` carries the
-/// bytes needed (the body may have been written).
-pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4;
-/// VSP status: the host failed internally.
-pub const VSP_ERR_INTERNAL: u32 = 5;
+c_consts! {
+    fn vsp_status_consts;
+    /// VSP status ([`AzBlobVspResponse::error`]): executed; the HTTP status is in the response
+    /// head.
+    pub const VSP_OK: u32 = 0 => "AZ_BLOB_VSP_OK";
+    /// VSP status: the packet is not a valid blob request.
+    pub const VSP_ERR_BAD_REQUEST: u32 = 1 => "AZ_BLOB_VSP_ERR_BAD_REQUEST";
+    /// VSP status: a buffer page is outside the registered guest memory.
+    pub const VSP_ERR_BAD_PAGE: u32 = 2 => "AZ_BLOB_VSP_ERR_BAD_PAGE";
+    /// VSP status: the response body does not fit the data buffer; `length` carries the bytes
+    /// needed (saturated at `u32::MAX`); nothing was written.
+    pub const VSP_ERR_BODY_TOO_LARGE: u32 = 3 => "AZ_BLOB_VSP_ERR_BODY_TOO_LARGE";
+    /// VSP status: the response head does not fit the response buffer; `response_len` carries the
+    /// bytes needed (the body may have been written).
+    pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4 => "AZ_BLOB_VSP_ERR_HEAD_TOO_LARGE";
+    /// VSP status: the host failed internally.
+    pub const VSP_ERR_INTERNAL: u32 = 5 => "AZ_BLOB_VSP_ERR_INTERNAL";
+}
 
 const _: () = {
     use core::mem::{offset_of, size_of};
