@@ -90,26 +90,7 @@ pub fn run(stack: &Stack, o: &ScaleOptions, pb: &ProgressBar, report: &mut Repor
         wait_clients(stack, n)?;
         let idle = proc_rss(stack.daemon_pid())?;
         // Peak RSS while the clients run.
-        let stop = Arc::new(AtomicBool::new(false));
-        let pid = stack.daemon_pid();
-        let sampler = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut peak = Rss::default();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(r) = proc_rss(pid)
-                        && r.total_kib > peak.total_kib
-                    {
-                        peak = r;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                peak
-            })
-        };
-        let res = fleet.go();
-        stop.store(true, Ordering::Relaxed);
-        let peak = sampler.join().unwrap_or_default();
+        let (res, peak) = peak_rss_while(stack.daemon_pid(), || fleet.go());
         let (outs, _) = res?;
         let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)?;
         for o in &outs {
@@ -137,6 +118,41 @@ pub fn run(stack: &Stack, o: &ScaleOptions, pb: &ProgressBar, report: &mut Repor
         });
         pb.inc(1);
     }
+    scale_targets(report);
+    report.notes.push(
+        "scale RSS: the daemon maps each client's region; the pages it touches (header, \
+         queues) count in VmRSS as RssShmem, sized by the client's geometry; RssAnon is the \
+         daemon's own memory per client, which the RSS targets are checked against"
+            .into(),
+    );
+    Ok(())
+}
+
+/// Samples the RSS of process `pid` every 20 ms while `f` runs: `f`'s result and the peak.
+fn peak_rss_while<T>(pid: u32, f: impl FnOnce() -> T) -> (T, Rss) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = Rss::default();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(r) = proc_rss(pid)
+                    && r.total_kib > peak.total_kib
+                {
+                    peak = r;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    (out, sampler.join().unwrap_or_default())
+}
+
+/// The RSS-per-client and scale-vs-peak targets, from the largest step.
+fn scale_targets(report: &mut Report) {
     if let Some(last) = report.scale.iter().max_by_key(|s| s.clients) {
         let anon = last.daemon_anon_per_client_kib;
         for (issue, bound) in [("#6", 256.0), ("#15", 64.0)] {
@@ -163,13 +179,6 @@ pub fn run(stack: &Stack, o: &ScaleOptions, pb: &ProgressBar, report: &mut Repor
             "×",
         ));
     }
-    report.notes.push(
-        "scale RSS: the daemon maps each client's region; the pages it touches (header, \
-         queues) count in VmRSS as RssShmem, sized by the client's geometry; RssAnon is the \
-         daemon's own memory per client, which the RSS targets are checked against"
-            .into(),
-    );
-    Ok(())
 }
 
 /// Waits (≤ 30 s) until the daemon reports `n` connected clients.
