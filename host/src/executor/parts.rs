@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use blobring_proto::header::{BODY_PART_HEADER, BODY_PART_ID_HEADER};
 use md5::{Digest, Md5};
 
-use super::{
-    AzError, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob, set,
-};
+use super::{AzError, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob};
 use crate::store::{BlockRef, Store};
 
 /// Uploads in progress at once.
@@ -172,9 +170,7 @@ impl Executor {
         if u.next < total {
             let next = u.next;
             self.parts.put_back(id.to_owned(), u);
-            let mut r = Resp::new(202);
-            set(&mut r.headers, BODY_PART_HEADER, &format!("{next}/{total}"));
-            return Ok(r);
+            return Ok(Resp::new(202).h(BODY_PART_HEADER, format_args!("{next}/{total}")));
         }
         // The last part: check the whole body, then commit.
         let cond = conditions(req)?;
