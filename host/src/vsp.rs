@@ -357,21 +357,10 @@ impl VspServer {
         let pool = Pool::start(self.exec.clone(), &self.cfg, &self.shared)?;
         let mut workers: Vec<Worker> = Vec::new();
         let result = loop {
-            if stop.load(Ordering::Relaxed) {
-                break Ok(());
-            }
-            if sess.rescind_now.load(Ordering::Acquire) {
-                tracing::info!("rescinding the device (fault injection)");
-                let _ = session.rescind(1);
-                break Ok(());
-            }
-            let ev = match session.try_next_event() {
+            let ev = match next_event(&mut session, stop, &sess) {
                 Ok(Some(ev)) => ev,
-                Ok(None) => {
-                    let _ = wait_readable(session.as_fd(), Duration::from_millis(10));
-                    continue;
-                }
-                Err(e) => break Err(VspError::Session(e)),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             };
             match ev {
                 HostEvent::ChannelOpened(ch) => {
@@ -408,6 +397,29 @@ impl VspServer {
         // the job queue closes; queued jobs of an ended session are skipped. Not joined.
         drop(pool);
         result
+    }
+}
+
+/// The session's next bus event, waited for in steps of 10 ms; `None` once the server is
+/// stopping or the rescind fault has fired (`RESCIND` sent).
+fn next_event(
+    session: &mut HostSession,
+    stop: &AtomicBool,
+    sess: &SessionState,
+) -> Result<Option<HostEvent>, VspError> {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if sess.rescind_now.load(Ordering::Acquire) {
+            tracing::info!("rescinding the device (fault injection)");
+            let _ = session.rescind(1);
+            return Ok(None);
+        }
+        if let Some(ev) = session.try_next_event()? {
+            return Ok(Some(ev));
+        }
+        let _ = wait_readable(session.as_fd(), Duration::from_millis(10));
     }
 }
 
