@@ -532,3 +532,114 @@ impl Resp {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(h: &ResponseHeaders) -> Vec<(String, String)> {
+        h.iter()
+            .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
+
+    /// Setting a present name replaces its value where it stands (as `HeaderMap::insert`), a
+    /// run-time name is lower-cased, what `http` would refuse is not set, and removal keeps
+    /// the order of the rest.
+    #[test]
+    fn response_headers_behave_like_the_map_they_replace() {
+        let mut h = ResponseHeaders::new();
+        h.set("etag", "\"0x1\"");
+        h.set("content-length", 5);
+        h.set_named(format_args!("x-ms-meta-{}", "Colour"), "blue");
+        h.set("etag", "\"0x2\"");
+        h.set("x-bad-value", "a\r\nb");
+        h.set_named("bad name", "v");
+        h.set_bytes("x-raw", b"caf\xc3\xa9");
+        assert_eq!(
+            pairs(&h),
+            [
+                ("etag", "\"0x2\""),
+                ("content-length", "5"),
+                ("x-ms-meta-colour", "blue"),
+                ("x-raw", "café"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(h.get("ETag").unwrap(), "\"0x2\"");
+        assert!(
+            h.get("x-raw").unwrap().to_str().is_err(),
+            "not visible ASCII"
+        );
+        assert_eq!(h.get("x-raw").unwrap().as_bytes(), b"caf\xc3\xa9");
+        assert!(!h.contains_key("x-bad-value") && !h.contains_key("bad name"));
+        assert_eq!(&h["x-ms-meta-colour"], "blue");
+        h.remove("etag");
+        let map = h.to_map();
+        assert_eq!(
+            map.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length", "x-ms-meta-colour", "x-raw"]
+        );
+        assert_eq!(map["x-raw"].as_bytes(), b"caf\xc3\xa9");
+    }
+
+    /// A forwarded answer may repeat a name; setting it keeps the first place only.
+    #[test]
+    fn forwarded_headers_keep_their_order_and_repeats() {
+        let mut m = HeaderMap::new();
+        m.append("x-a", HeaderValue::from_static("1"));
+        m.append("x-b", HeaderValue::from_static("2"));
+        m.append("x-a", HeaderValue::from_static("3"));
+        let mut h = ResponseHeaders::from_map(&m);
+        assert_eq!(h.len(), 3);
+        h.set("x-a", "4");
+        assert_eq!(
+            pairs(&h),
+            [("x-a", "4"), ("x-b", "2")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
+
+    /// Request headers are looked up in any case, first one wins, and a value that is not
+    /// text reads as absent (as `HeaderValue::to_str` failing did).
+    #[test]
+    fn request_headers_are_read_like_a_map() {
+        let raw = [
+            httparse::Header {
+                name: "X-Ms-Version",
+                value: b"2023-11-03",
+            },
+            httparse::Header {
+                name: "x-ms-version",
+                value: b"2020-01-01",
+            },
+            httparse::Header {
+                name: "x-ms-meta-k",
+                value: b"\xff",
+            },
+        ];
+        let h = RequestHeaders(&raw);
+        assert_eq!(h.get("x-ms-version"), Some("2023-11-03"));
+        assert_eq!(h.get("x-ms-meta-k"), None);
+        assert_eq!(h.raw("x-ms-meta-k"), Some(&b"\xff"[..]));
+        assert_eq!(h.texts().nth(2), Some(("x-ms-meta-k", None)));
+        let map = h.to_map();
+        assert_eq!(map.get_all("x-ms-version").iter().count(), 2);
+    }
+
+    #[test]
+    fn query_components_are_borrowed_unless_decoded() {
+        let q = decode_query("comp=block&blockid=QQ%3D%3D&prefix=a+b&&flag");
+        let got: Vec<(&str, &str)> = q.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            got,
+            [
+                ("comp", "block"),
+                ("blockid", "QQ=="),
+                ("prefix", "a b"),
+                ("flag", "")
+            ]
+        );
+        assert!(matches!(q[0].1, Cow::Borrowed(_)));
+        assert!(matches!(q[1].1, Cow::Owned(_)));
+    }
+}
