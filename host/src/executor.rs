@@ -144,6 +144,14 @@ fn http_date(t: SystemTime) -> httpdate::HttpDate {
     t.into()
 }
 
+/// The blob a blob operation works on: the local store, the container and the blob's name.
+#[derive(Clone, Copy)]
+struct BlobAt<'a> {
+    st: &'a dyn Store,
+    c: &'a str,
+    b: &'a str,
+}
+
 /// What the path addresses (names borrowed from the path unless percent-decoded).
 enum Target<'a> {
     Service,
@@ -533,21 +541,22 @@ impl Executor {
             }
             Target::Blob(c, b) => {
                 check_container_name(&c)?;
+                let at = BlobAt { st, c: &c, b: &b };
                 match (m.as_str(), comp) {
-                    ("GET" | "HEAD", "") => self.get_blob(st, req, &c, &b),
+                    ("GET" | "HEAD", "") => self.get_blob(at, req),
                     ("PUT", "") if req.header("x-ms-copy-source").is_some() => {
-                        self.copy_blob(st, req, &c, &b)
+                        self.copy_blob(at, req)
                     }
-                    ("PUT", "") => self.put_blob(st, req, &c, &b),
+                    ("PUT", "") => self.put_blob(at, req),
                     ("DELETE", "") => {
                         st.delete_blob(&c, &b, &conditions(req)?)?;
                         Ok(Resp::new(202).h("x-ms-delete-type-permanent", "true"))
                     }
-                    ("PUT", "block") => self.put_block(st, req, &c, &b),
-                    ("PUT", "blocklist") => self.put_block_list(st, req, &c, &b),
-                    ("GET", "blocklist") => self.get_block_list(st, req, &c, &b),
-                    ("GET", "tags") => self.get_tags(st, &c, &b),
-                    ("PUT", "tags") => self.set_tags(st, req, &c, &b),
+                    ("PUT", "block") => self.put_block(at, req),
+                    ("PUT", "blocklist") => self.put_block_list(at, req),
+                    ("GET", "blocklist") => self.get_block_list(at, req),
+                    ("GET", "tags") => self.get_tags(at),
+                    ("PUT", "tags") => self.set_tags(at, req),
                     ("PUT", "properties") => {
                         // Set Blob Properties: the x-ms-blob-content-* headers replace the set.
                         let mut content = new_blob(req, false)?.content;
@@ -584,7 +593,8 @@ impl Executor {
             .h("last-modified", http_date(p.last_modified)))
     }
 
-    fn get_blob(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn get_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let cond = conditions(req)?;
         let reader = st.open(c, b)?;
         let p = reader.props();
@@ -682,9 +692,10 @@ impl Executor {
         Ok(r)
     }
 
-    fn put_blob(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn put_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         if let Some(part) = req.header(BODY_PART_HEADER) {
-            return self.put_blob_part(st, req, c, b, part);
+            return self.put_blob_part(at, req, part);
         }
         check_block_blob(req)?;
         check_length(req, MAX_PUT_BLOB)?;
@@ -777,7 +788,8 @@ impl Executor {
                 format!("Content-Length {n} does not match the {total} body bytes received."),
             ));
         }
-        self.commit_staged(st, req, (&c, &b), &refs, md5, crc, &cond, attrs)
+        let at = BlobAt { st, c: &c, b: &b };
+        self.commit_staged(at, req, &refs, md5, crc, &cond, attrs)
     }
 
     /// The end of a Put Blob whose body was staged as the blocks `refs` (streamed, or sent in
@@ -787,9 +799,8 @@ impl Executor {
     #[allow(clippy::too_many_arguments)]
     fn commit_staged(
         &self,
-        st: &dyn Store,
+        BlobAt { st, c, b }: BlobAt<'_>,
         req: &Req<'_>,
-        (c, b): (&str, &str),
         refs: &[BlockRef],
         md5: Md5,
         crc: crc64fast_nvme::Digest,
@@ -807,7 +818,8 @@ impl Executor {
         Ok(put_blob_resp(req, &p, md5))
     }
 
-    fn put_block(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn put_block(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let mut buf = [0; 96];
         let id = block_id(req.query("blockid").unwrap_or(""), &mut buf)?;
         check_length(req, MAX_BLOCK)?;
@@ -821,13 +833,8 @@ impl Executor {
         Ok(r)
     }
 
-    fn put_block_list(
-        &self,
-        st: &dyn Store,
-        req: &Req<'_>,
-        c: &str,
-        b: &str,
-    ) -> Result<Resp, AzError> {
+    fn put_block_list(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         check_integrity(req)?;
         let leaves = xml_leaves(req, "BlockList")?;
         let mut refs = Vec::with_capacity(leaves.len());
@@ -864,13 +871,8 @@ impl Executor {
             .h("x-ms-request-server-encrypted", "true"))
     }
 
-    fn get_block_list(
-        &self,
-        st: &dyn Store,
-        req: &Req<'_>,
-        c: &str,
-        b: &str,
-    ) -> Result<Resp, AzError> {
+    fn get_block_list(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let kind = req
             .query("blocklisttype")
             .unwrap_or("committed")
@@ -917,7 +919,7 @@ impl Executor {
         Ok(r)
     }
 
-    fn get_tags(&self, st: &dyn Store, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn get_tags(&self, BlobAt { st, c, b }: BlobAt<'_>) -> Result<Resp, AzError> {
         let reader = st.open(c, b)?;
         let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><Tags><TagSet>");
         for (k, v) in &reader.props().tags {
@@ -932,7 +934,8 @@ impl Executor {
         Ok(Resp::new(200).xml(x))
     }
 
-    fn set_tags(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn set_tags(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let leaves = xml_leaves(req, "Tags")?;
         let mut tags: Vec<(String, String)> = Vec::new();
         let mut key: Option<String> = None;
@@ -953,7 +956,8 @@ impl Executor {
         Ok(Resp::new(204))
     }
 
-    fn copy_blob(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn copy_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let src = req.header("x-ms-copy-source").unwrap_or("");
         let (sc, sb) = self.copy_source(src)?;
         let meta = metadata(req);

@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 use blobring_proto::header::{BODY_PART_HEADER, BODY_PART_ID_HEADER};
 use md5::{Digest, Md5};
 
-use super::{AzError, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob};
-use crate::store::{BlockRef, Store};
+use super::{
+    AzError, BlobAt, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob,
+};
+use crate::store::BlockRef;
 
 /// Uploads in progress at once.
 pub(super) const MAX_UPLOADS: usize = 1024;
@@ -102,12 +104,11 @@ impl Executor {
     /// One part of a Put Blob sent in parts (`part`: the [`BODY_PART_HEADER`] value).
     pub(super) fn put_blob_part(
         &self,
-        st: &dyn Store,
+        at: BlobAt<'_>,
         req: &Req<'_>,
-        c: &str,
-        b: &str,
         part: &str,
     ) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         check_block_blob(req)?;
         let (first, total) = parse_part(part).ok_or_else(|| {
             bad(format!(
@@ -175,7 +176,7 @@ impl Executor {
         // The last part: check the whole body, then commit.
         let cond = conditions(req)?;
         let attrs = new_blob(req, true)?;
-        self.commit_staged(st, req, (c, b), &u.refs, u.md5, u.crc, &cond, attrs)
+        self.commit_staged(at, req, &u.refs, u.md5, u.crc, &cond, attrs)
     }
 }
 
