@@ -27,10 +27,11 @@
 //!   case-insensitively; the REST front end lends hyper's map the same way), its query into
 //!   pairs borrowed unless percent-decoding changed them, and the SharedKey string-to-sign is
 //!   hashed straight from that view. A response's headers are a [`ResponseHeaders`]: ordered
-//!   entries with static names and values written into one byte buffer, rendered straight into
-//!   the response head ([`Executed::write_head`]); the REST front end converts them to hyper's
-//!   map at its edge. A signed 4 KiB ranged GET allocates 4 times on the host, two of them the
-//!   in-memory store's (`host/tests/exec_alloc.rs` holds the bounds).
+//!   entries with static names and values written into one byte buffer (both reused from the
+//!   thread's previous responses), rendered straight into the response head
+//!   ([`Executed::write_head`]); the REST front end converts them to hyper's map at its edge.
+//!   A signed 4 KiB ranged GET allocates twice on the host, both in the in-memory store's
+//!   `open` (`host/tests/exec_alloc.rs` holds the bounds).
 //! - **Module map, imports pointing down only** (no import circle among the files of
 //!   `host/src`): `main` (arguments) → `rest`, `vsp` (+ `vsp::fixed`, the io_uring
 //!   fixed-buffer reads into guest memory) → `executor` (dispatch, admission, blob operations;

@@ -9,10 +9,13 @@
 //! `(name, value)` slices `httparse` found in the head (the REST front end lends hyper's map
 //! the same way, as a list of borrowed pairs), looked up case-insensitively by a scan; query
 //! components are borrowed unless they need percent-decoding; a response's headers go into
-//! one vector of entries and one byte buffer, rendered straight into the response head.
+//! one vector of entries and one byte buffer (reused by the thread's next response), rendered
+//! straight into the response head.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::{self, Display, Write as _};
+use std::mem::take;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
@@ -256,9 +259,20 @@ struct Entry {
 /// 400 bytes of values, so it never grows them.
 const ENTRIES: usize = 32;
 const VALUE_BYTES: usize = 1024;
+/// Spare buffers a thread keeps for its next responses, and the largest value buffer kept.
+const SPARES: usize = 4;
+const SPARE_MAX_BYTES: usize = 64 << 10;
+
+thread_local! {
+    /// The buffers of this thread's dropped [`ResponseHeaders`], reused by its next ones: a
+    /// thread that answers request after request allocates none for their headers.
+    static SPARE: RefCell<Vec<(Vec<Entry>, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A response's headers, in order: lower-case names (mostly `&'static str`) and values
-/// written into one byte buffer, so however many there are they cost two allocations. Setting
+/// written into one byte buffer, both taken from (and given back to, when dropped) a few
+/// spares the thread keeps, so a thread serving request after request allocates nothing for
+/// them. Setting
 /// a name that is present replaces its value in place (as `HeaderMap::insert` does); a name
 /// or value `http` would refuse is not set. [`Executed::write_head`](crate::Executed::write_head)
 /// renders them straight into the response head; the REST front end converts them to hyper's
@@ -297,12 +311,14 @@ impl fmt::Write for Append<'_> {
 }
 
 impl ResponseHeaders {
-    /// Empty, with room for a typical response.
+    /// Empty, with room for a typical response (a spare of this thread's, if it has one).
     pub(crate) fn new() -> Self {
-        ResponseHeaders {
-            entries: Vec::with_capacity(ENTRIES),
-            buf: Vec::with_capacity(VALUE_BYTES),
-        }
+        let spare = SPARE.try_with(|s| s.try_borrow_mut().ok()?.pop());
+        let (entries, buf) = spare
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| (Vec::with_capacity(ENTRIES), Vec::with_capacity(VALUE_BYTES)));
+        ResponseHeaders { entries, buf }
     }
 
     /// Every header in order: name and value bytes.
@@ -455,6 +471,25 @@ impl ResponseHeaders {
             }
         }
         m
+    }
+}
+
+impl Drop for ResponseHeaders {
+    /// Gives the buffers to the thread's spares (unless it has enough, or they grew large).
+    fn drop(&mut self) {
+        if self.entries.capacity() == 0 || self.buf.capacity() > SPARE_MAX_BYTES {
+            return;
+        }
+        let (mut entries, mut buf) = (take(&mut self.entries), take(&mut self.buf));
+        entries.clear();
+        buf.clear();
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut()
+                && s.len() < SPARES
+            {
+                s.push((entries, buf));
+            }
+        });
     }
 }
 
