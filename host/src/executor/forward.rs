@@ -29,7 +29,10 @@ impl Executor {
                 headers.insert("x-ms-copy-source", v);
             }
         }
-        let query: Vec<(String, String)> = (req.query.iter())
+        // The upstream client takes owned pairs (forwarding is off the per-request path).
+        let query: Vec<(String, String)> = req
+            .query
+            .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let f = up.forward(
