@@ -259,8 +259,9 @@ struct Entry {
 /// 400 bytes of values, so it never grows them.
 const ENTRIES: usize = 32;
 const VALUE_BYTES: usize = 1024;
-/// Spare buffers a thread keeps for its next responses, and the largest value buffer kept.
+/// Spare buffers a thread keeps for its next responses.
 const SPARES: usize = 4;
+/// The largest value buffer kept as a spare.
 const SPARE_MAX_BYTES: usize = 64 << 10;
 
 thread_local! {
@@ -272,11 +273,11 @@ thread_local! {
 /// A response's headers, in order: lower-case names (mostly `&'static str`) and values
 /// written into one byte buffer, both taken from (and given back to, when dropped) a few
 /// spares the thread keeps, so a thread serving request after request allocates nothing for
-/// them. Setting
-/// a name that is present replaces its value in place (as `HeaderMap::insert` does); a name
-/// or value `http` would refuse is not set. [`Executed::write_head`](crate::Executed::write_head)
-/// renders them straight into the response head; the REST front end converts them to hyper's
-/// map at its edge ([`ResponseHeaders::to_map`]).
+/// them. Setting a name that is present replaces its value in place (as `HeaderMap::insert`
+/// does); a name or value `http` would refuse is not set.
+/// [`Executed::write_head`](crate::Executed::write_head) renders them straight into the
+/// response head; the REST front end converts them to hyper's map at its edge
+/// ([`ResponseHeaders::to_map`]).
 #[derive(Clone, Default)]
 pub struct ResponseHeaders {
     entries: Vec<Entry>,
