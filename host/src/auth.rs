@@ -7,11 +7,12 @@
 
 use std::time::SystemTime;
 
+use base64::DecodeSliceError;
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
-use blobring_proto::{Canonical, SigningKey, code, header};
+use blobring_proto::{Canonical, Signature, SigningKey, code, header};
 
-use crate::request::{AzError, Req, decode_query};
+use crate::request::{AzError, QueryPairs, Req, RequestHeaders, borrow_map, decode_query};
 
 /// The well-known emulator account and its key (defined in `blobring-proto`).
 pub use blobring_proto::{EMULATOR_ACCOUNT, EMULATOR_KEY};
@@ -77,8 +78,8 @@ impl SharedKeyAuth {
         let (raw_path, q) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
-        let (query, headers) = (decode_query(q), header_pairs(headers));
-        let c = self.canonical(method, raw_path, &headers, &query, None);
+        let (query, headers) = (decode_query(q), borrow_map(headers));
+        let c = self.canonical(method, raw_path, RequestHeaders(&headers), &query, None);
         format!("SharedKey {}:{}", self.account, self.key.sign(&c))
     }
 
@@ -88,8 +89,8 @@ impl SharedKeyAuth {
         &'r self,
         method: &'r http::Method,
         raw_path: &'r str,
-        headers: &'r [(&'r str, Option<&'r str>)],
-        query: &'r [(String, String)],
+        headers: RequestHeaders<'r>,
+        query: &'r QueryPairs<'r>,
         date: Option<&'r str>,
     ) -> Canonical<
         'r,
@@ -101,8 +102,8 @@ impl SharedKeyAuth {
             account: &self.account,
             path: raw_path,
             date,
-            headers: headers.iter().copied(),
-            query: query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            headers: headers.texts(),
+            query: query.iter().map(|(k, v)| (&**k, &**v)),
         }
     }
 
@@ -142,28 +143,50 @@ impl SharedKeyAuth {
                 "the account in the Authorization header is not this host's account",
             ));
         }
-        let Ok(sig) = BASE64_STANDARD.decode(sig) else {
-            return Err(fail("the signature is not Base64"));
+        let mut buf = [0u8; 96];
+        let sig = match BASE64_STANDARD.decode_slice(sig, &mut buf) {
+            Ok(n) => &buf[..n],
+            // Valid Base64 longer than any signature: it cannot match.
+            Err(DecodeSliceError::OutputSliceTooSmall) if BASE64_STANDARD.decode(sig).is_ok() => {
+                &[]
+            }
+            Err(_) => return Err(fail("the signature is not Base64")),
         };
         let date = req.header(header::DATE).unwrap_or("");
-        let mut candidates = vec![self.string_to_sign(req, date)];
-        if !date.is_empty() && req.header(header::X_MS_DATE).is_some() {
-            // With x-ms-date, clients may sign an empty Date line.
-            candidates.push(self.string_to_sign(req, ""));
-        }
-        if candidates.iter().any(|s| self.key.verify_str(s, &sig)) {
+        // With x-ms-date, clients may sign an empty Date line.
+        let dates: &[&str] = if !date.is_empty() && req.header(header::X_MS_DATE).is_some() {
+            &[date, ""]
+        } else {
+            &[date]
+        };
+        let signed = |date| {
+            let c = self.canonical(
+                &req.method,
+                req.raw_path,
+                req.headers,
+                &req.query,
+                Some(date),
+            );
+            same_signature(&self.key.sign(&c), sig)
+        };
+        if dates.iter().any(|&d| signed(d)) {
             Ok(())
         } else {
-            tracing::debug!(string_to_sign = %candidates[0], "SharedKey signature mismatch");
+            tracing::debug!(string_to_sign = %self.string_to_sign(req, date), "SharedKey signature mismatch");
             Err(fail("the signature does not match"))
         }
     }
 
     /// The SharedKey string-to-sign for `req` with the given `Date` line.
     pub(crate) fn string_to_sign(&self, req: &Req<'_>, date: &str) -> String {
-        let headers = header_pairs(&req.headers);
-        self.canonical(&req.method, req.raw_path, &headers, &req.query, Some(date))
-            .render()
+        self.canonical(
+            &req.method,
+            req.raw_path,
+            req.headers,
+            &req.query,
+            Some(date),
+        )
+        .render()
     }
 
     fn verify_sas(&self, req: &Req<'_>) -> Result<(), AzError> {
@@ -247,12 +270,15 @@ impl SharedKeyAuth {
     }
 }
 
-/// The headers as the canonicaliser reads them: name and value, `None` where the value is not
-/// text.
-fn header_pairs(h: &http::HeaderMap) -> Vec<(&str, Option<&str>)> {
-    h.iter()
-        .map(|(k, v)| (k.as_str(), v.to_str().ok()))
-        .collect()
+/// Whether `ours` (Base64) is the signature whose decoded bytes are `theirs`, compared in
+/// constant time (as `Mac::verify_slice` does).
+fn same_signature(ours: &Signature, theirs: &[u8]) -> bool {
+    let mut mac = [0u8; 33];
+    let Ok(n) = BASE64_STANDARD.decode_slice(ours.as_str(), &mut mac) else {
+        return false;
+    };
+    n == theirs.len()
+        && std::hint::black_box(mac[..n].iter().zip(theirs).fold(0, |d, (a, b)| d | (a ^ b))) == 0
 }
 
 /// Parse an ISO 8601 UTC time as used in SAS (`2026-11-24T04:00:00Z`).

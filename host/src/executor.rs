@@ -2,12 +2,15 @@
 //!
 //! Two entry points share all the semantics:
 //! - [`Executor::execute`] for the VMBus path: the request head is the raw HTTP/1.1 head a Blob
-//!   REST client would send (parsed with `httparse`), the body is the data buffer's valid bytes,
+//!   REST client would send (parsed with `httparse` into a view borrowing the head's bytes; no
+//!   header map is built), the body is the data buffer's valid bytes,
 //!   and a GET's body is written straight from the store into the caller's data buffer (one
 //!   copy). A body larger than that buffer is [`ExecuteError::BodyTooLarge`] carrying the size
 //!   needed, never a truncated success. The response head is then rendered into the response
 //!   buffer by [`Executed::write_head`], which likewise reports the size needed if it does not fit.
-//! - [`Executor::execute_request`] for the REST front end (`http::Request` in, `Response` out).
+//! - [`Executor::execute_request`] for the REST front end (`http::Request` in, `Response` out):
+//!   the same view borrows hyper's header map, and the response's [`ResponseHeaders`] become a
+//!   map only at that edge.
 //!
 //! Both end in the one response path (`respond`). Between the two, `dispatch` matches the
 //! [`Backend`] once: a local store runs the operation here (blob operations in this file,
@@ -22,14 +25,14 @@
 //! (as Azurite does), a range on an empty blob answers 416 with `Content-Range: bytes */0` (as
 //! Azure does), and List Blobs honours `startFrom`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
+use base64::{DecodeSliceError, Engine as _};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use md5::{Digest, Md5};
 use percent_encoding::percent_decode_str;
@@ -39,8 +42,10 @@ use blobring_proto::header::{BODY_PART_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WIN
 
 use crate::auth::SharedKeyAuth;
 use crate::backend::Backend;
-use crate::request::decode_query;
-use crate::request::{AzError, Body, Req, Resp, set};
+use crate::request::{
+    AzError, Body, Req, RequestHeaders, Resp, ResponseHeaders, borrow_map, decode_query,
+    valid_name, valid_value,
+};
 use crate::store::{
     BlobProps, BlockRef, BodySink, Conditions, ContentHeaders, NewBlob, ReadConditionFailure,
     SliceSink, Store, StoreError,
@@ -134,15 +139,24 @@ pub enum ExecuteError {
     },
 }
 
-fn http_date(t: SystemTime) -> String {
-    httpdate::fmt_http_date(t)
+/// `t` as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), written where it is displayed.
+fn http_date(t: SystemTime) -> httpdate::HttpDate {
+    t.into()
 }
 
-/// What the path addresses.
-enum Target {
+/// The blob a blob operation works on: the local store, the container and the blob's name.
+#[derive(Clone, Copy)]
+struct BlobAt<'a> {
+    st: &'a dyn Store,
+    c: &'a str,
+    b: &'a str,
+}
+
+/// What the path addresses (names borrowed from the path unless percent-decoded).
+enum Target<'a> {
     Service,
-    Container(String),
-    Blob(String, String),
+    Container(Cow<'a, str>),
+    Blob(Cow<'a, str>, Cow<'a, str>),
 }
 
 /// A REST request's target as it appears in the request line: path and query.
@@ -234,11 +248,12 @@ impl Executor {
         read_body: impl FnOnce(&mut [u8]) -> bool,
         out: &mut dyn BodySink,
     ) -> Result<Executed, ExecuteError> {
-        let (method, target, headers) = match parse_head(head) {
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (method, target, headers) = match parse_head(head, &mut parsed) {
             Ok(parsed) => parsed,
             Err(e) => {
-                let none = HeaderMap::new();
-                return self.deliver(&none, self.error_response(e, &none, false), out);
+                let none = RequestHeaders::NONE;
+                return self.deliver(none, self.error_response(e, none, false), out);
             }
         };
         let req = self.make_req(method, target, headers, &[]);
@@ -252,17 +267,17 @@ impl Executor {
                         body_limit: Some(out.capacity()),
                         ..req
                     };
-                    return self.deliver(&req.headers, self.run_admitted(&req), out);
+                    return self.deliver(req.headers, self.run_admitted(&req), out);
                 }
                 let e = AzError::new(
                     500,
                     "InternalError",
                     "The request body could not be read from guest memory.",
                 );
-                self.error_response(e, &req.headers, false)
+                self.error_response(e, req.headers, false)
             }
         };
-        self.deliver(&req.headers, resp, out)
+        self.deliver(req.headers, resp, out)
     }
 
     /// [`Executor::execute`] into a host byte buffer.
@@ -285,23 +300,18 @@ impl Executor {
     /// is the final response (the body must not be read); `None` means read the body (within
     /// the limit) and call [`Executor::execute_admitted`]. Blocking when
     /// [`Executor::admission_blocks`] (injected latency).
-    pub fn admit_request(&self, parts: &mut http::request::Parts) -> Option<http::Response<Bytes>> {
+    pub fn admit_request(&self, parts: &http::request::Parts) -> Option<http::Response<Bytes>> {
         let target = request_target(parts);
-        // The headers move into the request view and back: no copy per request.
-        let headers = std::mem::take(&mut parts.headers);
-        let req = self.make_req(parts.method.clone(), &target, headers, &[]);
-        let refused = self
-            .admit(&req)
-            .map(|r| self.rest_response(&req.headers, r));
-        parts.headers = req.headers;
-        refused
+        let headers = borrow_map(&parts.headers);
+        let req = self.make_req(parts.method.clone(), &target, RequestHeaders(&headers), &[]);
+        self.admit(&req).map(|r| self.rest_response(req.headers, r))
     }
 
     /// Execute one request for the REST front end, without admission (tests, and callers that
     /// run no authentication of their own). Blocking: call from a blocking thread.
     pub fn execute_request(&self, req: http::Request<Bytes>) -> http::Response<Bytes> {
-        let (mut parts, body) = req.into_parts();
-        if let Some(refused) = self.admit_request(&mut parts) {
+        let (parts, body) = req.into_parts();
+        if let Some(refused) = self.admit_request(&parts) {
             return refused;
         }
         self.execute_admitted(http::Request::from_parts(parts, body))
@@ -323,7 +333,8 @@ impl Executor {
         next: &mut dyn FnMut() -> Option<Result<Bytes, String>>,
     ) -> http::Response<Bytes> {
         let target = request_target(parts);
-        let req = self.make_req(parts.method.clone(), &target, parts.headers.clone(), &[]);
+        let headers = borrow_map(&parts.headers);
+        let req = self.make_req(parts.method.clone(), &target, RequestHeaders(&headers), &[]);
         let result = match self.backend.local() {
             Some(st) => self.put_blob_streamed(&**st, &req, next),
             None => Err(AzError::new(
@@ -334,7 +345,7 @@ impl Executor {
             )),
         };
         let resp = self.finish(&req, result);
-        self.rest_response(&req.headers, resp)
+        self.rest_response(req.headers, resp)
     }
 
     /// Execute a request that [`Executor::admit_request`] admitted. Blocking: call from a
@@ -342,16 +353,17 @@ impl Executor {
     pub fn execute_admitted(&self, req: http::Request<Bytes>) -> http::Response<Bytes> {
         let (parts, body) = req.into_parts();
         let target = request_target(&parts);
-        let req = self.make_req(parts.method, &target, parts.headers, &body);
+        let headers = borrow_map(&parts.headers);
+        let req = self.make_req(parts.method, &target, RequestHeaders(&headers), &body);
         let resp = self.run_admitted(&req);
-        self.rest_response(&req.headers, resp)
+        self.rest_response(req.headers, resp)
     }
 
     fn make_req<'a>(
         &self,
         method: Method,
         target: &'a str,
-        headers: HeaderMap,
+        headers: RequestHeaders<'a>,
         body: &'a [u8],
     ) -> Req<'a> {
         let (raw_path, q) = target.split_once('?').unwrap_or((target, ""));
@@ -410,7 +422,7 @@ impl Executor {
             resp.head_only = true;
             resp.body = Body::Empty;
         }
-        self.common_headers(&mut resp.headers, &req.headers);
+        self.common_headers(&mut resp.headers, req.headers);
         resp
     }
 
@@ -434,12 +446,12 @@ impl Executor {
                 "ServerBusy",
                 "The server is busy (injected fault). Retry with exponential backoff.",
             );
-            return Some(self.error_response(e, &req.headers, req.method == Method::HEAD));
+            return Some(self.error_response(e, req.headers, req.method == Method::HEAD));
         }
         None
     }
 
-    fn target(&self, req: &Req<'_>) -> Result<Target, AzError> {
+    fn target<'a>(&self, req: &Req<'a>) -> Result<Target<'a>, AzError> {
         let mut p = req.raw_path.trim_start_matches('/');
         if req.path_has_account {
             p = p.split_once('/').map(|(_, rest)| rest).unwrap_or("");
@@ -450,15 +462,13 @@ impl Executor {
         let (c, b) = p.split_once('/').unwrap_or((p, ""));
         let c = percent_decode_str(c)
             .decode_utf8()
-            .map_err(|_| AzError::bad("InvalidUri", "container name is not UTF-8"))?
-            .into_owned();
+            .map_err(|_| AzError::bad("InvalidUri", "container name is not UTF-8"))?;
         if b.is_empty() {
             return Ok(Target::Container(c));
         }
         let b = percent_decode_str(b)
             .decode_utf8()
-            .map_err(|_| AzError::bad("InvalidUri", "blob name is not UTF-8"))?
-            .into_owned();
+            .map_err(|_| AzError::bad("InvalidUri", "blob name is not UTF-8"))?;
         if b.len() > 1024 {
             return Err(AzError::bad(
                 "InvalidResourceName",
@@ -517,7 +527,7 @@ impl Executor {
                             .h("x-ms-has-immutability-policy", "false")
                             .h("x-ms-has-legal-hold", "false");
                         for (k, v) in &p.metadata {
-                            set(&mut r.headers, &format!("x-ms-meta-{k}"), v);
+                            r.headers.set_named(format_args!("x-ms-meta-{k}"), v);
                         }
                         Ok(r)
                     }
@@ -531,21 +541,22 @@ impl Executor {
             }
             Target::Blob(c, b) => {
                 check_container_name(&c)?;
+                let at = BlobAt { st, c: &c, b: &b };
                 match (m.as_str(), comp) {
-                    ("GET" | "HEAD", "") => self.get_blob(st, req, &c, &b),
+                    ("GET" | "HEAD", "") => self.get_blob(at, req),
                     ("PUT", "") if req.header("x-ms-copy-source").is_some() => {
-                        self.copy_blob(st, req, &c, &b)
+                        self.copy_blob(at, req)
                     }
-                    ("PUT", "") => self.put_blob(st, req, &c, &b),
+                    ("PUT", "") => self.put_blob(at, req),
                     ("DELETE", "") => {
                         st.delete_blob(&c, &b, &conditions(req)?)?;
                         Ok(Resp::new(202).h("x-ms-delete-type-permanent", "true"))
                     }
-                    ("PUT", "block") => self.put_block(st, req, &c, &b),
-                    ("PUT", "blocklist") => self.put_block_list(st, req, &c, &b),
-                    ("GET", "blocklist") => self.get_block_list(st, req, &c, &b),
-                    ("GET", "tags") => self.get_tags(st, &c, &b),
-                    ("PUT", "tags") => self.set_tags(st, req, &c, &b),
+                    ("PUT", "block") => self.put_block(at, req),
+                    ("PUT", "blocklist") => self.put_block_list(at, req),
+                    ("GET", "blocklist") => self.get_block_list(at, req),
+                    ("GET", "tags") => self.get_tags(at),
+                    ("PUT", "tags") => self.set_tags(at, req),
                     ("PUT", "properties") => {
                         // Set Blob Properties: the x-ms-blob-content-* headers replace the set.
                         let mut content = new_blob(req, false)?.content;
@@ -582,11 +593,12 @@ impl Executor {
             .h("last-modified", http_date(p.last_modified)))
     }
 
-    fn get_blob(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn get_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let cond = conditions(req)?;
         let reader = st.open(c, b)?;
-        let p = reader.props().clone();
-        if let Err(f) = cond.check_read(&p) {
+        let p = reader.props();
+        if let Err(f) = cond.check_read(p) {
             return Err(match f {
                 ReadConditionFailure::NotModified => {
                     let mut e = AzError::new(
@@ -594,12 +606,9 @@ impl Executor {
                         "ConditionNotMet",
                         "The condition specified using HTTP conditional header(s) is not met.",
                     );
-                    e.headers
-                        .push((HeaderName::from_static("etag"), hv(&p.etag)));
-                    e.headers.push((
-                        HeaderName::from_static("last-modified"),
-                        hv(&http_date(p.last_modified)),
-                    ));
+                    e.headers.push(("etag", p.etag.clone()));
+                    let modified = http_date(p.last_modified).to_string();
+                    e.headers.push(("last-modified", modified));
                     e
                 }
                 ReadConditionFailure::Failed => AzError::new(
@@ -623,14 +632,13 @@ impl Executor {
                         "InvalidRange",
                         "The range specified is invalid for the current size of the resource.",
                     );
-                    e.headers.push((
-                        HeaderName::from_static("content-range"),
-                        hv(&format!("bytes */{}", p.size)),
-                    ));
+                    e.headers
+                        .push(("content-range", format!("bytes */{}", p.size)));
                     return Err(e);
                 }
                 let end = end.map_or(p.size - 1, |e| e.min(p.size - 1));
-                r = Resp::new(206).h("content-range", format!("bytes {start}-{end}/{}", p.size));
+                let size = p.size;
+                r = Resp::new(206).h("content-range", format_args!("bytes {start}-{end}/{size}"));
                 (start, end - start + 1)
             }
             None => {
@@ -646,20 +654,20 @@ impl Executor {
                 "x-ms-range-get-content-md5/crc64 needs a range of at most 4 MiB.",
             ));
         }
-        blob_headers(&mut r.headers, &p);
-        if range.is_none() {
-            if let Some(md5) = &p.content.content_md5 {
-                set(&mut r.headers, "content-md5", md5);
-            }
-        } else if let Some(md5) = &p.content.content_md5 {
-            set(&mut r.headers, "x-ms-blob-content-md5", md5);
+        blob_headers(&mut r.headers, p);
+        if let Some(md5) = &p.content.content_md5 {
+            let name = match range {
+                None => "content-md5",
+                Some(_) => "x-ms-blob-content-md5",
+            };
+            r.headers.set(name, md5);
         }
         if req.method == Method::HEAD {
-            set(&mut r.headers, "content-length", &p.size.to_string());
+            r.headers.set("content-length", p.size);
             r.head_only = true;
             return Ok(r);
         }
-        let (offset, len) = match body_window(req, &p, len)? {
+        let (offset, len) = match body_window(req, p, len)? {
             None => (offset, len),
             Some((first, n)) => {
                 if (want_md5 || want_crc) && n != len {
@@ -669,11 +677,8 @@ impl Executor {
                          x-ms-range-get-content-md5/crc64 is asked for.",
                     ));
                 }
-                set(
-                    &mut r.headers,
-                    BODY_WINDOW_HEADER,
-                    &format!("{first}/{len}"),
-                );
+                r.headers
+                    .set(BODY_WINDOW_HEADER, format_args!("{first}/{len}"));
                 (offset + first, n)
             }
         };
@@ -687,9 +692,10 @@ impl Executor {
         Ok(r)
     }
 
-    fn put_blob(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn put_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         if let Some(part) = req.header(BODY_PART_HEADER) {
-            return self.put_blob_part(st, req, c, b, part);
+            return self.put_blob_part(at, req, part);
         }
         check_block_blob(req)?;
         check_length(req, MAX_PUT_BLOB)?;
@@ -782,7 +788,8 @@ impl Executor {
                 format!("Content-Length {n} does not match the {total} body bytes received."),
             ));
         }
-        self.commit_staged(st, req, (&c, &b), &refs, md5, crc, &cond, attrs)
+        let at = BlobAt { st, c: &c, b: &b };
+        self.commit_staged(at, req, &refs, md5, crc, &cond, attrs)
     }
 
     /// The end of a Put Blob whose body was staged as the blocks `refs` (streamed, or sent in
@@ -792,9 +799,8 @@ impl Executor {
     #[allow(clippy::too_many_arguments)]
     fn commit_staged(
         &self,
-        st: &dyn Store,
+        BlobAt { st, c, b }: BlobAt<'_>,
         req: &Req<'_>,
-        (c, b): (&str, &str),
         refs: &[BlockRef],
         md5: Md5,
         crc: crc64fast_nvme::Digest,
@@ -812,11 +818,13 @@ impl Executor {
         Ok(put_blob_resp(req, &p, md5))
     }
 
-    fn put_block(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
-        let id = block_id(req.query("blockid").unwrap_or(""))?;
+    fn put_block(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
+        let mut buf = [0; 96];
+        let id = block_id(req.query("blockid").unwrap_or(""), &mut buf)?;
         check_length(req, MAX_BLOCK)?;
         let md5 = check_integrity(req)?;
-        st.put_block(c, b, &id, req.body)?;
+        st.put_block(c, b, id, req.body)?;
         let mut r = Resp::new(201).h("x-ms-request-server-encrypted", "true");
         if let Some(m) = md5 {
             r = r.h("content-md5", m);
@@ -825,21 +833,17 @@ impl Executor {
         Ok(r)
     }
 
-    fn put_block_list(
-        &self,
-        st: &dyn Store,
-        req: &Req<'_>,
-        c: &str,
-        b: &str,
-    ) -> Result<Resp, AzError> {
+    fn put_block_list(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         check_integrity(req)?;
         let leaves = xml_leaves(req, "BlockList")?;
         let mut refs = Vec::with_capacity(leaves.len());
+        let mut buf = [0; 96];
         for (path, text) in leaves {
             if path.len() != 2 {
                 continue;
             }
-            let id = block_id(text.trim())?;
+            let id = block_id(text.trim(), &mut buf)?.to_vec();
             refs.push(match path[1].as_str() {
                 "Latest" => BlockRef::Latest(id),
                 "Committed" => BlockRef::Committed(id),
@@ -867,13 +871,8 @@ impl Executor {
             .h("x-ms-request-server-encrypted", "true"))
     }
 
-    fn get_block_list(
-        &self,
-        st: &dyn Store,
-        req: &Req<'_>,
-        c: &str,
-        b: &str,
-    ) -> Result<Resp, AzError> {
+    fn get_block_list(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let kind = req
             .query("blocklisttype")
             .unwrap_or("committed")
@@ -920,7 +919,7 @@ impl Executor {
         Ok(r)
     }
 
-    fn get_tags(&self, st: &dyn Store, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn get_tags(&self, BlobAt { st, c, b }: BlobAt<'_>) -> Result<Resp, AzError> {
         let reader = st.open(c, b)?;
         let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><Tags><TagSet>");
         for (k, v) in &reader.props().tags {
@@ -935,7 +934,8 @@ impl Executor {
         Ok(Resp::new(200).xml(x))
     }
 
-    fn set_tags(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn set_tags(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let leaves = xml_leaves(req, "Tags")?;
         let mut tags: Vec<(String, String)> = Vec::new();
         let mut key: Option<String> = None;
@@ -956,7 +956,8 @@ impl Executor {
         Ok(Resp::new(204))
     }
 
-    fn copy_blob(&self, st: &dyn Store, req: &Req<'_>, c: &str, b: &str) -> Result<Resp, AzError> {
+    fn copy_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         let src = req.header("x-ms-copy-source").unwrap_or("");
         let (sc, sb) = self.copy_source(src)?;
         let meta = metadata(req);
@@ -1010,10 +1011,6 @@ impl Executor {
     }
 }
 
-fn hv(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 fn unsupported(req: &Req<'_>) -> AzError {
     AzError::bad(
         "UnsupportedHttpVerb",
@@ -1030,10 +1027,13 @@ fn unsupported(req: &Req<'_>) -> AzError {
     )
 }
 
-/// Parse a request head into method, request target and headers.
-fn parse_head(head: &[u8]) -> Result<(Method, &str, HeaderMap), AzError> {
-    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Request::new(&mut hdrs);
+/// Parse a request head into method, request target and headers, the headers into `slots`
+/// (borrowed, no copy): the headers `http` would refuse are refused here too.
+fn parse_head<'h>(
+    head: &'h [u8],
+    slots: &'h mut [httparse::Header<'h>],
+) -> Result<(Method, &'h str, RequestHeaders<'h>), AzError> {
+    let mut r = httparse::Request::new(slots);
     match r.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => {
@@ -1052,15 +1052,22 @@ fn parse_head(head: &[u8]) -> Result<(Method, &str, HeaderMap), AzError> {
     let method = Method::from_bytes(r.method.unwrap_or("").as_bytes())
         .map_err(|_| AzError::bad("UnsupportedHttpVerb", "The HTTP method is not valid."))?;
     let path = r.path.unwrap_or("/");
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| AzError::bad("InvalidHeaderValue", "A header name is not valid."))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| AzError::bad("InvalidHeaderValue", "A header value is not valid."))?;
-        headers.append(name, value);
+    let headers: &'h [httparse::Header<'h>] = r.headers;
+    for h in headers {
+        if !valid_name(h.name.as_bytes()) {
+            return Err(AzError::bad(
+                "InvalidHeaderValue",
+                "A header name is not valid.",
+            ));
+        }
+        if !valid_value(h.value) {
+            return Err(AzError::bad(
+                "InvalidHeaderValue",
+                "A header value is not valid.",
+            ));
+        }
     }
-    Ok((method, path, headers))
+    Ok((method, path, RequestHeaders(headers)))
 }
 
 pub use crate::store::valid_container_name;
@@ -1171,13 +1178,17 @@ fn conditions(req: &Req<'_>) -> Result<Conditions, AzError> {
     })
 }
 
+/// The `x-ms-meta-*` headers as (lower-case key, value) pairs, sorted.
 fn metadata(req: &Req<'_>) -> Vec<(String, String)> {
+    let prefix = "x-ms-meta-";
     let mut m: Vec<(String, String)> = req
         .headers
-        .iter()
+        .texts()
         .filter_map(|(k, v)| {
-            let name = k.as_str().strip_prefix("x-ms-meta-")?;
-            Some((name.to_owned(), v.to_str().ok()?.to_owned()))
+            let name = k
+                .get(prefix.len()..)
+                .filter(|_| k[..prefix.len()].eq_ignore_ascii_case(prefix))?;
+            Some((name.to_ascii_lowercase(), v?.to_owned()))
         })
         .collect();
     m.sort();
@@ -1211,7 +1222,10 @@ fn new_blob(req: &Req<'_>, put_blob: bool) -> Result<NewBlob, AzError> {
     let tags = match req.header("x-ms-tags") {
         None => Vec::new(),
         Some(t) => {
-            let tags = decode_query(t);
+            let tags: Vec<(String, String)> = decode_query(t)
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
             validate_tags(&tags)?;
             tags
         }
@@ -1232,20 +1246,29 @@ fn new_blob(req: &Req<'_>, put_blob: bool) -> Result<NewBlob, AzError> {
     })
 }
 
-fn block_id(s: &str) -> Result<Vec<u8>, AzError> {
-    let id = BASE64_STANDARD.decode(s).map_err(|_| {
+/// The block id `s` (Base64 of 1-64 bytes) decoded into `buf`; Base64 too long for `buf` is
+/// decoded on the heap only to tell which error it is.
+fn block_id<'b>(s: &str, buf: &'b mut [u8; 96]) -> Result<&'b [u8], AzError> {
+    let not_base64 = || {
         AzError::bad(
             "InvalidQueryParameterValue",
             "The block id is not valid Base64.",
         )
-    })?;
-    if id.is_empty() || id.len() > 64 {
+    };
+    let n = match BASE64_STANDARD.decode_slice(s, buf) {
+        Ok(n) => n,
+        Err(DecodeSliceError::OutputSliceTooSmall) => {
+            BASE64_STANDARD.decode(s).map_err(|_| not_base64())?.len()
+        }
+        Err(DecodeSliceError::DecodeError(_)) => return Err(not_base64()),
+    };
+    if n == 0 || n > 64 {
         return Err(AzError::bad(
             "InvalidBlockId",
             "The specified block id is invalid: it must be 1-64 bytes before Base64 encoding.",
         ));
     }
-    Ok(id)
+    Ok(&buf[..n])
 }
 
 /// Put Blob creates block blobs only.
@@ -1375,28 +1398,29 @@ pub fn crc64(data: &[u8]) -> [u8; 8] {
 
 fn echo_crc(req: &Req<'_>, r: &mut Resp) {
     if let Some(c) = req.header("x-ms-content-crc64") {
-        set(&mut r.headers, "x-ms-content-crc64", c);
+        r.headers.set("x-ms-content-crc64", c);
     }
 }
 
-fn blob_headers(h: &mut HeaderMap, p: &BlobProps) {
-    set(h, "etag", &p.etag);
-    set(h, "last-modified", &http_date(p.last_modified));
-    set(h, "x-ms-creation-time", &http_date(p.created));
-    set(h, "x-ms-blob-type", "BlockBlob");
-    set(h, "accept-ranges", "bytes");
-    set(h, "x-ms-lease-state", "available");
-    set(h, "x-ms-lease-status", "unlocked");
-    set(h, "x-ms-server-encrypted", "true");
-    set(h, "x-ms-access-tier", "Hot");
-    set(h, "x-ms-access-tier-inferred", "true");
-    set(
-        h,
+fn blob_headers(h: &mut ResponseHeaders, p: &BlobProps) {
+    h.set("etag", &p.etag);
+    h.set("last-modified", http_date(p.last_modified));
+    h.set("x-ms-creation-time", http_date(p.created));
+    for (name, v) in [
+        ("x-ms-blob-type", "BlockBlob"),
+        ("accept-ranges", "bytes"),
+        ("x-ms-lease-state", "available"),
+        ("x-ms-lease-status", "unlocked"),
+        ("x-ms-server-encrypted", "true"),
+        ("x-ms-access-tier", "Hot"),
+        ("x-ms-access-tier-inferred", "true"),
+    ] {
+        h.set(name, v);
+    }
+    let content_type = p.content.content_type.as_deref();
+    h.set(
         "content-type",
-        p.content
-            .content_type
-            .as_deref()
-            .unwrap_or("application/octet-stream"),
+        content_type.unwrap_or("application/octet-stream"),
     );
     let c = &p.content;
     for (name, v) in [
@@ -1406,21 +1430,17 @@ fn blob_headers(h: &mut HeaderMap, p: &BlobProps) {
         ("cache-control", &c.cache_control),
     ] {
         if let Some(v) = v {
-            set(h, name, v);
+            h.set(name, v);
         }
     }
     if !p.blocks.is_empty() {
-        set(
-            h,
-            "x-ms-blob-committed-block-count",
-            &p.blocks.len().to_string(),
-        );
+        h.set("x-ms-blob-committed-block-count", p.blocks.len());
     }
     for (k, v) in &p.metadata {
-        set(h, &format!("x-ms-meta-{k}"), v);
+        h.set_named(format_args!("x-ms-meta-{k}"), v);
     }
     if !p.tags.is_empty() {
-        set(h, "x-ms-tag-count", &p.tags.len().to_string());
+        h.set("x-ms-tag-count", p.tags.len());
     }
 }
 

@@ -22,12 +22,23 @@
 //!   buffer (the VSP then only frames the head into the response buffer and posts the
 //!   completion) or into a buffer for hyper (REST). The REST front end's own refusals (413
 //!   over `--max-body`, a failed task) take the same path.
+//! - **No header maps per request.** A request head is parsed by `httparse` into a borrowed
+//!   view (`request::RequestHeaders`: the `(name, value)` slices of the head, looked up
+//!   case-insensitively; the REST front end lends hyper's map the same way), its query into
+//!   pairs borrowed unless percent-decoding changed them, and the SharedKey string-to-sign is
+//!   hashed straight from that view. A response's headers are a [`ResponseHeaders`]: ordered
+//!   entries with static names and values written into one byte buffer (both reused from the
+//!   thread's previous responses), rendered straight into the response head
+//!   ([`Executed::write_head`]); the REST front end converts them to hyper's map at its edge.
+//!   A signed 4 KiB ranged GET allocates twice on the host, both in the in-memory store's
+//!   `open` (`host/tests/exec_alloc.rs` holds the bounds).
 //! - **Module map, imports pointing down only** (no import circle among the files of
 //!   `host/src`): `main` (arguments) → `rest`, `vsp` (+ `vsp::fixed`, the io_uring
 //!   fixed-buffer reads into guest memory) → `executor` (dispatch, admission, blob operations;
 //!   `listing`, `batch`, `parts`, `forward` to an upstream, `respond`) → `backend` →
 //!   `passthrough`, `store` (`engine` under `mem` and `fs`) and `auth` → `request` (the
-//!   request view, the response being built, `AzError`, query decoding) and `xml`.
+//!   request view and its headers, the response being built and its headers, `AzError`, query
+//!   decoding) and `xml`.
 //!
 //! # The bus protocol, message by message (host side)
 //!
@@ -146,4 +157,5 @@ mod xml;
 pub use auth::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 pub use backend::{Backend, open_store, open_store_with};
 pub use executor::{ExecuteError, Executed, Executor, ExecutorConfig, Faults};
+pub use request::{NotText, ResponseHeaders, ResponseValue};
 pub use store::{BlobReader, BodySink, SliceSink, Store, StoreError, StoreOptions};

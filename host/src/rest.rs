@@ -306,16 +306,16 @@ async fn handle(
     max_body: u64,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     // Admission on the head alone, before any body byte: inline (an HMAC), or on the
     // blocking pool when injected faults may sleep.
     let (parts, admitted) = if !exec.admission_blocks() {
-        let r = exec.admit_request(&mut parts);
+        let r = exec.admit_request(&parts);
         (parts, r)
     } else {
         let blocking = Arc::clone(&exec);
         match tokio::task::spawn_blocking(move || {
-            let r = blocking.admit_request(&mut parts);
+            let r = blocking.admit_request(&parts);
             (parts, r)
         })
         .await

@@ -26,7 +26,8 @@
 //!    fixed buffer with the pool thread's reactor on first use, and unregistered once the guest
 //!    unregistered it and no request still uses it; a refused registration falls back to
 //!    `pread` into a bounce buffer). It then renders the response head into the response
-//!    buffer and sends the completion back to the channel's worker.
+//!    buffer (through a buffer the thread reuses from request to request) and sends the
+//!    completion back to the channel's worker.
 //! 4. The worker posts a completion packet (type 0xb, the request's transaction id, an
 //!    [`AzBlobVspResponse`]). Requests complete **in whatever order they finish**: a slow or
 //!    hung request occupies one pool thread, not the channel. If the host → guest ring is
@@ -356,21 +357,10 @@ impl VspServer {
         let pool = Pool::start(self.exec.clone(), &self.cfg, &self.shared)?;
         let mut workers: Vec<Worker> = Vec::new();
         let result = loop {
-            if stop.load(Ordering::Relaxed) {
-                break Ok(());
-            }
-            if sess.rescind_now.load(Ordering::Acquire) {
-                tracing::info!("rescinding the device (fault injection)");
-                let _ = session.rescind(1);
-                break Ok(());
-            }
-            let ev = match session.try_next_event() {
+            let ev = match next_event(&mut session, stop, &sess) {
                 Ok(Some(ev)) => ev,
-                Ok(None) => {
-                    let _ = wait_readable(session.as_fd(), Duration::from_millis(10));
-                    continue;
-                }
-                Err(e) => break Err(VspError::Session(e)),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             };
             match ev {
                 HostEvent::ChannelOpened(ch) => {
@@ -407,6 +397,29 @@ impl VspServer {
         // the job queue closes; queued jobs of an ended session are skipped. Not joined.
         drop(pool);
         result
+    }
+}
+
+/// The session's next bus event, waited for in steps of 10 ms; `None` once the server is
+/// stopping or the rescind fault has fired (`RESCIND` sent).
+fn next_event(
+    session: &mut HostSession,
+    stop: &AtomicBool,
+    sess: &SessionState,
+) -> Result<Option<HostEvent>, VspError> {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if sess.rescind_now.load(Ordering::Acquire) {
+            tracing::info!("rescinding the device (fault injection)");
+            let _ = session.rescind(1);
+            return Ok(None);
+        }
+        if let Some(ev) = session.try_next_event()? {
+            return Ok(Some(ev));
+        }
+        let _ = wait_readable(session.as_fd(), Duration::from_millis(10));
     }
 }
 
@@ -456,11 +469,13 @@ impl Pool {
                 .name(format!("vsp-exec-{i}"))
                 .spawn(move || {
                     let mut fixed = fixed.then(FixedIo::new).flatten();
+                    let mut head = Vec::new();
                     for job in rx {
                         if job.sess.ended.load(Ordering::Acquire) {
                             continue;
                         }
-                        let resp = execute(&exec, &job, fixed.as_mut(), &shared, min_len);
+                        let sink = sink(&job, fixed.as_mut(), &shared, min_len);
+                        let resp = execute(&exec, &job, sink, &mut head);
                         let _ = job.done.send(Done {
                             trans_id: job.trans_id,
                             resp,
@@ -488,38 +503,53 @@ fn sat32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Runs one request on a pool thread; writes the body and head into guest memory.
-fn execute(
-    exec: &Executor,
-    job: &Job,
-    fixed: Option<&mut FixedIo>,
-    shared: &Shared,
+/// The body destination of `job`: its data buffer in guest memory.
+fn sink<'a>(
+    job: &'a Job,
+    fixed: Option<&'a mut FixedIo>,
+    shared: &'a Shared,
     min_len: u64,
-) -> AzBlobVspResponse {
-    let mut sink = GuestSink {
+) -> GuestSink<'a> {
+    GuestSink {
         buf: &job.data,
         fixed,
         shared,
         min_len,
-    };
+    }
+}
+
+/// Runs one request (on a pool thread, or inline on its channel's thread); writes the body
+/// and the head into guest memory, the head rendered first into `head` (the thread's buffer,
+/// reused from request to request).
+fn execute(
+    exec: &Executor,
+    job: &Job,
+    mut sink: GuestSink<'_>,
+    head: &mut Vec<u8>,
+) -> AzBlobVspResponse {
     let read_body = |dst: &mut [u8]| job.data.read_at(0, dst).is_ok();
     match exec.execute_lazy(&job.head, job.body_len, read_body, &mut sink) {
         Ok(ex) => {
-            let head = ex.head_bytes();
-            if head.len() as u64 > job.response.len() {
+            let head_len = ex.head_len();
+            if head_len as u64 > job.response.len() {
                 return AzBlobVspResponse {
                     length: 0,
                     error: VSP_ERR_HEAD_TOO_LARGE,
-                    response_len: sat32(head.len() as u64),
+                    response_len: sat32(head_len as u64),
                 };
             }
-            if job.response.write_at(0, &head).is_err() {
+            head.clear();
+            head.resize(head_len, 0);
+            let written = ex
+                .write_head(head)
+                .map(|n| job.response.write_at(0, &head[..n]));
+            if !matches!(written, Ok(Ok(_))) {
                 return vsp_error(VSP_ERR_INTERNAL);
             }
             AzBlobVspResponse {
                 length: sat32(ex.body_len as u64),
                 error: VSP_OK,
-                response_len: sat32(head.len() as u64),
+                response_len: sat32(head_len as u64),
             }
         }
         Err(ExecuteError::BodyTooLarge { needed, .. }) => AzBlobVspResponse {
@@ -627,6 +657,7 @@ fn worker_loop(
     let mut rng = StdRng::seed_from_u64(ctx.cfg.seed ^ (u64::from(ch.index()) << 32));
     let mut pending: VecDeque<(u64, AzBlobVspResponse, bool)> = VecDeque::new();
     let (mut buf, mut out) = (Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     loop {
         if stop.load(Ordering::Acquire) {
             return Ok(());
@@ -639,7 +670,7 @@ fn worker_loop(
         while taken < INTAKE_BATCH {
             let Some(p) = ch.recv(&mut buf)? else { break };
             taken += 1;
-            if let Some(d) = intake(&p, &ctx, &mut rng, &done_tx, &wake) {
+            if let Some(d) = intake(&p, &ctx, &mut rng, (&done_tx, &wake), &mut scratch) {
                 settle(d, &mut pending, &ctx);
             }
         }
@@ -672,15 +703,24 @@ fn settle(d: Done, pending: &mut VecDeque<(u64, AzBlobVspResponse, bool)>, ctx: 
     }
 }
 
+/// A channel thread's buffers, reused from request to request: the request head copied out of
+/// guest memory and the response head rendered, for requests run inline.
+#[derive(Default)]
+struct Scratch {
+    head: Vec<u8>,
+    rendered: Vec<u8>,
+}
+
 /// Validates and copies one packet; runs it here when it is small
-/// ([`VspConfig::inline_max`]), else queues it for the pool. Returns what finished at once: a
+/// ([`VspConfig::inline_max`]), else queues it for the pool (`back`: where its completion
+/// goes, and the eventfd that wakes this worker then). Returns what finished at once: a
 /// request refused before execution, or one run inline.
 fn intake(
     p: &Packet<'_>,
     ctx: &WorkerCtx,
     rng: &mut StdRng,
-    done: &crossbeam_channel::Sender<Done>,
-    wake: &Arc<OwnedFd>,
+    (done, wake): (&crossbeam_channel::Sender<Done>, &Arc<OwnedFd>),
+    scratch: &mut Scratch,
 ) -> Option<Done> {
     let refused = |trans_id, error| Done {
         trans_id,
@@ -731,8 +771,16 @@ fn intake(
     // Copy the head out of guest memory once; the executor sees only the copy. The body
     // (`data_valid` bytes, within the data buffer: checked when the packet was parsed) is copied
     // the same way, but only once the head is admitted (`Executor::execute_lazy`): a request
-    // refused on its head never has its body read.
-    let mut head = vec![0u8; bufs.request.len() as usize];
+    // refused on its head never has its body read. A request run here reuses this thread's
+    // head buffer; one for the pool takes a buffer of its own.
+    let inline = runs_inline(ctx, bufs.data.len());
+    let mut head = if inline {
+        std::mem::take(&mut scratch.head)
+    } else {
+        Vec::new()
+    };
+    head.clear();
+    head.resize(bufs.request.len() as usize, 0);
     if bufs.request.read_at(0, &mut head).is_err() {
         return Some(refused(trans_id, VSP_ERR_INTERNAL));
     }
@@ -750,9 +798,11 @@ fn intake(
         wake: wake.clone(),
         sess: ctx.sess.clone(),
     };
-    if runs_inline(ctx, &job) {
+    if inline {
         counters.inline_requests.fetch_add(1, Ordering::Relaxed);
-        let resp = execute(&ctx.exec, &job, None, &ctx.shared, ctx.cfg.fixed_min_len);
+        let sink = sink(&job, None, &ctx.shared, ctx.cfg.fixed_min_len);
+        let resp = execute(&ctx.exec, &job, sink, &mut scratch.rendered);
+        scratch.head = job.head;
         return Some(Done {
             trans_id,
             resp,
@@ -766,10 +816,11 @@ fn intake(
     None
 }
 
-/// Whether `job` runs on the channel's thread: a small data buffer, a local store (no
-/// upstream round trip) and no injected delay (which must hold a pool thread, not the channel).
-fn runs_inline(ctx: &WorkerCtx, job: &Job) -> bool {
-    job.data.len() <= ctx.cfg.inline_max
+/// Whether a request with a data buffer of `data_len` bytes runs on the channel's thread: a
+/// small data buffer, a local store (no upstream round trip) and no injected delay (which must
+/// hold a pool thread, not the channel).
+fn runs_inline(ctx: &WorkerCtx, data_len: u64) -> bool {
+    data_len <= ctx.cfg.inline_max
         && ctx.exec.backend().local().is_some()
         && !ctx.exec.admission_blocks()
 }

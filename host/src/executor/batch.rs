@@ -43,7 +43,8 @@ impl Executor {
                 .find(|h| h.name.eq_ignore_ascii_case("content-id"))
                 .map(|h| String::from_utf8_lossy(h.value).into_owned());
             let sub = &part[pos..];
-            let resp = match parse_head(sub) {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let resp = match parse_head(sub, &mut slots) {
                 Ok((method, target, headers)) => {
                     let sreq = self.make_req(method, target, headers, &[]);
                     if sreq.method != Method::DELETE {
@@ -81,10 +82,10 @@ impl Executor {
                 Body::Bytes(v) => v,
                 _ => &[],
             };
-            for (k, v) in &resp.headers {
-                out.extend_from_slice(k.as_str().as_bytes());
+            for (k, v) in resp.headers.iter() {
+                out.extend_from_slice(k.as_bytes());
                 out.extend_from_slice(b": ");
-                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(v);
                 out.extend_from_slice(b"\r\n");
             }
             let _ = write!(Wr(&mut out), "Content-Length: {}\r\n\r\n", body.len());

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 
 #[cfg(feature = "passthrough")]
-use super::{AzError, Body, Executor, Req, Resp};
+use super::{AzError, Body, Executor, Req, Resp, ResponseHeaders};
 #[cfg(feature = "passthrough")]
 use crate::passthrough::Passthrough;
 
@@ -20,7 +20,7 @@ impl Executor {
             let p = path.trim_start_matches('/');
             path = p.find('/').map_or("", |i| &p[i..]);
         }
-        let mut headers = req.headers.clone();
+        let mut headers = req.headers.to_map();
         if let Some(src) = req.header("x-ms-copy-source")
             && let Ok((c, b)) = self.copy_source(src)
         {
@@ -29,17 +29,23 @@ impl Executor {
                 headers.insert("x-ms-copy-source", v);
             }
         }
+        // The upstream client takes owned pairs (forwarding is off the per-request path).
+        let query: Vec<(String, String)> = req
+            .query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let f = up.forward(
             &req.method,
             path,
-            &req.query,
+            &query,
             &headers,
             Bytes::copy_from_slice(req.body),
             req.body_limit,
         )?;
         let mut r = Resp::new(f.status.as_u16());
         r.status = f.status;
-        r.headers = f.headers;
+        r.headers = ResponseHeaders::from_map(&f.headers);
         r.body = if let Some(needed) = f.too_large {
             Body::TooLarge(needed)
         } else if f.body.is_empty() {

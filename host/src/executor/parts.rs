@@ -22,9 +22,9 @@ use blobring_proto::header::{BODY_PART_HEADER, BODY_PART_ID_HEADER};
 use md5::{Digest, Md5};
 
 use super::{
-    AzError, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob, set,
+    AzError, BlobAt, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob,
 };
-use crate::store::{BlockRef, Store};
+use crate::store::BlockRef;
 
 /// Uploads in progress at once.
 pub(super) const MAX_UPLOADS: usize = 1024;
@@ -104,12 +104,11 @@ impl Executor {
     /// One part of a Put Blob sent in parts (`part`: the [`BODY_PART_HEADER`] value).
     pub(super) fn put_blob_part(
         &self,
-        st: &dyn Store,
+        at: BlobAt<'_>,
         req: &Req<'_>,
-        c: &str,
-        b: &str,
         part: &str,
     ) -> Result<Resp, AzError> {
+        let BlobAt { st, c, b } = at;
         check_block_blob(req)?;
         let (first, total) = parse_part(part).ok_or_else(|| {
             bad(format!(
@@ -172,14 +171,12 @@ impl Executor {
         if u.next < total {
             let next = u.next;
             self.parts.put_back(id.to_owned(), u);
-            let mut r = Resp::new(202);
-            set(&mut r.headers, BODY_PART_HEADER, &format!("{next}/{total}"));
-            return Ok(r);
+            return Ok(Resp::new(202).h(BODY_PART_HEADER, format_args!("{next}/{total}")));
         }
         // The last part: check the whole body, then commit.
         let cond = conditions(req)?;
         let attrs = new_blob(req, true)?;
-        self.commit_staged(st, req, (c, b), &u.refs, u.md5, u.crc, &cond, attrs)
+        self.commit_staged(at, req, &u.refs, u.md5, u.crc, &cond, attrs)
     }
 }
 

@@ -13,8 +13,8 @@ use super::*;
 pub struct Executed {
     /// HTTP status.
     pub status: StatusCode,
-    /// Response headers (including `Content-Length`).
-    pub headers: HeaderMap,
+    /// Response headers (including `Content-Length`), in order.
+    pub headers: ResponseHeaders,
     /// Body bytes written at the start of the data buffer.
     pub body_len: usize,
 }
@@ -24,8 +24,8 @@ impl Executed {
     pub fn head_len(&self) -> usize {
         let mut n =
             "HTTP/1.1 000 \r\n".len() + self.status.canonical_reason().unwrap_or("").len() + 2;
-        for (k, v) in &self.headers {
-            n += k.as_str().len() + 2 + v.len() + 2;
+        for (k, v) in self.headers.iter() {
+            n += k.len() + 2 + v.len() + 2;
         }
         n
     }
@@ -49,10 +49,10 @@ impl Executed {
         put(b" ");
         put(self.status.canonical_reason().unwrap_or("").as_bytes());
         put(b"\r\n");
-        for (k, v) in &self.headers {
-            put(k.as_str().as_bytes());
+        for (k, v) in self.headers.iter() {
+            put(k.as_bytes());
             put(b": ");
-            put(v.as_bytes());
+            put(v);
             put(b"\r\n");
         }
         put(b"\r\n");
@@ -112,20 +112,17 @@ impl BodySink for VecSink<'_> {
 
 impl Executor {
     /// The headers every response carries: request id, version, client request id, date.
-    pub(super) fn common_headers(&self, h: &mut HeaderMap, req: &HeaderMap) {
+    pub(super) fn common_headers(&self, h: &mut ResponseHeaders, req: RequestHeaders<'_>) {
         if !h.contains_key("x-ms-request-id") {
-            set(h, "x-ms-request-id", &uuid::Uuid::new_v4().to_string());
+            h.set("x-ms-request-id", uuid::Uuid::new_v4().hyphenated());
         }
-        let version = req
-            .get("x-ms-version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(DEFAULT_VERSION);
-        set(h, "x-ms-version", version);
-        if let Some(id) = req.get("x-ms-client-request-id") {
-            h.insert("x-ms-client-request-id", id.clone());
+        let version = req.get("x-ms-version").unwrap_or(DEFAULT_VERSION);
+        h.set("x-ms-version", version);
+        if let Some(id) = req.raw("x-ms-client-request-id") {
+            h.set_bytes("x-ms-client-request-id", id);
         }
-        set(h, "date", &http_date(SystemTime::now()));
-        set(h, "server", "blobring-host");
+        h.set("date", http_date(SystemTime::now()));
+        h.set("server", "blobring-host");
     }
 
     /// `e` as an Azure error document (none for HEAD and 304), without the common headers
@@ -136,7 +133,7 @@ impl Executor {
             .h("x-ms-error-code", e.code)
             .h("x-ms-request-id", &rid);
         for (k, v) in e.headers {
-            r.headers.insert(k, v);
+            r.headers.set(k, v);
         }
         if !head && e.status != 304 {
             let doc = format!(
@@ -154,7 +151,12 @@ impl Executor {
     }
 
     /// `e` as a complete response: its error document and the common headers.
-    pub(super) fn error_response(&self, e: AzError, req_headers: &HeaderMap, head: bool) -> Resp {
+    pub(super) fn error_response(
+        &self,
+        e: AzError,
+        req_headers: RequestHeaders<'_>,
+        head: bool,
+    ) -> Resp {
         let mut r = self.error_resp(e, head);
         self.common_headers(&mut r.headers, req_headers);
         r
@@ -168,7 +170,7 @@ impl Executor {
     /// blob becomes its error response.
     pub(super) fn deliver(
         &self,
-        req_headers: &HeaderMap,
+        req_headers: RequestHeaders<'_>,
         resp: Resp,
         out: &mut dyn BodySink,
     ) -> Result<Executed, ExecuteError> {
@@ -223,7 +225,7 @@ impl Executor {
             }
         };
         if !head_only {
-            set(&mut headers, "content-length", &body_len.to_string());
+            headers.set("content-length", body_len);
         }
         Ok(Executed {
             status,
@@ -236,7 +238,7 @@ impl Executor {
     /// `http::Response`.
     pub(super) fn rest_response(
         &self,
-        req_headers: &HeaderMap,
+        req_headers: RequestHeaders<'_>,
         resp: Resp,
     ) -> http::Response<Bytes> {
         let mut body = Vec::new();
@@ -253,7 +255,7 @@ impl Executor {
         body.truncate(done.body_len);
         let mut out = http::Response::new(Bytes::from(body));
         *out.status_mut() = done.status;
-        *out.headers_mut() = done.headers;
+        *out.headers_mut() = done.headers.to_map();
         out
     }
 
@@ -266,6 +268,8 @@ impl Executor {
         code: &'static str,
         message: &str,
     ) -> http::Response<Bytes> {
+        let list = borrow_map(req_headers);
+        let req_headers = RequestHeaders(&list);
         let r = self.error_response(AzError::new(status, code, message), req_headers, false);
         self.rest_response(req_headers, r)
     }
@@ -297,15 +301,17 @@ fn iso_now() -> String {
     )
 }
 
-fn add_range_hashes(h: &mut HeaderMap, data: &[u8], md5: bool, crc: bool) {
+fn add_range_hashes(h: &mut ResponseHeaders, data: &[u8], md5: bool, crc: bool) {
+    use base64::display::Base64Display;
     if md5 {
-        set(h, "content-md5", &BASE64_STANDARD.encode(Md5::digest(data)));
+        let digest = Md5::digest(data);
+        h.set("content-md5", Base64Display::new(&digest, &BASE64_STANDARD));
     }
     if crc {
-        set(
-            h,
+        let digest = crc64(data);
+        h.set(
             "x-ms-content-crc64",
-            &BASE64_STANDARD.encode(crc64(data)),
+            Base64Display::new(&digest, &BASE64_STANDARD),
         );
     }
 }
