@@ -139,7 +139,6 @@ fn io_err(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> BusError {
     }
 }
 
-/// A new non-blocking, close-on-exec eventfd.
 /// A close-on-exec unix `SOCK_SEQPACKET` socket and the address `path`, for the guest to
 /// connect to or the host to bind.
 pub(crate) fn seqpacket_socket(
@@ -157,6 +156,7 @@ pub(crate) fn seqpacket_socket(
     Ok((sock, addr))
 }
 
+/// A new non-blocking, close-on-exec eventfd.
 pub(crate) fn new_eventfd() -> Result<OwnedFd, BusError> {
     eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io_err("eventfd"))
 }
