@@ -45,9 +45,11 @@ c_consts! {
     pub const AZ_BLOB_VSP_PROTOCOL_VERSION: u32 = 0 => "AZ_BLOB_VSP_PROTOCOL_VERSION";
     /// Most pages (data + request + response) one request may name.
     pub const AZ_BLOB_MAX_PAGES: u32 = 8192 => "AZ_BLOB_MAX_PAGES";
-    /// Hyper-V page size; PFNs in packets count these.
-    pub const HV_PAGE_SIZE: u64 = 4096 => "HV_PAGE_SIZE";
 }
+
+/// Hyper-V page size; PFNs in packets count these. (Not in the C header: Hyper-V headers define
+/// their own page-size macros.)
+pub const HV_PAGE_SIZE: u64 = 4096;
 
 abi_struct! {
     /// Ring control page (`hv_ring_buffer`), 4096 bytes at the start of each ring.
