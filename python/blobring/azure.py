@@ -237,9 +237,15 @@ class AsyncBlobringTransport(AsyncHttpTransport):
     """An asyncio azure-core ``AsyncHttpTransport`` over blobringd (for
     ``azure.storage.blob.aio`` and adlfs)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        socket: str | None = None,
+        *,
+        timeout: float | None = None,
+        client: _blobring.Client | None = None,
+    ) -> None:
         """Takes the arguments of :class:`BlobringTransport` (whose connection it shares)."""
-        self._sync = BlobringTransport(*args, **kwargs)
+        self._sync = BlobringTransport(socket, timeout=timeout, client=client)
 
     client_options = staticmethod(BlobringTransport.client_options)
 
