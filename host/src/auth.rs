@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use base64::DecodeSliceError;
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
-use blobring_proto::{Canonical, Signature, SigningKey, code, header};
+use blobring_proto::{Canonical, SigningKey, code, header};
 
 use crate::request::{AzError, QueryPairs, Req, RequestHeaders, borrow_map, decode_query};
 
@@ -167,7 +167,7 @@ impl SharedKeyAuth {
                 &req.query,
                 Some(date),
             );
-            same_signature(&self.key.sign(&c), sig)
+            self.key.verify(&c, sig)
         };
         if dates.iter().any(|&d| signed(d)) {
             Ok(())
@@ -268,17 +268,6 @@ impl SharedKeyAuth {
             Err(fail("the signature does not match"))
         }
     }
-}
-
-/// Whether `ours` (Base64) is the signature whose decoded bytes are `theirs`, compared in
-/// constant time (as `Mac::verify_slice` does).
-fn same_signature(ours: &Signature, theirs: &[u8]) -> bool {
-    let mut mac = [0u8; 33];
-    let Ok(n) = BASE64_STANDARD.decode_slice(ours.as_str(), &mut mac) else {
-        return false;
-    };
-    n == theirs.len()
-        && std::hint::black_box(mac[..n].iter().zip(theirs).fold(0, |d, (a, b)| d | (a ^ b))) == 0
 }
 
 /// Parse an ISO 8601 UTC time as used in SAS (`2026-11-24T04:00:00Z`).

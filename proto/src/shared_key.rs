@@ -273,6 +273,18 @@ impl SigningKey {
         Signature::of(mac)
     }
 
+    /// Whether `signature` (decoded) is this key's signature of the string-to-sign of `c`,
+    /// compared in constant time (`Mac::verify_slice`), without building that string.
+    pub fn verify<'a, H, Q>(&self, c: &Canonical<'a, H, Q>, signature: &[u8]) -> bool
+    where
+        H: Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
+        Q: Iterator<Item = (&'a str, &'a str)> + Clone,
+    {
+        let mut mac = self.mac.clone();
+        c.write_to(&mut mac);
+        mac.verify_slice(signature).is_ok()
+    }
+
     /// Whether `signature` (decoded) is this key's signature of `string_to_sign`, compared in
     /// constant time.
     pub fn verify_str(&self, string_to_sign: &str, signature: &[u8]) -> bool {
@@ -282,7 +294,8 @@ impl SigningKey {
     }
 }
 
-/// A SharedKey signature: Base64 of the 32-byte HMAC-SHA256, held inline.
+/// A SharedKey signature: Base64 of the 32-byte HMAC-SHA256, held inline. To check a signature a
+/// peer sent, use [`SigningKey::verify`] (constant time), not `==`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Signature([u8; 44]);
 
