@@ -711,6 +711,18 @@ struct Scratch {
     rendered: Vec<u8>,
 }
 
+impl Scratch {
+    /// Largest head buffer kept for the next request (a larger one, from an unusually large
+    /// request head, is freed rather than held for the channel's lifetime).
+    const KEEP_MAX: usize = 64 << 10;
+
+    fn keep_head(&mut self, head: Vec<u8>) {
+        if head.capacity() <= Self::KEEP_MAX {
+            self.head = head;
+        }
+    }
+}
+
 /// Validates and copies one packet; runs it here when it is small
 /// ([`VspConfig::inline_max`]), else queues it for the pool (`back`: where its completion
 /// goes, and the eventfd that wakes this worker then). Returns what finished at once: a
@@ -782,6 +794,9 @@ fn intake(
     head.clear();
     head.resize(bufs.request.len() as usize, 0);
     if bufs.request.read_at(0, &mut head).is_err() {
+        if inline {
+            scratch.keep_head(head);
+        }
         return Some(refused(trans_id, VSP_ERR_INTERNAL));
     }
     let drop_completion =
@@ -802,7 +817,7 @@ fn intake(
         counters.inline_requests.fetch_add(1, Ordering::Relaxed);
         let sink = sink(&job, None, &ctx.shared, ctx.cfg.fixed_min_len);
         let resp = execute(&ctx.exec, &job, sink, &mut scratch.rendered);
-        scratch.head = job.head;
+        scratch.keep_head(job.head);
         return Some(Done {
             trans_id,
             resp,
