@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -90,6 +91,13 @@ class Stack:
         if self._launcher.poll() is None:
             self._launcher.stdin.close()
             self._launcher.wait(timeout=30)
+
+
+def run_python(stack: Stack, code: str, **kw) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter of this venv, connected to `stack` through
+    ``BLOBRING_SOCKET``; output captured as text (`kw`: more `subprocess.run` arguments)."""
+    env = {**os.environ, "BLOBRING_SOCKET": str(stack.socket)}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, **kw)
 
 
 def make_stack(**kw) -> Stack:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 import uuid
 
 import fsspec
@@ -15,6 +13,7 @@ import pytest
 
 import blobring
 from blobring.fsspec import BlobringFileSystem
+from conftest import run_python
 
 
 @pytest.fixture(scope="session")
@@ -77,13 +76,7 @@ def test_protocol_is_registered_by_entry_point(stack, container, client):
         f"with fsspec.open('blobring://{container}/ep.txt', 'rb') as f:\n"
         "    sys.stdout.write(f.read().decode())\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "BLOBRING_SOCKET": str(stack.socket)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = run_python(stack, code, check=True)
     assert out.stdout == "found by entry point"
 
 

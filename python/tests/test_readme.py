@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import run_python
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -28,14 +27,7 @@ def test_readme_python_snippets_run(stack, client, tmp_path):
     # libstdc++ aborts ("terminate called without an active exception", ≈ 1 run in 10–30 on a
     # loaded 2-vCPU machine). That is pyarrow's shutdown race, not the snippets' behaviour.
     script = "\n".join(blocks) + "\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n"
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "BLOBRING_SOCKET": str(stack.socket)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_python(stack, script, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "missing" in out.stdout  # the BlobNotFound message names the blob
     assert "('a', 4)" in out.stdout and "('b', 2)" in out.stdout  # DuckDB's answer
