@@ -261,8 +261,9 @@ const ENTRIES: usize = 32;
 const VALUE_BYTES: usize = 1024;
 /// Spare buffers a thread keeps for its next responses.
 const SPARES: usize = 4;
-/// The largest value buffer kept as a spare.
-const SPARE_MAX_BYTES: usize = 64 << 10;
+/// The largest value buffer kept as a spare (also the bound on a VSP channel thread's kept
+/// request-head buffer); a spare's entry list is kept up to 4 × [`ENTRIES`].
+pub(crate) const SPARE_MAX_BYTES: usize = 64 << 10;
 
 thread_local! {
     /// The buffers of this thread's dropped [`ResponseHeaders`], reused by its next ones: a
@@ -478,7 +479,10 @@ impl ResponseHeaders {
 impl Drop for ResponseHeaders {
     /// Gives the buffers to the thread's spares (unless it has enough, or they grew large).
     fn drop(&mut self) {
-        if self.entries.capacity() == 0 || self.buf.capacity() > SPARE_MAX_BYTES {
+        if self.entries.capacity() == 0
+            || self.entries.capacity() > 4 * ENTRIES
+            || self.buf.capacity() > SPARE_MAX_BYTES
+        {
             return;
         }
         let (mut entries, mut buf) = (take(&mut self.entries), take(&mut self.buf));

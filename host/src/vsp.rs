@@ -712,12 +712,11 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Largest head buffer kept for the next request (a larger one, from an unusually large
-    /// request head, is freed rather than held for the channel's lifetime).
-    const KEEP_MAX: usize = 64 << 10;
-
+    /// Keeps `head` for the next request unless it grew past the bound the response headers'
+    /// spares use (an unusually large request head is freed, not held for the channel's
+    /// lifetime).
     fn keep_head(&mut self, head: Vec<u8>) {
-        if head.capacity() <= Self::KEEP_MAX {
+        if head.capacity() <= crate::request::SPARE_MAX_BYTES {
             self.head = head;
         }
     }
