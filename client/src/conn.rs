@@ -398,6 +398,8 @@ impl<T> Connection<T> {
         let memfd = fds
             .next()
             .ok_or_else(|| ConnectError::Protocol("no memfd".into()))?;
+        // Pre-faulted: the daemon allocated only the header and queues, so this allocates the
+        // arena (charged to this process) now rather than on each page's first request.
         let map = Arc::new(Mapping::map_peer(memfd.as_fd(), reply.region_len)?);
         // One copy of the header, validated as a whole.
         let header: RegionHeader = map

@@ -57,7 +57,8 @@
 //!    does plus data) and two eventfds, answers **`CHANNEL_OPENED`** with the three fds, and
 //!    starts that channel's VSP worker thread (it waits on the guest → host eventfd).
 //! 4. **`REGISTER_MEMORY`** (region id, guest-physical base, length, one memfd): the memfd must be
-//!    sealed against shrinking and at least `length` bytes (`Mapping::map_peer`), the base page
+//!    sealed against shrinking and at least `length` bytes (`Mapping::map_peer_lazy`: mapped
+//!    without pre-faulting, so registering costs the same for any length), the base page
 //!    aligned and not overlapping another region, and the total under the host's cap; it is then
 //!    mapped and answered with **`MEMORY_REGISTERED`** (a worker registers it with its io_uring
 //!    as a fixed buffer the first time a body read lands in it). From now on PFNs in request packets may point into it; any PFN

@@ -301,7 +301,23 @@ impl Mapping {
     ///
     /// The peer can still write any byte at any time and punch holes (which read as zeroes on
     /// shmem); see the module docs for hugetlb.
+    ///
+    /// The mapping is pre-faulted (`MAP_POPULATE`): every page is mapped now, and a page the
+    /// creator did not allocate is allocated now, by (and charged to) this process. Use
+    /// [`Mapping::map_peer_lazy`] for a mapping whose pages are mapped on first touch.
     pub fn map_peer(fd: BorrowedFd<'_>, expected_len: u64) -> Result<Self, RegionError> {
+        Self::peer(fd, expected_len, true)
+    }
+
+    /// [`Mapping::map_peer`] without pre-faulting: mapping costs the same for any length, and
+    /// each page is mapped (and, if the creator did not allocate it, allocated) when this
+    /// process first touches it. For a peer's memory of which this process may touch little,
+    /// such as the host's view of a client's region.
+    pub fn map_peer_lazy(fd: BorrowedFd<'_>, expected_len: u64) -> Result<Self, RegionError> {
+        Self::peer(fd, expected_len, false)
+    }
+
+    fn peer(fd: BorrowedFd<'_>, expected_len: u64, populate: bool) -> Result<Self, RegionError> {
         check_len(expected_len)?;
         let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
             if e == Errno::INVAL {
@@ -332,7 +348,7 @@ impl Mapping {
         let file_page = (stat.st_blksize as u64).max(SMALL_PAGE_SIZE);
         let map_len = round_up(expected_len, file_page)?.min(actual);
         check_len(map_len)?;
-        Self::map(fd, expected_len, map_len, true).map_err(|(op, e)| sys(op)(e))
+        Self::map(fd, expected_len, map_len, populate).map_err(|(op, e)| sys(op)(e))
     }
 
     /// Maps `len` bytes of a device-like file at `offset`, read-write and shared, for the
@@ -929,6 +945,23 @@ mod tests {
         assert!(
             present[5] && present.iter().filter(|&&p| p).count() == 1,
             "{present:?}"
+        );
+        // A lazy peer mapping maps nothing until touched; a pre-faulted one maps every page
+        // and allocates the pages the creator left unallocated.
+        let on_touch = Mapping::map_peer_lazy(lazy.fd(), 16 * 4096).unwrap();
+        assert!(pagemap_present(&on_touch).iter().all(|&p| !p));
+        assert_eq!(rustix::fs::fstat(lazy.fd()).unwrap().st_blocks * 512, 4096);
+        on_touch.write(7 * 4096, &[2]).unwrap();
+        let present = pagemap_present(&on_touch);
+        assert!(
+            present[7] && present.iter().filter(|&&p| p).count() == 1,
+            "{present:?}"
+        );
+        let populated = Mapping::map_peer(lazy.fd(), 16 * 4096).unwrap();
+        assert!(pagemap_present(&populated).iter().all(|&p| p));
+        assert_eq!(
+            rustix::fs::fstat(lazy.fd()).unwrap().st_blocks * 512,
+            16 * 4096
         );
     }
 

@@ -375,8 +375,11 @@ impl HostSession {
         }
     }
 
-    /// `REGISTER_MEMORY`: maps the guest's sealed memfd (checked by `Mapping::map_peer`) and
-    /// adds it to the guest-memory table, within the host's limit.
+    /// `REGISTER_MEMORY`: maps the guest's sealed memfd (checked by `Mapping::map_peer_lazy`)
+    /// and adds it to the guest-memory table, within the host's limit. The mapping is not
+    /// pre-faulted: registering costs the host the same for any length (a client that connects
+    /// and leaves does not make it map megabytes), and a page is mapped the first time a
+    /// request's data lands in it.
     fn register_memory(
         &mut self,
         seq: u32,
@@ -405,7 +408,7 @@ impl HostSession {
                 r.region_id, r.len, self.config.max_guest_memory
             )));
         }
-        let map = Mapping::map_peer(fd.as_fd(), r.len).map_err(|e| bad(e.to_string()))?;
+        let map = Mapping::map_peer_lazy(fd.as_fd(), r.len).map_err(|e| bad(e.to_string()))?;
         drop(fd);
         self.memory
             .write()

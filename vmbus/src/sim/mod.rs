@@ -31,7 +31,7 @@
 //! | 5 | G → H | `REQUEST_SUBCHANNELS` | `BusSubchannelCount { count }` | 0 | ask for `count` subchannels |
 //! | 6 | H → G | `SUBCHANNELS_OFFERED` | `BusSubchannelCount { count }` | 0 | reply: subchannels `1..=count` now exist (at most `max_channels - 1`) |
 //! | 7 | G → H | `REGISTER_MEMORY` | `BusRegisterMemory { region_id, gpa_base, len }` | 1 | register `len` bytes of a sealed memfd at guest-physical `gpa_base` (both multiples of 4096, no overlap, unique id) |
-//! | 8 | H → G | `MEMORY_REGISTERED` | `BusRegionId { region_id }` | 0 | reply: the host mapped it (`Mapping::map_peer`) |
+//! | 8 | H → G | `MEMORY_REGISTERED` | `BusRegionId { region_id }` | 0 | reply: the host mapped it (`Mapping::map_peer_lazy`: pages are mapped on first touch) |
 //! | 9 | G → H | `UNREGISTER_MEMORY` | `BusRegionId { region_id }` | 0 | forget a region (the host keeps it mapped until in-flight requests drop it) |
 //! | 10 | H → G | `MEMORY_UNREGISTERED` | `BusRegionId { region_id }` | 0 | reply |
 //! | 11 | G → H | `CLOSE_CHANNEL` | `BusChannelIndex { index }` | 0 | close an open channel |
