@@ -27,6 +27,9 @@
 //! - nothing on the request path logs or takes a lock; statistics are published by copying;
 //! - a client is admitted only by [`admission::decide`], and a grant never exceeds the
 //!   configured limits;
+//! - a handshake costs the daemon the same for any arena size: it allocates only the region
+//!   pages it initialises (header and queues; `uio` regions, which Hyper-V must find in
+//!   memory, are pre-faulted), and the client's own mapping allocates its arena;
 //! - a worker spins only while no request waits on the host, for at most `--spin-us`, and
 //!   only as long as spinning finds work soon enough to pay for itself ([`spin`]);
 //! - no unchecked memory access here: that lives only in shm, ring, vmbus and reactor;
