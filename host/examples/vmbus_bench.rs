@@ -2,8 +2,8 @@
 //! test driver (`BlobDriver`) with 4 channels.
 //!
 //! `cargo run --release -p blobring-host --example vmbus_bench [SECONDS]` prints 4 KiB GET
-//! requests/s and 16 MiB GET GB/s (warm page cache), the latter with the io_uring
-//! fixed-buffer body path and with the plain `pread` + copy path, plus a `pread` ceiling.
+//! requests/s and 16 MiB GET GB/s (warm page cache), the latter with the io_uring direct
+//! reads into guest memory and with the `pread` + copy path, plus a `pread` ceiling.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -69,20 +69,20 @@ fn main() -> anyhow::Result<()> {
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let mut servers = Vec::new();
-    for fixed in [true, false] {
-        let path = dir.path().join(format!("h-{fixed}.sock"));
+    for direct in [true, false] {
+        let path = dir.path().join(format!("h-{direct}.sock"));
         let server = Arc::new(VspServer::bind(
             &path,
             exec.clone(),
             VspConfig {
                 channels: 4,
-                fixed_buffers: fixed,
+                direct_reads: direct,
                 ..VspConfig::default()
             },
         )?);
         let (s, st) = (server.clone(), stop.clone());
         std::thread::spawn(move || s.run(&st));
-        servers.push((fixed, path, server));
+        servers.push((direct, path, server));
     }
     let cfg = DriverConfig {
         region_len: 256 << 20,
@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         copy_body: false,
         ..cfg
     };
-    for (fixed, path, server) in &servers {
+    for (direct, path, server) in &servers {
         let mut d = BlobDriver::connect_with(path, 4, cfg)?;
         run(&mut d, "big", 16 << 20, 4, 0.5); // warm-up
         let before = server.stats();
@@ -122,8 +122,8 @@ fn main() -> anyhow::Result<()> {
             let (_, bytes, el) = run(&mut d, "big", 16 << 20, depth, secs);
             println!(
                 "16 MiB GET, {} path, depth {depth}: {:>6.2} GB/s",
-                if *fixed {
-                    "io_uring fixed-buffer"
+                if *direct {
+                    "io_uring direct read "
                 } else {
                     "pread + copy       "
                 },
@@ -132,8 +132,8 @@ fn main() -> anyhow::Result<()> {
         }
         let after = server.stats();
         println!(
-            "   (fixed-buffer reads {}, bounce reads {})",
-            after.fixed_reads - before.fixed_reads,
+            "   (direct reads {}, bounce reads {})",
+            after.direct_reads - before.direct_reads,
             after.bounce_reads - before.bounce_reads
         );
     }

@@ -33,8 +33,8 @@
 //!   A signed 4 KiB ranged GET allocates twice on the host, both in the in-memory store's
 //!   `open` (`host/tests/exec_alloc.rs` holds the bounds).
 //! - **Module map, imports pointing down only** (no import circle among the files of
-//!   `host/src`): `main` (arguments) → `rest`, `vsp` (+ `vsp::fixed`, the io_uring
-//!   fixed-buffer reads into guest memory) → `executor` (dispatch, admission, blob operations;
+//!   `host/src`): `main` (arguments) → `rest`, `vsp` (+ `vsp::direct`, the io_uring
+//!   reads straight into guest memory) → `executor` (dispatch, admission, blob operations;
 //!   `listing`, `batch`, `parts`, `forward` to an upstream, `respond`) → `backend` →
 //!   `passthrough`, `store` (`engine` under `mem` and `fs`) and `auth` → `request` (the
 //!   request view and its headers, the response being built and its headers, `AzError`, query
@@ -60,8 +60,7 @@
 //!    sealed against shrinking and at least `length` bytes (`Mapping::map_peer_lazy`: mapped
 //!    without pre-faulting, so registering costs the same for any length), the base page
 //!    aligned and not overlapping another region, and the total under the host's cap; it is then
-//!    mapped and answered with **`MEMORY_REGISTERED`** (a worker registers it with its io_uring
-//!    as a fixed buffer the first time a body read lands in it). From now on PFNs in request packets may point into it; any PFN
+//!    mapped and answered with **`MEMORY_REGISTERED`**. From now on PFNs in request packets may point into it; any PFN
 //!    outside every registered region fails that request with [`vsp::VSP_ERR_BAD_PAGE`].
 //! 5. **`UNREGISTER_MEMORY`** (region id): forgotten for new requests, answered with
 //!    **`MEMORY_UNREGISTERED`**; requests already executing keep their mapping alive until done.
@@ -89,7 +88,7 @@
 //! small request itself ([`vsp::VspConfig::inline_max`]) or hands it to a pool of executor
 //! threads, so requests complete out of order. The pool calls
 //! [`Executor::execute_lazy`] with a [`BodySink`] over the guest's data buffer: the body lands
-//! in place (for `fs` stores via io_uring fixed-buffer reads into the registered guest
+//! in place (for `fs` stores via io_uring reads straight into the guest
 //! mapping), the head goes into the response buffer, and the worker posts the completion with
 //! the [`vsp`] status codes. The same executor may serve REST at the same time.
 //!
@@ -140,7 +139,7 @@
 //! (SAS), `sha2` (fs store names), `md-5` and `crc64fast-nvme` (Azure's transactional hashes;
 //! the latter implements the NVMe polynomial Azure's CRC64 uses), `serde_json` (fs store records),
 //! `lru` (the fs store's open-file cache, sized by `--open-files`); the VMBus path uses `blobring-vmbus` (rings, packets, bus session), `blobring-reactor`
-//! (io_uring waits and fixed-buffer reads), `blobring-shm` (guest mappings), `crossbeam-channel`
+//! (io_uring waits and reads into guest memory), `blobring-shm` (guest mappings), `crossbeam-channel`
 //! (the multi-consumer job queue of the executor pool) and `rustix` (eventfds).
 
 pub mod auth;

@@ -72,10 +72,10 @@ struct Args {
     /// queue; a slow or hung request holds one thread) [default: 4 per channel].
     #[arg(long, value_name = "N")]
     vsp_threads: Option<usize>,
-    /// Copy file-backed response bodies into guest memory with plain pread + copy instead of
-    /// io_uring fixed-buffer reads.
-    #[arg(long)]
-    no_fixed_buffers: bool,
+    /// Copy file-backed response bodies into guest memory with pread + copy instead of
+    /// reading them straight into it with io_uring.
+    #[arg(long, alias = "no-fixed-buffers")]
+    no_direct_reads: bool,
     /// Storage account name served.
     #[arg(long, default_value = EMULATOR_ACCOUNT)]
     account: String,
@@ -242,7 +242,7 @@ fn start_vmbus(args: &Args, exec: &Arc<Executor>) -> anyhow::Result<VmbusThread>
         executor_threads: args
             .vsp_threads
             .unwrap_or(4 * args.channels.max(1) as usize),
-        fixed_buffers: !args.no_fixed_buffers,
+        direct_reads: !args.no_direct_reads,
         drop_completion_rate: args.fault_drop_completion_rate,
         rescind_after: args.fault_rescind_after,
         seed: args.fault_seed,

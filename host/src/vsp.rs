@@ -21,11 +21,10 @@
 //!    before the `data_valid` body bytes are copied out of guest memory (once; never for a
 //!    refused request), with a [`BodySink`] over the guest's data buffer,
 //!    so the response body lands **in place** in guest memory; for `fs` store reads of at least
-//!    [`VspConfig::fixed_min_len`] bytes the sink reads the blob file straight into the
-//!    registered guest mapping with io_uring `READ_FIXED` (each guest region is registered as a
-//!    fixed buffer with the pool thread's reactor on first use, and unregistered once the guest
-//!    unregistered it and no request still uses it; a refused registration falls back to
-//!    `pread` into a bounce buffer). It then renders the response head into the response
+//!    [`VspConfig::direct_min_len`] bytes the sink reads the blob file straight into the guest
+//!    mapping with the pool thread's io_uring (plain `READ`s into the mapped region, no fixed
+//!    buffers: [`direct`] says why; without io_uring, `pread` into a bounce buffer and a
+//!    copy). It then renders the response head into the response
 //!    buffer (through a buffer the thread reuses from request to request) and sends the
 //!    completion back to the channel's worker.
 //! 4. The worker posts a completion packet (type 0xb, the request's transaction id, an
@@ -62,15 +61,13 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blobring_abi::vmbus::AzBlobVspResponse;
-use blobring_reactor::{
-    BufIndex, Event, FixedRange, MemoryRegion, Reactor, ReactorConfig, SharedFd,
-};
+use blobring_reactor::{Event, MemoryRegion, Reactor, ReactorConfig, SharedFd};
 use blobring_shm::Mapping;
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
 use blobring_vmbus::channel::{Channel, ChannelError};
@@ -94,8 +91,8 @@ pub use blobring_abi::vmbus::{
     VSP_ERR_INTERNAL, VSP_OK,
 };
 
-mod fixed;
-use fixed::{FixedIo, GuestSink};
+mod direct;
+use direct::{DirectIo, GuestSink};
 
 /// Default socket of the bus: `$XDG_RUNTIME_DIR/blobring/host.sock`, else
 /// `/run/blobring/host.sock` (the daemon's default `--host-socket`).
@@ -116,10 +113,11 @@ pub struct VspConfig {
     /// Executor threads per session (shared by its channels); requests beyond this many wait
     /// in a queue. A hung request (fault) holds one thread.
     pub executor_threads: usize,
-    /// Read `fs` store bodies into guest memory with io_uring fixed-buffer reads.
-    pub fixed_buffers: bool,
-    /// Smallest body read with the fixed-buffer path (smaller ones: one `pread` + copy).
-    pub fixed_min_len: u64,
+    /// Read `fs` store bodies straight into guest memory with io_uring (else `pread` into a
+    /// bounce buffer and a copy).
+    pub direct_reads: bool,
+    /// Smallest body read straight into guest memory (smaller ones: one `pread` + copy).
+    pub direct_min_len: u64,
     /// Requests whose data buffer holds at most this many bytes run on the channel's worker
     /// thread that received them, without a hand-off to the pool — when the backend is a
     /// local store and no latency or hang fault is set (a forwarded or delayed request would
@@ -139,8 +137,8 @@ impl Default for VspConfig {
             channels: 4,
             ring_size: DEFAULT_RING_SIZE,
             executor_threads: 16,
-            fixed_buffers: true,
-            fixed_min_len: 64 << 10,
+            direct_reads: true,
+            direct_min_len: 64 << 10,
             inline_max: 16 << 10,
             drop_completion_rate: 0.0,
             rescind_after: None,
@@ -179,7 +177,7 @@ struct Counters {
     completions: AtomicU64,
     dropped_completions: AtomicU64,
     rejected: AtomicU64,
-    fixed_reads: AtomicU64,
+    direct_reads: AtomicU64,
     bounce_reads: AtomicU64,
     inline_requests: AtomicU64,
     sessions: AtomicU64,
@@ -196,10 +194,10 @@ pub struct VspStats {
     pub dropped_completions: u64,
     /// Packets answered with a VSP error before execution, or unanswerable.
     pub rejected: u64,
-    /// Bodies read with io_uring fixed-buffer reads.
-    pub fixed_reads: u64,
-    /// File bodies copied with `pread` + copy instead (fixed buffers off or refused; bodies
-    /// below [`VspConfig::fixed_min_len`] are not counted).
+    /// Bodies read straight into guest memory with io_uring.
+    pub direct_reads: u64,
+    /// File bodies copied with `pread` + copy instead (direct reads off or no io_uring;
+    /// bodies below [`VspConfig::direct_min_len`] are not counted).
     pub bounce_reads: u64,
     /// Requests executed on the channel thread that received them ([`VspConfig::inline_max`]).
     pub inline_requests: u64,
@@ -299,7 +297,7 @@ impl VspServer {
             completions: l(&c.completions),
             dropped_completions: l(&c.dropped_completions),
             rejected: l(&c.rejected),
-            fixed_reads: l(&c.fixed_reads),
+            direct_reads: l(&c.direct_reads),
             bounce_reads: l(&c.bounce_reads),
             inline_requests: l(&c.inline_requests),
             sessions: l(&c.sessions),
@@ -464,17 +462,17 @@ impl Pool {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..cfg.executor_threads {
             let (rx, exec, shared) = (rx.clone(), exec.clone(), shared.clone());
-            let (fixed, min_len) = (cfg.fixed_buffers, cfg.fixed_min_len);
+            let (direct, min_len) = (cfg.direct_reads, cfg.direct_min_len);
             std::thread::Builder::new()
                 .name(format!("vsp-exec-{i}"))
                 .spawn(move || {
-                    let mut fixed = fixed.then(FixedIo::new).flatten();
+                    let mut direct = direct.then(DirectIo::new).flatten();
                     let mut head = Vec::new();
                     for job in rx {
                         if job.sess.ended.load(Ordering::Acquire) {
                             continue;
                         }
-                        let sink = sink(&job, fixed.as_mut(), &shared, min_len);
+                        let sink = sink(&job, direct.as_mut(), &shared, min_len);
                         let resp = execute(&exec, &job, sink, &mut head);
                         let _ = job.done.send(Done {
                             trans_id: job.trans_id,
@@ -506,13 +504,13 @@ fn sat32(n: u64) -> u32 {
 /// The body destination of `job`: its data buffer in guest memory.
 fn sink<'a>(
     job: &'a Job,
-    fixed: Option<&'a mut FixedIo>,
+    direct: Option<&'a mut DirectIo>,
     shared: &'a Shared,
     min_len: u64,
 ) -> GuestSink<'a> {
     GuestSink {
         buf: &job.data,
-        fixed,
+        direct,
         shared,
         min_len,
     }
@@ -814,7 +812,7 @@ fn intake(
     };
     if inline {
         counters.inline_requests.fetch_add(1, Ordering::Relaxed);
-        let sink = sink(&job, None, &ctx.shared, ctx.cfg.fixed_min_len);
+        let sink = sink(&job, None, &ctx.shared, ctx.cfg.direct_min_len);
         let resp = execute(&ctx.exec, &job, sink, &mut scratch.rendered);
         scratch.keep_head(job.head);
         return Some(Done {

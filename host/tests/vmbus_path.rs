@@ -528,12 +528,12 @@ fn shared_key_signed_requests_over_vmbus() {
     assert_eq!(call(&mut d, 3, &forged, b"", 8192).status, 403);
 }
 
-/// In process, to read the server's counters: `fs` GETs of large bodies take the io_uring
-/// fixed-buffer path into guest memory (or, with it off, pread + copy), byte-exact either way,
+/// In process, to read the server's counters: `fs` GETs of large bodies are read straight into
+/// guest memory with io_uring (or, with that off, pread + copy), byte-exact either way,
 /// including ranges that start mid-page and a data buffer that straddles many pages; a small
 /// GET runs on the channel thread that received it (`VspConfig::inline_max`).
 #[test]
-fn fixed_buffer_body_path_is_used_and_byte_exact() {
+fn direct_body_path_is_used_and_byte_exact() {
     use blobring_host::open_store;
     use blobring_host::vsp::{VspConfig, VspServer};
     use std::sync::Arc;
@@ -544,17 +544,17 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
         .tempdir_in("/tmp")
         .unwrap();
     let store = open_store(&format!("fs:{}", dir.path().join("store").display())).unwrap();
-    store.create_container("fixed", Vec::new()).unwrap();
+    store.create_container("direct", Vec::new()).unwrap();
     let exec = Arc::new(common::plain_executor(store));
     let data = pattern(3 << 20, 21);
-    for fixed in [true, false] {
-        let path = dir.path().join(format!("f-{fixed}.sock"));
+    for direct in [true, false] {
+        let path = dir.path().join(format!("f-{direct}.sock"));
         let server = Arc::new(
             VspServer::bind(
                 &path,
                 exec.clone(),
                 VspConfig {
-                    fixed_buffers: fixed,
+                    direct_reads: direct,
                     ..VspConfig::default()
                 },
             )
@@ -564,40 +564,40 @@ fn fixed_buffer_body_path_is_used_and_byte_exact() {
         let (s, st) = (server.clone(), stop.clone());
         let t = std::thread::spawn(move || s.run(&st));
         let mut d = BlobDriver::connect(&path, 4).unwrap();
-        if fixed {
-            put_blob(&mut d, 0, "fixed/big", &data);
+        if direct {
+            put_blob(&mut d, 0, "direct/big", &data);
         }
-        let r = get(&mut d, 1, "fixed/big", &[], 3 << 20);
+        let r = get(&mut d, 1, "direct/big", &[], 3 << 20);
         assert!(
             r.status == 200 && r.body == data,
-            "whole body, fixed={fixed}"
+            "whole body, direct={direct}"
         );
         let r = get(
             &mut d,
             2,
-            "fixed/big",
+            "direct/big",
             &["x-ms-range: bytes=4097-2000000"],
             2 << 20,
         );
         assert!(
             r.status == 206 && r.body == data[4097..=2_000_000],
-            "range, fixed={fixed}"
+            "range, direct={direct}"
         );
         // A small request runs on the channel thread that received it, byte-exact; the large
         // ones above went to the pool.
         let r = get(
             &mut d,
             3,
-            "fixed/big",
+            "direct/big",
             &["x-ms-range: bytes=100-4195"],
             4096,
         );
         assert!(r.status == 206 && r.body == data[100..4196], "small range");
         let st = server.stats();
-        if fixed {
-            assert_eq!((st.fixed_reads, st.bounce_reads), (2, 0), "{st:?}");
+        if direct {
+            assert_eq!((st.direct_reads, st.bounce_reads), (2, 0), "{st:?}");
         } else {
-            assert_eq!((st.fixed_reads, st.bounce_reads), (0, 2), "{st:?}");
+            assert_eq!((st.direct_reads, st.bounce_reads), (0, 2), "{st:?}");
         }
         assert_eq!(
             st.inline_requests, 1,

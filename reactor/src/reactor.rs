@@ -105,8 +105,8 @@ pub enum Event {
     /// A futex wait ended: `Ok` when woken, `Err(EAGAIN)` when the word did not hold the
     /// expected value, `Err(ECANCELED)` when cancelled.
     FutexWait(Result<(), Errno>),
-    /// A `read_fixed` / `write_fixed` ended: bytes transferred.
-    Fixed(Result<u32, Errno>),
+    /// A `read_fixed`, `write_fixed` or `read_into` ended: bytes transferred.
+    Transferred(Result<u32, Errno>),
     /// A plain read ended; the buffer is handed back with the bytes read appended.
     Read {
         /// The caller's buffer.
@@ -168,6 +168,11 @@ enum OpKind {
         _fd: SharedFd,
         _region: Arc<dyn MemoryRegion>,
         slot: u16,
+    },
+    /// A plain read into region memory that is not in the fixed-buffer table.
+    Into {
+        _fd: SharedFd,
+        _region: Arc<dyn MemoryRegion>,
     },
     Read {
         _fd: SharedFd,
@@ -540,7 +545,7 @@ impl Reactor {
     }
 
     /// Reads from `fd` at `file_offset` into `range` of a registered region
-    /// ([`Event::Fixed`] with the bytes read).
+    /// ([`Event::Transferred`] with the bytes read).
     pub fn read_fixed(
         &mut self,
         fd: impl Into<SharedFd>,
@@ -552,7 +557,7 @@ impl Reactor {
     }
 
     /// Writes `range` of a registered region to `fd` at `file_offset`
-    /// ([`Event::Fixed`] with the bytes written).
+    /// ([`Event::Transferred`] with the bytes written).
     pub fn write_fixed(
         &mut self,
         fd: impl Into<SharedFd>,
@@ -596,6 +601,48 @@ impl Reactor {
         let op = self.queue(token, kind, entry)?;
         self.region_ops[usize::from(slot)] += 1;
         Ok(op)
+    }
+
+    /// Reads from `fd` at `file_offset` into `len` bytes of `region` at `offset`
+    /// ([`Event::Transferred`] with the bytes read), without registering the region: the
+    /// reactor keeps `region` (and `fd`) alive until the completion. For reads served from the
+    /// page cache this is the same copy as [`Reactor::read_fixed`] without pinning every page
+    /// of the region in this ring first (a cost paid again in every ring that registers it,
+    /// and larger than the copies themselves for a region read from once); fixed buffers pay
+    /// off for `O_DIRECT` I/O, where the kernel would otherwise pin the pages on every read.
+    pub fn read_into(
+        &mut self,
+        fd: impl Into<SharedFd>,
+        region: Arc<dyn MemoryRegion>,
+        offset: usize,
+        len: u32,
+        file_offset: u64,
+        token: u64,
+    ) -> Result<OpId> {
+        let region_len = region.len();
+        if offset
+            .checked_add(len as usize)
+            .is_none_or(|end| end > region_len)
+        {
+            return Err(Error::OutOfBounds {
+                offset,
+                len: len as usize,
+                region_len,
+            });
+        }
+        let fd = fd.into();
+        let ptr = region.as_ptr().wrapping_add(offset);
+        let entry = opcode::Read::new(types::Fd(fd.raw()), ptr, len)
+            .offset(file_offset)
+            .build();
+        self.queue(
+            token,
+            OpKind::Into {
+                _fd: fd,
+                _region: region,
+            },
+            entry,
+        )
     }
 
     /// Reads from `fd` into the spare capacity of `buf` (at most `u32::MAX` bytes); the buffer
@@ -948,8 +995,9 @@ impl Reactor {
                 OpKind::FutexWait { .. } => Event::FutexWait(count.map(drop)),
                 OpKind::Fixed { slot, .. } => {
                     self.region_ops[usize::from(slot)] -= 1;
-                    Event::Fixed(count)
+                    Event::Transferred(count)
                 }
+                OpKind::Into { .. } => Event::Transferred(count),
                 OpKind::Read { mut buf, .. } => {
                     if let Ok(n) = count {
                         let new_len = buf.len() + n as usize;

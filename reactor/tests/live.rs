@@ -530,7 +530,7 @@ fn fixed_buffer_round_trip(config: ReactorConfig) {
     let got = collect(&mut reactor, 1, LONG);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].token, 21);
-    assert_eq!(got[0].event, Event::Fixed(Ok(8192)));
+    assert_eq!(got[0].event, Event::Transferred(Ok(8192)));
     let mut on_disk = Vec::new();
     file.seek(SeekFrom::Start(0)).unwrap();
     file.read_to_end(&mut on_disk).unwrap();
@@ -544,7 +544,7 @@ fn fixed_buffer_round_trip(config: ReactorConfig) {
     let range = fixed(index, 32 * 1024, 3000);
     reactor.read_fixed(Arc::clone(&fd), range, 100, 22).unwrap();
     let got = collect(&mut reactor, 1, LONG);
-    assert_eq!(got[0].event, Event::Fixed(Ok(3000)));
+    assert_eq!(got[0].event, Event::Transferred(Ok(3000)));
     assert_eq!(region.read_bytes(32 * 1024, 3000), fresh);
     // Bytes next to the range are untouched.
     assert_eq!(region.read_bytes(32 * 1024 + 3000, 16), vec![0u8; 16]);
@@ -582,6 +582,52 @@ fn fixed_buffer_fallback_uses_plain_reads_and_writes() {
             .fixed_buffers
     );
     fixed_buffer_round_trip(config);
+}
+
+#[test]
+fn read_into_fills_an_unregistered_region_and_holds_it_until_done() {
+    // No fixed-buffer slots at all: `read_into` needs none.
+    let mut reactor = Reactor::with_config(ReactorConfig {
+        fixed_buffer_slots: 0,
+        ..ReactorConfig::default()
+    })
+    .unwrap();
+    let region = MemfdRegion::new(64 * 1024);
+    let mut file = tempfile::tempfile().unwrap();
+    let pattern: Vec<u8> = (0..20_000u32).map(|i| (i * 13 + 1) as u8).collect();
+    file.write_all(&pattern).unwrap();
+    let fd = Arc::new(file);
+    reactor
+        .read_into(Arc::clone(&fd), region.clone(), 4095, 12_000, 300, 7)
+        .unwrap();
+    // The reactor holds the region until the read completes.
+    assert_eq!(Arc::strong_count(&region), 2);
+    let got = collect(&mut reactor, 1, LONG);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].token, 7);
+    assert_eq!(got[0].event, Event::Transferred(Ok(12_000)));
+    assert_eq!(Arc::strong_count(&region), 1);
+    assert_eq!(region.read_bytes(4095, 12_000), &pattern[300..12_300]);
+    // Bytes on either side are untouched.
+    assert_eq!(region.read_bytes(4079, 16), vec![0u8; 16]);
+    assert_eq!(region.read_bytes(4095 + 12_000, 16), vec![0u8; 16]);
+    // Past the end of the file: a short read, reported as such.
+    reactor
+        .read_into(Arc::clone(&fd), region.clone(), 0, 4096, 19_000, 8)
+        .unwrap();
+    let got = collect(&mut reactor, 1, LONG);
+    assert_eq!(got[0].event, Event::Transferred(Ok(1000)));
+    assert_eq!(region.read_bytes(0, 1000), &pattern[19_000..]);
+    // A range past the region is refused before reaching the kernel.
+    assert!(matches!(
+        reactor.read_into(Arc::clone(&fd), region.clone(), 64 * 1024 - 10, 11, 0, 9),
+        Err(Error::OutOfBounds {
+            offset: 65526,
+            len: 11,
+            region_len: 65536
+        })
+    ));
+    assert_eq!(Arc::strong_count(&region), 1);
 }
 
 #[test]
@@ -708,11 +754,11 @@ fn shm_region_serves_as_fixed_buffer_and_futex_word() {
     let range = fixed(index, 8192, 18);
     reactor.write_fixed(Arc::clone(&file), range, 0, 1).unwrap();
     let got = collect(&mut reactor, 1, LONG);
-    assert_eq!(got[0].event, Event::Fixed(Ok(18)));
+    assert_eq!(got[0].event, Event::Transferred(Ok(18)));
     let back = fixed(index, 100, 18);
     reactor.read_fixed(Arc::clone(&file), back, 0, 2).unwrap();
     let got = collect(&mut reactor, 1, LONG);
-    assert_eq!(got[0].event, Event::Fixed(Ok(18)));
+    assert_eq!(got[0].event, Event::Transferred(Ok(18)));
     let mut bytes = [0u8; 18];
     region.mapping().read(100, &mut bytes).unwrap();
     assert_eq!(&bytes, b"from shared memory");
