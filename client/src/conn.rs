@@ -399,7 +399,8 @@ impl<T> Connection<T> {
             .next()
             .ok_or_else(|| ConnectError::Protocol("no memfd".into()))?;
         // Pre-faulted: the daemon allocated only the header and queues, so this allocates the
-        // arena (charged to this process) now rather than on each page's first request.
+        // arena (charged to this process) now rather than on each page's first request, and a
+        // failure to allocate it fails the connect with `RegionError::OutOfMemory`.
         let map = Arc::new(Mapping::map_peer(memfd.as_fd(), reply.region_len)?);
         // One copy of the header, validated as a whole.
         let header: RegionHeader = map

@@ -8,7 +8,9 @@
 //! - **futex wake / wait** on `u32` words in shared memory (futex2 `SIZE_U32`, never
 //!   `PRIVATE`, so other processes are woken), many wakes per submit;
 //! - **fixed buffers**: memory regions registered once (sparse table + update) and
-//!   `ReadFixed` / `WriteFixed` into them, plus plain `Read` / `Write` with owned buffers;
+//!   `ReadFixed` / `WriteFixed` into them; plain `Read`s into a region that is not registered
+//!   (`read_into`, the region kept alive until the completion: for page-cache reads the same
+//!   copy without pinning the region in every ring); plain `Read` / `Write` with owned buffers;
 //! - **submit + wait** with a timeout; completions come back as [`Completion`]s keyed by the
 //!   caller's `u64` token.
 //!

@@ -302,9 +302,11 @@ impl Mapping {
     /// The peer can still write any byte at any time and punch holes (which read as zeroes on
     /// shmem); see the module docs for hugetlb.
     ///
-    /// The mapping is pre-faulted (`MAP_POPULATE`): every page is mapped now, and a page the
-    /// creator did not allocate is allocated now, by (and charged to) this process. Use
-    /// [`Mapping::map_peer_lazy`] for a mapping whose pages are mapped on first touch.
+    /// The mapping is pre-faulted (`MADV_POPULATE_WRITE`): every page is mapped now, and a
+    /// page the creator did not allocate is allocated now, by (and charged to) this process;
+    /// if that fails the call does ([`RegionError::OutOfMemory`]), where `MAP_POPULATE` would
+    /// leave the failure to a later touch. Use [`Mapping::map_peer_lazy`] for a mapping whose
+    /// pages are mapped on first touch.
     pub fn map_peer(fd: BorrowedFd<'_>, expected_len: u64) -> Result<Self, RegionError> {
         Self::peer(fd, expected_len, true)
     }
@@ -348,7 +350,18 @@ impl Mapping {
         let file_page = (stat.st_blksize as u64).max(SMALL_PAGE_SIZE);
         let map_len = round_up(expected_len, file_page)?.min(actual);
         check_len(map_len)?;
-        Self::map(fd, expected_len, map_len, populate).map_err(|(op, e)| sys(op)(e))
+        let map = Self::map(fd, expected_len, map_len, false).map_err(|(op, e)| sys(op)(e))?;
+        if populate {
+            match map.advise(Advice::LinuxPopulateWrite) {
+                Ok(()) => {}
+                // Before Linux 5.14: allocate through the file (still reporting a failure);
+                // the pages are then mapped on first touch.
+                Err(Errno::INVAL) => rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, map_len)
+                    .map_err(alloc_err("fallocate", map_len))?,
+                Err(e) => return Err(alloc_err("madvise(MADV_POPULATE_WRITE)", map_len)(e)),
+            }
+        }
+        Ok(map)
     }
 
     /// Maps `len` bytes of a device-like file at `offset`, read-write and shared, for the
