@@ -69,7 +69,9 @@ pub fn default_socket_path() -> PathBuf {
 pub struct ConnectOptions {
     /// SQ entries per queue (a power of two).
     pub sq_entries: u32,
-    /// Data arena bytes.
+    /// Data arena bytes. The connect allocates them (charged to this process's memory and
+    /// cgroup) and maps them in, so a connect with a large arena takes a few milliseconds
+    /// per 16 MiB and fails with an out-of-memory error when they cannot be allocated.
     pub arena_len: u64,
     /// ABI version to announce (tests only: anything but [`ABI_VERSION`] is refused).
     pub abi_version: Option<u32>,
