@@ -218,6 +218,15 @@ fn offer_open_register_exchange_rescind() {
     const GPA: u64 = 0x1000_0000;
     let region = Region::create("guest-mem", 16 * 4096).unwrap();
     bus.register_memory(1, GPA, region.fd(), 16 * 4096).unwrap();
+    // Registering maps the region in the host without pre-faulting it: neither the guest's
+    // mapping nor the host's has a page resident until a request touches one, so a guest that
+    // registers (and leaves) costs the host nothing per byte.
+    let rss = memfd_rss_kib("guest-mem");
+    assert_eq!(
+        rss,
+        [0, 0],
+        "guest and host mappings of the region, KiB resident"
+    );
     assert!(matches!(
         bus.register_memory(2, GPA + 4096, region.fd(), 4096),
         Err(BusError::Refused {
@@ -322,6 +331,27 @@ fn offer_open_register_exchange_rescind() {
         .filter_map(|e| e.strip_prefix("worker handled ")?.parse::<u64>().ok())
         .sum();
     assert_eq!(handled, 4 * 2 + 1, "{events:?}");
+}
+
+/// Resident KiB of each mapping of this process of the memfd called `name`, from
+/// `/proc/self/smaps`.
+fn memfd_rss_kib(name: &str) -> Vec<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut out = Vec::new();
+    let mut ours = false;
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if ours {
+                out.push(rss.trim().trim_end_matches("kB").trim().parse().unwrap());
+            }
+        } else if line.split(' ').next().is_some_and(|r| {
+            r.contains('-') && r.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+        }) {
+            // A mapping's first line: its address range, …, then its path if any.
+            ours = line.ends_with(&format!("/memfd:{name} (deleted)"));
+        }
+    }
+    out
 }
 
 fn raw_send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
