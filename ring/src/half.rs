@@ -304,19 +304,39 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Consumer<M, E> {
     }
 }
 
-/// Loads a peer's sleep flag after a full fence.
+/// Loads a peer's sleep flag after a full fence; the daemon's `sq_need_wakeup` is also
+/// claimed (see below).
 ///
 /// The fence pairs with the one the sleeper issues between storing its flag and re-reading our
 /// index: either the sleeper's re-read sees the index we just published (and it does not
 /// sleep), or this load sees its flag (and we signal). Without it the store of our index could
 /// still sit in the store buffer while we read a stale 0 (tokio-rs/io-uring#197).
+///
+/// **Claiming `sq_need_wakeup`.** The client (producer of the SQ, consumer of the CQ) that
+/// finds the daemon's flag set clears it, and its caller rings the doorbell right after
+/// (`wake_peer`): the client's later publishes during the same sleep then find it clear and
+/// make no syscall, instead of one eventfd write per request until the daemon's worker is
+/// back on a CPU and clears the flag itself. No sleep is left without a ring: every clear is
+/// followed by its caller's ring, so a clear that lands after the worker set the flag again
+/// for a new sleep wakes that sleep too (spuriously at worst), and a publish that finds the
+/// flag clear is covered by the fences as above — the worker sets the flag before its re-read,
+/// so it either sees this publish or this load sees its new flag. The daemon never reads its
+/// flag back; a client that clears it without ringing only delays its own requests until the
+/// worker's sleep times out or another ring arrives. `cq_waiting` (the client's flag, read by
+/// the daemon) is not claimed: several client threads may sleep on it.
 fn peer_flag<S: SharedMemory + ?Sized>(
     mem: &S,
     layout: &QueueLayout,
     flag: u64,
 ) -> Result<bool, RingError> {
     mem.fence(SeqCst);
+    let at = layout.field(flag);
     // Relaxed: ordering comes from the fence; any non-zero value means "asleep" (a lying flag
     // only costs the liar's peer a syscall).
-    Ok(mem.load_u32(layout.field(flag), Relaxed)? != 0)
+    let asleep = mem.load_u32(at, Relaxed)? != 0;
+    if asleep && flag == qc::SQ_NEED_WAKEUP {
+        // Relaxed: the ring that follows (a syscall) is what the worker waits for.
+        mem.store_u32(at, 0, Relaxed)?;
+    }
+    Ok(asleep)
 }

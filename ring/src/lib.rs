@@ -18,7 +18,9 @@
 //! the daemon's job. The client side trusts the daemon but still validates `sq_head` and
 //! `cq_tail` the same way, so a daemon bug shows as an error, not as memory corruption.
 //! Flags (`sq_need_wakeup`, `cq_waiting`) are hints: a lying flag only costs its writer's
-//! peer a spurious syscall, or makes the liar sleep until its timeout.
+//! peer a spurious syscall, or makes the liar sleep until its timeout. The client clears
+//! `sq_need_wakeup` when it finds it set and rings, so it rings once per daemon sleep, not once
+//! per request published during it (`peer_flag` in `half.rs` explains why no wake-up is lost).
 //!
 //! **Invariants:**
 //! - Each index has exactly one writer. The writer keeps the authoritative value in private
@@ -79,7 +81,9 @@ pub use wake::{EventFd, FutexWord, Notifier, Sleeper, Slept, WAIT_ANY_MAX, WaitO
 pub struct Published {
     /// Entries published (0 when nothing fitted or nothing was available).
     pub count: usize,
-    /// The peer advertised that it sleeps: notify it (eventfd write / futex wake).
+    /// The peer advertised that it sleeps: notify it (eventfd write / futex wake). Always
+    /// act on it: the client's side has already cleared the daemon's flag, so no later
+    /// publish will ask again for this sleep.
     pub wake_peer: bool,
 }
 

@@ -173,6 +173,41 @@ fn sq_sleep_wake() {
     });
 }
 
+/// Client → daemon, twice: the client publishes two SQEs one after the other and rings only
+/// when it finds (and claims, by clearing) the daemon's `sq_need_wakeup`; the daemon takes one
+/// entry at a time and sleeps whenever its SQ is empty. Whatever the interleaving — the second
+/// publish during the sleep the first one rang for, after the daemon woke, or after it went to
+/// sleep again — the daemon gets both and nobody is left asleep.
+#[test]
+fn sq_two_publishes_claimed_wakeups() {
+    model((2, 2, 0), |mem, layout| {
+        let mut prod = SqProducer::attach(mem.clone(), &layout).unwrap();
+        let mut daemon = DaemonQueue::new(mem, &layout, 0).unwrap();
+        let efd = Arc::new(LoomEventFd::new());
+        let efd2 = efd.clone();
+        let t = thread::spawn(move || {
+            for ud in [1, 2] {
+                let p = prod.push_batch(&[sqe(ud)]).unwrap();
+                assert_eq!(p.count, 1);
+                if p.wake_peer {
+                    efd2.notify().unwrap();
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [Sqe::new_zeroed(); 1];
+        while got.len() < 2 {
+            if daemon.take(&mut buf).unwrap() == 1 {
+                got.push(buf[0].user_data);
+            } else {
+                daemon.wait(&*efd, None).unwrap();
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(got, [1, 2]);
+    });
+}
+
 /// Daemon → client: the client sets cq_waiting, fences, re-checks and futex-waits on cq_tail;
 /// the daemon publishes cq_tail and wakes only if cq_waiting is set. No lost wakeup.
 #[test]
