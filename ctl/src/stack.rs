@@ -13,7 +13,7 @@
 //! Readiness is probed, not guessed: the host is ready once its VMBus socket exists and it has
 //! printed the address of every REST front end it was asked for (`--http`, `--https`); the
 //! daemon once its ctl socket answers and, for a [`Stack`], once it reports
-//! `host_connected`.
+//! `host_connected` and its workers' statistics list every open channel.
 
 use std::ffi::OsString;
 use std::os::unix::net::UnixStream;
@@ -356,7 +356,8 @@ impl Daemon {
         })
     }
 
-    /// Waits (≤ `timeout`) until it reports `host_connected`, failing early if it or `host`
+    /// Waits (≤ `timeout`) until it reports `host_connected` and its workers list every open
+    /// channel (so what `blobring stats` shows next matches), failing early if it or `host`
     /// exits; gives up early with `Ok(false)` once `stop()` says so.
     pub fn wait_connected_or(
         &mut self,
@@ -371,7 +372,9 @@ impl Daemon {
                     return Some(false);
                 }
                 let doc = crate::fetch(&ctl).ok()?;
-                (doc["daemon"]["host_connected"] == true).then_some(true)
+                let open = doc["daemon"]["channels_open"].as_u64()?;
+                let listed = doc["channels"].as_array()?.len() as u64;
+                (doc["daemon"]["host_connected"] == true && listed == open).then_some(true)
             })
     }
 }

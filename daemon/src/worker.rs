@@ -759,8 +759,15 @@ impl Worker {
                             self.channel_broken(reason);
                         }
                     }
+                    // A new channel set is published at once (not at the next periodic
+                    // publish, up to PUBLISH_EVERY later): `blobring stats` right after the
+                    // daemon reports `host_connected` lists the channels.
+                    self.publish();
                 }
-                ToWorker::ChannelsLost => self.drop_channels(errno::ENODEV),
+                ToWorker::ChannelsLost => {
+                    self.drop_channels(errno::ENODEV);
+                    self.publish();
+                }
                 ToWorker::Shutdown { deadline } => {
                     self.shutdown = Some(deadline);
                     let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
