@@ -68,7 +68,6 @@ use std::time::Duration;
 
 use blobring_abi::vmbus::AzBlobVspResponse;
 use blobring_reactor::{Event, MemoryRegion, Reactor, ReactorConfig, SharedFd};
-use blobring_shm::Mapping;
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
 use blobring_vmbus::channel::{Channel, ChannelError};
 use blobring_vmbus::guest_memory::GuestBuffer;

@@ -261,16 +261,12 @@ impl SigningKey {
         H: Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
         Q: Iterator<Item = (&'a str, &'a str)> + Clone,
     {
-        let mut mac = self.mac.clone();
-        c.write_to(&mut mac);
-        Signature::of(mac)
+        Signature::of(self.mac_of(c))
     }
 
     /// Signs a string-to-sign given whole.
     pub fn sign_str(&self, string_to_sign: &str) -> Signature {
-        let mut mac = self.mac.clone();
-        mac.update(string_to_sign.as_bytes());
-        Signature::of(mac)
+        Signature::of(self.mac_of_str(string_to_sign))
     }
 
     /// Whether `signature` (decoded) is this key's signature of the string-to-sign of `c`,
@@ -280,17 +276,33 @@ impl SigningKey {
         H: Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
         Q: Iterator<Item = (&'a str, &'a str)> + Clone,
     {
-        let mut mac = self.mac.clone();
-        c.write_to(&mut mac);
-        mac.verify_slice(signature).is_ok()
+        self.mac_of(c).verify_slice(signature).is_ok()
     }
 
     /// Whether `signature` (decoded) is this key's signature of `string_to_sign`, compared in
     /// constant time.
     pub fn verify_str(&self, string_to_sign: &str, signature: &[u8]) -> bool {
+        self.mac_of_str(string_to_sign)
+            .verify_slice(signature)
+            .is_ok()
+    }
+
+    /// The keyed MAC fed with the string-to-sign of `c`.
+    fn mac_of<'a, H, Q>(&self, c: &Canonical<'a, H, Q>) -> HmacSha256
+    where
+        H: Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
+        Q: Iterator<Item = (&'a str, &'a str)> + Clone,
+    {
+        let mut mac = self.mac.clone();
+        c.write_to(&mut mac);
+        mac
+    }
+
+    /// The keyed MAC fed with `string_to_sign`.
+    fn mac_of_str(&self, string_to_sign: &str) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(string_to_sign.as_bytes());
-        mac.verify_slice(signature).is_ok()
+        mac
     }
 }
 

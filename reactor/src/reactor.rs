@@ -619,19 +619,8 @@ impl Reactor {
         file_offset: u64,
         token: u64,
     ) -> Result<OpId> {
-        let region_len = region.len();
-        if offset
-            .checked_add(len as usize)
-            .is_none_or(|end| end > region_len)
-        {
-            return Err(Error::OutOfBounds {
-                offset,
-                len: len as usize,
-                region_len,
-            });
-        }
+        let ptr = range_ptr(&*region, offset, len)?;
         let fd = fd.into();
-        let ptr = region.as_ptr().wrapping_add(offset);
         let entry = opcode::Read::new(types::Fd(fd.raw()), ptr, len)
             .offset(file_offset)
             .build();
@@ -755,23 +744,8 @@ impl Reactor {
             .get(usize::from(range.index.0))
             .and_then(Option::as_ref)
             .ok_or(Error::UnknownBuffer(range.index.0))?;
-        let region_len = region.len();
-        let len = range.len as usize;
-        if range
-            .offset
-            .checked_add(len)
-            .is_none_or(|end| end > region_len)
-        {
-            return Err(Error::OutOfBounds {
-                offset: range.offset,
-                len,
-                region_len,
-            });
-        }
-        Ok((
-            Arc::clone(region),
-            region.as_ptr().wrapping_add(range.offset),
-        ))
+        let ptr = range_ptr(&**region, range.offset, range.len)?;
+        Ok((Arc::clone(region), ptr))
     }
 
     /// Records an operation that owns every resource `entry` points into, then queues it.
@@ -1199,6 +1173,20 @@ fn probe_multishot_poll(ring: &mut IoUring) -> bool {
         std::mem::forget(efd);
     }
     supported
+}
+
+/// The address of `len` bytes at `offset` in `region`, refused ([`Error::OutOfBounds`]) unless
+/// the range lies inside it.
+fn range_ptr(region: &dyn MemoryRegion, offset: usize, len: u32) -> Result<*mut u8> {
+    let (len, region_len) = (len as usize, region.len());
+    if offset.checked_add(len).is_none_or(|end| end > region_len) {
+        return Err(Error::OutOfBounds {
+            offset,
+            len,
+            region_len,
+        });
+    }
+    Ok(region.as_ptr().wrapping_add(offset))
 }
 
 #[cfg(test)]

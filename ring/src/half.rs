@@ -30,6 +30,28 @@ impl IndexWord {
     }
 }
 
+/// A sleep flag in the control block: where it is, and whether the side that finds it set
+/// claims it (clears it before waking the sleeper; see [`peer_flag`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SleepFlag {
+    /// Offset in the control block.
+    pub offset: u64,
+    /// The waker clears the flag when it finds it set (one wake-up per sleep).
+    pub claimed: bool,
+}
+
+/// The daemon's `sq_need_wakeup` (it sleeps on its eventfd), claimed by the client.
+const SQ_NEED_WAKEUP: SleepFlag = SleepFlag {
+    offset: qc::SQ_NEED_WAKEUP,
+    claimed: true,
+};
+/// The client's `cq_waiting` (it sleeps on the `cq_tail` futex; several threads may), never
+/// claimed.
+const CQ_WAITING: SleepFlag = SleepFlag {
+    offset: qc::CQ_WAITING,
+    claimed: false,
+};
+
 /// An entry type and the control words of its queue.
 pub trait Entry: FromBytes + IntoBytes + Immutable + Copy {
     /// The consumer's index.
@@ -37,10 +59,10 @@ pub trait Entry: FromBytes + IntoBytes + Immutable + Copy {
     /// The producer's index.
     const TAIL: IndexWord;
     /// The consumer's "I sleep" flag, which the producer reads after publishing its tail.
-    const CONSUMER_SLEEPS: u64;
+    const CONSUMER_SLEEPS: SleepFlag;
     /// The flag the consumer reads after publishing its head, if its producer may sleep
     /// waiting for free slots (the daemon out of CQ credits).
-    const PRODUCER_SLEEPS: Option<u64>;
+    const PRODUCER_SLEEPS: Option<SleepFlag>;
     /// Entries of this queue in `layout`.
     fn entries(layout: &QueueLayout) -> u32;
     /// Offset of entry 0 of this queue in `layout`.
@@ -50,8 +72,8 @@ pub trait Entry: FromBytes + IntoBytes + Immutable + Copy {
 impl Entry for Sqe {
     const HEAD: IndexWord = IndexWord::new(qc::SQ_HEAD, "sq_head");
     const TAIL: IndexWord = IndexWord::new(qc::SQ_TAIL, "sq_tail");
-    const CONSUMER_SLEEPS: u64 = qc::SQ_NEED_WAKEUP;
-    const PRODUCER_SLEEPS: Option<u64> = None;
+    const CONSUMER_SLEEPS: SleepFlag = SQ_NEED_WAKEUP;
+    const PRODUCER_SLEEPS: Option<SleepFlag> = None;
     fn entries(layout: &QueueLayout) -> u32 {
         layout.sq_entries
     }
@@ -63,9 +85,9 @@ impl Entry for Sqe {
 impl Entry for Cqe {
     const HEAD: IndexWord = IndexWord::new(qc::CQ_HEAD, "cq_head");
     const TAIL: IndexWord = IndexWord::new(qc::CQ_TAIL, "cq_tail");
-    const CONSUMER_SLEEPS: u64 = qc::CQ_WAITING;
+    const CONSUMER_SLEEPS: SleepFlag = CQ_WAITING;
     // A daemon out of CQ credits sleeps until `cq_head` moves, on the SQ's flag.
-    const PRODUCER_SLEEPS: Option<u64> = Some(qc::SQ_NEED_WAKEUP);
+    const PRODUCER_SLEEPS: Option<SleepFlag> = Some(SQ_NEED_WAKEUP);
     fn entries(layout: &QueueLayout) -> u32 {
         layout.cq_entries
     }
@@ -296,7 +318,7 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Consumer<M, E> {
         // Relaxed: ordered against the following re-check by the SeqCst fence in
         // `prepare_idle`; a flag cleared late only costs the producer a spurious wake.
         self.mem.store_u32(
-            self.layout.field(E::CONSUMER_SLEEPS),
+            self.layout.field(E::CONSUMER_SLEEPS.offset),
             u32::from(on),
             Relaxed,
         )?;
@@ -304,8 +326,8 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Consumer<M, E> {
     }
 }
 
-/// Loads a peer's sleep flag after a full fence; the daemon's `sq_need_wakeup` is also
-/// claimed (see below).
+/// Loads a peer's sleep flag after a full fence, and claims it if it is set and
+/// [`SleepFlag::claimed`] (the daemon's `sq_need_wakeup`; see below).
 ///
 /// The fence pairs with the one the sleeper issues between storing its flag and re-reading our
 /// index: either the sleeper's re-read sees the index we just published (and it does not
@@ -327,14 +349,14 @@ impl<M: Deref<Target: SharedMemory>, E: Entry> Consumer<M, E> {
 fn peer_flag<S: SharedMemory + ?Sized>(
     mem: &S,
     layout: &QueueLayout,
-    flag: u64,
+    flag: SleepFlag,
 ) -> Result<bool, RingError> {
     mem.fence(SeqCst);
-    let at = layout.field(flag);
+    let at = layout.field(flag.offset);
     // Relaxed: ordering comes from the fence; any non-zero value means "asleep" (a lying flag
     // only costs the liar's peer a syscall).
     let asleep = mem.load_u32(at, Relaxed)? != 0;
-    if asleep && flag == qc::SQ_NEED_WAKEUP {
+    if asleep && flag.claimed {
         // Relaxed: the ring that follows (a syscall) is what the worker waits for.
         mem.store_u32(at, 0, Relaxed)?;
     }

@@ -78,7 +78,7 @@ const DIRECT_WINDOW: usize = 32;
 /// One read of a body: `len` bytes of the file at `file_offset` into `mem` at `offset`, which
 /// is `buf_offset` bytes into the request's data buffer.
 struct Chunk {
-    mem: Arc<Mapping>,
+    mem: Arc<dyn MemoryRegion>,
     offset: u64,
     len: u64,
     file_offset: u64,
@@ -131,7 +131,7 @@ impl DirectIo {
             while at < n {
                 let c = (n - at).min(DIRECT_CHUNK);
                 plan.push(Chunk {
-                    mem: span.mem.clone(),
+                    mem: span.mem.clone() as Arc<dyn MemoryRegion>,
                     offset: span.offset + skip + at,
                     len: c,
                     file_offset: file_offset + done + at,
@@ -151,10 +151,9 @@ impl DirectIo {
             let mut queued = 0usize;
             let mut result = Ok(());
             for (i, c) in window.iter().enumerate() {
-                let region: Arc<dyn MemoryRegion> = c.mem.clone();
                 match self.reactor.read_into(
                     fd.clone(),
-                    region,
+                    c.mem.clone(),
                     c.offset as usize,
                     c.len as u32,
                     c.file_offset,
