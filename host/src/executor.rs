@@ -48,7 +48,7 @@ use crate::request::{
 };
 use crate::store::{
     BlobProps, BlockRef, BodySink, Conditions, ContentHeaders, NewBlob, ReadConditionFailure,
-    SliceSink, Store, StoreError,
+    SliceSink, Store, StoreError, check_read,
 };
 use crate::xml::{Leaf, esc, leaves};
 
@@ -598,7 +598,7 @@ impl Executor {
         let cond = conditions(req)?;
         let reader = st.open(c, b)?;
         let p = reader.props();
-        if let Err(f) = cond.check_read(p) {
+        if let Err(f) = check_read(&cond, p) {
             return Err(match f {
                 ReadConditionFailure::NotModified => {
                     let mut e = AzError::new(
@@ -1157,25 +1157,9 @@ fn parse_range(s: &str) -> Option<(u64, Option<u64>)> {
     Some((start, end))
 }
 
-fn parse_date(req: &Req<'_>, name: &str) -> Result<Option<SystemTime>, AzError> {
-    match req.header(name) {
-        None => Ok(None),
-        Some(v) => httpdate::parse_http_date(v).map(Some).map_err(|_| {
-            AzError::bad(
-                "InvalidHeaderValue",
-                format!("The value for header {name} is not an HTTP date."),
-            )
-        }),
-    }
-}
-
 fn conditions(req: &Req<'_>) -> Result<Conditions, AzError> {
-    Ok(Conditions {
-        if_match: req.header("if-match").map(str::to_owned),
-        if_none_match: req.header("if-none-match").map(str::to_owned),
-        if_modified_since: parse_date(req, "if-modified-since")?,
-        if_unmodified_since: parse_date(req, "if-unmodified-since")?,
-    })
+    Conditions::from_headers(|name| req.header(name))
+        .map_err(|e| AzError::bad("InvalidHeaderValue", e.to_string()))
 }
 
 /// The `x-ms-meta-*` headers as (lower-case key, value) pairs, sorted.

@@ -14,6 +14,9 @@
 //!   are HTTP headers read by the host and written by HTTP peers (the gateway), never by the
 //!   daemon, which stays HTTP-blind; `abi` keeps what is a byte layout, this crate what is
 //!   HTTP;
+//! - the `If-*` conditions of a request ([`Conditions`]): the SDK renders them into headers,
+//!   the host reads them from a request (dates as HTTP dates; a bad one is [`InvalidDate`]);
+//!   what they mean for a blob the host's store decides;
 //! - [`is_put_blob`], the one test of "shaped like a Put Blob" that the host's REST front end
 //!   and the gateway both apply before deciding how to carry a body.
 //!
@@ -32,14 +35,16 @@
 //!   the query names are lower-case ASCII (what the SDK sends); `client/tests/head_alloc.rs`
 //!   counts.
 //!
-//! Dependencies: `hmac` + `sha2` + `base64` (ARCHITECTURE.md §3's choice for SharedKey) and
+//! Dependencies: `hmac` + `sha2` + `base64` (ARCHITECTURE.md §3's choice for SharedKey),
 //! `http` for the request parts [`is_put_blob`] looks at (types only, already used by both
-//! sides).
+//! sides) and `httpdate` for the conditions' dates.
 
 pub mod code;
+mod conditions;
 pub mod header;
 mod shared_key;
 
+pub use conditions::{Conditions, InvalidDate};
 pub use shared_key::{Canonical, STANDARD_HEADERS, Signature, SigningKey, Sink};
 
 /// The well-known emulator account (Azurite's, and what `blobring up` serves).

@@ -42,7 +42,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 pub use auth::{AccountConfig, Credentials, EMULATOR_ACCOUNT, EMULATOR_KEY, sign, string_to_sign};
 /// The `x-ms-version` sent.
-pub use blobring_proto::API_VERSION;
+pub use blobring_proto::{API_VERSION, Conditions};
 pub use head::HeadBuilder;
 
 use crate::{Client, ClientError, Lease, Request};
@@ -183,51 +183,6 @@ impl RetryPolicy {
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.max_backoff);
         cap.mul_f64(rand::random::<f64>())
-    }
-}
-
-/// ETag and date conditions (`If-Match`, `If-None-Match`, `If-Modified-Since`,
-/// `If-Unmodified-Since`).
-#[derive(Debug, Clone, Default)]
-pub struct Conditions {
-    /// `If-Match` (an ETag or `*`).
-    pub if_match: Option<String>,
-    /// `If-None-Match` (an ETag, or `*` for create-only writes).
-    pub if_none_match: Option<String>,
-    /// `If-Modified-Since` (HTTP date).
-    pub if_modified_since: Option<String>,
-    /// `If-Unmodified-Since` (HTTP date).
-    pub if_unmodified_since: Option<String>,
-}
-
-impl Conditions {
-    /// `If-None-Match: *` (create only).
-    pub fn create_only() -> Self {
-        Self {
-            if_none_match: Some("*".into()),
-            ..Self::default()
-        }
-    }
-
-    /// `If-Match: <etag>`.
-    pub fn if_match(etag: impl Into<String>) -> Self {
-        Self {
-            if_match: Some(etag.into()),
-            ..Self::default()
-        }
-    }
-
-    fn apply(&self, h: &mut Vec<(Text, Text)>) {
-        for (n, v) in [
-            ("if-match", &self.if_match),
-            ("if-none-match", &self.if_none_match),
-            ("if-modified-since", &self.if_modified_since),
-            ("if-unmodified-since", &self.if_unmodified_since),
-        ] {
-            if let Some(v) = v {
-                h.push((n.into(), v.clone().into()));
-            }
-        }
     }
 }
 
@@ -494,6 +449,12 @@ impl Spec {
     pub(crate) fn h(mut self, k: &'static str, v: impl Into<Text>) -> Self {
         self.headers.push((k.into(), v.into()));
         self
+    }
+
+    /// Adds the headers of `c`.
+    fn conditions(&mut self, c: &Conditions) {
+        self.headers
+            .extend(c.headers().map(|(n, v)| (n.into(), v.into())));
     }
 }
 
@@ -786,7 +747,7 @@ impl BlobService {
         opts: &GetOptions,
     ) -> Result<BlobProperties, BlobError> {
         let mut s = Spec::new("HEAD", self.path(container, Some(blob)));
-        opts.conditions.apply(&mut s.headers);
+        s.conditions(&opts.conditions);
         let a = self.send(&s, Body::None, 0, None).await?;
         Ok(BlobProperties::from_headers(&a.head.headers))
     }
@@ -862,7 +823,7 @@ impl BlobService {
             )));
         }
         let mut s = self.get_spec(container, blob, &range, None, None);
-        opts.conditions.apply(&mut s.headers);
+        s.conditions(&opts.conditions);
         let a = self
             .send(&s, Body::None, range.end - range.start, queue)
             .await?;
@@ -908,7 +869,7 @@ impl BlobService {
     /// The headers a Put Blob or a Put Block List takes from `opts` (`BlobService::put_blob`
     /// lives in the transfer module, above this one).
     pub(crate) fn put_headers(&self, s: &mut Spec, data: &[u8], opts: &PutOptions) {
-        opts.conditions.apply(&mut s.headers);
+        s.conditions(&opts.conditions);
         if let Some(ct) = &opts.content_type {
             s.headers
                 .push(("x-ms-blob-content-type".into(), ct.clone().into()));
@@ -944,7 +905,7 @@ impl BlobService {
         conditions: &Conditions,
     ) -> Result<(), BlobError> {
         let mut s = Spec::new("DELETE", self.path(container, Some(blob)));
-        conditions.apply(&mut s.headers);
+        s.conditions(conditions);
         self.send(&s, Body::None, 0, None).await.map(drop)
     }
 
@@ -958,7 +919,7 @@ impl BlobService {
         conditions: &Conditions,
     ) -> Result<String, BlobError> {
         let mut s = Spec::new("PUT", self.path(container, Some(blob))).q("comp", "metadata");
-        conditions.apply(&mut s.headers);
+        s.conditions(conditions);
         push_metadata(&mut s, metadata);
         let a = self.send(&s, Body::None, 0, None).await?;
         Ok(etag(&a.head.headers))
@@ -975,7 +936,7 @@ impl BlobService {
     ) -> Result<String, BlobError> {
         let src = self.account.url(&self.path(src_container, Some(src_blob)));
         let mut s = Spec::new("PUT", self.path(container, Some(blob))).h("x-ms-copy-source", src);
-        conditions.apply(&mut s.headers);
+        s.conditions(conditions);
         s.idempotent = conditions.if_none_match.is_none();
         let a = self.send(&s, Body::None, 0, None).await?;
         Ok(a.head

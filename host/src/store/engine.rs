@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use super::{
     BlobProps, BlobReader, BlockInfo, BlockListing, BlockRef, BodySink, Conditions, ContainerProps,
-    ListVisitor, NewBlob, StoreError, new_etag,
+    ListVisitor, NewBlob, StoreError, check_write, new_etag,
 };
 
 /// A piece of new blob content.
@@ -410,7 +410,7 @@ impl<B: Backend> Engine<B> {
                 let st = self.read();
                 let c = st.container(container)?;
                 let existing = c.blobs.get(blob).map(|e| &*e.props);
-                cond.check_write(blob, existing)?;
+                check_write(cond, blob, existing)?;
                 Arc::new(make(existing))
             };
             // Durable before visible; no index lock held during the fsyncs.
@@ -621,7 +621,7 @@ impl<B: Backend> Engine<B> {
             let Some(e) = c.blobs.get(blob) else {
                 return Err(StoreError::BlobNotFound(blob.to_owned()));
             };
-            cond.check_write(blob, Some(&e.props))?;
+            check_write(cond, blob, Some(&e.props))?;
         }
         self.backend.unpublish_blob(container, blob)?;
         let (old, staged) = {
@@ -687,7 +687,7 @@ impl<B: Backend> Engine<B> {
         let (props, data) = {
             let st = self.read();
             let e = st.blob(container, blob)?;
-            cond.check_write(blob, Some(&e.props))?;
+            check_write(cond, blob, Some(&e.props))?;
             let mut p = (*e.props).clone();
             f(&mut p);
             (Arc::new(p), e.data.clone())

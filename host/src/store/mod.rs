@@ -6,7 +6,7 @@
 //! **Invariants every store keeps:**
 //! - a blob is never visible partially written: new content becomes visible in one step (an
 //!   index swap, and for `fs` a rename) after all of its bytes are stored;
-//! - write conditions ([`Conditions::check_write`]) are evaluated under the same lock that
+//! - write conditions ([`check_write`]) are evaluated under the same lock that
 //!   publishes the new version, so conditional writes are linearisable (no lost updates);
 //! - a [`BlobReader`] is a snapshot: it keeps reading the version it opened even if the blob is
 //!   replaced or deleted meanwhile;
@@ -30,6 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use blobring_proto::Conditions;
 pub use fs::FsStore;
 pub use mem::MemStore;
 pub use open_files::DEFAULT_OPEN_FILES;
@@ -247,19 +248,6 @@ pub struct BlockListing {
     pub props: Option<Arc<BlobProps>>,
 }
 
-/// `If-*` request conditions, already parsed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Conditions {
-    /// `If-Match`: an ETag or `*`.
-    pub if_match: Option<String>,
-    /// `If-None-Match`: an ETag or `*`.
-    pub if_none_match: Option<String>,
-    /// `If-Modified-Since`.
-    pub if_modified_since: Option<SystemTime>,
-    /// `If-Unmodified-Since`.
-    pub if_unmodified_since: Option<SystemTime>,
-}
-
 /// Outcome of a failed read condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadConditionFailure {
@@ -281,77 +269,70 @@ fn etag_matches(list: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t == etag || t.trim_matches('"') == etag.trim_matches('"'))
 }
 
-impl Conditions {
-    /// True when no condition is set.
-    pub fn is_empty(&self) -> bool {
-        *self == Conditions::default()
+/// Checks `cond` for a write of blob `name` against its current version (`None` = no blob).
+///
+/// `If-None-Match: *` on an existing blob is `BlobAlreadyExists` (409, as Azurite and
+/// object_store's create-only copy expect); every other failure is `ConditionNotMet` (412).
+pub fn check_write(
+    cond: &Conditions,
+    name: &str,
+    existing: Option<&BlobProps>,
+) -> Result<(), StoreError> {
+    let Some(p) = existing else {
+        return match cond.if_match {
+            Some(_) => Err(StoreError::ConditionNotMet),
+            None => Ok(()),
+        };
+    };
+    if let Some(m) = &cond.if_match
+        && !etag_matches(m, &p.etag)
+    {
+        return Err(StoreError::ConditionNotMet);
     }
+    if let Some(m) = &cond.if_none_match {
+        if m.trim() == "*" {
+            return Err(StoreError::BlobAlreadyExists(name.to_owned()));
+        }
+        if etag_matches(m, &p.etag) {
+            return Err(StoreError::ConditionNotMet);
+        }
+    }
+    if let Some(t) = cond.if_modified_since
+        && secs(p.last_modified) <= secs(t)
+    {
+        return Err(StoreError::ConditionNotMet);
+    }
+    if let Some(t) = cond.if_unmodified_since
+        && secs(p.last_modified) > secs(t)
+    {
+        return Err(StoreError::ConditionNotMet);
+    }
+    Ok(())
+}
 
-    /// Check conditions for a write against the current version (`None` = no blob).
-    ///
-    /// `If-None-Match: *` on an existing blob is `BlobAlreadyExists` (409, as Azurite and
-    /// object_store's create-only copy expect); every other failure is `ConditionNotMet` (412).
-    pub fn check_write(&self, name: &str, existing: Option<&BlobProps>) -> Result<(), StoreError> {
-        match existing {
-            None => {
-                if self.if_match.is_some() {
-                    return Err(StoreError::ConditionNotMet);
-                }
-                Ok(())
-            }
-            Some(p) => {
-                if let Some(m) = &self.if_match
-                    && !etag_matches(m, &p.etag)
-                {
-                    return Err(StoreError::ConditionNotMet);
-                }
-                if let Some(m) = &self.if_none_match {
-                    if m.trim() == "*" {
-                        return Err(StoreError::BlobAlreadyExists(name.to_owned()));
-                    }
-                    if etag_matches(m, &p.etag) {
-                        return Err(StoreError::ConditionNotMet);
-                    }
-                }
-                if let Some(t) = self.if_modified_since
-                    && secs(p.last_modified) <= secs(t)
-                {
-                    return Err(StoreError::ConditionNotMet);
-                }
-                if let Some(t) = self.if_unmodified_since
-                    && secs(p.last_modified) > secs(t)
-                {
-                    return Err(StoreError::ConditionNotMet);
-                }
-                Ok(())
-            }
-        }
+/// Checks `cond` for a read (GET/HEAD) of an existing blob.
+pub fn check_read(cond: &Conditions, p: &BlobProps) -> Result<(), ReadConditionFailure> {
+    if let Some(m) = &cond.if_match
+        && !etag_matches(m, &p.etag)
+    {
+        return Err(ReadConditionFailure::Failed);
     }
-
-    /// Check conditions for a read (GET/HEAD) of an existing blob.
-    pub fn check_read(&self, p: &BlobProps) -> Result<(), ReadConditionFailure> {
-        if let Some(m) = &self.if_match
-            && !etag_matches(m, &p.etag)
-        {
-            return Err(ReadConditionFailure::Failed);
-        }
-        if let Some(t) = self.if_unmodified_since
-            && secs(p.last_modified) > secs(t)
-        {
-            return Err(ReadConditionFailure::Failed);
-        }
-        if let Some(m) = &self.if_none_match
-            && etag_matches(m, &p.etag)
-        {
-            return Err(ReadConditionFailure::NotModified);
-        }
-        if let Some(t) = self.if_modified_since
-            && secs(p.last_modified) <= secs(t)
-        {
-            return Err(ReadConditionFailure::NotModified);
-        }
-        Ok(())
+    if let Some(t) = cond.if_unmodified_since
+        && secs(p.last_modified) > secs(t)
+    {
+        return Err(ReadConditionFailure::Failed);
     }
+    if let Some(m) = &cond.if_none_match
+        && etag_matches(m, &p.etag)
+    {
+        return Err(ReadConditionFailure::NotModified);
+    }
+    if let Some(t) = cond.if_modified_since
+        && secs(p.last_modified) <= secs(t)
+    {
+        return Err(ReadConditionFailure::NotModified);
+    }
+    Ok(())
 }
 
 /// Destination of a response body: the data buffer of a VMBus request (guest memory, reached
