@@ -119,6 +119,28 @@ macro_rules! abi_struct {
 }
 pub(crate) use abi_struct;
 
+/// Declares a module of byte offsets (`u64`) of a layout's fields, for atomic access through a
+/// mapping: each `NAME = field` is `pub const NAME: u64 = offset_of!(Layout, field)`, documented
+/// by a link to the field (whose doc says who writes it).
+macro_rules! field_offsets {
+    (
+        $(#[doc = $doc:literal])*
+        pub mod $module:ident for $layout:ident { $( $name:ident = $field:ident ),* $(,)? }
+    ) => {
+        $(#[doc = $doc])*
+        pub mod $module {
+            $(
+                #[doc = concat!(
+                    "Byte offset of [`", stringify!($layout), "::", stringify!($field),
+                    "`](super::", stringify!($layout), "::", stringify!($field), ")."
+                )]
+                pub const $name: u64 = core::mem::offset_of!(super::$layout, $field) as u64;
+            )*
+        }
+    };
+}
+pub(crate) use field_offsets;
+
 /// Declares constants that the C header defines too, so each is named once: the Rust `const`s,
 /// and a function `$group` listing each one's C name with its value as C spells it (`Display`,
 /// or the format given after the name, e.g. `"0x{:08x}u"`).

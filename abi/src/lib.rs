@@ -33,7 +33,7 @@ pub use cdecl::{CStruct, CType};
 pub use geometry::{GeometryError, RegionGeometry};
 pub use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
-use cdecl::{abi_struct, c_consts};
+use cdecl::{abi_struct, c_consts, field_offsets};
 
 c_consts! {
     fn region_consts;
@@ -466,24 +466,17 @@ const _: () = {
     assert!(size_of::<HelloReply>() == 256);
 };
 
-/// Byte offsets of the [`QueueControl`] fields, for atomic access through a mapping.
-pub mod qc {
-    use super::QueueControl;
-    use core::mem::offset_of;
-    /// `sq_tail` (client).
-    pub const SQ_TAIL: u64 = offset_of!(QueueControl, sq_tail) as u64;
-    /// `cq_head` (client).
-    pub const CQ_HEAD: u64 = offset_of!(QueueControl, cq_head) as u64;
-    /// `cq_waiting` (client).
-    pub const CQ_WAITING: u64 = offset_of!(QueueControl, cq_waiting) as u64;
-    /// `sq_head` (daemon).
-    pub const SQ_HEAD: u64 = offset_of!(QueueControl, sq_head) as u64;
-    /// `cq_tail` (daemon; the client's futex word).
-    pub const CQ_TAIL: u64 = offset_of!(QueueControl, cq_tail) as u64;
-    /// `sq_need_wakeup` (daemon).
-    pub const SQ_NEED_WAKEUP: u64 = offset_of!(QueueControl, sq_need_wakeup) as u64;
-    /// `sq_rejected` (daemon).
-    pub const SQ_REJECTED: u64 = offset_of!(QueueControl, sq_rejected) as u64;
+field_offsets! {
+    /// Byte offsets of the [`QueueControl`] fields, for atomic access through a mapping.
+    pub mod qc for QueueControl {
+        SQ_TAIL = sq_tail,
+        CQ_HEAD = cq_head,
+        CQ_WAITING = cq_waiting,
+        SQ_HEAD = sq_head,
+        CQ_TAIL = cq_tail,
+        SQ_NEED_WAKEUP = sq_need_wakeup,
+        SQ_REJECTED = sq_rejected,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! These are the exact wire shapes; validation of values read from a ring is the `vmbus`
 //! crate's job.
 
-use crate::cdecl::{abi_struct, c_consts};
+use crate::cdecl::{abi_struct, c_consts, field_offsets};
 
 c_consts! {
     fn ring_consts;
@@ -194,20 +194,15 @@ const _: () = {
     assert!(size_of::<AzBlobVspResponse>() == 12);
 };
 
-/// Byte offsets of the [`RingControl`] fields, for atomic access through a mapping.
-pub mod rc {
-    use super::RingControl;
-    use core::mem::offset_of;
-    /// `write_index`.
-    pub const WRITE_INDEX: u64 = offset_of!(RingControl, write_index) as u64;
-    /// `read_index`.
-    pub const READ_INDEX: u64 = offset_of!(RingControl, read_index) as u64;
-    /// `interrupt_mask`.
-    pub const INTERRUPT_MASK: u64 = offset_of!(RingControl, interrupt_mask) as u64;
-    /// `pending_send_sz`.
-    pub const PENDING_SEND_SZ: u64 = offset_of!(RingControl, pending_send_sz) as u64;
-    /// `feature_bits`.
-    pub const FEATURE_BITS: u64 = offset_of!(RingControl, feature_bits) as u64;
+field_offsets! {
+    /// Byte offsets of the [`RingControl`] fields, for atomic access through a mapping.
+    pub mod rc for RingControl {
+        WRITE_INDEX = write_index,
+        READ_INDEX = read_index,
+        INTERRUPT_MASK = interrupt_mask,
+        PENDING_SEND_SZ = pending_send_sz,
+        FEATURE_BITS = feature_bits,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
