@@ -168,6 +168,74 @@ macro_rules! c_consts {
 }
 pub(crate) use c_consts;
 
+/// Declares a set of status codes that travel in a `u32` field: a `#[repr(u32)]` enum with one
+/// variant a code, each given once — its code, its C name and its meaning (the variant's doc,
+/// [`Display`](core::fmt::Display) and what error messages quote) — and a function `$group`
+/// listing the C `#define`s, as [`c_consts!`] does.
+///
+/// The wire field stays a `u32` (a peer may write any value); `from_code` names it, `None` for a
+/// code this ABI does not define.
+macro_rules! c_codes {
+    (
+        fn $group:ident;
+        $(#[doc = $doc:literal])*
+        pub enum $name:ident {
+            $( $variant:ident = $code:literal => $cname:literal: $meaning:literal, )*
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[repr(u32)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( #[doc = concat!($meaning, " (`", $cname, "`).")] $variant = $code, )*
+        }
+
+        impl $name {
+            /// Every status, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The code on the wire.
+            pub const fn code(self) -> u32 {
+                self as u32
+            }
+
+            /// The status `code` stands for; `None` for a code this ABI does not define.
+            pub const fn from_code(code: u32) -> Option<Self> {
+                match code {
+                    $($code => Some(Self::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// What the status means.
+            pub const fn meaning(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $meaning,)*
+                }
+            }
+
+            /// The status's name in the C header.
+            pub const fn c_name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $cname,)*
+                }
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.meaning())
+            }
+        }
+
+        /// The C `#define`s of these codes: name and value.
+        pub(crate) fn $group() -> Vec<(&'static str, String)> {
+            $name::ALL.iter().map(|s| (s.c_name(), s.code().to_string())).collect()
+        }
+    };
+}
+pub(crate) use c_codes;
+
 /// Emits one struct with its size and offset assertions.
 pub(crate) fn emit_struct<S: CStruct>(out: &mut String) {
     let doc = S::C_DOC.split("\n\n").next().unwrap_or("").trim();

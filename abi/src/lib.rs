@@ -8,6 +8,9 @@
 //! never by forming a reference into memory a peer can write. Sizes and offsets are asserted at
 //! compile time, and the C header `include/blobring.h` is generated from the same declarations
 //! (see [`c_header`]; a test compiles it as C and C++, checking every size and offset again).
+//! Status codes that travel in a `u32` field are enums ([`HelloStatus`], [`vmbus::VspStatus`])
+//! declared with their C names and meanings in one table; the field itself stays a `u32` (a peer
+//! may write any value) and `from_code` names it.
 //!
 //! **Trusts:** nothing. A layout is only a shape: every value read from a peer must be validated
 //! by the crate that reads it (`ring`, `vmbus`, the daemon).
@@ -33,7 +36,7 @@ pub use cdecl::{CStruct, CType};
 pub use geometry::{GeometryError, RegionGeometry};
 pub use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
-use cdecl::{abi_struct, c_consts, field_offsets};
+use cdecl::{abi_struct, c_codes, c_consts, field_offsets};
 
 c_consts! {
     fn region_consts;
@@ -314,8 +317,8 @@ abi_struct! {
         /// `CQE_F_*`.
         pub flags: u32,
         /// The VSP status (`az_blob_vsp_response.error`; 0 = the host executed the request and
-        /// the HTTP status is in the response head). Non-zero codes are the `vmbus::VSP_ERR_*`
-        /// constants: 3 = the body needs a larger data buffer (`data_len` says how large), 4 =
+        /// the HTTP status is in the response head). Non-zero codes are [`vmbus::VspStatus`]
+        /// errors: 3 = the body needs a larger data buffer (`data_len` says how large), 4 =
         /// the response head needs a larger response buffer (`response_len` says how large).
         pub vsp_status: u32,
         /// Bytes of response head the host wrote (`vsp_status` 0), or the size needed.
@@ -378,24 +381,21 @@ abi_struct! {
     }
 }
 
-c_consts! {
+c_codes! {
     fn hello_status_consts;
-    /// Handshake status: accepted; the memfd and eventfds travel with the reply.
-    pub const HELLO_OK: u32 = 0 => "BLOBRING_HELLO_OK";
-    /// Handshake status: the daemon speaks another ABI version.
-    pub const HELLO_VERSION_MISMATCH: u32 = 1 => "BLOBRING_HELLO_VERSION_MISMATCH";
-    /// Handshake status: the peer's uid/gid is not allowed by the daemon's policy.
-    pub const HELLO_NOT_PERMITTED: u32 = 2 => "BLOBRING_HELLO_NOT_PERMITTED";
-    /// Handshake status: a per-client or per-uid limit would be exceeded.
-    pub const HELLO_LIMIT_EXCEEDED: u32 = 3 => "BLOBRING_HELLO_LIMIT_EXCEEDED";
-    /// Handshake status: the request was malformed.
-    pub const HELLO_BAD_REQUEST: u32 = 4 => "BLOBRING_HELLO_BAD_REQUEST";
-    /// Handshake status: the daemon cannot serve now (e.g. no host channel).
-    pub const HELLO_UNAVAILABLE: u32 = 5 => "BLOBRING_HELLO_UNAVAILABLE";
+    /// The `status` of a [`HelloReply`]: the handshake's outcome.
+    pub enum HelloStatus {
+        Ok = 0 => "BLOBRING_HELLO_OK": "accepted; the memfd and eventfds travel with the reply",
+        VersionMismatch = 1 => "BLOBRING_HELLO_VERSION_MISMATCH": "the daemon speaks another ABI version",
+        NotPermitted = 2 => "BLOBRING_HELLO_NOT_PERMITTED": "the peer's uid/gid is not allowed by the daemon's policy",
+        LimitExceeded = 3 => "BLOBRING_HELLO_LIMIT_EXCEEDED": "a per-client or per-uid limit would be exceeded",
+        BadRequest = 4 => "BLOBRING_HELLO_BAD_REQUEST": "the request was malformed",
+        Unavailable = 5 => "BLOBRING_HELLO_UNAVAILABLE": "the daemon cannot serve now (e.g. no host channel)",
+    }
 }
 
 abi_struct! {
-    /// The daemon's answer (256 bytes). With [`HELLO_OK`] it carries, as `SCM_RIGHTS`, the
+    /// The daemon's answer (256 bytes). With [`HelloStatus::Ok`] it carries, as `SCM_RIGHTS`, the
     /// region memfd followed by one eventfd per queue pair; otherwise `message` says why.
     c "blobring_hello_reply",
     pub struct HelloReply {
@@ -403,7 +403,7 @@ abi_struct! {
         pub magic: u32,
         /// The daemon's [`ABI_VERSION`].
         pub abi_version: u32,
-        /// `HELLO_*`.
+        /// A [`HelloStatus`] code.
         pub status: u32,
         /// Queue pairs (eventfds attached).
         pub n_queues: u32,
@@ -530,6 +530,28 @@ pub fn c_header() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_codes_name_every_code_once_and_only_theirs() {
+        for s in HelloStatus::ALL {
+            assert_eq!(HelloStatus::from_code(s.code()), Some(*s));
+        }
+        for s in vmbus::VspStatus::ALL {
+            assert_eq!(vmbus::VspStatus::from_code(s.code()), Some(*s));
+        }
+        assert_eq!(HelloStatus::ALL.len(), 6);
+        assert_eq!(HelloStatus::from_code(6), None);
+        assert_eq!(vmbus::VspStatus::from_code(u32::MAX), None);
+        assert_eq!(HelloStatus::LimitExceeded.code(), 3);
+        assert_eq!(vmbus::VspStatus::BadPage.code(), 2);
+        assert_eq!(
+            vmbus::VspStatus::BadPage.to_string(),
+            "a buffer page is outside the registered guest memory"
+        );
+        let h = c_header();
+        assert!(h.contains("#define BLOBRING_HELLO_UNAVAILABLE 5\n"), "{h}");
+        assert!(h.contains("#define AZ_BLOB_VSP_ERR_INTERNAL 5\n"), "{h}");
+    }
 
     #[test]
     fn sqe_and_cqe_fields_round_trip() {

@@ -3,7 +3,7 @@
 //! These are the exact wire shapes; validation of values read from a ring is the `vmbus`
 //! crate's job.
 
-use crate::cdecl::{abi_struct, c_consts, field_offsets};
+use crate::cdecl::{abi_struct, c_codes, c_consts, field_offsets};
 
 c_consts! {
     fn ring_consts;
@@ -152,30 +152,25 @@ abi_struct! {
     pub struct AzBlobVspResponse {
         /// Bytes of body the host wrote into the data buffer (unused by the seed driver).
         pub length: u32,
-        /// VSP status: 0 = the request was executed (the HTTP status is in the response head).
+        /// A [`VspStatus`] code: 0 = the request was executed (the HTTP status is in the response
+        /// head).
         pub error: u32,
         /// Bytes of response head the host wrote.
         pub response_len: u32,
     }
 }
 
-c_consts! {
+c_codes! {
     fn vsp_status_consts;
-    /// VSP status ([`AzBlobVspResponse::error`]): executed; the HTTP status is in the response
-    /// head.
-    pub const VSP_OK: u32 = 0 => "AZ_BLOB_VSP_OK";
-    /// VSP status: the packet is not a valid blob request.
-    pub const VSP_ERR_BAD_REQUEST: u32 = 1 => "AZ_BLOB_VSP_ERR_BAD_REQUEST";
-    /// VSP status: a buffer page is outside the registered guest memory.
-    pub const VSP_ERR_BAD_PAGE: u32 = 2 => "AZ_BLOB_VSP_ERR_BAD_PAGE";
-    /// VSP status: the response body does not fit the data buffer; `length` carries the bytes
-    /// needed (saturated at `u32::MAX`); nothing was written.
-    pub const VSP_ERR_BODY_TOO_LARGE: u32 = 3 => "AZ_BLOB_VSP_ERR_BODY_TOO_LARGE";
-    /// VSP status: the response head does not fit the response buffer; `response_len` carries the
-    /// bytes needed (the body may have been written).
-    pub const VSP_ERR_HEAD_TOO_LARGE: u32 = 4 => "AZ_BLOB_VSP_ERR_HEAD_TOO_LARGE";
-    /// VSP status: the host failed internally.
-    pub const VSP_ERR_INTERNAL: u32 = 5 => "AZ_BLOB_VSP_ERR_INTERNAL";
+    /// The status of a VSP response ([`AzBlobVspResponse::error`]).
+    pub enum VspStatus {
+        Ok = 0 => "AZ_BLOB_VSP_OK": "executed; the HTTP status is in the response head",
+        BadRequest = 1 => "AZ_BLOB_VSP_ERR_BAD_REQUEST": "the packet is not a valid blob request",
+        BadPage = 2 => "AZ_BLOB_VSP_ERR_BAD_PAGE": "a buffer page is outside the registered guest memory",
+        BodyTooLarge = 3 => "AZ_BLOB_VSP_ERR_BODY_TOO_LARGE": "the response body does not fit the data buffer; `length` carries the bytes needed (saturated at `u32::MAX`); nothing was written",
+        HeadTooLarge = 4 => "AZ_BLOB_VSP_ERR_HEAD_TOO_LARGE": "the response head does not fit the response buffer; `response_len` carries the bytes needed (the body may have been written)",
+        Internal = 5 => "AZ_BLOB_VSP_ERR_INTERNAL": "the host failed internally",
+    }
 }
 
 const _: () = {

@@ -37,6 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use blobring_abi::vmbus::VspStatus;
 use blobring_abi::{Cqe, FromZeros, OP_BLOB, Sqe, SqeBuffer, SqeFields};
 use blobring_shm::{Mapping, SharedMemory};
 use bytes::Bytes;
@@ -66,11 +67,10 @@ pub enum ClientError {
     /// The daemon failed the request with an errno.
     #[error("blobringd failed the request: errno {0} ({1})")]
     Errno(i32, &'static str),
-    /// The host could not execute the request (VSP status; e.g. the response did not fit).
-    #[error(
-        "the host could not execute the request (VSP status {0:#x}); the response may not fit \
-         the buffers: use a smaller range"
-    )]
+    /// The host refused or failed the request with this VSP status (other than the two
+    /// buffer-size ones, which are [`ClientError::BodyTooLarge`] and
+    /// [`ClientError::HeadTooLarge`]).
+    #[error("the host could not execute the request: {}", vsp_failure(*.0))]
     Vsp(u32),
     /// The response body did not fit the data buffer (VSP status 3); `needed` bytes would.
     #[error(
@@ -143,10 +143,19 @@ const HEAD_CAP: usize = 1024;
 /// Most completion slots a [`Client`] keeps for reuse (see [`Pending`]'s `Drop`).
 const SLOT_POOL: usize = 256;
 
-/// VSP status: the response body does not fit the data buffer (`data_len` = bytes needed).
-pub const VSP_BODY_TOO_LARGE: u32 = blobring_abi::vmbus::VSP_ERR_BODY_TOO_LARGE;
-/// VSP status: the response head does not fit the response buffer (`response_len` = needed).
-pub const VSP_HEAD_TOO_LARGE: u32 = blobring_abi::vmbus::VSP_ERR_HEAD_TOO_LARGE;
+/// What a failing VSP status means and what to do about it.
+fn vsp_failure(code: u32) -> String {
+    let Some(status) = VspStatus::from_code(code) else {
+        return format!("unknown VSP status {code}; the host may be newer than this SDK");
+    };
+    let advice = match status {
+        VspStatus::BadRequest => "blobringd and the host may be of different versions",
+        VspStatus::BadPage => "a daemon bug: report it with blobringd's log",
+        VspStatus::Internal => "check the host's log, then retry",
+        VspStatus::Ok | VspStatus::BodyTooLarge | VspStatus::HeadTooLarge => "a client bug",
+    };
+    format!("{status} (VSP status {code}); {advice}")
+}
 
 fn errno_name(e: i32) -> &'static str {
     match e {
@@ -1111,20 +1120,21 @@ fn settle(
             errno::ECONNRESET => ClientError::ConnectionReset,
             e => ClientError::Errno(e, errno_name(e)),
         })
-    } else if c.vsp_status == VSP_BODY_TOO_LARGE {
-        Err(ClientError::BodyTooLarge {
-            needed: c.data_len.into(),
-        })
-    } else if c.vsp_status == VSP_HEAD_TOO_LARGE {
-        Err(ClientError::HeadTooLarge {
-            needed: c.response_len,
-        })
-    } else if c.vsp_status != blobring_abi::vmbus::VSP_OK {
-        Err(ClientError::Vsp(c.vsp_status))
     } else {
-        let n = c.response_len.min(f.response_cap) as usize;
-        let mut head = vec![0u8; n];
-        f.head_buf.read(f.response_at, &mut head).map(|()| head)
+        match VspStatus::from_code(c.vsp_status) {
+            Some(VspStatus::Ok) => {
+                let n = c.response_len.min(f.response_cap) as usize;
+                let mut head = vec![0u8; n];
+                f.head_buf.read(f.response_at, &mut head).map(|()| head)
+            }
+            Some(VspStatus::BodyTooLarge) => Err(ClientError::BodyTooLarge {
+                needed: c.data_len.into(),
+            }),
+            Some(VspStatus::HeadTooLarge) => Err(ClientError::HeadTooLarge {
+                needed: c.response_len,
+            }),
+            _ => Err(ClientError::Vsp(c.vsp_status)),
+        }
     };
     garbage.push(f.head_buf);
     match r {
@@ -1347,5 +1357,27 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
             return v;
         }
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vsp_failure_says_what_the_status_means_and_what_to_do() {
+        let e = ClientError::Vsp(VspStatus::BadPage.code()).to_string();
+        assert!(
+            e.contains("a buffer page is outside the registered guest memory (VSP status 2)"),
+            "{e}"
+        );
+        assert!(e.contains("report it"), "{e}");
+        let e = ClientError::Vsp(1).to_string();
+        assert!(
+            e.contains("not a valid blob request") && e.contains("versions"),
+            "{e}"
+        );
+        let e = ClientError::Vsp(77).to_string();
+        assert!(e.contains("unknown VSP status 77"), "{e}");
     }
 }

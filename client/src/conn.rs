@@ -20,9 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blobring_abi::{
-    ABI_VERSION, CQE_F_BUFFERS_LENT, Cqe, FromBytes, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED,
-    HELLO_NOT_PERMITTED, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE,
-    HELLO_VERSION_MISMATCH, HelloReply, HelloRequest, IntoBytes, RegionGeometry, RegionHeader, Sqe,
+    ABI_VERSION, CQE_F_BUFFERS_LENT, Cqe, FromBytes, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC,
+    HelloReply, HelloRequest, HelloStatus, IntoBytes, RegionGeometry, RegionHeader, Sqe,
 };
 use blobring_ring::{
     ClientQueue, EventFd, FutexWord, Notifier, QueueLayout, Slept, WAIT_ANY_MAX, WaitOutcome,
@@ -296,14 +295,16 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> ConnectError {
     move |source| ConnectError::Io { op, source }
 }
 
+/// The short name of a refusal status, for [`ConnectError::Refused`]'s `kind`.
 fn status_name(status: u32) -> &'static str {
-    match status {
-        HELLO_VERSION_MISMATCH => "version mismatch",
-        HELLO_NOT_PERMITTED => "not permitted",
-        HELLO_LIMIT_EXCEEDED => "limit exceeded",
-        HELLO_BAD_REQUEST => "bad request",
-        HELLO_UNAVAILABLE => "unavailable",
-        _ => "unknown status",
+    match HelloStatus::from_code(status) {
+        Some(HelloStatus::Ok) => "accepted",
+        Some(HelloStatus::VersionMismatch) => "version mismatch",
+        Some(HelloStatus::NotPermitted) => "not permitted",
+        Some(HelloStatus::LimitExceeded) => "limit exceeded",
+        Some(HelloStatus::BadRequest) => "bad request",
+        Some(HelloStatus::Unavailable) => "unavailable",
+        None => "unknown status",
     }
 }
 
@@ -379,7 +380,7 @@ impl<T> Connection<T> {
         if reply.magic != HELLO_REPLY_MAGIC {
             return Err(ConnectError::Protocol("bad reply magic".into()));
         }
-        if reply.status != HELLO_OK {
+        if reply.status != HelloStatus::Ok.code() {
             return Err(ConnectError::Refused {
                 status: reply.status,
                 kind: status_name(reply.status),

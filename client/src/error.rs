@@ -24,7 +24,7 @@ pub enum ConnectError {
     /// The daemon refused the handshake; `message` is its explanation.
     #[error("blobringd refused the connection ({kind}): {message}")]
     Refused {
-        /// `HELLO_*` status.
+        /// The reply's status code (`blobring_abi::HelloStatus`).
         status: u32,
         /// A short name of the status.
         kind: &'static str,

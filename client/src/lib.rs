@@ -71,18 +71,19 @@ mod error;
 mod timer;
 pub mod transfer;
 
+/// The Blob REST names and SharedKey canonicalisation the SDK shares with the host
+/// (`blobring-proto`), for crates built on the SDK.
+pub use blobring_abi::vmbus::VspStatus;
 pub use blobring_abi::{
     CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
     Sqe,
 };
-/// The Blob REST names and SharedKey canonicalisation the SDK shares with the host
-/// (`blobring-proto`), for crates built on the SDK.
 pub use blobring_proto as proto;
 pub use blobring_ring::WaitOutcome;
 pub use blobring_shm::Allocation;
 pub use client::{
     Client, ClientError, ClientOptions, Completion, Lease, MAX_REQUEST_DATA, Pending, Request,
-    VSP_BODY_TOO_LARGE, VSP_HEAD_TOO_LARGE, block_on,
+    block_on,
 };
 pub use conn::{
     ConnectOptions, Connection, HANDSHAKE_RETRY, LIVENESS_SLICE, SleepSet, default_socket_path,

@@ -18,10 +18,7 @@
 //!   limit, per-uid limit, descriptors, queue size, arena size): the first that fails is
 //!   the one reported.
 
-use blobring_abi::{
-    ABI_VERSION, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED, HELLO_REQUEST_MAGIC,
-    HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloRequest, MAX_SQ_ENTRIES,
-};
+use blobring_abi::{ABI_VERSION, HELLO_REQUEST_MAGIC, HelloRequest, HelloStatus, MAX_SQ_ENTRIES};
 
 use crate::fds::Budget;
 
@@ -103,14 +100,14 @@ pub struct Grant {
 /// Why a client is turned away: the reply's status and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// One of the ABI's `HELLO_*` refusal codes.
-    pub status: u32,
+    /// The reply's status: a refusal, never [`HelloStatus::Ok`].
+    pub status: HelloStatus,
     /// What went wrong and what to do (sent to the client and logged).
     pub message: String,
 }
 
 impl Refusal {
-    fn new(status: u32, message: impl Into<String>) -> Self {
+    fn new(status: HelloStatus, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -130,13 +127,13 @@ pub fn decide(
         || hello.reserved.iter().any(|&b| b != 0)
     {
         return Err(Refusal::new(
-            HELLO_BAD_REQUEST,
+            HelloStatus::BadRequest,
             "malformed hello (bad magic or non-zero reserved fields); use a matching blobring client",
         ));
     }
     if hello.abi_version != ABI_VERSION {
         return Err(Refusal::new(
-            HELLO_VERSION_MISMATCH,
+            HelloStatus::VersionMismatch,
             format!(
                 "client speaks ABI version {}, daemon speaks {ABI_VERSION}; upgrade the client library or the daemon so they match",
                 hello.abi_version
@@ -146,7 +143,7 @@ pub fn decide(
     let (uid, gid) = (peer.uid, peer.gid);
     if !policy.permits(peer) {
         return Err(Refusal::new(
-            HELLO_NOT_PERMITTED,
+            HelloStatus::NotPermitted,
             format!(
                 "uid {uid} (gid {gid}) is not allowed to use this daemon; ask the administrator to add --allow-uid {uid} or --allow-gid"
             ),
@@ -160,13 +157,13 @@ pub fn decide(
 fn check_load(uid: u32, policy: &Policy<'_>, load: &Load) -> Result<(), Refusal> {
     if load.shutting_down {
         return Err(Refusal::new(
-            HELLO_UNAVAILABLE,
+            HelloStatus::Unavailable,
             "the daemon is shutting down; retry when it is back",
         ));
     }
     if load.live >= policy.max_clients {
         return Err(Refusal::new(
-            HELLO_LIMIT_EXCEEDED,
+            HelloStatus::LimitExceeded,
             format!(
                 "the daemon already serves {} clients (--max-clients {}); retry later or raise the limit",
                 load.live, policy.max_clients
@@ -175,7 +172,7 @@ fn check_load(uid: u32, policy: &Policy<'_>, load: &Load) -> Result<(), Refusal>
     }
     if load.live_for_uid >= policy.max_clients_per_uid {
         return Err(Refusal::new(
-            HELLO_LIMIT_EXCEEDED,
+            HelloStatus::LimitExceeded,
             format!(
                 "uid {uid} already has {} connections (--max-clients-per-uid {}); close some or raise the limit",
                 load.live_for_uid, policy.max_clients_per_uid
@@ -185,7 +182,7 @@ fn check_load(uid: u32, policy: &Policy<'_>, load: &Load) -> Result<(), Refusal>
     policy
         .budget
         .check(load.open_fds)
-        .map_err(|msg| Refusal::new(HELLO_UNAVAILABLE, msg))
+        .map_err(|msg| Refusal::new(HelloStatus::Unavailable, msg))
 }
 
 /// The queue and arena sizes asked for (0 = the default), within the limits.
@@ -196,7 +193,7 @@ fn sizes(hello: &HelloRequest, policy: &Policy<'_>) -> Result<Grant, Refusal> {
     };
     if !sq.is_power_of_two() || sq > policy.queue_depth || sq > MAX_SQ_ENTRIES {
         return Err(Refusal::new(
-            HELLO_LIMIT_EXCEEDED,
+            HelloStatus::LimitExceeded,
             format!(
                 "sq_entries {sq} must be a power of two no larger than {} (--queue-depth)",
                 policy.queue_depth
@@ -209,7 +206,7 @@ fn sizes(hello: &HelloRequest, policy: &Policy<'_>) -> Result<Grant, Refusal> {
     };
     if arena > policy.arena_size {
         return Err(Refusal::new(
-            HELLO_LIMIT_EXCEEDED,
+            HelloStatus::LimitExceeded,
             format!(
                 "arena of {arena} bytes exceeds the limit of {} (--arena-size); ask for less",
                 policy.arena_size
@@ -226,7 +223,7 @@ fn sizes(hello: &HelloRequest, policy: &Policy<'_>) -> Result<Grant, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blobring_abi::{FromZeros, HELLO_OK};
+    use blobring_abi::{FromZeros, HelloStatus};
 
     const UIDS: &[u32] = &[1000, 0];
     const GIDS: &[u32] = &[50];
@@ -272,7 +269,7 @@ mod tests {
     fn refusal(h: &HelloRequest, p: &Peer, pol: &Policy<'_>, l: &Load) -> Refusal {
         let r = decide(h, p, pol, l).expect_err("refused");
         assert!(!r.message.is_empty());
-        assert_ne!(r.status, HELLO_OK);
+        assert_ne!(r.status, HelloStatus::Ok);
         r
     }
 
@@ -314,7 +311,7 @@ mod tests {
         bad.push(h);
         for h in &bad {
             let r = refusal(h, &peer(1000), &pol, &l);
-            assert_eq!(r.status, HELLO_BAD_REQUEST);
+            assert_eq!(r.status, HelloStatus::BadRequest);
             assert!(r.message.starts_with("malformed hello"), "{}", r.message);
         }
     }
@@ -324,7 +321,7 @@ mod tests {
         let mut h = hello();
         h.abi_version = ABI_VERSION + 1;
         let r = refusal(&h, &peer(1000), &policy(), &Load::default());
-        assert_eq!(r.status, HELLO_VERSION_MISMATCH);
+        assert_eq!(r.status, HelloStatus::VersionMismatch);
         assert!(
             r.message
                 .contains(&format!("ABI version {}", ABI_VERSION + 1))
@@ -334,7 +331,7 @@ mod tests {
     #[test]
     fn refuses_a_uid_not_allowed_and_admits_by_group() {
         let r = refusal(&hello(), &peer(7), &policy(), &Load::default());
-        assert_eq!(r.status, HELLO_NOT_PERMITTED);
+        assert_eq!(r.status, HelloStatus::NotPermitted);
         assert_eq!(
             r.message,
             "uid 7 (gid 7) is not allowed to use this daemon; ask the administrator to add --allow-uid 7 or --allow-gid"
@@ -366,10 +363,10 @@ mod tests {
             &pol,
             &Load::default(),
         );
-        assert_eq!(r.status, HELLO_NOT_PERMITTED);
+        assert_eq!(r.status, HelloStatus::NotPermitted);
         // Supplementary groups without --allow-gid admit nobody.
         let r = refusal(&hello(), &by_supplementary, &policy(), &Load::default());
-        assert_eq!(r.status, HELLO_NOT_PERMITTED);
+        assert_eq!(r.status, HelloStatus::NotPermitted);
     }
 
     #[test]
@@ -379,7 +376,7 @@ mod tests {
             ..Load::default()
         };
         let r = refusal(&hello(), &peer(1000), &policy(), &l);
-        assert_eq!(r.status, HELLO_UNAVAILABLE);
+        assert_eq!(r.status, HelloStatus::Unavailable);
         assert!(r.message.contains("shutting down"));
     }
 
@@ -405,7 +402,7 @@ mod tests {
             let r = refusal(&hello(), &peer(1000), &policy(), &l);
             assert_eq!(
                 (r.status, r.message.as_str()),
-                (HELLO_LIMIT_EXCEEDED, message)
+                (HelloStatus::LimitExceeded, message)
             );
         }
         let l = Load {
@@ -423,7 +420,7 @@ mod tests {
             ..Load::default()
         };
         let r = refusal(&hello(), &peer(1000), &policy(), &l);
-        assert_eq!(r.status, HELLO_UNAVAILABLE);
+        assert_eq!(r.status, HelloStatus::Unavailable);
         assert_eq!(r.message, budget().refusal(l.open_fds));
         let l = Load {
             open_fds: 1024 - 12,
@@ -438,7 +435,7 @@ mod tests {
             let mut h = hello();
             h.sq_entries = sq;
             let r = refusal(&h, &peer(1000), &policy(), &Load::default());
-            assert_eq!(r.status, HELLO_LIMIT_EXCEEDED);
+            assert_eq!(r.status, HelloStatus::LimitExceeded);
             assert_eq!(
                 r.message,
                 format!(
@@ -455,7 +452,7 @@ mod tests {
         };
         assert_eq!(
             refusal(&h, &peer(1000), &pol, &Load::default()).status,
-            HELLO_LIMIT_EXCEEDED
+            HelloStatus::LimitExceeded
         );
     }
 
@@ -464,7 +461,7 @@ mod tests {
         let mut h = hello();
         h.arena_len = (1 << 20) + 1;
         let r = refusal(&h, &peer(1000), &policy(), &Load::default());
-        assert_eq!(r.status, HELLO_LIMIT_EXCEEDED);
+        assert_eq!(r.status, HelloStatus::LimitExceeded);
         assert_eq!(
             r.message,
             "arena of 1048577 bytes exceeds the limit of 1048576 (--arena-size); ask for less"
@@ -486,21 +483,21 @@ mod tests {
         };
         assert_eq!(
             refusal(&h, &peer(7), &policy(), &l).status,
-            HELLO_BAD_REQUEST
+            HelloStatus::BadRequest
         );
         h.flags = 0;
         assert_eq!(
             refusal(&h, &peer(7), &policy(), &l).status,
-            HELLO_VERSION_MISMATCH
+            HelloStatus::VersionMismatch
         );
         h.abi_version = ABI_VERSION;
         assert_eq!(
             refusal(&h, &peer(7), &policy(), &l).status,
-            HELLO_NOT_PERMITTED
+            HelloStatus::NotPermitted
         );
         assert_eq!(
             refusal(&h, &peer(0), &policy(), &l).status,
-            HELLO_UNAVAILABLE
+            HelloStatus::Unavailable
         );
     }
 }

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use blobring_abi::{
-    ABI_VERSION, FromBytes, HELLO_OK, HELLO_REPLY_MAGIC, HELLO_UNAVAILABLE, HelloReply,
-    HelloRequest, IntoBytes, RegionGeometry,
+    ABI_VERSION, FromBytes, HELLO_REPLY_MAGIC, HelloReply, HelloRequest, HelloStatus, IntoBytes,
+    RegionGeometry,
 };
 use blobring_ring::{EventFd, Notifier, QueueLayout};
 use blobring_shm::Pagemap;
@@ -770,7 +770,7 @@ impl Control {
         self.spare.with_free(|| {
             if let Ok((sock, _)) = listener.accept() {
                 let mut reply = HelloReply::new_zeroed_reply();
-                reply.status = HELLO_UNAVAILABLE;
+                reply.status = HelloStatus::Unavailable.code();
                 reply.set_message(&msg);
                 let _ = sock.set_nonblocking(true);
                 let _ = (&sock).write(reply.as_bytes());
@@ -878,7 +878,7 @@ impl Control {
             Ok(p) => self.hand_over(sock, &peer, p),
             Err(r) => {
                 let mut reply = HelloReply::new_zeroed_reply();
-                reply.status = r.status;
+                reply.status = r.status.code();
                 reply.set_message(&r.message);
                 let _ = (&sock).write_all(reply.as_bytes());
                 Err(r.message)
@@ -891,7 +891,7 @@ impl Control {
     /// undoes it.
     fn provision(&mut self, grant: Grant, peer: &Peer) -> Result<Provisioned, Refusal> {
         let unavailable = |message: String| Refusal {
-            status: HELLO_UNAVAILABLE,
+            status: HelloStatus::Unavailable,
             message,
         };
         let id = self.next_id;
@@ -951,7 +951,7 @@ impl Control {
             }
         }
         let mut reply = HelloReply::new_zeroed_reply();
-        reply.status = HELLO_OK;
+        reply.status = HelloStatus::Ok.code();
         reply.n_queues = shared.doorbells.len() as u32;
         reply.region_len = len;
         reply.client_id = id;

@@ -16,8 +16,7 @@
 #![no_main]
 
 use blobring_abi::{
-    ABI_VERSION, FromZeros, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED, HELLO_NOT_PERMITTED,
-    HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, MAX_SQ_ENTRIES,
+    ABI_VERSION, FromZeros, HELLO_REQUEST_MAGIC, HelloReply, HelloStatus, MAX_SQ_ENTRIES,
 };
 use blobring_daemon::admission::{Load, Peer, Policy, decide};
 use blobring_daemon::fds::Budget;
@@ -132,14 +131,14 @@ fuzz_target!(|data: &[u8]| {
                 r.message
             );
             match r.status {
-                HELLO_BAD_REQUEST => assert!(!well_formed),
-                HELLO_VERSION_MISMATCH => assert!(well_formed && !version_ok),
-                HELLO_NOT_PERMITTED => assert!(well_formed && version_ok && !permitted),
-                HELLO_UNAVAILABLE => {
+                HelloStatus::BadRequest => assert!(!well_formed),
+                HelloStatus::VersionMismatch => assert!(well_formed && !version_ok),
+                HelloStatus::NotPermitted => assert!(well_formed && version_ok && !permitted),
+                HelloStatus::Unavailable => {
                     assert!(well_formed && version_ok && permitted);
                     assert!(load.shutting_down || !fds_ok);
                 }
-                HELLO_LIMIT_EXCEEDED => {
+                HelloStatus::LimitExceeded => {
                     assert!(well_formed && version_ok && permitted && !load.shutting_down);
                     assert!(
                         load.live >= policy.max_clients

@@ -3,7 +3,7 @@
 //!   host, `--keep-privileges` so the fuzzer keeps its identity) receives fuzzed hello bytes
 //!   (any length; magic, version, flags, reserved bytes, sizes) and must answer every complete
 //!   hello with a well-formed 256-byte reply whose status follows the ABI's rules (file
-//!   descriptors only with `HELLO_OK`), and never accept a malformed hello;
+//!   descriptors only with `HelloStatus::Ok`), and never accept a malformed hello;
 //! - **client side**: the SDK's `Connection::connect_with` talks to a fuzzed daemon that answers
 //!   with arbitrary reply bytes, a sealed region whose header and queue indices may be
 //!   corrupt, and any number of file descriptors; it must return an error or a connection
@@ -24,9 +24,8 @@ use std::time::{Duration, Instant};
 
 use blobring::{ConnectOptions, Connection};
 use blobring_abi::{
-    ABI_VERSION, FromBytes, HELLO_BAD_REQUEST, HELLO_LIMIT_EXCEEDED, HELLO_OK, HELLO_REPLY_MAGIC,
-    HELLO_REQUEST_MAGIC, HELLO_UNAVAILABLE, HELLO_VERSION_MISMATCH, HelloReply, HelloRequest,
-    IntoBytes, RegionGeometry, qc,
+    ABI_VERSION, FromBytes, HELLO_REPLY_MAGIC, HELLO_REQUEST_MAGIC, HelloReply, HelloRequest,
+    HelloStatus, IntoBytes, RegionGeometry, qc,
 };
 use blobring_fuzz::{Input, fuzzed_hello};
 use blobring_ring::{EventFd, QueueLayout};
@@ -181,8 +180,8 @@ fn daemon_side(mut inp: Input) {
         && sq.is_power_of_two()
         && sq <= QUEUE_DEPTH
         && hello.arena_len <= ARENA_LIMIT;
-    match reply.status {
-        HELLO_OK => {
+    match HelloStatus::from_code(reply.status) {
+        Some(HelloStatus::Ok) => {
             assert!(acceptable, "accepted {hello:?}");
             assert_eq!(reply.n_queues, 1);
             assert_eq!(fds.len(), 2, "memfd + one eventfd");
@@ -192,12 +191,12 @@ fn daemon_side(mut inp: Input) {
             assert!(fds.is_empty(), "fds with a refusal");
             assert!(!reply.message_text().is_empty(), "a refusal says why");
             match status {
-                HELLO_BAD_REQUEST => assert!(!well_formed, "refused {hello:?}"),
-                HELLO_VERSION_MISMATCH => assert_ne!(hello.abi_version, ABI_VERSION),
-                HELLO_LIMIT_EXCEEDED | HELLO_UNAVAILABLE => {}
-                other => panic!("unknown status {other}"),
+                Some(HelloStatus::BadRequest) => assert!(!well_formed, "refused {hello:?}"),
+                Some(HelloStatus::VersionMismatch) => assert_ne!(hello.abi_version, ABI_VERSION),
+                Some(HelloStatus::LimitExceeded | HelloStatus::Unavailable) => {}
+                _ => panic!("unknown status {}", reply.status),
             }
-            assert!(!acceptable || status != HELLO_BAD_REQUEST);
+            assert!(!acceptable || status != Some(HelloStatus::BadRequest));
         }
     }
 }
@@ -317,7 +316,7 @@ fn client_side(mut inp: Input) {
     if honest {
         reply.magic = HELLO_REPLY_MAGIC;
         reply.abi_version = ABI_VERSION;
-        reply.status = HELLO_OK;
+        reply.status = HelloStatus::Ok.code();
         reply.n_queues = n_queues;
         reply.region_len = g.region_len;
         reply.client_id = client_id;
@@ -358,7 +357,7 @@ fn client_side(mut inp: Input) {
         Ok(conn) => {
             let r = HelloReply::read_from_bytes(&reply).expect("a full reply was sent");
             assert_eq!(r.magic, HELLO_REPLY_MAGIC);
-            assert_eq!(r.status, HELLO_OK);
+            assert_eq!(r.status, HelloStatus::Ok.code());
             assert_eq!(conn.n_queues(), r.n_queues);
             assert_eq!(conn.client_id(), r.client_id);
             let cg = conn.geometry();

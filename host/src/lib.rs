@@ -61,7 +61,7 @@
 //!    without pre-faulting, so registering costs the same for any length), the base page
 //!    aligned and not overlapping another region, and the total under the host's cap; it is then
 //!    mapped and answered with **`MEMORY_REGISTERED`**. From now on PFNs in request packets may point into it; any PFN
-//!    outside every registered region fails that request with [`vsp::VSP_ERR_BAD_PAGE`].
+//!    outside every registered region fails that request with [`vsp::VspStatus::BadPage`].
 //! 5. **`UNREGISTER_MEMORY`** (region id): forgotten for new requests, answered with
 //!    **`MEMORY_UNREGISTERED`**; requests already executing keep their mapping alive until done.
 //! 6. **`CLOSE_CHANNEL`** (index): the worker stops, **`CHANNEL_CLOSED`**.
@@ -84,7 +84,7 @@
 //! `--ring-size` bytes per direction, and runs one VSP worker thread per opened channel. A
 //! worker waits in its io_uring reactor on the channel's eventfd, validates each GPA-direct
 //! request, translates its page list through the guest's registered memory (pages outside it
-//! are refused with [`vsp::VSP_ERR_BAD_PAGE`]), copies the head and body out once, and runs a
+//! are refused with [`vsp::VspStatus::BadPage`]), copies the head and body out once, and runs a
 //! small request itself ([`vsp::VspConfig::inline_max`]) or hands it to a pool of executor
 //! threads, so requests complete out of order. The pool calls
 //! [`Executor::execute_lazy`] with a [`BodySink`] over the guest's data buffer: the body lands

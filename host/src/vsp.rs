@@ -11,7 +11,7 @@
 //!    "completions ready" eventfd, drains the guest → host ring with `interrupt_mask` set,
 //!    and for each GPA-direct blob request: parses and validates the packet
 //!    ([`parse_blob_request`]), translates the page list through the registered guest memory
-//!    (any page outside a registered region → [`VSP_ERR_BAD_PAGE`]), copies the request head
+//!    (any page outside a registered region → [`VspStatus::BadPage`]), copies the request head
 //!    out of guest memory **once**, and hands the request to the session's executor pool —
 //!    or, when its data buffer is at most [`VspConfig::inline_max`] bytes, the backend is a
 //!    local store and no delaying fault is set, runs it itself at once (step 3 on the channel
@@ -23,10 +23,10 @@
 //!    so the response body lands **in place** in guest memory; for `fs` store reads of at least
 //!    [`VspConfig::direct_min_len`] bytes the sink reads the blob file straight into the guest
 //!    mapping with the pool thread's io_uring (plain `READ`s into the mapped region, no fixed
-//!    buffers: [`direct`] says why; without io_uring, `pread` into a bounce buffer and a
-//!    copy). It then renders the response head into the response
-//!    buffer (through a buffer the thread reuses from request to request) and sends the
-//!    completion back to the channel's worker.
+//!    buffers: the private `vsp::direct` module says why; without io_uring, `pread` into a
+//!    bounce buffer and a copy). It then renders the response head into the response buffer
+//!    (through a buffer the thread reuses from request to request) and sends the completion
+//!    back to the channel's worker.
 //! 4. The worker posts a completion packet (type 0xb, the request's transaction id, an
 //!    [`AzBlobVspResponse`]). Requests complete **in whatever order they finish**: a slow or
 //!    hung request occupies one pool thread, not the channel. If the host → guest ring is
@@ -37,12 +37,12 @@
 //!
 //! | code | constant | meaning | `length` | `response_len` |
 //! |---|---|---|---|---|
-//! | 0 | [`VSP_OK`] | executed; the HTTP status (2xx–5xx) is in the response head | body bytes written to the data buffer | head bytes written to the response buffer |
-//! | 1 | [`VSP_ERR_BAD_REQUEST`] | the packet is not a valid blob request (version, operation, buffer offsets/lengths, page list shape) | 0 | 0 |
-//! | 2 | [`VSP_ERR_BAD_PAGE`] | a page of a buffer is outside the registered guest memory | 0 | 0 |
-//! | 3 | [`VSP_ERR_BODY_TOO_LARGE`] | the response body does not fit the data buffer; nothing was written; retry with a larger buffer or a smaller range | bytes needed (saturated at `u32::MAX`) | 0 |
-//! | 4 | [`VSP_ERR_HEAD_TOO_LARGE`] | the response head does not fit the response buffer; the body may have been written | 0 | bytes needed |
-//! | 5 | [`VSP_ERR_INTERNAL`] | the host failed (guest memory access, executor pool gone) | 0 | 0 |
+//! | 0 | [`VspStatus::Ok`] | executed; the HTTP status (2xx–5xx) is in the response head | body bytes written to the data buffer | head bytes written to the response buffer |
+//! | 1 | [`VspStatus::BadRequest`] | the packet is not a valid blob request (version, operation, buffer offsets/lengths, page list shape) | 0 | 0 |
+//! | 2 | [`VspStatus::BadPage`] | a page of a buffer is outside the registered guest memory | 0 | 0 |
+//! | 3 | [`VspStatus::BodyTooLarge`] | the response body does not fit the data buffer; nothing was written; retry with a larger buffer or a smaller range | bytes needed (saturated at `u32::MAX`) | 0 |
+//! | 4 | [`VspStatus::HeadTooLarge`] | the response head does not fit the response buffer; the body may have been written | 0 | bytes needed |
+//! | 5 | [`VspStatus::Internal`] | the host failed (guest memory access, executor pool gone) | 0 | 0 |
 //!
 //! A success is never silently truncated. Packets with transaction id 0 or without the
 //! completion-requested flag cannot be answered and are dropped (and counted).
@@ -85,10 +85,7 @@ use crate::executor::{ExecuteError, Executor};
 use crate::store::BodySink;
 
 /// The VSP status codes, defined beside the response layout in `blobring_abi::vmbus`.
-pub use blobring_abi::vmbus::{
-    VSP_ERR_BAD_PAGE, VSP_ERR_BAD_REQUEST, VSP_ERR_BODY_TOO_LARGE, VSP_ERR_HEAD_TOO_LARGE,
-    VSP_ERR_INTERNAL, VSP_OK,
-};
+pub use blobring_abi::vmbus::VspStatus;
 
 mod direct;
 use direct::{DirectIo, GuestSink};
@@ -488,10 +485,10 @@ impl Pool {
     }
 }
 
-fn vsp_error(error: u32) -> AzBlobVspResponse {
+fn vsp_error(status: VspStatus) -> AzBlobVspResponse {
     AzBlobVspResponse {
         length: 0,
-        error,
+        error: status.code(),
         response_len: 0,
     }
 }
@@ -531,7 +528,7 @@ fn execute(
             if head_len as u64 > job.response.len() {
                 return AzBlobVspResponse {
                     length: 0,
-                    error: VSP_ERR_HEAD_TOO_LARGE,
+                    error: VspStatus::HeadTooLarge.code(),
                     response_len: sat32(head_len as u64),
                 };
             }
@@ -541,27 +538,27 @@ fn execute(
                 .write_head(head)
                 .map(|n| job.response.write_at(0, &head[..n]));
             if !matches!(written, Ok(Ok(_))) {
-                return vsp_error(VSP_ERR_INTERNAL);
+                return vsp_error(VspStatus::Internal);
             }
             AzBlobVspResponse {
                 length: sat32(ex.body_len as u64),
-                error: VSP_OK,
+                error: VspStatus::Ok.code(),
                 response_len: sat32(head_len as u64),
             }
         }
         Err(ExecuteError::BodyTooLarge { needed, .. }) => AzBlobVspResponse {
             length: sat32(needed),
-            error: VSP_ERR_BODY_TOO_LARGE,
+            error: VspStatus::BodyTooLarge.code(),
             response_len: 0,
         },
         Err(ExecuteError::HeadTooLarge { needed, .. }) => AzBlobVspResponse {
             length: 0,
-            error: VSP_ERR_HEAD_TOO_LARGE,
+            error: VspStatus::HeadTooLarge.code(),
             response_len: sat32(needed as u64),
         },
         Err(e) => {
             tracing::debug!(error = %e, "request failed on the host");
-            vsp_error(VSP_ERR_INTERNAL)
+            vsp_error(VspStatus::Internal)
         }
     }
 }
@@ -744,7 +741,7 @@ fn intake(
             tracing::debug!(error = %e, trans_id, "bad blob request packet");
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             return (p.completion_requested() && trans_id != 0)
-                .then(|| refused(trans_id, VSP_ERR_BAD_REQUEST));
+                .then(|| refused(trans_id, VspStatus::BadRequest));
         }
     };
     if ctx.sess.rescinding.load(Ordering::Acquire) {
@@ -773,7 +770,7 @@ fn intake(
             if rescind_after_post {
                 ctx.sess.rescind_now.store(true, Ordering::Release);
             }
-            return Some(refused(trans_id, VSP_ERR_BAD_PAGE));
+            return Some(refused(trans_id, VspStatus::BadPage));
         }
     };
     // Copy the head out of guest memory once; the executor sees only the copy. The body
@@ -793,7 +790,7 @@ fn intake(
         if inline {
             scratch.keep_head(head);
         }
-        return Some(refused(trans_id, VSP_ERR_INTERNAL));
+        return Some(refused(trans_id, VspStatus::Internal));
     }
     let drop_completion =
         ctx.cfg.drop_completion_rate > 0.0 && rng.random_bool(ctx.cfg.drop_completion_rate);
@@ -822,7 +819,7 @@ fn intake(
         });
     }
     if ctx.jobs.send(job).is_err() {
-        return Some(refused(trans_id, VSP_ERR_INTERNAL));
+        return Some(refused(trans_id, VspStatus::Internal));
     }
     None
 }

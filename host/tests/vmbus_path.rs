@@ -7,9 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use blobring_host::vsp::{
-    VSP_ERR_BAD_PAGE, VSP_ERR_BODY_TOO_LARGE, VSP_ERR_HEAD_TOO_LARGE, VSP_OK,
-};
+use blobring_host::vsp::VspStatus;
 use blobring_vmbus::blob::{BlobRequestDesc, BufferPages};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
 use blobring_vmbus::sim::guest::BusEvent;
@@ -263,7 +261,7 @@ fn page_outside_registered_memory_is_refused_and_host_keeps_serving() {
     };
     let id = d.submit_desc(2, &desc).unwrap();
     let c = d.wait_for(id, LIMIT).unwrap();
-    assert_eq!(c.vsp.error, VSP_ERR_BAD_PAGE);
+    assert_eq!(c.vsp.error, VspStatus::BadPage.code());
     assert_eq!((c.vsp.length, c.vsp.response_len), (0, 0));
     // Page 0 is nowhere near the region either.
     let zero = [0u64];
@@ -280,7 +278,10 @@ fn page_outside_registered_memory_is_refused_and_host_keeps_serving() {
             },
         )
         .unwrap();
-    assert_eq!(d.wait_for(id, LIMIT).unwrap().vsp.error, VSP_ERR_BAD_PAGE);
+    assert_eq!(
+        d.wait_for(id, LIMIT).unwrap().vsp.error,
+        VspStatus::BadPage.code()
+    );
     // The channel and the host keep serving.
     put_blob(&mut d, 2, "pages/ok", b"still here");
     let r = get(&mut d, 2, "pages/ok", &[], 4096);
@@ -297,7 +298,7 @@ fn body_larger_than_data_buffer_reports_needed_size() {
     let c = d
         .call(1, &head("GET", "size/x", &[], 0), b"", 4096, 4096)
         .unwrap();
-    assert_eq!(c.vsp.error, VSP_ERR_BODY_TOO_LARGE);
+    assert_eq!(c.vsp.error, VspStatus::BodyTooLarge.code());
     assert_eq!(c.vsp.length, 10_000, "needed size in length");
     assert!(c.body.is_empty() && c.response_head.is_empty());
     // The same GET with a big enough buffer, and a range that fits the small one.
@@ -318,7 +319,7 @@ fn head_larger_than_response_buffer_is_completed_with_needed_size() {
     let c = d
         .call(1, &head("GET", "heads/x", &[], 0), b"", 16, 4096)
         .expect("a completion for a request whose head does not fit");
-    assert_eq!(c.vsp.error, VSP_ERR_HEAD_TOO_LARGE, "{:?}", c.vsp);
+    assert_eq!(c.vsp.error, VspStatus::HeadTooLarge.code(), "{:?}", c.vsp);
     assert!(c.vsp.response_len > 16, "bytes needed: {:?}", c.vsp);
     assert!(c.response_head.is_empty());
     // With a buffer of exactly that size, the same request succeeds.
@@ -326,7 +327,7 @@ fn head_larger_than_response_buffer_is_completed_with_needed_size() {
     let c = d
         .call(1, &head("GET", "heads/x", &[], 0), b"", need, 4096)
         .unwrap();
-    assert_eq!(c.vsp.error, VSP_OK, "{:?}", c.vsp);
+    assert_eq!(c.vsp.error, VspStatus::Ok.code(), "{:?}", c.vsp);
     assert_eq!(c.body, b"0123456789");
 }
 

@@ -344,7 +344,7 @@ fn response_head_larger_than_its_buffer_completes_with_head_too_large() {
     assert_eq!(c.res, 0, "{c:?}");
     assert_eq!(
         c.vsp_status,
-        blobring_abi::vmbus::VSP_ERR_HEAD_TOO_LARGE,
+        blobring_abi::vmbus::VspStatus::HeadTooLarge.code(),
         "{c:?}"
     );
     assert!(c.response_len > 16, "the bytes needed: {c:?}");

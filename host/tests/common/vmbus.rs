@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use blobring_host::vsp::VSP_OK;
+use blobring_host::vsp::VspStatus;
 use blobring_host::{EMULATOR_ACCOUNT, EMULATOR_KEY, SharedKeyAuth};
 use blobring_vmbus::sim::driver::{BlobDriver, Completion, DriverConfig};
 
@@ -141,13 +141,15 @@ pub fn parse_head(buf: &[u8]) -> Option<(Resp, usize)> {
     ))
 }
 
-/// The answer a completion carries: `VSP_OK`, a response head exactly `response_len` long, and
+/// The answer a completion carries: `VspStatus::Ok`, a response head exactly `response_len` long, and
 /// the body from the data buffer.
 pub fn completion_resp(c: &Completion) -> Resp {
     assert_eq!(
-        c.vsp.error, VSP_OK,
+        c.vsp.error,
+        VspStatus::Ok.code(),
         "VSP error for {}: {:?}",
-        c.trans_id, c.vsp
+        c.trans_id,
+        c.vsp
     );
     let (mut resp, n) = parse_head(&c.response_head).expect("complete response head");
     assert_eq!(
