@@ -168,23 +168,23 @@ macro_rules! c_consts {
 }
 pub(crate) use c_consts;
 
-/// Declares a set of status codes that travel in a `u32` field: a `#[repr(u32)]` enum with one
-/// variant a code, each given once — its code, its C name and its meaning (the variant's doc,
+/// Declares a set of codes that travel in an integer field (statuses, opcodes): an enum of that
+/// representation with one variant a code, each given once — its code, its C name and its meaning (the variant's doc,
 /// [`Display`](core::fmt::Display) and what error messages quote) — and a function `$group`
 /// listing the C `#define`s, as [`c_consts!`] does.
 ///
-/// The wire field stays a `u32` (a peer may write any value); `from_code` names it, `None` for a
-/// code this ABI does not define.
+/// The wire field stays an integer (a peer may write any value); `from_code` names it, `None`
+/// for a code this ABI does not define.
 macro_rules! c_codes {
     (
         fn $group:ident;
         $(#[doc = $doc:literal])*
-        pub enum $name:ident {
+        pub enum $name:ident: $repr:ty {
             $( $variant:ident = $code:literal => $cname:literal: $meaning:literal, )*
         }
     ) => {
         $(#[doc = $doc])*
-        #[repr(u32)]
+        #[repr($repr)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name {
             $( #[doc = concat!($meaning, " (`", $cname, "`).")] $variant = $code, )*
@@ -195,12 +195,12 @@ macro_rules! c_codes {
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
 
             /// The code on the wire.
-            pub const fn code(self) -> u32 {
-                self as u32
+            pub const fn code(self) -> $repr {
+                self as $repr
             }
 
             /// The status `code` stands for; `None` for a code this ABI does not define.
-            pub const fn from_code(code: u32) -> Option<Self> {
+            pub const fn from_code(code: $repr) -> Option<Self> {
                 match code {
                     $($code => Some(Self::$variant),)*
                     _ => None,

@@ -125,13 +125,13 @@ abi_struct! {
     }
 }
 
-c_consts! {
+c_codes! {
     fn opcode_consts;
-    /// SQE opcode: an HTTP-modelled Azure Blob request executed by the host (the seed's
-    /// `USER_REQUEST`).
-    pub const OP_BLOB: u8 = 1 => "BLOBRING_OP_BLOB";
-    /// SQE opcode: complete at once without involving the host (ring and wakeup measurements).
-    pub const OP_NOP: u8 = 2 => "BLOBRING_OP_NOP";
+    /// The `opcode` of an [`Sqe`].
+    pub enum Opcode: u8 {
+        Blob = 1 => "BLOBRING_OP_BLOB": "an HTTP-modelled Azure Blob request executed by the host (the seed's `USER_REQUEST`)",
+        Nop = 2 => "BLOBRING_OP_NOP": "complete at once without involving the host (ring and wakeup measurements)",
+    }
 }
 
 abi_struct! {
@@ -142,7 +142,7 @@ abi_struct! {
     /// buffer (the body to write, or the buffer receiving the body read).
     c "blobring_sqe",
     pub struct Sqe {
-        /// [`OP_BLOB`] or [`OP_NOP`].
+        /// An [`Opcode`] code.
         pub opcode: u8,
         /// Reserved flags, zero.
         pub flags: u8,
@@ -186,7 +186,7 @@ pub struct SqeBuffer {
 /// compile there until it is handled, and then wherever an `SqeFields` is built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SqeFields {
-    /// [`OP_BLOB`] or [`OP_NOP`].
+    /// An [`Opcode`] code.
     pub opcode: u8,
     /// Per-request deadline in milliseconds; 0 = the daemon's default.
     pub timeout_ms: u32,
@@ -231,10 +231,10 @@ impl Sqe {
         }
     }
 
-    /// An [`OP_NOP`] SQE.
+    /// An [`Opcode::Nop`] SQE.
     pub const fn nop(user_data: u64) -> Self {
         Self::new(SqeFields {
-            opcode: OP_NOP,
+            opcode: Opcode::Nop.code(),
             timeout_ms: 0,
             user_data,
             request: SqeBuffer { offset: 0, len: 0 },
@@ -384,7 +384,7 @@ abi_struct! {
 c_codes! {
     fn hello_status_consts;
     /// The `status` of a [`HelloReply`]: the handshake's outcome.
-    pub enum HelloStatus {
+    pub enum HelloStatus: u32 {
         Ok = 0 => "BLOBRING_HELLO_OK": "accepted; the memfd and eventfds travel with the reply",
         VersionMismatch = 1 => "BLOBRING_HELLO_VERSION_MISMATCH": "the daemon speaks another ABI version",
         NotPermitted = 2 => "BLOBRING_HELLO_NOT_PERMITTED": "the peer's uid/gid is not allowed by the daemon's policy",
@@ -556,7 +556,7 @@ mod tests {
     #[test]
     fn sqe_and_cqe_fields_round_trip() {
         let f = SqeFields {
-            opcode: OP_BLOB,
+            opcode: Opcode::Blob.code(),
             timeout_ms: 7,
             user_data: 9,
             request: SqeBuffer { offset: 1, len: 2 },
@@ -585,7 +585,7 @@ mod tests {
             assert!(!bad.reserved_is_zero());
             assert_eq!(bad.fields(), f);
         }
-        assert_eq!(Sqe::nop(3).fields().opcode, OP_NOP);
+        assert_eq!(Sqe::nop(3).fields().opcode, Opcode::Nop.code());
         let c = CqeFields {
             user_data: 1,
             res: -4,

@@ -163,7 +163,7 @@ abi_struct! {
 c_codes! {
     fn vsp_status_consts;
     /// The status of a VSP response ([`AzBlobVspResponse::error`]).
-    pub enum VspStatus {
+    pub enum VspStatus: u32 {
         Ok = 0 => "AZ_BLOB_VSP_OK": "executed; the HTTP status is in the response head",
         BadRequest = 1 => "AZ_BLOB_VSP_ERR_BAD_REQUEST": "the packet is not a valid blob request",
         BadPage = 2 => "AZ_BLOB_VSP_ERR_BAD_PAGE": "a buffer page is outside the registered guest memory",

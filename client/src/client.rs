@@ -38,7 +38,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use blobring_abi::vmbus::VspStatus;
-use blobring_abi::{Cqe, FromZeros, OP_BLOB, Sqe, SqeBuffer, SqeFields};
+use blobring_abi::{Cqe, FromZeros, Opcode, Sqe, SqeBuffer, SqeFields};
 use blobring_shm::{Mapping, SharedMemory};
 use bytes::Bytes;
 
@@ -806,7 +806,7 @@ impl Inner {
             .as_ref()
             .map_or((0, 0), |d| (d.offset, d.len.min(u32::MAX as u64) as u32));
         let sqe = Sqe::new(SqeFields {
-            opcode: OP_BLOB,
+            opcode: Opcode::Blob.code(),
             timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
             user_data: ud,
             request: SqeBuffer {

@@ -75,8 +75,7 @@ pub mod transfer;
 /// (`blobring-proto`), for crates built on the SDK.
 pub use blobring_abi::vmbus::VspStatus;
 pub use blobring_abi::{
-    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, OP_BLOB, OP_NOP, RegionGeometry,
-    Sqe,
+    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, FromZeros, Opcode, RegionGeometry, Sqe,
 };
 pub use blobring_proto as proto;
 pub use blobring_ring::WaitOutcome;

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use blobring_abi::vmbus::{AZ_BLOB_MAX_PAGES, AzBlobVspResponse, HV_PAGE_SIZE};
 use blobring_abi::{
-    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, CqeFields, FromZeros, OP_BLOB, OP_NOP,
-    RegionGeometry, Sqe, SqeBuffer, SqeFields, qc,
+    CQE_F_BUFFERS_LENT, CQE_F_BUFFERS_RELEASED, Cqe, CqeFields, FromZeros, Opcode, RegionGeometry,
+    Sqe, SqeBuffer, SqeFields, qc,
 };
 use blobring_reactor::{Event, FutexWord, MemoryRegion, OpId, Reactor, RegionWord};
 use blobring_ring::{DaemonQueue, EventFd, QueueLayout, RingError, SleepCheck};
@@ -1552,7 +1552,7 @@ pub const IN_FLIGHT_LIST_MAX: usize = 64;
 pub enum Admission {
     /// Refused by [`validate_sqe`]: completes at once with `-EINVAL`.
     Invalid,
-    /// [`OP_NOP`]: completes at once with 0.
+    /// [`Opcode::Nop`]: completes at once with 0.
     Nop,
     /// A valid blob request while the worker has no host channel: `-ENODEV` at once.
     NoDevice,
@@ -1596,7 +1596,7 @@ pub fn take_sqes<M: Deref<Target: SharedMemory> + Clone>(
         if !validate_sqe(sqe, g, gpa_base) {
             *rejected += 1;
             Admission::Invalid
-        } else if sqe.opcode == OP_NOP {
+        } else if sqe.opcode == Opcode::Nop.code() {
             Admission::Nop
         } else if !have_channels {
             Admission::NoDevice
@@ -1678,9 +1678,9 @@ pub fn encode_request(
 }
 
 /// Checks a copied SQE against its client's region: known opcode, reserved fields zero, and
-/// for [`OP_BLOB`] non-empty request and response buffers, `data_valid <= data_len`, every
+/// for [`Opcode::Blob`] non-empty request and response buffers, `data_valid <= data_len`, every
 /// buffer inside the data arena (never the header or the queues) and at most
-/// [`AZ_BLOB_MAX_PAGES`] pages in the packet. [`OP_NOP`] uses no buffer, so only its reserved
+/// [`AZ_BLOB_MAX_PAGES`] pages in the packet. [`Opcode::Nop`] uses no buffer, so only its reserved
 /// fields are checked.
 pub fn validate_sqe(sqe: &Sqe, g: &RegionGeometry, gpa_base: u64) -> bool {
     // Every field is named: a field added to the SQE fails to compile here until its check
@@ -1696,9 +1696,9 @@ pub fn validate_sqe(sqe: &Sqe, g: &RegionGeometry, gpa_base: u64) -> bool {
     } = sqe.fields();
     let in_arena = |b: SqeBuffer| g.in_arena(b.offset, b.len.into());
     sqe.reserved_is_zero()
-        && match opcode {
-            OP_NOP => true,
-            OP_BLOB => {
+        && match Opcode::from_code(opcode) {
+            Some(Opcode::Nop) => true,
+            Some(Opcode::Blob) => {
                 request.len > 0
                     && response.len > 0
                     && data_valid <= data.len
@@ -1707,7 +1707,7 @@ pub fn validate_sqe(sqe: &Sqe, g: &RegionGeometry, gpa_base: u64) -> bool {
                     && (data.len == 0 || in_arena(data))
                     && pages(gpa_base, sqe) <= u64::from(AZ_BLOB_MAX_PAGES)
             }
-            _ => false,
+            None => false,
         }
 }
 
@@ -1735,7 +1735,7 @@ mod tests {
     fn blob(g: &RegionGeometry) -> Sqe {
         let a = g.arena_offset;
         Sqe {
-            opcode: OP_BLOB,
+            opcode: Opcode::Blob.code(),
             request_offset: a,
             request_len: 100,
             response_offset: a + 4096,
@@ -1763,7 +1763,7 @@ mod tests {
         ));
         assert!(validate_sqe(
             &Sqe {
-                opcode: OP_NOP,
+                opcode: Opcode::Nop.code(),
                 ..Sqe::new_zeroed()
             },
             &g,
@@ -1816,7 +1816,7 @@ mod tests {
                 ..ok
             },
             Sqe {
-                opcode: OP_NOP,
+                opcode: Opcode::Nop.code(),
                 reserved1: 5,
                 ..ok
             },
@@ -1864,7 +1864,7 @@ mod tests {
             ..blob(&g)
         };
         let nop = Sqe {
-            opcode: OP_NOP,
+            opcode: Opcode::Nop.code(),
             ..Sqe::new_zeroed()
         };
         assert_eq!(client.submit(&[blob(&g), bad, nop]).unwrap().count, 3);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blobring_abi::vmbus::AZ_BLOB_CLASS_GUID_STR;
-use blobring_abi::{Cqe, FromZeros, OP_BLOB, RegionGeometry, Sqe};
+use blobring_abi::{Cqe, FromZeros, Opcode, RegionGeometry, Sqe};
 use blobring_daemon::stats::WorkerStats;
 use blobring_daemon::uio;
 use blobring_daemon::worker::{self, ClientShared, ToControl, ToWorker, WorkerChannel};
@@ -116,7 +116,7 @@ fn client(arena: u64) -> (Arc<ClientShared>, ClientQueue<Arc<Region>>) {
 fn blob_sqe(g: &RegionGeometry, user_data: u64, data_len: u32) -> Sqe {
     let a = g.arena_offset;
     Sqe {
-        opcode: OP_BLOB,
+        opcode: Opcode::Blob.code(),
         user_data,
         request_offset: a,
         request_len: 100,

@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use blobring_abi::vmbus::AzBlobVspResponse;
-use blobring_abi::{FromZeros, IntoBytes, OP_BLOB, Sqe};
+use blobring_abi::{FromZeros, IntoBytes, Opcode, Sqe};
 use blobring_daemon::worker::{InFlight, ReqState, transaction_id};
 use blobring_fuzz::Input;
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_reply};
@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
             // A request taken, in some state on channel 0..3.
             0 => {
                 let sqe = Sqe {
-                    opcode: OP_BLOB,
+                    opcode: Opcode::Blob.code(),
                     user_data: inp.u64(),
                     response_len: inp.u32() >> (inp.u8() % 32),
                     data_len: inp.u32() >> (inp.u8() % 32),

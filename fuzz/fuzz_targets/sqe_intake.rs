@@ -22,9 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use blobring_abi::vmbus::HV_PAGE_SIZE;
-use blobring_abi::{
-    Cqe, FromBytes, FromZeros, IntoBytes, OP_BLOB, OP_NOP, RegionGeometry, Sqe, qc,
-};
+use blobring_abi::{Cqe, FromBytes, FromZeros, IntoBytes, Opcode, RegionGeometry, Sqe, qc};
 use blobring_daemon::worker::{
     Admission, InFlight, ReqState, encode_request, errno, take_sqes, validate_sqe,
 };
@@ -175,12 +173,12 @@ impl Client {
             let valid = validate_sqe(sqe, &self.g, self.gpa_base);
             match v {
                 Admission::Invalid => assert!(!valid),
-                Admission::Nop => assert!(valid && sqe.opcode == OP_NOP),
+                Admission::Nop => assert!(valid && sqe.opcode == Opcode::Nop.code()),
                 Admission::NoDevice => {
-                    assert!(valid && sqe.opcode == OP_BLOB && !self.have_channels)
+                    assert!(valid && sqe.opcode == Opcode::Blob.code() && !self.have_channels)
                 }
                 Admission::Start => {
-                    assert!(valid && sqe.opcode == OP_BLOB && self.have_channels);
+                    assert!(valid && sqe.opcode == Opcode::Blob.code() && self.have_channels);
                     if let Some(res) = self.start(sqe, now) {
                         cqes.push(Cqe {
                             user_data: sqe.user_data,
@@ -368,7 +366,11 @@ fuzz_target!(|data: &[u8]| {
                 let (data_offset, data_len) = place(&mut inp);
                 let flags = inp.u8();
                 let sqe = Sqe {
-                    opcode: if flags & 0x80 != 0 { OP_NOP } else { OP_BLOB },
+                    opcode: if flags & 0x80 != 0 {
+                        Opcode::Nop.code()
+                    } else {
+                        Opcode::Blob.code()
+                    },
                     user_data: u64::from(inp.u16()),
                     request_offset,
                     request_len,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blobring::{Connection, Cqe, OP_BLOB, Sqe};
+use blobring::{Connection, Cqe, Opcode, Sqe};
 use blobring_abi::vmbus::AzBlobVspResponse;
 use blobring_abi::{FromZeros, SqeBuffer, SqeFields};
 use blobring_ctl::stack::{self, StackBuilder};
@@ -223,7 +223,7 @@ pub fn blob_sqe(conn: &mut Connection, user_data: u64, head: &[u8], data_len: u3
         0
     };
     Sqe::new(SqeFields {
-        opcode: OP_BLOB,
+        opcode: Opcode::Blob.code(),
         timeout_ms: 0,
         user_data,
         request: SqeBuffer {

@@ -383,7 +383,7 @@ pub fn run_stream_client(
     let count = end.params.count;
     let mut sqes: Vec<Sqe> = vec![
         Sqe {
-            opcode: blobring_abi::OP_NOP,
+            opcode: blobring_abi::Opcode::Nop.code(),
             ..Sqe::new_zeroed()
         };
         batch

@@ -61,7 +61,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use blobring::{ConnectError, Connection, Cqe, FromZeros, OP_BLOB, OP_NOP, Sqe, errno};
+use blobring::{ConnectError, Connection, Cqe, FromZeros, Opcode, Sqe, errno};
 use blobring_abi::{FromBytes, qc};
 use blobring_shm::SharedMemory;
 use blobring_tests::XorShift;
@@ -179,7 +179,7 @@ fn still_served(conn: &mut Connection) -> bool {
             .submit(
                 q,
                 &[Sqe {
-                    opcode: OP_NOP,
+                    opcode: Opcode::Nop.code(),
                     user_data: u64::MAX,
                     ..Sqe::new_zeroed()
                 }],
@@ -229,7 +229,7 @@ impl Bufs {
     }
     fn sqe(&self, user_data: u64, head_len: u32) -> Sqe {
         Sqe {
-            opcode: OP_BLOB,
+            opcode: Opcode::Blob.code(),
             user_data,
             timeout_ms: 2000,
             request_offset: self.req,
@@ -378,7 +378,7 @@ fn corrupt_indices(a: &Args, rng: &mut XorShift, s: &mut Summary) -> anyhow::Res
                 &mut conn,
                 q,
                 &[Sqe {
-                    opcode: OP_NOP,
+                    opcode: Opcode::Nop.code(),
                     ..Sqe::new_zeroed()
                 }; 4],
             )?;
@@ -427,7 +427,7 @@ fn corrupt_indices(a: &Args, rng: &mut XorShift, s: &mut Summary) -> anyhow::Res
                 // The daemon re-reads cq_head only when its cached view of the CQ looks full:
                 // keep it busy until then, never reaping.
                 let nops = [Sqe {
-                    opcode: OP_NOP,
+                    opcode: Opcode::Nop.code(),
                     ..Sqe::new_zeroed()
                 }; 32];
                 let _ = conn.submit(q, &nops);
@@ -476,7 +476,7 @@ fn never_drain(a: &Args, s: &mut Summary) -> anyhow::Result<()> {
                     .map(|i| {
                         if i % 2 == 0 {
                             Sqe {
-                                opcode: OP_NOP,
+                                opcode: Opcode::Nop.code(),
                                 user_data: i,
                                 ..Sqe::new_zeroed()
                             }
@@ -555,7 +555,7 @@ fn blocking_doorbell(a: &Args, s: &mut Summary) -> anyhow::Result<()> {
         for q in 0..n {
             let nops: Vec<Sqe> = (0..8)
                 .map(|i| Sqe {
-                    opcode: OP_NOP,
+                    opcode: Opcode::Nop.code(),
                     user_data: i,
                     ..Sqe::new_zeroed()
                 })
@@ -803,7 +803,7 @@ fn connect_cycles(a: &Args, count: Option<u64>, arena: u64, s: &mut Summary) -> 
                     conn.submit(
                         0,
                         &[Sqe {
-                            opcode: OP_NOP,
+                            opcode: Opcode::Nop.code(),
                             ..Sqe::new_zeroed()
                         }; 8],
                     )?;
@@ -814,7 +814,7 @@ fn connect_cycles(a: &Args, count: Option<u64>, arena: u64, s: &mut Summary) -> 
                         &mut conn,
                         0,
                         &[Sqe {
-                            opcode: OP_NOP,
+                            opcode: Opcode::Nop.code(),
                             ..Sqe::new_zeroed()
                         }],
                     )?;

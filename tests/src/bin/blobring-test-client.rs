@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use blobring::{Connection, Cqe, FromZeros, OP_NOP};
+use blobring::{Connection, Cqe, FromZeros};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -37,7 +37,6 @@ fn main() -> anyhow::Result<()> {
                     conn.wait(0, Some(Duration::from_secs(1)))?;
                 }
             }
-            let _ = OP_NOP;
             println!("ok {done}");
         }
         "hang" => {

@@ -24,7 +24,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use blobring::{ConnectOptions, Connection, Cqe, FromZeros, OP_BLOB, Sqe};
+use blobring::{ConnectOptions, Connection, Cqe, FromZeros, Opcode, Sqe};
 
 const SLOTS: u64 = 8;
 /// Bytes of arena per slot: request head at +0, response at +1 KiB, data at +4 KiB; the rest
@@ -141,7 +141,7 @@ impl Victim {
             None => 0,
         };
         let sqe = Sqe {
-            opcode: OP_BLOB,
+            opcode: Opcode::Blob.code(),
             user_data: i as u64,
             timeout_ms: 10_000,
             request_offset: base + REQ,
