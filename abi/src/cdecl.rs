@@ -169,9 +169,9 @@ macro_rules! c_consts {
 pub(crate) use c_consts;
 
 /// Declares a set of codes that travel in an integer field (statuses, opcodes): an enum of that
-/// representation with one variant a code, each given once — its code, its C name and its meaning (the variant's doc,
-/// [`Display`](core::fmt::Display) and what error messages quote) — and a function `$group`
-/// listing the C `#define`s, as [`c_consts!`] does.
+/// representation with one variant a code, each given once — its code, its C name and its
+/// meaning (the variant's doc, [`Display`](core::fmt::Display) and what error messages quote) —
+/// and a function `$group` listing the C `#define`s, as [`c_consts!`] does.
 ///
 /// The wire field stays an integer (a peer may write any value); `from_code` names it, `None`
 /// for a code this ABI does not define.
@@ -191,7 +191,7 @@ macro_rules! c_codes {
         }
 
         impl $name {
-            /// Every status, in code order.
+            /// Every variant, in code order.
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
 
             /// The code on the wire.
@@ -199,7 +199,7 @@ macro_rules! c_codes {
                 self as $repr
             }
 
-            /// The status `code` stands for; `None` for a code this ABI does not define.
+            /// The variant `code` stands for; `None` for a code this ABI does not define.
             pub const fn from_code(code: $repr) -> Option<Self> {
                 match code {
                     $($code => Some(Self::$variant),)*
@@ -207,14 +207,14 @@ macro_rules! c_codes {
                 }
             }
 
-            /// What the status means.
+            /// What the code means.
             pub const fn meaning(self) -> &'static str {
                 match self {
                     $(Self::$variant => $meaning,)*
                 }
             }
 
-            /// The status's name in the C header.
+            /// The code's name in the C header.
             pub const fn c_name(self) -> &'static str {
                 match self {
                     $(Self::$variant => $cname,)*

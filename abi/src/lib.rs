@@ -8,9 +8,9 @@
 //! never by forming a reference into memory a peer can write. Sizes and offsets are asserted at
 //! compile time, and the C header `include/blobring.h` is generated from the same declarations
 //! (see [`c_header`]; a test compiles it as C and C++, checking every size and offset again).
-//! Status codes that travel in a `u32` field are enums ([`HelloStatus`], [`vmbus::VspStatus`])
-//! declared with their C names and meanings in one table; the field itself stays a `u32` (a peer
-//! may write any value) and `from_code` names it.
+//! Codes that travel in an integer field are enums ([`Opcode`], [`HelloStatus`],
+//! [`vmbus::VspStatus`]) declared with their C names and meanings in one table; the field itself
+//! stays an integer (a peer may write any value) and `from_code` names it.
 //!
 //! **Trusts:** nothing. A layout is only a shape: every value read from a peer must be validated
 //! by the crate that reads it (`ring`, `vmbus`, the daemon).

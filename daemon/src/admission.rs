@@ -223,7 +223,7 @@ fn sizes(hello: &HelloRequest, policy: &Policy<'_>) -> Result<Grant, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blobring_abi::{FromZeros, HelloStatus};
+    use blobring_abi::FromZeros;
 
     const UIDS: &[u32] = &[1000, 0];
     const GIDS: &[u32] = &[50];

@@ -1678,10 +1678,10 @@ pub fn encode_request(
 }
 
 /// Checks a copied SQE against its client's region: known opcode, reserved fields zero, and
-/// for [`Opcode::Blob`] non-empty request and response buffers, `data_valid <= data_len`, every
-/// buffer inside the data arena (never the header or the queues) and at most
-/// [`AZ_BLOB_MAX_PAGES`] pages in the packet. [`Opcode::Nop`] uses no buffer, so only its reserved
-/// fields are checked.
+/// for [`Opcode::Blob`] non-empty request and response buffers, `data_valid <= data_len`,
+/// every buffer inside the data arena (never the header or the queues) and at most
+/// [`AZ_BLOB_MAX_PAGES`] pages in the packet. [`Opcode::Nop`] uses no buffer, so only its
+/// reserved fields are checked.
 pub fn validate_sqe(sqe: &Sqe, g: &RegionGeometry, gpa_base: u64) -> bool {
     // Every field is named: a field added to the SQE fails to compile here until its check
     // is written (`timeout_ms` and `user_data` take any value).
