@@ -32,6 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+use blobring_proto::header::{
+    CONTENT_LENGTH, CONTENT_MD5, IF_MATCH, X_MS_BLOB_CONTENT_MD5, X_MS_BLOB_TYPE, X_MS_RANGE,
+};
 use futures_util::StreamExt as _;
 use http_body_util::BodyExt;
 use object_store::ClientOptions;
@@ -254,7 +257,7 @@ fn range_header(req: &HttpRequest) -> Option<(Option<u64>, Option<u64>)> {
     let v = req
         .headers()
         .get("range")
-        .or_else(|| req.headers().get("x-ms-range"))?
+        .or_else(|| req.headers().get(X_MS_RANGE))?
         .to_str()
         .ok()?;
     let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
@@ -273,7 +276,7 @@ async fn stream_get(
     let props = svc
         .head_blob(&container, &blob, &Default::default())
         .await?;
-    if let Some(want) = req.headers().get("if-match").and_then(|v| v.to_str().ok())
+    if let Some(want) = req.headers().get(IF_MATCH).and_then(|v| v.to_str().ok())
         && want != "*"
         && want != props.etag
     {
@@ -313,7 +316,7 @@ async fn stream_get(
             h.insert(k, v);
         }
     };
-    put("content-length", &(end - start).to_string());
+    put(CONTENT_LENGTH, &(end - start).to_string());
     if range.is_some() {
         put(
             "content-range",
@@ -322,7 +325,7 @@ async fn stream_get(
     }
     put("etag", &props.etag);
     put("last-modified", &props.last_modified);
-    put("x-ms-blob-type", "BlockBlob");
+    put(X_MS_BLOB_TYPE, "BlockBlob");
     if let Some(t) = &props.content_type {
         put("content-type", t);
     }
@@ -331,9 +334,9 @@ async fn stream_get(
     if let Some(m) = &props.content_md5 {
         put(
             if range.is_some() {
-                "x-ms-blob-content-md5"
+                X_MS_BLOB_CONTENT_MD5
             } else {
-                "content-md5"
+                CONTENT_MD5
             },
             m,
         );

@@ -40,6 +40,7 @@
 //! # Ok(()) }
 //! ```
 
+use blobring_proto::header::X_MS_BLOB_TYPE;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -83,7 +84,7 @@ impl BlobService {
             .await;
         }
         let mut s = crate::blob::Spec::new("PUT", self.path(container, Some(blob)))
-            .h("x-ms-blob-type", "BlockBlob");
+            .h(X_MS_BLOB_TYPE, "BlockBlob");
         self.put_headers(&mut s, data, opts);
         let a = self.send(&s, Body::Bytes(data), 0, None).await?;
         Ok(crate::blob::etag(&a.head.headers))

@@ -71,6 +71,7 @@ use std::time::{Duration, Instant};
 
 use blobring::proto::header::{
     BODY_PART_HEADER, BODY_PART_ID_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER,
+    X_MS_ERROR_CODE, X_MS_RANGE,
 };
 use blobring::proto::is_put_blob;
 use blobring::{Client, ClientError, ClientOptions};
@@ -310,7 +311,7 @@ impl Failure {
         let mut r = http::Response::new(full(body));
         *r.status_mut() = status;
         let h = r.headers_mut();
-        h.insert("x-ms-error-code", HeaderValue::from_static(code));
+        h.insert(X_MS_ERROR_CODE, HeaderValue::from_static(code));
         if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
             h.insert("x-ms-request-id", v);
         }
@@ -787,7 +788,7 @@ impl Windows {
             .and_then(parse_window_answer);
         let got = c.data_len();
         if rh.status != self.status || window != Some((first, self.total)) || got as u64 != n {
-            let code = rh.headers.get("x-ms-error-code");
+            let code = rh.headers.get(X_MS_ERROR_CODE);
             return Err(ClientError::BadResponse(format!(
                 "window {first}-{} of a {} byte answer came back as status {} ({code:?}), \
                  window {window:?}, {got} bytes (the blob changed during the read?)",
@@ -954,7 +955,7 @@ fn request_head(parts: &http::request::Parts, chunked_len: Option<u64>) -> Vec<u
 /// The length of a bounded `bytes=a-b` range (`Range` or `x-ms-range`).
 fn range_len(headers: &HeaderMap) -> Option<u64> {
     let v = headers
-        .get("x-ms-range")
+        .get(X_MS_RANGE)
         .or_else(|| headers.get("range"))?
         .to_str()
         .ok()?;

@@ -3,6 +3,7 @@
 //! Prometheus text ([`Stats::prometheus`], metric names `blobring_gateway_*`) and as JSON
 //! ([`Stats::json`]).
 
+use blobring::proto::header::X_MS_COPY_SOURCE;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ impl Op {
             Method::HEAD => Op::GetBlobProperties,
             Method::PUT if is("comp", "block") => Op::PutBlock,
             Method::PUT if is("comp", "blocklist") => Op::PutBlockList,
-            Method::PUT if headers.contains_key("x-ms-copy-source") => Op::CopyBlob,
+            Method::PUT if headers.contains_key(X_MS_COPY_SOURCE) => Op::CopyBlob,
             Method::PUT => Op::PutBlob,
             Method::DELETE => Op::DeleteBlob,
             _ => Op::Other,

@@ -38,7 +38,12 @@ use md5::{Digest, Md5};
 use percent_encoding::percent_decode_str;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use blobring_proto::header::{BODY_PART_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER};
+use blobring_proto::header::{
+    BODY_PART_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER, CONTENT_LENGTH, CONTENT_MD5,
+    X_MS_BLOB_CONTENT_MD5, X_MS_BLOB_CONTENT_TYPE, X_MS_BLOB_TYPE, X_MS_CONTENT_CRC64,
+    X_MS_COPY_SOURCE, X_MS_COPY_STATUS, X_MS_META_PREFIX, X_MS_RANGE, X_MS_RANGE_GET_CONTENT_CRC64,
+    X_MS_RANGE_GET_CONTENT_MD5,
+};
 
 use crate::auth::SharedKeyAuth;
 use crate::backend::Backend;
@@ -544,7 +549,7 @@ impl Executor {
                 let at = BlobAt { st, c: &c, b: &b };
                 match (m.as_str(), comp) {
                     ("GET" | "HEAD", "") => self.get_blob(at, req),
-                    ("PUT", "") if req.header("x-ms-copy-source").is_some() => {
+                    ("PUT", "") if req.header(X_MS_COPY_SOURCE).is_some() => {
                         self.copy_blob(at, req)
                     }
                     ("PUT", "") => self.put_blob(at, req),
@@ -618,7 +623,7 @@ impl Executor {
                 ),
             });
         }
-        let range_hdr = req.header("x-ms-range").or_else(|| req.header("range"));
+        let range_hdr = req.header(X_MS_RANGE).or_else(|| req.header("range"));
         let range = match range_hdr {
             Some(r) => parse_range(r),
             None => None,
@@ -646,8 +651,8 @@ impl Executor {
                 (0, p.size)
             }
         };
-        let want_md5 = req.header("x-ms-range-get-content-md5") == Some("true");
-        let want_crc = req.header("x-ms-range-get-content-crc64") == Some("true");
+        let want_md5 = req.header(X_MS_RANGE_GET_CONTENT_MD5) == Some("true");
+        let want_crc = req.header(X_MS_RANGE_GET_CONTENT_CRC64) == Some("true");
         if (want_md5 || want_crc) && (range.is_none() || len > MAX_HASHED_RANGE) {
             return Err(AzError::bad(
                 "InvalidHeaderValue",
@@ -657,13 +662,13 @@ impl Executor {
         blob_headers(&mut r.headers, p);
         if let Some(md5) = &p.content.content_md5 {
             let name = match range {
-                None => "content-md5",
-                Some(_) => "x-ms-blob-content-md5",
+                None => CONTENT_MD5,
+                Some(_) => X_MS_BLOB_CONTENT_MD5,
             };
             r.headers.set(name, md5);
         }
         if req.method == Method::HEAD {
-            r.headers.set("content-length", p.size);
+            r.headers.set(CONTENT_LENGTH, p.size);
             r.head_only = true;
             return Ok(r);
         }
@@ -729,7 +734,7 @@ impl Executor {
         check_block_blob(req)?;
         let cond = conditions(req)?;
         let attrs = new_blob(req, true)?;
-        let declared = match req.header("content-length") {
+        let declared = match req.header(CONTENT_LENGTH) {
             None => None,
             Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
                 AzError::bad(
@@ -827,7 +832,7 @@ impl Executor {
         st.put_block(c, b, id, req.body)?;
         let mut r = Resp::new(201).h("x-ms-request-server-encrypted", "true");
         if let Some(m) = md5 {
-            r = r.h("content-md5", m);
+            r = r.h(CONTENT_MD5, m);
         }
         echo_crc(req, &mut r);
         Ok(r)
@@ -958,7 +963,7 @@ impl Executor {
 
     fn copy_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {
         let BlobAt { st, c, b } = at;
-        let src = req.header("x-ms-copy-source").unwrap_or("");
+        let src = req.header(X_MS_COPY_SOURCE).unwrap_or("");
         let (sc, sb) = self.copy_source(src)?;
         let meta = metadata(req);
         let meta = if meta.is_empty() { None } else { Some(meta) };
@@ -979,7 +984,7 @@ impl Executor {
             .h("etag", &p.etag)
             .h("last-modified", http_date(p.last_modified))
             .h("x-ms-copy-id", uuid::Uuid::new_v4().to_string())
-            .h("x-ms-copy-status", "success"))
+            .h(X_MS_COPY_STATUS, "success"))
     }
 
     /// Resolve an `x-ms-copy-source` URL to (container, blob) in this account.
@@ -1164,7 +1169,7 @@ fn conditions(req: &Req<'_>) -> Result<Conditions, AzError> {
 
 /// The `x-ms-meta-*` headers as (lower-case key, value) pairs, sorted.
 fn metadata(req: &Req<'_>) -> Vec<(String, String)> {
-    let prefix = "x-ms-meta-";
+    let prefix = X_MS_META_PREFIX;
     let mut m: Vec<(String, String)> = req
         .headers
         .texts()
@@ -1216,14 +1221,14 @@ fn new_blob(req: &Req<'_>, put_blob: bool) -> Result<NewBlob, AzError> {
     };
     Ok(NewBlob {
         content: ContentHeaders {
-            content_type: h("x-ms-blob-content-type", "content-type"),
+            content_type: h(X_MS_BLOB_CONTENT_TYPE, "content-type"),
             content_encoding: h("x-ms-blob-content-encoding", "content-encoding"),
             content_language: h("x-ms-blob-content-language", "content-language"),
             content_disposition: req
                 .header("x-ms-blob-content-disposition")
                 .map(str::to_owned),
             cache_control: h("x-ms-blob-cache-control", "cache-control"),
-            content_md5: req.header("x-ms-blob-content-md5").map(str::to_owned),
+            content_md5: req.header(X_MS_BLOB_CONTENT_MD5).map(str::to_owned),
         },
         metadata: metadata(req),
         tags,
@@ -1257,7 +1262,7 @@ fn block_id<'b>(s: &str, buf: &'b mut [u8; 96]) -> Result<&'b [u8], AzError> {
 
 /// Put Blob creates block blobs only.
 fn check_block_blob(req: &Req<'_>) -> Result<(), AzError> {
-    match req.header("x-ms-blob-type") {
+    match req.header(X_MS_BLOB_TYPE) {
         Some("BlockBlob") => Ok(()),
         Some(other) => Err(AzError::bad(
             "InvalidHeaderValue",
@@ -1275,14 +1280,14 @@ fn put_blob_resp(req: &Req<'_>, p: &BlobProps, md5: String) -> Resp {
     let mut r = Resp::new(201)
         .h("etag", &p.etag)
         .h("last-modified", http_date(p.last_modified))
-        .h("content-md5", md5)
+        .h(CONTENT_MD5, md5)
         .h("x-ms-request-server-encrypted", "true");
     echo_crc(req, &mut r);
     r
 }
 
 fn check_length(req: &Req<'_>, max: u64) -> Result<(), AzError> {
-    if let Some(cl) = req.header("content-length") {
+    if let Some(cl) = req.header(CONTENT_LENGTH) {
         match cl.trim().parse::<u64>() {
             Ok(n) if n == req.body.len() as u64 => {}
             _ => {
@@ -1309,9 +1314,9 @@ fn check_length(req: &Req<'_>, max: u64) -> Result<(), AzError> {
 /// Verify `Content-MD5` and `x-ms-content-crc64` against the body; returns the MD5 given.
 fn check_integrity(req: &Req<'_>) -> Result<Option<String>, AzError> {
     let md5 = req
-        .header("content-md5")
+        .header(CONTENT_MD5)
         .map(|_| Md5::digest(req.body).into());
-    let crc = req.header("x-ms-content-crc64").map(|_| crc64(req.body));
+    let crc = req.header(X_MS_CONTENT_CRC64).map(|_| crc64(req.body));
     check_hashes(req, md5, crc)
 }
 
@@ -1324,7 +1329,7 @@ fn check_hashes(
 ) -> Result<Option<String>, AzError> {
     let md5_out = check_digest(
         req,
-        "content-md5",
+        CONTENT_MD5,
         md5.as_ref().map(|d| d.as_slice()),
         (
             "InvalidMd5",
@@ -1337,7 +1342,7 @@ fn check_hashes(
     )?;
     check_digest(
         req,
-        "x-ms-content-crc64",
+        X_MS_CONTENT_CRC64,
         crc.as_ref().map(|d| d.as_slice()),
         (
             "InvalidHeaderValue",
@@ -1381,8 +1386,8 @@ pub fn crc64(data: &[u8]) -> [u8; 8] {
 }
 
 fn echo_crc(req: &Req<'_>, r: &mut Resp) {
-    if let Some(c) = req.header("x-ms-content-crc64") {
-        r.headers.set("x-ms-content-crc64", c);
+    if let Some(c) = req.header(X_MS_CONTENT_CRC64) {
+        r.headers.set(X_MS_CONTENT_CRC64, c);
     }
 }
 
@@ -1391,7 +1396,7 @@ fn blob_headers(h: &mut ResponseHeaders, p: &BlobProps) {
     h.set("last-modified", http_date(p.last_modified));
     h.set("x-ms-creation-time", http_date(p.created));
     for (name, v) in [
-        ("x-ms-blob-type", "BlockBlob"),
+        (X_MS_BLOB_TYPE, "BlockBlob"),
         ("accept-ranges", "bytes"),
         ("x-ms-lease-state", "available"),
         ("x-ms-lease-status", "unlocked"),

@@ -57,6 +57,9 @@
 //! **Trusts:** the operator's URL and key. The upstream's answers are passed back as they are
 //! (minus hop-by-hop headers); it is the service the client asked for.
 
+use blobring_proto::header::{
+    AUTHORIZATION, CONTENT_LENGTH, X_MS_DATE, X_MS_ERROR_CODE, X_MS_VERSION,
+};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
@@ -110,8 +113,8 @@ const DROP_REQUEST: &[&str] = &[
     "upgrade",
     "expect",
     "host",
-    "authorization",
-    "content-length",
+    AUTHORIZATION,
+    CONTENT_LENGTH,
 ];
 /// Response headers not passed back (the caller's transport frames the body itself).
 const DROP_RESPONSE: &[&str] = &[
@@ -369,12 +372,12 @@ impl Passthrough {
             h.remove(http::header::DATE);
             let now = httpdate::fmt_http_date(SystemTime::now());
             h.insert(
-                HeaderName::from_static("x-ms-date"),
+                HeaderName::from_static(X_MS_DATE),
                 HeaderValue::from_str(&now).expect("HTTP dates are ASCII"),
             );
-            if !h.contains_key("x-ms-version") {
+            if !h.contains_key(X_MS_VERSION) {
                 h.insert(
-                    HeaderName::from_static("x-ms-version"),
+                    HeaderName::from_static(X_MS_VERSION),
                     HeaderValue::from_static(UPSTREAM_VERSION),
                 );
             }
@@ -488,7 +491,7 @@ impl Passthrough {
             status: f.status.as_u16(),
             code: f
                 .headers
-                .get("x-ms-error-code")
+                .get(X_MS_ERROR_CODE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned(),

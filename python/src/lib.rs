@@ -19,6 +19,7 @@
 //! **Trusts:** what the SDK trusts (the daemon). Python callers are not trusted to pass sane
 //! ranges or names: both are checked and refused with `ValueError`-derived exceptions.
 
+use blobring::proto::header::{CONTENT_LENGTH, X_MS_RANGE};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -865,13 +866,13 @@ impl Client {
         for (k, v) in &headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        if !has("content-length") && (!body.is_empty() || method == "PUT" || method == "POST") {
+        if !has(CONTENT_LENGTH) && (!body.is_empty() || method == "PUT" || method == "POST") {
             head.push_str(&format!("content-length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
         let range_len = headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("x-ms-range"))
+            .find(|(k, _)| k.eq_ignore_ascii_case(X_MS_RANGE))
             .or_else(|| {
                 headers
                     .iter()

@@ -31,6 +31,12 @@ pub mod fuzzing {
     pub use super::xml::{parse_block_list, parse_container_list, parse_error, parse_list};
 }
 
+use blobring_proto::header::{
+    CONTENT_LENGTH, CONTENT_MD5, IF_MATCH, IF_NONE_MATCH, X_MS_BLOB_CONTENT_MD5,
+    X_MS_BLOB_CONTENT_TYPE, X_MS_CONTENT_CRC64, X_MS_COPY_SOURCE, X_MS_COPY_STATUS,
+    X_MS_ERROR_CODE, X_MS_META_PREFIX, X_MS_RANGE, X_MS_RANGE_GET_CONTENT_CRC64,
+    X_MS_RANGE_GET_CONTENT_MD5,
+};
 use std::borrow::Cow;
 use std::ops::Range;
 use std::time::Duration;
@@ -209,22 +215,22 @@ impl BlobProperties {
         let s = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let size = s("content-range")
             .and_then(|r| r.rsplit('/').next().and_then(|t| t.parse().ok()))
-            .or_else(|| s("content-length").and_then(|v| v.parse().ok()))
+            .or_else(|| s(CONTENT_LENGTH).and_then(|v| v.parse().ok()))
             .unwrap_or(0);
         Self {
             size,
             etag: s("etag").unwrap_or_default(),
             last_modified: s("last-modified").unwrap_or_default(),
             content_type: s("content-type"),
-            content_md5: s("x-ms-blob-content-md5").or_else(|| {
+            content_md5: s(X_MS_BLOB_CONTENT_MD5).or_else(|| {
                 // A ranged answer's Content-MD5 is the range's (x-ms-range-get-content-md5).
-                s("content-md5").filter(|_| !h.contains_key("content-range"))
+                s(CONTENT_MD5).filter(|_| !h.contains_key("content-range"))
             }),
             metadata: h
                 .iter()
                 .filter_map(|(k, v)| {
                     Some((
-                        k.as_str().strip_prefix("x-ms-meta-")?.to_owned(),
+                        k.as_str().strip_prefix(X_MS_META_PREFIX)?.to_owned(),
                         v.to_str().ok()?.to_owned(),
                     ))
                 })
@@ -273,16 +279,16 @@ impl Checksum {
     /// a ranged read's answer (asked for with [`Checksum::range_header`]).
     pub fn header(self) -> &'static str {
         match self {
-            Checksum::Crc64 => "x-ms-content-crc64",
-            Checksum::Md5 => "content-md5",
+            Checksum::Crc64 => X_MS_CONTENT_CRC64,
+            Checksum::Md5 => CONTENT_MD5,
         }
     }
 
     /// The request header asking for this checksum of a range.
     pub fn range_header(self) -> &'static str {
         match self {
-            Checksum::Crc64 => "x-ms-range-get-content-crc64",
-            Checksum::Md5 => "x-ms-range-get-content-md5",
+            Checksum::Crc64 => X_MS_RANGE_GET_CONTENT_CRC64,
+            Checksum::Md5 => X_MS_RANGE_GET_CONTENT_MD5,
         }
     }
 
@@ -598,7 +604,7 @@ impl BlobService {
         let header_code = ans
             .head
             .headers
-            .get("x-ms-error-code")
+            .get(X_MS_ERROR_CODE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let status = ans.head.status;
@@ -872,26 +878,26 @@ impl BlobService {
         s.conditions(&opts.conditions);
         if let Some(ct) = &opts.content_type {
             s.headers
-                .push(("x-ms-blob-content-type".into(), ct.clone().into()));
+                .push((X_MS_BLOB_CONTENT_TYPE.into(), ct.clone().into()));
         }
         push_metadata(s, &opts.metadata);
         if opts.crc64 {
             s.headers.push((
-                "x-ms-content-crc64".into(),
+                X_MS_CONTENT_CRC64.into(),
                 B64.encode(crc64(data).to_le_bytes()).into(),
             ));
         }
         if opts.md5 {
             s.headers
-                .push(("content-md5".into(), content_md5(data).into()));
+                .push((CONTENT_MD5.into(), content_md5(data).into()));
         }
         if let Some(m) = &opts.content_md5 {
             s.headers
-                .push(("x-ms-blob-content-md5".into(), m.clone().into()));
+                .push((X_MS_BLOB_CONTENT_MD5.into(), m.clone().into()));
         }
         if s.headers
             .iter()
-            .any(|(k, v)| k == "if-none-match" && v == "*")
+            .any(|(k, v)| k == IF_NONE_MATCH && v == "*")
         {
             s.idempotent = false;
         }
@@ -935,13 +941,13 @@ impl BlobService {
         conditions: &Conditions,
     ) -> Result<String, BlobError> {
         let src = self.account.url(&self.path(src_container, Some(src_blob)));
-        let mut s = Spec::new("PUT", self.path(container, Some(blob))).h("x-ms-copy-source", src);
+        let mut s = Spec::new("PUT", self.path(container, Some(blob))).h(X_MS_COPY_SOURCE, src);
         s.conditions(conditions);
         s.idempotent = conditions.if_none_match.is_none();
         let a = self.send(&s, Body::None, 0, None).await?;
         Ok(a.head
             .headers
-            .get("x-ms-copy-status")
+            .get(X_MS_COPY_STATUS)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("success")
             .to_owned())
@@ -1067,9 +1073,9 @@ impl BlobService {
         checksum: Option<Checksum>,
     ) -> Spec {
         let mut s =
-            Spec::new("GET", self.path(container, Some(blob))).h("x-ms-range", range_header(range));
+            Spec::new("GET", self.path(container, Some(blob))).h(X_MS_RANGE, range_header(range));
         if let Some(e) = if_match {
-            s = s.h("if-match", e.to_owned());
+            s = s.h(IF_MATCH, e.to_owned());
         }
         if let Some(c) = checksum {
             s = s.h(c.range_header(), "true");

@@ -2,6 +2,7 @@
 //! as if sent alone, answered as one multipart response.
 
 use super::*;
+use blobring_proto::header::DATE;
 
 impl Executor {
     /// A Blob Batch on a container the caller has checked exists.
@@ -58,7 +59,7 @@ impl Executor {
                     } else {
                         let mut r = self.run(&sreq);
                         // Date/server headers are not repeated per part.
-                        r.headers.remove("date");
+                        r.headers.remove(DATE);
                         r.headers.remove("server");
                         r
                     }

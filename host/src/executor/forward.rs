@@ -2,6 +2,7 @@
 //! upstream and turn its answer into a response (see [`crate::passthrough`] for the design).
 
 #[cfg(feature = "passthrough")]
+use blobring_proto::header::X_MS_COPY_SOURCE;
 use bytes::Bytes;
 #[cfg(feature = "passthrough")]
 use http::header::HeaderValue;
@@ -21,12 +22,12 @@ impl Executor {
             path = p.find('/').map_or("", |i| &p[i..]);
         }
         let mut headers = req.headers.to_map();
-        if let Some(src) = req.header("x-ms-copy-source")
+        if let Some(src) = req.header(X_MS_COPY_SOURCE)
             && let Ok((c, b)) = self.copy_source(src)
         {
             // The upstream cannot reach this host: name the source by its upstream URL.
             if let Ok(v) = HeaderValue::from_str(&up.blob_url(&c, &b)) {
-                headers.insert("x-ms-copy-source", v);
+                headers.insert(X_MS_COPY_SOURCE, v);
             }
         }
         // The upstream client takes owned pairs (forwarding is off the per-request path).

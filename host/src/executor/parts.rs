@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use blobring_proto::header::{BODY_PART_HEADER, BODY_PART_ID_HEADER};
+use blobring_proto::header::{BODY_PART_HEADER, BODY_PART_ID_HEADER, CONTENT_LENGTH};
 use md5::{Digest, Md5};
 
 use super::{
@@ -121,7 +121,7 @@ impl Executor {
                 "{BODY_PART_ID_HEADER}: {id:?} must be 1-40 letters, digits or hyphens."
             )));
         }
-        if req.header("content-length").map(str::trim) != Some(&*total.to_string()) {
+        if req.header(CONTENT_LENGTH).map(str::trim) != Some(&*total.to_string()) {
             return Err(bad(format!(
                 "A Put Blob in parts must be signed with the whole body's Content-Length \
                  ({total})."

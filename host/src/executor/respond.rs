@@ -6,6 +6,9 @@
 //! ([`Executor::rest_response`]).
 
 use super::*;
+use blobring_proto::header::{
+    CONTENT_LENGTH, CONTENT_MD5, DATE, X_MS_CONTENT_CRC64, X_MS_ERROR_CODE, X_MS_VERSION,
+};
 
 /// Result of [`Executor::execute`]: the status and headers to render, and how many body bytes
 /// were written into the caller's data buffer.
@@ -116,12 +119,12 @@ impl Executor {
         if !h.contains_key("x-ms-request-id") {
             h.set("x-ms-request-id", uuid::Uuid::new_v4().hyphenated());
         }
-        let version = req.get("x-ms-version").unwrap_or(DEFAULT_VERSION);
-        h.set("x-ms-version", version);
+        let version = req.get(X_MS_VERSION).unwrap_or(DEFAULT_VERSION);
+        h.set(X_MS_VERSION, version);
         if let Some(id) = req.raw("x-ms-client-request-id") {
             h.set_bytes("x-ms-client-request-id", id);
         }
-        h.set("date", http_date(SystemTime::now()));
+        h.set(DATE, http_date(SystemTime::now()));
         h.set("server", "blobring-host");
     }
 
@@ -130,7 +133,7 @@ impl Executor {
     pub(super) fn error_resp(&self, e: AzError, head: bool) -> Resp {
         let rid = uuid::Uuid::new_v4().to_string();
         let mut r = Resp::new(e.status)
-            .h("x-ms-error-code", e.code)
+            .h(X_MS_ERROR_CODE, e.code)
             .h("x-ms-request-id", &rid);
         for (k, v) in e.headers {
             r.headers.set(k, v);
@@ -225,7 +228,7 @@ impl Executor {
             }
         };
         if !head_only {
-            headers.set("content-length", body_len);
+            headers.set(CONTENT_LENGTH, body_len);
         }
         Ok(Executed {
             status,
@@ -305,12 +308,12 @@ fn add_range_hashes(h: &mut ResponseHeaders, data: &[u8], md5: bool, crc: bool) 
     use base64::display::Base64Display;
     if md5 {
         let digest = Md5::digest(data);
-        h.set("content-md5", Base64Display::new(&digest, &BASE64_STANDARD));
+        h.set(CONTENT_MD5, Base64Display::new(&digest, &BASE64_STANDARD));
     }
     if crc {
         let digest = crc64(data);
         h.set(
-            "x-ms-content-crc64",
+            X_MS_CONTENT_CRC64,
             Base64Display::new(&digest, &BASE64_STANDARD),
         );
     }
