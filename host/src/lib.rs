@@ -34,11 +34,11 @@
 //!   `open` (`host/tests/exec_alloc.rs` holds the bounds).
 //! - **Module map, imports pointing down only** (no import circle among the files of
 //!   `host/src`): `main` (arguments) → `rest`, `vsp` (+ `vsp::direct`, the io_uring
-//!   reads straight into guest memory) → `executor` (dispatch, admission, blob operations;
-//!   `listing`, `batch`, `parts`, `forward` to an upstream, `respond`) → `backend` →
-//!   `passthrough`, `store` (`engine` under `mem` and `fs`) and `auth` → `request` (the
-//!   request view and its headers, the response being built and its headers, `AzError`, query
-//!   decoding) and `xml`.
+//!   reads straight into guest memory) → `executor` (dispatch, admission, container
+//!   operations; `blob`, `listing`, `batch`, `parts`, `forward` to an upstream, `respond`) →
+//!   `backend` → `passthrough`, `store` (`engine` under `mem` and `fs`) and `auth` → `request`
+//!   (the request view and its headers, the response being built and its headers, `AzError`,
+//!   query decoding) and `xml`.
 //!
 //! # The bus protocol, message by message (host side)
 //!

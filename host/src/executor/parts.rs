@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use blobring_proto::header::{BODY_PART_HEADER, BODY_PART_ID_HEADER, CONTENT_LENGTH};
 use md5::{Digest, Md5};
 
-use super::{
-    AzError, BlobAt, Executor, MAX_PUT_BLOB, Req, Resp, check_block_blob, conditions, new_blob,
-};
+use super::blob::{check_block_blob, new_blob};
+use super::{AzError, BlobAt, Executor, MAX_PUT_BLOB, Req, Resp, conditions};
 use crate::store::BlockRef;
 
 /// Uploads in progress at once.
