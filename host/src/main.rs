@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// VMBus channels offered: the primary plus N-1 subchannels (1..=256).
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = vsp::DEFAULT_CHANNELS)]
     channels: u32,
     /// Bytes of each VMBus ring, per direction (a multiple of 4096, 8 KiB..=64 MiB).
     #[arg(long, value_name = "BYTES", default_value_t = blobring_vmbus::sim::DEFAULT_RING_SIZE)]
@@ -241,7 +241,7 @@ fn start_vmbus(args: &Args, exec: &Arc<Executor>) -> anyhow::Result<VmbusThread>
         ring_size: args.ring_size,
         executor_threads: args
             .vsp_threads
-            .unwrap_or(4 * args.channels.max(1) as usize),
+            .unwrap_or(vsp::EXECUTOR_THREADS_PER_CHANNEL * args.channels.max(1) as usize),
         direct_reads: !args.no_direct_reads,
         drop_completion_rate: args.fault_drop_completion_rate,
         rescind_after: args.fault_rescind_after,

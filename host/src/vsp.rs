@@ -99,6 +99,11 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
+/// Channels a host offers unless told otherwise (`--channels`).
+pub const DEFAULT_CHANNELS: u32 = 4;
+/// Executor threads per offered channel unless told otherwise (`--vsp-threads`).
+pub const EXECUTOR_THREADS_PER_CHANNEL: usize = 4;
+
 /// How the VMBus path is served.
 #[derive(Debug, Clone)]
 pub struct VspConfig {
@@ -130,9 +135,9 @@ pub struct VspConfig {
 impl Default for VspConfig {
     fn default() -> Self {
         Self {
-            channels: 4,
+            channels: DEFAULT_CHANNELS,
             ring_size: DEFAULT_RING_SIZE,
-            executor_threads: 16,
+            executor_threads: EXECUTOR_THREADS_PER_CHANNEL * DEFAULT_CHANNELS as usize,
             direct_reads: true,
             direct_min_len: 64 << 10,
             inline_max: 16 << 10,
