@@ -279,9 +279,10 @@ pub fn check_write(
     existing: Option<&BlobProps>,
 ) -> Result<(), StoreError> {
     let Some(p) = existing else {
-        return match cond.if_match {
-            Some(_) => Err(StoreError::ConditionNotMet),
-            None => Ok(()),
+        return if cond.if_match.is_some() {
+            Err(StoreError::ConditionNotMet)
+        } else {
+            Ok(())
         };
     };
     if let Some(m) = &cond.if_match
