@@ -243,9 +243,11 @@ fn start_vmbus(args: &Args, exec: &Arc<Executor>) -> anyhow::Result<VmbusThread>
             .vsp_threads
             .unwrap_or(vsp::EXECUTOR_THREADS_PER_CHANNEL * args.channels.max(1) as usize),
         direct_reads: !args.no_direct_reads,
-        drop_completion_rate: args.fault_drop_completion_rate,
-        rescind_after: args.fault_rescind_after,
-        seed: args.fault_seed,
+        faults: vsp::VspFaults {
+            drop_completion_rate: args.fault_drop_completion_rate,
+            rescind_after: args.fault_rescind_after,
+            seed: args.fault_seed,
+        },
         ..vsp::VspConfig::default()
     };
     let server = vsp::VspServer::bind(&path, exec.clone(), cfg)

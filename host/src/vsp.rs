@@ -50,11 +50,12 @@
 //! # Fault injection on this path
 //!
 //! The executor's faults ([`crate::Faults`]: latency, 503 error rate, hang) apply as on REST;
-//! a hung request holds one pool thread. [`VspConfig::drop_completion_rate`] executes a
-//! request but never posts its completion. [`VspConfig::rescind_after`] sends `RESCIND` on
-//! the bus right after the completion of the N-th request (counted over the whole process);
-//! later requests of that session are dropped; the session ends, and the next connection (the
-//! guest reconnects and re-handshakes) gets the device offered again. It fires once per process.
+//! a hung request holds one pool thread. This path adds its own ([`VspConfig::faults`]):
+//! [`VspFaults::drop_completion_rate`] executes a request but never posts its completion;
+//! [`VspFaults::rescind_after`] sends `RESCIND` on the bus right after the completion of the
+//! N-th request (counted over the whole process); later requests of that session are dropped;
+//! the session ends, and the next connection (the guest reconnects and re-handshakes) gets the
+//! device offered again. It fires once per process.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -124,12 +125,8 @@ pub struct VspConfig {
     /// local store and no latency or hang fault is set (a forwarded or delayed request would
     /// hold up the channel). 0 sends every request to the pool.
     pub inline_max: u64,
-    /// Probability (0..=1) that a request is executed but its completion never posted.
-    pub drop_completion_rate: f64,
-    /// Rescind the device after the completion of this many requests (once per process).
-    pub rescind_after: Option<u64>,
-    /// Seed of the drop-completion RNG.
-    pub seed: u64,
+    /// Fault injection of this path (none by default).
+    pub faults: VspFaults,
 }
 
 impl Default for VspConfig {
@@ -141,11 +138,21 @@ impl Default for VspConfig {
             direct_reads: true,
             direct_min_len: 64 << 10,
             inline_max: 16 << 10,
-            drop_completion_rate: 0.0,
-            rescind_after: None,
-            seed: 0,
+            faults: VspFaults::default(),
         }
     }
+}
+
+/// Fault injection of the VMBus path alone, beside the executor's [`crate::Faults`] that
+/// apply on every transport. The default injects nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VspFaults {
+    /// Probability (0..=1) that a request is executed but its completion never posted.
+    pub drop_completion_rate: f64,
+    /// Rescind the device after the completion of this many requests (once per process).
+    pub rescind_after: Option<u64>,
+    /// Seed of the drop-completion RNG, so drops are reproducible.
+    pub seed: u64,
 }
 
 /// Why the VMBus path could not be served.
@@ -254,10 +261,10 @@ impl VspServer {
                 "executor threads must be at least 1".into(),
             ));
         }
-        if !(0.0..=1.0).contains(&cfg.drop_completion_rate) {
+        if !(0.0..=1.0).contains(&cfg.faults.drop_completion_rate) {
             return Err(VspError::Config(format!(
                 "--fault-drop-completion-rate must be between 0 and 1, got {}",
-                cfg.drop_completion_rate
+                cfg.faults.drop_completion_rate
             )));
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -653,7 +660,7 @@ fn worker_loop(
     reactor.poll_multishot(SharedFd::from(chan_fd), TOKEN_CHANNEL)?;
     reactor.poll_multishot(SharedFd::from(wake.clone()), TOKEN_WAKE)?;
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
-    let mut rng = StdRng::seed_from_u64(ctx.cfg.seed ^ (u64::from(ch.index()) << 32));
+    let mut rng = StdRng::seed_from_u64(ctx.cfg.faults.seed ^ (u64::from(ch.index()) << 32));
     let mut pending: VecDeque<(u64, AzBlobVspResponse, bool)> = VecDeque::new();
     let (mut buf, mut out) = (Vec::new(), Vec::new());
     let mut scratch = Scratch::default();
@@ -756,7 +763,7 @@ fn intake(
     }
     let n = counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let mut rescind_after_post = false;
-    if let Some(limit) = ctx.cfg.rescind_after
+    if let Some(limit) = ctx.cfg.faults.rescind_after
         && n >= limit
         && !ctx.shared.rescind_fired.swap(true, Ordering::AcqRel)
     {
@@ -797,8 +804,8 @@ fn intake(
         }
         return Some(refused(trans_id, VspStatus::Internal));
     }
-    let drop_completion =
-        ctx.cfg.drop_completion_rate > 0.0 && rng.random_bool(ctx.cfg.drop_completion_rate);
+    let rate = ctx.cfg.faults.drop_completion_rate;
+    let drop_completion = rate > 0.0 && rng.random_bool(rate);
     let job = Job {
         trans_id,
         head,

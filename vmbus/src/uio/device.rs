@@ -184,10 +184,10 @@ impl DeviceOpener for SystemOpener {
 /// How to open the device.
 #[derive(Debug, Clone, Copy)]
 pub struct UioOptions {
-    /// Subchannels to wait for (0: take those present once their rings exist). The blob
-    /// protocol has no subchannel request (§6.1), so the host decides.
+    /// Subchannels to wait for (0, the default: take those present once their rings exist).
+    /// The blob protocol has no subchannel request (§6.1), so the host decides.
     pub subchannels: u32,
-    /// How long to wait for them.
+    /// How long to wait for them. Default: 10 s (DPDK waits 1000 × 10 ms).
     pub subchannel_timeout: Duration,
     /// Who owns `interrupt_mask`: `None` (the default) detects it from what `uio_hv_generic`
     /// does at open ([`MaskProbe`]); `Some` forces it.
@@ -199,8 +199,6 @@ pub struct UioOptions {
 }
 
 impl Default for UioOptions {
-    /// No subchannels expected, 10 s timeout (DPDK waits 1000 × 10 ms), interrupt-mask owner
-    /// probed, the running kernel's page size.
     fn default() -> Self {
         Self {
             subchannels: 0,
