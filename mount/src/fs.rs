@@ -22,6 +22,18 @@ use crate::read::{Budget, Pinned, ReadError, ReadHandle};
 use crate::stats::Stats;
 use crate::write::{Upload, WriteError};
 
+/// The value of a `Result<_, Errno>`, or, on an error, the handler answers the kernel with
+/// that errno and returns: a FUSE handler answers through its `reply` and returns nothing, so
+/// `?` does not apply.
+macro_rules! or_reply {
+    ($reply:ident, $result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(errno) => return $reply.error(errno),
+        }
+    };
+}
+
 /// Largest write the kernel sends in one request (and `st_blksize`, which `cp` uses as its
 /// buffer size).
 pub(crate) const MAX_WRITE: u32 = 1 << 20;
@@ -349,6 +361,25 @@ impl BlobFs {
         Ok(meta)
     }
 
+    /// `EBUSY` (a refusal: logged and counted) while `path` is being written through this
+    /// mount: a blob under upload is not deleted or renamed before its writer closes it.
+    fn not_being_written(&self, op: &str, path: &str) -> Result<(), Errno> {
+        if lock(&self.writing).contains_key(path) {
+            return Err(self.refuse(
+                op,
+                path,
+                Errno::EBUSY,
+                "it is being written through this mount; close it first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `path` is, `ENOENT` where nothing is.
+    fn existing(&self, path: &str) -> Result<Meta, Errno> {
+        self.resolve(path)?.ok_or(Errno::ENOENT)
+    }
+
     fn attr(&self, ino: u64, meta: &Meta) -> FileAttr {
         let (kind, size, mtime, perm, nlink) = match meta {
             Meta::Dir => (FileType::Directory, 0, self.started, self.o.dir_mode, 2),
@@ -557,18 +588,10 @@ impl Filesystem for BlobFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.resolve(&path) {
-            Ok(Some(m)) => {
-                let ino = lock(&self.inodes).get_or_insert(&path, m == Meta::Dir, true);
-                reply.entry(&self.ttl_for(&path), &self.attr(ino, &m), Generation(0));
-            }
-            Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(e),
-        }
+        let path = or_reply!(reply, self.child(parent, name));
+        let m = or_reply!(reply, self.existing(&path));
+        let ino = lock(&self.inodes).get_or_insert(&path, m == Meta::Dir, true);
+        reply.entry(&self.ttl_for(&path), &self.attr(ino, &m), Generation(0));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -576,20 +599,14 @@ impl Filesystem for BlobFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.resolve(&path) {
-            Ok(Some(m)) => reply.attr(&self.ttl_for(&path), &self.attr(ino.0, &m)),
-            Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(e),
-        }
+        let path = or_reply!(reply, self.path_of(ino));
+        let m = or_reply!(reply, self.existing(&path));
+        reply.attr(&self.ttl_for(&path), &self.attr(ino.0, &m));
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -605,10 +622,7 @@ impl Filesystem for BlobFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
+        let path = or_reply!(reply, self.path_of(ino));
         let (is_dir, writing) = (
             lock(&self.inodes).path(ino.0).is_some_and(|p| p.1),
             lock(&self.writing).contains_key(&path),
@@ -645,12 +659,9 @@ impl Filesystem for BlobFs {
                 ));
             }
         }
-        // Times are the blob's Last-Modified: setting them is accepted and has no effect.
-        match self.resolve(&path) {
-            Ok(Some(m)) => reply.attr(&self.ttl_for(&path), &self.attr(ino.0, &m)),
-            Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(e),
-        }
+        // Times are the blob's Last-Modified: setting them is accepted and has no effect. The
+        // reply is the attributes as they stand.
+        self.getattr(req, ino, None, reply)
     }
 
     fn mknod(
@@ -681,14 +692,9 @@ impl Filesystem for BlobFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.resolve(&path) {
-            Ok(Some(_)) => return reply.error(Errno::EEXIST),
-            Ok(None) => {}
-            Err(e) => return reply.error(e),
+        let path = or_reply!(reply, self.child(parent, name));
+        if or_reply!(reply, self.resolve(&path)).is_some() {
+            return reply.error(Errno::EEXIST);
         }
         lock(&self.local_dirs).insert(path.clone());
         self.forget_meta(&path);
@@ -697,23 +703,10 @@ impl Filesystem for BlobFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        if lock(&self.writing).contains_key(&path) {
-            return reply.error(self.refuse(
-                "unlink",
-                &path,
-                Errno::EBUSY,
-                "it is being written through this mount; close it first",
-            ));
-        }
-        match self.resolve(&path) {
-            Ok(Some(Meta::Dir)) => return reply.error(Errno::EISDIR),
-            Ok(None) => return reply.error(Errno::ENOENT),
-            Ok(Some(_)) => {}
-            Err(e) => return reply.error(e),
+        let path = or_reply!(reply, self.child(parent, name));
+        or_reply!(reply, self.not_being_written("unlink", &path));
+        if or_reply!(reply, self.existing(&path)) == Meta::Dir {
+            return reply.error(Errno::EISDIR);
         }
         let r = block_on(self.svc.delete_blob(
             &self.o.container,
@@ -734,10 +727,7 @@ impl Filesystem for BlobFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
+        let path = or_reply!(reply, self.child(parent, name));
         let here_below = |p: &String| p.starts_with(&format!("{path}/"));
         if lock(&self.writing).keys().any(here_below)
             || lock(&self.local_dirs).iter().any(here_below)
@@ -750,10 +740,11 @@ impl Filesystem for BlobFs {
             marker: None,
             max_results: Some(2),
         };
-        let page = match block_on(self.svc.list_blobs_page(&self.o.container, &opts)) {
-            Ok(p) => p,
-            Err(e) => return reply.error(self.eio("listing", &path, &e)),
-        };
+        let page = or_reply!(
+            reply,
+            block_on(self.svc.list_blobs_page(&self.o.container, &opts))
+                .map_err(|e| self.eio("listing", &path, &e))
+        );
         let marker = format!("{}/", self.key(&path));
         // A zero-length `dir/` marker blob (left by other tools) does not make it non-empty.
         let remote = page.prefixes.len() + page.blobs.iter().filter(|b| b.name != marker).count();
@@ -812,10 +803,8 @@ impl Filesystem for BlobFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
-        };
+        let from = or_reply!(reply, self.child(parent, name));
+        let to = or_reply!(reply, self.child(newparent, newname));
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             return reply.error(self.refuse(
                 "rename (exchange)",
@@ -824,35 +813,23 @@ impl Filesystem for BlobFs {
                 "two blobs cannot be swapped atomically",
             ));
         }
-        if lock(&self.writing).contains_key(&from) || lock(&self.writing).contains_key(&to) {
+        or_reply!(reply, self.not_being_written("rename", &from));
+        or_reply!(reply, self.not_being_written("rename", &to));
+        if or_reply!(reply, self.existing(&from)) == Meta::Dir {
             return reply.error(self.refuse(
                 "rename",
                 &from,
-                Errno::EBUSY,
-                "it is being written through this mount; close it first",
+                Errno::EXDEV,
+                "a directory is a prefix of many blobs: renaming it is not one operation \
+                 (mv falls back to copying)",
             ));
         }
-        match self.resolve(&from) {
-            Ok(Some(Meta::Dir)) => {
-                return reply.error(self.refuse(
-                    "rename",
-                    &from,
-                    Errno::EXDEV,
-                    "a directory is a prefix of many blobs: renaming it is not one operation \
-                     (mv falls back to copying)",
-                ));
-            }
-            Ok(None) => return reply.error(Errno::ENOENT),
-            Ok(Some(_)) => {}
-            Err(e) => return reply.error(e),
-        }
-        match self.resolve(&to) {
-            Ok(Some(Meta::Dir)) => return reply.error(Errno::EISDIR),
-            Ok(Some(_)) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
+        match or_reply!(reply, self.resolve(&to)) {
+            Some(Meta::Dir) => return reply.error(Errno::EISDIR),
+            Some(_) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
                 return reply.error(Errno::EEXIST);
             }
-            Ok(_) => {}
-            Err(e) => return reply.error(e),
+            _ => {}
         }
         // Copy Blob, then Delete Blob: not atomic (between the two, both names exist).
         let (c, fk, tk) = (&self.o.container, self.key(&from), self.key(&to));
@@ -871,10 +848,7 @@ impl Filesystem for BlobFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
+        let path = or_reply!(reply, self.path_of(ino));
         let f = flags.0;
         let acc = f & libc::O_ACCMODE;
         if acc != libc::O_RDONLY {
@@ -898,13 +872,9 @@ impl Filesystem for BlobFs {
             if self.o.read_only {
                 return reply.error(Errno::EROFS);
             }
-            return match self.start_upload(&path) {
-                Ok(u) => {
-                    let fh = self.new_fh(Handle::Write(u, tgid_of(req.pid())));
-                    reply.opened(FileHandle(fh), FopenFlags::empty())
-                }
-                Err(e) => reply.error(e),
-            };
+            let u = or_reply!(reply, self.start_upload(&path));
+            let fh = self.new_fh(Handle::Write(u, tgid_of(req.pid())));
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
         }
         if lock(&self.writing).contains_key(&path) {
             return reply.error(self.refuse(
@@ -914,8 +884,8 @@ impl Filesystem for BlobFs {
                 "it is being written through this mount and not committed yet",
             ));
         }
-        match self.resolve(&path) {
-            Ok(Some(Meta::File { size, etag, .. })) => {
+        match or_reply!(reply, self.existing(&path)) {
+            Meta::File { size, etag, .. } => {
                 let blob = Pinned::new(self.o.container.clone(), self.key(&path), etag, size);
                 let h = ReadHandle::new(
                     self.svc.clone(),
@@ -927,9 +897,7 @@ impl Filesystem for BlobFs {
                 let fh = self.new_fh(Handle::Read(Arc::new(h)));
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-            Ok(Some(Meta::Dir)) => reply.error(Errno::EISDIR),
-            Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(e),
+            Meta::Dir => reply.error(Errno::EISDIR),
         }
     }
 
@@ -943,10 +911,7 @@ impl Filesystem for BlobFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
+        let path = or_reply!(reply, self.child(parent, name));
         if flags & libc::O_APPEND != 0 {
             return reply.error(self.refuse(
                 "create for appending",
@@ -955,35 +920,30 @@ impl Filesystem for BlobFs {
                 "O_APPEND is not supported; write new blobs sequentially",
             ));
         }
-        match self.resolve(&path) {
-            Ok(Some(Meta::Dir)) => return reply.error(Errno::EISDIR),
-            Ok(Some(_)) if flags & libc::O_EXCL != 0 => return reply.error(Errno::EEXIST),
-            Ok(_) => {}
-            Err(e) => return reply.error(e),
+        match or_reply!(reply, self.resolve(&path)) {
+            Some(Meta::Dir) => return reply.error(Errno::EISDIR),
+            Some(_) if flags & libc::O_EXCL != 0 => return reply.error(Errno::EEXIST),
+            _ => {}
         }
-        match self.start_upload(&path) {
-            Ok(u) => {
-                self.forget_meta(&path);
-                let ino = lock(&self.inodes).get_or_insert(&path, false, true);
-                let attr = self.attr(
-                    ino,
-                    &Meta::File {
-                        size: 0,
-                        mtime: SystemTime::now(),
-                        etag: String::new(),
-                    },
-                );
-                let fh = self.new_fh(Handle::Write(u, tgid_of(req.pid())));
-                reply.created(
-                    &Duration::ZERO,
-                    &attr,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                )
-            }
-            Err(e) => reply.error(e),
-        }
+        let u = or_reply!(reply, self.start_upload(&path));
+        self.forget_meta(&path);
+        let ino = lock(&self.inodes).get_or_insert(&path, false, true);
+        let attr = self.attr(
+            ino,
+            &Meta::File {
+                size: 0,
+                mtime: SystemTime::now(),
+                etag: String::new(),
+            },
+        );
+        let fh = self.new_fh(Handle::Write(u, tgid_of(req.pid())));
+        reply.created(
+            &Duration::ZERO,
+            &attr,
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        )
     }
 
     fn read(
@@ -1130,10 +1090,7 @@ impl Filesystem for BlobFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
+        let path = or_reply!(reply, self.path_of(ino));
         let d = DirHandle {
             path,
             ino: ino.0,
@@ -1162,9 +1119,7 @@ impl Filesystem for BlobFs {
         let mut i = offset as usize;
         loop {
             while i >= d.entries.len() && !d.listed {
-                if let Err(e) = self.fill(&mut d) {
-                    return reply.error(e);
-                }
+                or_reply!(reply, self.fill(&mut d));
             }
             let Some((name, dir)) = d.entries.get(i).cloned() else {
                 break;
