@@ -119,6 +119,7 @@ impl<'a> RequestHeaders<'a> {
 
     /// An owned map of the headers (forwarding upstream, off the per-request path); a header
     /// that is not a valid `http` header is left out.
+    #[cfg(any(feature = "passthrough", test))]
     pub(crate) fn to_map(self) -> HeaderMap {
         let mut m = HeaderMap::with_capacity(self.0.len());
         for h in self.0 {
@@ -185,6 +186,10 @@ pub(crate) struct Req<'a> {
     /// The largest success body the caller can take (the VMBus data buffer's capacity;
     /// `None`: any, as on the REST path). A passthrough store reports a larger upstream body
     /// from its `Content-Length` without fetching it.
+    #[cfg_attr(
+        not(feature = "passthrough"),
+        expect(dead_code, reason = "only a passthrough store reads it")
+    )]
     pub body_limit: Option<u64>,
 }
 

@@ -58,7 +58,6 @@
 //! device offered again. It fires once per process.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -68,7 +67,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blobring_abi::vmbus::AzBlobVspResponse;
-use blobring_reactor::{Event, MemoryRegion, Reactor, ReactorConfig, SharedFd};
+use blobring_reactor::{Reactor, ReactorConfig, SharedFd};
 use blobring_vmbus::blob::{encode_blob_completion, parse_blob_request};
 use blobring_vmbus::channel::{Channel, ChannelError};
 use blobring_vmbus::guest_memory::GuestBuffer;
@@ -83,7 +82,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::executor::{ExecuteError, Executor};
-use crate::store::BodySink;
 
 /// The VSP status codes, defined beside the response layout in `blobring_abi::vmbus`.
 pub use blobring_abi::vmbus::VspStatus;

@@ -1,7 +1,12 @@
 //! Blob Batch: a multipart body of sub-requests (Delete Blob), each run through the executor
 //! as if sent alone, answered as one multipart response.
 
-use super::*;
+use std::fmt::Write as _;
+
+use http::Method;
+
+use super::{Executor, MAX_BATCH, MAX_HEADERS, parse_head};
+use crate::request::{AzError, Body, Req, Resp};
 use blobring_proto::header::DATE;
 
 impl Executor {

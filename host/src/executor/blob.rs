@@ -4,7 +4,32 @@
 //! container operations and the decoding every operation shares stay in the parent module;
 //! listing, batch and multi-request bodies have modules of their own.
 
-use super::*;
+use std::fmt::Write as _;
+
+use base64::prelude::BASE64_STANDARD;
+use base64::{DecodeSliceError, Engine as _};
+use bytes::Bytes;
+use http::Method;
+use md5::{Digest, Md5};
+use percent_encoding::percent_decode_str;
+
+use blobring_proto::header::{
+    BODY_PART_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER, CONTENT_LENGTH, CONTENT_MD5,
+    X_MS_BLOB_CONTENT_MD5, X_MS_BLOB_CONTENT_TYPE, X_MS_BLOB_TYPE, X_MS_CONTENT_CRC64,
+    X_MS_COPY_SOURCE, X_MS_COPY_STATUS, X_MS_RANGE, X_MS_RANGE_GET_CONTENT_CRC64,
+    X_MS_RANGE_GET_CONTENT_MD5,
+};
+
+use super::{
+    BlobAt, Executor, MAX_BLOCK, MAX_HASHED_RANGE, MAX_PUT_BLOB, STREAM_BLOCK, Target,
+    check_container_name, conditions, http_date, metadata, unsupported,
+};
+use crate::request::{AzError, Body, Req, Resp, ResponseHeaders, decode_query};
+use crate::store::{
+    BlobProps, BlockRef, Conditions, ContentHeaders, NewBlob, ReadConditionFailure, Store,
+    StoreError, check_read,
+};
+use crate::xml::{Leaf, esc, leaves};
 
 impl Executor {
     pub(super) fn get_blob(&self, at: BlobAt<'_>, req: &Req<'_>) -> Result<Resp, AzError> {

@@ -1,18 +1,14 @@
 //! The executor's side of the `passthrough:<url>` store: hand a verified request to the
 //! upstream and turn its answer into a response (see [`crate::passthrough`] for the design).
 
-#[cfg(feature = "passthrough")]
 use blobring_proto::header::X_MS_COPY_SOURCE;
 use bytes::Bytes;
-#[cfg(feature = "passthrough")]
 use http::header::HeaderValue;
 
-#[cfg(feature = "passthrough")]
-use super::{AzError, Body, Executor, Req, Resp, ResponseHeaders};
-#[cfg(feature = "passthrough")]
+use super::Executor;
 use crate::passthrough::Passthrough;
+use crate::request::{AzError, Body, Req, Resp, ResponseHeaders};
 
-#[cfg(feature = "passthrough")]
 impl Executor {
     /// Forward `req` (already fault-injected and auth-verified by [`Executor::run`]) upstream.
     pub(super) fn forward(&self, up: &Passthrough, req: &Req<'_>) -> Result<Resp, AzError> {

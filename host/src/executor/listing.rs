@@ -1,7 +1,12 @@
 //! List Containers and List Blobs: prefixes, delimiters, markers and page sizes, rendered as
 //! the service's XML.
 
-use super::*;
+use std::fmt::Write as _;
+
+use super::{Executor, http_date};
+use crate::request::{AzError, Req, Resp};
+use crate::store::{BlobProps, Store};
+use crate::xml::esc;
 
 impl Executor {
     pub(super) fn list_containers(&self, st: &dyn Store, req: &Req<'_>) -> Result<Resp, AzError> {

@@ -5,7 +5,17 @@
 //! [`Executed::write_head`]) or into a growing buffer for the REST front end
 //! ([`Executor::rest_response`]).
 
-use super::*;
+use std::time::SystemTime;
+
+use base64::prelude::BASE64_STANDARD;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use md5::{Digest, Md5};
+
+use super::{DEFAULT_VERSION, ExecuteError, Executor, crc64, http_date};
+use crate::request::{AzError, Body, RequestHeaders, Resp, ResponseHeaders, borrow_map};
+use crate::store::{BodySink, SliceSink, StoreError};
+use crate::xml::esc;
 use blobring_proto::header::{
     CONTENT_LENGTH, CONTENT_MD5, DATE, X_MS_CONTENT_CRC64, X_MS_ERROR_CODE, X_MS_VERSION,
 };

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
+use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
+use md5::{Digest, Md5};
 
 use super::*;
 use crate::auth::{EMULATOR_ACCOUNT, EMULATOR_KEY};
+use crate::request::ResponseHeaders;
 use crate::store::MemStore;
 
 fn exec_with(auth: Option<SharedKeyAuth>, faults: Faults) -> Executor {
