@@ -78,6 +78,9 @@ cargo fmt --all -- --check
 stage "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+stage "docs (rustdoc warnings are errors: broken or private links, bad HTML)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --lib --no-deps --locked
+
 stage "tests (unit, property, cross-process)"
 # Release: the cross-process ring test moves 10 million entries, and benchmarks-in-miniature
 # are only meaningful optimised. Debug assertions stay on via the test profile override below.

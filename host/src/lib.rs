@@ -4,11 +4,12 @@
 //! **Owns:** the Blob executor ([`executor`]) and what it serves from ([`backend`]): a local
 //! store ([`store`]: `fs:<dir>`, `mem`) or a `passthrough:<url>` upstream ([`passthrough`],
 //! default feature `passthrough`); SharedKey and service-SAS verification ([`auth`]), fault
-//! injection ([`executor::Faults`]), the HTTP REST front end (`rest`, default feature `rest`;
-//! over TLS too with `--https`), and the VMBus front end ([`vsp`]). The `fs` store keeps up to
-//! `--open-files` data files open between reads ([`store::DEFAULT_OPEN_FILES`] by default, 0
-//! to open the file on every read): data files are immutable once published, and a file
-//! leaves the cache when its blob version is overwritten or deleted.
+//! injection ([`executor::Faults`] on every transport, [`vsp::VspFaults`] on the VMBus path),
+//! the HTTP REST front end (`rest`, default feature `rest`; over TLS too with `--https`), and
+//! the VMBus front end ([`vsp`]). The `fs` store keeps up to `--open-files` data files open
+//! between reads ([`store::DEFAULT_OPEN_FILES`] by default, 0 to open the file on every read):
+//! data files are immutable once published, and a file leaves the cache when its blob version
+//! is overwritten or deleted.
 //!
 //! # Shape
 //!

@@ -19,7 +19,7 @@
 //!    [`VspStats::inline_requests`]).
 //! 3. A pool thread runs [`Executor::execute_lazy`]: the head is admitted (faults, signature)
 //!    before the `data_valid` body bytes are copied out of guest memory (once; never for a
-//!    refused request), with a [`BodySink`] over the guest's data buffer,
+//!    refused request), with a [`BodySink`](crate::store::BodySink) over the guest's data buffer,
 //!    so the response body lands **in place** in guest memory; for `fs` store reads of at least
 //!    [`VspConfig::direct_min_len`] bytes the sink reads the blob file straight into the guest
 //!    mapping with the pool thread's io_uring (plain `READ`s into the mapped region, no fixed

@@ -8,7 +8,7 @@
 //! libfuse headers to build against); the mapping of paths to blob names (directories are
 //! `/`-delimited prefixes); a metadata cache with a TTL and a negative cache; per-handle
 //! sequential-read detection and prefetch within a shared memory budget ([`read`]); the
-//! streaming upload of new blobs ([`write`]); the mount's figures ([`stats`]); detaching,
+//! streaming upload of new blobs ([`write`](mod@write)); the mount's figures ([`stats`]); detaching,
 //! signal handling and unmounting ([`run`], [`unmount`]).
 //!
 //! **Does not own:** Blob requests, striping, retries, deadlines and zero-copy leases: those
@@ -113,8 +113,9 @@ pub struct MountArgs {
     /// read them with `blobring stats --json --ctl-socket PATH`.
     #[arg(long)]
     pub stats_socket: Option<PathBuf>,
-    /// Log file of a detached mount (default: blobring-mount-<mountpoint>.log in
-    /// $XDG_RUNTIME_DIR, else /tmp).
+    /// Log file of a detached mount (default: blobring-mount-MOUNTPOINT.log in
+    /// $XDG_RUNTIME_DIR, else /tmp; in MOUNTPOINT, characters other than letters and digits
+    /// become underscores).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
 }

@@ -3,7 +3,7 @@
 //!
 //! **Owns:** nothing but the translation between Python and the SDK. Every call is one SDK
 //! call ([`blobring::blob::BlobService`], [`blobring::transfer`]) run with [`block_on`] while
-//! the GIL is released (`py.detach`), so many Python threads share one [`Client`] — one
+//! the GIL is released (`py.detach`), so many Python threads share one `blobring.Client` — one
 //! connection to `blobringd` — and wait in parallel. Errors become the exception classes of
 //! `blobring.exceptions` (the Python half), which subclass the built-in ones a Python user
 //! catches (`FileNotFoundError`, `FileExistsError`, `PermissionError`, `ConnectionError`,

@@ -3,8 +3,8 @@
 //! **Owns:** the SQ/CQ protocol of one queue pair in a client region
 //! ([`blobring_abi::QueueControl`], SQE and CQE arrays; ARCHITECTURE.md §4, rings.md §1–2):
 //! the four halves [`SqProducer`] (client), [`SqConsumer`] (daemon), [`CqProducer`] (daemon)
-//! and [`CqConsumer`] (client) — one generic producer and one generic consumer (module
-//! `half`), instantiated for [`blobring_abi::Sqe`] and [`blobring_abi::Cqe`], whose entry type
+//! and [`CqConsumer`] (client) — one generic [`Producer`] and one generic [`Consumer`] (module
+//! `half`, where their methods are documented), instantiated for [`blobring_abi::Sqe`] and [`blobring_abi::Cqe`], whose entry type
 //! names its control words; the per-side pairs [`ClientQueue`] and [`DaemonQueue`] (which
 //! adds credits); the need-wakeup handshake; and the ways to act on it ([`EventFd`],
 //! [`FutexWord`] — the `cq_tail` word addressed inside the region mapping the queues already
@@ -70,6 +70,7 @@ pub mod loom_support;
 
 pub use cq::{CqConsumer, CqProducer};
 pub use error::RingError;
+pub use half::{Consumer, Producer};
 pub use layout::QueueLayout;
 pub use queue::{ClientQueue, DaemonQueue, SleepCheck};
 pub use sq::{SqConsumer, SqProducer};
