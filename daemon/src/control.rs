@@ -96,6 +96,18 @@ struct PendingHello {
     since: Instant,
 }
 
+/// What one poll of the control thread found readable.
+struct Ready {
+    accept: bool,
+    ctl: bool,
+    signal: bool,
+    bus: bool,
+    /// Clients whose socket is readable (a hang-up, see [`Control::remove_hung_up`]).
+    clients: Vec<u64>,
+    /// Indices into [`Control::pending`] whose hello has more bytes.
+    hellos: Vec<usize>,
+}
+
 /// Most connections waiting for their hello at once (the oldest is dropped beyond this).
 const MAX_PENDING_HANDSHAKES: usize = 64;
 /// How long a connection may take to send its hello.
@@ -304,66 +316,8 @@ impl Control {
             {
                 self.connect_host();
             }
-            let client_ids: Vec<u64> = self
-                .clients
-                .iter()
-                .filter(|(_, c)| !c.removing)
-                .map(|(id, _)| *id)
-                .collect();
-            let (accept_ready, ctl_ready, sig_ready, bus_ready, dead, hellos) = {
-                let mut fds = vec![
-                    PollFd::new(&self.listener, PollFlags::IN),
-                    PollFd::new(&self.ctl, PollFlags::IN),
-                    PollFd::new(&self.signals, PollFlags::IN),
-                    PollFd::new(&*self.wake, PollFlags::IN),
-                ];
-                let bus_fd: Option<BorrowedFd<'_>> = self
-                    .host
-                    .as_ref()
-                    .and_then(|h| h.bus.as_ref())
-                    .map(|b| b.as_fd());
-                if let Some(b) = &bus_fd {
-                    fds.push(PollFd::from_borrowed_fd(*b, PollFlags::IN));
-                }
-                let base = fds.len();
-                for id in &client_ids {
-                    fds.push(PollFd::new(
-                        &self.clients[id].sock,
-                        PollFlags::IN | PollFlags::RDHUP,
-                    ));
-                }
-                let pending_base = fds.len();
-                for p in &self.pending {
-                    fds.push(PollFd::new(&p.sock, PollFlags::IN | PollFlags::RDHUP));
-                }
-                let timeout = rustix::time::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 100_000_000,
-                };
-                match rustix::event::poll(&mut fds, Some(&timeout)) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(DaemonError::Setup(format!("poll: {e}"))),
-                }
-                let ready = |i: usize| !fds[i].revents().is_empty();
-                let dead: Vec<u64> = client_ids
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| ready(base + i))
-                    .map(|(_, id)| *id)
-                    .collect();
-                let hellos: Vec<usize> = (0..self.pending.len())
-                    .filter(|i| ready(pending_base + i))
-                    .collect();
-                (
-                    ready(0),
-                    ready(1),
-                    ready(2),
-                    bus_fd.is_some() && ready(4),
-                    dead,
-                    hellos,
-                )
-            };
-            if sig_ready {
+            let ready = self.poll()?;
+            if ready.signal {
                 while let Ok(Some(sig)) = self.signals.read_signal() {
                     tracing::info!(signal = sig.ssi_signo, "stopping: draining requests");
                     self.begin_shutdown();
@@ -371,26 +325,15 @@ impl Control {
             }
             let _ = self.wake.drain();
             self.worker_messages();
-            for id in dead {
-                // The client never sends after the handshake: readable means hang-up (or a
-                // protocol violation, handled the same way).
-                let mut b = [0u8; 64];
-                let gone = match (&self.clients[&id].sock).read(&mut b) {
-                    Ok(_) => true,
-                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-                };
-                if gone {
-                    self.remove_client(id, "disconnected");
-                }
-            }
-            if bus_ready {
+            self.remove_hung_up(&ready.clients);
+            if ready.bus {
                 self.bus_event();
             }
-            if ctl_ready {
+            if ready.ctl {
                 self.serve_ctl();
             }
-            self.read_hellos(&hellos);
-            if accept_ready && self.shutting_down.is_none() {
+            self.read_hellos(&ready.hellos);
+            if ready.accept && self.shutting_down.is_none() {
                 self.accept();
             }
             self.publish_metrics();
@@ -413,6 +356,82 @@ impl Control {
             {
                 let _ = std::fs::remove_file(&self.ctl_path);
                 return Ok(());
+            }
+        }
+    }
+
+    /// Waits (up to 100 ms) until a socket of the control thread is readable: the listener,
+    /// the ctl socket, the signalfd, the workers' wake eventfd, the host bus, a client's socket
+    /// (after the handshake only a hang-up makes it readable) or a pending handshake.
+    fn poll(&self) -> Result<Ready, DaemonError> {
+        let client_ids: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.removing)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut fds = vec![
+            PollFd::new(&self.listener, PollFlags::IN),
+            PollFd::new(&self.ctl, PollFlags::IN),
+            PollFd::new(&self.signals, PollFlags::IN),
+            PollFd::new(&*self.wake, PollFlags::IN),
+        ];
+        let bus_fd: Option<BorrowedFd<'_>> = self
+            .host
+            .as_ref()
+            .and_then(|h| h.bus.as_ref())
+            .map(|b| b.as_fd());
+        if let Some(b) = &bus_fd {
+            fds.push(PollFd::from_borrowed_fd(*b, PollFlags::IN));
+        }
+        let base = fds.len();
+        for id in &client_ids {
+            fds.push(PollFd::new(
+                &self.clients[id].sock,
+                PollFlags::IN | PollFlags::RDHUP,
+            ));
+        }
+        let pending_base = fds.len();
+        for p in &self.pending {
+            fds.push(PollFd::new(&p.sock, PollFlags::IN | PollFlags::RDHUP));
+        }
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(DaemonError::Setup(format!("poll: {e}"))),
+        }
+        let ready = |i: usize| !fds[i].revents().is_empty();
+        Ok(Ready {
+            accept: ready(0),
+            ctl: ready(1),
+            signal: ready(2),
+            bus: bus_fd.is_some() && ready(4),
+            clients: client_ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ready(base + i))
+                .map(|(_, id)| *id)
+                .collect(),
+            hellos: (0..self.pending.len())
+                .filter(|i| ready(pending_base + i))
+                .collect(),
+        })
+    }
+
+    /// Removes the clients among `readable` whose socket hung up. A client never sends after
+    /// the handshake: readable means hang-up (or a protocol violation, handled the same way).
+    fn remove_hung_up(&mut self, readable: &[u64]) {
+        for &id in readable {
+            let mut b = [0u8; 64];
+            let gone = match (&self.clients[&id].sock).read(&mut b) {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            if gone {
+                self.remove_client(id, "disconnected");
             }
         }
     }
