@@ -327,22 +327,10 @@ impl Passthrough {
         )
     }
 
-    /// Forward one request and wait for the whole answer. Blocking: call from a thread that
-    /// may block (a VSP worker, `spawn_blocking`).
-    ///
-    /// `path` is the wire-form (percent-encoded) path after the account, `""` or `/c[/b]`;
-    /// `query` the decoded query pairs (SAS parameters are dropped when re-signing). A success
-    /// body longer than `max_body` is not downloaded: its size comes back in
-    /// [`Forwarded::too_large`] (the connection is then closed rather than drained).
-    pub fn forward(
-        &self,
-        method: &Method,
-        path: &str,
-        query: &[(String, String)],
-        headers: &HeaderMap,
-        body: Bytes,
-        max_body: Option<u64>,
-    ) -> Result<Forwarded, StoreError> {
+    /// The upstream's path and query for `path` (after the account) and the decoded `query`:
+    /// the upstream's base path first, each pair re-encoded, and the client's SAS parameters
+    /// dropped when this store signs with its own key.
+    fn path_and_query(&self, path: &str, query: &[(String, String)]) -> String {
         let signing = self.signer.is_some();
         let mut pq = format!("{}{}", self.base_path, path);
         if pq.is_empty() {
@@ -359,14 +347,28 @@ impl Passthrough {
             pq.push('=');
             pq.extend(utf8_percent_encode(v, QUERY));
         }
+        pq
+    }
+
+    /// The headers sent upstream: the client's, less those of its connection and those the
+    /// forwarder sets itself ([`DROP_REQUEST`]), with the body's length, and — when this store
+    /// signs — a fresh `x-ms-date`, a version if the client named none, and our
+    /// `Authorization`.
+    fn upstream_headers(
+        &self,
+        method: &Method,
+        pq: &str,
+        headers: &HeaderMap,
+        body_len: usize,
+    ) -> Result<HeaderMap, StoreError> {
         let mut h = HeaderMap::with_capacity(headers.len() + 4);
         for (k, v) in headers {
             if !DROP_REQUEST.contains(&k.as_str()) {
                 h.append(k.clone(), v.clone());
             }
         }
-        if !body.is_empty() || matches!(*method, Method::PUT | Method::POST) {
-            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if body_len > 0 || matches!(*method, Method::PUT | Method::POST) {
+            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body_len));
         }
         if let Some(signer) = &self.signer {
             h.remove(http::header::DATE);
@@ -381,7 +383,7 @@ impl Passthrough {
                     HeaderValue::from_static(UPSTREAM_VERSION),
                 );
             }
-            let auth = signer.authorization(method, &pq, &h);
+            let auth = signer.authorization(method, pq, &h);
             h.insert(
                 http::header::AUTHORIZATION,
                 HeaderValue::from_str(&auth).map_err(|_| StoreError::UpstreamUnreachable {
@@ -390,6 +392,27 @@ impl Passthrough {
                 })?,
             );
         }
+        Ok(h)
+    }
+
+    /// Forward one request and wait for the whole answer. Blocking: call from a thread that
+    /// may block (a VSP worker, `spawn_blocking`).
+    ///
+    /// `path` is the wire-form (percent-encoded) path after the account, `""` or `/c[/b]`;
+    /// `query` the decoded query pairs (SAS parameters are dropped when re-signing). A success
+    /// body longer than `max_body` is not downloaded: its size comes back in
+    /// [`Forwarded::too_large`] (the connection is then closed rather than drained).
+    pub fn forward(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(String, String)],
+        headers: &HeaderMap,
+        body: Bytes,
+        max_body: Option<u64>,
+    ) -> Result<Forwarded, StoreError> {
+        let pq = self.path_and_query(path, query);
+        let h = self.upstream_headers(method, &pq, headers, body.len())?;
         let target = format!("{}{}", self.origin, pq);
         let request = self
             .client
