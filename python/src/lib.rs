@@ -826,25 +826,7 @@ impl Client {
         body: Option<&Bound<'_, PyAny>>,
         recv: Option<u64>,
     ) -> PyResult<(u16, String, Vec<(String, String)>, PyBytes)> {
-        let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-        if !token(method) || method.contains(['(', ')', '/']) {
-            return Err(PyValueError::new_err(format!(
-                "invalid HTTP method {method:?}"
-            )));
-        }
-        if !target.starts_with('/') || target.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(PyValueError::new_err(format!(
-                "invalid request target {target:?}: a path (and query) starting with '/', \
-                 percent-encoded"
-            )));
-        }
-        for (k, v) in &headers {
-            if !token(k) || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(PyValueError::new_err(format!(
-                    "invalid HTTP header {k:?}: {v:?}"
-                )));
-            }
-        }
+        check_raw_request(method, target, &headers)?;
         let body = body.map(buffer).transpose()?.unwrap_or_default();
         let limit = self.request_limit();
         if body.len() as u64 > limit {
@@ -861,35 +843,9 @@ impl Client {
                 "",
             ));
         }
-        let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
-        let mut head = format!("{method} {target} HTTP/1.1\r\n");
-        for (k, v) in &headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !has(CONTENT_LENGTH) && (!body.is_empty() || method == "PUT" || method == "POST") {
-            head.push_str(&format!("content-length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        let range_len = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(X_MS_RANGE))
-            .or_else(|| {
-                headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("range"))
-            })
-            .and_then(|(_, v)| {
-                let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
-                let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-                Some(b.checked_sub(a)? + 1)
-            });
+        let head = raw_head(method, target, &headers, body.len());
         let recv = recv
-            .or(match method {
-                "GET" => Some(range_len.unwrap_or(limit)),
-                "HEAD" => Some(0),
-                _ => Some(1 << 20),
-            })
-            .unwrap_or(0)
+            .unwrap_or_else(|| default_recv(method, &headers, limit))
             .min(limit);
         let client = self.svc.client();
         let timeout = self.svc.timeout();
@@ -984,6 +940,69 @@ impl Client {
 
 /// What the writer thread reads: a piece of the blob, or the error that aborts it.
 type Item = Result<Bytes, std::io::Error>;
+/// Refuses what would not be one well-formed HTTP/1.1 request head: a method or header name
+/// that is not a token, a target that is not an absolute path (and query) of visible ASCII,
+/// a header value with CR, LF or NUL.
+fn check_raw_request(method: &str, target: &str, headers: &[(String, String)]) -> PyResult<()> {
+    let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if !token(method) || method.contains(['(', ')', '/']) {
+        return Err(PyValueError::new_err(format!(
+            "invalid HTTP method {method:?}"
+        )));
+    }
+    if !target.starts_with('/') || target.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(PyValueError::new_err(format!(
+            "invalid request target {target:?}: a path (and query) starting with '/', \
+             percent-encoded"
+        )));
+    }
+    for (k, v) in headers {
+        if !token(k) || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(PyValueError::new_err(format!(
+                "invalid HTTP header {k:?}: {v:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The request head of [`Client::send_raw`]: the request line, the headers as given, and a
+/// `content-length` when the caller gave none and there is a body (or the method is PUT or
+/// POST).
+fn raw_head(method: &str, target: &str, headers: &[(String, String)], body_len: usize) -> String {
+    let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has(CONTENT_LENGTH) && (body_len > 0 || method == "PUT" || method == "POST") {
+        head.push_str(&format!("content-length: {body_len}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// The response body bytes [`Client::send_raw`] reserves when the caller names none: a GET's
+/// range (`x-ms-range`, else `Range`, as `bytes=a-b`), else `limit`; nothing for HEAD; 1 MiB
+/// for other methods.
+fn default_recv(method: &str, headers: &[(String, String)], limit: u64) -> u64 {
+    let range = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let range_len = range(X_MS_RANGE).or_else(|| range("range")).and_then(|v| {
+        let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
+        let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+        Some(b.checked_sub(a)? + 1)
+    });
+    match method {
+        "GET" => range_len.unwrap_or(limit),
+        "HEAD" => 0,
+        _ => 1 << 20,
+    }
+}
 
 struct WriterState {
     tx: Option<SyncSender<Item>>,
