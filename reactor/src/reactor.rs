@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -895,98 +895,123 @@ impl Reactor {
         } else {
             Err(Errno::from_raw_os_error(res.saturating_neg()))
         };
-        let event = if let Some(raw_fd) = poll_fd {
-            match result {
-                Err(errno) => {
-                    self.remove(op);
-                    let ended = if cancel_requested && errno == Errno::CANCELED {
-                        Ok(())
-                    } else {
-                        Err(errno)
-                    };
-                    Event::PollEnded(ended)
-                }
-                Ok(events) => {
-                    self.ready.push_back(Completion {
-                        token,
-                        op,
-                        event: Event::Readable { events },
-                    });
-                    if more {
-                        return;
-                    }
-                    if cancel_requested {
-                        self.remove(op);
-                        Event::PollEnded(Ok(()))
-                    } else {
-                        let entry = opcode::PollAdd::new(types::Fd(raw_fd), libc::POLLIN as u32)
-                            .multi(self.features.multishot_poll)
-                            .build()
-                            .user_data(user_data);
-                        self.stats.poll_rearms += 1;
-                        // SAFETY: the entry names the fd by number only; the fd clone stays in
-                        // this op until its final CQE, so the number cannot be reused meanwhile.
-                        match unsafe { self.push(&entry) } {
-                            Ok(()) => return,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "could not re-arm a poll; ending it");
-                                self.remove(op);
-                                Event::PollEnded(Err(Errno::BUSY))
-                            }
-                        }
-                    }
-                }
-            }
-        } else {
-            if more {
-                // Only polls are multishot; keep the op (and what it owns) alive regardless.
-                self.stats.stray_cqes += 1;
-                return;
-            }
-            let Some(kind) = self.remove(op) else {
-                return;
-            };
-            let count = result;
-            let timer = match result {
-                Ok(_) => TimerOutcome::Fired,
-                Err(e) if e == Errno::TIME => TimerOutcome::Fired,
-                Err(e) if e == Errno::CANCELED => TimerOutcome::Cancelled,
-                Err(e) => TimerOutcome::Failed(e),
-            };
-            match kind {
-                OpKind::Poll { .. } => return,
-                OpKind::Timer => Event::Timer(timer),
-                OpKind::Deadline => {
-                    if self.deadline.as_ref().is_some_and(|d| d.op == op) {
-                        self.deadline = None;
-                    }
-                    if cancel_requested {
-                        return;
-                    }
-                    Event::Deadline(timer)
-                }
-                OpKind::FutexWake { .. } => Event::FutexWake(count),
-                OpKind::FutexWait { .. } => Event::FutexWait(count.map(drop)),
-                OpKind::Fixed { slot, .. } => {
-                    self.region_ops[usize::from(slot)] -= 1;
-                    Event::Transferred(count)
-                }
-                OpKind::Into { .. } => Event::Transferred(count),
-                OpKind::Read { mut buf, .. } => {
-                    if let Ok(n) = count {
-                        let new_len = buf.len() + n as usize;
-                        assert!(new_len <= buf.capacity(), "kernel read past the buffer");
-                        // SAFETY: the kernel wrote `n` bytes into the spare capacity that
-                        // starts at the old length (we asked for at most the spare length;
-                        // the assert above re-checks), so they are initialized.
-                        unsafe { buf.set_len(new_len) };
-                    }
-                    Event::Read { buf, result: count }
-                }
-                OpKind::Write { buf, .. } => Event::Write { buf, result: count },
-            }
+        let event = match poll_fd {
+            Some(raw_fd) => self.poll_completed(op, token, raw_fd, cancel_requested, more, result),
+            None => self.op_completed(op, cancel_requested, more, result),
         };
-        self.ready.push_back(Completion { token, op, event });
+        if let Some(event) = event {
+            self.ready.push_back(Completion { token, op, event });
+        }
+    }
+
+    /// A CQE of poll `op`: readiness is delivered at once; a poll the kernel ended (not
+    /// multishot, or multishot stopped) is re-armed unless its cancellation was asked for.
+    /// Returns the poll's end, if it ended.
+    fn poll_completed(
+        &mut self,
+        op: OpId,
+        token: u64,
+        raw_fd: RawFd,
+        cancel_requested: bool,
+        more: bool,
+        result: Result<u32, Errno>,
+    ) -> Option<Event> {
+        let events = match result {
+            Err(errno) => {
+                self.remove(op);
+                let ended = if cancel_requested && errno == Errno::CANCELED {
+                    Ok(())
+                } else {
+                    Err(errno)
+                };
+                return Some(Event::PollEnded(ended));
+            }
+            Ok(events) => events,
+        };
+        self.ready.push_back(Completion {
+            token,
+            op,
+            event: Event::Readable { events },
+        });
+        if more {
+            return None;
+        }
+        if cancel_requested {
+            self.remove(op);
+            return Some(Event::PollEnded(Ok(())));
+        }
+        let entry = opcode::PollAdd::new(types::Fd(raw_fd), libc::POLLIN as u32)
+            .multi(self.features.multishot_poll)
+            .build()
+            .user_data(op.0);
+        self.stats.poll_rearms += 1;
+        // SAFETY: the entry names the fd by number only; the fd clone stays in this op until
+        // its final CQE, so the number cannot be reused meanwhile.
+        match unsafe { self.push(&entry) } {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-arm a poll; ending it");
+                self.remove(op);
+                Some(Event::PollEnded(Err(Errno::BUSY)))
+            }
+        }
+    }
+
+    /// The final CQE of a one-shot `op` (anything but a poll): the op is removed and what it
+    /// owned (a read buffer, a write buffer) comes back in its event. `None` for an op whose
+    /// end is not reported (a cancelled deadline) or a stray CQE.
+    fn op_completed(
+        &mut self,
+        op: OpId,
+        cancel_requested: bool,
+        more: bool,
+        result: Result<u32, Errno>,
+    ) -> Option<Event> {
+        if more {
+            // Only polls are multishot; keep the op (and what it owns) alive regardless.
+            self.stats.stray_cqes += 1;
+            return None;
+        }
+        let kind = self.remove(op)?;
+        let count = result;
+        let timer = match result {
+            Ok(_) => TimerOutcome::Fired,
+            Err(e) if e == Errno::TIME => TimerOutcome::Fired,
+            Err(e) if e == Errno::CANCELED => TimerOutcome::Cancelled,
+            Err(e) => TimerOutcome::Failed(e),
+        };
+        Some(match kind {
+            OpKind::Poll { .. } => return None,
+            OpKind::Timer => Event::Timer(timer),
+            OpKind::Deadline => {
+                if self.deadline.as_ref().is_some_and(|d| d.op == op) {
+                    self.deadline = None;
+                }
+                if cancel_requested {
+                    return None;
+                }
+                Event::Deadline(timer)
+            }
+            OpKind::FutexWake { .. } => Event::FutexWake(count),
+            OpKind::FutexWait { .. } => Event::FutexWait(count.map(drop)),
+            OpKind::Fixed { slot, .. } => {
+                self.region_ops[usize::from(slot)] -= 1;
+                Event::Transferred(count)
+            }
+            OpKind::Into { .. } => Event::Transferred(count),
+            OpKind::Read { mut buf, .. } => {
+                if let Ok(n) = count {
+                    let new_len = buf.len() + n as usize;
+                    assert!(new_len <= buf.capacity(), "kernel read past the buffer");
+                    // SAFETY: the kernel wrote `n` bytes into the spare capacity that starts
+                    // at the old length (we asked for at most the spare length; the assert
+                    // above re-checks), so they are initialized.
+                    unsafe { buf.set_len(new_len) };
+                }
+                Event::Read { buf, result: count }
+            }
+            OpKind::Write { buf, .. } => Event::Write { buf, result: count },
+        })
     }
 
     fn remove(&mut self, op: OpId) -> Option<OpKind> {
