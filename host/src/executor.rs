@@ -9,8 +9,8 @@
 //!   needed, never a truncated success. The response head is then rendered into the response
 //!   buffer by [`Executed::write_head`], which likewise reports the size needed if it does not fit.
 //! - [`Executor::execute_request`] for the REST front end (`http::Request` in, `Response` out):
-//!   the same view borrows hyper's header map, and the response's [`ResponseHeaders`](crate::ResponseHeaders) become a
-//!   map only at that edge.
+//!   the same view borrows hyper's header map, and the response's
+//!   [`ResponseHeaders`](crate::ResponseHeaders) become a map only at that edge.
 //!
 //! Both end in the one response path (`respond`). Between the two, `dispatch` matches the
 //! [`Backend`] once: a local store runs the operation here (container operations in this file,

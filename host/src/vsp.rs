@@ -18,15 +18,15 @@
 //!    thread: no hand-off, no wake-up of another thread; counted in
 //!    [`VspStats::inline_requests`]).
 //! 3. A pool thread runs [`Executor::execute_lazy`]: the head is admitted (faults, signature)
-//!    before the `data_valid` body bytes are copied out of guest memory (once; never for a
-//!    refused request), with a [`BodySink`](crate::store::BodySink) over the guest's data buffer,
-//!    so the response body lands **in place** in guest memory; for `fs` store reads of at least
+//!    before the `data_valid` body bytes are copied out of guest memory (once; never for a refused
+//!    request), with a [`BodySink`](crate::store::BodySink) over the guest's data buffer, so the
+//!    response body lands **in place** in guest memory; for `fs` store reads of at least
 //!    [`VspConfig::direct_min_len`] bytes the sink reads the blob file straight into the guest
 //!    mapping with the pool thread's io_uring (plain `READ`s into the mapped region, no fixed
-//!    buffers: the private `vsp::direct` module says why; without io_uring, `pread` into a
-//!    bounce buffer and a copy). It then renders the response head into the response buffer
-//!    (through a buffer the thread reuses from request to request) and sends the completion
-//!    back to the channel's worker.
+//!    buffers: the private `vsp::direct` module says why; without io_uring, `pread` into a bounce
+//!    buffer and a copy). It then renders the response head into the response buffer (through a
+//!    buffer the thread reuses from request to request) and sends the completion back to the
+//!    channel's worker.
 //! 4. The worker posts a completion packet (type 0xb, the request's transaction id, an
 //!    [`AzBlobVspResponse`]). Requests complete **in whatever order they finish**: a slow or
 //!    hung request occupies one pool thread, not the channel. If the host → guest ring is

@@ -8,8 +8,8 @@
 //! libfuse headers to build against); the mapping of paths to blob names (directories are
 //! `/`-delimited prefixes); a metadata cache with a TTL and a negative cache; per-handle
 //! sequential-read detection and prefetch within a shared memory budget ([`read`]); the
-//! streaming upload of new blobs ([`write`](mod@write)); the mount's figures ([`stats`]); detaching,
-//! signal handling and unmounting ([`run`], [`unmount`]).
+//! streaming upload of new blobs ([`write`](mod@write)); the mount's figures ([`stats`]);
+//! detaching, signal handling and unmounting ([`run`], [`unmount`]).
 //!
 //! **Does not own:** Blob requests, striping, retries, deadlines and zero-copy leases: those
 //! are the SDK's ([`blobring::blob::BlobService`], [`blobring::transfer`]); the mount calls

@@ -1,14 +1,14 @@
 //! io_uring-style submission and completion queues over untrusted shared memory.
 //!
 //! **Owns:** the SQ/CQ protocol of one queue pair in a client region
-//! ([`blobring_abi::QueueControl`], SQE and CQE arrays; ARCHITECTURE.md §4, rings.md §1–2):
-//! the four halves [`SqProducer`] (client), [`SqConsumer`] (daemon), [`CqProducer`] (daemon)
-//! and [`CqConsumer`] (client) — one generic [`Producer`] and one generic [`Consumer`] (module
-//! `half`, where their methods are documented), instantiated for [`blobring_abi::Sqe`] and [`blobring_abi::Cqe`], whose entry type
-//! names its control words; the per-side pairs [`ClientQueue`] and [`DaemonQueue`] (which
-//! adds credits); the need-wakeup handshake; and the ways to act on it ([`EventFd`],
-//! [`FutexWord`] — the `cq_tail` word addressed inside the region mapping the queues already
-//! use — behind the [`Sleeper`] / [`Notifier`] traits).
+//! ([`blobring_abi::QueueControl`], SQE and CQE arrays; ARCHITECTURE.md §4, rings.md §1–2): the
+//! four halves [`SqProducer`] (client), [`SqConsumer`] (daemon), [`CqProducer`] (daemon) and
+//! [`CqConsumer`] (client) — one generic [`Producer`] and one generic [`Consumer`] (module `half`,
+//! where their methods are documented), instantiated for [`blobring_abi::Sqe`] and
+//! [`blobring_abi::Cqe`], whose entry type names its control words; the per-side pairs
+//! [`ClientQueue`] and [`DaemonQueue`] (which adds credits); the need-wakeup handshake; and the
+//! ways to act on it ([`EventFd`], [`FutexWord`] — the `cq_tail` word addressed inside the region
+//! mapping the queues already use — behind the [`Sleeper`] / [`Notifier`] traits).
 //!
 //! **Trusts:** the daemon side trusts nothing the client writes: every index loaded from
 //! shared memory is validated against the daemon's private state before use, and a bad one is
