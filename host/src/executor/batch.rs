@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 
+use blobring_proto::header::DATE;
 use http::Method;
 
 use super::{Executor, MAX_BATCH, MAX_HEADERS, parse_head};
 use crate::request::{AzError, Body, Req, Resp};
-use blobring_proto::header::DATE;
 
 impl Executor {
     /// A Blob Batch on a container the caller has checked exists.

@@ -12,13 +12,14 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use md5::{Digest, Md5};
 
+use blobring_proto::header::{
+    CONTENT_LENGTH, CONTENT_MD5, DATE, X_MS_CONTENT_CRC64, X_MS_ERROR_CODE, X_MS_VERSION,
+};
+
 use super::{DEFAULT_VERSION, ExecuteError, Executor, crc64, http_date};
 use crate::request::{AzError, Body, RequestHeaders, Resp, ResponseHeaders, borrow_map};
 use crate::store::{BodySink, SliceSink, StoreError};
 use crate::xml::esc;
-use blobring_proto::header::{
-    CONTENT_LENGTH, CONTENT_MD5, DATE, X_MS_CONTENT_CRC64, X_MS_ERROR_CODE, X_MS_VERSION,
-};
 
 /// Result of [`Executor::execute`]: the status and headers to render, and how many body bytes
 /// were written into the caller's data buffer.
