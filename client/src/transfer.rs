@@ -40,7 +40,6 @@
 //! # Ok(()) }
 //! ```
 
-use blobring_proto::header::X_MS_BLOB_TYPE;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -51,6 +50,7 @@ use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use blobring_proto::header::X_MS_BLOB_TYPE;
 
 use md5::Digest as _;
 

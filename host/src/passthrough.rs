@@ -57,12 +57,12 @@
 //! **Trusts:** the operator's URL and key. The upstream's answers are passed back as they are
 //! (minus hop-by-hop headers); it is the service the client asked for.
 
-use blobring_proto::header::{
-    AUTHORIZATION, CONTENT_LENGTH, X_MS_DATE, X_MS_ERROR_CODE, X_MS_VERSION,
-};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use blobring_proto::header::{
+    AUTHORIZATION, CONTENT_LENGTH, X_MS_DATE, X_MS_ERROR_CODE, X_MS_VERSION,
+};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};

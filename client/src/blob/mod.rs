@@ -31,18 +31,17 @@ pub mod fuzzing {
     pub use super::xml::{parse_block_list, parse_container_list, parse_error, parse_list};
 }
 
-use blobring_proto::header::{
-    CONTENT_LENGTH, CONTENT_MD5, IF_MATCH, IF_NONE_MATCH, X_MS_BLOB_CONTENT_MD5,
-    X_MS_BLOB_CONTENT_TYPE, X_MS_CONTENT_CRC64, X_MS_COPY_SOURCE, X_MS_COPY_STATUS,
-    X_MS_ERROR_CODE, X_MS_META_PREFIX, X_MS_RANGE, X_MS_RANGE_GET_CONTENT_CRC64,
-    X_MS_RANGE_GET_CONTENT_MD5,
-};
 use std::borrow::Cow;
 use std::ops::Range;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use blobring_proto::header::{
+    CONTENT_LENGTH, CONTENT_MD5, IF_MATCH, X_MS_BLOB_CONTENT_MD5, X_MS_BLOB_CONTENT_TYPE,
+    X_MS_CONTENT_CRC64, X_MS_COPY_SOURCE, X_MS_COPY_STATUS, X_MS_ERROR_CODE, X_MS_META_PREFIX,
+    X_MS_RANGE, X_MS_RANGE_GET_CONTENT_CRC64, X_MS_RANGE_GET_CONTENT_MD5,
+};
 use http::HeaderMap;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -895,10 +894,9 @@ impl BlobService {
             s.headers
                 .push((X_MS_BLOB_CONTENT_MD5.into(), m.clone().into()));
         }
-        if s.headers
-            .iter()
-            .any(|(k, v)| k == IF_NONE_MATCH && v == "*")
-        {
+        // A create-only write that lost its answer cannot be retried: the retry would find
+        // the blob the first attempt created and fail with 409.
+        if opts.conditions.if_none_match.as_deref() == Some("*") {
             s.idempotent = false;
         }
     }
