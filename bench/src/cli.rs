@@ -129,21 +129,46 @@ pub struct SeedArgs {
     pub out: Output,
 }
 
-/// `gateway` arguments.
+/// The read workload of `gateway` and `mount`: P processes read C blobs of S bytes in full.
 #[derive(Debug, Args, Clone)]
-pub struct GatewayArgs {
+pub struct ReadSetArgs {
     /// Client processes.
     #[arg(long = "clients", short = 'P', default_value_t = 4)]
     pub clients: usize,
     /// Blobs.
     #[arg(long = "blobs", short = 'C', default_value_t = 4)]
     pub blobs: usize,
-    /// Bytes per blob (4 × 256 MiB: every client reads 1 GiB per path and round).
+    /// Bytes per blob (the defaults: 4 × 256 MiB = 1 GiB, which every client reads in full per
+    /// path and round).
     #[arg(long = "size", short = 'S', default_value = "256M", value_parser = parse_size)]
     pub size: u64,
-    /// Rounds over all paths (path order alternates between rounds).
+    /// Rounds over the paths (path order alternates between rounds).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+}
+
+impl ReadSetArgs {
+    /// `seed`'s arguments with its defaults but this workload.
+    fn seed_args(&self) -> Result<SeedArgs> {
+        if self.clients == 0 || self.blobs == 0 || self.rounds == 0 {
+            bail!("--clients, --blobs and --rounds must be at least 1");
+        }
+        Ok(SeedArgs {
+            clients: self.clients,
+            blobs: self.blobs,
+            size: self.size,
+            rounds: self.rounds,
+            ..SeedArgs::parse_defaults()
+        })
+    }
+}
+
+/// `gateway` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct GatewayArgs {
+    /// The workload.
+    #[command(flatten)]
+    pub set: ReadSetArgs,
     /// Bytes per ranged GET.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub chunk: u64,
@@ -174,18 +199,11 @@ impl GatewayArgs {
             self.paths.clone()
         };
         SeedArgs {
-            clients: self.clients,
-            blobs: self.blobs,
-            size: self.size,
-            rounds: self.rounds,
             chunk: self.chunk,
             parallel: self.parallel,
             sync_chunk: self.chunk,
-            arena: 128 << 20,
             paths,
-            write: false,
-            stack: self.stack.clone(),
-            out: self.out.clone(),
+            ..self.set.seed_args()?
         }
         .options()
     }
@@ -194,18 +212,9 @@ impl GatewayArgs {
 /// `mount` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct MountArgs {
-    /// Client processes.
-    #[arg(long = "clients", short = 'P', default_value_t = 4)]
-    pub clients: usize,
-    /// Blobs.
-    #[arg(long = "blobs", short = 'C', default_value_t = 4)]
-    pub blobs: usize,
-    /// Bytes per blob (the defaults: 4 × 256 MiB = 1 GiB, each client reads all of it).
-    #[arg(long = "size", short = 'S', default_value = "256M", value_parser = parse_size)]
-    pub size: u64,
-    /// Rounds over the four paths (order alternates between rounds).
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    /// The workload.
+    #[command(flatten)]
+    pub set: ReadSetArgs,
     /// Time of each random-read measurement, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub millis: u64,
@@ -219,20 +228,16 @@ pub struct MountArgs {
 
 impl MountArgs {
     fn options(&self) -> Result<(SeedOptions, SmallOptions)> {
-        if self.clients == 0 || self.blobs == 0 || self.rounds == 0 {
-            bail!("--clients, --blobs and --rounds must be at least 1");
+        let seed = SeedArgs {
+            paths: vec![
+                PathKind::Pread,
+                PathKind::Http,
+                PathKind::Native,
+                PathKind::Mount,
+            ],
+            ..self.set.seed_args()?
         }
-        let mut seed = SeedArgs::parse_defaults().options()?;
-        seed.clients = self.clients;
-        seed.blobs = self.blobs;
-        seed.size = self.size;
-        seed.rounds = self.rounds;
-        seed.paths = vec![
-            PathKind::Pread,
-            PathKind::Http,
-            PathKind::Native,
-            PathKind::Mount,
-        ];
+        .options()?;
         let mut small = SmallArgs::parse_defaults().options()?;
         small.depths = vec![1];
         small.millis = self.millis;

@@ -272,6 +272,15 @@ fn mount_mode_runs_with_tiny_sizes() {
 fn bad_arguments_fail_with_a_reason() {
     for (args, reason) in [
         (&["seed", "--size", "12X"][..], "unknown unit"),
+        // gateway and mount check their shared workload before anything starts.
+        (
+            &["gateway", "-P", "0", "--quiet"][..],
+            "--clients, --blobs and --rounds must be at least 1",
+        ),
+        (
+            &["mount", "--rounds", "0", "--quiet"][..],
+            "--clients, --blobs and --rounds must be at least 1",
+        ),
         // The in-memory store has no files for the pread path (refused before anything starts).
         (
             &["seed", "--mem-store", "--quiet"][..],
