@@ -73,7 +73,7 @@ use blobring::proto::header::{
     BODY_PART_HEADER, BODY_PART_ID_HEADER, BODY_WINDOW_ETAG_HEADER, BODY_WINDOW_HEADER,
     X_MS_ERROR_CODE, X_MS_RANGE,
 };
-use blobring::proto::is_put_blob;
+use blobring::proto::{bounded_range_len, is_put_blob};
 use blobring::{Client, ClientError, ClientOptions};
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -959,9 +959,7 @@ fn range_len(headers: &HeaderMap) -> Option<u64> {
         .or_else(|| headers.get("range"))?
         .to_str()
         .ok()?;
-    let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
-    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-    Some(b.checked_sub(a)? + 1)
+    bounded_range_len(v)
 }
 
 pub mod server;

@@ -18,7 +18,9 @@
 //!   the host reads them from a request (dates as HTTP dates; a bad one is [`InvalidDate`]);
 //!   what they mean for a blob the host's store decides;
 //! - [`is_put_blob`], the one test of "shaped like a Put Blob" that the host's REST front end
-//!   and the gateway both apply before deciding how to carry a body.
+//!   and the gateway both apply before deciding how to carry a body; [`bounded_range_len`],
+//!   the size of a `bytes=a-b` range, which the gateway and the Python binding reserve for a
+//!   ranged GET's body.
 //!
 //! **Trusts:** nothing and no one: it does no I/O and holds no state beyond a key. The inputs to
 //! [`Canonical`] may come straight from a peer (the host verifies peer requests with it): any
@@ -69,6 +71,15 @@ pub fn is_put_blob(parts: &http::request::Parts) -> bool {
         && !parts.headers.contains_key(header::X_MS_COPY_SOURCE)
 }
 
+/// The length of a bounded byte range, the value of a `Range` or `x-ms-range` header of the
+/// form `bytes=a-b` (`b - a + 1`); `None` for any other form (`bytes=a-`, a suffix, a list)
+/// or a last byte before the first. What a caller reserves for the body of a ranged GET.
+pub fn bounded_range_len(value: &str) -> Option<u64> {
+    let (a, b) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
+    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+    Some(b.checked_sub(a)? + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +105,22 @@ mod tests {
         assert!(!is_put_blob(&parts("PUT", "/a/c?restype=container", &[])));
         let copy = [(header::X_MS_COPY_SOURCE, "http://h/a/c/x")];
         assert!(!is_put_blob(&parts("PUT", "/a/c/b", &copy)));
+    }
+
+    #[test]
+    fn bounded_ranges() {
+        assert_eq!(bounded_range_len("bytes=10-19"), Some(10));
+        assert_eq!(bounded_range_len(" bytes=0-0 "), Some(1));
+        for other in [
+            "bytes=10-",
+            "bytes=-5",
+            "bytes=0-1,4-5",
+            "bytes=9-3",
+            "items=0-1",
+            "",
+        ] {
+            assert_eq!(bounded_range_len(other), None, "{other:?}");
+        }
     }
 
     #[test]

@@ -19,7 +19,6 @@
 //! **Trusts:** what the SDK trusts (the daemon). Python callers are not trusted to pass sane
 //! ranges or names: both are checked and refused with `ValueError`-derived exceptions.
 
-use blobring::proto::header::{CONTENT_LENGTH, X_MS_RANGE};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -32,6 +31,8 @@ use blobring::blob::{
     AccountConfig, BlobError, BlobItem, BlobProperties, BlobService, BlockRef, Conditions,
     GetOptions, GetResult, ListOptions, PutOptions,
 };
+use blobring::proto::bounded_range_len;
+use blobring::proto::header::{CONTENT_LENGTH, X_MS_RANGE};
 use blobring::transfer::{Download, TransferOptions};
 use blobring::{Client as SdkClient, ClientError, ClientOptions, MAX_REQUEST_DATA, block_on};
 use bytes::Bytes;
@@ -940,6 +941,7 @@ impl Client {
 
 /// What the writer thread reads: a piece of the blob, or the error that aborts it.
 type Item = Result<Bytes, std::io::Error>;
+
 /// Refuses what would not be one well-formed HTTP/1.1 request head: a method or header name
 /// that is not a token, a target that is not an absolute path (and query) of visible ASCII,
 /// a header value with CR, LF or NUL.
@@ -990,13 +992,11 @@ fn default_recv(method: &str, headers: &[(String, String)], limit: u64) -> u64 {
         headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.as_str())
     };
-    let range_len = range(X_MS_RANGE).or_else(|| range("range")).and_then(|v| {
-        let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
-        let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-        Some(b.checked_sub(a)? + 1)
-    });
+    let range_len = range(X_MS_RANGE)
+        .or_else(|| range("range"))
+        .and_then(bounded_range_len);
     match method {
         "GET" => range_len.unwrap_or(limit),
         "HEAD" => 0,

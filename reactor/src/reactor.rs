@@ -973,7 +973,6 @@ impl Reactor {
             return None;
         }
         let kind = self.remove(op)?;
-        let count = result;
         let timer = match result {
             Ok(_) => TimerOutcome::Fired,
             Err(e) if e == Errno::TIME => TimerOutcome::Fired,
@@ -992,15 +991,15 @@ impl Reactor {
                 }
                 Event::Deadline(timer)
             }
-            OpKind::FutexWake { .. } => Event::FutexWake(count),
-            OpKind::FutexWait { .. } => Event::FutexWait(count.map(drop)),
+            OpKind::FutexWake { .. } => Event::FutexWake(result),
+            OpKind::FutexWait { .. } => Event::FutexWait(result.map(drop)),
             OpKind::Fixed { slot, .. } => {
                 self.region_ops[usize::from(slot)] -= 1;
-                Event::Transferred(count)
+                Event::Transferred(result)
             }
-            OpKind::Into { .. } => Event::Transferred(count),
+            OpKind::Into { .. } => Event::Transferred(result),
             OpKind::Read { mut buf, .. } => {
-                if let Ok(n) = count {
+                if let Ok(n) = result {
                     let new_len = buf.len() + n as usize;
                     assert!(new_len <= buf.capacity(), "kernel read past the buffer");
                     // SAFETY: the kernel wrote `n` bytes into the spare capacity that starts
@@ -1008,9 +1007,9 @@ impl Reactor {
                     // above re-checks), so they are initialized.
                     unsafe { buf.set_len(new_len) };
                 }
-                Event::Read { buf, result: count }
+                Event::Read { buf, result }
             }
-            OpKind::Write { buf, .. } => Event::Write { buf, result: count },
+            OpKind::Write { buf, .. } => Event::Write { buf, result },
         })
     }
 
