@@ -10,7 +10,9 @@
 //! (see [`c_header`]; a test compiles it as C and C++, checking every size and offset again).
 //! Codes that travel in an integer field are enums ([`Opcode`], [`HelloStatus`],
 //! [`vmbus::VspStatus`]) declared with their C names and meanings in one table; the field itself
-//! stays an integer (a peer may write any value) and `from_code` names it.
+//! stays an integer (a peer may write any value) and `from_code` names it. Such codes, flag bits
+//! and magics follow the layout whose field carries them, as `linux/io_uring.h` orders its
+//! structs and their `#define`s; the constants of the whole region open the crate.
 //!
 //! **Trusts:** nothing. A layout is only a shape: every value read from a peer must be validated
 //! by the crate that reads it (`ring`, `vmbus`, the daemon).
@@ -125,15 +127,6 @@ abi_struct! {
     }
 }
 
-c_codes! {
-    fn opcode_consts;
-    /// The `opcode` of an [`Sqe`].
-    pub enum Opcode: u8 {
-        Blob = 1 => "BLOBRING_OP_BLOB": "an HTTP-modelled Azure Blob request executed by the host (the seed's `USER_REQUEST`)",
-        Nop = 2 => "BLOBRING_OP_NOP": "complete at once without involving the host (ring and wakeup measurements)",
-    }
-}
-
 abi_struct! {
     /// Submission queue entry (64 bytes, one cache line).
     ///
@@ -168,6 +161,15 @@ abi_struct! {
         pub data_valid: u32,
         /// Reserved, zero.
         pub reserved1: u64,
+    }
+}
+
+c_codes! {
+    fn opcode_consts;
+    /// The `opcode` of an [`Sqe`].
+    pub enum Opcode: u8 {
+        Blob = 1 => "BLOBRING_OP_BLOB": "an HTTP-modelled Azure Blob request executed by the host (the seed's `USER_REQUEST`)",
+        Nop = 2 => "BLOBRING_OP_NOP": "complete at once without involving the host (ring and wakeup measurements)",
     }
 }
 
@@ -294,15 +296,6 @@ impl Sqe {
     }
 }
 
-c_consts! {
-    fn cqe_flag_consts;
-    /// CQE flag: the request failed (e.g. `-ETIMEDOUT`) but the host may still write into its
-    /// buffers; a second CQE with [`CQE_F_BUFFERS_RELEASED`] follows.
-    pub const CQE_F_BUFFERS_LENT: u32 = 1 => "BLOBRING_CQE_F_BUFFERS_LENT";
-    /// CQE flag: the buffers of an earlier [`CQE_F_BUFFERS_LENT`] completion are free again.
-    pub const CQE_F_BUFFERS_RELEASED: u32 = 2 => "BLOBRING_CQE_F_BUFFERS_RELEASED";
-}
-
 abi_struct! {
     /// Completion queue entry (32 bytes).
     c "blobring_cqe",
@@ -335,6 +328,15 @@ abi_struct! {
     fields CqeFields;
 }
 
+c_consts! {
+    fn cqe_flag_consts;
+    /// CQE flag: the request failed (e.g. `-ETIMEDOUT`) but the host may still write into its
+    /// buffers; a second CQE with [`CQE_F_BUFFERS_RELEASED`] follows.
+    pub const CQE_F_BUFFERS_LENT: u32 = 1 => "BLOBRING_CQE_F_BUFFERS_LENT";
+    /// CQE flag: the buffers of an earlier [`CQE_F_BUFFERS_LENT`] completion are free again.
+    pub const CQE_F_BUFFERS_RELEASED: u32 = 2 => "BLOBRING_CQE_F_BUFFERS_RELEASED";
+}
+
 impl Cqe {
     /// A CQE with only `user_data` and `res`: a daemon-level failure (`res` a negative errno)
     /// or a NOP's completion (`res` 0) — no flags, no VSP result.
@@ -354,14 +356,6 @@ impl Cqe {
 // Handshake (unix stream socket)
 // ---------------------------------------------------------------------------------------------
 
-c_consts! {
-    fn hello_magic_consts;
-    /// Magic of [`HelloRequest`] (`"BRHQ"`).
-    pub const HELLO_REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"BRHQ") => "BLOBRING_HELLO_REQUEST_MAGIC", "0x{:08x}u";
-    /// Magic of [`HelloReply`] (`"BRHR"`).
-    pub const HELLO_REPLY_MAGIC: u32 = u32::from_le_bytes(*b"BRHR") => "BLOBRING_HELLO_REPLY_MAGIC", "0x{:08x}u";
-}
-
 abi_struct! {
     /// First message of a client on the daemon socket (64 bytes).
     c "blobring_hello_request",
@@ -378,19 +372,6 @@ abi_struct! {
         pub arena_len: u64,
         /// Reserved, zero.
         pub reserved: [u8; 40],
-    }
-}
-
-c_codes! {
-    fn hello_status_consts;
-    /// The `status` of a [`HelloReply`]: the handshake's outcome.
-    pub enum HelloStatus: u32 {
-        Ok = 0 => "BLOBRING_HELLO_OK": "accepted; the memfd and eventfds travel with the reply",
-        VersionMismatch = 1 => "BLOBRING_HELLO_VERSION_MISMATCH": "the daemon speaks another ABI version",
-        NotPermitted = 2 => "BLOBRING_HELLO_NOT_PERMITTED": "the peer's uid/gid is not allowed by the daemon's policy",
-        LimitExceeded = 3 => "BLOBRING_HELLO_LIMIT_EXCEEDED": "a per-client or per-uid limit would be exceeded",
-        BadRequest = 4 => "BLOBRING_HELLO_BAD_REQUEST": "the request was malformed",
-        Unavailable = 5 => "BLOBRING_HELLO_UNAVAILABLE": "the daemon cannot serve now (e.g. no host channel)",
     }
 }
 
@@ -413,6 +394,27 @@ abi_struct! {
         pub client_id: u64,
         /// NUL-padded UTF-8 explanation of a refusal (what went wrong and what to do).
         pub message: [u8; 224],
+    }
+}
+
+c_consts! {
+    fn hello_magic_consts;
+    /// Magic of [`HelloRequest`] (`"BRHQ"`).
+    pub const HELLO_REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"BRHQ") => "BLOBRING_HELLO_REQUEST_MAGIC", "0x{:08x}u";
+    /// Magic of [`HelloReply`] (`"BRHR"`).
+    pub const HELLO_REPLY_MAGIC: u32 = u32::from_le_bytes(*b"BRHR") => "BLOBRING_HELLO_REPLY_MAGIC", "0x{:08x}u";
+}
+
+c_codes! {
+    fn hello_status_consts;
+    /// The `status` of a [`HelloReply`]: the handshake's outcome.
+    pub enum HelloStatus: u32 {
+        Ok = 0 => "BLOBRING_HELLO_OK": "accepted; the memfd and eventfds travel with the reply",
+        VersionMismatch = 1 => "BLOBRING_HELLO_VERSION_MISMATCH": "the daemon speaks another ABI version",
+        NotPermitted = 2 => "BLOBRING_HELLO_NOT_PERMITTED": "the peer's uid/gid is not allowed by the daemon's policy",
+        LimitExceeded = 3 => "BLOBRING_HELLO_LIMIT_EXCEEDED": "a per-client or per-uid limit would be exceeded",
+        BadRequest = 4 => "BLOBRING_HELLO_BAD_REQUEST": "the request was malformed",
+        Unavailable = 5 => "BLOBRING_HELLO_UNAVAILABLE": "the daemon cannot serve now (e.g. no host channel)",
     }
 }
 
