@@ -82,6 +82,18 @@ pub enum TimerOutcome {
     Failed(Errno),
 }
 
+impl TimerOutcome {
+    /// The outcome a timeout op's CQE result says: `-ETIME` (or success) is the time passing.
+    fn of(result: Result<u32, Errno>) -> Self {
+        match result {
+            Ok(_) => Self::Fired,
+            Err(e) if e == Errno::TIME => Self::Fired,
+            Err(e) if e == Errno::CANCELED => Self::Cancelled,
+            Err(e) => Self::Failed(e),
+        }
+    }
+}
+
 /// What happened to an operation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -973,15 +985,9 @@ impl Reactor {
             return None;
         }
         let kind = self.remove(op)?;
-        let timer = match result {
-            Ok(_) => TimerOutcome::Fired,
-            Err(e) if e == Errno::TIME => TimerOutcome::Fired,
-            Err(e) if e == Errno::CANCELED => TimerOutcome::Cancelled,
-            Err(e) => TimerOutcome::Failed(e),
-        };
         Some(match kind {
             OpKind::Poll { .. } => return None,
-            OpKind::Timer => Event::Timer(timer),
+            OpKind::Timer => Event::Timer(TimerOutcome::of(result)),
             OpKind::Deadline => {
                 if self.deadline.as_ref().is_some_and(|d| d.op == op) {
                     self.deadline = None;
@@ -989,7 +995,7 @@ impl Reactor {
                 if cancel_requested {
                     return None;
                 }
-                Event::Deadline(timer)
+                Event::Deadline(TimerOutcome::of(result))
             }
             OpKind::FutexWake { .. } => Event::FutexWake(result),
             OpKind::FutexWait { .. } => Event::FutexWait(result.map(drop)),
